@@ -1,0 +1,296 @@
+"""Model hyperparameters as frozen dataclasses.
+
+A :class:`ModelConfig` holds architecture only (no training settings, no gene list: the vocabulary
+lives in its own file next to the weights). ``to_dict`` / ``from_dict`` round-trip through JSON and
+``from_dict`` rejects unknown keys, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_type_hints
+
+NormName = Literal["groupnorm", "layernorm", "batchnorm", "rmsnorm"]
+LatentKind = Literal["gmvae", "ae"]
+PositionalEncoding = Literal["none", "sinusoidal"]
+
+
+class ConfigError(ValueError):
+    """A configuration dictionary that cannot describe a model."""
+
+
+def _check_choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not supported; choose one of {list(allowed)}")
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_rate(name: str, value: float, *, upper_inclusive: bool = False) -> None:
+    ok = 0.0 <= value <= 1.0 if upper_inclusive else 0.0 <= value < 1.0
+    if not ok:
+        raise ConfigError(f"{name} must be in [0, 1{']' if upper_inclusive else ')'}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderConfig:
+    """Transformer over the cells of one set.
+
+    Attributes
+    ----------
+    n_layers
+        Number of pre-norm Flowformer blocks.
+    n_heads
+        Attention heads; ``hidden_dim`` must be divisible by it.
+    attention_dropout
+        Dropout after the attention output projection (the official model fixes it at 0.01,
+        independently of the model dropout).
+    """
+
+    n_layers: int = 4
+    n_heads: int = 8
+    attention_dropout: float = 0.01
+
+    def __post_init__(self) -> None:
+        _check_positive("encoder.n_layers", self.n_layers)
+        _check_positive("encoder.n_heads", self.n_heads)
+        _check_rate("encoder.attention_dropout", self.attention_dropout)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatentConfig:
+    """Latent layer after the pre-latent LayerNorm.
+
+    Attributes
+    ----------
+    kind
+        ``"gmvae"``: Gaussian-mixture VAE (pretraining, the cell embedding is the posterior mean);
+        ``"ae"``: a single linear projection (the official annotation fine-tuning setting).
+    dim
+        Size of the cell embedding.
+    n_clusters
+        Mixture components (GMVAE only).
+    hidden_dim
+        Width of the q(z | h, y) hidden layer (hard-coded to 512 in the official model).
+    loss_floor
+        Each GMVAE loss term is floored at this value (official ``lamda``); below it, no gradient.
+    gaussian_weight, categorical_weight
+        Weights of the Gaussian and categorical GMVAE terms (official ``w_li``, ``w_en``).
+    """
+
+    kind: LatentKind = "gmvae"
+    dim: int = 512
+    n_clusters: int = 16
+    hidden_dim: int = 512
+    loss_floor: float = 5.0
+    gaussian_weight: float = 5.0
+    categorical_weight: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check_choice("latent.kind", self.kind, get_args(LatentKind))
+        _check_positive("latent.dim", self.dim)
+        _check_positive("latent.n_clusters", self.n_clusters)
+        _check_positive("latent.hidden_dim", self.hidden_dim)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecoderConfig:
+    """Batch-aware negative-binomial decoder over the whole gene vocabulary.
+
+    Attributes
+    ----------
+    hidden_dim
+        Width of the hidden blocks.
+    n_hidden_layers
+        Hidden blocks (official ``dec_layers - 1``); with 0 the bottleneck reads the embedding.
+    bottleneck_dim
+        Width of the ReLU layer before the NB mean (128, not exposed by the official config).
+    n_batches, n_datasets, n_platforms
+        Rows of each covariate embedding table; 0 disables that covariate.
+    """
+
+    hidden_dim: int = 1024
+    n_hidden_layers: int = 1
+    bottleneck_dim: int = 128
+    n_batches: int = 0
+    n_datasets: int = 0
+    n_platforms: int = 0
+
+    def __post_init__(self) -> None:
+        _check_positive("decoder.hidden_dim", self.hidden_dim)
+        if not isinstance(self.n_hidden_layers, int) or self.n_hidden_layers < 0:
+            raise ConfigError(f"decoder.n_hidden_layers must be a non-negative integer, got {self.n_hidden_layers!r}")
+        _check_positive("decoder.bottleneck_dim", self.bottleneck_dim)
+        for name in ("n_batches", "n_datasets", "n_platforms"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"decoder.{name} must be a non-negative integer, got {value!r}")
+
+    @property
+    def covariate_sizes(self) -> dict[str, int]:
+        """Covariate name -> embedding rows, for the covariates in use, in a fixed order."""
+        sizes = {"batch": self.n_batches, "dataset": self.n_datasets, "platform": self.n_platforms}
+        return {name: n for name, n in sizes.items() if n > 0}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnnotationHeadConfig:
+    """Cell-type classifier on the cell embedding.
+
+    Attributes
+    ----------
+    n_classes
+        Number of cell types.
+    hidden_dim, n_hidden_layers
+        Optional ReLU hidden layers; 0 layers is the official linear head.
+    dropout
+        Dropout before every linear layer.
+    """
+
+    n_classes: int
+    hidden_dim: int = 1024
+    n_hidden_layers: int = 0
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_positive("annotation.n_classes", self.n_classes)
+        if not isinstance(self.n_hidden_layers, int) or self.n_hidden_layers < 0:
+            raise ConfigError(f"annotation.n_hidden_layers must be a non-negative integer, got {self.n_hidden_layers!r}")
+        _check_rate("annotation.dropout", self.dropout)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaskingConfig:
+    """Training-time cell dropping and masking (cell-level masked modelling).
+
+    Attributes
+    ----------
+    cell_rate
+        Share of cells that get masked genes (official ``mask_node_rate``).
+    gene_rate
+        Share of genes masked in a masked cell, or the mean of its Beta distribution.
+    beta
+        Draw each masked cell's gene share from Beta(5, 4/gene_rate - 3), capped at 0.9.
+        (The official config sets ``mask_beta: true`` but passes it to the wrong argument, so the
+        official model trains with ``beta=False``.)
+    drop_cell_rate
+        Share of cells dropped from each set before the forward (official ``drop_node_rate``).
+    max_cells
+        Cap on the cells kept per set after dropping (official ``max_batch_size``).
+    masked_term
+        Add the NB term evaluated on the masked entries only (official ``dae``).
+    """
+
+    cell_rate: float = 0.75
+    gene_rate: float = 0.25
+    beta: bool = False
+    drop_cell_rate: float = 0.3
+    max_cells: int = 4000
+    masked_term: bool = True
+
+    def __post_init__(self) -> None:
+        _check_rate("masking.cell_rate", self.cell_rate, upper_inclusive=True)
+        _check_rate("masking.gene_rate", self.gene_rate, upper_inclusive=True)
+        _check_rate("masking.drop_cell_rate", self.drop_cell_rate)
+        _check_positive("masking.max_cells", self.max_cells)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """All hyperparameters of a CellPLM model.
+
+    Attributes
+    ----------
+    n_genes
+        Rows of the gene embedding table (the vocabulary size).
+    hidden_dim
+        Width of the gene embedding, embedder and encoder (official ``enc_hid``).
+    dropout
+        Dropout in the embedder, encoder and decoder (official ``model_dropout``).
+    norm
+        Normalisation in the embedder and the decoder (the encoder always uses LayerNorm).
+    positional_encoding
+        ``"sinusoidal"`` adds a 2-D sin/cos encoding of each cell's coordinates to its input token;
+        ``"none"`` (the official checkpoints: their encoding is disabled in code) adds nothing.
+    pe_grid_size
+        Coordinates in [0, 1] are binned to this many positions per axis.
+    decoder
+        NB decoder, or ``None`` for an encoder-only model.
+    annotation
+        Cell-type head, or ``None``.
+    """
+
+    n_genes: int
+    hidden_dim: int = 1024
+    dropout: float = 0.2
+    norm: NormName = "groupnorm"
+    positional_encoding: PositionalEncoding = "none"
+    pe_grid_size: int = 100
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    decoder: DecoderConfig | None = field(default_factory=DecoderConfig)
+    annotation: AnnotationHeadConfig | None = None
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+
+    def __post_init__(self) -> None:
+        _check_positive("n_genes", self.n_genes)
+        _check_positive("hidden_dim", self.hidden_dim)
+        _check_positive("pe_grid_size", self.pe_grid_size)
+        _check_rate("dropout", self.dropout)
+        _check_choice("norm", self.norm, get_args(NormName))
+        _check_choice("positional_encoding", self.positional_encoding, get_args(PositionalEncoding))
+        if self.hidden_dim % self.encoder.n_heads:
+            raise ConfigError(
+                f"hidden_dim={self.hidden_dim} is not divisible by encoder.n_heads={self.encoder.n_heads}"
+            )
+        if self.positional_encoding == "sinusoidal" and self.hidden_dim % 4:
+            raise ConfigError(f"the sinusoidal encoding needs hidden_dim divisible by 4, got {self.hidden_dim}")
+        if self.norm == "groupnorm" and self.hidden_dim % 4:
+            raise ConfigError(f"groupnorm uses 4 groups and needs hidden_dim divisible by 4, got {self.hidden_dim}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary (nested sections as dictionaries, ``None`` for absent parts)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build a config, raising :class:`ConfigError` on unknown or missing keys."""
+        return _from_dict(cls, data, path="")
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some top-level fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _from_dict(cls: type, data: Any, path: str) -> Any:
+    where = f"'{path}'" if path else "the model config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where}: {unknown}; known keys: {sorted(fields)}")
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        section = _section_type(hints[name])
+        if section is not None and value is not None:
+            value = _from_dict(section, value, path=f"{path}.{name}" if path else name)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required key is missing
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _section_type(hint: Any) -> type | None:
+    """The dataclass inside ``Section`` or ``Section | None``, else None."""
+    candidates = get_args(hint) or (hint,)
+    for candidate in candidates:
+        if dataclasses.is_dataclass(candidate):
+            return candidate
+    return None

@@ -1,0 +1,150 @@
+"""Our checkpoint format: a directory with four files.
+
+* ``config.json``: :class:`~opencellplm.config.ModelConfig` (hyperparameters only);
+* ``genes.txt``: the gene vocabulary, one id per line, in embedding-row order;
+* ``model.safetensors``: the weights (no pickle anywhere);
+* ``meta.json``: format version, package version, provenance, free-form metrics.
+
+Saving is atomic (written beside, then moved into place) and loading is strict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..config import ConfigError, ModelConfig
+from ..module import CellPLMModule
+from .errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "opencellplm-checkpoint"
+FORMAT_VERSION = 1
+CONFIG_FILE, GENES_FILE, WEIGHTS_FILE, META_FILE = "config.json", "genes.txt", "model.safetensors", "meta.json"
+
+__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
+
+
+def save_checkpoint(
+    directory: str | Path,
+    module: CellPLMModule,
+    genes: list[str],
+    *,
+    meta: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``module`` and its vocabulary to ``directory``; refuses to replace it unless ``overwrite``."""
+    from .. import __version__
+
+    directory = Path(directory)
+    if len(genes) != module.config.n_genes:
+        raise CheckpointError(f"{len(genes)} genes given for a model with {module.config.n_genes} gene embeddings")
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "opencellplm_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "n_parameters": sum(p.numel() for p in module.parameters()),
+    } | (meta or {})
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        (tmp / CONFIG_FILE).write_text(json.dumps(module.config.to_dict(), indent=2) + "\n")
+        (tmp / GENES_FILE).write_text("".join(f"{g}\n" for g in genes))
+        state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        (tmp / META_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if directory.exists():
+            shutil.rmtree(directory)
+        tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved checkpoint to %s", directory)
+    return directory
+
+
+def load_checkpoint(directory: str | Path) -> tuple[CellPLMModule, list[str], dict[str, Any]]:
+    """Read a checkpoint directory; returns ``(module in eval mode, genes, meta)``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {directory}")
+    absent = [f for f in (CONFIG_FILE, GENES_FILE, WEIGHTS_FILE, META_FILE) if not (directory / f).is_file()]
+    if absent:
+        present = sorted(p.name for p in directory.iterdir())
+        raise CheckpointError(f"{directory} is not a checkpoint: missing {absent} (found {present})")
+    try:
+        config = ModelConfig.from_dict(_read_json(directory / CONFIG_FILE))
+    except ConfigError as err:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {err}") from None
+    meta = _read_json(directory / META_FILE)
+    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{directory / META_FILE} declares format {meta.get('format')!r} version {meta.get('format_version')!r}; "
+            f"this opencellplm reads {FORMAT!r} up to version {FORMAT_VERSION}"
+        )
+    genes = (directory / GENES_FILE).read_text().splitlines()
+    try:
+        state = load_file(str(directory / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"cannot read {directory / WEIGHTS_FILE}: {err}") from None
+    _check_vocabulary(genes, config, state, directory)
+    module = CellPLMModule(config)
+    _check_keys(module.state_dict(), state, directory / WEIGHTS_FILE)
+    module.load_state_dict(state, strict=True)
+    return module.eval(), genes, meta
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read {path} as JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
+
+
+def _check_vocabulary(genes: list[str], config: ModelConfig, state: dict[str, torch.Tensor], directory: Path) -> None:
+    rows = state.get("embedder.gene_embedding")
+    n_rows = None if rows is None else rows.shape[0]
+    if len(genes) != config.n_genes or (n_rows is not None and n_rows != len(genes)):
+        raise CheckpointError(
+            f"the vocabulary does not match the weights in {directory}: {GENES_FILE} lists {len(genes)} genes, "
+            f"config.json says n_genes={config.n_genes}, the gene embedding has {n_rows} rows"
+        )
+    seen: set[str] = set()
+    duplicates = sorted({g for g in genes if g in seen or seen.add(g)})
+    if duplicates:
+        raise CheckpointError(f"{directory / GENES_FILE} lists duplicate genes: {duplicates[:10]}")
+
+
+def _check_keys(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path: Path) -> None:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [
+        f"{k} has shape {tuple(found[k].shape)}, expected {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(found))
+        if found[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing key(s): {missing}")
+    if unexpected:
+        problems.append(f"unexpected key(s): {unexpected}")
+    if wrong:
+        problems.append("mis-shaped: " + "; ".join(wrong))
+    if problems:
+        raise CheckpointError(f"{path} does not match its config: " + "; ".join(problems))

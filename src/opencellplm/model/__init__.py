@@ -1,0 +1,3 @@
+from .cellplm import CellPLM
+
+__all__ = ["CellPLM"]

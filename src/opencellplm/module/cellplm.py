@@ -1,0 +1,155 @@
+"""CellPLMModule: embed -> encode across cells -> latent -> NB decoder and/or annotation head."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..nn.embedding import CellEmbedder
+from ..nn.flowformer import FlowformerEncoder
+from .decoder import NBDecoder
+from .heads import AnnotationHead
+from .latent import make_latent
+from .losses import LossOutput, annotation_loss, nb_imputation_loss, nb_reconstruction_loss
+from .masking import drop_cells, gene_mask, hide_genes, select_cells
+from .outputs import CellBatch, CellPLMOutput, GMVAENoise
+
+
+class CellPLMModule(nn.Module):
+    """The CellPLM network for one cell set per forward call.
+
+    In eval mode the forward is deterministic. ``official=True`` reproduces the official
+    implementation where it differs: Gumbel-noised mixture component and sampled ``z`` (replayed
+    from ``noise`` when given), the SUM of covariate rows when covariate ids are missing, and no
+    positional encoding. In training mode cells are dropped and genes masked per ``config.masking``.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        d = config.hidden_dim
+        self.embedder = CellEmbedder(
+            config.n_genes,
+            d,
+            dropout=config.dropout,
+            norm=config.norm,
+            positional=config.positional_encoding == "sinusoidal",
+            pe_grid_size=config.pe_grid_size,
+        )
+        enc = config.encoder
+        self.encoder = FlowformerEncoder(
+            d, enc.n_heads, enc.n_layers, dropout=config.dropout, attention_dropout=enc.attention_dropout
+        )
+        self.pre_latent_norm = nn.LayerNorm(d)
+        self.latent = make_latent(d, config.latent)
+        self.decoder = (
+            None
+            if config.decoder is None
+            else NBDecoder(config.latent.dim, config.n_genes, config.decoder, dropout=config.dropout, norm=config.norm)
+        )
+        self.head = None if config.annotation is None else AnnotationHead(config.latent.dim, config.annotation)
+
+    def forward(
+        self, batch: CellBatch, *, official: bool = False, noise: GMVAENoise | None = None
+    ) -> CellPLMOutput:
+        kept = torch.arange(batch.n_cells, device=batch.counts.device)
+        input_mask = None
+        counts = batch.counts
+        if self.training:
+            if self.config.masking.drop_cell_rate > 0:
+                kept = drop_cells(batch.n_cells, self.config.masking, batch.counts.device)
+                batch = select_cells(batch, kept)
+            if self.config.masking.cell_rate > 0 and self.config.masking.gene_rate > 0:
+                input_mask = gene_mask(batch.n_cells, batch.counts.shape[1], self.config.masking, batch.counts.device)
+            counts = batch.counts if input_mask is None else hide_genes(batch.counts, input_mask)
+        h = self.embedder(counts, batch.gene_index, batch.coords, use_positional=not official)  # (N, d)
+        h = self.pre_latent_norm(self.encoder(h))  # (N, d)
+        latent = self.latent(h, official=official, noise=noise)
+        nb = None
+        if self.decoder is not None:
+            nb = self.decoder(latent.embedding, batch, missing_covariate="sum" if official else "mean")
+        logits = None if self.head is None else self.head(latent.embedding)
+        return CellPLMOutput(latent=latent, nb=nb, logits=logits, cells=batch, kept_cells=kept, input_mask=input_mask)
+
+    # ----------------------------------------------------------------------------------- losses
+    def reconstruction_loss(
+        self,
+        out: CellPLMOutput,
+        *,
+        measured: torch.Tensor | None = None,
+        alignment: Literal["gene", "position"] = "gene",
+    ) -> LossOutput:
+        """Pretraining loss: GMVAE terms + NB reconstruction of the measured genes.
+
+        Parameters
+        ----------
+        out
+            Output of :meth:`forward` (in training, of its masked forward).
+        measured
+            Input columns with measured counts (bool mask or indices); default: all.
+        alignment
+            ``"gene"`` compares each input column with the decoder column of its gene.
+            ``"position"`` reproduces the official loss, which uses input positions as decoder
+            columns; that is only right when the input spans the whole vocabulary in order.
+        """
+        nb = self._require_nb(out)
+        columns = _as_index(measured, out.cells.counts.shape[1], out.cells.counts.device)
+        decoder_columns = out.cells.gene_index[columns] if alignment == "gene" else columns
+        truth = out.cells.counts.to_dense()[:, columns] if out.cells.counts.is_sparse_csr else out.cells.counts[:, columns]
+        mask = None if out.input_mask is None else out.input_mask[:, columns]
+        objective = nb_reconstruction_loss(
+            truth,
+            nb.mean[:, decoder_columns],
+            nb.dispersion[:, decoder_columns],
+            mask,
+            masked_term=self.config.masking.masked_term and self.training,
+        )
+        return _total(out, objective)
+
+    def imputation_loss(self, out: CellPLMOutput, *, measured: torch.Tensor | None = None) -> LossOutput:
+        """GMVAE terms + NB loss on the measured input genes; ``prediction`` is the (N, G_in)
+        size-factor-scaled NB mean of every input gene (the imputed expression)."""
+        nb = self._require_nb(out)
+        columns = _as_index(measured, out.cells.counts.shape[1], out.cells.counts.device)
+        gene_index = out.cells.gene_index
+        truth = out.cells.counts.to_dense() if out.cells.counts.is_sparse_csr else out.cells.counts
+        objective, prediction = nb_imputation_loss(
+            truth, nb.mean[:, gene_index], nb.dispersion[:, gene_index], columns
+        )
+        return _total(out, objective, prediction)
+
+    def annotation_loss(self, out: CellPLMOutput, labels: torch.Tensor, *, mask: torch.Tensor | None = None) -> LossOutput:
+        """Cross-entropy of the head's logits against ``labels`` (ids of the input cells), over the
+        cells selected by ``mask`` (default: all)."""
+        if out.logits is None:
+            raise ValueError("this model has no annotation head (config.annotation is None)")
+        labels = labels[out.kept_cells]
+        logits = out.logits
+        if mask is not None:
+            mask = mask[out.kept_cells]
+            logits, labels = logits[mask], labels[mask]
+        return _total(out, annotation_loss(logits, labels))
+
+    def _require_nb(self, out: CellPLMOutput):
+        if out.nb is None:
+            raise ValueError("this model has no NB decoder (config.decoder is None)")
+        return out.nb
+
+
+def _as_index(selection: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+    if selection is None:
+        return torch.arange(n, device=device)
+    selection = torch.as_tensor(selection, device=device)
+    if selection.dtype == torch.bool:
+        if selection.shape != (n,):
+            raise ValueError(f"a boolean gene selection needs {n} entries, got {tuple(selection.shape)}")
+        return selection.nonzero().squeeze(1)
+    return selection.long()
+
+
+def _total(out: CellPLMOutput, objective: torch.Tensor, prediction: torch.Tensor | None = None) -> LossOutput:
+    latent = out.latent.loss
+    return LossOutput(total=latent + objective, latent=latent, objective=objective, prediction=prediction)

@@ -1,0 +1,79 @@
+"""Objectives: NB reconstruction (pretraining), NB imputation, cross-entropy (annotation).
+
+Each takes dense, column-aligned tensors; :class:`~opencellplm.module.CellPLMModule` does the
+alignment. Operation order follows the official objectives so that their values are reproduced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..distributions import nb_log_prob
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """``total = latent + objective``; ``prediction`` is set by objectives that produce one."""
+
+    total: torch.Tensor
+    latent: torch.Tensor
+    objective: torch.Tensor
+    prediction: torch.Tensor | None = None
+
+
+def _rescale(mean: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Scale each cell's mean to the cell's observed total."""
+    return mean / mean.sum(1, keepdim=True) * truth.sum(1, keepdim=True)
+
+
+def nb_reconstruction_loss(
+    truth: torch.Tensor,
+    mean: torch.Tensor,
+    dispersion: torch.Tensor,
+    input_mask: torch.Tensor | None = None,
+    *,
+    masked_term: bool = False,
+) -> torch.Tensor:
+    """Mean over cells of the summed NB negative log-likelihood, means rescaled to each cell's total.
+
+    Parameters
+    ----------
+    truth, mean, dispersion
+        (N, G) aligned columns (measured genes only).
+    input_mask
+        (N, G) bool, True where the model did not see the count. Only cells with a masked entry
+        count; without a mask, all cells do.
+    masked_term
+        Add the same NLL evaluated on the masked entries only (the denoising term).
+    """
+    cells = slice(None) if input_mask is None else input_mask.any(1)
+    nll = -nb_log_prob(truth[cells], _rescale(mean[cells], truth[cells]), dispersion[cells])
+    if masked_term and input_mask is not None:
+        m = input_mask.to(truth.dtype)
+        t_m, mu_m, th_m = (truth * m)[cells], (mean * m)[cells], (dispersion * m)[cells]
+        nll = nll + (-nb_log_prob(t_m, _rescale(mu_m, t_m), th_m))  # unmasked entries add exactly 0
+    return nll.sum(-1).mean()
+
+
+def nb_imputation_loss(
+    truth: torch.Tensor, mean: torch.Tensor, dispersion: torch.Tensor, measured: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """NB loss on the measured genes, and the prediction for all genes.
+
+    ``truth``, ``mean`` and ``dispersion`` are (N, G_in) in input-column order; ``measured`` indexes
+    the columns whose counts are known. Each cell's size factor
+    ``sum(truth[:, measured]) / sum(mean[:, measured])`` scales both the NB mean of the loss and the
+    returned (N, G_in) prediction.
+    """
+    t, mu, th = truth[:, measured], mean[:, measured], dispersion[:, measured]
+    size_factor = t.sum(1, keepdim=True) / mu.sum(1, keepdim=True)
+    loss = (-nb_log_prob(t, mu * size_factor, th)).sum(-1).mean()
+    return loss, mean * size_factor
+
+
+def annotation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy."""
+    return F.cross_entropy(logits, labels.long())

@@ -1,0 +1,1 @@
+"""Reusable torch blocks (no AnnData, no I/O)."""
