@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,8 @@ class CellPLM:
                     raise ValueError("fewer GMVAE noise entries than forward calls")
             result = self.module(batch, official=official_compat, noise=step_noise)
             out[rows] = result.embedding.float().cpu().numpy()
+        if noise_iter is not None and next(noise_iter, None) is not None:
+            raise ValueError(f"more GMVAE noise entries than the {len(sets)} forward calls")
         return out
 
     def embed(self, adata: AnnData, *, key_added: str = "X_cellplm", **kwargs: Any) -> CellPLM:
@@ -204,10 +207,13 @@ def _rows_csr(matrix, rows: np.ndarray, columns: np.ndarray) -> sp.csr_matrix:
 
 def _to_torch_csr(x: sp.csr_matrix, device: torch.device) -> torch.Tensor:
     x.sort_indices()
-    return torch.sparse_csr_tensor(
+    with warnings.catch_warnings():  # torch flags all CSR tensors as beta; we only use stable operations
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return torch.sparse_csr_tensor(
         torch.from_numpy(x.indptr.astype(np.int64)),
         torch.from_numpy(x.indices.astype(np.int64)),
         torch.from_numpy(x.data),
         size=x.shape,
         device=device,
+        check_invariants=False,  # built from a canonical scipy CSR
     )

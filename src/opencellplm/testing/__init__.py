@@ -1,0 +1,1 @@
+"""Helpers for tests, shipped so that downstream packages can use them too."""

@@ -1,0 +1,55 @@
+"""Shared test fixtures: tiny configs and data, and the official reference fixtures' folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from opencellplm import DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
+from opencellplm.testing.official_fixtures import FIXTURE_ENV
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OFFICIAL_FIXTURES = REPO.parent / "shared" / "fixtures" / "official"
+
+
+def official_fixture_dir() -> Path:
+    return Path(os.environ.get(FIXTURE_ENV, DEFAULT_OFFICIAL_FIXTURES))
+
+
+@pytest.fixture(scope="session")
+def official_dir() -> Path:
+    folder = official_fixture_dir()
+    if not folder.is_dir():
+        pytest.skip(f"official reference fixtures not found at {folder} (set {FIXTURE_ENV} to their folder)")
+    return folder
+
+
+def vocabulary(n: int) -> list[str]:
+    return [f"ENSG{i:011d}" for i in range(n)]
+
+
+@pytest.fixture
+def tiny_config() -> ModelConfig:
+    return ModelConfig(
+        n_genes=50,
+        hidden_dim=16,
+        dropout=0.1,
+        encoder=EncoderConfig(n_layers=2, n_heads=4),
+        latent=LatentConfig(dim=8, n_clusters=4, hidden_dim=12),
+        decoder=DecoderConfig(hidden_dim=16, n_batches=3, n_datasets=2),
+    )
+
+
+@pytest.fixture
+def tiny_adata() -> ad.AnnData:
+    """40 cells x 30 genes of NB counts (25 in the tiny vocabulary, 5 not), two samples."""
+    rng = np.random.default_rng(0)
+    x = rng.negative_binomial(2, 0.5, size=(40, 30)).astype(np.float32)
+    genes = vocabulary(25)[::-1] + [f"NOTAGENE{i}" for i in range(5)]
+    obs = pd.DataFrame({"sample": np.repeat(["s2", "s1"], 20)}, index=[f"cell{i}" for i in range(40)])
+    return ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=genes))
