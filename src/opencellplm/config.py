@@ -159,7 +159,9 @@ class AnnotationHeadConfig:
     def __post_init__(self) -> None:
         _check_positive("annotation.n_classes", self.n_classes)
         if not isinstance(self.n_hidden_layers, int) or self.n_hidden_layers < 0:
-            raise ConfigError(f"annotation.n_hidden_layers must be a non-negative integer, got {self.n_hidden_layers!r}")
+            raise ConfigError(
+                f"annotation.n_hidden_layers must be a non-negative integer, got {self.n_hidden_layers!r}"
+            )
         _check_rate("annotation.dropout", self.dropout)
 
 

@@ -49,8 +49,9 @@ class NegativeBinomial(Distribution):
         return nb_log_prob(value, self.mu, self.theta)
 
     @torch.no_grad()
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
         # Gamma-Poisson mixture: rate ~ Gamma(theta, theta / mu).
+        sample_shape = torch.Size(sample_shape)
         shape = self._extended_shape(sample_shape)
         rate = torch.distributions.Gamma(self.theta, self.theta / self.mu.clamp_min(1e-12)).sample(sample_shape)
         return torch.poisson(rate.expand(shape))

@@ -171,7 +171,10 @@ _RULES: list[_Rule] = [
         (r"^embedder\.gene_embedding$", "embedder.feat_enc.emb"),
         (r"^embedder\.proj\.(\w+)$", r"embedder.extra_linear.0.\1"),
         (r"^embedder\.norm\.(\w+)$", r"embedder.extra_linear.3.\1"),
-        (r"^encoder\.layers\.(\d+)\.attn\.(query|key|value|out)\.(\w+)$", r"encoder.layers.\1.self_attn.\2_projection.\3"),
+        (
+            r"^encoder\.layers\.(\d+)\.attn\.(query|key|value|out)\.(\w+)$",
+            r"encoder.layers.\1.self_attn.\2_projection.\3",
+        ),
         (r"^encoder\.layers\.(\d+)\.attn_norm\.(\w+)$", r"encoder.layers.\1.norm1.\2"),
         (r"^encoder\.layers\.(\d+)\.ff_norm\.(\w+)$", r"encoder.layers.\1.norm2.\2"),
         (r"^encoder\.layers\.(\d+)\.ff_in\.(\w+)$", r"encoder.layers.\1._ff_block.0.\2"),
@@ -231,19 +234,28 @@ def read_official_weights(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(err), re.S)
         raise CheckpointError(
-            f"{path} holds pickled objects other than tensors and plain containers, so it is not a state "
-            f"dict; it was not unpickled (torch.load weights_only=True refused it: {str(err).splitlines()[0]})"
+            f"{path} holds pickled objects other than tensors and plain containers, so it is not a state dict; "
+            f"it was not unpickled (refused by the weights-only reader"
+            + (f": {detail.group(1).strip()})" if detail else ")")
         ) from None
     except Exception as err:  # truncated zip, not a torch file, ...
         raise CheckpointError(f"cannot read {path} as a torch checkpoint: {err}") from None
-    state = payload.get("model_state_dict", payload) if isinstance(payload, dict) else payload
-    if not isinstance(state, dict) or not state:
-        raise CheckpointError(
-            f"{path} does not hold a state dict: expected a dict with 'model_state_dict' "
-            f"(or a dict of tensors), got {type(payload).__name__}"
-            + (f" with keys {sorted(map(str, payload))[:8]}" if isinstance(payload, dict) else "")
+    if isinstance(payload, dict) and "model_state_dict" in payload:
+        state = payload["model_state_dict"]
+    elif isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        state = payload  # a bare state dict
+    else:
+        found = (
+            f"a dict with keys {sorted(map(str, payload))[:8]}" if isinstance(payload, dict) else type(payload).__name__
         )
+        raise CheckpointError(
+            f"{path} does not hold a state dict: expected a dict with 'model_state_dict' (or a dict of tensors), "
+            f"found {found}"
+        )
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path}: 'model_state_dict' is not a non-empty dict of tensors")
     not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
         raise CheckpointError(f"{path}: state dict entries that are not tensors: {not_tensors[:8]}")
@@ -322,9 +334,7 @@ def load_official(prefix: str | Path) -> tuple[CellPLMModule, list[str]]:
     config, genes = config_from_official(read_official_config(config_path))
     module = CellPLMModule(config)
     module.load_state_dict(state_dict_from_official(module, read_official_weights(weights_path)), strict=True)
-    logger.info(
-        "loaded official checkpoint %s: %d genes, %s parameters", prefix, len(genes), f"{_n_params(module):,}"
-    )
+    logger.info("loaded official checkpoint %s: %d genes, %s parameters", prefix, len(genes), f"{_n_params(module):,}")
     return module.eval(), genes
 
 

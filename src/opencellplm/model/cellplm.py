@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
+from .._sparse import csr_tensor
 from ..data import align_genes, cell_sets
 from ..io import load_checkpoint, load_official, save_checkpoint
 from ..module import CellBatch, CellPLMModule, GMVAENoise
@@ -207,13 +207,10 @@ def _rows_csr(matrix, rows: np.ndarray, columns: np.ndarray) -> sp.csr_matrix:
 
 def _to_torch_csr(x: sp.csr_matrix, device: torch.device) -> torch.Tensor:
     x.sort_indices()
-    with warnings.catch_warnings():  # torch flags all CSR tensors as beta; we only use stable operations
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
-        return torch.sparse_csr_tensor(
+    return csr_tensor(
         torch.from_numpy(x.indptr.astype(np.int64)),
         torch.from_numpy(x.indices.astype(np.int64)),
         torch.from_numpy(x.data),
-        size=x.shape,
+        x.shape,
         device=device,
-        check_invariants=False,  # built from a canonical scipy CSR
     )

@@ -52,9 +52,7 @@ class CellPLMModule(nn.Module):
         )
         self.head = None if config.annotation is None else AnnotationHead(config.latent.dim, config.annotation)
 
-    def forward(
-        self, batch: CellBatch, *, official: bool = False, noise: GMVAENoise | None = None
-    ) -> CellPLMOutput:
+    def forward(self, batch: CellBatch, *, official: bool = False, noise: GMVAENoise | None = None) -> CellPLMOutput:
         kept = torch.arange(batch.n_cells, device=batch.counts.device)
         input_mask = None
         counts = batch.counts
@@ -98,7 +96,9 @@ class CellPLMModule(nn.Module):
         nb = self._require_nb(out)
         columns = _as_index(measured, out.cells.counts.shape[1], out.cells.counts.device)
         decoder_columns = out.cells.gene_index[columns] if alignment == "gene" else columns
-        truth = out.cells.counts.to_dense()[:, columns] if out.cells.counts.is_sparse_csr else out.cells.counts[:, columns]
+        truth = (
+            out.cells.counts.to_dense()[:, columns] if out.cells.counts.is_sparse_csr else out.cells.counts[:, columns]
+        )
         mask = None if out.input_mask is None else out.input_mask[:, columns]
         objective = nb_reconstruction_loss(
             truth,
@@ -116,12 +116,12 @@ class CellPLMModule(nn.Module):
         columns = _as_index(measured, out.cells.counts.shape[1], out.cells.counts.device)
         gene_index = out.cells.gene_index
         truth = out.cells.counts.to_dense() if out.cells.counts.is_sparse_csr else out.cells.counts
-        objective, prediction = nb_imputation_loss(
-            truth, nb.mean[:, gene_index], nb.dispersion[:, gene_index], columns
-        )
+        objective, prediction = nb_imputation_loss(truth, nb.mean[:, gene_index], nb.dispersion[:, gene_index], columns)
         return _total(out, objective, prediction)
 
-    def annotation_loss(self, out: CellPLMOutput, labels: torch.Tensor, *, mask: torch.Tensor | None = None) -> LossOutput:
+    def annotation_loss(
+        self, out: CellPLMOutput, labels: torch.Tensor, *, mask: torch.Tensor | None = None
+    ) -> LossOutput:
         """Cross-entropy of the head's logits against ``labels`` (ids of the input cells), over the
         cells selected by ``mask`` (default: all)."""
         if out.logits is None:

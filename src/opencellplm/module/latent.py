@@ -40,9 +40,7 @@ def gmvae_loss(
     neg_entropy = torch.mean(torch.sum(prob * F.log_softmax(cluster_logits, dim=-1), dim=-1))
     categorical = neg_entropy - math.log(1.0 / config.n_clusters)  # KL to the uniform prior
     floor = config.loss_floor
-    return config.gaussian_weight * gaussian.clamp_min(floor) + config.categorical_weight * categorical.clamp_min(
-        floor
-    )
+    return config.gaussian_weight * gaussian.clamp_min(floor) + config.categorical_weight * categorical.clamp_min(floor)
 
 
 class GMVAELatent(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._sparse import csr_tensor
 from ..config import MaskingConfig
 from .outputs import CellBatch
 
@@ -61,4 +62,4 @@ def hide_genes(counts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         torch.arange(counts.shape[0], device=counts.device), counts.crow_indices().diff()
     )  # (nnz,) row of each stored value
     values = counts.values().masked_fill(mask[rows, counts.col_indices()], 0)
-    return torch.sparse_csr_tensor(counts.crow_indices(), counts.col_indices(), values, counts.shape)
+    return csr_tensor(counts.crow_indices(), counts.col_indices(), values, counts.shape, device=counts.device)

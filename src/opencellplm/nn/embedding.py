@@ -42,9 +42,7 @@ def log1p_gene_sum(counts: torch.Tensor, gene_index: torch.Tensor, table: torch.
 class CellEmbedder(nn.Module):
     """Counts -> (N, d) cell tokens: gene sum, optional positional code, Linear-ReLU-Dropout-Norm."""
 
-    def __init__(
-        self, n_genes: int, dim: int, *, dropout: float, norm: str, positional: bool, pe_grid_size: int = 100
-    ):
+    def __init__(self, n_genes: int, dim: int, *, dropout: float, norm: str, positional: bool, pe_grid_size: int = 100):
         super().__init__()
         self.gene_embedding = nn.Parameter(torch.randn(n_genes, dim) * 0.005)
         self.proj = nn.Linear(dim, dim)

@@ -76,8 +76,7 @@ class FlowformerEncoder(nn.Module):
     def __init__(self, dim: int, n_heads: int, n_layers: int, *, dropout: float, attention_dropout: float):
         super().__init__()
         self.layers = nn.ModuleList(
-            FlowformerBlock(dim, n_heads, dropout=dropout, attention_dropout=attention_dropout)
-            for _ in range(n_layers)
+            FlowformerBlock(dim, n_heads, dropout=dropout, attention_dropout=attention_dropout) for _ in range(n_layers)
         )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

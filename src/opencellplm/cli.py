@@ -1,0 +1,125 @@
+"""The ``opencellplm`` command line: thin wrappers over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import ConfigError
+from .io import CheckpointError
+
+logger = logging.getLogger("opencellplm")
+
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, CheckpointError, ConfigError)
+
+
+def _convert_official(args: argparse.Namespace) -> int:
+    from .model import CellPLM
+
+    model = CellPLM.from_official(args.prefix)
+    model.save(args.out, overwrite=args.overwrite)
+    logger.info("wrote %s", args.out)
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import anndata as ad
+
+    from .model import CellPLM
+
+    source, target = Path(args.input), Path(args.out)
+    if not source.is_file():
+        raise FileNotFoundError(f"input file not found: {source}")
+    if target.exists() and not args.overwrite:
+        raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+    model = CellPLM.from_pretrained(args.checkpoint, device=args.device)
+    adata = ad.read_h5ad(source)
+    model.embed(
+        adata,
+        layer=args.layer,
+        gene_key=args.gene_key,
+        sample_key=args.sample_key,
+        max_cells=args.max_cells,
+        key_added=args.key_added,
+    )
+    adata.write_h5ad(target)
+    logger.info("wrote %s with obsm[%r] of shape %s", target, args.key_added, adata.obsm[args.key_added].shape)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .model import CellPLM
+
+    model = CellPLM.from_pretrained(args.checkpoint)
+    report = {
+        "model": repr(model),
+        "genes": {"n": len(model.genes), "first": model.genes[:3]},
+        "config": model.config.to_dict(),
+        "meta": model.meta,
+    }
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opencellplm", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser(
+        "convert-official",
+        help="convert an official CellPLM checkpoint (PREFIX.config.json + PREFIX.best.ckpt) to our format",
+    )
+    p.add_argument("prefix", help="path prefix of the official files, e.g. ckpt/20230926_85M")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=_convert_official)
+
+    p = commands.add_parser("embed", help="write cell embeddings of an h5ad to obsm")
+    p.add_argument("input", help="h5ad file with raw counts")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (see convert-official)")
+    p.add_argument("--out", required=True, help="h5ad file to write (the input with obsm[KEY_ADDED] added)")
+    p.add_argument("--layer", help="layer with raw counts (default: X)")
+    p.add_argument("--gene-key", help="var column with the vocabulary's gene ids (default: var_names)")
+    p.add_argument("--sample-key", help="obs column grouping the cells embedded together (default: all cells)")
+    p.add_argument("--max-cells", type=int, help="split samples into chunks of at most this many cells")
+    p.add_argument("--key-added", default="X_cellplm", help="obsm key to write (default: X_cellplm)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=_embed)
+
+    p = commands.add_parser("info", help="describe a checkpoint directory")
+    p.add_argument("checkpoint")
+    p.set_defaults(run=_info)
+    return parser
+
+
+def _setup_logging(level: int) -> None:
+    """Show this package's log records on stderr (other loggers keep their configuration)."""
+    logger.setLevel(level)
+    if not any(getattr(h, "opencellplm_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handler.opencellplm_cli = True
+        logger.addHandler(handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 for unusable input)."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
+    try:
+        return args.run(args)
+    except USER_ERRORS as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        logger.error("%s", message)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

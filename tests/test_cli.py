@@ -1,0 +1,53 @@
+"""The command line: convert an official checkpoint, embed an h5ad, describe a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import anndata as ad
+
+from opencellplm import CellPLM
+from opencellplm.cli import main
+
+from .official_files import official_config, write_official
+
+
+def test_convert_embed_info(tmp_path, tiny_adata, capsys):
+    prefix = write_official(tmp_path / "official" / "tiny", official_config(n_genes=50))
+    assert main(["convert-official", str(prefix), "--out", str(tmp_path / "ckpt")]) == 0
+    tiny_adata.write_h5ad(tmp_path / "in.h5ad")
+    args = ["--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out.h5ad"), "--sample-key", "sample"]
+    code = main(["embed", str(tmp_path / "in.h5ad"), *args])
+    assert code == 0
+    out = ad.read_h5ad(tmp_path / "out.h5ad")
+    expected = CellPLM.from_pretrained(tmp_path / "ckpt").get_latent_representation(tiny_adata, sample_key="sample")
+    assert (abs(out.obsm["X_cellplm"] - expected) < 1e-6).all()
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "ckpt")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["genes"]["n"] == 50 and report["config"]["hidden_dim"] == 16
+
+
+def test_errors_exit_2_with_the_message(tmp_path, caplog):
+    with caplog.at_level(logging.ERROR):
+        assert main(["convert-official", str(tmp_path / "none"), "--out", str(tmp_path / "ckpt")]) == 2
+    assert "official config file not found" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        code = main(
+            ["embed", str(tmp_path / "absent.h5ad"), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o.h5ad")]
+        )
+    assert code == 2
+    assert "input file not found" in caplog.text
+
+
+def test_embed_refuses_to_overwrite(tmp_path, tiny_adata, caplog):
+    tiny_adata.write_h5ad(tmp_path / "in.h5ad")
+    (tmp_path / "out.h5ad").write_text("keep me")
+    with caplog.at_level(logging.ERROR):
+        code = main(
+            ["embed", str(tmp_path / "in.h5ad"), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "out.h5ad")]
+        )
+    assert code == 2 and "pass --overwrite" in caplog.text
+    assert (tmp_path / "out.h5ad").read_text() == "keep me"

@@ -1,0 +1,132 @@
+"""The AnnData API: embeddings in obs order, gene alignment, sets, and errors that say what to do."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from opencellplm import CellPLM, CellPLMModule, GMVAENoise
+from opencellplm.data import cell_sets
+
+from .conftest import vocabulary
+
+
+@pytest.fixture
+def model(tiny_config):
+    torch.manual_seed(0)
+    return CellPLM(CellPLMModule(tiny_config), vocabulary(tiny_config.n_genes))
+
+
+def test_embed_writes_obsm_and_params(model, tiny_adata):
+    before = tiny_adata.X.copy()
+    assert model.embed(tiny_adata, sample_key="sample") is model
+    assert tiny_adata.obsm["X_cellplm"].shape == (40, 8)
+    assert tiny_adata.obsm["X_cellplm"].dtype == np.float32
+    assert tiny_adata.uns["cellplm"]["X_cellplm"]["params"]["sample_key"] == "sample"
+    np.testing.assert_array_equal(tiny_adata.X, before)  # the counts are untouched
+
+
+def test_getter_writes_nothing_and_is_deterministic(model, tiny_adata):
+    a = model.get_latent_representation(tiny_adata, sample_key="sample")
+    b = model.get_latent_representation(tiny_adata, sample_key="sample")
+    np.testing.assert_array_equal(a, b)
+    assert "X_cellplm" not in tiny_adata.obsm and "cellplm" not in tiny_adata.uns
+
+
+def test_rows_come_back_in_input_order(model, tiny_adata):
+    reference = model.get_latent_representation(tiny_adata, sample_key="sample")
+    perm = np.random.default_rng(1).permutation(tiny_adata.n_obs)
+    shuffled = model.get_latent_representation(tiny_adata[perm].copy(), sample_key="sample")
+    np.testing.assert_allclose(shuffled, reference[perm], atol=1e-5)
+
+
+def test_sets_matter_and_follow_sample_key(model, tiny_adata):
+    whole = model.get_latent_representation(tiny_adata)
+    by_sample = model.get_latent_representation(tiny_adata, sample_key="sample")
+    assert np.abs(whole - by_sample).max() > 1e-6
+    first = model.get_latent_representation(tiny_adata[tiny_adata.obs["sample"] == "s1"].copy())
+    np.testing.assert_allclose(by_sample[20:], first, atol=1e-6)
+
+
+def test_dense_sparse_and_backed_agree(model, tiny_adata, tmp_path):
+    import anndata as ad
+
+    dense = model.get_latent_representation(tiny_adata, sample_key="sample")
+    csr = tiny_adata.copy()
+    csr.X = sp.csr_matrix(csr.X)
+    np.testing.assert_allclose(model.get_latent_representation(csr, sample_key="sample"), dense, atol=1e-6)
+    csr.write_h5ad(tmp_path / "x.h5ad")
+    backed = ad.read_h5ad(tmp_path / "x.h5ad", backed="r")
+    np.testing.assert_allclose(model.get_latent_representation(backed, sample_key="sample"), dense, atol=1e-6)
+    backed.file.close()
+
+
+def test_counts_from_a_layer(model, tiny_adata):
+    expected = model.get_latent_representation(tiny_adata)
+    tiny_adata.layers["counts"] = tiny_adata.X.copy()
+    tiny_adata.X = np.log1p(tiny_adata.X)
+    np.testing.assert_allclose(model.get_latent_representation(tiny_adata, layer="counts"), expected, atol=1e-6)
+
+
+def test_gene_ids_from_a_var_column(model, tiny_adata):
+    expected = model.get_latent_representation(tiny_adata)
+    tiny_adata.var["ensembl"] = tiny_adata.var_names
+    tiny_adata.var_names = [f"SYMBOL{i}" for i in range(tiny_adata.n_vars)]
+    np.testing.assert_allclose(model.get_latent_representation(tiny_adata, gene_key="ensembl"), expected, atol=1e-6)
+
+
+def test_no_gene_overlap_gives_examples_and_a_hint(model, tiny_adata):
+    tiny_adata.var_names = ["CD3E", "MS4A1", "LYZ"] + [f"GENE{i}" for i in range(27)]
+    with pytest.raises(ValueError) as err:
+        model.get_latent_representation(tiny_adata)
+    message = str(err.value)
+    assert "none of the 30 genes in var_names is in the model's vocabulary of 50 genes" in message
+    assert "'CD3E', 'MS4A1', 'LYZ'" in message and "'ENSG00000000000'" in message
+    assert "uses Ensembl ids while these look like gene symbols" in message
+
+
+def test_low_gene_overlap_warns_with_the_share(model, tiny_adata):
+    tiny_adata.var_names = list(tiny_adata.var_names[:10]) + [f"GENE{i}" for i in range(20)]
+    with pytest.warns(UserWarning, match=r"only 10 of 30 genes \(33.3%\)"):
+        model.get_latent_representation(tiny_adata)
+
+
+def test_missing_keys_list_what_exists(model, tiny_adata):
+    with pytest.raises(KeyError, match=r"obs column 'donor' not found; adata.obs has \['sample'\]"):
+        model.get_latent_representation(tiny_adata, sample_key="donor")
+    with pytest.raises(KeyError, match=r"layer 'counts' not found; adata.layers has \[\]"):
+        model.get_latent_representation(tiny_adata, layer="counts")
+    with pytest.raises(KeyError, match=r"var column 'ensembl' not found"):
+        model.get_latent_representation(tiny_adata, gene_key="ensembl")
+
+
+def test_unlabelled_cells_are_refused(model, tiny_adata):
+    tiny_adata.obs.loc["cell3", "sample"] = None
+    with pytest.raises(ValueError, match="1 cells have no 'sample' label"):
+        model.get_latent_representation(tiny_adata, sample_key="sample")
+
+
+def test_views_are_not_written_to(model, tiny_adata):
+    with pytest.raises(ValueError, match="adata is a view"):
+        model.embed(tiny_adata[:10])
+
+
+def test_official_noise_must_match_forward_calls(model, tiny_adata):
+    noise = [GMVAENoise(torch.rand(20, 4), torch.randn(20, 8))]
+    with pytest.raises(ValueError, match="fewer GMVAE noise entries than forward calls"):
+        model.get_latent_representation(tiny_adata, sample_key="sample", official_compat=True, noise=noise)
+    with pytest.raises(ValueError, match="more GMVAE noise entries than the 2 forward calls"):
+        model.get_latent_representation(tiny_adata, sample_key="sample", official_compat=True, noise=noise * 3)
+
+
+def test_cell_sets_cover_every_row_once():
+    import pandas as pd
+
+    samples = pd.Series(["b", "a", "b", "c", "a", "b", "b"])
+    sets = list(cell_sets(samples, 7, max_cells=2))
+    assert [s.tolist() for s in sets] == [[1, 4], [0, 2], [5, 6], [3]]
+    assert sorted(np.concatenate(sets).tolist()) == list(range(7))
+    with pytest.raises(ValueError, match="max_cells must be a positive integer"):
+        list(cell_sets(samples, 7, max_cells=0))

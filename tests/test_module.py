@@ -1,0 +1,177 @@
+"""The torch module: shapes, sparse embedder, determinism, training step, losses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from opencellplm import AnnotationHeadConfig, CellBatch, CellPLMModule, GMVAENoise, LatentConfig
+from opencellplm.module.latent import gmvae_loss
+from opencellplm.module.masking import gene_mask, hide_genes
+from opencellplm.nn.embedding import log1p_gene_sum
+
+
+def make_batch(n_cells=30, n_in=20, n_genes=50, seed=0, covariates=True):
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.poisson(torch.rand(n_cells, n_in, generator=g) * 3)
+    gene_index = torch.randperm(n_genes, generator=g)[:n_in]
+    extra = {}
+    if covariates:
+        extra = {
+            "batch": torch.randint(0, 3, (n_cells,), generator=g),
+            "dataset": torch.randint(0, 2, (n_cells,), generator=g),
+        }
+    return CellBatch(counts=counts.to_sparse_csr(), gene_index=gene_index, **extra)
+
+
+def test_sparse_gene_sum_equals_dense_product():
+    table = torch.randn(50, 8)
+    counts = torch.poisson(torch.rand(12, 20) * 2)
+    gene_index = torch.randperm(50)[:20]
+    dense = torch.log1p(counts) @ table[gene_index]
+    torch.testing.assert_close(log1p_gene_sum(counts.to_sparse_csr(), gene_index, table), dense)
+
+
+def test_gene_index_must_cover_input_columns():
+    with pytest.raises(ValueError, match="one entry per input column"):
+        log1p_gene_sum(torch.ones(3, 4).to_sparse_csr(), torch.arange(3), torch.randn(10, 2))
+
+
+def test_eval_forward_shapes_and_determinism(tiny_config):
+    module = CellPLMModule(tiny_config).eval()
+    batch = make_batch()
+    with torch.inference_mode():
+        a, b = module(batch), module(batch)
+    assert a.embedding.shape == (30, 8)
+    assert a.nb.mean.shape == (30, 50) and a.nb.dispersion.shape == (30, 50)
+    assert torch.equal(a.embedding, b.embedding)
+    assert torch.equal(a.latent.cluster, torch.nn.functional.one_hot(a.latent.cluster_logits.argmax(1), 4).float())
+
+
+def test_official_mode_replays_injected_noise(tiny_config):
+    module = CellPLMModule(tiny_config).eval()
+    batch = make_batch()
+    noise = GMVAENoise(torch.rand(30, 4), torch.randn(30, 8))
+    with torch.inference_mode():
+        a = module(batch, official=True, noise=noise)
+        b = module(batch, official=True, noise=noise)
+    assert torch.equal(a.embedding, b.embedding)
+    with pytest.raises(ValueError, match=r"gumbel_uniform has shape \(5, 4\), expected \(30, 4\)"):
+        module(batch, official=True, noise=GMVAENoise(torch.rand(5, 4), torch.randn(30, 8)))
+
+
+def test_cells_attend_to_each_other(tiny_config):
+    module = CellPLMModule(tiny_config).eval()
+    batch = make_batch()
+    first = CellBatch(counts=batch.counts.to_dense()[:10].to_sparse_csr(), gene_index=batch.gene_index)
+    with torch.inference_mode():
+        whole, alone = module(batch).embedding[:10], module(first).embedding
+    assert (whole - alone).abs().max() > 1e-6
+
+
+def test_missing_covariate_uses_mean_by_default_and_sum_officially(tiny_config):
+    module = CellPLMModule(tiny_config).eval()
+    batch = make_batch(covariates=False)
+    with torch.inference_mode():
+        ours, official = (
+            module(batch),
+            module(batch, official=True, noise=GMVAENoise(torch.rand(30, 4), torch.randn(30, 8))),
+        )
+    assert not torch.allclose(ours.nb.mean, official.nb.mean)
+
+
+def test_covariate_id_out_of_range(tiny_config):
+    module = CellPLMModule(tiny_config).eval()
+    batch = make_batch()
+    bad = CellBatch(counts=batch.counts, gene_index=batch.gene_index, batch=torch.full((30,), 7))
+    with pytest.raises(ValueError, match=r"covariate ids must lie in \[0, 3\)"):
+        module(bad)
+
+
+def test_training_step_masks_drops_and_reaches_all_parameters(tiny_config):
+    torch.manual_seed(0)
+    config = tiny_config.replace(latent=LatentConfig(dim=8, n_clusters=4, hidden_dim=12, loss_floor=-1e9))
+    module = CellPLMModule(config).train()
+    batch = make_batch(n_cells=40)
+    out = module(batch)
+    assert out.embedding.shape[0] == len(out.kept_cells) == int(40 * (1 - config.masking.drop_cell_rate))
+    assert out.input_mask is not None and out.input_mask.any()
+    loss = module.reconstruction_loss(out)
+    assert torch.isfinite(loss.total)
+    loss.total.backward()
+    no_grad = [n for n, p in module.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, no_grad
+
+
+def test_masking_hides_only_masked_entries():
+    torch.manual_seed(1)
+    from opencellplm import MaskingConfig
+
+    counts = torch.poisson(torch.rand(50, 30) * 4) + 1  # no zeros, so every masked entry changes
+    mask = gene_mask(50, 30, MaskingConfig(cell_rate=0.6, gene_rate=0.3), torch.device("cpu"))
+    assert mask.any(1).sum() <= 30  # int(0.6 * 50) cells at most
+    hidden = hide_genes(counts.to_sparse_csr(), mask).to_dense()
+    assert torch.equal(hidden == 0, mask)
+    assert torch.equal(hidden[~mask], counts[~mask])
+
+
+def test_gmvae_loss_terms_match_direct_computation():
+    config = LatentConfig(dim=3, n_clusters=4, loss_floor=-1e9, gaussian_weight=2.0, categorical_weight=3.0)
+    torch.manual_seed(2)
+    z, m, pm = torch.randn(3, 5, 3).unbind(0)
+    v, pv = (torch.rand(2, 5, 3) + 0.5).unbind(0)
+    logits = torch.randn(5, 4)
+    normal = torch.distributions.Normal
+    gauss = (normal(m, (v + 1e-8).sqrt()).log_prob(z).sum(1) - normal(pm, (pv + 1e-8).sqrt()).log_prob(z).sum(1)).mean()
+    p = logits.softmax(1)
+    kl_uniform = (p * (p.log() + math.log(4))).sum(1).mean()
+    torch.testing.assert_close(gmvae_loss(z, m, v, pm, pv, logits, config), 2.0 * gauss + 3.0 * kl_uniform)
+    floored = LatentConfig(dim=3, n_clusters=4, loss_floor=1e6, gaussian_weight=2.0, categorical_weight=3.0)
+    assert gmvae_loss(z, m, v, pm, pv, logits, floored).item() == 5e6
+
+
+def test_annotation_head_and_loss(tiny_config):
+    config = tiny_config.replace(
+        decoder=None,
+        latent=LatentConfig(kind="ae", dim=8),
+        annotation=AnnotationHeadConfig(n_classes=3, n_hidden_layers=1, hidden_dim=10),
+    )
+    module = CellPLMModule(config).eval()
+    batch = make_batch(covariates=False)
+    labels = torch.randint(0, 3, (30,))
+    mask = torch.arange(30) % 2 == 0
+    out = module(batch)
+    loss = module.annotation_loss(out, labels, mask=mask)
+    expected = torch.nn.functional.cross_entropy(out.logits[mask], labels[mask])
+    torch.testing.assert_close(loss.total, expected)
+    with pytest.raises(ValueError, match="no NB decoder"):
+        module.reconstruction_loss(out)
+
+
+def test_reconstruction_aligns_columns_by_gene(tiny_config):
+    """With a shuffled subset of genes, the default loss reads the decoder column of each gene."""
+    module = CellPLMModule(tiny_config).eval()
+    batch = make_batch()
+    with torch.inference_mode():
+        out = module(batch)
+        by_gene = module.reconstruction_loss(out).objective
+        from opencellplm.module.losses import nb_reconstruction_loss
+
+        truth = batch.counts.to_dense()
+        cols = batch.gene_index
+        expected = nb_reconstruction_loss(truth, out.nb.mean[:, cols], out.nb.dispersion[:, cols])
+        by_position = module.reconstruction_loss(out, alignment="position").objective
+    torch.testing.assert_close(by_gene, expected)
+    assert by_gene != by_position
+
+
+def test_imputation_prediction_keeps_measured_totals(tiny_config):
+    module = CellPLMModule(tiny_config).eval()
+    batch = make_batch()
+    measured = torch.arange(20) < 15
+    with torch.inference_mode():
+        loss = module.imputation_loss(module(batch), measured=measured)
+    truth = batch.counts.to_dense()
+    torch.testing.assert_close(loss.prediction[:, measured].sum(1), truth[:, measured].sum(1))
