@@ -175,3 +175,27 @@ def test_imputation_prediction_keeps_measured_totals(tiny_config):
         loss = module.imputation_loss(module(batch), measured=measured)
     truth = batch.counts.to_dense()
     torch.testing.assert_close(loss.prediction[:, measured].sum(1), truth[:, measured].sum(1))
+
+
+def test_positional_encoding_uses_coordinates_except_in_official_mode(tiny_config):
+    module = CellPLMModule(tiny_config.replace(positional_encoding="sinusoidal")).eval()
+    batch = make_batch()
+    coords = torch.rand(30, 2)
+    placed = CellBatch(counts=batch.counts, gene_index=batch.gene_index, coords=coords)
+    noise = GMVAENoise(torch.rand(30, 4), torch.randn(30, 8))
+    with torch.inference_mode():
+        without, with_coords = module(batch).embedding, module(placed).embedding
+        official_a = module(batch, official=True, noise=noise).embedding
+        official_b = module(placed, official=True, noise=noise).embedding
+    assert (without - with_coords).abs().max() > 1e-4
+    assert torch.equal(official_a, official_b)
+
+
+def test_sinusoid_table_layout():
+    from opencellplm.nn.positional import sinusoid_table
+
+    table = sinusoid_table(8, grid_size=5)  # row i*5+j: first half encodes j, second half encodes i
+    assert table.shape == (25, 8)
+    torch.testing.assert_close(table[2 * 5 + 3, :4], table[3, :4])  # same j=3
+    torch.testing.assert_close(table[2 * 5 + 3, 4:], table[2 * 5, 4:])  # same i=2
+    torch.testing.assert_close(table[0], torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0]))

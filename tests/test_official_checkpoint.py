@@ -41,9 +41,15 @@ def test_export_reproduces_official_keys_and_shapes(official_dir):
     assert {k: tuple(v.shape) for k, v in exported.items()} == {k: tuple(v.shape) for k, v in official.items()}
 
 
-def test_85m_config_builds_with_official_element_count(official_dir):
-    raw = json.loads((official_dir / "20230926_85M.config.json").read_text())
-    config, genes = config_from_official(raw)
+# The released 85M config (OFFICIAL_MODEL.md section 0), its gene list replaced by placeholder ids.
+CONFIG_85M = official_config(n_genes=19374) | {
+    "enc_hid": 1024, "enc_layers": 4, "post_latent_dim": 512, "dec_hid": 1024, "dec_layers": 2, "num_clusters": 16,
+    "batch_num": 12596, "dataset_num": 484, "max_batch_size": 4000,
+}  # fmt: skip
+
+
+def test_85m_config_builds_with_official_element_count():
+    config, genes = config_from_official(CONFIG_85M)
     assert len(genes) == 19374
     module = CellPLMModule(config)
     official = official_state_dict_from(module)
@@ -54,6 +60,11 @@ def test_85m_config_builds_with_official_element_count(official_dir):
     ours = sum(v.numel() for v in module.state_dict().values())
     assert ours == 82_402_543 - 2 * 1024 - 1024 - 10_240_000
     assert sum(p.numel() for p in module.parameters()) == ours
+
+
+def test_85m_placeholder_config_matches_the_released_one(official_dir):
+    released = json.loads((official_dir / "20230926_85M.config.json").read_text())
+    assert config_from_official(released)[0] == config_from_official(CONFIG_85M)[0]
 
 
 # ------------------------------------------------------------------------------ bad input

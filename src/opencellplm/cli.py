@@ -22,7 +22,6 @@ def _convert_official(args: argparse.Namespace) -> int:
 
     model = CellPLM.from_official(args.prefix)
     model.save(args.out, overwrite=args.overwrite)
-    logger.info("wrote %s", args.out)
     return 0
 
 
