@@ -117,3 +117,14 @@ def test_foreign_meta_format(saved):
     (path / "meta.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(CheckpointError, match="declares format 'something-else'"):
         CellPLM.from_pretrained(path)
+
+
+def test_resaving_refreshes_provenance_but_keeps_user_meta(saved, tmp_path):
+    model, path = saved
+    again = CellPLM.from_pretrained(path)
+    again.meta["created"] = "1999-01-01"
+    again.meta["format_version"] = 99
+    again.save(tmp_path / "second")
+    meta = json.loads((tmp_path / "second" / "meta.json").read_text())
+    assert meta["note"] == "test" and meta["format_version"] == 1 and meta["created"] != "1999-01-01"
+    CellPLM.from_pretrained(tmp_path / "second")

@@ -50,3 +50,16 @@ def test_missing_required_key():
 def test_bad_values_are_refused(tiny_config, change, message):
     with pytest.raises(ConfigError, match=message):
         ModelConfig.from_dict(tiny_config.to_dict() | change)
+
+
+def test_sections_and_numbers_are_type_checked(tiny_config):
+    with pytest.raises(ConfigError, match="latent must be a LatentConfig"):
+        tiny_config.replace(latent={"dim": 3})
+    data = tiny_config.to_dict()
+    data["masking"]["cell_rate"] = "0.5"
+    with pytest.raises(ConfigError, match="masking.cell_rate must be a number"):
+        ModelConfig.from_dict(data)
+    data = tiny_config.to_dict()
+    data["latent"]["gaussian_weight"] = -1
+    with pytest.raises(ConfigError, match="latent.gaussian_weight must be >= 0.0"):
+        ModelConfig.from_dict(data)

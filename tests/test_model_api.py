@@ -130,3 +130,51 @@ def test_cell_sets_cover_every_row_once():
     assert sorted(np.concatenate(sets).tolist()) == list(range(7))
     with pytest.raises(ValueError, match="max_cells must be a positive integer"):
         list(cell_sets(samples, 7, max_cells=0))
+
+
+def test_inference_runs_in_eval_mode_and_restores_the_mode(model, tiny_adata):
+    expected = model.get_latent_representation(tiny_adata)
+    model.module.train()
+    np.testing.assert_array_equal(model.get_latent_representation(tiny_adata), expected)
+    assert model.module.training
+
+
+@pytest.mark.parametrize("bad", [np.nan, -1.0, np.inf])
+def test_non_counts_are_refused_with_the_cells(model, tiny_adata, bad):
+    tiny_adata.X[7, 2] = bad
+    with pytest.raises(ValueError, match=r"X has 1 NaN, infinite or negative entries, in cells \['cell7'\]"):
+        model.get_latent_representation(tiny_adata)
+
+
+def test_normalised_values_warn(model, tiny_adata):
+    tiny_adata.X = tiny_adata.X / 3.0
+    with pytest.warns(UserWarning, match="X holds non-integer values; CellPLM expects raw counts"):
+        model.get_latent_representation(tiny_adata)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.float16, np.float64])
+def test_other_count_dtypes(model, tiny_adata, dtype):
+    expected = model.get_latent_representation(tiny_adata)
+    tiny_adata.X = tiny_adata.X.astype(dtype)
+    np.testing.assert_allclose(model.get_latent_representation(tiny_adata), expected, atol=1e-6)
+
+
+def test_bad_call_arguments(model, tiny_adata):
+    noise = [GMVAENoise(torch.rand(40, 4), torch.randn(40, 8))]
+    with pytest.raises(ValueError, match="needs official_compat=True"):
+        model.get_latent_representation(tiny_adata, noise=noise)
+    with pytest.raises(ValueError, match="max_cells must be a positive integer or None, got 7.5"):
+        model.get_latent_representation(tiny_adata, max_cells=7.5)
+
+
+def test_duplicate_vocabulary_is_refused(tiny_config):
+    genes = vocabulary(tiny_config.n_genes)
+    genes[1] = genes[0]
+    with pytest.raises(ValueError, match=r"the vocabulary lists duplicate genes: \['ENSG00000000000'\]"):
+        CellPLM(CellPLMModule(tiny_config), genes)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is absent")
+def test_cuda_without_cuda(tiny_config):
+    with pytest.raises(ValueError, match="CUDA is not available to this torch build"):
+        CellPLM(CellPLMModule(tiny_config), vocabulary(tiny_config.n_genes), device="cuda")

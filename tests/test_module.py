@@ -50,14 +50,19 @@ def test_eval_forward_shapes_and_determinism(tiny_config):
     assert torch.equal(a.latent.cluster, torch.nn.functional.one_hot(a.latent.cluster_logits.argmax(1), 4).float())
 
 
-def test_official_mode_replays_injected_noise(tiny_config):
+def test_official_mode_draws_noise_in_the_official_order(tiny_config):
+    """Without injected noise, official mode draws rand(N, K) then randn(N, D) from torch's generator."""
     module = CellPLMModule(tiny_config).eval()
     batch = make_batch()
-    noise = GMVAENoise(torch.rand(30, 4), torch.randn(30, 8))
     with torch.inference_mode():
-        a = module(batch, official=True, noise=noise)
-        b = module(batch, official=True, noise=noise)
-    assert torch.equal(a.embedding, b.embedding)
+        torch.manual_seed(5)
+        drawn = module(batch, official=True).embedding
+        torch.manual_seed(5)
+        noise = GMVAENoise(torch.rand(30, 4), torch.randn(30, 8))
+        replayed = module(batch, official=True, noise=noise).embedding
+        other = module(batch, official=True, noise=GMVAENoise(torch.rand(30, 4), torch.randn(30, 8))).embedding
+    assert torch.equal(drawn, replayed)
+    assert not torch.equal(replayed, other)  # the Gumbel noise changes the chosen component
     with pytest.raises(ValueError, match=r"gumbel_uniform has shape \(5, 4\), expected \(30, 4\)"):
         module(batch, official=True, noise=GMVAENoise(torch.rand(5, 4), torch.randn(30, 8)))
 
@@ -73,13 +78,17 @@ def test_cells_attend_to_each_other(tiny_config):
 
 def test_missing_covariate_uses_mean_by_default_and_sum_officially(tiny_config):
     module = CellPLMModule(tiny_config).eval()
-    batch = make_batch(covariates=False)
+    covariate = module.decoder.blocks[0].covariates["batch"]
+    rows = covariate.embedding.weight
     with torch.inference_mode():
-        ours, official = (
-            module(batch),
-            module(batch, official=True, noise=GMVAENoise(torch.rand(30, 4), torch.randn(30, 8))),
+        torch.testing.assert_close(
+            covariate(None, missing="mean"), covariate.norm(covariate.act(rows.mean(0, keepdim=True)))
         )
-    assert not torch.allclose(ours.nb.mean, official.nb.mean)
+        torch.testing.assert_close(
+            covariate(None, missing="sum"), covariate.norm(covariate.act(rows.sum(0, keepdim=True)))
+        )
+        ids = torch.tensor([2, 0])
+        torch.testing.assert_close(covariate(ids, missing="mean"), covariate.norm(covariate.act(rows[ids])))
 
 
 def test_covariate_id_out_of_range(tiny_config):
@@ -105,16 +114,97 @@ def test_training_step_masks_drops_and_reaches_all_parameters(tiny_config):
     assert not no_grad, no_grad
 
 
-def test_masking_hides_only_masked_entries():
+@pytest.mark.parametrize("beta", [False, True])
+def test_masking_hides_only_masked_entries(beta):
     torch.manual_seed(1)
     from opencellplm import MaskingConfig
 
-    counts = torch.poisson(torch.rand(50, 30) * 4) + 1  # no zeros, so every masked entry changes
-    mask = gene_mask(50, 30, MaskingConfig(cell_rate=0.6, gene_rate=0.3), torch.device("cpu"))
-    assert mask.any(1).sum() <= 30  # int(0.6 * 50) cells at most
+    counts = torch.poisson(torch.rand(200, 60) * 4) + 1  # no zeros, so every masked entry changes
+    mask = gene_mask(200, 60, MaskingConfig(cell_rate=0.6, gene_rate=0.25, beta=beta), torch.device("cpu"))
+    assert mask.any(1).sum() == 120  # int(0.6 * 200) cells
+    share = mask[mask.any(1)].float().mean()
+    expected = 5 / 18 if beta else 0.25  # mean of Beta(5, 4 / 0.25 - 3) (the 0.9 cap is rarely hit)
+    assert abs(share - expected) < 0.02
     hidden = hide_genes(counts.to_sparse_csr(), mask).to_dense()
     assert torch.equal(hidden == 0, mask)
     assert torch.equal(hidden[~mask], counts[~mask])
+
+
+@pytest.mark.parametrize("n_cells", [1, 2, 3, 5])
+def test_training_on_tiny_sets_gives_a_finite_loss(tiny_config, n_cells):
+    torch.manual_seed(0)
+    module = CellPLMModule(tiny_config).train()
+    out = module(make_batch(n_cells=n_cells))
+    loss = module.reconstruction_loss(out)
+    assert torch.isfinite(loss.total)
+    loss.total.backward()
+
+
+def test_masked_term_matches_a_direct_computation_with_scipy():
+    """The denoising term: NB of the masked entries only, means rescaled to each cell's masked total."""
+    import numpy as np
+    from scipy import stats
+
+    from opencellplm.module.losses import nb_reconstruction_loss
+
+    g = torch.Generator().manual_seed(3)
+    truth = torch.poisson(torch.rand(6, 5, generator=g) * 4).double()
+    mean = torch.rand(6, 5, generator=g).double() + 0.1
+    disp = torch.rand(6, 5, generator=g).double() + 0.5
+    mask = torch.rand(6, 5, generator=g) < 0.4
+    mask[0] = False  # a cell with nothing masked does not count
+    got = nb_reconstruction_loss(truth, mean, disp, mask, masked_term=True).item()
+
+    def nll(t, mu, th):
+        return -stats.nbinom.logpmf(t, th, th / (th + mu)).sum()
+
+    expected = []
+    for c in range(6):
+        m = mask[c].numpy()
+        if not m.any():
+            continue
+        t, mu, th = truth[c].numpy(), mean[c].numpy(), disp[c].numpy()
+        full = nll(t, mu / mu.sum() * t.sum(), th)
+        mu_m = mu[m] / mu[m].sum() * t[m].sum()
+        expected.append(full + nll(t[m], mu_m, th[m]))
+    np.testing.assert_allclose(got, np.mean(expected), rtol=1e-6)
+
+
+def test_annotation_labels_follow_dropped_cells_in_training(tiny_config):
+    config = tiny_config.replace(
+        decoder=None, latent=LatentConfig(kind="ae", dim=8), annotation=AnnotationHeadConfig(n_classes=3)
+    )
+    torch.manual_seed(4)
+    module = CellPLMModule(config).train()
+    labels = torch.randint(0, 3, (30,))
+    mask = torch.arange(30) % 3 != 0
+    out = module(make_batch(covariates=False))
+    assert len(out.kept_cells) == 21
+    loss = module.annotation_loss(out, labels, mask=mask)
+    kept = out.kept_cells
+    expected = torch.nn.functional.cross_entropy(out.logits[mask[kept]], labels[kept][mask[kept]])
+    torch.testing.assert_close(loss.total, expected)
+    nobody = module.annotation_loss(out, labels, mask=torch.zeros(30, dtype=torch.bool))
+    assert nobody.total.item() == 0.0
+
+
+def test_cell_batch_checks_its_fields():
+    counts = torch.poisson(torch.rand(4, 3) * 3)
+    coo = CellBatch(counts=counts.to_sparse(), gene_index=torch.arange(3))
+    assert coo.counts.is_sparse_csr and torch.equal(coo.counts.to_dense(), counts)
+    with pytest.raises(ValueError, match=r"gene_index must be an integer tensor of shape \(3,\)"):
+        CellBatch(counts=counts, gene_index=torch.arange(4))
+    with pytest.raises(ValueError, match=r"batch ids must be an integer tensor of shape \(4,\)"):
+        CellBatch(counts=counts, gene_index=torch.arange(3), batch=torch.zeros(4))
+    with pytest.raises(ValueError, match=r"coords must be a float tensor of shape \(4, 2\)"):
+        CellBatch(counts=counts, gene_index=torch.arange(3), coords=torch.zeros(4, 3))
+
+
+def test_gene_index_outside_the_vocabulary(tiny_config):
+    module = CellPLMModule(tiny_config).eval()
+    batch = CellBatch(counts=torch.ones(2, 3), gene_index=torch.tensor([0, 1, 50]))
+    with pytest.raises(ValueError, match=r"gene_index must lie in \[0, 50\)"):
+        module(batch)
 
 
 def test_gmvae_loss_terms_match_direct_computation():

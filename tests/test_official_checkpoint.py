@@ -125,21 +125,13 @@ def _state(prefix: Path) -> dict:
     return torch.load(f"{prefix}.best.ckpt", weights_only=True)["model_state_dict"]
 
 
-def test_missing_key_is_named(tmp_path):
+@pytest.mark.parametrize("key", ["encoder.layers.1.norm2.bias", "embedder.norm0.weight", "embedder.pe_enc.missing_pe"])
+def test_missing_key_is_named(tmp_path, key):
     prefix = write_official(tmp_path / "tiny")
     state = _state(prefix)
-    del state["encoder.layers.1.norm2.bias"]
+    del state[key]
     write_official(prefix, state=state)
-    with pytest.raises(CheckpointError, match=r"missing key\(s\): \['encoder.layers.1.norm2.bias'\]"):
-        CellPLM.from_official(prefix)
-
-
-def test_missing_dead_key_is_named(tmp_path):
-    prefix = write_official(tmp_path / "tiny")
-    state = _state(prefix)
-    del state["embedder.norm0.weight"]
-    write_official(prefix, state=state)
-    with pytest.raises(CheckpointError, match=r"missing key\(s\): \['embedder.norm0.weight'\]"):
+    with pytest.raises(CheckpointError, match=rf"missing key\(s\): \['{key}'\]"):
         CellPLM.from_official(prefix)
 
 
@@ -193,6 +185,7 @@ def test_unknown_official_config_key(tmp_path):
         ({"dsbn": True}, "dsbn=True is not supported"),
         ({"norm": "gropnorm"}, "silently replaces an unknown norm with Identity"),
         ({"out_dim": 7}, "out_dim=7 differs from the 40 genes"),
+        ({"dec_mod": "zinb"}, "only the NB decoder"),
     ],
 )
 def test_unsupported_official_settings(override, message):
@@ -209,3 +202,31 @@ def test_state_dict_mapping_is_strict_about_tensors(tmp_path):
     module = CellPLMModule(config_from_official(official_config())[0])
     with pytest.raises(CheckpointError, match="missing key"):
         state_dict_from_official(module, {})
+
+
+def test_config_without_positional_module(tmp_path):
+    """pe_type null: the official model then has no missing_pe and no sinusoid table."""
+    raw = official_config(pe_type=None)
+    config, _ = config_from_official(raw)
+    state = official_state_dict_from(CellPLMModule(config))
+    del state["embedder.pe_enc.missing_pe"], state["embedder.pe_enc.pe_enc.weight"]
+    prefix = write_official(tmp_path / "nope", raw, state=state)
+    assert CellPLM.from_official(prefix).config.positional_encoding == "none"
+
+
+def test_weights_land_in_the_right_layers(tmp_path):
+    """Not circular: a value placed under an official key must show up where that key acts."""
+    prefix = write_official(tmp_path / "tiny")
+    state = _state(prefix)
+    state["latent.layers.1.inference.inference_qzyx.2.mu.weight"].zero_()
+    state["latent.layers.1.inference.inference_qzyx.2.mu.bias"].copy_(torch.arange(8.0))
+    state["decoder.out_layer.dec_disp"].fill_(0.5)
+    write_official(prefix, state=state)
+    model = CellPLM.from_official(prefix)
+    from opencellplm import CellBatch
+
+    batch = CellBatch(counts=torch.poisson(torch.rand(5, 40) * 3), gene_index=torch.arange(40))
+    with torch.inference_mode():
+        out = model.module(batch)
+    torch.testing.assert_close(out.embedding, torch.arange(8.0).expand(5, 8))  # posterior mean = mu bias
+    torch.testing.assert_close(out.nb.dispersion, torch.full((5, 40), 0.5).exp())

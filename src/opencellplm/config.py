@@ -30,7 +30,15 @@ def _check_positive(name: str, value: int) -> None:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _check_number(name: str, value: float, *, minimum: float | None = None) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
+
+
 def _check_rate(name: str, value: float, *, upper_inclusive: bool = False) -> None:
+    _check_number(name, value)
     ok = 0.0 <= value <= 1.0 if upper_inclusive else 0.0 <= value < 1.0
     if not ok:
         raise ConfigError(f"{name} must be in [0, 1{']' if upper_inclusive else ')'}, got {value!r}")
@@ -95,6 +103,9 @@ class LatentConfig:
         _check_positive("latent.dim", self.dim)
         _check_positive("latent.n_clusters", self.n_clusters)
         _check_positive("latent.hidden_dim", self.hidden_dim)
+        _check_number("latent.loss_floor", self.loss_floor)
+        _check_number("latent.gaussian_weight", self.gaussian_weight, minimum=0.0)
+        _check_number("latent.categorical_weight", self.categorical_weight, minimum=0.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,6 +250,17 @@ class ModelConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
 
     def __post_init__(self) -> None:
+        sections = {
+            "encoder": (EncoderConfig, False),
+            "latent": (LatentConfig, False),
+            "decoder": (DecoderConfig, True),
+            "annotation": (AnnotationHeadConfig, True),
+            "masking": (MaskingConfig, False),
+        }
+        for name, (section, optional) in sections.items():
+            value = getattr(self, name)
+            if not (isinstance(value, section) or (optional and value is None)):
+                raise ConfigError(f"{name} must be a {section.__name__}{' or None' if optional else ''}, got {value!r}")
         _check_positive("n_genes", self.n_genes)
         _check_positive("hidden_dim", self.hidden_dim)
         _check_positive("pe_grid_size", self.pe_grid_size)

@@ -82,7 +82,12 @@ def align_genes(input_genes: Sequence[str], vocabulary: Sequence[str], *, source
         )
     n_dup = len(input_genes) - len(set(input_genes))
     if n_dup:
-        warnings.warn(f"{n_dup} duplicate gene name(s) in {source}; their counts are summed", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{n_dup} duplicate gene name(s) in {source}; each column adds log1p(count) x the gene's embedding "
+            "(sum duplicate columns first to treat them as one gene)",
+            UserWarning,
+            stacklevel=3,
+        )
     logger.info(
         "%d of %d input genes (%.1f%%) are in the vocabulary of %d genes",
         alignment.n_matched,

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import ConfigError, ModelConfig
 from ..module import CellPLMModule
-from .errors import CheckpointError
+from .errors import CheckpointError, check_duplicates, key_mismatches
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +49,17 @@ def save_checkpoint(
     directory = Path(directory)
     if len(genes) != module.config.n_genes:
         raise CheckpointError(f"{len(genes)} genes given for a model with {module.config.n_genes} gene embeddings")
+    check_duplicates(genes, "the vocabulary")
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
     directory.parent.mkdir(parents=True, exist_ok=True)
-    info = {
+    info = (meta or {}) | {  # what this save knows wins over carried-over metadata
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "opencellplm_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "n_parameters": sum(p.numel() for p in module.parameters()),
-    } | (meta or {})
+        "n_parameters": module.n_parameters(),
+    }
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         (tmp / CONFIG_FILE).write_text(json.dumps(module.config.to_dict(), indent=2) + "\n")
@@ -125,26 +126,10 @@ def _check_vocabulary(genes: list[str], config: ModelConfig, state: dict[str, to
             f"the vocabulary does not match the weights in {directory}: {GENES_FILE} lists {len(genes)} genes, "
             f"config.json says n_genes={config.n_genes}, the gene embedding has {n_rows} rows"
         )
-    seen: set[str] = set()
-    duplicates = sorted({g for g in genes if g in seen or seen.add(g)})
-    if duplicates:
-        raise CheckpointError(f"{directory / GENES_FILE} lists duplicate genes: {duplicates[:10]}")
+    check_duplicates(genes, str(directory / GENES_FILE))
 
 
 def _check_keys(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path: Path) -> None:
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    wrong = [
-        f"{k} has shape {tuple(found[k].shape)}, expected {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(found))
-        if found[k].shape != expected[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing key(s): {missing}")
-    if unexpected:
-        problems.append(f"unexpected key(s): {unexpected}")
-    if wrong:
-        problems.append("mis-shaped: " + "; ".join(wrong))
+    problems = key_mismatches({k: v.shape for k, v in expected.items()}, {k: v.shape for k, v in found.items()})
     if problems:
         raise CheckpointError(f"{path} does not match its config: " + "; ".join(problems))

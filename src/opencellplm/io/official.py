@@ -35,11 +35,12 @@ from ..config import (
 from ..module import CellPLMModule
 from ..nn.norm import make_norm
 from ..nn.positional import sinusoid_table
-from .errors import CheckpointError
+from .errors import CheckpointError, key_mismatches
 
 logger = logging.getLogger(__name__)
 
 OFFICIAL_PE_GRID = 100  # the official Sinusoidal2dPE is always 100 x 100
+PE_TABLE_KEY = "embedder.pe_enc.pe_enc.weight"
 
 # Keyword arguments of the official OmicsFormer that this package understands.
 _ARCHITECTURE_KEYS = {
@@ -106,7 +107,7 @@ def config_from_official(raw: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
     head_type = c["head_type"]
     if head_type not in (None, "embedder", "annotation"):
         raise unsupported("head_type", "supported heads are none (NB decoder), 'embedder' and 'annotation'")
-    if head_type is None and "nb" not in c["dec_mod"]:
+    if head_type is None and c["dec_mod"] != "nbmlp":
         raise unsupported("dec_mod", "only the NB decoder ('nbmlp') is implemented")
 
     genes = list(c["gene_list"])
@@ -216,12 +217,13 @@ def official_key_map(module: CellPLMModule) -> dict[str, str]:
     return mapping
 
 
-def dead_official_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+def dead_official_tensors(config: ModelConfig, *, pe_table: bool = True) -> dict[str, tuple[int, ...]]:
     """Official keys with no counterpart in our model, and their expected shapes."""
     d = config.hidden_dim
     dead = {f"embedder.norm0.{k}": tuple(v.shape) for k, v in make_norm(config.norm, d).state_dict().items()}
-    dead["embedder.pe_enc.missing_pe"] = (d,)
-    dead["embedder.pe_enc.pe_enc.weight"] = (OFFICIAL_PE_GRID**2, d)
+    if pe_table:
+        dead["embedder.pe_enc.missing_pe"] = (d,)
+        dead[PE_TABLE_KEY] = (OFFICIAL_PE_GRID**2, d)
     return dead
 
 
@@ -262,35 +264,25 @@ def read_official_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def state_dict_from_official(module: CellPLMModule, official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map an official state dict onto ``module``'s keys, strictly (see the module docstring)."""
+def state_dict_from_official(
+    module: CellPLMModule, official: dict[str, torch.Tensor], *, pe_table: bool = True
+) -> dict[str, torch.Tensor]:
+    """Map an official state dict onto ``module``'s keys, strictly (see the module docstring).
+
+    ``pe_table`` says whether the official model had its (dead) positional-encoding module, as it
+    does unless its config sets ``pe_type`` to null.
+    """
     mapping = official_key_map(module)
-    dead = dead_official_tensors(module.config)
-    expected = set(mapping.values()) | set(dead)
-    missing = sorted(expected - set(official))
-    unexpected = sorted(set(official) - expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing key(s): {missing}")
-        if unexpected:
-            parts.append(f"unexpected key(s): {unexpected}")
-        raise CheckpointError("official weights do not match the config: " + "; ".join(parts))
+    dead = dead_official_tensors(module.config, pe_table=pe_table)
     ours = module.state_dict()
-    wrong = [
-        f"{off} has shape {tuple(official[off].shape)}, expected {tuple(ours[key].shape)}"
-        for key, off in mapping.items()
-        if official[off].shape != ours[key].shape
-    ]
-    wrong += [
-        f"{off} has shape {tuple(official[off].shape)}, expected {shape}"
-        for off, shape in dead.items()
-        if tuple(official[off].shape) != shape
-    ]
-    if wrong:
-        raise CheckpointError("official weights have mis-shaped tensor(s): " + "; ".join(wrong))
-    table = official["embedder.pe_enc.pe_enc.weight"]
-    if not torch.allclose(table.float(), sinusoid_table(module.config.hidden_dim, OFFICIAL_PE_GRID), atol=1e-6):
+    expected = {off: tuple(ours[key].shape) for key, off in mapping.items()} | dead
+    problems = key_mismatches(expected, {k: tuple(v.shape) for k, v in official.items()})
+    if problems:
+        raise CheckpointError("official weights do not match the config: " + "; ".join(problems))
+    table = official.get(PE_TABLE_KEY)
+    if table is not None and not torch.allclose(
+        table.float(), sinusoid_table(module.config.hidden_dim, OFFICIAL_PE_GRID), atol=1e-6
+    ):
         raise CheckpointError("embedder.pe_enc.pe_enc.weight is not the fixed sinusoid table of the official model")
     logger.debug("dropped dead official tensors: %s", sorted(dead))
     return {key: official[off].to(ours[key].dtype) for key, off in mapping.items()}
@@ -308,7 +300,7 @@ def official_state_dict_from(module: CellPLMModule) -> dict[str, torch.Tensor]:
     d = module.config.hidden_dim
     out.update({f"embedder.norm0.{k}": v for k, v in make_norm(module.config.norm, d).state_dict().items()})
     out["embedder.pe_enc.missing_pe"] = torch.zeros(d)
-    out["embedder.pe_enc.pe_enc.weight"] = sinusoid_table(d, OFFICIAL_PE_GRID)
+    out[PE_TABLE_KEY] = sinusoid_table(d, OFFICIAL_PE_GRID)
     return out
 
 
@@ -331,12 +323,12 @@ def official_paths(prefix: str | Path) -> tuple[Path, Path]:
 def load_official(prefix: str | Path) -> tuple[CellPLMModule, list[str]]:
     """Build our module from an official checkpoint pair and return it with its gene vocabulary."""
     config_path, weights_path = official_paths(prefix)
-    config, genes = config_from_official(read_official_config(config_path))
+    raw = read_official_config(config_path)
+    config, genes = config_from_official(raw)
     module = CellPLMModule(config)
-    module.load_state_dict(state_dict_from_official(module, read_official_weights(weights_path)), strict=True)
-    logger.info("loaded official checkpoint %s: %d genes, %s parameters", prefix, len(genes), f"{_n_params(module):,}")
+    pe_table = raw.get("pe_type", "sin") is not None
+    state = state_dict_from_official(module, read_official_weights(weights_path), pe_table=pe_table)
+    module.load_state_dict(state, strict=True)
+    n = module.n_parameters()
+    logger.info("loaded official checkpoint %s: %d genes, %s parameters", prefix, len(genes), f"{n:,}")
     return module.eval(), genes
-
-
-def _n_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

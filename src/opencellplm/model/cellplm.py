@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 from .._sparse import csr_tensor
 from ..data import align_genes, cell_sets
 from ..io import load_checkpoint, load_official, save_checkpoint
+from ..io.errors import check_duplicates
 from ..module import CellBatch, CellPLMModule, GMVAENoise
 
 logger = logging.getLogger(__name__)
@@ -52,17 +54,18 @@ class CellPLM:
     ):
         if len(genes) != module.config.n_genes:
             raise ValueError(f"{len(genes)} genes given for a model with {module.config.n_genes} gene embeddings")
-        self.module = module.to(device).eval()
+        check_duplicates(genes, "the vocabulary")
+        self.device = _device(device)
+        self.module = module.to(self.device).eval()
         self.genes = list(genes)
         self.meta = dict(meta or {})
-        self.device = torch.device(device)
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> CellPLM:
         """Load a checkpoint directory written by :meth:`save`."""
         module, genes, meta = load_checkpoint(directory)
-        logger.info("loaded %s: %d genes, %s parameters", directory, len(genes), f"{_n_params(module):,}")
+        logger.info("loaded %s: %d genes, %s parameters", directory, len(genes), f"{module.n_parameters():,}")
         return cls(module, genes, meta=meta, device=device)
 
     @classmethod
@@ -83,7 +86,7 @@ class CellPLM:
         c = self.config
         return (
             f"CellPLM({len(self.genes)} genes, hidden {c.hidden_dim}, {c.encoder.n_layers} layers, "
-            f"latent {c.latent.kind}:{c.latent.dim}, {_n_params(self.module):,} parameters, device {self.device})"
+            f"latent {c.latent.kind}:{c.latent.dim}, {self.module.n_parameters():,} parameters, device {self.device})"
         )
 
     # ---------------------------------------------------------------------------- inference
@@ -121,6 +124,10 @@ class CellPLM:
             With ``official_compat``, recorded GMVAE noise, one entry per forward call in call order
             (default: drawn from torch's generator).
         """
+        if noise is not None and not official_compat:
+            raise ValueError("noise= replays the official random draws; it needs official_compat=True")
+        if max_cells is not None and (not isinstance(max_cells, int) or max_cells < 1):
+            raise ValueError(f"max_cells must be a positive integer or None, got {max_cells!r}")
         counts = _counts(adata, layer)
         genes = _gene_ids(adata, gene_key)
         alignment = align_genes(genes, self.genes, source=f"var[{gene_key!r}]" if gene_key else "var_names")
@@ -130,18 +137,33 @@ class CellPLM:
 
         out = np.zeros((adata.n_obs, self.config.latent.dim), dtype=np.float32)
         sets = list(cell_sets(samples, adata.n_obs, max_cells))
-        for rows in tqdm(sets, desc="embedding cell sets", unit="set", disable=None if len(sets) > 1 else True):
-            x = _rows_csr(counts, rows, alignment.columns)
-            batch = CellBatch(counts=_to_torch_csr(x, self.device), gene_index=gene_index)
-            step_noise = None
-            if noise_iter is not None:
-                step_noise = next(noise_iter, None)
-                if step_noise is None:
-                    raise ValueError("fewer GMVAE noise entries than forward calls")
-            result = self.module(batch, official=official_compat, noise=step_noise)
-            out[rows] = result.embedding.float().cpu().numpy()
+        non_integer = False
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            for rows in tqdm(sets, desc="embedding cell sets", unit="set", disable=None if len(sets) > 1 else True):
+                x = _rows_csr(counts, rows, alignment.columns)
+                non_integer |= _check_counts(x, adata.obs_names[rows], layer)
+                batch = CellBatch(counts=_to_torch_csr(x, self.device), gene_index=gene_index)
+                step_noise = None
+                if noise_iter is not None:
+                    step_noise = next(noise_iter, None)
+                    if step_noise is None:
+                        raise ValueError("fewer GMVAE noise entries than forward calls")
+                result = self.module(batch, official=official_compat, noise=step_noise)
+                out[rows] = result.embedding.float().cpu().numpy()
+        finally:
+            self.module.train(was_training)
         if noise_iter is not None and next(noise_iter, None) is not None:
             raise ValueError(f"more GMVAE noise entries than the {len(sets)} forward calls")
+        if non_integer:
+            where = f"layers[{layer!r}]" if layer else "X"
+            warnings.warn(
+                f"{where} holds non-integer values; CellPLM expects raw counts (pass layer= naming a layer of "
+                "raw counts if X is normalised)",
+                UserWarning,
+                stacklevel=2,
+            )
         return out
 
     def embed(self, adata: AnnData, *, key_added: str = "X_cellplm", **kwargs: Any) -> CellPLM:
@@ -156,10 +178,6 @@ class CellPLM:
         params = {k: v for k, v in kwargs.items() if k != "noise" and v is not None}
         adata.uns.setdefault("cellplm", {})[key_added] = {"params": params | {"n_genes_vocabulary": len(self.genes)}}
         return self
-
-
-def _n_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def _counts(adata: AnnData, layer: str | None):
@@ -192,17 +210,39 @@ def _samples(adata: AnnData, sample_key: str | None):
     return samples
 
 
+def _device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available to this torch build; use device='cpu'")
+    return device
+
+
+def _check_counts(x: sp.csr_matrix, names, layer: str | None) -> bool:
+    """Refuse NaN, infinite and negative entries (naming cells); return whether any value is non-integer."""
+    bad = ~np.isfinite(x.data) | (x.data < 0)
+    if bad.any():
+        where = f"layers[{layer!r}]" if layer else "X"
+        cells = np.unique(np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))[bad])
+        raise ValueError(
+            f"{where} has {int(bad.sum())} NaN, infinite or negative entries, in cells {list(names[cells[:5]])}"
+            f"{' and more' if len(cells) > 5 else ''}; CellPLM needs raw counts"
+        )
+    return bool(np.any(x.data != np.round(x.data)))
+
+
 def _rows_csr(matrix, rows: np.ndarray, columns: np.ndarray) -> sp.csr_matrix:
     """Rows (any order) and columns of an in-memory or backed matrix as float32 CSR."""
     order = np.argsort(rows)
     sorted_rows = rows[order]
     block = matrix[sorted_rows]  # backed datasets need increasing row indices
-    block = sp.csr_matrix(block) if not sp.issparse(block) else block.tocsr()
+    if sp.issparse(block):
+        block = sp.csr_matrix(block, dtype=np.float32)
+    else:
+        block = sp.csr_matrix(np.asarray(block, dtype=np.float32))
     block = block[:, columns]
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
-    block = block[inverse]
-    return block.astype(np.float32)
+    return block[inverse]
 
 
 def _to_torch_csr(x: sp.csr_matrix, device: torch.device) -> torch.Tensor:

@@ -72,6 +72,10 @@ class CellPLMModule(nn.Module):
         logits = None if self.head is None else self.head(latent.embedding)
         return CellPLMOutput(latent=latent, nb=nb, logits=logits, cells=batch, kept_cells=kept, input_mask=input_mask)
 
+    def n_parameters(self) -> int:
+        """Number of parameters (the fixed sinusoid table is a buffer and not counted)."""
+        return sum(p.numel() for p in self.parameters())
+
     # ----------------------------------------------------------------------------------- losses
     def reconstruction_loss(
         self,
@@ -115,21 +119,27 @@ class CellPLMModule(nn.Module):
         nb = self._require_nb(out)
         columns = _as_index(measured, out.cells.counts.shape[1], out.cells.counts.device)
         gene_index = out.cells.gene_index
-        truth = out.cells.counts.to_dense() if out.cells.counts.is_sparse_csr else out.cells.counts
+        truth = out.cells.dense_counts()
         objective, prediction = nb_imputation_loss(truth, nb.mean[:, gene_index], nb.dispersion[:, gene_index], columns)
         return _total(out, objective, prediction)
 
     def annotation_loss(
         self, out: CellPLMOutput, labels: torch.Tensor, *, mask: torch.Tensor | None = None
     ) -> LossOutput:
-        """Cross-entropy of the head's logits against ``labels`` (ids of the input cells), over the
-        cells selected by ``mask`` (default: all)."""
+        """Cross-entropy of the head's logits against ``labels`` (class ids of the input cells, before
+        any training-time cell dropping), over the cells selected by ``mask`` (default: all). Zero when
+        no selected cell survived dropping."""
         if out.logits is None:
             raise ValueError("this model has no annotation head (config.annotation is None)")
+        labels = torch.as_tensor(labels, device=out.logits.device)
+        if labels.ndim != 1 or labels.is_floating_point():
+            raise ValueError(
+                f"labels must be a 1-D tensor of integer class ids, got {labels.dtype} {tuple(labels.shape)}"
+            )
         labels = labels[out.kept_cells]
         logits = out.logits
         if mask is not None:
-            mask = mask[out.kept_cells]
+            mask = torch.as_tensor(mask, device=out.logits.device)[out.kept_cells]
             logits, labels = logits[mask], labels[mask]
         return _total(out, annotation_loss(logits, labels))
 

@@ -52,7 +52,7 @@ class DecoderBlock(nn.Module):
     def forward(self, x: torch.Tensor, batch: CellBatch, *, missing: str) -> torch.Tensor:
         x = self.norm(self.dropout(self.act(self.linear(x))))
         for name, covariate in self.covariates.items():
-            x = x + covariate(batch.covariate(name), missing=missing)
+            x = x + covariate(getattr(batch, name), missing=missing)
         return x
 
 

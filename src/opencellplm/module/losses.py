@@ -50,6 +50,8 @@ def nb_reconstruction_loss(
         Add the same NLL evaluated on the masked entries only (the denoising term).
     """
     cells = slice(None) if input_mask is None else input_mask.any(1)
+    if input_mask is not None and not cells.any():  # nothing hidden in these genes: no signal, no NaN
+        return mean.sum() * 0.0
     nll = -nb_log_prob(truth[cells], _rescale(mean[cells], truth[cells]), dispersion[cells])
     if masked_term and input_mask is not None:
         m = input_mask.to(truth.dtype)
@@ -75,5 +77,7 @@ def nb_imputation_loss(
 
 
 def annotation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy."""
+    """Mean cross-entropy; 0 (with a graph, no gradient) when there is no labelled cell."""
+    if labels.numel() == 0:
+        return logits.sum() * 0.0
     return F.cross_entropy(logits, labels.long())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from .._sparse import csr_tensor
@@ -10,24 +12,16 @@ from .outputs import CellBatch
 
 
 def select_cells(batch: CellBatch, rows: torch.Tensor) -> CellBatch:
-    """The cells ``rows`` of ``batch`` (counts stay sparse)."""
-    counts = batch.counts
-    if counts.is_sparse_csr:
-        counts = counts.to_sparse_coo().index_select(0, rows).to_sparse_csr()
-    else:
-        counts = counts[rows]
-
-    def take(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t[rows]
-
-    return CellBatch(
-        counts=counts,
-        gene_index=batch.gene_index,
-        coords=take(batch.coords),
-        batch=take(batch.batch),
-        dataset=take(batch.dataset),
-        platform=take(batch.platform),
-    )
+    """The cells ``rows`` of ``batch``; the CSR counts are sliced by their row pointers."""
+    crow, col, values = batch.counts.crow_indices(), batch.counts.col_indices(), batch.counts.values()
+    lengths = crow.diff()[rows]  # stored values per kept row
+    new_crow = torch.zeros(len(rows) + 1, dtype=crow.dtype, device=crow.device)
+    new_crow[1:] = lengths.cumsum(0)
+    # Position of every kept value in the old arrays: its row's old start + its offset in the row.
+    shift = torch.repeat_interleave(crow[:-1][rows] - new_crow[:-1], lengths)
+    positions = shift + torch.arange(int(new_crow[-1]), device=crow.device)
+    counts = csr_tensor(new_crow, col[positions], values[positions], (len(rows), batch.counts.shape[1]), crow.device)
+    return replace(batch, counts=counts, **{k: v[rows] for k, v in batch.per_cell().items()})
 
 
 def drop_cells(n_cells: int, config: MaskingConfig, device: torch.device) -> torch.Tensor:
@@ -48,16 +42,14 @@ def gene_mask(n_cells: int, n_genes: int, config: MaskingConfig, device: torch.d
     else:
         rate = torch.full((n_cells, 1), config.gene_rate, device=device)
     mask = torch.rand(n_cells, n_genes, device=device) <= rate
-    n_masked_cells = int(config.cell_rate * n_cells)
+    n_masked_cells = max(int(config.cell_rate * n_cells), 1 if config.cell_rate > 0 else 0)  # tiny sets: >= 1
     unmasked = torch.randperm(n_cells, device=device)[n_masked_cells:]
     mask[unmasked] = False
     return mask
 
 
 def hide_genes(counts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Counts with the masked entries set to 0 (sparse input stays sparse, with the same pattern)."""
-    if not counts.is_sparse_csr:
-        return counts.masked_fill(mask, 0)
+    """CSR counts with the masked entries set to 0 (same sparsity pattern, nothing densified)."""
     rows = torch.repeat_interleave(
         torch.arange(counts.shape[0], device=counts.device), counts.crow_indices().diff()
     )  # (nnz,) row of each stored value

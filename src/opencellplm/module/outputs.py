@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+
+COVARIATES = ("batch", "dataset", "platform")
 
 
 @dataclass(frozen=True)
 class CellBatch:
     """One cell set (the cells that attend to each other in one forward call).
 
+    Dense or COO counts are converted to CSR; shapes, dtypes and devices are checked on creation.
+
     Attributes
     ----------
     counts
-        (N, G_in) raw counts, preferably sparse CSR.
+        (N, G_in) raw counts, sparse CSR.
     gene_index
-        (G_in,) vocabulary row of each input column.
+        (G_in,) vocabulary row of each input column (integer).
     coords
         (N, 2) coordinates in [0, 1], or None.
     batch, dataset, platform
-        (N,) covariate ids for the decoder, or None.
+        (N,) integer covariate ids for the decoder, or None.
     """
 
     counts: torch.Tensor
@@ -30,25 +34,50 @@ class CellBatch:
     dataset: torch.Tensor | None = None
     platform: torch.Tensor | None = None
 
+    def __post_init__(self) -> None:
+        counts = self.counts
+        if not isinstance(counts, torch.Tensor) or counts.ndim != 2:
+            raise ValueError(f"counts must be a 2-D tensor (cells x genes), got {_describe(counts)}")
+        if not counts.is_sparse_csr:
+            counts = counts.to_sparse_csr() if counts.layout == torch.strided else counts.coalesce().to_sparse_csr()
+            object.__setattr__(self, "counts", counts)
+        n, g = counts.shape
+        device = counts.device
+        gene_index = self.gene_index
+        if not isinstance(gene_index, torch.Tensor) or gene_index.shape != (g,) or gene_index.is_floating_point():
+            raise ValueError(f"gene_index must be an integer tensor of shape ({g},), got {_describe(gene_index)}")
+        for name in ("gene_index", "coords", *COVARIATES):
+            value = getattr(self, name)
+            if value is not None and value.device != device:
+                raise ValueError(f"{name} is on {value.device} but counts are on {device}")
+        if self.coords is not None and (self.coords.shape != (n, 2) or not self.coords.is_floating_point()):
+            raise ValueError(f"coords must be a float tensor of shape ({n}, 2), got {_describe(self.coords)}")
+        for name in COVARIATES:
+            ids = getattr(self, name)
+            if ids is not None and (ids.shape != (n,) or ids.is_floating_point()):
+                raise ValueError(f"{name} ids must be an integer tensor of shape ({n},), got {_describe(ids)}")
+
     @property
     def n_cells(self) -> int:
         return self.counts.shape[0]
 
-    def covariate(self, name: str) -> torch.Tensor | None:
-        return getattr(self, name)
+    def dense_counts(self) -> torch.Tensor:
+        """(N, G_in) dense counts (for the losses, which compare with dense NB parameters)."""
+        return self.counts.to_dense()
+
+    def per_cell(self) -> dict[str, torch.Tensor]:
+        """The per-cell fields other than counts that are set: coords and covariates."""
+        return {k: v for k in ("coords", *COVARIATES) if (v := getattr(self, k)) is not None}
 
     def to(self, device: torch.device | str) -> CellBatch:
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device)
+        moved = {k: v.to(device) for k, v in self.per_cell().items()}
+        return replace(self, counts=self.counts.to(device), gene_index=self.gene_index.to(device), **moved)
 
-        return CellBatch(
-            counts=self.counts.to(device),
-            gene_index=self.gene_index.to(device),
-            coords=move(self.coords),
-            batch=move(self.batch),
-            dataset=move(self.dataset),
-            platform=move(self.platform),
-        )
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,11 @@ class CellEmbedder(nn.Module):
         *,
         use_positional: bool = True,
     ) -> torch.Tensor:
+        if gene_index.numel() and (int(gene_index.min()) < 0 or int(gene_index.max()) >= len(self.gene_embedding)):
+            raise ValueError(
+                f"gene_index must lie in [0, {len(self.gene_embedding)}) (the vocabulary), "
+                f"got range [{int(gene_index.min())}, {int(gene_index.max())}]"
+            )
         x = log1p_gene_sum(counts, gene_index, self.gene_embedding)  # (N, d)
         if self.positional is not None and use_positional:
             x = x + self.positional(coords, x.shape[0])
