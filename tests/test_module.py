@@ -289,3 +289,15 @@ def test_sinusoid_table_layout():
     torch.testing.assert_close(table[2 * 5 + 3, :4], table[3, :4])  # same j=3
     torch.testing.assert_close(table[2 * 5 + 3, 4:], table[2 * 5, 4:])  # same i=2
     torch.testing.assert_close(table[0], torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0]))
+
+
+def test_cell_batch_moves_every_field():
+    batch = CellBatch(
+        counts=torch.ones(3, 2),
+        gene_index=torch.arange(2),
+        coords=torch.rand(3, 2),
+        batch=torch.zeros(3, dtype=torch.long),
+    )
+    moved = batch.to("meta")
+    assert all(t.device.type == "meta" for t in (moved.counts, moved.gene_index, moved.coords, moved.batch))
+    assert moved.dataset is None

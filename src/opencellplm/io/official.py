@@ -204,6 +204,8 @@ _RULES: list[_Rule] = [
 
 def official_key_map(module: CellPLMModule) -> dict[str, str]:
     """Our state-dict key -> official key, for every tensor of ``module``."""
+    if module.config.annotation is not None and module.config.annotation.dropout == 0:
+        raise ConfigError("an annotation head without dropout has a different official layout; not supported")
     mapping = {}
     for key in module.state_dict():
         for pattern, repl in _RULES:
@@ -212,8 +214,6 @@ def official_key_map(module: CellPLMModule) -> dict[str, str]:
                 break
         else:  # an internal inconsistency, not a user error
             raise RuntimeError(f"no official counterpart rule for parameter {key!r}")
-    if module.config.annotation is not None and module.config.annotation.dropout == 0:
-        raise ConfigError("an annotation head without dropout has a different official layout; not supported")
     return mapping
 
 
@@ -296,7 +296,8 @@ def official_state_dict_from(module: CellPLMModule) -> dict[str, torch.Tensor]:
     """
     if module.config.positional_encoding != "none":
         raise ConfigError("the official model ignores positional encodings; this model cannot be exported")
-    out = {off: module.state_dict()[key].detach().clone() for key, off in official_key_map(module).items()}
+    ours = module.state_dict()
+    out = {off: ours[key].detach().clone() for key, off in official_key_map(module).items()}
     d = module.config.hidden_dim
     out.update({f"embedder.norm0.{k}": v for k, v in make_norm(module.config.norm, d).state_dict().items()})
     out["embedder.pe_enc.missing_pe"] = torch.zeros(d)
