@@ -196,8 +196,8 @@ def test_cell_batch_checks_its_fields():
         CellBatch(counts=counts, gene_index=torch.arange(4))
     with pytest.raises(ValueError, match=r"batch ids must be an integer tensor of shape \(4,\)"):
         CellBatch(counts=counts, gene_index=torch.arange(3), batch=torch.zeros(4))
-    with pytest.raises(ValueError, match=r"coords must be a float tensor of shape \(4, 2\)"):
-        CellBatch(counts=counts, gene_index=torch.arange(3), coords=torch.zeros(4, 3))
+    with pytest.raises(ValueError, match=r"coords must be a float tensor of shape \(4, 2 or 3\)"):
+        CellBatch(counts=counts, gene_index=torch.arange(3), coords=torch.zeros(4, 4))
 
 
 def test_gene_index_outside_the_vocabulary(tiny_config):

@@ -1,6 +1,20 @@
-"""From AnnData to model inputs: gene alignment, counts, cell sets."""
+"""From AnnData to model inputs: reading and checking, gene alignment, cell sets."""
 
-from .cellsets import cell_sets
+from .cellsets import cell_sets, normalize_coordinates, spatial_tiles
 from .genes import GeneAlignment, align_genes
+from .reader import counts_matrix, iter_row_blocks, read_rows
+from .validate import InputReport, coordinates, validate
 
-__all__ = ["GeneAlignment", "align_genes", "cell_sets"]
+__all__ = [
+    "GeneAlignment",
+    "InputReport",
+    "align_genes",
+    "cell_sets",
+    "coordinates",
+    "counts_matrix",
+    "iter_row_blocks",
+    "normalize_coordinates",
+    "read_rows",
+    "spatial_tiles",
+    "validate",
+]

@@ -15,7 +15,9 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from .._sparse import csr_tensor
-from ..data import align_genes, cell_sets
+from ..data.cellsets import Partition, cell_sets, normalize_coordinates
+from ..data.reader import counts_matrix, read_rows
+from ..data.validate import InputReport, coordinates, validate
 from ..io import load_checkpoint, load_official, save_checkpoint
 from ..io.errors import check_duplicates
 from ..module import CellBatch, CellPLMModule, GMVAENoise
@@ -90,6 +92,40 @@ class CellPLM:
         )
 
     # ---------------------------------------------------------------------------- inference
+    def extend_vocabulary(self, genes: Iterable[str]) -> list[str]:
+        """Add the genes not yet in the vocabulary, with fresh embedding (and decoder) rows to fine-tune.
+
+        Returns the genes added, in the order given.
+        """
+        known = set(self.genes)
+        new = [g for g in dict.fromkeys(str(g) for g in genes) if g not in known]
+        if new:
+            self.module = self.module.with_extra_genes(len(new)).to(self.device)
+            self.genes += new
+            logger.info("added %d genes to the vocabulary (now %d)", len(new), len(self.genes))
+        return new
+
+    def validate(
+        self,
+        adata: AnnData,
+        *,
+        layer: str | None = None,
+        gene_key: str | None = None,
+        sample_key: str | None = None,
+        spatial_key: str | None = "spatial",
+        require_counts: bool = False,
+    ) -> InputReport:
+        """Check ``adata`` against this model (see :func:`opencellplm.data.validate`); writes nothing."""
+        return validate(
+            adata,
+            layer=layer,
+            sample_key=sample_key,
+            spatial_key=spatial_key,
+            gene_key=gene_key,
+            vocabulary=self.genes,
+            require_counts=require_counts,
+        )
+
     @torch.inference_mode()
     def get_latent_representation(
         self,
@@ -98,25 +134,41 @@ class CellPLM:
         layer: str | None = None,
         gene_key: str | None = None,
         sample_key: str | None = None,
+        spatial_key: str | None = "spatial",
         max_cells: int | None = None,
+        partition: Partition = "auto",
+        seed: int = 0,
         official_compat: bool = False,
         noise: Iterable[GMVAENoise] | None = None,
     ) -> np.ndarray:
         """Cell embeddings, (n_obs, latent dim), rows in ``adata.obs_names`` order; writes nothing.
 
+        The input is checked first (:meth:`validate`): unusable input raises ``ValueError`` listing
+        every problem; suspicious input warns. Cells with no counts in the model's genes are left out
+        and get NaN rows. A backed file is read set by set.
+
         Parameters
         ----------
         adata
-            Raw counts in ``X`` or ``layers[layer]``; in memory or backed.
+            Raw counts in ``X`` or ``layers[layer]``; in memory or backed (only X is read lazily).
         layer
             Layer with raw counts (default ``X``).
         gene_key
             ``var`` column with the gene ids of the vocabulary (default: ``var_names``).
         sample_key
             ``obs`` column grouping cells that are embedded together (cells attend to the cells of
-            their set). Default: all cells form one set.
+            their set). Default: all cells form one sample.
+        spatial_key
+            ``obsm`` key of 2-D or 3-D coordinates (used when present): they split large samples
+            into spatial tiles and, for models with a positional encoding, are encoded after scaling
+            each set to [0, 1]. None ignores coordinates.
         max_cells
-            Split each sample into consecutive chunks of at most this many cells.
+            Largest cell set; larger samples are split (see :func:`opencellplm.data.cell_sets`).
+        partition
+            How to split: ``"auto"`` (tiles with coordinates, else seeded random), ``"tiles"``,
+            ``"random"`` or ``"consecutive"`` (the official pipeline's chunks).
+        seed
+            Seed of the random partition.
         official_compat
             Reproduce the official (random) eval embedding; see
             :class:`~opencellplm.module.CellPLMModule`. Default: deterministic.
@@ -126,44 +178,47 @@ class CellPLM:
         """
         if noise is not None and not official_compat:
             raise ValueError("noise= replays the official random draws; it needs official_compat=True")
-        if max_cells is not None and (not isinstance(max_cells, int) or max_cells < 1):
-            raise ValueError(f"max_cells must be a positive integer or None, got {max_cells!r}")
-        counts = _counts(adata, layer)
-        genes = _gene_ids(adata, gene_key)
-        alignment = align_genes(genes, self.genes, source=f"var[{gene_key!r}]" if gene_key else "var_names")
-        samples = _samples(adata, sample_key)
-        gene_index = torch.as_tensor(alignment.gene_index, device=self.device)
-        noise_iter: Iterator[GMVAENoise] | None = None if noise is None else iter(noise)
+        report = self.validate(adata, layer=layer, gene_key=gene_key, sample_key=sample_key, spatial_key=spatial_key)
+        report.raise_for_errors()
+        for message in report.warnings:
+            warnings.warn(message, UserWarning, stacklevel=3)
+        coords = coordinates(adata, spatial_key) if report.spatial_dims else None
+        keep = np.ones(adata.n_obs, dtype=bool)
+        keep[report.empty_cells] = False
+        samples = None if sample_key is None else adata.obs[sample_key].to_numpy()
+        sets = cell_sets(samples, adata.n_obs, max_cells, coords=coords, keep=keep, partition=partition, seed=seed)
+        logger.info("embedding %d cells in %d cell sets", int(keep.sum()), len(sets))
 
-        out = np.zeros((adata.n_obs, self.config.latent.dim), dtype=np.float32)
-        sets = list(cell_sets(samples, adata.n_obs, max_cells))
-        non_integer = False
+        matrix = counts_matrix(adata, layer)
+        columns = report.alignment.columns
+        gene_index = torch.as_tensor(report.alignment.gene_index, device=self.device)
+        use_coords = coords is not None and self.config.positional_encoding != "none" and not official_compat
+        noise_iter: Iterator[GMVAENoise] | None = None if noise is None else iter(noise)
+        out = np.full((adata.n_obs, self.config.latent.dim), np.nan, dtype=np.float32)
         was_training = self.module.training
         self.module.eval()
         try:
-            for rows in tqdm(sets, desc="embedding cell sets", unit="set", disable=None if len(sets) > 1 else True):
-                x = _rows_csr(counts, rows, alignment.columns)
-                non_integer |= _check_counts(x, adata.obs_names[rows], layer)
-                batch = CellBatch(counts=_to_torch_csr(x, self.device), gene_index=gene_index)
-                step_noise = None
-                if noise_iter is not None:
-                    step_noise = next(noise_iter, None)
-                    if step_noise is None:
-                        raise ValueError("fewer GMVAE noise entries than forward calls")
-                result = self.module(batch, official=official_compat, noise=step_noise)
-                out[rows] = result.embedding.float().cpu().numpy()
+            with tqdm(total=int(keep.sum()), desc="embedding", unit="cell", disable=None) as bar:
+                for block_rows, group, block in _read_in_blocks(matrix, sets, columns, READ_BLOCK_CELLS):
+                    for rows in group:
+                        x = block if block_rows is None else block[np.searchsorted(block_rows, rows)]
+                        batch = CellBatch(
+                            counts=_to_torch_csr(x, self.device),
+                            gene_index=gene_index,
+                            coords=None if not use_coords else _coords_tensor(coords[rows], self.device),
+                        )
+                        step_noise = None
+                        if noise_iter is not None:
+                            step_noise = next(noise_iter, None)
+                            if step_noise is None:
+                                raise ValueError("fewer GMVAE noise entries than forward calls")
+                        result = self.module(batch, official=official_compat, noise=step_noise)
+                        out[rows] = result.embedding.float().cpu().numpy()
+                        bar.update(len(rows))
         finally:
             self.module.train(was_training)
         if noise_iter is not None and next(noise_iter, None) is not None:
             raise ValueError(f"more GMVAE noise entries than the {len(sets)} forward calls")
-        if non_integer:
-            where = f"layers[{layer!r}]" if layer else "X"
-            warnings.warn(
-                f"{where} holds non-integer values; CellPLM expects raw counts (pass layer= naming a layer of "
-                "raw counts if X is normalised)",
-                UserWarning,
-                stacklevel=2,
-            )
         return out
 
     def embed(self, adata: AnnData, *, key_added: str = "X_cellplm", **kwargs: Any) -> CellPLM:
@@ -176,38 +231,33 @@ class CellPLM:
         embedding = self.get_latent_representation(adata, **kwargs)
         adata.obsm[key_added] = embedding
         params = {k: v for k, v in kwargs.items() if k != "noise" and v is not None}
-        adata.uns.setdefault("cellplm", {})[key_added] = {"params": params | {"n_genes_vocabulary": len(self.genes)}}
+        adata.uns.setdefault("cellplm", {})[key_added] = {
+            "params": params | {"n_genes_vocabulary": len(self.genes)},
+            "n_cells_left_out": int(np.isnan(embedding[:, 0]).sum()),
+        }
         return self
 
 
-def _counts(adata: AnnData, layer: str | None):
-    if layer is None:
-        if adata.X is None:
-            raise ValueError("adata.X is empty; pass layer= naming the layer with raw counts")
-        return adata.X
-    if layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} not found; adata.layers has {sorted(adata.layers.keys())}")
-    return adata.layers[layer]
+#: Cells read from the counts at once (several sets share one read of a backed file).
+READ_BLOCK_CELLS = 65_536
 
 
-def _gene_ids(adata: AnnData, gene_key: str | None) -> list[str]:
-    if gene_key is None:
-        return list(adata.var_names)
-    if gene_key not in adata.var:
-        raise KeyError(f"var column {gene_key!r} not found; adata.var has {list(adata.var.columns)}")
-    return adata.var[gene_key].astype(str).tolist()
-
-
-def _samples(adata: AnnData, sample_key: str | None):
-    if sample_key is None:
-        return None
-    if sample_key not in adata.obs:
-        raise KeyError(f"obs column {sample_key!r} not found; adata.obs has {list(adata.obs.columns)}")
-    samples = adata.obs[sample_key]
-    n_missing = int(samples.isna().sum())
-    if n_missing:
-        raise ValueError(f"{n_missing} cells have no {sample_key!r} label; fill or drop them first")
-    return samples
+def _read_in_blocks(matrix, sets: list[np.ndarray], columns: np.ndarray, block_cells: int):
+    """Yield ``(sorted rows of the block, its sets, their counts)``, read in one go: consecutive sets are
+    grouped up to ``block_cells`` cells. A set alone comes as ``(None, [set], counts in set order)``."""
+    group: list[np.ndarray] = []
+    size = 0
+    for rows in [*sets, None]:
+        if rows is not None and (not group or size + len(rows) <= block_cells):
+            group.append(rows)
+            size += len(rows)
+            continue
+        if len(group) == 1:
+            yield None, group, read_rows(matrix, group[0], columns)
+        elif group:
+            block_rows = np.sort(np.concatenate(group))
+            yield block_rows, group, read_rows(matrix, block_rows, columns)
+        group, size = ([rows], len(rows)) if rows is not None else ([], 0)
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -217,32 +267,8 @@ def _device(device: str | torch.device) -> torch.device:
     return device
 
 
-def _check_counts(x: sp.csr_matrix, names, layer: str | None) -> bool:
-    """Refuse NaN, infinite and negative entries (naming cells); return whether any value is non-integer."""
-    bad = ~np.isfinite(x.data) | (x.data < 0)
-    if bad.any():
-        where = f"layers[{layer!r}]" if layer else "X"
-        cells = np.unique(np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))[bad])
-        raise ValueError(
-            f"{where} has {int(bad.sum())} NaN, infinite or negative entries, in cells {list(names[cells[:5]])}"
-            f"{' and more' if len(cells) > 5 else ''}; CellPLM needs raw counts"
-        )
-    return bool(np.any(x.data != np.round(x.data)))
-
-
-def _rows_csr(matrix, rows: np.ndarray, columns: np.ndarray) -> sp.csr_matrix:
-    """Rows (any order) and columns of an in-memory or backed matrix as float32 CSR."""
-    order = np.argsort(rows)
-    sorted_rows = rows[order]
-    block = matrix[sorted_rows]  # backed datasets need increasing row indices
-    if sp.issparse(block):
-        block = sp.csr_matrix(block, dtype=np.float32)
-    else:
-        block = sp.csr_matrix(np.asarray(block, dtype=np.float32))
-    block = block[:, columns]
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    return block[inverse]
+def _coords_tensor(coords: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(normalize_coordinates(coords), dtype=torch.float32, device=device)
 
 
 def _to_torch_csr(x: sp.csr_matrix, device: torch.device) -> torch.Tensor:

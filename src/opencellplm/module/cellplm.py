@@ -72,6 +72,23 @@ class CellPLMModule(nn.Module):
         logits = None if self.head is None else self.head(latent.embedding)
         return CellPLMOutput(latent=latent, nb=nb, logits=logits, cells=batch, kept_cells=kept, input_mask=input_mask)
 
+    def with_extra_genes(self, n_new: int) -> CellPLMModule:
+        """A copy whose vocabulary has ``n_new`` more genes: the new gene-embedding and decoder rows are
+        freshly initialised, every other weight is copied."""
+        if n_new < 0:
+            raise ValueError(f"n_new must be >= 0, got {n_new}")
+        grown = CellPLMModule(self.config.replace(n_genes=self.config.n_genes + n_new))
+        reference = next(self.parameters())
+        grown = grown.to(device=reference.device, dtype=reference.dtype)
+        state = grown.state_dict()
+        for key, value in self.state_dict().items():
+            if state[key].shape == value.shape:
+                state[key] = value
+            else:  # a per-gene tensor (embedding, NB mean, dispersion): the gene axis is the first
+                state[key] = torch.cat([value, state[key][value.shape[0] :]])
+        grown.load_state_dict(state)
+        return grown.train(self.training)
+
     def n_parameters(self) -> int:
         """Number of parameters (the fixed sinusoid table is a buffer and not counted)."""
         return sum(p.numel() for p in self.parameters())

@@ -22,7 +22,7 @@ class CellBatch:
     gene_index
         (G_in,) vocabulary row of each input column (integer).
     coords
-        (N, 2) coordinates in [0, 1], or None.
+        (N, 2 or 3) coordinates scaled to [0, 1] per set, or None.
     batch, dataset, platform
         (N,) integer covariate ids for the decoder, or None.
     """
@@ -50,8 +50,9 @@ class CellBatch:
             value = getattr(self, name)
             if value is not None and value.device != device:
                 raise ValueError(f"{name} is on {value.device} but counts are on {device}")
-        if self.coords is not None and (self.coords.shape != (n, 2) or not self.coords.is_floating_point()):
-            raise ValueError(f"coords must be a float tensor of shape ({n}, 2), got {_describe(self.coords)}")
+        coords = self.coords
+        if coords is not None and (coords.shape not in ((n, 2), (n, 3)) or not coords.is_floating_point()):
+            raise ValueError(f"coords must be a float tensor of shape ({n}, 2 or 3), got {_describe(coords)}")
         for name in COVARIATES:
             ids = getattr(self, name)
             if ids is not None and (ids.shape != (n,) or ids.is_floating_point()):

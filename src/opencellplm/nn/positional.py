@@ -16,34 +16,40 @@ def sinusoid_table(dim: int, grid_size: int = 100) -> torch.Tensor:
     """
     if dim % 4:
         raise ValueError(f"the sinusoidal encoding needs a dimension divisible by 4, got {dim}")
-    half = dim // 2
-    div = torch.exp(torch.arange(0.0, half, 2) * -(math.log(10000.0) / half))  # (half/2,)
-    pos = torch.arange(0.0, grid_size).unsqueeze(1)  # (grid, 1)
-    sin, cos = torch.sin(pos * div), torch.cos(pos * div)  # (grid, half/2)
-    axis = torch.zeros(grid_size, half)
-    axis[:, 0::2], axis[:, 1::2] = sin, cos  # one axis, interleaved
+    axis = axis_codes(torch.arange(grid_size), dim // 2)  # (grid, dim/2)
     i, j = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
     return torch.cat([axis[j.reshape(-1)], axis[i.reshape(-1)]], dim=1)
 
 
-class SinusoidalPositionalEncoding(nn.Module):
-    """Adds a fixed sin/cos code of each cell's binned (x, y) position.
+def axis_codes(positions: torch.Tensor, width: int) -> torch.Tensor:
+    """Interleaved sin/cos codes of integer positions: (N,) -> (N, width), as one half of the table."""
+    div = torch.exp(torch.arange(0.0, width, 2, device=positions.device) * -(math.log(10000.0) / width))
+    angles = positions.to(div.dtype)[:, None] * div  # (N, width/2)
+    return torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).flatten(1)  # (N, width)
 
-    Coordinates are expected in [0, 1] (normalised per cell set); they are binned to
-    ``grid_size`` positions per axis. Cells without coordinates get the learned ``missing`` vector.
-    The table is a non-persistent buffer: it is regenerated, never stored in checkpoints.
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """Adds a fixed sin/cos code of each cell's binned position, in 2-D or 3-D.
+
+    Coordinates are expected in [0, 1] (normalised per cell set) and binned to ``grid_size``
+    positions per axis. The code concatenates one block per axis, last axis first, each of width
+    ``2 * (dim // (2 * n_axes))`` (zero-padded to ``dim``); in 2-D this is exactly the official
+    ``Sinusoidal2dPE`` table. Cells without coordinates get the learned ``missing`` vector.
     """
 
     def __init__(self, dim: int, grid_size: int = 100):
         super().__init__()
+        self.dim = dim
         self.grid_size = grid_size
         self.missing = nn.Parameter(torch.randn(dim) * 1e-2)
-        self.register_buffer("table", sinusoid_table(dim, grid_size), persistent=False)
 
     def forward(self, coords: torch.Tensor | None, n_cells: int) -> torch.Tensor:
         if coords is None:
             return self.missing.expand(n_cells, -1)
-        if coords.ndim != 2 or coords.shape[1] != 2:
-            raise ValueError(f"coordinates must have shape (n_cells, 2), got {tuple(coords.shape)}")
-        bins = ((coords * 1.02 - 0.01) * self.grid_size).long().clamp(0, self.grid_size - 1)  # (N, 2)
-        return self.table[bins[:, 0] * self.grid_size + bins[:, 1]]
+        if coords.ndim != 2 or coords.shape[1] not in (2, 3):
+            raise ValueError(f"coordinates must have shape (n_cells, 2 or 3), got {tuple(coords.shape)}")
+        bins = ((coords * 1.02 - 0.01) * self.grid_size).long().clamp(0, self.grid_size - 1)  # (N, axes)
+        width = 2 * (self.dim // (2 * coords.shape[1]))
+        codes = [axis_codes(bins[:, a], width) for a in reversed(range(coords.shape[1]))]
+        out = torch.cat(codes, dim=1).to(self.missing.dtype)
+        return torch.nn.functional.pad(out, (0, self.dim - out.shape[1]))

@@ -177,6 +177,6 @@ def _compare_pipeline(
     model = CellPLM(module, genes)
     noise = [_noise(n) for n in result["forward_calls_gmvae_noise"]]
     embedding = model.get_latent_representation(
-        adata, sample_key="batch", max_cells=max_cells, official_compat=True, noise=noise
+        adata, sample_key="batch", max_cells=max_cells, partition="consecutive", official_compat=True, noise=noise
     )
     return {"embedding": _diff(torch.from_numpy(np.asarray(embedding)), result["embedding"])}

@@ -1,0 +1,273 @@
+"""Checking an AnnData before any work: keys, counts, genes, cells, samples, coordinates.
+
+:func:`validate` reads the counts once, in row blocks (so a backed file is never loaded whole), and
+returns an :class:`InputReport`. Problems that make the input unusable are ``errors``; suspicious
+but usable input gives ``warnings``. Nothing is written to the AnnData.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .genes import GeneAlignment, align_genes
+from .reader import counts_matrix, iter_row_blocks
+
+N_EXAMPLES = 5  # cells or genes named in a message
+
+
+@dataclass
+class InputReport:
+    """What :func:`validate` found.
+
+    Attributes
+    ----------
+    n_cells, n_genes
+        Shape of the input.
+    source
+        ``"X"`` or ``"layers['name']"``.
+    backed
+        Whether the counts were read from disk.
+    errors, warnings
+        Messages; the input is usable when ``errors`` is empty.
+    n_invalid_entries
+        NaN, infinite or negative entries.
+    non_integer
+        Whether any stored value is not a whole number.
+    empty_cells
+        Rows with no counts (in the model's genes when a vocabulary was given).
+    duplicate_genes
+        Gene ids listed more than once.
+    alignment
+        Gene matching against the vocabulary (None without a vocabulary).
+    share_of_counts
+        Share of all counts carried by the matched genes.
+    n_samples, sample_sizes
+        Cells per sample (with a sample key).
+    spatial_dims
+        2 or 3 when coordinates were found, else None.
+    cell_totals
+        Per-cell total counts over the matched genes (all genes without a vocabulary).
+    """
+
+    n_cells: int
+    n_genes: int
+    source: str
+    backed: bool
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    n_invalid_entries: int = 0
+    non_integer: bool = False
+    empty_cells: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    duplicate_genes: list[str] = field(default_factory=list)
+    alignment: GeneAlignment | None = None
+    share_of_counts: float | None = None
+    n_samples: int | None = None
+    sample_sizes: dict[str, int] | None = None
+    spatial_dims: int | None = None
+    cell_totals: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def raise_for_errors(self) -> None:
+        """Raise ``ValueError`` listing every error (nothing when the input is usable)."""
+        if self.errors:
+            raise ValueError("the input cannot be used:\n- " + "\n- ".join(self.errors))
+
+    def to_text(self) -> str:
+        """The report as lines of text, for people."""
+        lines = [
+            f"{self.n_cells:,} cells x {self.n_genes:,} genes, counts from {self.source}"
+            + (" (backed, read in blocks)" if self.backed else "")
+        ]
+        if self.alignment is not None:
+            a = self.alignment
+            share = "" if self.share_of_counts is None else f", carrying {100 * self.share_of_counts:.1f}% of counts"
+            lines.append(
+                f"genes: {a.n_matched:,} of {a.n_input:,} ({100 * a.share_of_input:.1f}%) in the vocabulary "
+                f"of {a.n_vocabulary:,}{share}"
+            )
+        if self.n_samples is not None and self.sample_sizes:
+            sizes = np.array(list(self.sample_sizes.values()))
+            lines.append(
+                f"samples: {self.n_samples} (cells per sample: min {sizes.min():,}, median {int(np.median(sizes)):,}, "
+                f"max {sizes.max():,})"
+            )
+        lines.append(f"coordinates: {self.spatial_dims}-D" if self.spatial_dims else "coordinates: none")
+        lines.append(f"empty cells: {len(self.empty_cells):,}")
+        lines += [f"warning: {w}" for w in self.warnings]
+        lines += [f"error: {e}" for e in self.errors]
+        lines.append("usable: yes" if self.ok else "usable: no")
+        return "\n".join(lines)
+
+
+def validate(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    sample_key: str | None = None,
+    spatial_key: str | None = "spatial",
+    gene_key: str | None = None,
+    vocabulary: Sequence[str] | None = None,
+    require_counts: bool = False,
+) -> InputReport:
+    """Check ``adata`` for use with a CellPLM model; see :class:`InputReport`.
+
+    Parameters
+    ----------
+    layer
+        Layer with raw counts (default: X).
+    sample_key
+        ``obs`` column of sample labels (must exist and have no missing value).
+    spatial_key
+        ``obsm`` key of 2-D or 3-D coordinates. The default ``"spatial"`` may be absent (the data are
+        then not spatial); any other key must exist.
+    gene_key
+        ``var`` column with the vocabulary's gene ids (default: var_names).
+    vocabulary
+        The model's genes: adds the gene matching, and empty cells are judged on matched genes.
+    require_counts
+        Make non-integer values an error instead of a warning (tasks that model counts).
+    """
+    source = "X" if layer is None else f"layers[{layer!r}]"
+    report = InputReport(n_cells=adata.n_obs, n_genes=adata.n_vars, source=source, backed=bool(adata.isbacked))
+    try:
+        matrix = counts_matrix(adata, layer)
+    except (KeyError, ValueError) as err:
+        report.errors.append(str(err.args[0]))
+        return report
+
+    genes = _check_genes(adata, gene_key, report)
+    _check_samples(adata, sample_key, report)
+    _check_coordinates(adata, spatial_key, report)
+    if genes is not None and vocabulary is not None:
+        try:
+            report.alignment = align_genes(genes, vocabulary, source=f"var[{gene_key!r}]" if gene_key else "var_names")
+        except ValueError as err:
+            report.errors.append(str(err))
+    _scan_counts(adata, matrix, report, require_counts)
+    return report
+
+
+def _check_genes(adata: AnnData, gene_key: str | None, report: InputReport) -> list[str] | None:
+    if gene_key is None:
+        genes = [str(g) for g in adata.var_names]
+    elif gene_key not in adata.var:
+        report.errors.append(f"var column {gene_key!r} not found; adata.var has {list(adata.var.columns)}")
+        return None
+    else:
+        genes = adata.var[gene_key].astype(str).tolist()
+    counts = pd.Series(genes).value_counts()
+    report.duplicate_genes = sorted(counts.index[counts > 1])
+    if report.duplicate_genes:
+        report.warnings.append(
+            f"{len(report.duplicate_genes)} gene id(s) appear more than once, e.g. {report.duplicate_genes[:N_EXAMPLES]}; "
+            "each column is embedded separately (sum duplicates first to treat them as one gene)"
+        )
+    return genes
+
+
+def _check_samples(adata: AnnData, sample_key: str | None, report: InputReport) -> None:
+    if sample_key is None:
+        return
+    if sample_key not in adata.obs:
+        report.errors.append(f"obs column {sample_key!r} not found; adata.obs has {list(adata.obs.columns)}")
+        return
+    samples = adata.obs[sample_key]
+    missing = samples.isna().to_numpy()
+    if missing.any():
+        names = list(adata.obs_names[missing][:N_EXAMPLES])
+        report.errors.append(f"{int(missing.sum())} cells have no {sample_key!r} label, e.g. {names}")
+    sizes = samples[~missing].astype(str).value_counts().sort_index()
+    report.n_samples = len(sizes)
+    report.sample_sizes = {str(k): int(v) for k, v in sizes.items()}
+
+
+def _check_coordinates(adata: AnnData, spatial_key: str | None, report: InputReport) -> None:
+    if spatial_key is None:
+        return
+    if spatial_key not in adata.obsm:
+        if spatial_key != "spatial":
+            report.errors.append(f"obsm key {spatial_key!r} not found; adata.obsm has {list(adata.obsm.keys())}")
+        return
+    try:
+        coords = coordinates(adata, spatial_key)
+    except ValueError as err:
+        report.errors.append(str(err))
+        return
+    report.spatial_dims = coords.shape[1]
+
+
+def coordinates(adata: AnnData, spatial_key: str) -> np.ndarray:
+    """``obsm[spatial_key]`` as a float64 (n_obs, 2 or 3) array; refuses missing or non-finite values."""
+    coords = np.asarray(adata.obsm[spatial_key])
+    if coords.ndim != 2 or coords.shape[1] not in (2, 3) or not np.issubdtype(coords.dtype, np.number):
+        raise ValueError(
+            f"obsm[{spatial_key!r}] must be numeric with 2 or 3 columns, got {coords.dtype} {tuple(coords.shape)}"
+        )
+    coords = coords.astype(np.float64)
+    bad = ~np.isfinite(coords).all(1)
+    if bad.any():
+        names = list(adata.obs_names[bad][:N_EXAMPLES])
+        raise ValueError(
+            f"obsm[{spatial_key!r}] has NaN or infinite coordinates for {int(bad.sum())} cells, e.g. {names}"
+        )
+    return coords
+
+
+def _scan_counts(adata: AnnData, matrix, report: InputReport, require_counts: bool) -> None:
+    """One pass over the counts: invalid entries, non-integers, per-cell totals."""
+    columns = None if report.alignment is None else report.alignment.columns
+    matched_mask = None
+    if columns is not None:
+        matched_mask = np.zeros(adata.n_vars, dtype=bool)
+        matched_mask[columns] = True
+    totals = np.zeros(adata.n_obs)
+    all_counts = matched_counts = 0.0
+    bad_cells: list[int] = []
+    for start, block in iter_row_blocks(matrix, adata.n_obs):
+        data = block.data
+        bad = ~np.isfinite(data) | (data < 0)
+        if bad.any():
+            report.n_invalid_entries += int(bad.sum())
+            rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))[bad]
+            bad_cells.extend((start + np.unique(rows))[: N_EXAMPLES - len(bad_cells)].tolist())
+            continue  # totals of a block with invalid values are meaningless; the input is refused anyway
+        report.non_integer |= bool(np.any(data != np.round(data)))
+        cell_all = np.asarray(block.sum(1)).ravel()
+        cell_matched = cell_all if matched_mask is None else np.asarray(block[:, matched_mask].sum(1)).ravel()
+        totals[start : start + block.shape[0]] = cell_matched
+        all_counts += cell_all.sum()
+        matched_counts += cell_matched.sum()
+    report.cell_totals = totals
+    if report.n_invalid_entries:
+        names = list(adata.obs_names[bad_cells])
+        report.errors.append(
+            f"{report.source} has {report.n_invalid_entries:,} NaN, infinite or negative entries, first in cells "
+            f"{names}; CellPLM needs raw counts"
+        )
+        return
+    if report.non_integer:
+        message = (
+            f"{report.source} holds non-integer values, so it is not raw counts; pass layer= naming a layer of raw "
+            "counts (e.g. one saved before normalisation)"
+        )
+        (report.errors if require_counts else report.warnings).append(message)
+    if columns is not None and all_counts > 0:
+        report.share_of_counts = matched_counts / all_counts
+    report.empty_cells = np.flatnonzero(totals == 0)
+    if len(report.empty_cells) == adata.n_obs and adata.n_obs:
+        report.errors.append("no cell has any count" + (" in the model's genes" if columns is not None else ""))
+    elif len(report.empty_cells):
+        names = list(adata.obs_names[report.empty_cells[:N_EXAMPLES]])
+        where = "in the model's genes " if columns is not None else ""
+        report.warnings.append(
+            f"{len(report.empty_cells):,} cells have no counts {where}and are left out (their results are NaN), "
+            f"e.g. {names}"
+        )
