@@ -167,8 +167,9 @@ def _check_genes(adata: AnnData, gene_key: str | None, report: InputReport) -> l
     report.duplicate_genes = sorted(counts.index[counts > 1])
     if report.duplicate_genes:
         report.warnings.append(
-            f"{len(report.duplicate_genes)} gene id(s) appear more than once, e.g. {report.duplicate_genes[:N_EXAMPLES]}; "
-            "each column is embedded separately (sum duplicates first to treat them as one gene)"
+            f"{len(report.duplicate_genes)} gene id(s) appear more than once, "
+            f"e.g. {report.duplicate_genes[:N_EXAMPLES]}; each column is embedded separately "
+            "(sum duplicates first to treat them as one gene)"
         )
     return genes
 
