@@ -51,3 +51,24 @@ def test_embed_refuses_to_overwrite(tmp_path, tiny_adata, caplog):
         )
     assert code == 2 and "pass --overwrite" in caplog.text
     assert (tmp_path / "out.h5ad").read_text() == "keep me"
+
+
+def test_validate_prints_the_report_and_exits_by_usability(tmp_path, tiny_adata, capsys):
+    prefix = write_official(tmp_path / "official" / "tiny", official_config(n_genes=50))
+    assert main(["-q", "convert-official", str(prefix), "--out", str(tmp_path / "ckpt")]) == 0
+    tiny_adata.write_h5ad(tmp_path / "ok.h5ad")
+    capsys.readouterr()
+    code = main(
+        ["validate", str(tmp_path / "ok.h5ad"), "--sample-key", "sample", "--checkpoint", str(tmp_path / "ckpt")]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "40 cells x 30 genes, counts from X (backed, read in blocks)" in out
+    assert "25 of 30 (83.3%) in the vocabulary of 50" in out and "samples: 2" in out and "usable: yes" in out
+    tiny_adata.X[2, 2] = -1
+    tiny_adata.write_h5ad(tmp_path / "bad.h5ad")
+    assert main(["validate", str(tmp_path / "bad.h5ad"), "--sample-key", "donor"]) == 1
+    out = capsys.readouterr().out
+    assert "error: obs column 'donor' not found; adata.obs has ['sample']" in out
+    assert "error: X has 1 NaN, infinite or negative entries, first in cells ['cell2']" in out
+    assert "usable: no" in out

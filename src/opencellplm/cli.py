@@ -42,12 +42,45 @@ def _embed(args: argparse.Namespace) -> int:
         layer=args.layer,
         gene_key=args.gene_key,
         sample_key=args.sample_key,
+        spatial_key=args.spatial_key,
         max_cells=args.max_cells,
+        partition=args.partition,
+        seed=args.seed,
         key_added=args.key_added,
     )
     adata.write_h5ad(target)
     logger.info("wrote %s with obsm[%r] of shape %s", target, args.key_added, adata.obsm[args.key_added].shape)
     return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    import anndata as ad
+
+    from .data import validate
+
+    source = Path(args.input)
+    if not source.is_file():
+        raise FileNotFoundError(f"input file not found: {source}")
+    vocabulary = None
+    if args.checkpoint:
+        from .model import CellPLM
+
+        vocabulary = CellPLM.from_pretrained(args.checkpoint).genes
+    adata = ad.read_h5ad(source, backed="r")  # X is read in blocks, never whole
+    try:
+        report = validate(
+            adata,
+            layer=args.layer,
+            sample_key=args.sample_key,
+            spatial_key=args.spatial_key,
+            gene_key=args.gene_key,
+            vocabulary=vocabulary,
+            require_counts=args.require_counts,
+        )
+    finally:
+        adata.file.close()
+    sys.stdout.write(f"{source}\n{report.to_text()}\n")
+    return 0 if report.ok else 1
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -86,11 +119,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", help="layer with raw counts (default: X)")
     p.add_argument("--gene-key", help="var column with the vocabulary's gene ids (default: var_names)")
     p.add_argument("--sample-key", help="obs column grouping the cells embedded together (default: all cells)")
-    p.add_argument("--max-cells", type=int, help="split samples into chunks of at most this many cells")
+    p.add_argument("--spatial-key", default="spatial", help="obsm key of 2-D/3-D coordinates (default: spatial)")
+    p.add_argument("--max-cells", type=int, help="split larger samples into cell sets of at most this many cells")
+    p.add_argument(
+        "--partition",
+        default="auto",
+        choices=["auto", "tiles", "random", "consecutive"],
+        help="how to split large samples (default auto: spatial tiles with coordinates, else seeded random)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random partition (default 0)")
     p.add_argument("--key-added", default="X_cellplm", help="obsm key to write (default: X_cellplm)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_embed)
+
+    p = commands.add_parser("validate", help="check an h5ad before use; exits 1 when it cannot be used")
+    p.add_argument("input", help="h5ad file")
+    p.add_argument("--layer", help="layer with raw counts (default: X)")
+    p.add_argument("--sample-key", help="obs column of sample labels")
+    p.add_argument("--spatial-key", default="spatial", help="obsm key of coordinates (default: spatial, optional)")
+    p.add_argument("--gene-key", help="var column with gene ids (default: var_names)")
+    p.add_argument("--checkpoint", help="also match genes against this checkpoint's vocabulary")
+    p.add_argument("--require-counts", action="store_true", help="treat non-integer values as an error")
+    p.set_defaults(run=_validate)
 
     p = commands.add_parser("info", help="describe a checkpoint directory")
     p.add_argument("checkpoint")
