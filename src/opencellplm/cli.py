@@ -83,6 +83,24 @@ def _validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _prepare_corpus(args: argparse.Namespace) -> int:
+    from .data.corpus import prepare_corpus
+
+    prepare_corpus(
+        args.files,
+        args.out,
+        layer=args.layer,
+        sample_key=args.sample_key,
+        batch_key=args.batch_key,
+        spatial_key=args.spatial_key,
+        max_cells=args.max_cells,
+        shard_cells=args.shard_cells,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from .model import CellPLM
 
@@ -120,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gene-key", help="var column with the vocabulary's gene ids (default: var_names)")
     p.add_argument("--sample-key", help="obs column grouping the cells embedded together (default: all cells)")
     p.add_argument("--spatial-key", default="spatial", help="obsm key of 2-D/3-D coordinates (default: spatial)")
-    p.add_argument("--max-cells", type=int, help="split larger samples into cell sets of at most this many cells")
+    p.add_argument(
+        "--max-cells", type=int, default=4000, help="largest cell set; larger samples are split (default 4000)"
+    )
     p.add_argument(
         "--partition",
         default="auto",
@@ -142,6 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="also match genes against this checkpoint's vocabulary")
     p.add_argument("--require-counts", action="store_true", help="treat non-integer values as an error")
     p.set_defaults(run=_validate)
+
+    p = commands.add_parser("prepare-corpus", help="turn h5ad files into training shards and a manifest")
+    p.add_argument("files", nargs="+", help="h5ad files of raw counts (scRNA-seq and spatial, own gene sets)")
+    p.add_argument("--out", required=True, help="corpus directory to write")
+    p.add_argument("--layer", help="layer with raw counts (default: X)")
+    p.add_argument("--sample-key", help="obs column of samples (cell sets never mix samples)")
+    p.add_argument("--batch-key", help="obs column of batches (default: the sample, else the file)")
+    p.add_argument("--spatial-key", default="spatial", help="obsm key of coordinates (default: spatial, optional)")
+    p.add_argument("--max-cells", type=int, default=4000, help="largest cell set (default 4000)")
+    p.add_argument("--shard-cells", type=int, default=100_000, help="cells per shard (default 100000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random partition (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is not empty")
+    p.set_defaults(run=_prepare_corpus)
 
     p = commands.add_parser("info", help="describe a checkpoint directory")
     p.add_argument("checkpoint")

@@ -24,6 +24,11 @@ from ..module import CellBatch, CellPLMModule, GMVAENoise
 
 logger = logging.getLogger(__name__)
 
+#: Default cap on a cell set: the official pretraining's ``max_batch_size``; it also bounds memory.
+DEFAULT_MAX_CELLS = 4000
+#: Cells read from the counts at once (several sets share one read of a backed file).
+READ_BLOCK_CELLS = 65_536
+
 
 class CellPLM:
     """A CellPLM model with its gene vocabulary.
@@ -135,7 +140,7 @@ class CellPLM:
         gene_key: str | None = None,
         sample_key: str | None = None,
         spatial_key: str | None = "spatial",
-        max_cells: int | None = None,
+        max_cells: int | None = DEFAULT_MAX_CELLS,
         partition: Partition = "auto",
         seed: int = 0,
         official_compat: bool = False,
@@ -164,6 +169,7 @@ class CellPLM:
             each set to [0, 1]. None ignores coordinates.
         max_cells
             Largest cell set; larger samples are split (see :func:`opencellplm.data.cell_sets`).
+            The default, 4000, is the official pretraining cap; None keeps samples whole.
         partition
             How to split: ``"auto"`` (tiles with coordinates, else seeded random), ``"tiles"``,
             ``"random"`` or ``"consecutive"`` (the official pipeline's chunks).
@@ -236,10 +242,6 @@ class CellPLM:
             "n_cells_left_out": int(np.isnan(embedding[:, 0]).sum()),
         }
         return self
-
-
-#: Cells read from the counts at once (several sets share one read of a backed file).
-READ_BLOCK_CELLS = 65_536
 
 
 def _read_in_blocks(matrix, sets: list[np.ndarray], columns: np.ndarray, block_cells: int):

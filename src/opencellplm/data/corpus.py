@@ -1,0 +1,323 @@
+"""A pretraining corpus: many h5ad files cut into cell sets, stored as shards, streamed back.
+
+:func:`prepare_corpus` reads each file (backed, block by block), checks it, splits it into cell sets
+(samples capped at ``max_cells``; spatial tiles where coordinates exist) and writes the sets to
+``shards/shard-NNNNN.npz`` (plain arrays, no pickle) with a ``manifest.json`` that records every data
+set's genes, the corpus vocabulary, batch and data-set ids, and per-shard counts.
+
+:class:`CorpusDataset` iterates over the shards as :class:`~opencellplm.module.CellBatch` objects,
+one cell set each. The shards are split between distributed ranks (``rank::world_size``) and then
+between DataLoader workers, so every set is read by exactly one process per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from .._sparse import csr_tensor
+from ..module import CellBatch
+from .cellsets import cell_sets, normalize_coordinates
+from .reader import counts_matrix, read_rows
+from .validate import coordinates, validate
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "opencellplm-corpus"
+FORMAT_VERSION = 1
+MANIFEST, VOCABULARY = "manifest.json", "genes.txt"
+
+
+@dataclass(frozen=True)
+class _Set:
+    counts: sp.csr_matrix  # (n, dataset genes)
+    dataset: int
+    batch: np.ndarray  # (n,) corpus-wide batch ids
+    coords: np.ndarray | None  # (n, 2 or 3), raw units
+    rows: np.ndarray  # rows in the source file
+
+
+def prepare_corpus(
+    files: Sequence[str | Path],
+    out: str | Path,
+    *,
+    layer: str | None = None,
+    sample_key: str | None = None,
+    batch_key: str | None = None,
+    spatial_key: str | None = "spatial",
+    max_cells: int = 4000,
+    shard_cells: int = 100_000,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Write a corpus directory from h5ad files; returns the path of its manifest.
+
+    Parameters
+    ----------
+    files
+        h5ad files of raw counts, each with its own gene set (var_names are the gene ids).
+    out
+        Directory to create.
+    layer, sample_key, spatial_key
+        As in :func:`~opencellplm.data.validate`, applied to every file (keys must exist where given,
+        except the default ``spatial``).
+    batch_key
+        ``obs`` column of batch labels; default: the sample, or the file. Batch ids are corpus-wide.
+    max_cells
+        Largest cell set.
+    shard_cells
+        Cells per shard (a shard closes after the set that reaches it).
+    seed
+        Seed of the random partition of large non-spatial samples.
+    """
+    import anndata as ad
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
+    files = [Path(f) for f in files]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"input file(s) not found: {missing}")
+    if not files:
+        raise ValueError("no input file given")
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    (out / "datasets").mkdir(exist_ok=True)
+
+    vocabulary: dict[str, int] = {}
+    batches: dict[str, int] = {}
+    datasets, shards = [], []
+    buffer: list[_Set] = []
+    for dataset_id, path in enumerate(files):
+        adata = ad.read_h5ad(path, backed="r")
+        try:
+            report = validate(adata, layer=layer, sample_key=sample_key, spatial_key=spatial_key, require_counts=True)
+            if not report.ok:
+                raise ValueError(f"{path} cannot be used:\n- " + "\n- ".join(report.errors))
+            genes = [str(g) for g in adata.var_names]
+            if report.duplicate_genes:
+                raise ValueError(f"{path} has duplicate gene ids {report.duplicate_genes[:5]}; make them unique first")
+            for g in genes:
+                vocabulary.setdefault(g, len(vocabulary))
+            (out / "datasets" / f"{dataset_id}.genes.txt").write_text("".join(f"{g}\n" for g in genes))
+            samples = None if sample_key is None else adata.obs[sample_key].astype(str).to_numpy()
+            batch_labels = _batch_labels(adata, path, batch_key, samples)
+            batch_ids = np.array([batches.setdefault(f"{path.name}/{b}", len(batches)) for b in batch_labels])
+            coords = coordinates(adata, spatial_key) if report.spatial_dims else None
+            keep = np.ones(adata.n_obs, dtype=bool)
+            keep[report.empty_cells] = False
+            sets = cell_sets(samples, adata.n_obs, max_cells, coords=coords, keep=keep, seed=seed)
+            matrix = counts_matrix(adata, layer)
+            for rows in tqdm(sets, desc=path.name, unit="set", disable=None):
+                buffer.append(
+                    _Set(
+                        read_rows(matrix, rows),
+                        dataset_id,
+                        batch_ids[rows],
+                        None if coords is None else coords[rows],
+                        rows,
+                    )
+                )
+                if sum(s.counts.shape[0] for s in buffer) >= shard_cells:
+                    shards.append(_write_shard(out, len(shards), buffer))
+                    buffer = []
+            datasets.append(
+                {
+                    "id": dataset_id,
+                    "file": path.name,
+                    "n_cells": int(keep.sum()),
+                    "n_empty_cells_left_out": len(report.empty_cells),
+                    "n_genes": len(genes),
+                    "genes_file": f"datasets/{dataset_id}.genes.txt",
+                    "n_sets": len(sets),
+                    "spatial_dims": report.spatial_dims,
+                }
+            )
+            logger.info("%s: %d cells in %d sets", path.name, int(keep.sum()), len(sets))
+        finally:
+            adata.file.close()
+    if buffer:
+        shards.append(_write_shard(out, len(shards), buffer))
+    (out / VOCABULARY).write_text("".join(f"{g}\n" for g in vocabulary))
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": {
+            "layer": layer,
+            "sample_key": sample_key,
+            "batch_key": batch_key,
+            "spatial_key": spatial_key,
+            "max_cells": max_cells,
+            "seed": seed,
+        },
+        "vocabulary_file": VOCABULARY,
+        "n_genes": len(vocabulary),
+        "n_cells": sum(s["n_cells"] for s in shards),
+        "n_sets": sum(s["n_sets"] for s in shards),
+        "datasets": datasets,
+        "batches": batches,
+        "shards": shards,
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    logger.info("corpus %s: %d cells, %d sets, %d shards", out, manifest["n_cells"], manifest["n_sets"], len(shards))
+    return out / MANIFEST
+
+
+def _batch_labels(adata, path: Path, batch_key: str | None, samples: np.ndarray | None) -> np.ndarray:
+    if batch_key is not None:
+        if batch_key not in adata.obs:
+            raise KeyError(f"{path}: obs column {batch_key!r} not found; adata.obs has {list(adata.obs.columns)}")
+        labels = adata.obs[batch_key]
+        if labels.isna().any():
+            raise ValueError(f"{path}: {int(labels.isna().sum())} cells have no {batch_key!r} label")
+        return labels.astype(str).to_numpy()
+    if samples is not None:
+        return samples
+    return np.full(adata.n_obs, "all")
+
+
+def _write_shard(out: Path, index: int, sets: list[_Set]) -> dict:
+    # Sets of different data sets have different gene counts: concatenate the CSR parts row-wise by hand.
+    sizes = np.array([s.counts.shape[0] for s in sets])
+    nnz = np.array([s.counts.nnz for s in sets])
+    indptr = np.concatenate([[0], *[s.counts.indptr[1:] + offset for s, offset in zip(sets, np.cumsum(nnz) - nnz)]])
+    coords = np.full((sizes.sum(), 3), np.nan, dtype=np.float32)
+    for s, start in zip(sets, np.cumsum(sizes) - sizes):
+        if s.coords is not None:
+            coords[start : start + len(s.rows), : s.coords.shape[1]] = s.coords
+    name = f"shards/shard-{index:05d}.npz"
+    np.savez(
+        out / name,
+        set_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        indptr=indptr.astype(np.int64),
+        indices=np.concatenate([s.counts.indices for s in sets]).astype(np.int32),
+        data=np.concatenate([s.counts.data for s in sets]).astype(np.float32),
+        n_genes=np.array([s.counts.shape[1] for s in sets], dtype=np.int64),
+        dataset=np.array([s.dataset for s in sets], dtype=np.int32),
+        batch=np.concatenate([s.batch for s in sets]).astype(np.int64),
+        coords=coords,
+        coord_dims=np.array([0 if s.coords is None else s.coords.shape[1] for s in sets], dtype=np.int8),
+        source_rows=np.concatenate([s.rows for s in sets]).astype(np.int64),
+    )
+    return {"file": name, "n_sets": len(sets), "n_cells": int(sizes.sum())}
+
+
+class CorpusDataset(torch.utils.data.IterableDataset):
+    """Stream the cell sets of a prepared corpus as :class:`CellBatch` objects.
+
+    Parameters
+    ----------
+    directory
+        A directory written by :func:`prepare_corpus`.
+    vocabulary
+        Gene ids of the model's embedding rows (default: the corpus vocabulary). Genes of a data set
+        that are not in it are left out.
+    rank, world_size
+        This process's share of the shards; default: from ``torch.distributed`` when initialised,
+        else the whole corpus.
+    shuffle, seed
+        Shuffle the shard order and the sets within a shard, per epoch (see :meth:`set_epoch`).
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        vocabulary: Sequence[str] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.directory = Path(directory)
+        manifest_path = self.directory / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{manifest_path} not found; is {self.directory} a corpus (prepare-corpus)?")
+        self.manifest = json.loads(manifest_path.read_text())
+        if self.manifest.get("format") != FORMAT or self.manifest.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{manifest_path} is not an {FORMAT} manifest this version can read")
+        if vocabulary is None:
+            vocabulary = (self.directory / VOCABULARY).read_text().splitlines()
+        position = {g: i for i, g in enumerate(vocabulary)}
+        self.vocabulary = list(vocabulary)
+        self._columns, self._gene_index = {}, {}
+        for d in self.manifest["datasets"]:
+            genes = (self.directory / d["genes_file"]).read_text().splitlines()
+            columns = np.array([j for j, g in enumerate(genes) if g in position], dtype=np.int64)
+            if columns.size == 0:
+                raise ValueError(f"no gene of data set {d['file']} is in the vocabulary")
+            self._columns[d["id"]] = columns
+            self._gene_index[d["id"]] = torch.tensor([position[genes[j]] for j in columns])
+        if world_size is None:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            world_size = torch.distributed.get_world_size() if distributed else 1
+            rank = torch.distributed.get_rank() if distributed else 0
+        if not 0 <= (rank or 0) < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.rank, self.world_size = rank or 0, world_size
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the shuffle of the next iteration (call once per epoch on every rank)."""
+        self.epoch = epoch
+
+    def shard_files(self) -> list[str]:
+        """The shards this rank (and DataLoader worker) reads this epoch, in order."""
+        shards = [s["file"] for s in self.manifest["shards"]]
+        order = np.arange(len(shards))
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(shards))
+        mine = order[self.rank :: self.world_size]
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None:
+            mine = mine[worker.id :: worker.num_workers]
+        return [shards[i] for i in mine]
+
+    def __iter__(self) -> Iterator[CellBatch]:
+        for name in self.shard_files():
+            with np.load(self.directory / name, allow_pickle=False) as shard:
+                arrays = {k: shard[k] for k in shard.files}
+            n_sets = len(arrays["dataset"])
+            order = np.arange(n_sets)
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, self.epoch, zlib.crc32(name.encode())]).permutation(n_sets)
+            for k in order:
+                yield self._set(arrays, int(k))
+
+    def _set(self, a: dict[str, np.ndarray], k: int) -> CellBatch:
+        start, stop = a["set_offsets"][k], a["set_offsets"][k + 1]
+        indptr = a["indptr"][start : stop + 1]
+        lo, hi = indptr[0], indptr[-1]
+        counts = sp.csr_matrix(
+            (a["data"][lo:hi], a["indices"][lo:hi], indptr - lo), shape=(stop - start, int(a["n_genes"][k]))
+        )
+        dataset = int(a["dataset"][k])
+        counts = counts[:, self._columns[dataset]]
+        dims = int(a["coord_dims"][k])
+        coords = None
+        if dims:
+            coords = torch.as_tensor(normalize_coordinates(a["coords"][start:stop, :dims].astype(np.float64)))
+        return CellBatch(
+            counts=csr_tensor(
+                torch.from_numpy(counts.indptr.astype(np.int64)),
+                torch.from_numpy(counts.indices.astype(np.int64)),
+                torch.from_numpy(counts.data),
+                counts.shape,
+            ),
+            gene_index=self._gene_index[dataset],
+            coords=None if coords is None else coords.float(),
+            batch=torch.from_numpy(a["batch"][start:stop]),
+            dataset=torch.full((stop - start,), dataset, dtype=torch.long),
+        )

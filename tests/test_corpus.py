@@ -1,0 +1,126 @@
+"""Pretraining corpus: shards and manifest from several h5ad files, streaming split by rank."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from opencellplm.cli import main
+from opencellplm.data.corpus import CorpusDataset, prepare_corpus
+
+
+@pytest.fixture
+def corpus_files(tmp_path):
+    rng = np.random.default_rng(0)
+    sc = ad.AnnData(
+        rng.negative_binomial(2, 0.5, size=(90, 12)).astype(np.float32),
+        obs=pd.DataFrame({"donor": np.repeat(["a", "b", "c"], 30)}, index=[f"sc{i}" for i in range(90)]),
+        var=pd.DataFrame(index=[f"G{i}" for i in range(12)]),
+    )
+    sc.X[5] = 0  # an empty cell, left out and counted
+    spatial = ad.AnnData(
+        rng.negative_binomial(2, 0.5, size=(70, 8)).astype(np.float32),
+        obs=pd.DataFrame({"donor": ["s"] * 70}, index=[f"sp{i}" for i in range(70)]),
+        var=pd.DataFrame(index=[f"G{i}" for i in range(6, 14)]),  # overlaps the first file's genes
+    )
+    spatial.obsm["spatial"] = rng.random((70, 2)) * 100
+    paths = [tmp_path / "sc.h5ad", tmp_path / "spatial.h5ad"]
+    sc.write_h5ad(paths[0])
+    spatial.write_h5ad(paths[1])
+    return paths, sc, spatial
+
+
+def test_prepare_and_stream_round_trip(tmp_path, corpus_files):
+    paths, sc, spatial = corpus_files
+    manifest_path = prepare_corpus(paths, tmp_path / "corpus", sample_key="donor", max_cells=20, shard_cells=50)
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["n_cells"] == 89 + 70 and manifest["n_genes"] == 14
+    assert [d["n_empty_cells_left_out"] for d in manifest["datasets"]] == [1, 0]
+    assert [d["spatial_dims"] for d in manifest["datasets"]] == [None, 2]
+    assert set(manifest["batches"]) == {"sc.h5ad/a", "sc.h5ad/b", "sc.h5ad/c", "spatial.h5ad/s"}
+    assert len(manifest["shards"]) > 1 and all(s["n_cells"] >= 1 for s in manifest["shards"])
+
+    vocabulary = (tmp_path / "corpus" / "genes.txt").read_text().splitlines()
+    sets = list(CorpusDataset(tmp_path / "corpus", shuffle=False))
+    assert len(sets) == manifest["n_sets"] and all(s.n_cells <= 20 for s in sets)
+    # Every cell comes back once, with its counts under the right vocabulary genes.
+    total = sum(s.counts.to_dense().sum().item() for s in sets)
+    assert total == pytest.approx(float(sc.X.sum() + spatial.X.sum()))
+    spatial_sets = [s for s in sets if s.coords is not None]
+    assert sum(s.n_cells for s in spatial_sets) == 70
+    assert all(0.0 <= float(s.coords.min()) and float(s.coords.max()) <= 1.0 for s in spatial_sets)
+    first = spatial_sets[0]
+    assert [vocabulary[i] for i in first.gene_index.tolist()] == [f"G{i}" for i in range(6, 14)]
+    assert first.dataset.unique().tolist() == [1]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_ranks_share_the_shards_without_overlap(tmp_path, corpus_files, world_size):
+    paths, _, _ = corpus_files
+    prepare_corpus(paths, tmp_path / "corpus", sample_key="donor", max_cells=10, shard_cells=20)
+    per_rank = [
+        CorpusDataset(tmp_path / "corpus", rank=r, world_size=world_size, seed=3).shard_files()
+        for r in range(world_size)
+    ]
+    flat = [f for files in per_rank for f in files]
+    manifest = json.loads((tmp_path / "corpus" / "manifest.json").read_text())
+    assert sorted(flat) == sorted(s["file"] for s in manifest["shards"])  # each shard once
+    cells = sum(
+        sum(b.n_cells for b in CorpusDataset(tmp_path / "corpus", rank=r, world_size=world_size))
+        for r in range(world_size)
+    )
+    assert cells == manifest["n_cells"]
+
+
+def test_epochs_reshuffle_deterministically(tmp_path, corpus_files):
+    paths, _, _ = corpus_files
+    prepare_corpus(paths, tmp_path / "corpus", max_cells=10, shard_cells=20)
+    a = CorpusDataset(tmp_path / "corpus", seed=1)
+    b = CorpusDataset(tmp_path / "corpus", seed=1)
+    assert a.shard_files() == b.shard_files()
+    first = [s.counts.to_dense().sum().item() for s in a]
+    assert first == [s.counts.to_dense().sum().item() for s in b]
+    a.set_epoch(1)
+    assert [s.counts.to_dense().sum().item() for s in a] != first
+
+
+def test_model_vocabulary_and_a_training_step(tmp_path, corpus_files, tiny_config):
+    from opencellplm import CellPLMModule, DecoderConfig
+
+    paths, _, _ = corpus_files
+    prepare_corpus(paths, tmp_path / "corpus", sample_key="donor", max_cells=16)
+    vocabulary = [f"G{i}" for i in range(10)]  # G10..G13 are left out
+    config = tiny_config.replace(n_genes=10, decoder=DecoderConfig(hidden_dim=16, n_batches=4, n_datasets=2))
+    module = CellPLMModule(config).train()
+    for batch in CorpusDataset(tmp_path / "corpus", vocabulary=vocabulary):
+        assert int(batch.gene_index.max()) < 10
+        loss = module.reconstruction_loss(module(batch))
+        assert torch.isfinite(loss.total)
+        loss.total.backward()
+
+
+def test_bad_inputs(tmp_path, corpus_files):
+    paths, sc, _ = corpus_files
+    with pytest.raises(FileNotFoundError, match=r"input file\(s\) not found"):
+        prepare_corpus([tmp_path / "nope.h5ad"], tmp_path / "c1")
+    sc.X = sc.X / 2.5
+    sc.write_h5ad(tmp_path / "norm.h5ad")
+    with pytest.raises(ValueError, match="norm.h5ad cannot be used:\n- X holds non-integer values"):
+        prepare_corpus([tmp_path / "norm.h5ad"], tmp_path / "c2")
+    prepare_corpus(paths[:1], tmp_path / "c3")
+    with pytest.raises(FileExistsError, match="pass overwrite=True"):
+        prepare_corpus(paths[:1], tmp_path / "c3")
+    with pytest.raises(FileNotFoundError, match="is .* a corpus"):
+        CorpusDataset(tmp_path)
+
+
+def test_cli(tmp_path, corpus_files):
+    paths, _, _ = corpus_files
+    out = tmp_path / "corpus"
+    assert main(["-q", "prepare-corpus", *map(str, paths), "--out", str(out), "--sample-key", "donor"]) == 0
+    assert (out / "manifest.json").is_file()
