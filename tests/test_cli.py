@@ -23,6 +23,13 @@ def test_convert_embed_info(tmp_path, tiny_adata, capsys):
     out = ad.read_h5ad(tmp_path / "out.h5ad")
     expected = CellPLM.from_pretrained(tmp_path / "ckpt").get_latent_representation(tiny_adata, sample_key="sample")
     assert (abs(out.obsm["X_cellplm"] - expected) < 1e-6).all()
+    assert (out.X == tiny_adata.X).all() and out.obs.equals(ad.read_h5ad(tmp_path / "in.h5ad").obs)
+    assert out.uns["cellplm"]["X_cellplm"]["params"]["sample_key"] == "sample"
+    # Embedding the output again keeps the earlier record and replaces the key.
+    again = ["embed", str(tmp_path / "out.h5ad"), "--checkpoint", str(tmp_path / "ckpt"), "--key-added", "X_2"]
+    assert main([*again, "--out", str(tmp_path / "again.h5ad")]) == 0
+    twice = ad.read_h5ad(tmp_path / "again.h5ad")
+    assert set(twice.obsm) == {"X_cellplm", "X_2"} and set(twice.uns["cellplm"]) == {"X_cellplm", "X_2"}
     capsys.readouterr()
     assert main(["info", str(tmp_path / "ckpt")]) == 0
     report = json.loads(capsys.readouterr().out)

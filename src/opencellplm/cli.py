@@ -26,19 +26,18 @@ def _convert_official(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    import anndata as ad
-
     from .model import CellPLM
 
-    source, target = Path(args.input), Path(args.out)
-    if not source.is_file():
-        raise FileNotFoundError(f"input file not found: {source}")
-    if target.exists() and not args.overwrite:
-        raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+    if not Path(args.input).is_file():  # before loading the model
+        raise FileNotFoundError(f"input file not found: {args.input}")
+    if Path(args.out).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
     model = CellPLM.from_pretrained(args.checkpoint, device=args.device)
-    adata = ad.read_h5ad(source)
-    model.embed(
-        adata,
+    model.embed_file(
+        args.input,
+        args.out,
+        overwrite=args.overwrite,
+        key_added=args.key_added,
         layer=args.layer,
         gene_key=args.gene_key,
         sample_key=args.sample_key,
@@ -46,10 +45,7 @@ def _embed(args: argparse.Namespace) -> int:
         max_cells=args.max_cells,
         partition=args.partition,
         seed=args.seed,
-        key_added=args.key_added,
     )
-    adata.write_h5ad(target)
-    logger.info("wrote %s with obsm[%r] of shape %s", target, args.key_added, adata.obsm[args.key_added].shape)
     return 0
 
 
@@ -130,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_convert_official)
 
-    p = commands.add_parser("embed", help="write cell embeddings of an h5ad to obsm")
+    p = commands.add_parser("embed", help="write cell embeddings of an h5ad to obsm (streams X from disk)")
     p.add_argument("input", help="h5ad file with raw counts")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (see convert-official)")
     p.add_argument("--out", required=True, help="h5ad file to write (the input with obsm[KEY_ADDED] added)")

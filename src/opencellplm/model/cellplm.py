@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -236,12 +237,56 @@ class CellPLM:
             raise ValueError("adata is a view; call adata.copy() first, or use get_latent_representation()")
         embedding = self.get_latent_representation(adata, **kwargs)
         adata.obsm[key_added] = embedding
+        adata.uns.setdefault("cellplm", {})[key_added] = self._record(embedding, kwargs)
+        return self
+
+    def embed_file(
+        self, source: str | Path, target: str | Path, *, key_added: str = "X_cellplm", overwrite: bool = False, **kwargs
+    ) -> Path:
+        """Embed an h5ad file into a new one, streaming: the counts are read set by set from disk
+        (``backed="r"``) and ``target`` is a copy of ``source`` with ``obsm[key_added]`` and
+        ``uns['cellplm'][key_added]`` added. Takes the arguments of :meth:`get_latent_representation`.
+        """
+        import anndata as ad
+        import h5py
+        from anndata.io import read_elem, write_elem
+
+        source, target = Path(source), Path(target)
+        if not source.is_file():
+            raise FileNotFoundError(f"input file not found: {source}")
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
+        if target.resolve() == source.resolve():
+            raise ValueError("the output file must differ from the input file")
+        adata = ad.read_h5ad(source, backed="r")
+        try:
+            embedding = self.get_latent_representation(adata, **kwargs)
+        finally:
+            adata.file.close()
+        partial = target.with_name(f".{target.name}.partial")
+        shutil.copyfile(source, partial)
+        with h5py.File(partial, "r+") as f:
+            records = read_elem(f["uns/cellplm"]) if "uns/cellplm" in f else {}
+            records[key_added] = self._record(embedding, kwargs)
+            for key in (f"obsm/{key_added}", "uns/cellplm"):
+                if key in f:
+                    del f[key]
+            for group, key, value in (("obsm", key_added, embedding), ("uns", "cellplm", records)):
+                if group in f:
+                    write_elem(f[group], key, value)
+                else:  # files written element by element may lack the group
+                    write_elem(f, group, {key: value})
+        partial.replace(target)
+        logger.info("wrote %s with obsm[%r] of shape %s", target, key_added, embedding.shape)
+        return target
+
+    def _record(self, embedding: np.ndarray, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """What ``uns['cellplm'][key]`` keeps about an embedding call."""
         params = {k: v for k, v in kwargs.items() if k != "noise" and v is not None}
-        adata.uns.setdefault("cellplm", {})[key_added] = {
+        return {
             "params": params | {"n_genes_vocabulary": len(self.genes)},
             "n_cells_left_out": int(np.isnan(embedding[:, 0]).sum()),
         }
-        return self
 
 
 def _read_in_blocks(matrix, sets: list[np.ndarray], columns: np.ndarray, block_cells: int):
