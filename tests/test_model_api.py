@@ -202,3 +202,18 @@ def test_vocabulary_extension_adds_trainable_rows(model, tiny_adata):
     assert np.abs(after - before).max() > 1e-6
     tiny_adata.X[:, 25:] = 0
     np.testing.assert_allclose(model.get_latent_representation(tiny_adata[:, :25].copy()), before, atol=1e-6)
+
+
+def test_embed_file_guards_its_input(model, tiny_adata, tmp_path):
+    tiny_adata.write_h5ad(tmp_path / "in.h5ad")
+    with pytest.raises(FileNotFoundError, match="input file not found"):
+        model.embed_file(tmp_path / "absent.h5ad", tmp_path / "out.h5ad")
+    with pytest.raises(ValueError, match="must differ from the input"):
+        model.embed_file(tmp_path / "in.h5ad", tmp_path / "in.h5ad", overwrite=True)
+    out = model.embed_file(tmp_path / "in.h5ad", tmp_path / "out.h5ad", sample_key="sample")
+    import anndata as ad
+
+    expected = model.get_latent_representation(tiny_adata, sample_key="sample")
+    np.testing.assert_allclose(ad.read_h5ad(out).obsm["X_cellplm"], expected, atol=1e-6)
+    with pytest.raises(FileExistsError, match="pass overwrite=True"):
+        model.embed_file(tmp_path / "in.h5ad", out)
