@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -213,8 +212,8 @@ def _write_shard(out: Path, index: int, sets: list[_Set]) -> dict:
     return {"file": name, "n_sets": len(sets), "n_cells": int(sizes.sum())}
 
 
-class CorpusDataset(torch.utils.data.IterableDataset):
-    """Stream the cell sets of a prepared corpus as :class:`CellBatch` objects.
+class Corpus:
+    """Random access to the cell sets of a prepared corpus.
 
     Parameters
     ----------
@@ -223,24 +222,11 @@ class CorpusDataset(torch.utils.data.IterableDataset):
     vocabulary
         Gene ids of the model's embedding rows (default: the corpus vocabulary). Genes of a data set
         that are not in it are left out.
-    rank, world_size
-        This process's share of the shards; default: from ``torch.distributed`` when initialised,
-        else the whole corpus.
-    shuffle, seed
-        Shuffle the shard order and the sets within a shard, per epoch (see :meth:`set_epoch`).
+    cache_shards
+        Shards kept in memory (least recently used are dropped).
     """
 
-    def __init__(
-        self,
-        directory: str | Path,
-        *,
-        vocabulary: Sequence[str] | None = None,
-        rank: int | None = None,
-        world_size: int | None = None,
-        shuffle: bool = True,
-        seed: int = 0,
-    ):
-        super().__init__()
+    def __init__(self, directory: str | Path, *, vocabulary: Sequence[str] | None = None, cache_shards: int = 4):
         self.directory = Path(directory)
         manifest_path = self.directory / MANIFEST
         if not manifest_path.is_file():
@@ -260,43 +246,29 @@ class CorpusDataset(torch.utils.data.IterableDataset):
                 raise ValueError(f"no gene of data set {d['file']} is in the vocabulary")
             self._columns[d["id"]] = columns
             self._gene_index[d["id"]] = torch.tensor([position[genes[j]] for j in columns])
-        if world_size is None:
-            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-            world_size = torch.distributed.get_world_size() if distributed else 1
-            rank = torch.distributed.get_rank() if distributed else 0
-        if not 0 <= (rank or 0) < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        self.rank, self.world_size = rank or 0, world_size
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
+        self._cache_shards = cache_shards
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the shuffle of the next iteration (call once per epoch on every rank)."""
-        self.epoch = epoch
+    @property
+    def shards(self) -> list[dict]:
+        """Per shard: ``file``, ``n_sets``, ``n_cells``."""
+        return self.manifest["shards"]
 
-    def shard_files(self) -> list[str]:
-        """The shards this rank (and DataLoader worker) reads this epoch, in order."""
-        shards = [s["file"] for s in self.manifest["shards"]]
-        order = np.arange(len(shards))
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(shards))
-        mine = order[self.rank :: self.world_size]
-        worker = torch.utils.data.get_worker_info()
-        if worker is not None:
-            mine = mine[worker.id :: worker.num_workers]
-        return [shards[i] for i in mine]
+    def shard(self, index: int) -> dict[str, np.ndarray]:
+        """The arrays of shard ``index`` (kept in a small LRU cache)."""
+        if index in self._cache:
+            self._cache[index] = self._cache.pop(index)  # most recently used last
+        else:
+            with np.load(self.directory / self.shards[index]["file"], allow_pickle=False) as npz:
+                self._cache[index] = {k: npz[k] for k in npz.files}
+            while len(self._cache) > self._cache_shards:
+                self._cache.pop(next(iter(self._cache)))
+        return self._cache[index]
 
-    def __iter__(self) -> Iterator[CellBatch]:
-        for name in self.shard_files():
-            with np.load(self.directory / name, allow_pickle=False) as shard:
-                arrays = {k: shard[k] for k in shard.files}
-            n_sets = len(arrays["dataset"])
-            order = np.arange(n_sets)
-            if self.shuffle:
-                order = np.random.default_rng([self.seed, self.epoch, zlib.crc32(name.encode())]).permutation(n_sets)
-            for k in order:
-                yield self._set(arrays, int(k))
-
-    def _set(self, a: dict[str, np.ndarray], k: int) -> CellBatch:
+    def cell_set(self, shard: int, k: int) -> CellBatch:
+        """Set ``k`` of shard ``shard``: counts over the vocabulary genes it has, coordinates scaled to
+        [0, 1], corpus-wide batch and data-set ids."""
+        a = self.shard(shard)
         start, stop = a["set_offsets"][k], a["set_offsets"][k + 1]
         indptr = a["indptr"][start : stop + 1]
         lo, hi = indptr[0], indptr[-1]
@@ -321,3 +293,68 @@ class CorpusDataset(torch.utils.data.IterableDataset):
             batch=torch.from_numpy(a["batch"][start:stop]),
             dataset=torch.full((stop - start,), dataset, dtype=torch.long),
         )
+
+
+class CorpusDataset(torch.utils.data.IterableDataset):
+    """Stream the cell sets of a prepared corpus as :class:`CellBatch` objects.
+
+    Parameters
+    ----------
+    directory
+        A directory written by :func:`prepare_corpus`.
+    vocabulary
+        Gene ids of the model's embedding rows (default: the corpus vocabulary).
+    rank, world_size
+        This process's share of the shards; default: from ``torch.distributed`` when initialised,
+        else the whole corpus.
+    shuffle, seed
+        Shuffle the shard order and the sets within a shard, per epoch (see :meth:`set_epoch`).
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        vocabulary: Sequence[str] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.corpus = Corpus(directory, vocabulary=vocabulary, cache_shards=1)
+        if world_size is None:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            world_size = torch.distributed.get_world_size() if distributed else 1
+            rank = torch.distributed.get_rank() if distributed else 0
+        if not 0 <= (rank or 0) < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.rank, self.world_size = rank or 0, world_size
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the shuffle of the next iteration (call once per epoch on every rank)."""
+        self.epoch = epoch
+
+    def shard_indices(self) -> list[int]:
+        """The shards this rank (and DataLoader worker) reads this epoch, in order."""
+        order = np.arange(len(self.corpus.shards))
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(order))
+        mine = order[self.rank :: self.world_size]
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None:
+            mine = mine[worker.id :: worker.num_workers]
+        return mine.tolist()
+
+    def shard_files(self) -> list[str]:
+        return [self.corpus.shards[i]["file"] for i in self.shard_indices()]
+
+    def __iter__(self) -> Iterator[CellBatch]:
+        for index in self.shard_indices():
+            n_sets = self.corpus.shards[index]["n_sets"]
+            order = np.arange(n_sets)
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, self.epoch, index]).permutation(n_sets)
+            for k in order:
+                yield self.corpus.cell_set(index, int(k))
