@@ -15,6 +15,7 @@ from .config import (
     LatentConfig,
     MaskingConfig,
     ModelConfig,
+    TrainConfig,
 )
 from .io import CheckpointError
 from .model import CellPLM
@@ -33,5 +34,6 @@ __all__ = [
     "LatentConfig",
     "MaskingConfig",
     "ModelConfig",
+    "TrainConfig",
     "__version__",
 ]

@@ -97,6 +97,20 @@ def _prepare_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from . import configs
+    from .train import pretrain
+
+    model, train = configs.load(args.config)
+    overrides = {k: v for k, v in {"steps": args.steps, "seed": args.seed, "precision": args.precision}.items() if v}
+    pretrain(
+        args.corpus, args.out, model=model, train=replace(train, **overrides), resume=args.resume, device=args.device
+    )
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from .model import CellPLM
 
@@ -171,6 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random partition (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it is not empty")
     p.set_defaults(run=_prepare_corpus)
+
+    p = commands.add_parser(
+        "pretrain", help="pretrain a model on a corpus (one process, or many under torchrun -m opencellplm)"
+    )
+    p.add_argument("--corpus", required=True, help="corpus directory (see prepare-corpus)")
+    p.add_argument("--config", required=True, help="a named configuration (tiny, small, cellplm-85m) or a JSON file")
+    p.add_argument("--out", required=True, help="run directory: state.pt, metrics.jsonl, summary.json, model/")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--steps", type=int, help="override the configuration's number of steps")
+    p.add_argument("--seed", type=int, help="override the configuration's seed")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="override the configuration's precision")
+    p.add_argument("--device", help="torch device (default: this process's GPU if any, else cpu)")
+    p.set_defaults(run=_pretrain)
 
     p = commands.add_parser("info", help="describe a checkpoint directory")
     p.add_argument("checkpoint")

@@ -290,6 +290,83 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Pretraining settings (not part of a model checkpoint's config).
+
+    Attributes
+    ----------
+    steps
+        Optimizer steps.
+    sets_per_step
+        Cell sets per optimizer step, over all processes (a multiple of the world size).
+    lr, min_lr_ratio, warmup_steps
+        Peak learning rate, reached linearly over ``warmup_steps``, then cosine decay to
+        ``lr * min_lr_ratio`` at ``steps``.
+    weight_decay
+        AdamW weight decay, applied to matrices and embeddings only (not to biases and norms).
+    grad_clip
+        Largest gradient norm (0 disables clipping).
+    val_fraction
+        Share of the corpus's cell sets held out for validation (at least one set).
+    eval_every, patience
+        Validate every ``eval_every`` steps; stop after ``patience`` validations without improvement
+        (0 never stops early).
+    checkpoint_every
+        Write the resumable training state every this many steps.
+    log_every
+        Write a metrics line every this many steps.
+    precision
+        ``"bf16"`` autocasts matrix products to bfloat16; ``"auto"`` does so on CUDA devices and
+        CPUs with bfloat16 instructions; ``"fp32"`` never.
+    shuffle_window
+        Sets are shuffled within windows of this many shards (bounds the shards read per step).
+    seed
+        Seeds the data order, validation split, initialisation, masks and dropout.
+    """
+
+    steps: int = 1000
+    sets_per_step: int = 4
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 2.0
+    val_fraction: float = 0.05
+    eval_every: int = 100
+    patience: int = 0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    precision: Precision = "auto"
+    shuffle_window: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "sets_per_step", "eval_every", "checkpoint_every", "log_every", "shuffle_window"):
+            _check_positive(f"train.{name}", getattr(self, name))
+        for name in ("warmup_steps", "patience", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"train.{name} must be a non-negative integer, got {value!r}")
+        _check_number("train.lr", self.lr, minimum=0.0)
+        _check_rate("train.min_lr_ratio", self.min_lr_ratio, upper_inclusive=True)
+        _check_number("train.weight_decay", self.weight_decay, minimum=0.0)
+        _check_number("train.grad_clip", self.grad_clip, minimum=0.0)
+        _check_rate("train.val_fraction", self.val_fraction)
+        _check_choice("train.precision", self.precision, get_args(Precision))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a dictionary, raising :class:`ConfigError` on unknown keys."""
+        return _from_dict(cls, data, path="train")
+
+
 def _from_dict(cls: type, data: Any, path: str) -> Any:
     where = f"'{path}'" if path else "the model config"
     if not isinstance(data, dict):

@@ -52,11 +52,23 @@ class CellPLMModule(nn.Module):
         )
         self.head = None if config.annotation is None else AnnotationHead(config.latent.dim, config.annotation)
 
-    def forward(self, batch: CellBatch, *, official: bool = False, noise: GMVAENoise | None = None) -> CellPLMOutput:
+    def forward(
+        self,
+        batch: CellBatch,
+        *,
+        official: bool = False,
+        noise: GMVAENoise | None = None,
+        corrupt: bool | None = None,
+    ) -> CellPLMOutput:
+        """Run one cell set through the model.
+
+        ``corrupt`` applies the training-time cell dropping and gene masking (default: in training
+        mode); validation passes ``corrupt=True`` in eval mode to score masked reconstruction.
+        """
         kept = torch.arange(batch.n_cells, device=batch.counts.device)
         input_mask = None
         counts = batch.counts
-        if self.training:
+        if self.training if corrupt is None else corrupt:
             if self.config.masking.drop_cell_rate > 0:
                 kept = drop_cells(batch.n_cells, self.config.masking, batch.counts.device)
                 batch = select_cells(batch, kept)
@@ -126,7 +138,7 @@ class CellPLMModule(nn.Module):
             nb.mean[:, decoder_columns],
             nb.dispersion[:, decoder_columns],
             mask,
-            masked_term=self.config.masking.masked_term and self.training,
+            masked_term=self.config.masking.masked_term and out.input_mask is not None,
         )
         return _total(out, objective)
 

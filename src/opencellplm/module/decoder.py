@@ -75,6 +75,6 @@ class NBDecoder(nn.Module):
         for block in self.blocks:
             x = block(x, batch, missing=missing_covariate)
         a = F.relu(self.bottleneck(x))  # (N, bottleneck)
-        mean = torch.clamp(torch.exp(self.mean(a)), *MEAN_RANGE)  # (N, G)
+        mean = torch.clamp(torch.exp(self.mean(a).float()), *MEAN_RANGE)  # (N, G), float32 even under autocast
         dispersion = torch.clamp(torch.exp(self.log_dispersion), *DISPERSION_RANGE).expand(z.shape[0], -1)
         return NBOutput(mean=mean, dispersion=dispersion)

@@ -76,17 +76,17 @@ class GMVAELatent(nn.Module):
         return (hard - soft).detach() + soft  # straight-through, as the official eval computes it
 
     def forward(self, h: torch.Tensor, *, official: bool = False, noise: GMVAENoise | None = None) -> LatentOutput:
-        logits = self.cluster_logits(h)  # (N, K)
+        logits = self.cluster_logits(h).float()  # (N, K); densities and losses in float32 under autocast
         y = self._cluster(logits, official, noise)  # (N, K)
         a = F.relu(self.hidden(torch.cat([h, y], dim=1)))  # (N, hidden)
-        z_mean, z_var = self.z_mean(a), F.softplus(self.z_var(a))  # (N, D) each
+        z_mean, z_var = self.z_mean(a).float(), F.softplus(self.z_var(a).float())  # (N, D) each
         if self.training or official:
             eps = torch.randn_like(z_mean) if noise is None else noise.gaussian_eps.to(z_mean)
             _check_noise_shape("gaussian_eps", eps, z_mean)
             z = z_mean + eps * torch.sqrt(z_var + REPARAM_EPS)
         else:
             z = z_mean
-        prior_mean, prior_var = self.prior_mean(y), F.softplus(self.prior_var(y))
+        prior_mean, prior_var = self.prior_mean(y).float(), F.softplus(self.prior_var(y).float())
         loss = gmvae_loss(z, z_mean, z_var, prior_mean, prior_var, logits, self.config)
         embedding = z if self.training else z_mean
         return LatentOutput(embedding=embedding, loss=loss, cluster_logits=logits, cluster=y)

@@ -33,9 +33,11 @@ class FlowAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, d = x.shape
         eps = self.eps
-        q = torch.sigmoid(self._heads(self.query(x)))  # (H, N, dh)
-        k = torch.sigmoid(self._heads(self.key(x)))
-        v = self._heads(self.value(x))
+        # The projections may run in bfloat16 (autocast); the flow normalisers sum over all cells of
+        # the set, so the attention itself is computed in float32.
+        q = torch.sigmoid(self._heads(self.query(x)).float())  # (H, N, dh)
+        k = torch.sigmoid(self._heads(self.key(x)).float())
+        v = self._heads(self.value(x)).float()
         # Incoming flow of each sink (query) and outgoing flow of each source (key): (H, N)
         sink_in = 1.0 / torch.einsum("hnd,hd->hn", q + eps, k.sum(dim=1) + eps)
         source_out = 1.0 / torch.einsum("hnd,hd->hn", k + eps, q.sum(dim=1) + eps)
