@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from opencellplm.cli import main
-from opencellplm.data.corpus import CorpusDataset, prepare_corpus
+from opencellplm.data.corpus import Corpus, CorpusDataset, prepare_corpus
 
 
 @pytest.fixture
@@ -42,10 +42,21 @@ def test_prepare_and_stream_round_trip(tmp_path, corpus_files):
     assert manifest["n_cells"] == 89 + 70 and manifest["n_genes"] == 14
     assert [d["n_empty_cells_left_out"] for d in manifest["datasets"]] == [1, 0]
     assert [d["spatial_dims"] for d in manifest["datasets"]] == [None, 2]
-    assert set(manifest["batches"]) == {"sc.h5ad/a", "sc.h5ad/b", "sc.h5ad/c", "spatial.h5ad/s"}
+    assert set(manifest["batches"]) == {"0:sc.h5ad/a", "0:sc.h5ad/b", "0:sc.h5ad/c", "1:spatial.h5ad/s"}
     assert len(manifest["shards"]) > 1 and all(s["n_cells"] >= 1 for s in manifest["shards"])
 
     vocabulary = (tmp_path / "corpus" / "genes.txt").read_text().splitlines()
+    # Every set holds exactly its source cells' counts, under the right vocabulary genes.
+    corpus = Corpus(tmp_path / "corpus")
+    sources = {0: sc, 1: spatial}
+    for shard, info in enumerate(corpus.shards):
+        for k in range(info["n_sets"]):
+            batch = corpus.cell_set(shard, k)
+            source = sources[int(batch.dataset[0])]
+            rows = corpus.source_rows(shard, k)
+            genes = [vocabulary[i] for i in batch.gene_index.tolist()]
+            expected = source[rows][:, genes].X
+            np.testing.assert_array_equal(batch.counts.to_dense().numpy(), expected)
     sets = list(CorpusDataset(tmp_path / "corpus", shuffle=False))
     assert len(sets) == manifest["n_sets"] and all(s.n_cells <= 20 for s in sets)
     # Every cell comes back once, with its counts under the right vocabulary genes.
@@ -75,6 +86,33 @@ def test_ranks_share_the_shards_without_overlap(tmp_path, corpus_files, world_si
         for r in range(world_size)
     )
     assert cells == manifest["n_cells"]
+
+
+def test_rank_arguments_are_checked(tmp_path, corpus_files):
+    paths, _, _ = corpus_files
+    prepare_corpus(paths, tmp_path / "corpus", max_cells=10, shard_cells=50)
+    with pytest.raises(ValueError, match="give both rank and world_size"):
+        CorpusDataset(tmp_path / "corpus", rank=1)
+    with pytest.raises(ValueError, match="shards cannot feed 9 processes"):
+        CorpusDataset(tmp_path / "corpus", rank=0, world_size=9)
+
+
+def test_same_file_names_in_two_folders_get_their_own_batches(tmp_path, corpus_files):
+    paths, sc, _ = corpus_files
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        sc.write_h5ad(tmp_path / folder / "data.h5ad")
+    manifest = prepare_corpus([tmp_path / "x" / "data.h5ad", tmp_path / "y" / "data.h5ad"], tmp_path / "c")
+    assert list(json.loads(manifest.read_text())["batches"]) == ["0:data.h5ad/all", "1:data.h5ad/all"]
+
+
+def test_a_bad_later_file_leaves_nothing_behind(tmp_path, corpus_files):
+    paths, sc, _ = corpus_files
+    sc.X[0, 0] = -1
+    sc.write_h5ad(tmp_path / "bad.h5ad")
+    with pytest.raises(ValueError, match=r"bad.h5ad cannot be used:\n- X has 1 NaN, infinite or negative"):
+        prepare_corpus([paths[0], tmp_path / "bad.h5ad"], tmp_path / "c")
+    assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.*"))
 
 
 def test_epochs_reshuffle_deterministically(tmp_path, corpus_files):

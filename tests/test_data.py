@@ -9,6 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from opencellplm.data import cell_sets, normalize_coordinates, read_rows, validate
+from opencellplm.data.validate import empty_cells_note
 
 from .conftest import vocabulary
 
@@ -52,9 +53,10 @@ def test_empty_cells_are_counted_and_named(tiny_adata):
     tiny_adata.X[[3, 5]] = 0
     tiny_adata.X[8, :25] = 0  # counts only in genes outside the vocabulary
     report = validate(tiny_adata, vocabulary=VOCAB)
-    assert report.empty_cells.tolist() == [3, 5, 8]
-    assert "3 cells have no counts in the model's genes and are left out" in report.warnings[0]
-    assert "['cell3', 'cell5', 'cell8']" in report.warnings[0]
+    assert report.empty_cells.tolist() == [3, 5, 8] and report.ok
+    assert "cells without counts: 3 (left out)" in report.to_text()
+    note = empty_cells_note(tiny_adata, report, "they are left out")
+    assert note == "3 cells have no counts in the model's genes, e.g. ['cell3', 'cell5', 'cell8']; they are left out"
     tiny_adata.X[:] = 0
     assert "no cell has any count" in validate(tiny_adata).errors[0]
 

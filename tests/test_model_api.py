@@ -158,24 +158,55 @@ def test_each_row_is_the_embedding_of_its_own_set(model, tiny_adata):
 
 def test_empty_cells_get_nan_rows_and_are_counted(model, tiny_adata):
     tiny_adata.X[[4, 11]] = 0
-    with pytest.warns(UserWarning, match=r"2 cells have no counts in the model's genes and are left out"):
+    with pytest.warns(UserWarning, match=r"2 cells have no counts in the model's genes, .*; their rows are NaN"):
         model.embed(tiny_adata, sample_key="sample")
     emb = tiny_adata.obsm["X_cellplm"]
     assert np.isnan(emb[[4, 11]]).all() and not np.isnan(np.delete(emb, [4, 11], 0)).any()
     assert tiny_adata.uns["cellplm"]["X_cellplm"]["n_cells_left_out"] == 2
 
 
-def test_blocked_backed_reading_matches_memory(model, tiny_adata, tmp_path, monkeypatch):
-    import anndata as ad
-
+@pytest.mark.parametrize("where", ["X dense", "X csr", "layer csr"])
+def test_blocked_reading_from_disk_matches_memory(model, tiny_adata, tmp_path, monkeypatch, where):
     import opencellplm.model.cellplm as api
+    from opencellplm.data import open_h5ad
 
-    expected = model.get_latent_representation(tiny_adata, max_cells=6)
+    rng = np.random.default_rng(0)
+    tiny_adata.obs["sample"] = rng.choice(["a", "b", "c"], 40)  # samples interleaved in the file
+    expected = model.get_latent_representation(tiny_adata, sample_key="sample", max_cells=6)
+    layer = "counts" if where.startswith("layer") else None
+    if where.endswith("csr"):
+        tiny_adata.X = sp.csr_matrix(tiny_adata.X)
+    if layer:
+        tiny_adata.layers["counts"] = tiny_adata.X
+        tiny_adata.X = tiny_adata.X * 0.5  # not counts: must not be read
     tiny_adata.write_h5ad(tmp_path / "x.h5ad")
-    backed = ad.read_h5ad(tmp_path / "x.h5ad", backed="r")
     monkeypatch.setattr(api, "READ_BLOCK_CELLS", 13)  # several sets per read, and reads of one set
-    np.testing.assert_allclose(model.get_latent_representation(backed, max_cells=6), expected, atol=1e-6)
-    backed.file.close()
+    with open_h5ad(tmp_path / "x.h5ad") as on_disk:
+        got = model.get_latent_representation(on_disk, layer=layer, sample_key="sample", max_cells=6)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_on_disk_csc_is_refused(model, tiny_adata, tmp_path):
+    from opencellplm.data import open_h5ad
+
+    tiny_adata.X = sp.csc_matrix(tiny_adata.X)
+    tiny_adata.write_h5ad(tmp_path / "x.h5ad")
+    with open_h5ad(tmp_path / "x.h5ad") as on_disk, pytest.raises(ValueError, match="stored on disk as CSC"):
+        model.get_latent_representation(on_disk)
+
+
+def test_official_compat_follows_the_official_pipeline(model, tiny_adata):
+    """Whole samples, consecutive chunks, and empty cells embedded rather than left out."""
+    tiny_adata.X[3] = 0
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="embedded anyway, as the official pipeline does"):
+        official = model.get_latent_representation(tiny_adata, sample_key="sample", official_compat=True)
+    assert np.isfinite(official).all()
+    torch.manual_seed(0)
+    explicit = model.get_latent_representation(
+        tiny_adata, sample_key="sample", official_compat=True, max_cells=None, partition="consecutive"
+    )
+    np.testing.assert_array_equal(official, explicit)
 
 
 def test_coordinates_reach_a_model_with_positional_encoding(tiny_config, tiny_adata):
@@ -200,7 +231,6 @@ def test_vocabulary_extension_adds_trainable_rows(model, tiny_adata):
     assert model.module.decoder.mean.weight.shape[0] == 53
     after = model.get_latent_representation(tiny_adata)  # the two NOTAGENE columns now count
     assert np.abs(after - before).max() > 1e-6
-    tiny_adata.X[:, 25:] = 0
     np.testing.assert_allclose(model.get_latent_representation(tiny_adata[:, :25].copy()), before, atol=1e-6)
 
 

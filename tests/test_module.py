@@ -301,3 +301,26 @@ def test_cell_batch_moves_every_field():
     moved = batch.to("meta")
     assert all(t.device.type == "meta" for t in (moved.counts, moved.gene_index, moved.coords, moved.batch))
     assert moved.dataset is None
+
+
+def test_positional_encoding_in_3d_encodes_every_axis():
+    from opencellplm.nn.positional import SinusoidalPositionalEncoding, sinusoid_table
+
+    pe = SinusoidalPositionalEncoding(64, grid_size=100)
+    coords2 = torch.tensor([[0.3, 0.7], [0.0, 1.0]])
+    bins = ((coords2 * 1.02 - 0.01) * 100).long().clamp(0, 99)
+    torch.testing.assert_close(pe(coords2, 2), sinusoid_table(64, 100)[bins[:, 0] * 100 + bins[:, 1]])
+    base = torch.tensor([[0.2, 0.4, 0.6]])
+    codes = [pe(base, 1)]
+    for axis in range(3):
+        moved = base.clone()
+        moved[0, axis] = 0.9
+        codes.append(pe(moved, 1))
+    width = 2 * (64 // 6)  # one block per axis, last axis first, then zero padding
+    blocks = [slice(0, width), slice(width, 2 * width), slice(2 * width, 3 * width)]
+    for axis, block in zip(range(3), reversed(blocks)):
+        changed = (codes[axis + 1] - codes[0]).abs()[0]
+        outside = torch.ones(64, dtype=torch.bool)
+        outside[block] = False
+        assert changed[block].max() > 0.1 and (changed[outside] == 0).all()
+    assert (codes[0][0, 3 * width :] == 0).all()

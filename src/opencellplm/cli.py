@@ -50,9 +50,8 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    import anndata as ad
-
     from .data import validate
+    from .data.reader import open_h5ad
 
     source = Path(args.input)
     if not source.is_file():
@@ -62,8 +61,7 @@ def _validate(args: argparse.Namespace) -> int:
         from .model import CellPLM
 
         vocabulary = CellPLM.from_pretrained(args.checkpoint).genes
-    adata = ad.read_h5ad(source, backed="r")  # X is read in blocks, never whole
-    try:
+    with open_h5ad(source) as adata:  # the counts are read in blocks, never whole
         report = validate(
             adata,
             layer=args.layer,
@@ -73,8 +71,6 @@ def _validate(args: argparse.Namespace) -> int:
             vocabulary=vocabulary,
             require_counts=args.require_counts,
         )
-    finally:
-        adata.file.close()
     sys.stdout.write(f"{source}\n{report.to_text()}\n")
     return 0 if report.ok else 1
 

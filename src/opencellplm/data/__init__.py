@@ -2,7 +2,7 @@
 
 from .cellsets import cell_sets, normalize_coordinates, spatial_tiles
 from .genes import GeneAlignment, align_genes
-from .reader import counts_matrix, iter_row_blocks, read_rows
+from .reader import counts_matrix, iter_row_blocks, open_h5ad, read_rows
 from .validate import InputReport, coordinates, validate
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "counts_matrix",
     "iter_row_blocks",
     "normalize_coordinates",
+    "open_h5ad",
     "read_rows",
     "spatial_tiles",
     "validate",

@@ -52,7 +52,9 @@ def cell_sets(
     seed
         Seed of the random partition.
     """
-    if max_cells is not None and (not isinstance(max_cells, int | np.integer) or max_cells < 1):
+    if max_cells is not None and (
+        not isinstance(max_cells, int | np.integer) or isinstance(max_cells, bool) or max_cells < 1
+    ):
         raise ValueError(f"max_cells must be a positive integer or None, got {max_cells!r}")
     if partition not in ("auto", "tiles", "random", "consecutive"):
         raise ValueError(f"partition={partition!r}; choose auto, tiles, random or consecutive")

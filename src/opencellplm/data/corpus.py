@@ -14,21 +14,25 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from .._sparse import csr_tensor
+from .._sparse import scipy_to_torch_csr
 from ..module import CellBatch
 from .cellsets import cell_sets, normalize_coordinates
-from .reader import counts_matrix, read_rows
-from .validate import coordinates, validate
+from .reader import counts_matrix, open_h5ad, read_rows
+from .validate import coordinates, empty_cells_note, validate
 
 logger = logging.getLogger(__name__)
 
@@ -79,54 +83,81 @@ def prepare_corpus(
     seed
         Seed of the random partition of large non-spatial samples.
     """
-    import anndata as ad
-
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
     files = [Path(f) for f in files]
+    if not files:
+        raise ValueError("no input file given")
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"input file(s) not found: {missing}")
-    if not files:
-        raise ValueError("no input file given")
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    (out / "datasets").mkdir(exist_ok=True)
+    settings = {"layer": layer, "sample_key": sample_key, "spatial_key": spatial_key}
+    for path in files:  # every file is checked before anything is written
+        with open_h5ad(path) as adata:
+            report = validate(adata, require_counts=True, **settings)
+            problems = list(report.errors)
+            if report.duplicate_genes:
+                problems.append(f"duplicate gene ids {report.duplicate_genes[:5]}; make them unique first")
+            if batch_key is not None and batch_key not in adata.obs:
+                problems.append(f"obs column {batch_key!r} not found; adata.obs has {list(adata.obs.columns)}")
+            if problems:
+                raise ValueError(f"{path} cannot be used:\n- " + "\n- ".join(problems))
+            for message in [*report.warnings, empty_cells_note(adata, report, "they are left out")]:
+                if message:
+                    warnings.warn(f"{path.name}: {message}", UserWarning, stacklevel=2)
 
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        manifest = _write_corpus(files, tmp, settings, batch_key, max_cells, shard_cells, seed)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info(
+        "corpus %s: %d cells, %d sets, %d shards", out, manifest["n_cells"], manifest["n_sets"], len(manifest["shards"])
+    )
+    return out / MANIFEST
+
+
+def _write_corpus(
+    files: list[Path],
+    out: Path,
+    settings: dict[str, Any],
+    batch_key: str | None,
+    max_cells: int,
+    shard_cells: int,
+    seed: int,
+) -> dict[str, Any]:
+    (out / "shards").mkdir()
+    (out / "datasets").mkdir()
     vocabulary: dict[str, int] = {}
     batches: dict[str, int] = {}
     datasets, shards = [], []
     buffer: list[_Set] = []
     for dataset_id, path in enumerate(files):
-        adata = ad.read_h5ad(path, backed="r")
-        try:
-            report = validate(adata, layer=layer, sample_key=sample_key, spatial_key=spatial_key, require_counts=True)
-            if not report.ok:
-                raise ValueError(f"{path} cannot be used:\n- " + "\n- ".join(report.errors))
+        with open_h5ad(path) as adata:
+            report = validate(adata, require_counts=True, **settings)
             genes = [str(g) for g in adata.var_names]
-            if report.duplicate_genes:
-                raise ValueError(f"{path} has duplicate gene ids {report.duplicate_genes[:5]}; make them unique first")
             for g in genes:
                 vocabulary.setdefault(g, len(vocabulary))
             (out / "datasets" / f"{dataset_id}.genes.txt").write_text("".join(f"{g}\n" for g in genes))
+            sample_key = settings["sample_key"]
             samples = None if sample_key is None else adata.obs[sample_key].astype(str).to_numpy()
-            batch_labels = _batch_labels(adata, path, batch_key, samples)
-            batch_ids = np.array([batches.setdefault(f"{path.name}/{b}", len(batches)) for b in batch_labels])
-            coords = coordinates(adata, spatial_key) if report.spatial_dims else None
+            labels = _batch_labels(adata, batch_key, samples)
+            # Batch ids are corpus-wide; files with the same name in different folders stay apart.
+            batch_ids = np.array([batches.setdefault(f"{dataset_id}:{path.name}/{b}", len(batches)) for b in labels])
+            coords = coordinates(adata, settings["spatial_key"]) if report.spatial_dims else None
             keep = np.ones(adata.n_obs, dtype=bool)
             keep[report.empty_cells] = False
             sets = cell_sets(samples, adata.n_obs, max_cells, coords=coords, keep=keep, seed=seed)
-            matrix = counts_matrix(adata, layer)
+            matrix = counts_matrix(adata, settings["layer"])
             for rows in tqdm(sets, desc=path.name, unit="set", disable=None):
-                buffer.append(
-                    _Set(
-                        read_rows(matrix, rows),
-                        dataset_id,
-                        batch_ids[rows],
-                        None if coords is None else coords[rows],
-                        rows,
-                    )
-                )
+                coords_rows = None if coords is None else coords[rows]
+                buffer.append(_Set(read_rows(matrix, rows), dataset_id, batch_ids[rows], coords_rows, rows))
                 if sum(s.counts.shape[0] for s in buffer) >= shard_cells:
                     shards.append(_write_shard(out, len(shards), buffer))
                     buffer = []
@@ -143,8 +174,6 @@ def prepare_corpus(
                 }
             )
             logger.info("%s: %d cells in %d sets", path.name, int(keep.sum()), len(sets))
-        finally:
-            adata.file.close()
     if buffer:
         shards.append(_write_shard(out, len(shards), buffer))
     (out / VOCABULARY).write_text("".join(f"{g}\n" for g in vocabulary))
@@ -152,14 +181,7 @@ def prepare_corpus(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": {
-            "layer": layer,
-            "sample_key": sample_key,
-            "batch_key": batch_key,
-            "spatial_key": spatial_key,
-            "max_cells": max_cells,
-            "seed": seed,
-        },
+        "settings": settings | {"batch_key": batch_key, "max_cells": max_cells, "seed": seed},
         "vocabulary_file": VOCABULARY,
         "n_genes": len(vocabulary),
         "n_cells": sum(s["n_cells"] for s in shards),
@@ -169,17 +191,14 @@ def prepare_corpus(
         "shards": shards,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    logger.info("corpus %s: %d cells, %d sets, %d shards", out, manifest["n_cells"], manifest["n_sets"], len(shards))
-    return out / MANIFEST
+    return manifest
 
 
-def _batch_labels(adata, path: Path, batch_key: str | None, samples: np.ndarray | None) -> np.ndarray:
+def _batch_labels(adata, batch_key: str | None, samples: np.ndarray | None) -> np.ndarray:
     if batch_key is not None:
-        if batch_key not in adata.obs:
-            raise KeyError(f"{path}: obs column {batch_key!r} not found; adata.obs has {list(adata.obs.columns)}")
         labels = adata.obs[batch_key]
         if labels.isna().any():
-            raise ValueError(f"{path}: {int(labels.isna().sum())} cells have no {batch_key!r} label")
+            raise ValueError(f"{int(labels.isna().sum())} cells have no {batch_key!r} label")
         return labels.astype(str).to_numpy()
     if samples is not None:
         return samples
@@ -191,7 +210,7 @@ def _write_shard(out: Path, index: int, sets: list[_Set]) -> dict:
     sizes = np.array([s.counts.shape[0] for s in sets])
     nnz = np.array([s.counts.nnz for s in sets])
     indptr = np.concatenate([[0], *[s.counts.indptr[1:] + offset for s, offset in zip(sets, np.cumsum(nnz) - nnz)]])
-    coords = np.full((sizes.sum(), 3), np.nan, dtype=np.float32)
+    coords = np.full((sizes.sum(), 3), np.nan)  # float64: large absolute coordinates keep their precision
     for s, start in zip(sets, np.cumsum(sizes) - sizes):
         if s.coords is not None:
             coords[start : start + len(s.rows), : s.coords.shape[1]] = s.coords
@@ -243,9 +262,13 @@ class Corpus:
             genes = (self.directory / d["genes_file"]).read_text().splitlines()
             columns = np.array([j for j, g in enumerate(genes) if g in position], dtype=np.int64)
             if columns.size == 0:
-                raise ValueError(f"no gene of data set {d['file']} is in the vocabulary")
+                warnings.warn(
+                    f"no gene of data set {d['file']} is in the vocabulary; its sets are skipped", stacklevel=2
+                )
             self._columns[d["id"]] = columns
-            self._gene_index[d["id"]] = torch.tensor([position[genes[j]] for j in columns])
+            self._gene_index[d["id"]] = torch.tensor([position[genes[j]] for j in columns], dtype=torch.long)
+        if not any(c.size for c in self._columns.values()):
+            raise ValueError("no data set of the corpus shares a gene with the vocabulary")
         self._cache: dict[int, dict[str, np.ndarray]] = {}
         self._cache_shards = cache_shards
 
@@ -265,9 +288,19 @@ class Corpus:
                 self._cache.pop(next(iter(self._cache)))
         return self._cache[index]
 
+    def usable(self, shard: int, k: int) -> bool:
+        """Whether set ``k`` of shard ``shard`` has genes in the vocabulary."""
+        return self._columns[int(self.shard(shard)["dataset"][k])].size > 0
+
+    def source_rows(self, shard: int, k: int) -> np.ndarray:
+        """Rows of the set's cells in their source file (in the set's order)."""
+        a = self.shard(shard)
+        return a["source_rows"][a["set_offsets"][k] : a["set_offsets"][k + 1]]
+
     def cell_set(self, shard: int, k: int) -> CellBatch:
         """Set ``k`` of shard ``shard``: counts over the vocabulary genes it has, coordinates scaled to
-        [0, 1], corpus-wide batch and data-set ids."""
+        [0, 1], corpus-wide batch and data-set ids. Cells with no count in those genes are left out
+        (unless that would leave none), as at inference."""
         a = self.shard(shard)
         start, stop = a["set_offsets"][k], a["set_offsets"][k + 1]
         indptr = a["indptr"][start : stop + 1]
@@ -277,26 +310,29 @@ class Corpus:
         )
         dataset = int(a["dataset"][k])
         counts = counts[:, self._columns[dataset]]
+        cells = np.flatnonzero(counts.getnnz(axis=1) > 0)
+        if 0 < len(cells) < counts.shape[0]:
+            counts = counts[cells]
+        else:
+            cells = np.arange(counts.shape[0])
         dims = int(a["coord_dims"][k])
         coords = None
         if dims:
-            coords = torch.as_tensor(normalize_coordinates(a["coords"][start:stop, :dims].astype(np.float64)))
+            coords = torch.as_tensor(normalize_coordinates(a["coords"][start:stop, :dims][cells]), dtype=torch.float32)
         return CellBatch(
-            counts=csr_tensor(
-                torch.from_numpy(counts.indptr.astype(np.int64)),
-                torch.from_numpy(counts.indices.astype(np.int64)),
-                torch.from_numpy(counts.data),
-                counts.shape,
-            ),
+            counts=scipy_to_torch_csr(counts),
             gene_index=self._gene_index[dataset],
-            coords=None if coords is None else coords.float(),
-            batch=torch.from_numpy(a["batch"][start:stop]),
-            dataset=torch.full((stop - start,), dataset, dtype=torch.long),
+            coords=coords,
+            batch=torch.from_numpy(a["batch"][start:stop][cells]),
+            dataset=torch.full((len(cells),), dataset, dtype=torch.long),
         )
 
 
 class CorpusDataset(torch.utils.data.IterableDataset):
     """Stream the cell sets of a prepared corpus as :class:`CellBatch` objects.
+
+    Use it with ``DataLoader(dataset, batch_size=None)``: every item is already one cell set. Ranks
+    get whole shards, so their shares can differ in size; the pretraining loop balances sets instead.
 
     Parameters
     ----------
@@ -323,13 +359,20 @@ class CorpusDataset(torch.utils.data.IterableDataset):
     ):
         super().__init__()
         self.corpus = Corpus(directory, vocabulary=vocabulary, cache_shards=1)
+        if (rank is None) != (world_size is None):
+            raise ValueError("give both rank and world_size, or neither (then torch.distributed decides)")
         if world_size is None:
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
             world_size = torch.distributed.get_world_size() if distributed else 1
             rank = torch.distributed.get_rank() if distributed else 0
-        if not 0 <= (rank or 0) < world_size:
+        if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        self.rank, self.world_size = rank or 0, world_size
+        if len(self.corpus.shards) < world_size:
+            raise ValueError(
+                f"{len(self.corpus.shards)} shards cannot feed {world_size} processes; prepare the corpus with "
+                "a smaller --shard-cells (pretraining itself balances sets, not shards: see opencellplm.train)"
+            )
+        self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -357,4 +400,5 @@ class CorpusDataset(torch.utils.data.IterableDataset):
             if self.shuffle:
                 order = np.random.default_rng([self.seed, self.epoch, index]).permutation(n_sets)
             for k in order:
-                yield self.corpus.cell_set(index, int(k))
+                if self.corpus.usable(index, int(k)):
+                    yield self.corpus.cell_set(index, int(k))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,12 +27,15 @@ class GeneAlignment:
         Number of input genes.
     n_vocabulary
         Size of the vocabulary.
+    warnings
+        What looks wrong but does not stop the work (low overlap).
     """
 
     columns: np.ndarray
     gene_index: np.ndarray
     n_input: int
     n_vocabulary: int
+    warnings: tuple[str, ...] = ()
 
     @property
     def n_matched(self) -> int:
@@ -56,18 +58,14 @@ def align_genes(input_genes: Sequence[str], vocabulary: Sequence[str], *, source
     ------
     ValueError
         When no gene matches, with examples from both sides and a hint about symbols vs Ensembl ids.
-
-    Warns
-    -----
-    UserWarning
-        When fewer than half of the input genes match.
+        Fewer than half matching is reported in ``warnings`` of the result.
     """
     input_genes = [str(g) for g in input_genes]
     position = {g: i for i, g in enumerate(vocabulary)}
     columns = np.array([j for j, g in enumerate(input_genes) if g in position], dtype=np.int64)
     gene_index = np.array([position[input_genes[j]] for j in columns], dtype=np.int64)
-    alignment = GeneAlignment(columns, gene_index, len(input_genes), len(position))
-    if alignment.n_matched == 0:
+    n_matched = len(columns)
+    if n_matched == 0:
         hint = ""
         if _looks_like_ensembl(vocabulary) and not _looks_like_ensembl(input_genes):
             hint = (
@@ -80,26 +78,19 @@ def align_genes(input_genes: Sequence[str], vocabulary: Sequence[str], *, source
             f"none of the {len(input_genes)} genes in {source} is in the model's vocabulary of {len(position)} genes. "
             f"Input examples: {input_genes[:5]}; vocabulary examples: {list(vocabulary)[:5]}.{hint}"
         )
-    n_dup = len(input_genes) - len(set(input_genes))
-    if n_dup:
-        warnings.warn(
-            f"{n_dup} duplicate gene name(s) in {source}; each column adds log1p(count) x the gene's embedding "
-            "(sum duplicate columns first to treat them as one gene)",
-            UserWarning,
-            stacklevel=3,
+    share = n_matched / len(input_genes)
+    notes = ()
+    if share < LOW_OVERLAP:
+        notes = (
+            f"only {n_matched} of {len(input_genes)} genes ({100 * share:.1f}%) are in the model's vocabulary; "
+            "the rest are ignored",
         )
+    alignment = GeneAlignment(columns, gene_index, len(input_genes), len(position), notes)
     logger.info(
         "%d of %d input genes (%.1f%%) are in the vocabulary of %d genes",
-        alignment.n_matched,
+        n_matched,
         alignment.n_input,
-        100 * alignment.share_of_input,
+        100 * share,
         alignment.n_vocabulary,
     )
-    if alignment.share_of_input < LOW_OVERLAP:
-        warnings.warn(
-            f"only {alignment.n_matched} of {alignment.n_input} genes ({100 * alignment.share_of_input:.1f}%) "
-            "are in the model's vocabulary; the rest are ignored",
-            UserWarning,
-            stacklevel=3,
-        )
     return alignment

@@ -1,15 +1,74 @@
-"""Reading counts from AnnData: X or a layer, dense or sparse, in memory or backed, by row blocks."""
+"""Reading counts from AnnData: X or a layer, dense or sparse, in memory or on disk, by row blocks."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-#: Rows per read when scanning a whole matrix sequentially.
+#: Rows per read when scanning a whole sparse matrix sequentially.
 SCAN_ROWS = 20_000
+#: Bytes of dense values read at once (dense blocks are cut to fit).
+DENSE_BLOCK_BYTES = 256 * 2**20
+
+
+@contextmanager
+def open_h5ad(path: str | Path) -> Iterator[AnnData]:
+    """An h5ad file as an AnnData whose X and layers stay on disk (read block by block).
+
+    ``anndata.read_h5ad(backed="r")`` keeps only X on disk and loads every layer; this keeps all
+    count matrices on disk and loads ``obs``, ``var`` and ``obsm`` only. The file closes on exit.
+    """
+    import h5py
+    from anndata.io import read_elem, sparse_dataset
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file not found: {path}")
+
+    def lazy(element):
+        return element if isinstance(element, h5py.Dataset) else sparse_dataset(element)
+
+    with h5py.File(path, "r") as f:
+        obs, var = read_elem(f["obs"]), read_elem(f["var"])
+        layers = {name: lazy(f["layers"][name]) for name in f["layers"]} if "layers" in f else {}
+        yield AnnData(
+            X=lazy(f["X"]) if "X" in f else None,
+            obs=obs,
+            var=var,
+            obsm=read_elem(f["obsm"]) if "obsm" in f else None,
+            layers=layers,
+        )
+
+
+def on_disk(matrix) -> bool:
+    """Whether ``matrix`` is read from a file (h5py dataset or anndata's sparse dataset)."""
+    return not isinstance(matrix, np.ndarray | sp.spmatrix | sp.sparray)
+
+
+def block_rows(matrix, n_cols: int, sparse_rows: int = SCAN_ROWS) -> int:
+    """Rows per read: ``sparse_rows`` for sparse storage; for dense, what fits ``DENSE_BLOCK_BYTES``."""
+    if _is_sparse(matrix):
+        return sparse_rows
+    itemsize = np.dtype(getattr(matrix, "dtype", np.float32)).itemsize
+    return max(1, min(sparse_rows, DENSE_BLOCK_BYTES // max(n_cols * itemsize, 1)))
+
+
+def _is_sparse(matrix) -> bool:
+    return sp.issparse(matrix) or hasattr(matrix, "format")  # anndata's on-disk sparse datasets have .format
+
+
+def check_readable(matrix, where: str) -> None:
+    """Refuse on-disk CSC: each block of rows would read the whole matrix."""
+    if on_disk(matrix) and getattr(matrix, "format", None) == "csc":
+        raise ValueError(
+            f"{where} is stored on disk as CSC, which cannot be read by rows without loading it whole; "
+            "rewrite it as CSR (adata.X = adata.X.tocsr(); adata.write_h5ad(...)) or load it into memory"
+        )
 
 
 def counts_matrix(adata: AnnData, layer: str | None):
@@ -41,11 +100,11 @@ def read_rows(matrix, rows: np.ndarray, columns: np.ndarray | None = None) -> sp
     return block
 
 
-def iter_row_blocks(matrix, n_rows: int, block_rows: int = SCAN_ROWS) -> Iterator[tuple[int, sp.csr_matrix]]:
-    """``(start, rows start..start+block_rows as float32 CSR)`` over the whole matrix, in order."""
-    for start in range(0, n_rows, block_rows):
-        stop = min(start + block_rows, n_rows)
-        yield start, _as_csr(matrix[start:stop])
+def iter_row_blocks(matrix, n_rows: int, n_cols: int) -> Iterator[tuple[int, sp.csr_matrix]]:
+    """``(start, a block of rows from start as float32 CSR)`` over the whole matrix, in order."""
+    step = block_rows(matrix, n_cols)
+    for start in range(0, n_rows, step):
+        yield start, _as_csr(matrix[start : min(start + step, n_rows)])
 
 
 def _read_sorted(matrix, sorted_rows: np.ndarray) -> sp.csr_matrix:

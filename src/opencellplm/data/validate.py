@@ -7,6 +7,7 @@ but usable input gives ``warnings``. Nothing is written to the AnnData.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,7 +16,9 @@ import pandas as pd
 from anndata import AnnData
 
 from .genes import GeneAlignment, align_genes
-from .reader import counts_matrix, iter_row_blocks
+from .reader import check_readable, counts_matrix, iter_row_blocks, on_disk
+
+logger = logging.getLogger(__name__)
 
 N_EXAMPLES = 5  # cells or genes named in a message
 
@@ -31,7 +34,7 @@ class InputReport:
     source
         ``"X"`` or ``"layers['name']"``.
     backed
-        Whether the counts were read from disk.
+        Whether the counts were read from disk (block by block).
     errors, warnings
         Messages; the input is usable when ``errors`` is empty.
     n_invalid_entries
@@ -100,7 +103,9 @@ class InputReport:
                 f"max {sizes.max():,})"
             )
         lines.append(f"coordinates: {self.spatial_dims}-D" if self.spatial_dims else "coordinates: none")
-        lines.append(f"empty cells: {len(self.empty_cells):,}")
+        lines.append(
+            f"cells without counts: {len(self.empty_cells):,}" + (" (left out)" if len(self.empty_cells) else "")
+        )
         lines += [f"warning: {w}" for w in self.warnings]
         lines += [f"error: {e}" for e in self.errors]
         lines.append("usable: yes" if self.ok else "usable: no")
@@ -136,11 +141,16 @@ def validate(
         Make non-integer values an error instead of a warning (tasks that model counts).
     """
     source = "X" if layer is None else f"layers[{layer!r}]"
-    report = InputReport(n_cells=adata.n_obs, n_genes=adata.n_vars, source=source, backed=bool(adata.isbacked))
+    report = InputReport(n_cells=adata.n_obs, n_genes=adata.n_vars, source=source, backed=False)
     try:
         matrix = counts_matrix(adata, layer)
+        check_readable(matrix, source)
     except (KeyError, ValueError) as err:
         report.errors.append(str(err.args[0]))
+        return report
+    report.backed = on_disk(matrix)
+    if adata.n_vars == 0:
+        report.errors.append("the data have no genes (n_vars = 0)")
         return report
 
     genes = _check_genes(adata, gene_key, report)
@@ -149,6 +159,7 @@ def validate(
     if genes is not None and vocabulary is not None:
         try:
             report.alignment = align_genes(genes, vocabulary, source=f"var[{gene_key!r}]" if gene_key else "var_names")
+            report.warnings += report.alignment.warnings
         except ValueError as err:
             report.errors.append(str(err))
     _scan_counts(adata, matrix, report, require_counts)
@@ -232,7 +243,7 @@ def _scan_counts(adata: AnnData, matrix, report: InputReport, require_counts: bo
     totals = np.zeros(adata.n_obs)
     all_counts = matched_counts = 0.0
     bad_cells: list[int] = []
-    for start, block in iter_row_blocks(matrix, adata.n_obs):
+    for start, block in iter_row_blocks(matrix, adata.n_obs, adata.n_vars):
         data = block.data
         bad = ~np.isfinite(data) | (data < 0)
         if bad.any():
@@ -265,10 +276,16 @@ def _scan_counts(adata: AnnData, matrix, report: InputReport, require_counts: bo
     report.empty_cells = np.flatnonzero(totals == 0)
     if len(report.empty_cells) == adata.n_obs and adata.n_obs:
         report.errors.append("no cell has any count" + (" in the model's genes" if columns is not None else ""))
-    elif len(report.empty_cells):
-        names = list(adata.obs_names[report.empty_cells[:N_EXAMPLES]])
-        where = "in the model's genes " if columns is not None else ""
-        report.warnings.append(
-            f"{len(report.empty_cells):,} cells have no counts {where}and are left out (their results are NaN), "
-            f"e.g. {names}"
+    if len(report.empty_cells):
+        logger.info(
+            "%d cells have no counts%s", len(report.empty_cells), " in the model's genes" if columns is not None else ""
         )
+
+
+def empty_cells_note(adata: AnnData, report: InputReport, consequence: str) -> str | None:
+    """A sentence on the cells without counts (None when there are none), ending with ``consequence``."""
+    if not len(report.empty_cells):
+        return None
+    names = list(adata.obs_names[report.empty_cells[:N_EXAMPLES]])
+    where = " in the model's genes" if report.alignment is not None else ""
+    return f"{len(report.empty_cells):,} cells have no counts{where}, e.g. {names}; {consequence}"

@@ -106,7 +106,7 @@ ARCHIVES: dict[str, Archive] = {
         "novosparc-0.4.4.tar.gz",
         "ddd6a1aec2000e95c4f1e5245551b59470d81548b9338ab241767de6cc61adc4",
         sdist=True,
-        setup_needs=("POT",),
+        setup_needs=("POT==0.9.7.post1",),
     ),
 }
 

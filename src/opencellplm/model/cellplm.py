@@ -7,18 +7,17 @@ import shutil
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
-from .._sparse import csr_tensor
+from .._sparse import scipy_to_torch_csr
 from ..data.cellsets import Partition, cell_sets, normalize_coordinates
-from ..data.reader import counts_matrix, read_rows
-from ..data.validate import InputReport, coordinates, validate
+from ..data.reader import block_rows, counts_matrix, open_h5ad, read_rows
+from ..data.validate import InputReport, coordinates, empty_cells_note, validate
 from ..io import load_checkpoint, load_official, save_checkpoint
 from ..io.errors import check_duplicates
 from ..module import CellBatch, CellPLMModule, GMVAENoise
@@ -141,8 +140,8 @@ class CellPLM:
         gene_key: str | None = None,
         sample_key: str | None = None,
         spatial_key: str | None = "spatial",
-        max_cells: int | None = DEFAULT_MAX_CELLS,
-        partition: Partition = "auto",
+        max_cells: int | None | Literal["auto"] = "auto",
+        partition: Partition | None = None,
         seed: int = 0,
         official_compat: bool = False,
         noise: Iterable[GMVAENoise] | None = None,
@@ -150,8 +149,9 @@ class CellPLM:
         """Cell embeddings, (n_obs, latent dim), rows in ``adata.obs_names`` order; writes nothing.
 
         The input is checked first (:meth:`validate`): unusable input raises ``ValueError`` listing
-        every problem; suspicious input warns. Cells with no counts in the model's genes are left out
-        and get NaN rows. A backed file is read set by set.
+        every problem; suspicious input warns. Cells with no counts in the model's genes are left out:
+        their rows are NaN. Counts on disk (backed, or :func:`opencellplm.data.open_h5ad`) are read
+        set by set.
 
         Parameters
         ----------
@@ -170,15 +170,18 @@ class CellPLM:
             each set to [0, 1]. None ignores coordinates.
         max_cells
             Largest cell set; larger samples are split (see :func:`opencellplm.data.cell_sets`).
-            The default, 4000, is the official pretraining cap; None keeps samples whole.
+            ``"auto"``: 4000, the official pretraining cap (with ``official_compat``: None, whole
+            samples, as the official pipeline). None keeps samples whole.
         partition
             How to split: ``"auto"`` (tiles with coordinates, else seeded random), ``"tiles"``,
-            ``"random"`` or ``"consecutive"`` (the official pipeline's chunks).
+            ``"random"`` or ``"consecutive"``. Default: ``"auto"``, or ``"consecutive"`` (the official
+            pipeline's chunks) with ``official_compat``.
         seed
             Seed of the random partition.
         official_compat
-            Reproduce the official (random) eval embedding; see
-            :class:`~opencellplm.module.CellPLMModule`. Default: deterministic.
+            Reproduce the official pipeline: its (random) eval embedding (see
+            :class:`~opencellplm.module.CellPLMModule`), its cell sets, and cells without counts
+            embedded rather than left out. Default: deterministic, our cell sets.
         noise
             With ``official_compat``, recorded GMVAE noise, one entry per forward call in call order
             (default: drawn from torch's generator).
@@ -187,11 +190,18 @@ class CellPLM:
             raise ValueError("noise= replays the official random draws; it needs official_compat=True")
         report = self.validate(adata, layer=layer, gene_key=gene_key, sample_key=sample_key, spatial_key=spatial_key)
         report.raise_for_errors()
-        for message in report.warnings:
-            warnings.warn(message, UserWarning, stacklevel=3)
+        consequence = "embedded anyway, as the official pipeline does" if official_compat else "their rows are NaN"
+        for message in [*report.warnings, empty_cells_note(adata, report, consequence)]:
+            if message:
+                warnings.warn(message, UserWarning, stacklevel=3)
+        if max_cells == "auto":
+            max_cells = None if official_compat else DEFAULT_MAX_CELLS
+        if partition is None:
+            partition = "consecutive" if official_compat else "auto"
         coords = coordinates(adata, spatial_key) if report.spatial_dims else None
         keep = np.ones(adata.n_obs, dtype=bool)
-        keep[report.empty_cells] = False
+        if not official_compat:
+            keep[report.empty_cells] = False
         samples = None if sample_key is None else adata.obs[sample_key].to_numpy()
         sets = cell_sets(samples, adata.n_obs, max_cells, coords=coords, keep=keep, partition=partition, seed=seed)
         logger.info("embedding %d cells in %d cell sets", int(keep.sum()), len(sets))
@@ -206,11 +216,12 @@ class CellPLM:
         self.module.eval()
         try:
             with tqdm(total=int(keep.sum()), desc="embedding", unit="cell", disable=None) as bar:
-                for block_rows, group, block in _read_in_blocks(matrix, sets, columns, READ_BLOCK_CELLS):
+                block_cells = block_rows(matrix, adata.n_vars, READ_BLOCK_CELLS)
+                for rows_read, group, block in _read_in_blocks(matrix, sets, columns, block_cells):
                     for rows in group:
-                        x = block if block_rows is None else block[np.searchsorted(block_rows, rows)]
+                        x = block if rows_read is None else block[np.searchsorted(rows_read, rows)]
                         batch = CellBatch(
-                            counts=_to_torch_csr(x, self.device),
+                            counts=scipy_to_torch_csr(x, self.device),
                             gene_index=gene_index,
                             coords=None if not use_coords else _coords_tensor(coords[rows], self.device),
                         )
@@ -244,13 +255,9 @@ class CellPLM:
         self, source: str | Path, target: str | Path, *, key_added: str = "X_cellplm", overwrite: bool = False, **kwargs
     ) -> Path:
         """Embed an h5ad file into a new one, streaming: the counts are read set by set from disk
-        (``backed="r"``) and ``target`` is a copy of ``source`` with ``obsm[key_added]`` and
+        (every count matrix stays on disk) and ``target`` is a copy of ``source`` with ``obsm[key_added]`` and
         ``uns['cellplm'][key_added]`` added. Takes the arguments of :meth:`get_latent_representation`.
         """
-        import anndata as ad
-        import h5py
-        from anndata.io import read_elem, write_elem
-
         source, target = Path(source), Path(target)
         if not source.is_file():
             raise FileNotFoundError(f"input file not found: {source}")
@@ -258,14 +265,24 @@ class CellPLM:
             raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
         if target.resolve() == source.resolve():
             raise ValueError("the output file must differ from the input file")
-        adata = ad.read_h5ad(source, backed="r")
-        try:
+        with open_h5ad(source) as adata:
             embedding = self.get_latent_representation(adata, **kwargs)
-        finally:
-            adata.file.close()
         partial = target.with_name(f".{target.name}.partial")
-        shutil.copyfile(source, partial)
-        with h5py.File(partial, "r+") as f:
+        try:
+            self._write_into_copy(source, partial, key_added, embedding, kwargs)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        partial.replace(target)
+        logger.info("wrote %s with obsm[%r] of shape %s", target, key_added, embedding.shape)
+        return target
+
+    def _write_into_copy(self, source: Path, copy: Path, key_added: str, embedding: np.ndarray, kwargs) -> None:
+        import h5py
+        from anndata.io import read_elem, write_elem
+
+        shutil.copyfile(source, copy)
+        with h5py.File(copy, "r+") as f:
             records = read_elem(f["uns/cellplm"]) if "uns/cellplm" in f else {}
             records[key_added] = self._record(embedding, kwargs)
             for key in (f"obsm/{key_added}", "uns/cellplm"):
@@ -276,9 +293,6 @@ class CellPLM:
                     write_elem(f[group], key, value)
                 else:  # files written element by element may lack the group
                     write_elem(f, group, {key: value})
-        partial.replace(target)
-        logger.info("wrote %s with obsm[%r] of shape %s", target, key_added, embedding.shape)
-        return target
 
     def _record(self, embedding: np.ndarray, kwargs: dict[str, Any]) -> dict[str, Any]:
         """What ``uns['cellplm'][key]`` keeps about an embedding call."""
@@ -316,14 +330,3 @@ def _device(device: str | torch.device) -> torch.device:
 
 def _coords_tensor(coords: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(normalize_coordinates(coords), dtype=torch.float32, device=device)
-
-
-def _to_torch_csr(x: sp.csr_matrix, device: torch.device) -> torch.Tensor:
-    x.sort_indices()
-    return csr_tensor(
-        torch.from_numpy(x.indptr.astype(np.int64)),
-        torch.from_numpy(x.indices.astype(np.int64)),
-        torch.from_numpy(x.data),
-        x.shape,
-        device=device,
-    )

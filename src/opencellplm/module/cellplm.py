@@ -84,9 +84,12 @@ class CellPLMModule(nn.Module):
         logits = None if self.head is None else self.head(latent.embedding)
         return CellPLMOutput(latent=latent, nb=nb, logits=logits, cells=batch, kept_cells=kept, input_mask=input_mask)
 
+    #: Tensors with one row per vocabulary gene (the gene axis first).
+    PER_GENE = ("embedder.gene_embedding", "decoder.mean.weight", "decoder.mean.bias", "decoder.log_dispersion")
+
     def with_extra_genes(self, n_new: int) -> CellPLMModule:
         """A copy whose vocabulary has ``n_new`` more genes: the new gene-embedding and decoder rows are
-        freshly initialised, every other weight is copied."""
+        freshly initialised, every other weight is copied (and frozen parameters stay frozen)."""
         if n_new < 0:
             raise ValueError(f"n_new must be >= 0, got {n_new}")
         grown = CellPLMModule(self.config.replace(n_genes=self.config.n_genes + n_new))
@@ -94,11 +97,11 @@ class CellPLMModule(nn.Module):
         grown = grown.to(device=reference.device, dtype=reference.dtype)
         state = grown.state_dict()
         for key, value in self.state_dict().items():
-            if state[key].shape == value.shape:
-                state[key] = value
-            else:  # a per-gene tensor (embedding, NB mean, dispersion): the gene axis is the first
-                state[key] = torch.cat([value, state[key][value.shape[0] :]])
+            state[key] = torch.cat([value, state[key][value.shape[0] :]]) if key in self.PER_GENE else value
         grown.load_state_dict(state)
+        frozen = {name for name, p in self.named_parameters() if not p.requires_grad}
+        for name, p in grown.named_parameters():
+            p.requires_grad_(name not in frozen)
         return grown.train(self.training)
 
     def n_parameters(self) -> int:
