@@ -170,3 +170,30 @@ def _initial_weights(corpus):
 
     torch.manual_seed(0)  # what pretrain does before building the model
     return CellPLMModule(model_config_for(Corpus(corpus), TINY)).state_dict()
+
+
+def test_named_and_file_configurations(tmp_path):
+    assert configs.available() == ["cellplm-85m", "small", "tiny"]
+    model, train = configs.load("cellplm-85m")
+    assert model["hidden_dim"] == 1024 and train.lr == 2e-4
+    with pytest.raises(ConfigError, match=r"unknown configuration 'huge'; choose one of \['cellplm-85m'"):
+        configs.load("huge")
+    (tmp_path / "bad.json").write_text(json.dumps({"model": {}, "optimizer": {}}))
+    with pytest.raises(ConfigError, match="expected keys 'model' and 'train'"):
+        configs.load(tmp_path / "bad.json")
+    (tmp_path / "typo.json").write_text(json.dumps({"model": {}, "train": {"step": 3}}))
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in 'train': \['step'\]"):
+        configs.load(tmp_path / "typo.json")
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        configs.load(tmp_path / "absent.json")
+
+
+def test_the_85m_configuration_builds_on_a_corpus(corpus):
+    from opencellplm.data.corpus import Corpus
+    from opencellplm.module import CellPLMModule
+    from opencellplm.train.pretrain import model_config_for
+
+    model, _ = configs.load("cellplm-85m")
+    config = model_config_for(Corpus(corpus), model)
+    assert config.hidden_dim == 1024 and config.decoder.n_batches == 4 and config.n_genes == 40
+    assert CellPLMModule(config).n_parameters() > 10_000_000

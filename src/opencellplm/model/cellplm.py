@@ -70,7 +70,12 @@ class CellPLM:
     # ------------------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> CellPLM:
-        """Load a checkpoint directory written by :meth:`save`."""
+        """Load a checkpoint directory written by :meth:`save`, or a shipped model by name
+        (:func:`opencellplm.pretrained.available`, e.g. ``"cellplm-small"``)."""
+        from .. import pretrained
+
+        if not Path(directory).exists() and str(directory) in pretrained.available():
+            directory = pretrained.path(str(directory))
         module, genes, meta = load_checkpoint(directory)
         logger.info("loaded %s: %d genes, %s parameters", directory, len(genes), f"{module.n_parameters():,}")
         return cls(module, genes, meta=meta, device=device)

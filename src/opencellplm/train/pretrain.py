@@ -222,8 +222,11 @@ class _Run:
             total=train.steps, initial=self.step, desc="pretraining", unit="step", disable=not world.main or None
         )
         stopped_early = False
+        step_seconds = 0.0  # in optimizer steps only (not validation or checkpoints)
         while self.step < train.steps and not stopped_early:
+            tic = time.perf_counter()
             metrics = self._train_step()
+            step_seconds += time.perf_counter() - tic
             cells_seen += metrics["cells"]
             self.step += 1
             bar.update(1)
@@ -245,7 +248,7 @@ class _Run:
             "best_val_loss": self.best if self.history else None,
             "val_history": self.history,
             "seconds": round(seconds, 2),
-            "train_cells_per_s": round(cells_seen / seconds, 1) if seconds > 0 else None,
+            "train_cells_per_s": round(cells_seen / step_seconds, 1) if step_seconds > 0 else None,
             "processes": world.world_size,
             "device": str(world.device),
             "precision": "bf16" if self.dtype else "fp32",
