@@ -118,7 +118,7 @@ def _cli(*args):
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(corpus, tmp_path):
-    config = _config_file(tmp_path / "cfg.json", steps=60, checkpoint_every=5, eval_every=20)
+    config = _config_file(tmp_path / "cfg.json", steps=60, checkpoint_every=5, eval_every=10, patience=100)
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     subprocess.run(_cli("--corpus", corpus, "--config", config, "--out", tmp_path / "whole"), check=True, env=env)
 
@@ -138,8 +138,15 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(corpus, tmp_path):
 
     whole, resumed = _final_weights(tmp_path / "whole"), _final_weights(killed)
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
-    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
-    assert steps == list(range(1, 61))  # the log has each step once
+    best_whole = CellPLM.from_pretrained(tmp_path / "whole" / "model").module.state_dict()
+    best_resumed = CellPLM.from_pretrained(killed / "model").module.state_dict()
+    assert all(torch.equal(best_whole[k], best_resumed[k]) for k in best_whole)
+    summaries = [json.loads((run / "summary.json").read_text()) for run in (tmp_path / "whole", killed)]
+    assert summaries[0]["val_history"] == summaries[1]["val_history"] and len(summaries[0]["val_history"]) == 6
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["step"] for line in lines] == list(range(1, 61))  # the log has each step once
+    reference = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["loss"] for line in lines] == [line["loss"] for line in reference]
 
 
 def test_two_processes_match_one(corpus, tmp_path):
@@ -159,6 +166,15 @@ def test_two_processes_match_one(corpus, tmp_path):
     one, two = _final_weights(tmp_path / "one"), _final_weights(tmp_path / "two")
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
+    # Loss and the gradient norm before clipping, step by step: a wrong gradient scale under DDP shows
+    # here even though Adam's updates are insensitive to it.
+    logs = [
+        [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("one", "two")
+    ]
+    for a, b in zip(*logs):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a["cells"] == b["cells"]
     initial = _initial_weights(corpus)  # the runs did move the weights: the comparison is not vacuous
     assert max((one[k] - initial[k]).abs().max().item() for k in one) > 1e-3
 
@@ -166,7 +182,7 @@ def test_two_processes_match_one(corpus, tmp_path):
 def _initial_weights(corpus):
     from opencellplm.data.corpus import Corpus
     from opencellplm.module import CellPLMModule
-    from opencellplm.train.pretrain import model_config_for
+    from opencellplm.train.loop import model_config_for
 
     torch.manual_seed(0)  # what pretrain does before building the model
     return CellPLMModule(model_config_for(Corpus(corpus), TINY)).state_dict()
@@ -191,9 +207,48 @@ def test_named_and_file_configurations(tmp_path):
 def test_the_85m_configuration_builds_on_a_corpus(corpus):
     from opencellplm.data.corpus import Corpus
     from opencellplm.module import CellPLMModule
-    from opencellplm.train.pretrain import model_config_for
+    from opencellplm.train.loop import model_config_for
 
     model, _ = configs.load("cellplm-85m")
     config = model_config_for(Corpus(corpus), model)
     assert config.hidden_dim == 1024 and config.decoder.n_batches == 4 and config.n_genes == 40
     assert CellPLMModule(config).n_parameters() > 10_000_000
+
+
+def test_early_stop_holds_across_resume_and_a_refused_resume_changes_nothing(corpus, tmp_path):
+    model, train = configs.load(_config_file(tmp_path / "cfg.json", steps=30, eval_every=1, patience=1, lr=0.05))
+    first = pretrain(corpus, tmp_path / "run", model=model, train=train)
+    assert first["stopped_early"] and first["steps"] < 30
+    again = pretrain(corpus, tmp_path / "run", model=model, train=train, resume=True)
+    assert again == first  # nothing more is trained
+    before = (tmp_path / "run" / "config.json").read_text()
+    with pytest.raises(ConfigError, match="settings differ"):
+        pretrain(corpus, tmp_path / "run", model=model, train=replace(train, lr=0.1), resume=True)
+    assert (tmp_path / "run" / "config.json").read_text() == before
+
+
+def test_resume_before_the_first_checkpoint_and_after_a_cut_log_line(corpus, tmp_path, monkeypatch):
+    from opencellplm.train import loop
+
+    model, train = configs.load(_config_file(tmp_path / "cfg.json", checkpoint_every=100))
+    pretrain(corpus, tmp_path / "whole", model=model, train=train)
+
+    run = tmp_path / "run"
+    real_step = loop._Run._train_step
+
+    def crash_at_step_3(self):
+        if self.step == 2:
+            raise RuntimeError("simulated crash")
+        return real_step(self)
+
+    monkeypatch.setattr(loop._Run, "_train_step", crash_at_step_3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(corpus, run, model=model, train=train)
+    monkeypatch.undo()
+    assert torch.load(run / "state.pt", weights_only=True)["step"] == 0  # the checkpoint written at the start
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text() + '{"step": 3, "lo')  # a cut line
+    pretrain(corpus, run, model=model, train=train, resume=True)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    whole, resumed = _final_weights(tmp_path / "whole"), _final_weights(run)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)

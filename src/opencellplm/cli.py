@@ -100,7 +100,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .train import pretrain
 
     model, train = configs.load(args.config)
-    overrides = {k: v for k, v in {"steps": args.steps, "seed": args.seed, "precision": args.precision}.items() if v}
+    overrides = {"steps": args.steps, "seed": args.seed, "precision": args.precision}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     pretrain(
         args.corpus, args.out, model=model, train=replace(train, **overrides), resume=args.resume, device=args.device
     )

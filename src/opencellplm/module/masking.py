@@ -27,7 +27,7 @@ def select_cells(batch: CellBatch, rows: torch.Tensor) -> CellBatch:
 def drop_cells(n_cells: int, config: MaskingConfig, device: torch.device) -> torch.Tensor:
     """Random rows to keep: ``min(max_cells, int(n * (1 - drop_cell_rate)))`` of them."""
     n_keep = min(config.max_cells, int(n_cells * (1.0 - config.drop_cell_rate)))
-    return torch.randperm(n_cells, device=device)[: max(n_keep, 1)]
+    return torch.randperm(n_cells, device=device)[: max(n_keep, min(n_cells, 2))]  # batch norms need 2 cells
 
 
 def gene_mask(n_cells: int, n_genes: int, config: MaskingConfig, device: torch.device) -> torch.Tensor:

@@ -30,14 +30,9 @@ class FlowAttention(nn.Module):
         n, d = x.shape
         return x.view(n, self.n_heads, d // self.n_heads).transpose(0, 1)  # (N, d) -> (H, N, dh)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, d = x.shape
-        eps = self.eps
-        # The projections may run in bfloat16 (autocast); the flow normalisers sum over all cells of
-        # the set, so the attention itself is computed in float32.
-        q = torch.sigmoid(self._heads(self.query(x)).float())  # (H, N, dh)
-        k = torch.sigmoid(self._heads(self.key(x)).float())
-        v = self._heads(self.value(x)).float()
+    def _flow(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Flow attention of (H, N, dh) non-negative queries and keys, and values -> (H, N, dh)."""
+        n, eps = q.shape[1], self.eps
         # Incoming flow of each sink (query) and outgoing flow of each source (key): (H, N)
         sink_in = 1.0 / torch.einsum("hnd,hd->hn", q + eps, k.sum(dim=1) + eps)
         source_out = 1.0 / torch.einsum("hnd,hd->hn", k + eps, q.sum(dim=1) + eps)
@@ -48,7 +43,16 @@ class FlowAttention(nn.Module):
         allocation = torch.sigmoid(conserved_sink)  # queries and keys are the same N cells: ratio 1
         competition = torch.softmax(conserved_source, dim=-1) * float(n)  # (H, N)
         kv = torch.einsum("hnd,hnm->hdm", k, v * competition[..., None])  # (H, dh, dh)
-        out = torch.einsum("hnd,hdm->hnm", q * sink_in[..., None], kv) * allocation[..., None]  # (H, N, dh)
+        return torch.einsum("hnd,hdm->hnm", q * sink_in[..., None], kv) * allocation[..., None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, d = x.shape
+        q = self._heads(self.query(x))  # (H, N, dh); the projections may run in bfloat16 (autocast)
+        k = self._heads(self.key(x))
+        v = self._heads(self.value(x))
+        # The flow normalisers sum over all cells of the set: the attention runs in float32.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = self._flow(torch.sigmoid(q.float()), torch.sigmoid(k.float()), v.float())
         out = out.transpose(0, 1).reshape(n, d)  # (H, N, dh) -> (N, d)
         return self.dropout(self.out(out))
 

@@ -1,5 +1,5 @@
 """Pretraining: masked cell modelling on a prepared corpus, one process or many (torchrun)."""
 
-from .pretrain import pretrain
+from .loop import pretrain
 
 __all__ = ["pretrain"]

@@ -98,11 +98,15 @@ class _Distributed:
         rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device is None:
-            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(device)
         if device.type == "cuda":
             if not torch.cuda.is_available():
                 raise ValueError(f"device {device} requested but CUDA is not available to this torch build")
+            if device.index is None:
+                device = torch.device("cuda", local_rank)  # one GPU per process under torchrun
+            elif world_size > 1 and device.index != local_rank:
+                raise ValueError(f"under torchrun each process uses its own GPU; pass --device cuda, not {device}")
             torch.cuda.set_device(device)
         started = False
         if world_size > 1 and not dist.is_initialized():
@@ -166,6 +170,8 @@ class _Run:
         world.barrier()
         if resume:
             self._resume()
+        else:
+            self._checkpoint()  # step 0: a run that dies before its first checkpoint can still be resumed
         self.model = self.module
         if world.world_size > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
@@ -189,15 +195,21 @@ class _Run:
         self.out.mkdir(parents=True, exist_ok=True)
         if not resume and any((self.out / f).exists() for f in ("state.pt", METRICS_FILE, MODEL_DIR)):
             raise FileExistsError(f"{self.out} holds an earlier run; pass resume=True (--resume) or another --out")
-        (self.out / "config.json").write_text(
-            json.dumps({"model": self.config.to_dict(), "train": self.train.to_dict()}, indent=2) + "\n"
-        )
+        if not resume:
+            (self.out / "config.json").write_text(json.dumps(self._settings(), indent=2) + "\n")
+
+    def _settings(self) -> dict[str, Any]:
+        """What a resumed run must share with the saved one (the corpus identified by its manifest)."""
+        manifest = self.corpus.manifest
+        corpus = {k: manifest[k] for k in ("created", "n_cells", "n_sets", "n_genes")}
+        return {"model": self.config.to_dict(), "train": self.train.to_dict(), "corpus": corpus}
 
     def _resume(self) -> None:
         state = load_state(self.out)
-        saved = {"model": state["config"]["model"], "train": state["config"]["train"]}
-        current = {"model": self.config.to_dict(), "train": self.train.to_dict()}
-        changed = sorted(f"{part}.{k}" for part in saved for k in saved[part] if saved[part][k] != current[part].get(k))
+        saved, current = state["config"], self._settings()
+        changed = sorted(
+            f"{part}.{k}" for part in current for k in current[part] if saved.get(part, {}).get(k) != current[part][k]
+        )
         if changed:
             raise ConfigError(f"cannot resume: the settings differ from the saved run's in {changed}")
         self.module.load_state_dict(state["model"])
@@ -206,11 +218,13 @@ class _Run:
         set_rng_state(state["rng"])
         self.step, self.best, self.bad_evals = state["step"], state["best"], state["bad_evals"]
         self.history = list(state["history"])
-        if self.world.main:  # drop the log lines written after the checkpoint
+        if self.world.main:  # drop the log lines written after the checkpoint (and a line cut by a crash)
             log = self.out / METRICS_FILE
             if log.exists():
-                lines = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= self.step]
-                log.write_text("".join(f"{line}\n" for line in lines))
+                kept = [line for line in log.read_text().splitlines() if (_step_of(line) or math.inf) <= self.step]
+                partial = log.with_name(f".{METRICS_FILE}.partial")
+                partial.write_text("".join(f"{line}\n" for line in kept))
+                os.replace(partial, log)
             logger.info("resuming at step %d", self.step)
 
     # -------------------------------------------------------------------------------- loop
@@ -221,9 +235,13 @@ class _Run:
         bar = tqdm(
             total=train.steps, initial=self.step, desc="pretraining", unit="step", disable=not world.main or None
         )
-        stopped_early = False
+        stopped_early = train.patience > 0 and self.bad_evals >= train.patience  # a resumed, stopped run
+        if (self.step >= train.steps or stopped_early) and (self.out / SUMMARY_FILE).exists():
+            logger.info("the run in %s has already finished", self.out)
+            return json.loads((self.out / SUMMARY_FILE).read_text())
         step_seconds = 0.0  # in optimizer steps only (not validation or checkpoints)
         while self.step < train.steps and not stopped_early:
+            lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
             tic = time.perf_counter()
             metrics = self._train_step()
             step_seconds += time.perf_counter() - tic
@@ -231,7 +249,7 @@ class _Run:
             self.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.3g}")
-            record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0]} | metrics
+            record = {"step": self.step, "lr": lr} | metrics
             if self.step % train.eval_every == 0 or self.step == train.steps:
                 record["val_loss"] = self._validate()
                 stopped_early = self._track(record["val_loss"])
@@ -279,7 +297,12 @@ class _Run:
                     out = self.model(batch)
                 loss = self.module.reconstruction_loss(out)
                 (loss.total / len(self.positions)).backward()
-            values = [loss.total.item(), loss.latent.item(), loss.objective.item(), batch.n_cells]
+            if not torch.isfinite(loss.total):
+                raise FloatingPointError(
+                    f"non-finite loss at step {self.step + 1} (set {refs[position]}); lower train.lr or use "
+                    "precision fp32, then resume from the last checkpoint"
+                )
+            values = [loss.total.item(), loss.latent.item(), loss.objective.item(), len(out.kept_cells)]
             totals = [a + b for a, b in zip(totals, values)]
         grad_norm = 0.0
         if self.train.grad_clip > 0:
@@ -348,7 +371,7 @@ class _Run:
                     "best": self.best,
                     "bad_evals": self.bad_evals,
                     "history": self.history,
-                    "config": {"model": self.config.to_dict(), "train": self.train.to_dict()},
+                    "config": self._settings(),
                 },
             )
         self.world.barrier()
@@ -369,3 +392,10 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 __all__ = ["model_config_for", "pretrain"]
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
