@@ -165,6 +165,8 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, train))
         self.dtype = _autocast_dtype(train.precision, world.device)
         self.step, self.best, self.bad_evals, self.history = 0, math.inf, 0, []
+        if not resume and any((out / f).exists() for f in ("state.pt", METRICS_FILE, MODEL_DIR)):
+            raise FileExistsError(f"{out} holds an earlier run; pass resume=True (--resume) or another --out")
         if world.main:
             self._prepare_out(resume)
         world.barrier()
@@ -193,8 +195,6 @@ class _Run:
     # ------------------------------------------------------------------------------- setup
     def _prepare_out(self, resume: bool) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        if not resume and any((self.out / f).exists() for f in ("state.pt", METRICS_FILE, MODEL_DIR)):
-            raise FileExistsError(f"{self.out} holds an earlier run; pass resume=True (--resume) or another --out")
         if not resume:
             (self.out / "config.json").write_text(json.dumps(self._settings(), indent=2) + "\n")
 
