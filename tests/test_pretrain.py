@@ -252,3 +252,9 @@ def test_resume_before_the_first_checkpoint_and_after_a_cut_log_line(corpus, tmp
     assert steps == [1, 2, 3, 4, 5, 6]
     whole, resumed = _final_weights(tmp_path / "whole"), _final_weights(run)
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_resume_without_a_saved_run(corpus, tmp_path):
+    model, train = configs.load(_config_file(tmp_path / "cfg.json"))
+    with pytest.raises(FileNotFoundError, match="no training state to resume from"):
+        pretrain(corpus, tmp_path / "empty", model=model, train=train, resume=True)
