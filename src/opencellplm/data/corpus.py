@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from .._files import write_directory
 from .._sparse import scipy_to_torch_csr
 from ..module import CellBatch
 from .cellsets import cell_sets, normalize_coordinates
@@ -107,16 +106,9 @@ def prepare_corpus(
                 if message:
                     warnings.warn(f"{path.name}: {message}", UserWarning, stacklevel=2)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        manifest = _write_corpus(files, tmp, settings, batch_key, max_cells, shard_cells, seed)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    manifest = write_directory(
+        out, lambda folder: _write_corpus(files, folder, settings, batch_key, max_cells, shard_cells, seed)
+    )
     logger.info(
         "corpus %s: %d cells, %d sets, %d shards", out, manifest["n_cells"], manifest["n_sets"], len(manifest["shards"])
     )

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .._files import write_directory
 from ..config import ConfigError, ModelConfig
 from ..module import CellPLMModule
 from .errors import CheckpointError, check_duplicates, key_mismatches
@@ -52,7 +51,6 @@ def save_checkpoint(
     check_duplicates(genes, "the vocabulary")
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
-    directory.parent.mkdir(parents=True, exist_ok=True)
     info = (meta or {}) | {  # what this save knows wins over carried-over metadata
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -60,19 +58,15 @@ def save_checkpoint(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "n_parameters": module.n_parameters(),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        (tmp / CONFIG_FILE).write_text(json.dumps(module.config.to_dict(), indent=2) + "\n")
-        (tmp / GENES_FILE).write_text("".join(f"{g}\n" for g in genes))
+
+    def fill(folder: Path) -> None:
+        (folder / CONFIG_FILE).write_text(json.dumps(module.config.to_dict(), indent=2) + "\n")
+        (folder / GENES_FILE).write_text("".join(f"{g}\n" for g in genes))
         state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_FILE))
-        (tmp / META_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        save_file(state, str(folder / WEIGHTS_FILE))
+        (folder / META_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+    write_directory(directory, fill)
     logger.info("saved checkpoint to %s", directory)
     return directory
 
