@@ -3,7 +3,8 @@
 A fixture file (``NAME.pt``, loaded with ``weights_only=True``) holds an official config, a state
 dict in official key layout, inputs, the official outputs and the GMVAE noise each forward drew.
 :func:`compare_fixture` recognises the kind of fixture from its content, reruns it here with the
-recorded noise injected, and returns the largest absolute difference of every output.
+recorded noise injected, and returns the largest absolute difference of every output with the
+size of the official value it was measured against.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ FIXTURE_ENV = "OPENCELLPLM_OFFICIAL_FIXTURES"
 
 @dataclass(frozen=True)
 class Difference:
-    """Largest absolute difference of one output of one case."""
+    """Largest absolute difference of one output of one case, and the largest absolute official value."""
 
     fixture: str
     case: str
     output: str
     max_abs_diff: float
+    reference_scale: float = 0.0
 
 
 def fixture_kind(fixture: dict[str, Any]) -> str:
@@ -91,15 +93,18 @@ def _batch(inputs: dict[str, Any], genes: list[str]) -> CellBatch:
     )
 
 
-def _diff(a: torch.Tensor | float, b: torch.Tensor | float) -> float:
+def _diff(a: torch.Tensor | float, b: torch.Tensor | float) -> tuple[float, float]:
+    """(largest absolute difference, largest absolute official value)."""
     a = torch.as_tensor(a, dtype=torch.float64)
     b = torch.as_tensor(b, dtype=torch.float64)
     if a.shape != b.shape:
         raise AssertionError(f"shape {tuple(a.shape)} differs from the official {tuple(b.shape)}")
-    return float((a - b).abs().max()) if a.numel() else 0.0
+    if not a.numel():
+        return 0.0, 0.0
+    return float((a - b).abs().max()), float(b.abs().max())
 
 
-def _losses(loss, official_out: dict[str, Any], official_loss: float) -> dict[str, float]:
+def _losses(loss, official_out: dict[str, Any], official_loss: float) -> dict[str, tuple[float, float]]:
     # The official target_loss is `float(total) - float(latent)`: compare the same arithmetic.
     total, latent = float(loss.total), float(loss.latent)
     return {
@@ -118,8 +123,8 @@ def compare_fixture(path: str | Path) -> list[Difference]:
     module, genes = official_module(fixture, path.parent)
     found: list[Difference] = []
 
-    def record(case: str, diffs: dict[str, float]) -> None:
-        found.extend(Difference(path.stem, case, k, v) for k, v in diffs.items())
+    def record(case: str, diffs: dict[str, tuple[float, float]]) -> None:
+        found.extend(Difference(path.stem, case, k, *v) for k, v in diffs.items())
 
     for case, result in fixture["results"].items():
         if kind == "pipeline":
@@ -146,7 +151,7 @@ def compare_fixture(path: str | Path) -> list[Difference]:
             mask = inputs["loss_mask"]
             loss = module.annotation_loss(out, inputs["label"], mask=mask)
             diffs["logits"] = _diff(out.logits[mask], result["logits"])
-            diffs["prediction_mismatches"] = float((out.logits[mask].argmax(1) != official["pred"]).sum())
+            diffs["prediction_mismatches"] = (float((out.logits[mask].argmax(1) != official["pred"]).sum()), 0.0)
             diffs |= _losses(loss, official, result["loss"])
         record(case, diffs)
     return found
@@ -154,7 +159,7 @@ def compare_fixture(path: str | Path) -> list[Difference]:
 
 def _compare_pipeline(
     module: CellPLMModule, genes: list[str], inputs: dict[str, Any], case: str, result: dict[str, Any]
-) -> dict[str, float]:
+) -> dict[str, tuple[float, float]]:
     """The official CellEmbeddingPipeline: AnnData in, cells grouped by obs['batch'], optional chunks."""
     import anndata as ad
     import pandas as pd
