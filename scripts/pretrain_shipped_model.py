@@ -98,6 +98,8 @@ def main() -> int:
     trained.meta.pop("val_history", None)  # the curve up to the best step; the whole curve is below
     trained.meta |= {
         "name": NAME,
+        # Inference upper-cases input ids as the corpus did (by_symbol), so mouse data match too.
+        "gene_id_rule": "upper",
         "recipe": "python scripts/pretrain_shipped_model.py",
         "data": {
             "datasets": {name: {"cells": int(parts[name].n_obs)} for name in DATASETS},

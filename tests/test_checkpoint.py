@@ -81,7 +81,74 @@ def test_duplicate_vocabulary_entries(saved):
     genes = (path / "genes.txt").read_text().splitlines()
     genes[3] = genes[2]
     (path / "genes.txt").write_text("\n".join(genes) + "\n")
-    with pytest.raises(CheckpointError, match=r"duplicate genes: \['ENSG00000000002'\]"):
+    with pytest.raises(CheckpointError, match=r"genes.txt: line 4 repeats 'ENSG00000000002' of line 3"):
+        CellPLM.from_pretrained(path)
+
+
+def test_blank_line_that_shifts_genes_is_refused(saved):
+    """A blank line inserted and the last line dropped keeps the count: every later gene would shift."""
+    _, path = saved
+    genes = (path / "genes.txt").read_text().splitlines()
+    (path / "genes.txt").write_text("\n".join([*genes[:9], "", *genes[9:-1]]) + "\n")
+    with pytest.raises(CheckpointError, match=r"genes.txt: line 10 is blank\. .*shifts every later gene"):
+        CellPLM.from_pretrained(path)
+
+
+def test_extra_blank_line_is_named_as_the_cause(saved):
+    _, path = saved
+    (path / "genes.txt").write_text((path / "genes.txt").read_text() + "\n")
+    with pytest.raises(CheckpointError, match=r"genes.txt: line 51 is blank"):
+        CellPLM.from_pretrained(path)
+
+
+@pytest.mark.parametrize("padded", [" ENSG00000000007", "ENSG00000000007 ", "ENSG00000000007\t"])
+def test_whitespace_padded_gene_id_is_refused(saved, padded):
+    _, path = saved
+    genes = (path / "genes.txt").read_text().splitlines()
+    genes[7] = padded
+    (path / "genes.txt").write_text("\n".join(genes) + "\n")
+    with pytest.raises(CheckpointError, match=r"line 8 \(.*\) has whitespace around or inside the id"):
+        CellPLM.from_pretrained(path)
+
+
+def test_a_vocabulary_that_cannot_be_written_one_per_line_is_refused(tiny_config, tmp_path):
+    genes = vocabulary(tiny_config.n_genes)
+    genes[4] = "GENE\nSPLIT"
+    with pytest.raises(CheckpointError, match=r"line 5 .* has whitespace"):
+        CellPLM(CellPLMModule(tiny_config), genes).save(tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_non_finite_weight_is_a_load_error_naming_the_tensor(saved):
+    _, path = saved
+    state = load_file(str(path / "model.safetensors"))
+    state["encoder.layers.1.ff_out.weight"][0, 0] = float("nan")
+    state["decoder.bottleneck.bias"][2] = float("inf")
+    save_file(state, str(path / "model.safetensors"))
+    with pytest.raises(CheckpointError) as err:
+        CellPLM.from_pretrained(path)
+    assert "non-finite values (NaN or infinite) in: " in str(err.value)
+    assert "decoder.bottleneck.bias (1 of 128)" in str(err.value) and "encoder.layers.1.ff_out.weight (1 of" in str(
+        err.value
+    )
+
+
+def test_float_weight_stored_as_int_is_a_load_error(saved):
+    _, path = saved
+    state = load_file(str(path / "model.safetensors"))
+    state["decoder.bottleneck.weight"] = state["decoder.bottleneck.weight"].round().to(torch.int32)
+    save_file(state, str(path / "model.safetensors"))
+    with pytest.raises(
+        CheckpointError, match=r"wrong dtype: decoder.bottleneck.weight is torch.int32, expected torch.float32"
+    ):
+        CellPLM.from_pretrained(path)
+
+
+def test_unknown_gene_id_rule_is_a_load_error(saved):
+    _, path = saved
+    meta = json.loads((path / "meta.json").read_text()) | {"gene_id_rule": "lower"}
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"gene_id_rule 'lower' is not one of \['exact', 'upper'\]"):
         CellPLM.from_pretrained(path)
 
 

@@ -238,7 +238,7 @@ def test_embed_file_guards_its_input(model, tiny_adata, tmp_path):
     tiny_adata.write_h5ad(tmp_path / "in.h5ad")
     with pytest.raises(FileNotFoundError, match="input file not found"):
         model.embed_file(tmp_path / "absent.h5ad", tmp_path / "out.h5ad")
-    with pytest.raises(ValueError, match="must differ from the input"):
+    with pytest.raises(ValueError, match="is an input of this command; write to another file"):
         model.embed_file(tmp_path / "in.h5ad", tmp_path / "in.h5ad", overwrite=True)
     out = model.embed_file(tmp_path / "in.h5ad", tmp_path / "out.h5ad", sample_key="sample")
     import anndata as ad

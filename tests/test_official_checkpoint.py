@@ -154,6 +154,20 @@ def test_wrong_shape_is_named(tmp_path):
         CellPLM.from_official(prefix)
 
 
+def test_non_finite_or_integer_weights_are_named(tmp_path):
+    prefix = write_official(tmp_path / "tiny")
+    state = _state(prefix)
+    state["encoder.layers.0.self_attn.key_projection.weight"][1, 1] = float("nan")
+    state["latent.layers.1.inference.y_mu.weight"] = state["latent.layers.1.inference.y_mu.weight"].to(torch.int32)
+    write_official(prefix, state=state)
+    with pytest.raises(CheckpointError) as err:
+        CellPLM.from_official(prefix)
+    assert "wrong dtype: latent.layers.1.inference.y_mu.weight is torch.int32, expected torch.float32" in str(err.value)
+    assert "non-finite values (NaN or infinite) in: encoder.layers.0.self_attn.key_projection.weight (1 of" in str(
+        err.value
+    )
+
+
 def test_vocabulary_that_does_not_match_the_weights(tmp_path):
     prefix = write_official(tmp_path / "tiny")
     raw = official_config(n_genes=41)  # one more gene than the weights hold

@@ -9,19 +9,37 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._files import check_output_file
 from .config import ConfigError
 from .io import CheckpointError
 
 logger = logging.getLogger("opencellplm")
 
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, CheckpointError, ConfigError)
+#: The model ``embed`` uses without ``--checkpoint``: it ships inside the package.
+DEFAULT_MODEL = "cellplm-small"
+ALLOW_LOW_OVERLAP_HELP = "go on when the genes in the vocabulary carry a negligible share of the counts"
+
+#: Errors that are the input's or the environment's, shown as one message with exit status 2.
+USER_ERRORS = (
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    FloatingPointError,
+    CheckpointError,
+    ConfigError,
+)
 
 
 def _convert_official(args: argparse.Namespace) -> int:
+    from .io.official import official_paths
     from .model import CellPLM
 
     model = CellPLM.from_official(args.prefix)
-    model.save(args.out, overwrite=args.overwrite)
+    model.save(args.out, overwrite=args.overwrite, inputs=official_paths(args.prefix))
     return 0
 
 
@@ -30,9 +48,11 @@ def _embed(args: argparse.Namespace) -> int:
 
     if not Path(args.input).is_file():  # before loading the model
         raise FileNotFoundError(f"input file not found: {args.input}")
-    if Path(args.out).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
-    model = CellPLM.from_pretrained(args.checkpoint, device=args.device)
+    check_output_file(args.out, overwrite=args.overwrite, inputs=[args.input])  # before loading the model
+    if args.checkpoint is None:
+        logger.info("no --checkpoint given: using the shipped model %s", DEFAULT_MODEL)
+    model = CellPLM.from_pretrained(args.checkpoint or DEFAULT_MODEL, device=args.device)
+    logger.info("model: %s (weights sha256 %s)", model.source["path"], model.source["sha256"][:12])
     model.embed_file(
         args.input,
         args.out,
@@ -45,6 +65,7 @@ def _embed(args: argparse.Namespace) -> int:
         max_cells=args.max_cells,
         partition=args.partition,
         seed=args.seed,
+        allow_low_overlap=args.allow_low_overlap,
     )
     return 0
 
@@ -56,11 +77,12 @@ def _validate(args: argparse.Namespace) -> int:
     source = Path(args.input)
     if not source.is_file():
         raise FileNotFoundError(f"input file not found: {source}")
-    vocabulary = None
+    vocabulary = {}
     if args.checkpoint:
         from .model import CellPLM
 
-        vocabulary = CellPLM.from_pretrained(args.checkpoint).genes
+        model = CellPLM.from_pretrained(args.checkpoint)
+        vocabulary = {"vocabulary": model.genes, "gene_id_rule": model.gene_id_rule}
     with open_h5ad(source) as adata:  # the counts are read in blocks, never whole
         report = validate(
             adata,
@@ -68,8 +90,9 @@ def _validate(args: argparse.Namespace) -> int:
             sample_key=args.sample_key,
             spatial_key=args.spatial_key,
             gene_key=args.gene_key,
-            vocabulary=vocabulary,
             require_counts=args.require_counts,
+            allow_low_overlap=args.allow_low_overlap,
+            **vocabulary,
         )
     sys.stdout.write(f"{source}\n{report.to_text()}\n")
     return 0 if report.ok else 1
@@ -139,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("embed", help="write cell embeddings of an h5ad to obsm (streams X from disk)")
     p.add_argument("input", help="h5ad file with raw counts")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (see convert-official)")
+    p.add_argument(
+        "--checkpoint",
+        help=f"checkpoint directory (see convert-official) or shipped model name (default: {DEFAULT_MODEL})",
+    )
     p.add_argument("--out", required=True, help="h5ad file to write (the input with obsm[KEY_ADDED] added)")
     p.add_argument("--layer", help="layer with raw counts (default: X)")
     p.add_argument("--gene-key", help="var column with the vocabulary's gene ids (default: var_names)")
@@ -157,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random partition (default 0)")
     p.add_argument("--key-added", default="X_cellplm", help="obsm key to write (default: X_cellplm)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--allow-low-overlap", action="store_true", help=ALLOW_LOW_OVERLAP_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_embed)
 
@@ -168,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gene-key", help="var column with gene ids (default: var_names)")
     p.add_argument("--checkpoint", help="also match genes against this checkpoint's vocabulary")
     p.add_argument("--require-counts", action="store_true", help="treat non-integer values as an error")
+    p.add_argument("--allow-low-overlap", action="store_true", help=ALLOW_LOW_OVERLAP_HELP)
     p.set_defaults(run=_validate)
 
     p = commands.add_parser("prepare-corpus", help="turn h5ad files into training shards and a manifest")
@@ -220,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        logger.error("%s", message)
+        logger.error("%s", message, exc_info=args.verbose)  # the traceback with -v
         return 2
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from .._files import write_directory
+from .._files import check_output_directory, write_directory
 from .._sparse import scipy_to_torch_csr
 from ..module import CellBatch
 from .cellsets import cell_sets, normalize_coordinates
@@ -81,13 +82,15 @@ def prepare_corpus(
         Cells per shard (a shard closes after the set that reaches it).
     seed
         Seed of the random partition of large non-spatial samples.
+    overwrite
+        Replace ``out`` if it is a corpus this package wrote that holds nothing else (never a folder
+        with other files, nor one holding an input).
     """
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
     files = [Path(f) for f in files]
     if not files:
         raise ValueError("no input file given")
+    target = {"overwrite": overwrite, "recognise": corpus_problems, "kind": "corpus", "inputs": files}
+    out = check_output_directory(out, **target)  # before the long checks
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"input file(s) not found: {missing}")
@@ -107,12 +110,35 @@ def prepare_corpus(
                     warnings.warn(f"{path.name}: {message}", UserWarning, stacklevel=2)
 
     manifest = write_directory(
-        out, lambda folder: _write_corpus(files, folder, settings, batch_key, max_cells, shard_cells, seed)
+        out, lambda folder: _write_corpus(files, folder, settings, batch_key, max_cells, shard_cells, seed), **target
     )
     logger.info(
         "corpus %s: %d cells, %d sets, %d shards", out, manifest["n_cells"], manifest["n_sets"], len(manifest["shards"])
     )
     return out / MANIFEST
+
+
+def corpus_problems(folder: Path) -> list[str]:
+    """Why ``folder`` is not a corpus written by this package holding nothing else (empty if it is)."""
+    expected = {MANIFEST: r"", VOCABULARY: r"", "shards": r"shard-\d{5}\.npz", "datasets": r"\d+\.genes\.txt"}
+    problems = []
+    for entry in sorted(folder.iterdir()):
+        pattern = expected.get(entry.name)
+        if pattern is None or entry.is_dir() != bool(pattern):
+            problems.append(f"it holds {entry.name}")
+        elif pattern:
+            problems += [
+                f"it holds {entry.name}/{f.name}"
+                for f in sorted(entry.iterdir())
+                if not re.fullmatch(pattern, f.name) or not f.is_file()
+            ]
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        problems.insert(0, f"no {MANIFEST} declaring format {FORMAT!r}")
+    return problems
 
 
 def _write_corpus(

@@ -1,16 +1,52 @@
-"""Matching the genes of a data set to a model's vocabulary."""
+"""Matching the genes of a data set to a model's vocabulary, and the rules for gene id lists.
+
+A vocabulary carries a *gene id rule*, recorded with its checkpoint, that says how input ids are
+normalised before matching: ``"exact"`` (as given; the official checkpoints) or ``"upper"``
+(upper-cased; vocabularies of symbols built from human and mouse data, where mouse ``Cd3e`` meets
+human ``CD3E``). Inference applies the checkpoint's rule, as the corpus that trained it did.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
 LOW_OVERLAP = 0.5  # warn when fewer than this share of the input genes match
+
+GeneIdRule = Literal["exact", "upper"]
+GENE_ID_RULES: tuple[str, ...] = ("exact", "upper")
+
+
+def normalise_gene_ids(genes: Sequence[str], rule: GeneIdRule) -> list[str]:
+    """``genes`` as the vocabulary of a checkpoint with ``rule`` sees them."""
+    if rule == "exact":
+        return [str(g) for g in genes]
+    if rule == "upper":
+        return [str(g).upper() for g in genes]
+    raise ValueError(f"unknown gene id rule {rule!r}; known: {list(GENE_ID_RULES)}")
+
+
+def gene_list_problems(genes: Sequence[str], *, first_line: int = 1) -> list[str]:
+    """Why ``genes`` cannot be a vocabulary: blank, whitespace-padded or repeated ids, by line
+    (numbered from ``first_line``). A blank line would shift every later gene by one row."""
+    problems = []
+    first: dict[str, int] = {}
+    for line, gene in enumerate(genes, first_line):
+        if not gene.strip():
+            problems.append(f"line {line} is blank")
+        elif gene != gene.strip() or any(c in gene for c in "\t\r\n"):
+            problems.append(f"line {line} ({gene!r}) has whitespace around or inside the id")
+        elif gene in first:
+            problems.append(f"line {line} repeats {gene!r} of line {first[gene]}")
+        first.setdefault(gene, line)
+    return problems
 
 
 @dataclass(frozen=True)
@@ -29,6 +65,8 @@ class GeneAlignment:
         Size of the vocabulary.
     warnings
         What looks wrong but does not stop the work (low overlap).
+    rule
+        How the input ids were normalised before matching.
     """
 
     columns: np.ndarray
@@ -36,6 +74,7 @@ class GeneAlignment:
     n_input: int
     n_vocabulary: int
     warnings: tuple[str, ...] = ()
+    rule: GeneIdRule = "exact"
 
     @property
     def n_matched(self) -> int:
@@ -51,8 +90,10 @@ def _looks_like_ensembl(genes: Sequence[str]) -> bool:
     return bool(sample) and sum(g.startswith("ENS") for g in sample) > 0.8 * len(sample)
 
 
-def align_genes(input_genes: Sequence[str], vocabulary: Sequence[str], *, source: str = "var_names") -> GeneAlignment:
-    """Match ``input_genes`` to ``vocabulary`` by exact id.
+def align_genes(
+    input_genes: Sequence[str], vocabulary: Sequence[str], *, source: str = "var_names", rule: GeneIdRule = "exact"
+) -> GeneAlignment:
+    """Match ``input_genes``, normalised by ``rule``, to ``vocabulary`` by id.
 
     Raises
     ------
@@ -60,7 +101,7 @@ def align_genes(input_genes: Sequence[str], vocabulary: Sequence[str], *, source
         When no gene matches, with examples from both sides and a hint about symbols vs Ensembl ids.
         Fewer than half matching is reported in ``warnings`` of the result.
     """
-    input_genes = [str(g) for g in input_genes]
+    input_genes = normalise_gene_ids(input_genes, rule)
     position = {g: i for i, g in enumerate(vocabulary)}
     columns = np.array([j for j, g in enumerate(input_genes) if g in position], dtype=np.int64)
     gene_index = np.array([position[input_genes[j]] for j in columns], dtype=np.int64)
@@ -74,18 +115,27 @@ def align_genes(input_genes: Sequence[str], vocabulary: Sequence[str], *, source
             )
         elif _looks_like_ensembl(input_genes) and not _looks_like_ensembl(vocabulary):
             hint = " These look like Ensembl ids while the vocabulary does not: pass a var column of gene symbols."
+        else:
+            hint = case_hint(input_genes, vocabulary)
         raise ValueError(
             f"none of the {len(input_genes)} genes in {source} is in the model's vocabulary of {len(position)} genes. "
             f"Input examples: {input_genes[:5]}; vocabulary examples: {list(vocabulary)[:5]}.{hint}"
         )
     share = n_matched / len(input_genes)
-    notes = ()
+    notes = []
     if share < LOW_OVERLAP:
-        notes = (
+        notes.append(
             f"only {n_matched} of {len(input_genes)} genes ({100 * share:.1f}%) are in the model's vocabulary; "
-            "the rest are ignored",
+            f"the rest are ignored.{case_hint(input_genes, vocabulary)}"
         )
-    alignment = GeneAlignment(columns, gene_index, len(input_genes), len(position), notes)
+    repeated = [g for g, n in Counter(input_genes[j] for j in columns).items() if n > 1]
+    if repeated and rule != "exact":
+        notes.append(
+            f"{len(repeated)} vocabulary gene(s) are matched by several input genes once ids are normalised "
+            f"({rule}), e.g. {repeated[:5]}; each column is embedded separately (sum them first to merge them)"
+        )
+    notes = tuple(notes)
+    alignment = GeneAlignment(columns, gene_index, len(input_genes), len(position), notes, rule)
     logger.info(
         "%d of %d input genes (%.1f%%) are in the vocabulary of %d genes",
         n_matched,
@@ -94,3 +144,18 @@ def align_genes(input_genes: Sequence[str], vocabulary: Sequence[str], *, source
         alignment.n_vocabulary,
     )
     return alignment
+
+
+def case_hint(input_genes: Sequence[str], vocabulary: Sequence[str]) -> str:
+    """A sentence for when the ids would match far better with case ignored (else empty)."""
+    exact = set(vocabulary)
+    folded = {str(g).upper() for g in vocabulary}
+    n_exact = sum(g in exact for g in input_genes)
+    n_folded = sum(str(g).upper() in folded for g in input_genes)
+    if n_folded < max(2 * n_exact, n_exact + 10):
+        return ""
+    example = next(str(g) for g in input_genes if g not in exact and str(g).upper() in folded)
+    return (
+        f" Ignoring case, {n_folded} would match: the ids differ in case from the vocabulary's (e.g. {example!r}). "
+        "Map them to the vocabulary's ids (for mouse data, a column of human ortholog symbols as gene_key=)."
+    )

@@ -15,12 +15,16 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .genes import GeneAlignment, align_genes
+from .genes import GeneAlignment, GeneIdRule, align_genes
 from .reader import check_readable, counts_matrix, iter_row_blocks, on_disk
 
 logger = logging.getLogger(__name__)
 
 N_EXAMPLES = 5  # cells or genes named in a message
+#: Below this share of the counts in the vocabulary's genes, the input is unusable unless forced:
+#: the embedding would rest on a handful of genes (e.g. mouse symbols against a case-sensitive
+#: vocabulary matched 2 of 1,000 genes carrying 0.1% of the counts).
+MIN_SHARE_OF_COUNTS = 0.05
 
 
 @dataclass
@@ -92,9 +96,10 @@ class InputReport:
         if self.alignment is not None:
             a = self.alignment
             share = "" if self.share_of_counts is None else f", carrying {100 * self.share_of_counts:.1f}% of counts"
+            rule = "" if a.rule == "exact" else f" (ids matched by the checkpoint's rule: {a.rule})"
             lines.append(
                 f"genes: {a.n_matched:,} of {a.n_input:,} ({100 * a.share_of_input:.1f}%) in the vocabulary "
-                f"of {a.n_vocabulary:,}{share}"
+                f"of {a.n_vocabulary:,}{share}{rule}"
             )
         if self.n_samples is not None and self.sample_sizes:
             sizes = np.array(list(self.sample_sizes.values()))
@@ -120,7 +125,9 @@ def validate(
     spatial_key: str | None = "spatial",
     gene_key: str | None = None,
     vocabulary: Sequence[str] | None = None,
+    gene_id_rule: GeneIdRule = "exact",
     require_counts: bool = False,
+    allow_low_overlap: bool = False,
 ) -> InputReport:
     """Check ``adata`` for use with a CellPLM model; see :class:`InputReport`.
 
@@ -137,8 +144,14 @@ def validate(
         ``var`` column with the vocabulary's gene ids (default: var_names).
     vocabulary
         The model's genes: adds the gene matching, and empty cells are judged on matched genes.
+    gene_id_rule
+        How the input ids are normalised before matching the vocabulary (the checkpoint's rule, see
+        :mod:`opencellplm.data.genes`).
     require_counts
         Make non-integer values an error instead of a warning (tasks that model counts).
+    allow_low_overlap
+        Accept input whose matched genes carry less than ``MIN_SHARE_OF_COUNTS`` of the counts (a
+        warning instead of an error).
     """
     source = "X" if layer is None else f"layers[{layer!r}]"
     report = InputReport(n_cells=adata.n_obs, n_genes=adata.n_vars, source=source, backed=False)
@@ -158,12 +171,30 @@ def validate(
     _check_coordinates(adata, spatial_key, report)
     if genes is not None and vocabulary is not None:
         try:
-            report.alignment = align_genes(genes, vocabulary, source=f"var[{gene_key!r}]" if gene_key else "var_names")
+            source = f"var[{gene_key!r}]" if gene_key else "var_names"
+            report.alignment = align_genes(genes, vocabulary, source=source, rule=gene_id_rule)
             report.warnings += report.alignment.warnings
         except ValueError as err:
             report.errors.append(str(err))
     _scan_counts(adata, matrix, report, require_counts)
+    _check_share_of_counts(report, allow_low_overlap)
     return report
+
+
+def _check_share_of_counts(report: InputReport, allow_low_overlap: bool) -> None:
+    share = report.share_of_counts
+    if share is None or share >= MIN_SHARE_OF_COUNTS or report.alignment is None:
+        return
+    a = report.alignment
+    message = (
+        f"the {a.n_matched:,} genes found in the vocabulary carry only {100 * share:.2f}% of the counts, too few "
+        "for a meaningful embedding; check that the gene ids are of the vocabulary's kind (symbols or Ensembl ids, "
+        "same case, same species naming) or pass gene_key= naming a var column that is"
+    )
+    if allow_low_overlap:
+        report.warnings.append(message + " (accepted: allow_low_overlap)")
+    else:
+        report.errors.append(message + ", or allow_low_overlap=True (--allow-low-overlap) to go on anyway")
 
 
 def _check_genes(adata: AnnData, gene_key: str | None, report: InputReport) -> list[str] | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,16 +21,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .._files import write_directory
+from .._files import check_output_directory, write_directory
 from ..config import ConfigError, ModelConfig
+from ..data.genes import GENE_ID_RULES, gene_list_problems
 from ..module import CellPLMModule
-from .errors import CheckpointError, check_duplicates, key_mismatches
+from .errors import CheckpointError, key_mismatches, tensor_problems
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "opencellplm-checkpoint"
 FORMAT_VERSION = 1
 CONFIG_FILE, GENES_FILE, WEIGHTS_FILE, META_FILE = "config.json", "genes.txt", "model.safetensors", "meta.json"
+CHECKPOINT_FILES = (CONFIG_FILE, GENES_FILE, WEIGHTS_FILE, META_FILE)
 
 __all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
 
@@ -41,16 +44,23 @@ def save_checkpoint(
     *,
     meta: dict[str, Any] | None = None,
     overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
 ) -> Path:
-    """Write ``module`` and its vocabulary to ``directory``; refuses to replace it unless ``overwrite``."""
+    """Write ``module`` and its vocabulary to ``directory``.
+
+    An existing non-empty ``directory`` is replaced only with ``overwrite``, and only when it is a
+    checkpoint this package wrote holding nothing else, and none of ``inputs`` (the files the
+    model came from) is inside it.
+    """
     from .. import __version__
 
-    directory = Path(directory)
     if len(genes) != module.config.n_genes:
         raise CheckpointError(f"{len(genes)} genes given for a model with {module.config.n_genes} gene embeddings")
-    check_duplicates(genes, "the vocabulary")
-    if directory.exists() and not overwrite:
-        raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
+    problems = gene_list_problems(genes)
+    if problems:
+        raise CheckpointError("the vocabulary cannot be written one id per line: " + "; ".join(problems[:5]))
+    target = {"overwrite": overwrite, "recognise": checkpoint_problems, "kind": "checkpoint", "inputs": inputs}
+    directory = check_output_directory(directory, **target)
     info = (meta or {}) | {  # what this save knows wins over carried-over metadata
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -66,9 +76,21 @@ def save_checkpoint(
         save_file(state, str(folder / WEIGHTS_FILE))
         (folder / META_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
-    write_directory(directory, fill)
+    write_directory(directory, fill, **target)
     logger.info("saved checkpoint to %s", directory)
     return directory
+
+
+def checkpoint_problems(folder: Path) -> list[str]:
+    """Why ``folder`` is not a checkpoint written by this package holding nothing else (empty if it is)."""
+    problems = [f"it holds {p.name}" for p in sorted(folder.iterdir()) if p.name not in CHECKPOINT_FILES]
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        problems.insert(0, f"no {META_FILE} declaring format {FORMAT!r}")
+    return problems
 
 
 def load_checkpoint(directory: str | Path) -> tuple[CellPLMModule, list[str], dict[str, Any]]:
@@ -76,7 +98,7 @@ def load_checkpoint(directory: str | Path) -> tuple[CellPLMModule, list[str], di
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {directory}")
-    absent = [f for f in (CONFIG_FILE, GENES_FILE, WEIGHTS_FILE, META_FILE) if not (directory / f).is_file()]
+    absent = [f for f in CHECKPOINT_FILES if not (directory / f).is_file()]
     if absent:
         present = sorted(p.name for p in directory.iterdir())
         raise CheckpointError(f"{directory} is not a checkpoint: missing {absent} (found {present})")
@@ -90,7 +112,11 @@ def load_checkpoint(directory: str | Path) -> tuple[CellPLMModule, list[str], di
             f"{directory / META_FILE} declares format {meta.get('format')!r} version {meta.get('format_version')!r}; "
             f"this opencellplm reads {FORMAT!r} up to version {FORMAT_VERSION}"
         )
-    genes = (directory / GENES_FILE).read_text().splitlines()
+    if meta.get("gene_id_rule", "exact") not in GENE_ID_RULES:
+        raise CheckpointError(
+            f"{directory / META_FILE}: gene_id_rule {meta['gene_id_rule']!r} is not one of {list(GENE_ID_RULES)}"
+        )
+    genes = read_genes_file(directory / GENES_FILE)
     try:
         state = load_file(str(directory / WEIGHTS_FILE))
     except (SafetensorError, OSError) as err:
@@ -100,6 +126,22 @@ def load_checkpoint(directory: str | Path) -> tuple[CellPLMModule, list[str], di
     _check_keys(module.state_dict(), state, directory / WEIGHTS_FILE)
     module.load_state_dict(state, strict=True)
     return module.eval(), genes, meta
+
+
+def read_genes_file(path: Path) -> list[str]:
+    """One gene id per line, in embedding-row order; blank, padded or repeated ids are refused by line."""
+    try:
+        genes = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"cannot read {path}: {err}") from None
+    problems = gene_list_problems(genes)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CheckpointError(
+            f"{path}: " + "; ".join(problems[:5]) + more + ". Each line must hold one gene id, the id of the "
+            "embedding row of the same number: a blank or extra line shifts every later gene"
+        )
+    return genes
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -120,10 +162,10 @@ def _check_vocabulary(genes: list[str], config: ModelConfig, state: dict[str, to
             f"the vocabulary does not match the weights in {directory}: {GENES_FILE} lists {len(genes)} genes, "
             f"config.json says n_genes={config.n_genes}, the gene embedding has {n_rows} rows"
         )
-    check_duplicates(genes, str(directory / GENES_FILE))
 
 
 def _check_keys(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path: Path) -> None:
     problems = key_mismatches({k: v.shape for k, v in expected.items()}, {k: v.shape for k, v in found.items()})
+    problems += tensor_problems({k: v.dtype for k, v in expected.items()}, found)
     if problems:
         raise CheckpointError(f"{path} does not match its config: " + "; ".join(problems))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
+
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or does not match the model it claims to hold."""
@@ -34,3 +36,26 @@ def check_duplicates(genes: Sequence[str], where: str) -> None:
     duplicates = sorted({g for g in genes if g in seen or seen.add(g)})
     if duplicates:
         raise CheckpointError(f"{where} lists duplicate genes: {duplicates[:10]}")
+
+
+def tensor_problems(expected: Mapping[str, torch.dtype], found: Mapping[str, torch.Tensor]) -> list[str]:
+    """Tensors (present in both) of another dtype than expected, and floating tensors holding NaN or
+    infinite values, by name: a weight stored as int32 or a NaN would otherwise load silently."""
+    problems = []
+    wrong = [
+        f"{k} is {found[k].dtype}, expected {expected[k]}"
+        for k in expected
+        if k in found and found[k].dtype != expected[k]
+    ]
+    if wrong:
+        problems.append(
+            "wrong dtype: " + "; ".join(wrong[:8]) + (f" (and {len(wrong) - 8} more)" if len(wrong) > 8 else "")
+        )
+    bad = [k for k, v in found.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        problems.append(
+            "non-finite values (NaN or infinite) in: "
+            + ", ".join(f"{k} ({int((~torch.isfinite(found[k])).sum()):,} of {found[k].numel():,})" for k in bad[:8])
+            + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+        )
+    return problems

@@ -35,7 +35,7 @@ from ..config import (
 from ..module import CellPLMModule
 from ..nn.norm import make_norm
 from ..nn.positional import sinusoid_table
-from .errors import CheckpointError, key_mismatches
+from .errors import CheckpointError, key_mismatches, tensor_problems
 
 logger = logging.getLogger(__name__)
 
@@ -277,6 +277,7 @@ def state_dict_from_official(
     ours = module.state_dict()
     expected = {off: tuple(ours[key].shape) for key, off in mapping.items()} | dead
     problems = key_mismatches(expected, {k: tuple(v.shape) for k, v in official.items()})
+    problems += tensor_problems({off: ours[key].dtype for key, off in mapping.items()}, official)
     if problems:
         raise CheckpointError("official weights do not match the config: " + "; ".join(problems))
     table = official.get(PE_TABLE_KEY)
@@ -285,7 +286,7 @@ def state_dict_from_official(
     ):
         raise CheckpointError("embedder.pe_enc.pe_enc.weight is not the fixed sinusoid table of the official model")
     logger.debug("dropped dead official tensors: %s", sorted(dead))
-    return {key: official[off].to(ours[key].dtype) for key, off in mapping.items()}
+    return {key: official[off] for key, off in mapping.items()}
 
 
 def official_state_dict_from(module: CellPLMModule) -> dict[str, torch.Tensor]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,12 +15,16 @@ import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
+from .._files import check_output_file
 from .._sparse import scipy_to_torch_csr
 from ..data.cellsets import Partition, cell_sets, normalize_coordinates
+from ..data.genes import GENE_ID_RULES, GeneIdRule
 from ..data.reader import block_rows, counts_matrix, open_h5ad, read_rows
 from ..data.validate import InputReport, coordinates, empty_cells_note, validate
-from ..io import load_checkpoint, load_official, save_checkpoint
+from ..io import CheckpointError, load_checkpoint, load_official, save_checkpoint
+from ..io.checkpoint import WEIGHTS_FILE
 from ..io.errors import check_duplicates
+from ..io.official import official_paths
 from ..module import CellBatch, CellPLMModule, GMVAENoise
 
 logger = logging.getLogger(__name__)
@@ -40,7 +45,11 @@ class CellPLM:
     genes
         Gene ids, one per row of the gene embedding table.
     meta
-        Provenance and metrics carried with the checkpoint.
+        Provenance and metrics carried with the checkpoint; ``meta["gene_id_rule"]`` says how input
+        gene ids are normalised before matching ``genes`` (see :mod:`opencellplm.data.genes`).
+    source
+        Where the weights were read from: ``name``, ``path`` and ``sha256`` of the weights file
+        (recorded with every embedding). Set by the loaders.
     device
         Where to run (``"cpu"``, ``"cuda"``, ...).
 
@@ -57,15 +66,20 @@ class CellPLM:
         genes: list[str],
         *,
         meta: dict[str, Any] | None = None,
+        source: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
     ):
         if len(genes) != module.config.n_genes:
             raise ValueError(f"{len(genes)} genes given for a model with {module.config.n_genes} gene embeddings")
         check_duplicates(genes, "the vocabulary")
+        meta = dict(meta or {})
+        if meta.get("gene_id_rule", "exact") not in GENE_ID_RULES:
+            raise ValueError(f"meta['gene_id_rule'] is {meta['gene_id_rule']!r}; known rules: {list(GENE_ID_RULES)}")
         self.device = _device(device)
         self.module = module.to(self.device).eval()
         self.genes = list(genes)
-        self.meta = dict(meta or {})
+        self.meta = meta
+        self.source = dict(source or {"name": "in memory"})
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
@@ -74,25 +88,46 @@ class CellPLM:
         (:func:`opencellplm.pretrained.available`, e.g. ``"cellplm-small"``)."""
         from .. import pretrained
 
+        name = Path(directory).name
         if not Path(directory).exists() and str(directory) in pretrained.available():
-            directory = pretrained.path(str(directory))
+            name, directory = str(directory), pretrained.path(str(directory))
         module, genes, meta = load_checkpoint(directory)
+        source = {
+            "name": name,
+            "path": str(Path(directory).resolve()),
+            "sha256": _sha256(Path(directory) / WEIGHTS_FILE),
+        }
         logger.info("loaded %s: %d genes, %s parameters", directory, len(genes), f"{module.n_parameters():,}")
-        return cls(module, genes, meta=meta, device=device)
+        try:
+            return cls(module, genes, meta=meta, source=source, device=device)
+        except ValueError as err:
+            raise CheckpointError(f"{Path(directory) / 'meta.json'}: {err}") from None
 
     @classmethod
     def from_official(cls, prefix: str | Path, *, device: str | torch.device = "cpu") -> CellPLM:
         """Load an official release, ``PREFIX.config.json`` + ``PREFIX.best.ckpt``."""
         module, genes = load_official(prefix)
-        return cls(module, genes, meta={"source": f"official checkpoint {Path(prefix).name}"}, device=device)
+        weights = official_paths(prefix)[1]
+        source = {"name": Path(prefix).name, "path": str(weights.resolve()), "sha256": _sha256(weights)}
+        meta = {"source": f"official checkpoint {Path(prefix).name}", "gene_id_rule": "exact"}
+        return cls(module, genes, meta=meta, source=source, device=device)
 
-    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the model in our checkpoint format (see :mod:`opencellplm.io.checkpoint`)."""
-        return save_checkpoint(directory, self.module, self.genes, meta=self.meta, overwrite=overwrite)
+    def save(self, directory: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
+        """Write the model in our checkpoint format (see :mod:`opencellplm.io.checkpoint`).
+
+        ``overwrite`` replaces only a checkpoint this package wrote (nothing else in the folder);
+        ``inputs``, files the model was read from, must not be inside ``directory``.
+        """
+        return save_checkpoint(directory, self.module, self.genes, meta=self.meta, overwrite=overwrite, inputs=inputs)
 
     @property
     def config(self):
         return self.module.config
+
+    @property
+    def gene_id_rule(self) -> GeneIdRule:
+        """How input gene ids are normalised before matching :attr:`genes` (``"exact"`` or ``"upper"``)."""
+        return self.meta.get("gene_id_rule", "exact")
 
     def __repr__(self) -> str:
         c = self.config
@@ -112,6 +147,7 @@ class CellPLM:
         if new:
             self.module = self.module.with_extra_genes(len(new)).to(self.device)
             self.genes += new
+            self.source["modified"] = f"{len(new)} genes added to the vocabulary"
             logger.info("added %d genes to the vocabulary (now %d)", len(new), len(self.genes))
         return new
 
@@ -124,6 +160,7 @@ class CellPLM:
         sample_key: str | None = None,
         spatial_key: str | None = "spatial",
         require_counts: bool = False,
+        allow_low_overlap: bool = False,
     ) -> InputReport:
         """Check ``adata`` against this model (see :func:`opencellplm.data.validate`); writes nothing."""
         return validate(
@@ -133,10 +170,11 @@ class CellPLM:
             spatial_key=spatial_key,
             gene_key=gene_key,
             vocabulary=self.genes,
+            gene_id_rule=self.gene_id_rule,
             require_counts=require_counts,
+            allow_low_overlap=allow_low_overlap,
         )
 
-    @torch.inference_mode()
     def get_latent_representation(
         self,
         adata: AnnData,
@@ -149,6 +187,7 @@ class CellPLM:
         partition: Partition | None = None,
         seed: int = 0,
         official_compat: bool = False,
+        allow_low_overlap: bool = False,
         noise: Iterable[GMVAENoise] | None = None,
     ) -> np.ndarray:
         """Cell embeddings, (n_obs, latent dim), rows in ``adata.obs_names`` order; writes nothing.
@@ -156,7 +195,7 @@ class CellPLM:
         The input is checked first (:meth:`validate`): unusable input raises ``ValueError`` listing
         every problem; suspicious input warns. Cells with no counts in the model's genes are left out:
         their rows are NaN. Counts on disk (backed, or :func:`opencellplm.data.open_h5ad`) are read
-        set by set.
+        set by set. A non-finite embedding (broken weights or input) raises ``FloatingPointError``.
 
         Parameters
         ----------
@@ -165,7 +204,8 @@ class CellPLM:
         layer
             Layer with raw counts (default ``X``).
         gene_key
-            ``var`` column with the gene ids of the vocabulary (default: ``var_names``).
+            ``var`` column with the gene ids of the vocabulary (default: ``var_names``). Ids are
+            normalised by the checkpoint's rule (:attr:`gene_id_rule`) before matching.
         sample_key
             ``obs`` column grouping cells that are embedded together (cells attend to the cells of
             their set). Default: all cells form one sample.
@@ -187,13 +227,55 @@ class CellPLM:
             Reproduce the official pipeline: its (random) eval embedding (see
             :class:`~opencellplm.module.CellPLMModule`), its cell sets, and cells without counts
             embedded rather than left out. Default: deterministic, our cell sets.
+        allow_low_overlap
+            Go on when the matched genes carry a negligible share of the counts (see
+            :func:`opencellplm.data.validate`); by default that input is refused.
         noise
             With ``official_compat``, recorded GMVAE noise, one entry per forward call in call order
             (default: drawn from torch's generator).
         """
+        embedding, _ = self._embed(
+            adata,
+            layer=layer,
+            gene_key=gene_key,
+            sample_key=sample_key,
+            spatial_key=spatial_key,
+            max_cells=max_cells,
+            partition=partition,
+            seed=seed,
+            official_compat=official_compat,
+            allow_low_overlap=allow_low_overlap,
+            noise=noise,
+        )
+        return embedding
+
+    @torch.inference_mode()
+    def _embed(
+        self,
+        adata: AnnData,
+        *,
+        layer: str | None = None,
+        gene_key: str | None = None,
+        sample_key: str | None = None,
+        spatial_key: str | None = "spatial",
+        max_cells: int | None | Literal["auto"] = "auto",
+        partition: Partition | None = None,
+        seed: int = 0,
+        official_compat: bool = False,
+        allow_low_overlap: bool = False,
+        noise: Iterable[GMVAENoise] | None = None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The embedding and what ``uns['cellplm'][key]`` keeps about it (the effective settings)."""
         if noise is not None and not official_compat:
             raise ValueError("noise= replays the official random draws; it needs official_compat=True")
-        report = self.validate(adata, layer=layer, gene_key=gene_key, sample_key=sample_key, spatial_key=spatial_key)
+        report = self.validate(
+            adata,
+            layer=layer,
+            gene_key=gene_key,
+            sample_key=sample_key,
+            spatial_key=spatial_key,
+            allow_low_overlap=allow_low_overlap,
+        )
         report.raise_for_errors()
         consequence = "embedded anyway, as the official pipeline does" if official_compat else "their rows are NaN"
         for message in [*report.warnings, empty_cells_note(adata, report, consequence)]:
@@ -236,24 +318,47 @@ class CellPLM:
                             if step_noise is None:
                                 raise ValueError("fewer GMVAE noise entries than forward calls")
                         result = self.module(batch, official=official_compat, noise=step_noise)
-                        out[rows] = result.embedding.float().cpu().numpy()
+                        out[rows] = embedding = result.embedding.float().cpu().numpy()
+                        _check_finite(embedding, adata.obs_names[rows])
                         bar.update(len(rows))
         finally:
             self.module.train(was_training)
         if noise_iter is not None and next(noise_iter, None) is not None:
             raise ValueError(f"more GMVAE noise entries than the {len(sets)} forward calls")
-        return out
+        params = {
+            "layer": layer,
+            "gene_key": gene_key,
+            "gene_id_rule": self.gene_id_rule,
+            "sample_key": sample_key,
+            "spatial_key": spatial_key if report.spatial_dims else None,
+            "max_cells": max_cells,
+            "partition": partition,
+            "seed": seed,
+            "official_compat": official_compat,
+            "allow_low_overlap": allow_low_overlap,
+            "n_genes_vocabulary": len(self.genes),
+        }
+        record = {
+            # h5ad cannot store None: absent settings are left out.
+            "params": {k: v for k, v in params.items() if v is not None},
+            "checkpoint": self.source,
+            "n_genes_matched": report.alignment.n_matched,
+            "n_cell_sets": len(sets),
+            "n_cells_left_out": int((~keep).sum()),
+        }
+        return out, record
 
     def embed(self, adata: AnnData, *, key_added: str = "X_cellplm", **kwargs: Any) -> CellPLM:
-        """Write cell embeddings to ``adata.obsm[key_added]`` and the call's parameters to
-        ``adata.uns['cellplm'][key_added]['params']``. Takes the arguments of
-        :meth:`get_latent_representation`; returns ``self``.
+        """Write cell embeddings to ``adata.obsm[key_added]`` and what was done to
+        ``adata.uns['cellplm'][key_added]``: ``params`` (every effective setting, defaults included),
+        ``checkpoint`` (name, path and sha256 of the weights), genes matched, cell sets and cells left
+        out. Takes the arguments of :meth:`get_latent_representation`; returns ``self``.
         """
         if adata.is_view:
             raise ValueError("adata is a view; call adata.copy() first, or use get_latent_representation()")
-        embedding = self.get_latent_representation(adata, **kwargs)
+        embedding, record = self._embed(adata, **kwargs)
         adata.obsm[key_added] = embedding
-        adata.uns.setdefault("cellplm", {})[key_added] = self._record(embedding, kwargs)
+        adata.uns.setdefault("cellplm", {})[key_added] = record
         return self
 
     def embed_file(
@@ -261,20 +366,18 @@ class CellPLM:
     ) -> Path:
         """Embed an h5ad file into a new one, streaming: the counts are read set by set from disk
         (every count matrix stays on disk) and ``target`` is a copy of ``source`` with ``obsm[key_added]`` and
-        ``uns['cellplm'][key_added]`` added. Takes the arguments of :meth:`get_latent_representation`.
+        ``uns['cellplm'][key_added]`` (see :meth:`embed`) added. Takes the arguments of
+        :meth:`get_latent_representation`. Whether ``target`` can be written is checked before any work.
         """
-        source, target = Path(source), Path(target)
+        source = Path(source)
         if not source.is_file():
             raise FileNotFoundError(f"input file not found: {source}")
-        if target.exists() and not overwrite:
-            raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
-        if target.resolve() == source.resolve():
-            raise ValueError("the output file must differ from the input file")
-        with open_h5ad(source) as adata:
-            embedding = self.get_latent_representation(adata, **kwargs)
-        partial = target.with_name(f".{target.name}.partial")
+        target = check_output_file(target, overwrite=overwrite, inputs=[source])
+        partial = _reserve_partial(target)
         try:
-            self._write_into_copy(source, partial, key_added, embedding, kwargs)
+            with open_h5ad(source) as adata:
+                embedding, record = self._embed(adata, **kwargs)
+            _write_into_copy(source, partial, key_added, embedding, record)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -282,30 +385,52 @@ class CellPLM:
         logger.info("wrote %s with obsm[%r] of shape %s", target, key_added, embedding.shape)
         return target
 
-    def _write_into_copy(self, source: Path, copy: Path, key_added: str, embedding: np.ndarray, kwargs) -> None:
-        import h5py
-        from anndata.io import read_elem, write_elem
 
-        shutil.copyfile(source, copy)
-        with h5py.File(copy, "r+") as f:
-            records = read_elem(f["uns/cellplm"]) if "uns/cellplm" in f else {}
-            records[key_added] = self._record(embedding, kwargs)
-            for key in (f"obsm/{key_added}", "uns/cellplm"):
-                if key in f:
-                    del f[key]
-            for group, key, value in (("obsm", key_added, embedding), ("uns", "cellplm", records)):
-                if group in f:
-                    write_elem(f[group], key, value)
-                else:  # files written element by element may lack the group
-                    write_elem(f, group, {key: value})
+def _check_finite(embedding: np.ndarray, names) -> None:
+    bad = ~np.isfinite(embedding).all(1)
+    if bad.any():
+        raise FloatingPointError(
+            f"the model gave non-finite (NaN or infinite) embeddings for {int(bad.sum())} of {len(names)} cells of a "
+            f"cell set, e.g. {list(names[bad][:5])}; these cells have counts, so the model's weights or the input "
+            "values are broken (load the checkpoint again to have its weights checked, and run opencellplm validate)"
+        )
 
-    def _record(self, embedding: np.ndarray, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """What ``uns['cellplm'][key]`` keeps about an embedding call."""
-        params = {k: v for k, v in kwargs.items() if k != "noise" and v is not None}
-        return {
-            "params": params | {"n_genes_vocabulary": len(self.genes)},
-            "n_cells_left_out": int(np.isnan(embedding[:, 0]).sum()),
-        }
+
+def _reserve_partial(target: Path) -> Path:
+    """Create the hidden file the output is written to, proving that ``target``'s folder is writable."""
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial.open("wb").close()
+    except OSError as err:
+        raise PermissionError(f"cannot write the output {target}: {err.strerror or err}") from None
+    return partial
+
+
+def _write_into_copy(source: Path, copy: Path, key_added: str, embedding: np.ndarray, record: dict) -> None:
+    import h5py
+    from anndata.io import read_elem, write_elem
+
+    shutil.copyfile(source, copy)
+    with h5py.File(copy, "r+") as f:
+        records = read_elem(f["uns/cellplm"]) if "uns/cellplm" in f else {}
+        records[key_added] = record
+        for key in (f"obsm/{key_added}", "uns/cellplm"):
+            if key in f:
+                del f[key]
+        for group, key, value in (("obsm", key_added, embedding), ("uns", "cellplm", records)):
+            if group in f:
+                write_elem(f[group], key, value)
+            else:  # files written element by element may lack the group
+                write_elem(f, group, {key: value})
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(2**22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _read_in_blocks(matrix, sets: list[np.ndarray], columns: np.ndarray, block_cells: int):
