@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -258,3 +259,90 @@ def test_resume_without_a_saved_run(corpus, tmp_path):
     model, train = configs.load(_config_file(tmp_path / "cfg.json"))
     with pytest.raises(FileNotFoundError, match="no training state to resume from"):
         pretrain(corpus, tmp_path / "empty", model=model, train=train, resume=True)
+
+
+def _files(folder):
+    """Every path under ``folder`` with its bytes, inode and modification time (None for directories)."""
+    return {
+        path.relative_to(folder): (path.read_bytes(), path.stat().st_ino, path.stat().st_mtime_ns)
+        if path.is_file()
+        else None
+        for path in folder.rglob("*")
+    }
+
+
+def test_a_run_into_a_folder_in_use_fails_at_once_and_changes_nothing(corpus, tmp_path):
+    """In one process and under torchrun (where rank 1 must not wait for rank 0 at a barrier)."""
+    import fcntl
+
+    config = _config_file(tmp_path / "cfg.json")
+    model, train = configs.load(config)
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = open(run / ".lock", "a")  # its own open file description: its lock conflicts with the run's
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    before = _files(run)
+    in_use = f"{run} is in use by another run"
+    with pytest.raises(FileExistsError, match=re.escape(in_use)):
+        pretrain(corpus, run, model=model, train=train)
+    assert _files(run) == before
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = torchrun + _cli("--corpus", corpus, "--config", config, "--out", run)[1:]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and done.stderr.count(f"ERROR: {in_use}") == 2, done.stderr  # both ranks
+    assert _files(run) == before
+
+    holder.close()  # releases the lock; the lock file left behind is no earlier run
+    assert pretrain(corpus, run, model=model, train=train)["steps"] == 6
+
+
+def test_resume_into_a_folder_in_use_fails_at_once_and_proceeds_once_the_holder_is_killed(
+    corpus, tmp_path, monkeypatch
+):
+    from opencellplm.train import loop
+
+    config = _config_file(tmp_path / "cfg.json")
+    model, train = configs.load(config)
+    run = tmp_path / "run"
+    real_step = loop._Run._train_step
+
+    def crash_at_step_5(self):
+        if self.step == 4:
+            raise RuntimeError("simulated crash")
+        return real_step(self)
+
+    monkeypatch.setattr(loop._Run, "_train_step", crash_at_step_5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(corpus, run, model=model, train=train)
+    monkeypatch.undo()  # a run to resume: its state at step 3, its log to step 4
+
+    code = "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); print(1, flush=True)"
+    holder = subprocess.Popen([sys.executable, "-c", code + "; time.sleep(600)", run / ".lock"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"1\n"  # it holds the lock
+        before = _files(run)
+        in_use = f"{run} is in use by another run"
+        with pytest.raises(FileExistsError, match=re.escape(in_use)):
+            pretrain(corpus, run, model=model, train=train, resume=True)
+        assert _files(run) == before
+        env = os.environ | {"OMP_NUM_THREADS": "1"}
+        command = _cli("--corpus", corpus, "--config", config, "--out", run, "--resume")
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and f"ERROR: {in_use}" in done.stderr, done.stderr
+        assert _files(run) == before
+    finally:
+        holder.kill()  # the kernel releases a dead process's lock
+        holder.wait()
+    assert pretrain(corpus, run, model=model, train=train, resume=True)["steps"] == 6
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_without_fcntl_the_folder_is_not_locked(tmp_path, monkeypatch, caplog):
+    from opencellplm.train.state import lock_run_dir
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # as on Windows: ``import fcntl`` raises ImportError
+    assert lock_run_dir(tmp_path / "run") is None
+    assert "no file locks on this platform" in caplog.text and not (tmp_path / "run").exists()

@@ -16,7 +16,7 @@ import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 import torch.distributed as dist
@@ -28,7 +28,7 @@ from ..io import save_checkpoint
 from ..module import CellPLMModule
 from .plan import DataPlan
 from .schedule import lr_factor, set_seed
-from .state import load_state, rng_state, save_state, set_rng_state
+from .state import RunInUseError, load_state, lock_run_dir, rng_state, save_state, set_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,9 @@ def pretrain(
         A directory written by ``opencellplm prepare-corpus``.
     out
         Run directory: ``state.pt`` (resumable), ``metrics.jsonl``, ``summary.json`` and ``model/``
-        (the weights with the best validation loss, in our checkpoint format).
+        (the weights with the best validation loss, in our checkpoint format). The run locks it
+        (``out/.lock``) while it lasts: a second run into it fails with
+        :class:`~opencellplm.train.state.RunInUseError` (a ``FileExistsError``).
     model
         Model hyperparameters (:class:`~opencellplm.config.ModelConfig` keys); ``n_genes`` and the
         decoder's covariate sizes are taken from the corpus when absent.
@@ -81,7 +83,11 @@ def pretrain(
     """
     world = _Distributed.start(device)
     try:
-        return _Run(Path(corpus_dir), Path(out), model, train, world, resume).fit()
+        run = _Run(Path(corpus_dir), Path(out), model, train, world, resume)
+        try:
+            return run.fit()
+        finally:
+            run.close()
     finally:
         world.stop()
 
@@ -165,22 +171,27 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, train))
         self.dtype = _autocast_dtype(train.precision, world.device)
         self.step, self.best, self.bad_evals, self.history = 0, math.inf, 0, []
-        if not resume and any((out / f).exists() for f in ("state.pt", METRICS_FILE, MODEL_DIR)):
-            raise FileExistsError(f"{out} holds an earlier run; pass resume=True (--resume) or another --out")
-        if world.main:
-            self._prepare_out(resume)
-        world.barrier()
-        if resume:
-            self._resume()
-        else:
-            self._checkpoint()  # step 0: a run that dies before its first checkpoint can still be resumed
-        self.model = self.module
-        if world.world_size > 1:
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                self.module,
-                device_ids=[world.device.index] if world.device.type == "cuda" else None,
-                find_unused_parameters=True,  # e.g. the missing-coordinate vector in spatial sets
-            )
+        self._lock = self._lock_out()  # before anything in out is read or written
+        try:
+            if not resume and any((out / f).exists() for f in ("state.pt", METRICS_FILE, MODEL_DIR)):
+                raise FileExistsError(f"{out} holds an earlier run; pass resume=True (--resume) or another --out")
+            if world.main:
+                self._prepare_out(resume)
+            world.barrier()
+            if resume:
+                self._resume()
+            else:
+                self._checkpoint()  # step 0: a run that dies before its first checkpoint can still be resumed
+            self.model = self.module
+            if world.world_size > 1:
+                self.model = torch.nn.parallel.DistributedDataParallel(
+                    self.module,
+                    device_ids=[world.device.index] if world.device.type == "cuda" else None,
+                    find_unused_parameters=True,  # e.g. the missing-coordinate vector in spatial sets
+                )
+        except BaseException:
+            self.close()
+            raise
         if world.main:
             n_decay = sum(p.numel() for p in decay)
             logger.info(
@@ -193,6 +204,33 @@ class _Run:
             )
 
     # ------------------------------------------------------------------------------- setup
+    def _lock_out(self) -> IO[str] | None:
+        """Rank 0, the only writer, locks ``out`` for the run; every rank raises when it could not.
+
+        Rank 0's outcome is all-reduced before any barrier, so the other ranks fail with it instead of
+        waiting for it at the next barrier.
+        """
+        lock, error, failed = None, None, 0.0  # failed: 1 the folder is in use, 2 another error
+        if self.world.main:
+            try:
+                lock = lock_run_dir(self.out)
+            except Exception as err:
+                error, failed = err, 1.0 if isinstance(err, RunInUseError) else 2.0
+        (failed,) = self.world.sum([failed])
+        if error is not None:
+            raise error
+        if failed == 1:
+            raise RunInUseError(f"{self.out} is in use by another run; wait for it to end or pass another --out")
+        if failed:
+            raise RuntimeError(f"process 0 could not lock {self.out}; see its error")
+        return lock
+
+    def close(self) -> None:
+        """Release the lock on ``out`` (rank 0)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
     def _prepare_out(self, resume: bool) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         if not resume:
