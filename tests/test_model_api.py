@@ -247,3 +247,55 @@ def test_embed_file_guards_its_input(model, tiny_adata, tmp_path):
     np.testing.assert_allclose(ad.read_h5ad(out).obsm["X_cellplm"], expected, atol=1e-6)
     with pytest.raises(FileExistsError, match="pass overwrite=True"):
         model.embed_file(tmp_path / "in.h5ad", out)
+
+
+def test_negligible_share_of_counts_is_unusable_unless_forced(model, tiny_adata):
+    """One matched gene carrying almost no counts: the embedding would rest on nothing."""
+    tiny_adata.var_names = [tiny_adata.var_names[0]] + [f"GENE{i}" for i in range(29)]
+    tiny_adata.X[:, 0] = 0
+    tiny_adata.X[:3, 0] = 1
+    with pytest.raises(ValueError) as err:
+        model.get_latent_representation(tiny_adata)
+    assert "the 1 gene(s) found in the vocabulary carry only 0.13% of the counts" in str(err.value)
+    assert "allow_low_overlap=True (--allow-low-overlap) to go on anyway" in str(err.value)
+    with pytest.warns(UserWarning, match=r"carry only .*\(accepted: allow_low_overlap\)"):
+        embedding = model.get_latent_representation(tiny_adata, allow_low_overlap=True)
+    assert np.isfinite(embedding[:3]).all() and np.isnan(embedding[3:]).all()  # the rest have no counts
+
+
+def test_ids_that_differ_only_in_case_get_a_hint(model, tiny_adata):
+    """An exact-rule vocabulary (the official ones): lower-cased ids match nothing, and the error says why."""
+    tiny_adata.var_names = [g.lower() for g in tiny_adata.var_names]
+    with pytest.raises(ValueError, match=r"Ignoring case, 25 would match: the ids differ in case .*'ensg00000000024'"):
+        model.get_latent_representation(tiny_adata)
+
+
+def test_a_non_finite_embedding_is_an_error_not_a_cell_without_counts(model, tiny_adata):
+    with torch.no_grad():
+        model.module.encoder.layers[0].ff_out.weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"non-finite .* for 20 of 20 cells of a cell set, e.g. \['cell20'"):
+        model.embed(tiny_adata, sample_key="sample")
+    assert "X_cellplm" not in tiny_adata.obsm
+
+
+def test_embed_records_the_effective_settings_and_the_checkpoint(model, tiny_adata, tmp_path):
+    import hashlib
+
+    model.save(tmp_path / "ckpt")
+    loaded = CellPLM.from_pretrained(tmp_path / "ckpt")
+    tiny_adata.X[4] = 0  # one cell without counts
+    with pytest.warns(UserWarning, match="1 cells have no counts"):
+        loaded.embed(tiny_adata)  # all defaults
+    record = tiny_adata.uns["cellplm"]["X_cellplm"]
+    assert record["params"] == {
+        "gene_id_rule": "exact",
+        "max_cells": 4000,
+        "partition": "auto",
+        "seed": 0,
+        "official_compat": False,
+        "allow_low_overlap": False,
+        "n_genes_vocabulary": 50,
+    }
+    sha = hashlib.sha256((tmp_path / "ckpt" / "model.safetensors").read_bytes()).hexdigest()
+    assert record["checkpoint"] == {"name": "ckpt", "path": str((tmp_path / "ckpt").resolve()), "sha256": sha}
+    assert record["n_cells_left_out"] == 1 and record["n_genes_matched"] == 25 and record["n_cell_sets"] == 1

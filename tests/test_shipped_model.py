@@ -41,3 +41,30 @@ def test_shipped_model_embeds_cells():
 def test_unknown_name():
     with pytest.raises(KeyError, match="no shipped model named 'nope'"):
         pretrained.path("nope")
+
+
+def _mouse_like(model: CellPLM, n_genes: int = 200):
+    """Cells over the shipped vocabulary's genes, named as mouse symbols are written (``Cd3e``)."""
+    import anndata as ad
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    genes = [g for g in model.genes if g.isalpha()][:n_genes]
+    return ad.AnnData(
+        rng.negative_binomial(1, 0.7, size=(30, len(genes))).astype(np.float32),
+        obs=pd.DataFrame(index=[f"c{i}" for i in range(30)]),
+        var=pd.DataFrame(index=[g.capitalize() for g in genes]),
+    )
+
+
+def test_mouse_symbols_meet_the_upper_cased_vocabulary():
+    """The shipped vocabulary is upper-cased symbols; its checkpoint says so and inference applies it."""
+    model = CellPLM.from_pretrained("cellplm-small")
+    assert model.gene_id_rule == "upper"
+    mouse = _mouse_like(model)
+    report = model.validate(mouse)
+    assert report.ok and report.alignment.n_matched == mouse.n_vars and report.share_of_counts == 1.0
+    upper = mouse.copy()
+    upper.var_names = [g.upper() for g in mouse.var_names]
+    np.testing.assert_array_equal(model.get_latent_representation(mouse), model.get_latent_representation(upper))
+    assert "(ids matched by the checkpoint's rule: upper)" in report.to_text()

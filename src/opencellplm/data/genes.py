@@ -107,16 +107,14 @@ def align_genes(
     gene_index = np.array([position[input_genes[j]] for j in columns], dtype=np.int64)
     n_matched = len(columns)
     if n_matched == 0:
-        hint = ""
-        if _looks_like_ensembl(vocabulary) and not _looks_like_ensembl(input_genes):
+        hint = case_hint(input_genes, vocabulary)
+        if not hint and _looks_like_ensembl(vocabulary) and not _looks_like_ensembl(input_genes):
             hint = (
                 " The model's vocabulary uses Ensembl ids while these look like gene symbols: pass a var column "
                 "of Ensembl ids (gene_key=...), or map the symbols to Ensembl ids first."
             )
-        elif _looks_like_ensembl(input_genes) and not _looks_like_ensembl(vocabulary):
+        elif not hint and _looks_like_ensembl(input_genes) and not _looks_like_ensembl(vocabulary):
             hint = " These look like Ensembl ids while the vocabulary does not: pass a var column of gene symbols."
-        else:
-            hint = case_hint(input_genes, vocabulary)
         raise ValueError(
             f"none of the {len(input_genes)} genes in {source} is in the model's vocabulary of {len(position)} genes. "
             f"Input examples: {input_genes[:5]}; vocabulary examples: {list(vocabulary)[:5]}.{hint}"

@@ -187,7 +187,7 @@ def _check_share_of_counts(report: InputReport, allow_low_overlap: bool) -> None
         return
     a = report.alignment
     message = (
-        f"the {a.n_matched:,} genes found in the vocabulary carry only {100 * share:.2f}% of the counts, too few "
+        f"the {a.n_matched:,} gene(s) found in the vocabulary carry only {100 * share:.2f}% of the counts, too few "
         "for a meaningful embedding; check that the gene ids are of the vocabulary's kind (symbols or Ensembl ids, "
         "same case, same species naming) or pass gene_key= naming a var column that is"
     )
