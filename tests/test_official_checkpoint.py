@@ -154,6 +154,13 @@ def test_wrong_shape_is_named(tmp_path):
         CellPLM.from_official(prefix)
 
 
+def test_blank_or_repeated_official_gene_ids_are_named(tmp_path):
+    genes = official_config(n_genes=40)["gene_list"]
+    genes[5], genes[9] = "", genes[2]
+    with pytest.raises(ConfigError, match=r"gene_list: entry 5 is blank; entry 9 repeats 'ENSG00000000002' of entry 2"):
+        config_from_official(official_config(n_genes=40, gene_list=genes))
+
+
 def test_non_finite_or_integer_weights_are_named(tmp_path):
     prefix = write_official(tmp_path / "tiny")
     state = _state(prefix)

@@ -32,6 +32,7 @@ from ..config import (
     MaskingConfig,
     ModelConfig,
 )
+from ..data.genes import gene_list_problems
 from ..module import CellPLMModule
 from ..nn.norm import make_norm
 from ..nn.positional import sinusoid_table
@@ -113,6 +114,9 @@ def config_from_official(raw: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
     genes = list(c["gene_list"])
     if not genes or not all(isinstance(g, str) for g in genes):
         raise ConfigError("the official config's gene_list must be a non-empty list of gene ids")
+    problems = gene_list_problems(genes, first_line=0)
+    if problems:  # a blank or repeated id would misplace every gene after it
+        raise ConfigError("the official config's gene_list: " + "; ".join(problems[:5]).replace("line", "entry"))
     decoder = annotation = None
     if head_type is None:
         if c["out_dim"] != len(genes):

@@ -21,7 +21,7 @@ from ..data.cellsets import Partition, cell_sets, normalize_coordinates
 from ..data.genes import GENE_ID_RULES, GeneIdRule
 from ..data.reader import block_rows, counts_matrix, open_h5ad, read_rows
 from ..data.validate import InputReport, coordinates, empty_cells_note, validate
-from ..io import CheckpointError, load_checkpoint, load_official, save_checkpoint
+from ..io import load_checkpoint, load_official, save_checkpoint
 from ..io.checkpoint import WEIGHTS_FILE
 from ..io.errors import check_duplicates
 from ..io.official import official_paths
@@ -98,10 +98,7 @@ class CellPLM:
             "sha256": _sha256(Path(directory) / WEIGHTS_FILE),
         }
         logger.info("loaded %s: %d genes, %s parameters", directory, len(genes), f"{module.n_parameters():,}")
-        try:
-            return cls(module, genes, meta=meta, source=source, device=device)
-        except ValueError as err:
-            raise CheckpointError(f"{Path(directory) / 'meta.json'}: {err}") from None
+        return cls(module, genes, meta=meta, source=source, device=device)
 
     @classmethod
     def from_official(cls, prefix: str | Path, *, device: str | torch.device = "cpu") -> CellPLM:
