@@ -22,6 +22,7 @@ def open_h5ad(path: str | Path) -> Iterator[AnnData]:
 
     ``anndata.read_h5ad(backed="r")`` keeps only X on disk and loads every layer; this keeps all
     count matrices on disk and loads ``obs``, ``var`` and ``obsm`` only. The file closes on exit.
+    A file that is not HDF5 (or is cut short), or has no ``obs`` or ``var``, raises ``ValueError`` naming it.
     """
     import h5py
     from anndata.io import read_elem, sparse_dataset
@@ -33,7 +34,20 @@ def open_h5ad(path: str | Path) -> Iterator[AnnData]:
     def lazy(element):
         return element if isinstance(element, h5py.Dataset) else sparse_dataset(element)
 
-    with h5py.File(path, "r") as f:
+    try:
+        file = h5py.File(path, "r")
+    except OSError as err:  # not HDF5 (a text or image file renamed), or cut short
+        raise ValueError(
+            f"{path} is not a readable h5ad file ({err}): it is another format named .h5ad, or was cut short by an "
+            "incomplete download or copy; fetch or write it again (adata.write_h5ad(...))"
+        ) from err
+    with file as f:
+        missing = [name for name in ("obs", "var") if name not in f]
+        if missing:
+            raise ValueError(
+                f"{path} is an HDF5 file but not an AnnData h5ad: it has no {' or '.join(missing)} "
+                f"(top-level entries: {sorted(f.keys())}); write it with anndata (adata.write_h5ad(...))"
+            )
         obs, var = read_elem(f["obs"]), read_elem(f["var"])
         layers = {name: lazy(f["layers"][name]) for name in f["layers"]} if "layers" in f else {}
         yield AnnData(

@@ -1,0 +1,69 @@
+"""Input that cannot be used is refused with a message naming it and saying what to do: files that are not
+h5ad, objects that are not AnnData, counts too large to be counts; float16 counts are read as float32."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from opencellplm import CellPLM, CellPLMModule
+from opencellplm.cli import main
+from opencellplm.data import open_h5ad
+
+from .conftest import vocabulary
+
+
+@pytest.fixture
+def model(tiny_config):
+    torch.manual_seed(0)
+    return CellPLM(CellPLMModule(tiny_config), vocabulary(tiny_config.n_genes))
+
+
+# ------------------------------------------------------------------------------ not an h5ad
+def _not_h5ad(kind: str, folder, tiny_adata):
+    """A file named .h5ad that anndata did not write whole, and the words its error must contain."""
+    path = folder / f"{kind}.h5ad"
+    if kind == "text":
+        path.write_text("cell,gene,count\nc1,CD3E,4\n")
+    elif kind == "png":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    elif kind == "truncated":
+        tiny_adata.write_h5ad(folder / "whole.h5ad")
+        whole = (folder / "whole.h5ad").read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])
+    else:  # HDF5, but no obs or var
+        with h5py.File(path, "w") as f:
+            f["X"] = np.asarray(tiny_adata.X)
+        return path, r"is an HDF5 file but not an AnnData h5ad: it has no obs or var \(top-level entries: \['X'\]\)"
+    return path, r"is not a readable h5ad file \(.*\): it is another format named .h5ad, or was cut short"
+
+
+@pytest.mark.parametrize("kind", ["text", "png", "truncated", "no obs"])
+def test_open_h5ad_refuses_files_that_are_not_h5ad(tmp_path, tiny_adata, kind):
+    path, message = _not_h5ad(kind, tmp_path, tiny_adata)
+    with pytest.raises(ValueError, match=message) as err, open_h5ad(path):
+        pass
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "no obs"])
+def test_cli_exits_2_on_files_that_are_not_h5ad(tmp_path, tiny_adata, model, caplog, kind):
+    path, message = _not_h5ad(kind, tmp_path, tiny_adata)
+    model.save(tmp_path / "ckpt")
+    commands = {
+        "validate": ["validate", str(path)],
+        "embed": ["embed", str(path), "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out.h5ad")],
+        "prepare-corpus": ["prepare-corpus", str(path), "--out", str(tmp_path / "corpus")],
+    }
+    for name, argv in commands.items():
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert main(argv) == 2, name
+        assert caplog.records[-1].levelno == logging.ERROR
+        assert str(path) in caplog.text and re.search(message, caplog.text), name
+    assert not (tmp_path / "out.h5ad").exists() and not (tmp_path / "corpus").exists()
