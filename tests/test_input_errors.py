@@ -6,14 +6,16 @@ from __future__ import annotations
 import logging
 import re
 
+import anndata as ad
 import h5py
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from opencellplm import CellPLM, CellPLMModule
 from opencellplm.cli import main
-from opencellplm.data import open_h5ad
+from opencellplm.data import open_h5ad, validate
 
 from .conftest import vocabulary
 
@@ -67,3 +69,45 @@ def test_cli_exits_2_on_files_that_are_not_h5ad(tmp_path, tiny_adata, model, cap
         assert caplog.records[-1].levelno == logging.ERROR
         assert str(path) in caplog.text and re.search(message, caplog.text), name
     assert not (tmp_path / "out.h5ad").exists() and not (tmp_path / "corpus").exists()
+
+
+# ---------------------------------------------------------------------------------- float16
+def _as_float16(x: np.ndarray, layout: str):
+    if layout == "dense":
+        return x.astype(np.float16)
+    csr = sp.csr_matrix(x)  # scipy cannot convert to float16, but holds float16 data given to it
+    return sp.csr_matrix((csr.data.astype(np.float16), csr.indices, csr.indptr), shape=csr.shape)
+
+
+@pytest.mark.parametrize("where", ["memory", "open_h5ad", "backed"])
+@pytest.mark.parametrize("layout", ["dense", "csr"])
+def test_float16_counts_are_read_as_float32(model, tiny_adata, tmp_path, monkeypatch, layout, where):
+    import opencellplm.model.cellplm as api
+
+    tiny_adata.obs["sample"] = np.random.default_rng(0).choice(["a", "b", "c"], 40)  # interleaved rows
+    monkeypatch.setattr(api, "READ_BLOCK_CELLS", 13)  # several sets per read, and reads of one set
+    expected = model.get_latent_representation(tiny_adata, sample_key="sample", max_cells=6)
+    expected_totals = validate(tiny_adata, vocabulary=model.genes).cell_totals
+    half = tiny_adata.copy()
+    half.X = _as_float16(tiny_adata.X, layout)
+    assert half.X.dtype == np.float16
+
+    def check(adata):
+        report = validate(adata, vocabulary=model.genes)
+        assert report.ok and not report.warnings
+        np.testing.assert_array_equal(report.cell_totals, expected_totals)
+        got = model.get_latent_representation(adata, sample_key="sample", max_cells=6)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+    if where == "memory":
+        check(half)
+        return
+    half.write_h5ad(tmp_path / "half.h5ad")
+    if where == "open_h5ad":
+        with open_h5ad(tmp_path / "half.h5ad") as on_disk:
+            assert on_disk.X.dtype == np.float16
+            check(on_disk)
+    else:
+        backed = ad.read_h5ad(tmp_path / "half.h5ad", backed="r")
+        check(backed)
+        backed.file.close()
