@@ -71,6 +71,36 @@ def test_cli_exits_2_on_files_that_are_not_h5ad(tmp_path, tiny_adata, model, cap
     assert not (tmp_path / "out.h5ad").exists() and not (tmp_path / "corpus").exists()
 
 
+# ------------------------------------------------------------------------------ not an AnnData
+ARRAY_FIX = r"wrap the raw counts \(cells x genes\) with their gene ids as var_names: anndata.AnnData\(X=counts, var="
+PATH_FIX = r"read it first with anndata.read_h5ad\(path\) .*or embed the file directly with CellPLM.embed_file"
+
+
+def test_validate_needs_an_anndata(tiny_adata, tmp_path):
+    with pytest.raises(TypeError, match=rf"expected an AnnData, got a ndarray of shape \(40, 30\); {ARRAY_FIX}"):
+        validate(np.asarray(tiny_adata.X))
+    with pytest.raises(TypeError, match=rf"expected an AnnData, got a csr_matrix of shape \(40, 30\); {ARRAY_FIX}"):
+        validate(sp.csr_matrix(tiny_adata.X))
+    with pytest.raises(TypeError, match=rf"expected an AnnData, got the path 'x.h5ad'; {PATH_FIX}"):
+        validate("x.h5ad")
+    with pytest.raises(TypeError, match="expected an AnnData of raw counts, got list"):
+        validate([[1, 2]])
+
+
+def test_model_methods_need_an_anndata(model, tiny_adata, tmp_path):
+    tiny_adata.write_h5ad(tmp_path / "x.h5ad")
+    counts = np.asarray(tiny_adata.X)
+    with pytest.raises(TypeError, match=rf"got a ndarray of shape \(40, 30\); {ARRAY_FIX}"):
+        model.get_latent_representation(counts)
+    with pytest.raises(TypeError, match=rf"got a csr_matrix of shape \(40, 30\); {ARRAY_FIX}"):
+        model.embed(sp.csr_matrix(counts))
+    for path in (str(tmp_path / "x.h5ad"), tmp_path / "x.h5ad"):
+        with pytest.raises(TypeError, match=rf"got the path '.*x.h5ad'; {PATH_FIX}"):
+            model.embed(path)
+    with pytest.raises(TypeError, match=rf"got a DataFrame of shape \(40, 30\); {ARRAY_FIX}"):
+        model.validate(tiny_adata.to_df())
+
+
 # ---------------------------------------------------------------------------------- float16
 def _as_float16(x: np.ndarray, layout: str):
     if layout == "dense":

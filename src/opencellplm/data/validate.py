@@ -8,11 +8,13 @@ but usable input gives ``warnings``. Nothing is written to the AnnData.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from anndata import AnnData
 
 from .genes import GeneAlignment, align_genes
@@ -140,6 +142,7 @@ def validate(
     require_counts
         Make non-integer values an error instead of a warning (tasks that model counts).
     """
+    require_anndata(adata)
     source = "X" if layer is None else f"layers[{layer!r}]"
     report = InputReport(n_cells=adata.n_obs, n_genes=adata.n_vars, source=source, backed=False)
     try:
@@ -164,6 +167,25 @@ def validate(
             report.errors.append(str(err))
     _scan_counts(adata, matrix, report, require_counts)
     return report
+
+
+def require_anndata(adata) -> None:
+    """Raise ``TypeError`` saying how to make an AnnData when ``adata`` is a path, an array or anything else."""
+    if isinstance(adata, AnnData):
+        return
+    if isinstance(adata, str | os.PathLike):
+        raise TypeError(
+            f"expected an AnnData, got the path {str(adata)!r}; read it first with anndata.read_h5ad(path) (or "
+            "opencellplm.data.open_h5ad(path), which keeps the counts on disk), or embed the file directly with "
+            "CellPLM.embed_file(path, out)"
+        )
+    if isinstance(adata, np.ndarray | pd.DataFrame) or sp.issparse(adata):
+        raise TypeError(
+            f"expected an AnnData, got a {type(adata).__name__} of shape {adata.shape}; wrap the raw counts "
+            "(cells x genes) with their gene ids as var_names: "
+            "anndata.AnnData(X=counts, var=pandas.DataFrame(index=gene_ids))"
+        )
+    raise TypeError(f"expected an AnnData of raw counts, got {type(adata).__name__}")
 
 
 def _check_genes(adata: AnnData, gene_key: str | None, report: InputReport) -> list[str] | None:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .._sparse import scipy_to_torch_csr
 from ..data.cellsets import Partition, cell_sets, normalize_coordinates
 from ..data.reader import block_rows, counts_matrix, open_h5ad, read_rows
-from ..data.validate import InputReport, coordinates, empty_cells_note, validate
+from ..data.validate import InputReport, coordinates, empty_cells_note, require_anndata, validate
 from ..io import load_checkpoint, load_official, save_checkpoint
 from ..io.errors import check_duplicates
 from ..module import CellBatch, CellPLMModule, GMVAENoise
@@ -249,6 +249,7 @@ class CellPLM:
         ``adata.uns['cellplm'][key_added]['params']``. Takes the arguments of
         :meth:`get_latent_representation`; returns ``self``.
         """
+        require_anndata(adata)
         if adata.is_view:
             raise ValueError("adata is a view; call adata.copy() first, or use get_latent_representation()")
         embedding = self.get_latent_representation(adata, **kwargs)
