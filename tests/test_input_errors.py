@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 
 import anndata as ad
 import h5py
@@ -141,3 +142,43 @@ def test_float16_counts_are_read_as_float32(model, tiny_adata, tmp_path, monkeyp
         backed = ad.read_h5ad(tmp_path / "half.h5ad", backed="r")
         check(backed)
         backed.file.close()
+
+
+# ------------------------------------------------------------------------------- huge values
+@pytest.mark.parametrize("where", ["dense", "csr", "open_h5ad"])
+def test_values_too_large_to_be_counts_are_refused_without_overflow(model, tiny_adata, tmp_path, where):
+    tiny_adata.X[5, :] = 3e38  # near the float32 maximum: its sum overflows float32
+    tiny_adata.X[9, 2] = 2e9
+    tiny_adata.X[12, 0] = 1e9  # the largest accepted
+    if where != "dense":
+        tiny_adata.X = sp.csr_matrix(tiny_adata.X)
+    message = (
+        r"X has 31 entries above 1e\+09 \(the largest 3e\+38\), first in cells \['cell5', 'cell9'\]; "
+        r"no real count is this large .*: CellPLM needs raw counts"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow RuntimeWarning escapes
+        if where == "open_h5ad":
+            tiny_adata.write_h5ad(tmp_path / "x.h5ad")
+            with open_h5ad(tmp_path / "x.h5ad") as on_disk:
+                report = validate(on_disk)
+        else:
+            report = validate(tiny_adata)
+            with pytest.raises(ValueError, match=message):
+                model.get_latent_representation(tiny_adata)
+    assert report.n_too_large == 31 and len(report.errors) == 1
+    assert re.search(message, report.errors[0])
+
+
+def test_large_invalid_and_accepted_values_together(tiny_adata):
+    tiny_adata.X[3, 1] = 5e9
+    tiny_adata.X[4, 1] = np.nan
+    report = validate(tiny_adata)
+    assert (report.n_invalid_entries, report.n_too_large) == (1, 1)
+    assert "X has 1 NaN, infinite or negative entries, first in cells ['cell4']" in report.errors[0]
+    assert "X has 1 entries above 1e+09 (the largest 5e+09), first in cells ['cell3']" in report.errors[1]
+    tiny_adata.X[3, 1] = tiny_adata.X[4, 1] = 1e9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = validate(tiny_adata)
+    assert report.ok and report.cell_totals.dtype == np.float64 and report.cell_totals[3] >= 1e9
