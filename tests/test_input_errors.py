@@ -74,7 +74,7 @@ def test_cli_exits_2_on_files_that_are_not_h5ad(tmp_path, tiny_adata, model, cap
 
 # ------------------------------------------------------------------------------ not an AnnData
 ARRAY_FIX = r"wrap the raw counts \(cells x genes\) with their gene ids as var_names: anndata.AnnData\(X=counts, var="
-PATH_FIX = r"read it first with anndata.read_h5ad\(path\) .*or embed the file directly with CellPLM.embed_file"
+PATH_FIX = r"read it first with anndata.read_h5ad\(path\) .*or embed the file with CellPLM.embed_file"
 
 
 def test_validate_needs_an_anndata(tiny_adata, tmp_path):

@@ -23,10 +23,6 @@ from .reader import check_readable, counts_matrix, iter_row_blocks, on_disk
 logger = logging.getLogger(__name__)
 
 N_EXAMPLES = 5  # cells or genes named in a message
-#: Largest value accepted as a count. Real counts stay far below it (a whole cell holds about 1e3 to 1e6 UMIs
-#: or reads), so larger values are not raw counts; near the float32 maximum (3.4e38) they would also overflow
-#: when summed. Below it, a cell's total over even a million genes stays far inside float32.
-MAX_COUNT = 1e9
 
 
 @dataclass
@@ -176,25 +172,6 @@ def validate(
     return report
 
 
-def require_anndata(adata) -> None:
-    """Raise ``TypeError`` saying how to make an AnnData when ``adata`` is a path, an array or anything else."""
-    if isinstance(adata, AnnData):
-        return
-    if isinstance(adata, str | os.PathLike):
-        raise TypeError(
-            f"expected an AnnData, got the path {str(adata)!r}; read it first with anndata.read_h5ad(path) (or "
-            "opencellplm.data.open_h5ad(path), which keeps the counts on disk), or embed the file directly with "
-            "CellPLM.embed_file(path, out)"
-        )
-    if isinstance(adata, np.ndarray | pd.DataFrame) or sp.issparse(adata):
-        raise TypeError(
-            f"expected an AnnData, got a {type(adata).__name__} of shape {adata.shape}; wrap the raw counts "
-            "(cells x genes) with their gene ids as var_names: "
-            "anndata.AnnData(X=counts, var=pandas.DataFrame(index=gene_ids))"
-        )
-    raise TypeError(f"expected an AnnData of raw counts, got {type(adata).__name__}")
-
-
 def _check_genes(adata: AnnData, gene_key: str | None, report: InputReport) -> list[str] | None:
     if gene_key is None:
         genes = [str(g) for g in adata.var_names]
@@ -260,6 +237,12 @@ def coordinates(adata: AnnData, spatial_key: str) -> np.ndarray:
             f"obsm[{spatial_key!r}] has NaN or infinite coordinates for {int(bad.sum())} cells, e.g. {names}"
         )
     return coords
+
+
+#: Largest value accepted as a count. Real counts stay far below it (a whole cell holds about 1e3 to 1e6 UMIs
+#: or reads), so larger values are not raw counts; near the float32 maximum (3.4e38) they would also overflow
+#: when summed. Below it, a cell's total over even a million genes stays far inside float32.
+MAX_COUNT = 1e9
 
 
 def _scan_counts(adata: AnnData, matrix, report: InputReport, require_counts: bool) -> None:
@@ -342,3 +325,22 @@ def empty_cells_note(adata: AnnData, report: InputReport, consequence: str) -> s
     names = list(adata.obs_names[report.empty_cells[:N_EXAMPLES]])
     where = " in the model's genes" if report.alignment is not None else ""
     return f"{len(report.empty_cells):,} cells have no counts{where}, e.g. {names}; {consequence}"
+
+
+def require_anndata(adata) -> None:
+    """Raise ``TypeError`` saying how to make an AnnData when ``adata`` is a path, an array or anything else."""
+    if isinstance(adata, AnnData):
+        return
+    if isinstance(adata, str | os.PathLike):
+        raise TypeError(
+            f"expected an AnnData, got the path {str(adata)!r}; read it first with anndata.read_h5ad(path) (or "
+            "'with opencellplm.data.open_h5ad(path) as adata:', which keeps the counts on disk), or embed the file "
+            "with CellPLM.embed_file(path, out)"
+        )
+    if isinstance(adata, np.ndarray | pd.DataFrame) or sp.issparse(adata):
+        raise TypeError(
+            f"expected an AnnData, got a {type(adata).__name__} of shape {adata.shape}; wrap the raw counts "
+            "(cells x genes) with their gene ids as var_names: "
+            "anndata.AnnData(X=counts, var=pandas.DataFrame(index=gene_ids))"
+        )
+    raise TypeError(f"expected an AnnData of raw counts, got {type(adata).__name__}")
