@@ -22,6 +22,7 @@ def open_h5ad(path: str | Path) -> Iterator[AnnData]:
 
     ``anndata.read_h5ad(backed="r")`` keeps only X on disk and loads every layer; this keeps all
     count matrices on disk and loads ``obs``, ``var`` and ``obsm`` only. The file closes on exit.
+    A file that is not HDF5 (or is cut short), or has no ``obs`` or ``var``, raises ``ValueError`` naming it.
     """
     import h5py
     from anndata.io import read_elem, sparse_dataset
@@ -33,7 +34,20 @@ def open_h5ad(path: str | Path) -> Iterator[AnnData]:
     def lazy(element):
         return element if isinstance(element, h5py.Dataset) else sparse_dataset(element)
 
-    with h5py.File(path, "r") as f:
+    try:
+        file = h5py.File(path, "r")
+    except OSError as err:  # not HDF5 (a text or image file renamed), or cut short
+        raise ValueError(
+            f"{path} is not a readable h5ad file ({err}): it is another format named .h5ad, or was cut short by an "
+            "incomplete download or copy; fetch or write it again (adata.write_h5ad(...))"
+        ) from err
+    with file as f:
+        missing = [name for name in ("obs", "var") if name not in f]
+        if missing:
+            raise ValueError(
+                f"{path} is an HDF5 file but not an AnnData h5ad: it has no {' or '.join(missing)} "
+                f"(top-level entries: {sorted(f.keys())}); write it with anndata (adata.write_h5ad(...))"
+            )
         obs, var = read_elem(f["obs"]), read_elem(f["var"])
         layers = {name: lazy(f["layers"][name]) for name in f["layers"]} if "layers" in f else {}
         yield AnnData(
@@ -72,14 +86,59 @@ def check_readable(matrix, where: str) -> None:
 
 
 def counts_matrix(adata: AnnData, layer: str | None):
-    """``adata.X`` or ``adata.layers[layer]`` (for a backed file, X stays on disk)."""
+    """``adata.X`` or ``adata.layers[layer]`` (for a backed file, X stays on disk); sparse float16 counts come
+    as float32 (see :func:`float16_as_float32`)."""
     if layer is None:
         if adata.X is None:
             raise ValueError("adata.X is empty; pass layer= naming the layer with raw counts")
-        return adata.X
+        return float16_as_float32(adata.X)
     if layer not in adata.layers:
         raise KeyError(f"layer {layer!r} not found; adata.layers has {sorted(adata.layers.keys())}")
-    return adata.layers[layer]
+    return float16_as_float32(adata.layers[layer])
+
+
+def float16_as_float32(matrix):
+    """A sparse float16 matrix, which scipy cannot slice, as float32: in memory, a float32 copy; on disk (CSR),
+    a reader that converts each block of rows. Other matrices come back as they are (dense float16 is converted
+    block by block when read)."""
+    if not _is_sparse(matrix) or np.dtype(matrix.dtype) != np.float16:
+        return matrix
+    if not on_disk(matrix):
+        return matrix.astype(np.float32)
+    if matrix.format != "csr":
+        return matrix  # on-disk CSC is refused by check_readable
+    return _Float16CSRDataset(matrix)
+
+
+class _Float16CSRDataset:
+    """Rows of anndata's on-disk float16 CSR dataset as float32 CSR (anndata's own reading goes through scipy,
+    which has no float16). Takes a slice or an array of rows; runs of consecutive rows are read in one go."""
+
+    format = "csr"
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, dataset):
+        self.shape = dataset.shape
+        self._data, self._indices = dataset.group["data"], dataset.group["indices"]
+        self._indptr = dataset.group["indptr"][...]
+
+    def __getitem__(self, rows: slice | np.ndarray) -> sp.csr_matrix:
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(self.shape[0])
+            if step != 1:
+                raise IndexError("rows must be a slice with step 1 or an array of row numbers")
+            return self._run(start, stop)
+        rows = np.asarray(rows)
+        if not len(rows):
+            return sp.csr_matrix((0, self.shape[1]), dtype=np.float32)
+        runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
+        return sp.vstack([self._run(int(run[0]), int(run[-1]) + 1) for run in runs], format="csr")
+
+    def _run(self, start: int, stop: int) -> sp.csr_matrix:
+        lo, hi = self._indptr[start], self._indptr[stop]
+        data = self._data[lo:hi].astype(np.float32)
+        indptr = self._indptr[start : stop + 1] - lo
+        return sp.csr_matrix((data, self._indices[lo:hi], indptr), shape=(stop - start, self.shape[1]))
 
 
 def read_rows(matrix, rows: np.ndarray, columns: np.ndarray | None = None) -> sp.csr_matrix:
@@ -90,7 +149,7 @@ def read_rows(matrix, rows: np.ndarray, columns: np.ndarray | None = None) -> sp
     """
     rows = np.asarray(rows)
     order = np.argsort(rows, kind="stable")
-    block = _read_sorted(matrix, rows[order])
+    block = _read_sorted(float16_as_float32(matrix), rows[order])
     if columns is not None:
         block = block[:, columns]
     if not np.all(order[:-1] <= order[1:]):  # not already in increasing order
@@ -102,6 +161,7 @@ def read_rows(matrix, rows: np.ndarray, columns: np.ndarray | None = None) -> sp
 
 def iter_row_blocks(matrix, n_rows: int, n_cols: int) -> Iterator[tuple[int, sp.csr_matrix]]:
     """``(start, a block of rows from start as float32 CSR)`` over the whole matrix, in order."""
+    matrix = float16_as_float32(matrix)
     step = block_rows(matrix, n_cols)
     for start in range(0, n_rows, step):
         yield start, _as_csr(matrix[start : min(start + step, n_rows)])

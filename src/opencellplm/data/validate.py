@@ -8,11 +8,13 @@ but usable input gives ``warnings``. Nothing is written to the AnnData.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from anndata import AnnData
 
 from .genes import GeneAlignment, GeneIdRule, align_genes
@@ -43,6 +45,8 @@ class InputReport:
         Messages; the input is usable when ``errors`` is empty.
     n_invalid_entries
         NaN, infinite or negative entries.
+    n_too_large
+        Finite entries above :data:`MAX_COUNT`.
     non_integer
         Whether any stored value is not a whole number.
     empty_cells
@@ -68,6 +72,7 @@ class InputReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     n_invalid_entries: int = 0
+    n_too_large: int = 0
     non_integer: bool = False
     empty_cells: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     duplicate_genes: list[str] = field(default_factory=list)
@@ -153,6 +158,7 @@ def validate(
         Accept input whose matched genes carry less than ``MIN_SHARE_OF_COUNTS`` of the counts (a
         warning instead of an error).
     """
+    require_anndata(adata)
     source = "X" if layer is None else f"layers[{layer!r}]"
     report = InputReport(n_cells=adata.n_obs, n_genes=adata.n_vars, source=source, backed=False)
     try:
@@ -264,8 +270,14 @@ def coordinates(adata: AnnData, spatial_key: str) -> np.ndarray:
     return coords
 
 
+#: Largest value accepted as a count. Real counts stay far below it (a whole cell holds about 1e3 to 1e6 UMIs
+#: or reads), so larger values are not raw counts; near the float32 maximum (3.4e38) they would also overflow
+#: when summed. Below it, a cell's total over even a million genes stays far inside float32.
+MAX_COUNT = 1e9
+
+
 def _scan_counts(adata: AnnData, matrix, report: InputReport, require_counts: bool) -> None:
-    """One pass over the counts: invalid entries, non-integers, per-cell totals."""
+    """One pass over the counts: invalid and too large entries, non-integers, per-cell totals (summed in float64)."""
     columns = None if report.alignment is None else report.alignment.columns
     matched_mask = None
     if columns is not None:
@@ -274,17 +286,25 @@ def _scan_counts(adata: AnnData, matrix, report: InputReport, require_counts: bo
     totals = np.zeros(adata.n_obs)
     all_counts = matched_counts = 0.0
     bad_cells: list[int] = []
+    large_cells: list[int] = []
+    largest = 0.0
     for start, block in iter_row_blocks(matrix, adata.n_obs, adata.n_vars):
         data = block.data
-        bad = ~np.isfinite(data) | (data < 0)
-        if bad.any():
-            report.n_invalid_entries += int(bad.sum())
-            rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))[bad]
-            bad_cells.extend((start + np.unique(rows))[: N_EXAMPLES - len(bad_cells)].tolist())
-            continue  # totals of a block with invalid values are meaningless; the input is refused anyway
+        invalid = ~np.isfinite(data) | (data < 0)
+        too_large = np.isfinite(data) & (data > MAX_COUNT)
+        if invalid.any() or too_large.any():
+            report.n_invalid_entries += int(invalid.sum())
+            report.n_too_large += int(too_large.sum())
+            largest = max(largest, float(data[too_large].max(initial=0)))
+            _add_first_cells(bad_cells, block, start, invalid)
+            _add_first_cells(large_cells, block, start, too_large)
+            continue  # totals of such a block are meaningless (or overflow); the input is refused anyway
         report.non_integer |= bool(np.any(data != np.round(data)))
-        cell_all = np.asarray(block.sum(1)).ravel()
-        cell_matched = cell_all if matched_mask is None else np.asarray(block[:, matched_mask].sum(1)).ravel()
+        cell_all = np.asarray(block.sum(1, dtype=np.float64)).ravel()
+        if matched_mask is None:
+            cell_matched = cell_all
+        else:
+            cell_matched = np.asarray(block[:, matched_mask].sum(1, dtype=np.float64)).ravel()
         totals[start : start + block.shape[0]] = cell_matched
         all_counts += cell_all.sum()
         matched_counts += cell_matched.sum()
@@ -295,6 +315,14 @@ def _scan_counts(adata: AnnData, matrix, report: InputReport, require_counts: bo
             f"{report.source} has {report.n_invalid_entries:,} NaN, infinite or negative entries, first in cells "
             f"{names}; CellPLM needs raw counts"
         )
+    if report.n_too_large:
+        names = list(adata.obs_names[large_cells])
+        report.errors.append(
+            f"{report.source} has {report.n_too_large:,} entries above {MAX_COUNT:.0e} (the largest {largest:.3g}), "
+            f"first in cells {names}; no real count is this large (a whole cell holds about 1e3 to 1e6): CellPLM needs "
+            "raw counts, pass layer= naming them or rebuild the matrix from the count files"
+        )
+    if report.n_invalid_entries or report.n_too_large:
         return
     if report.non_integer:
         message = (
@@ -313,6 +341,14 @@ def _scan_counts(adata: AnnData, matrix, report: InputReport, require_counts: bo
         )
 
 
+def _add_first_cells(cells: list[int], block, start: int, flagged: np.ndarray) -> None:
+    """Extend ``cells`` (up to N_EXAMPLES) with the rows of a CSR ``block`` starting at row ``start`` that hold
+    a ``flagged`` stored value."""
+    if len(cells) < N_EXAMPLES and flagged.any():
+        rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))[flagged]
+        cells.extend((start + np.unique(rows))[: N_EXAMPLES - len(cells)].tolist())
+
+
 def empty_cells_note(adata: AnnData, report: InputReport, consequence: str) -> str | None:
     """A sentence on the cells without counts (None when there are none), ending with ``consequence``."""
     if not len(report.empty_cells):
@@ -320,3 +356,22 @@ def empty_cells_note(adata: AnnData, report: InputReport, consequence: str) -> s
     names = list(adata.obs_names[report.empty_cells[:N_EXAMPLES]])
     where = " in the model's genes" if report.alignment is not None else ""
     return f"{len(report.empty_cells):,} cells have no counts{where}, e.g. {names}; {consequence}"
+
+
+def require_anndata(adata) -> None:
+    """Raise ``TypeError`` saying how to make an AnnData when ``adata`` is a path, an array or anything else."""
+    if isinstance(adata, AnnData):
+        return
+    if isinstance(adata, str | os.PathLike):
+        raise TypeError(
+            f"expected an AnnData, got the path {str(adata)!r}; read it first with anndata.read_h5ad(path) (or "
+            "'with opencellplm.data.open_h5ad(path) as adata:', which keeps the counts on disk), or embed the file "
+            "with CellPLM.embed_file(path, out)"
+        )
+    if isinstance(adata, np.ndarray | pd.DataFrame) or sp.issparse(adata):
+        raise TypeError(
+            f"expected an AnnData, got a {type(adata).__name__} of shape {adata.shape}; wrap the raw counts "
+            "(cells x genes) with their gene ids as var_names: "
+            "anndata.AnnData(X=counts, var=pandas.DataFrame(index=gene_ids))"
+        )
+    raise TypeError(f"expected an AnnData of raw counts, got {type(adata).__name__}")

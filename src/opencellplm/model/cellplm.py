@@ -20,7 +20,7 @@ from .._sparse import scipy_to_torch_csr
 from ..data.cellsets import Partition, cell_sets, normalize_coordinates
 from ..data.genes import GENE_ID_RULES, GeneIdRule
 from ..data.reader import block_rows, counts_matrix, open_h5ad, read_rows
-from ..data.validate import InputReport, coordinates, empty_cells_note, validate
+from ..data.validate import InputReport, coordinates, empty_cells_note, require_anndata, validate
 from ..io import load_checkpoint, load_official, save_checkpoint
 from ..io.checkpoint import WEIGHTS_FILE
 from ..io.errors import check_duplicates
@@ -351,6 +351,7 @@ class CellPLM:
         ``checkpoint`` (name, path and sha256 of the weights), genes matched, cell sets and cells left
         out. Takes the arguments of :meth:`get_latent_representation`; returns ``self``.
         """
+        require_anndata(adata)
         if adata.is_view:
             raise ValueError("adata is a view; call adata.copy() first, or use get_latent_representation()")
         embedding, record = self._embed(adata, **kwargs)
