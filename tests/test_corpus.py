@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import anndata as ad
 import numpy as np
@@ -162,3 +164,69 @@ def test_cli(tmp_path, corpus_files):
     out = tmp_path / "corpus"
     assert main(["-q", "prepare-corpus", *map(str, paths), "--out", str(out), "--sample-key", "donor"]) == 0
     assert (out / "manifest.json").is_file()
+
+
+@pytest.fixture
+def corpus_dir(tmp_path, corpus_files):
+    """A prepared corpus of 4 shards."""
+    paths, _, _ = corpus_files
+    prepare_corpus(paths, tmp_path / "corpus", sample_key="donor", max_cells=20, shard_cells=50)
+    return tmp_path / "corpus"
+
+
+def _edit_manifest(corpus, edit):
+    path = corpus / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _outside_npz(corpus):
+    shutil.copy(corpus / "shards" / "shard-00000.npz", corpus.parent / "outside.npz")  # a valid shard
+    return "../outside.npz"
+
+
+def _link_to_outside(corpus):
+    (corpus / "shards" / "link.npz").symlink_to(corpus.parent / _outside_npz(corpus))
+    return "shards/link.npz"
+
+
+@pytest.mark.parametrize(
+    ("entry", "name", "problem"),
+    [
+        ("shards[1].file", "../../etc/passwd", "points outside the corpus folder"),
+        ("shards[1].file", "/etc/passwd", "is an absolute path"),
+        ("shards[1].file", _outside_npz, "points outside the corpus folder"),
+        ("shards[1].file", _link_to_outside, "points outside the corpus folder"),
+        ("shards[1].file", 7, "must be a path relative to the corpus folder"),
+        ("datasets[0].genes_file", "/etc/passwd", "is an absolute path"),
+        ("datasets[1].genes_file", "datasets/../../../../etc/passwd", "points outside the corpus folder"),
+        ("vocabulary_file", "/etc/passwd", "is an absolute path"),
+        ("vocabulary_file", "../genes.txt", "points outside the corpus folder"),
+    ],
+)
+def test_manifest_paths_must_stay_inside_the_corpus(corpus_dir, entry, name, problem):
+    name = name(corpus_dir) if callable(name) else name
+
+    def edit(manifest):
+        if entry.startswith("shards"):
+            manifest["shards"][1]["file"] = name
+        elif entry.startswith("datasets"):
+            manifest["datasets"][int(entry[9])]["genes_file"] = name
+        else:
+            manifest["vocabulary_file"] = name
+
+    _edit_manifest(corpus_dir, edit)
+    message = re.escape(f"{corpus_dir / 'manifest.json'}: {entry}") + ".*" + re.escape(problem)
+    with pytest.raises(ValueError, match=message):
+        Corpus(corpus_dir)
+    with pytest.raises(ValueError, match=message):
+        CorpusDataset(corpus_dir)
+
+
+def test_a_corpus_reached_through_a_symlink_opens(tmp_path, corpus_dir):
+    (tmp_path / "link").symlink_to(corpus_dir)
+    (corpus_dir / "shards" / "alias.npz").symlink_to(corpus_dir / "shards" / "shard-00001.npz")
+    _edit_manifest(corpus_dir, lambda m: m["shards"][1].update(file="shards/alias.npz"))
+    corpus = Corpus(tmp_path / "link")
+    assert corpus.cell_set(1, 0).n_cells > 0

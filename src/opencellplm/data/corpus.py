@@ -223,6 +223,24 @@ def _write_shard(out: Path, index: int, sets: list[_Set]) -> dict:
     return {"file": name, "n_sets": len(sets), "n_cells": int(sizes.sum())}
 
 
+def _inside(directory: Path, entry: str, name: Any) -> Path:
+    """``directory / name`` for the manifest entry ``entry``; refused unless it is a relative path that stays
+    inside ``directory`` once symlinks and ``..`` are resolved."""
+    manifest = directory / MANIFEST
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{manifest}: {entry} must be a path relative to the corpus folder, got {name!r}")
+    if Path(name).is_absolute():
+        raise ValueError(f"{manifest}: {entry} is an absolute path ({name}); corpus paths must be relative")
+    root = directory.resolve()
+    try:
+        inside = (root / name).resolve().is_relative_to(root)
+    except (OSError, RuntimeError) as err:  # a symlink loop
+        raise ValueError(f"{manifest}: {entry} ({name}) cannot be resolved: {err}") from err
+    if not inside:
+        raise ValueError(f"{manifest}: {entry} ({name}) points outside the corpus folder {root}")
+    return directory / name
+
+
 class Corpus:
     """Random access to the cell sets of a prepared corpus.
 
@@ -245,13 +263,21 @@ class Corpus:
         self.manifest = json.loads(manifest_path.read_text())
         if self.manifest.get("format") != FORMAT or self.manifest.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"{manifest_path} is not an {FORMAT} manifest this version can read")
+        self._vocabulary_file = _inside(self.directory, "vocabulary_file", self.manifest["vocabulary_file"])
+        self._genes_files = {
+            d["id"]: _inside(self.directory, f"datasets[{i}].genes_file", d["genes_file"])
+            for i, d in enumerate(self.manifest["datasets"])
+        }
+        self._shard_files = [
+            _inside(self.directory, f"shards[{i}].file", s["file"]) for i, s in enumerate(self.manifest["shards"])
+        ]
         if vocabulary is None:
-            vocabulary = (self.directory / VOCABULARY).read_text().splitlines()
+            vocabulary = self._vocabulary_file.read_text().splitlines()
         position = {g: i for i, g in enumerate(vocabulary)}
         self.vocabulary = list(vocabulary)
         self._columns, self._gene_index = {}, {}
         for d in self.manifest["datasets"]:
-            genes = (self.directory / d["genes_file"]).read_text().splitlines()
+            genes = self._genes_files[d["id"]].read_text().splitlines()
             columns = np.array([j for j, g in enumerate(genes) if g in position], dtype=np.int64)
             if columns.size == 0:
                 warnings.warn(
@@ -274,7 +300,7 @@ class Corpus:
         if index in self._cache:
             self._cache[index] = self._cache.pop(index)  # most recently used last
         else:
-            with np.load(self.directory / self.shards[index]["file"], allow_pickle=False) as npz:
+            with np.load(self._shard_files[index], allow_pickle=False) as npz:
                 self._cache[index] = {k: npz[k] for k in npz.files}
             while len(self._cache) > self._cache_shards:
                 self._cache.pop(next(iter(self._cache)))
