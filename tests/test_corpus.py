@@ -168,7 +168,7 @@ def test_cli(tmp_path, corpus_files):
 
 @pytest.fixture
 def corpus_dir(tmp_path, corpus_files):
-    """A prepared corpus of 4 shards."""
+    """A prepared corpus of 3 shards (59, 50 and 50 cells)."""
     paths, _, _ = corpus_files
     prepare_corpus(paths, tmp_path / "corpus", sample_key="donor", max_cells=20, shard_cells=50)
     return tmp_path / "corpus"
@@ -230,3 +230,144 @@ def test_a_corpus_reached_through_a_symlink_opens(tmp_path, corpus_dir):
     _edit_manifest(corpus_dir, lambda m: m["shards"][1].update(file="shards/alias.npz"))
     corpus = Corpus(tmp_path / "link")
     assert corpus.cell_set(1, 0).n_cells > 0
+
+
+def _rewrite_shard(corpus, index, change):
+    """Apply ``change`` to the arrays of shard ``index`` and save them again."""
+    path = corpus / "shards" / f"shard-{index:05d}.npz"
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    change(arrays)
+    np.savez(path, **arrays)
+
+
+def _truncate(corpus, index):
+    path = corpus / "shards" / f"shard-{index:05d}.npz"
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _set(name, value):
+    return lambda arrays: arrays.__setitem__(name, value(arrays[name]))
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        pytest.param(
+            _set("batch", lambda a: np.array([{"x": 1}] * len(a), dtype=object)),
+            "not a readable npz .*Object arrays",
+            id="pickled",
+        ),
+        pytest.param(None, r"not a readable npz \(truncated, or not a zip archive\)", id="truncated"),
+        pytest.param(lambda a: a.pop("coords"), "array 'coords' is missing", id="missing-array"),
+        pytest.param(_set("indices", lambda a: a.astype(np.int64)), "array 'indices' is int64, not int32", id="dtype"),
+        pytest.param(
+            _set("batch", lambda a: a[:-1]), r"array 'batch' has shape \(58,\), not \(59,\)", id="shape-batch"
+        ),
+        pytest.param(
+            _set("coords", lambda a: a[:, :2]), r"array 'coords' has shape \(59, 2\), not \(59, 3\)", id="shape-coords"
+        ),
+        pytest.param(
+            _set("set_offsets", lambda a: a[:-1]),
+            "holds 3 sets of 44 cells, the manifest records 4 sets of 59 cells",
+            id="n-sets",
+        ),
+        pytest.param(_set("indptr", lambda a: a[::-1]), "indptr is not 60 offsets that start at 0", id="indptr"),
+        pytest.param(_set("dataset", lambda a: a + 5), r"data set ids \[5\] are not in the manifest", id="dataset-id"),
+        pytest.param(
+            _set("n_genes", lambda a: a + 1), "n_genes differs from the gene counts of the data sets", id="n-genes"
+        ),
+        pytest.param(_set("indices", lambda a: a + 12), r"set 0 has gene indices outside \[0, 12\)", id="gene-index"),
+        pytest.param(_set("batch", lambda a: a + 4), r"batch ids outside \[0, 4\)", id="batch-id"),
+    ],
+)
+def test_a_broken_shard_is_named_with_its_problem(corpus_dir, change, problem):
+    if change is None:
+        _truncate(corpus_dir, 0)
+    else:
+        _rewrite_shard(corpus_dir, 0, change)
+    message = re.escape(str(corpus_dir / "shards" / "shard-00000.npz")) + ": " + problem
+    corpus = Corpus(corpus_dir)
+    with pytest.raises(ValueError, match=message):
+        corpus.cell_set(0, 0)
+    with pytest.raises(ValueError, match=message):
+        list(CorpusDataset(corpus_dir, shuffle=False))
+
+
+def _remove_key(key):
+    return lambda m: m.pop(key)
+
+
+@pytest.mark.parametrize(
+    ("edit", "file", "problem"),
+    [
+        pytest.param("{not json", "manifest.json", r"not valid JSON \(Expecting property name", id="not-json"),
+        pytest.param(b"\xff\xfe{}", "manifest.json", "not valid JSON", id="not-utf8"),
+        pytest.param("[1, 2]", "manifest.json", r"not a manifest \(a JSON list, not an object\)", id="not-object"),
+        pytest.param(_remove_key("shards"), "manifest.json", "no 'shards'", id="no-shards"),
+        pytest.param(_remove_key("vocabulary_file"), "manifest.json", "no 'vocabulary_file'", id="no-vocabulary"),
+        pytest.param(
+            lambda m: m["shards"][2].pop("n_cells"), "manifest.json", "shards\\[2\\] has no 'n_cells'", id="shard-key"
+        ),
+        pytest.param(
+            lambda m: m["datasets"][1].pop("genes_file"),
+            "manifest.json",
+            "datasets\\[1\\] has no 'genes_file'",
+            id="dataset-key",
+        ),
+        pytest.param(
+            lambda m: m.update(datasets={}), "manifest.json", "'datasets' is not a list of objects", id="datasets-type"
+        ),
+        pytest.param(
+            lambda m: m["shards"][0].update(n_sets="2"),
+            "manifest.json",
+            "shards\\[0\\].n_sets is '2', not a count",
+            id="count-type",
+        ),
+        pytest.param(
+            lambda m: m["shards"][0].update(n_sets=9),
+            "manifest.json",
+            "n_sets is \\d+ but the shards hold \\d+",
+            id="count-sum",
+        ),
+        pytest.param(
+            lambda m: m["datasets"][1].update(id=0),
+            "manifest.json",
+            "data set ids \\[0, 0\\] repeat",
+            id="repeated-ids",
+        ),
+        pytest.param(
+            lambda m: m["shards"].pop(), "manifest.json", "n_sets is \\d+ but the shards hold \\d+", id="shard-list"
+        ),
+    ],
+)
+def test_a_broken_manifest_is_named_with_its_problem(corpus_dir, edit, file, problem):
+    path = corpus_dir / "manifest.json"
+    if isinstance(edit, str):
+        path.write_text(edit)
+    elif isinstance(edit, bytes):
+        path.write_bytes(edit)
+    else:
+        _edit_manifest(corpus_dir, edit)
+    with pytest.raises(ValueError, match=re.escape(str(corpus_dir / file)) + ": .*" + problem):
+        Corpus(corpus_dir)
+
+
+def test_missing_or_unreadable_files_of_the_corpus_are_named(corpus_dir):
+    def fails(file, problem):
+        with pytest.raises(ValueError, match=re.escape(f"{corpus_dir / file}: {problem}")):
+            Corpus(corpus_dir)
+
+    genes = (corpus_dir / "datasets" / "0.genes.txt").read_text()
+    (corpus_dir / "datasets" / "0.genes.txt").write_text(genes + "EXTRA\n")
+    fails("datasets/0.genes.txt", "13 genes, the manifest records 12")
+    (corpus_dir / "datasets" / "0.genes.txt").write_text(genes)
+    vocabulary = (corpus_dir / "genes.txt").read_bytes()
+    (corpus_dir / "genes.txt").write_bytes(b"\xff\xfe")
+    fails("genes.txt", "not UTF-8 text")
+    (corpus_dir / "genes.txt").write_bytes(vocabulary)
+    (corpus_dir / "datasets" / "1.genes.txt").unlink()
+    fails("datasets/1.genes.txt", "cannot be read (No such file or directory)")
+    (corpus_dir / "shards" / "shard-00001.npz").unlink()
+    (corpus_dir / "shards" / "shard-00002.npz").unlink()
+    fails("shards/shard-00001.npz", f"missing\n{corpus_dir / 'shards' / 'shard-00002.npz'}: missing")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -38,6 +39,21 @@ logger = logging.getLogger(__name__)
 FORMAT = "opencellplm-corpus"
 FORMAT_VERSION = 1
 MANIFEST, VOCABULARY = "manifest.json", "genes.txt"
+MANIFEST_KEYS = ("format", "format_version", "created", "vocabulary_file", "n_genes", "n_cells", "n_sets")
+MANIFEST_KEYS += ("datasets", "batches", "shards")
+DATASET_KEYS, SHARD_KEYS = ("id", "file", "genes_file", "n_genes"), ("file", "n_sets", "n_cells")
+SHARD_ARRAYS = {  # name: dtype (see _write_shard)
+    "set_offsets": np.int64,
+    "indptr": np.int64,
+    "indices": np.int32,
+    "data": np.float32,
+    "n_genes": np.int64,
+    "dataset": np.int32,
+    "batch": np.int64,
+    "coords": np.float64,
+    "coord_dims": np.int8,
+    "source_rows": np.int64,
+}
 
 
 @dataclass(frozen=True)
@@ -136,7 +152,9 @@ def _write_corpus(
             genes = [str(g) for g in adata.var_names]
             for g in genes:
                 vocabulary.setdefault(g, len(vocabulary))
-            (out / "datasets" / f"{dataset_id}.genes.txt").write_text("".join(f"{g}\n" for g in genes))
+            (out / "datasets" / f"{dataset_id}.genes.txt").write_text(
+                "".join(f"{g}\n" for g in genes), encoding="utf-8"
+            )
             sample_key = settings["sample_key"]
             samples = None if sample_key is None else adata.obs[sample_key].astype(str).to_numpy()
             labels = _batch_labels(adata, batch_key, samples)
@@ -168,7 +186,7 @@ def _write_corpus(
             logger.info("%s: %d cells in %d sets", path.name, int(keep.sum()), len(sets))
     if buffer:
         shards.append(_write_shard(out, len(shards), buffer))
-    (out / VOCABULARY).write_text("".join(f"{g}\n" for g in vocabulary))
+    (out / VOCABULARY).write_text("".join(f"{g}\n" for g in vocabulary), encoding="utf-8")
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -223,6 +241,72 @@ def _write_shard(out: Path, index: int, sets: list[_Set]) -> dict:
     return {"file": name, "n_sets": len(sets), "n_cells": int(sizes.sum())}
 
 
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at ``path``, its keys and counts checked."""
+    try:
+        manifest = json.loads(path.read_bytes())
+    except ValueError as err:  # not JSON, or not UTF-8
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: not a manifest (a JSON {type(manifest).__name__}, not an object)")
+    version = manifest.get("format_version", 0)
+    if manifest.get("format") != FORMAT or not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{path} is not an {FORMAT} manifest this version can read")
+    problems = [f"no {k!r}" for k in MANIFEST_KEYS if k not in manifest]
+    for key, fields in (("datasets", DATASET_KEYS), ("shards", SHARD_KEYS)):
+        entries = manifest.get(key, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            problems.append(f"{key!r} is not a list of objects")
+            continue
+        problems += [f"{key}[{i}] has no {f!r}" for i, entry in enumerate(entries) for f in fields if f not in entry]
+    if not problems:
+        counts = [("", manifest, ("n_genes", "n_cells", "n_sets"))]
+        counts += [(f"datasets[{i}].", d, ("id", "n_genes")) for i, d in enumerate(manifest["datasets"])]
+        counts += [(f"shards[{i}].", s, ("n_sets", "n_cells")) for i, s in enumerate(manifest["shards"])]
+        problems = [f"{at}{k} is {e[k]!r}, not a count" for at, e, keys in counts for k in keys if not _is_count(e[k])]
+        if not isinstance(manifest["batches"], dict):
+            problems.append("'batches' is not an object")
+    if not problems:
+        ids = [d["id"] for d in manifest["datasets"]]
+        if len(set(ids)) < len(ids):
+            problems.append(f"data set ids {ids} repeat")
+        for key in ("n_sets", "n_cells"):
+            total = sum(s[key] for s in manifest["shards"])
+            if manifest[key] != total:
+                problems.append(f"{key} is {manifest[key]} but the shards hold {total}")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    return manifest
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _read_genes(path: Path, n_genes: int) -> list[str]:
+    """The gene ids in a genes file the manifest names, one a line, ``n_genes`` of them."""
+    try:
+        genes = path.read_bytes().decode("utf-8").splitlines()
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err})") from err
+    if len(genes) != n_genes:
+        raise ValueError(f"{path}: {len(genes)} genes, the manifest records {n_genes}")
+    return genes
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an npz file (never unpickled)."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable npz (truncated, or not a zip archive)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: not a readable npz (corrupt, or holding pickled objects): {err}") from err
+
+
 def _inside(directory: Path, entry: str, name: Any) -> Path:
     """``directory / name`` for the manifest entry ``entry``; refused unless it is a relative path that stays
     inside ``directory`` once symlinks and ``..`` are resolved."""
@@ -260,9 +344,7 @@ class Corpus:
         manifest_path = self.directory / MANIFEST
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{manifest_path} not found; is {self.directory} a corpus (prepare-corpus)?")
-        self.manifest = json.loads(manifest_path.read_text())
-        if self.manifest.get("format") != FORMAT or self.manifest.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{manifest_path} is not an {FORMAT} manifest this version can read")
+        self.manifest = _read_manifest(manifest_path)
         self._vocabulary_file = _inside(self.directory, "vocabulary_file", self.manifest["vocabulary_file"])
         self._genes_files = {
             d["id"]: _inside(self.directory, f"datasets[{i}].genes_file", d["genes_file"])
@@ -271,13 +353,17 @@ class Corpus:
         self._shard_files = [
             _inside(self.directory, f"shards[{i}].file", s["file"]) for i, s in enumerate(self.manifest["shards"])
         ]
+        missing = [f"{path}: missing" for path in self._shard_files if not path.is_file()]
+        if missing:
+            raise ValueError("\n".join(missing))
         if vocabulary is None:
-            vocabulary = self._vocabulary_file.read_text().splitlines()
+            vocabulary = _read_genes(self._vocabulary_file, self.manifest["n_genes"])
         position = {g: i for i, g in enumerate(vocabulary)}
         self.vocabulary = list(vocabulary)
-        self._columns, self._gene_index = {}, {}
+        self._columns, self._gene_index, self._n_genes = {}, {}, {}
         for d in self.manifest["datasets"]:
-            genes = self._genes_files[d["id"]].read_text().splitlines()
+            genes = _read_genes(self._genes_files[d["id"]], d["n_genes"])
+            self._n_genes[d["id"]] = len(genes)
             columns = np.array([j for j, g in enumerate(genes) if g in position], dtype=np.int64)
             if columns.size == 0:
                 warnings.warn(
@@ -300,11 +386,62 @@ class Corpus:
         if index in self._cache:
             self._cache[index] = self._cache.pop(index)  # most recently used last
         else:
-            with np.load(self._shard_files[index], allow_pickle=False) as npz:
-                self._cache[index] = {k: npz[k] for k in npz.files}
+            self._cache[index] = self._read_shard(index)
             while len(self._cache) > self._cache_shards:
                 self._cache.pop(next(iter(self._cache)))
         return self._cache[index]
+
+    def _read_shard(self, index: int) -> dict[str, np.ndarray]:
+        path = self._shard_files[index]
+        arrays = _read_npz(path)
+        problems = [f"array {k!r} is missing" for k in SHARD_ARRAYS if k not in arrays]
+        problems += [
+            f"array {k!r} is {arrays[k].dtype}, not {np.dtype(dtype)}"
+            for k, dtype in SHARD_ARRAYS.items()
+            if k in arrays and arrays[k].dtype != dtype
+        ]
+        problems = problems or self._layout_problems(self.shards[index], arrays)
+        if problems:
+            raise ValueError(f"{path}: " + "; ".join(problems))
+        return arrays
+
+    def _layout_problems(self, info: dict, a: dict[str, np.ndarray]) -> list[str]:
+        """How the arrays of a shard disagree with each other and with the manifest entry ``info``."""
+        offsets, indptr = a["set_offsets"], a["indptr"]
+        if offsets.ndim != 1 or offsets.size == 0 or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
+            return ["set_offsets does not start at 0 and never decrease"]
+        n_sets, n_cells = offsets.size - 1, int(offsets[-1])
+        if (n_sets, n_cells) != (info["n_sets"], info["n_cells"]):
+            return [
+                f"holds {n_sets} sets of {n_cells} cells, the manifest records {info['n_sets']} sets of "
+                f"{info['n_cells']} cells"
+            ]
+        if indptr.shape != (n_cells + 1,) or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+            return [f"indptr is not {n_cells + 1} offsets that start at 0 and never decrease"]
+        nnz = int(indptr[-1])
+        shapes = {"indices": (nnz,), "data": (nnz,), "batch": (n_cells,), "source_rows": (n_cells,)}
+        shapes |= {"coords": (n_cells, 3), "n_genes": (n_sets,), "dataset": (n_sets,), "coord_dims": (n_sets,)}
+        problems = [
+            f"array {k!r} has shape {a[k].shape}, not {shape}" for k, shape in shapes.items() if a[k].shape != shape
+        ]
+        if problems:
+            return problems
+        unknown = sorted(set(a["dataset"].tolist()) - set(self._n_genes))
+        if unknown:
+            return [f"data set ids {unknown} are not in the manifest"]
+        if any(int(n) != self._n_genes[d] for n, d in zip(a["n_genes"], a["dataset"].tolist())):
+            problems.append("n_genes differs from the gene counts of the data sets")
+        if not np.isin(a["coord_dims"], (0, 2, 3)).all():
+            problems.append("coord_dims holds values other than 0, 2 and 3")
+        n_batches = len(self.manifest["batches"])
+        if n_cells and (a["batch"].min() < 0 or a["batch"].max() >= n_batches):
+            problems.append(f"batch ids outside [0, {n_batches})")
+        for k in range(n_sets):
+            genes = a["indices"][indptr[offsets[k]] : indptr[offsets[k + 1]]]
+            if genes.size and (genes.min() < 0 or genes.max() >= a["n_genes"][k]):
+                problems.append(f"set {k} has gene indices outside [0, {a['n_genes'][k]})")
+                break
+        return problems
 
     def usable(self, shard: int, k: int) -> bool:
         """Whether set ``k`` of shard ``shard`` has genes in the vocabulary."""
