@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
+import warnings
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -168,7 +171,7 @@ def test_cli(tmp_path, corpus_files):
 
 @pytest.fixture
 def corpus_dir(tmp_path, corpus_files):
-    """A prepared corpus of 3 shards (59, 50 and 50 cells)."""
+    """A prepared corpus of 3 shards (59, 65 and 35 cells)."""
     paths, _, _ = corpus_files
     prepare_corpus(paths, tmp_path / "corpus", sample_key="donor", max_cells=20, shard_cells=50)
     return tmp_path / "corpus"
@@ -179,6 +182,22 @@ def _edit_manifest(corpus, edit):
     manifest = json.loads(path.read_text())
     edit(manifest)
     path.write_text(json.dumps(manifest))
+
+
+def _record_checksums(corpus):
+    """Record the files' current sizes and hashes in the manifest (as if prepare-corpus had written them)."""
+
+    def sha256(name):
+        return hashlib.sha256((corpus / name).read_bytes()).hexdigest()
+
+    def edit(manifest):
+        manifest["vocabulary_sha256"] = sha256(manifest["vocabulary_file"])
+        for d in manifest["datasets"]:
+            d["genes_sha256"] = sha256(d["genes_file"])
+        for s in manifest["shards"]:
+            s.update(bytes=(corpus / s["file"]).stat().st_size, sha256=sha256(s["file"]))
+
+    _edit_manifest(corpus, edit)
 
 
 def _outside_npz(corpus):
@@ -239,11 +258,13 @@ def _rewrite_shard(corpus, index, change):
         arrays = dict(npz)
     change(arrays)
     np.savez(path, **arrays)
+    _record_checksums(corpus)
 
 
 def _truncate(corpus, index):
     path = corpus / "shards" / f"shard-{index:05d}.npz"
     path.write_bytes(path.read_bytes()[:-100])
+    _record_checksums(corpus)
 
 
 def _set(name, value):
@@ -339,6 +360,24 @@ def _remove_key(key):
         pytest.param(
             lambda m: m["shards"].pop(), "manifest.json", "n_sets is \\d+ but the shards hold \\d+", id="shard-list"
         ),
+        pytest.param(
+            lambda m: m["shards"][1].pop("sha256"),
+            "manifest.json",
+            r"shards\[1\].sha256 is None, not a sha256",
+            id="no-hash",
+        ),
+        pytest.param(
+            lambda m: m["datasets"][0].update(genes_sha256="abc"),
+            "manifest.json",
+            r"datasets\[0\].genes_sha256 is 'abc', not a sha256",
+            id="bad-hash",
+        ),
+        pytest.param(
+            lambda m: m["shards"][0].update(bytes=-1),
+            "manifest.json",
+            r"shards\[0\].bytes is -1, not a count",
+            id="bytes",
+        ),
     ],
 )
 def test_a_broken_manifest_is_named_with_its_problem(corpus_dir, edit, file, problem):
@@ -360,14 +399,96 @@ def test_missing_or_unreadable_files_of_the_corpus_are_named(corpus_dir):
 
     genes = (corpus_dir / "datasets" / "0.genes.txt").read_text()
     (corpus_dir / "datasets" / "0.genes.txt").write_text(genes + "EXTRA\n")
+    _record_checksums(corpus_dir)
     fails("datasets/0.genes.txt", "13 genes, the manifest records 12")
     (corpus_dir / "datasets" / "0.genes.txt").write_text(genes)
     vocabulary = (corpus_dir / "genes.txt").read_bytes()
     (corpus_dir / "genes.txt").write_bytes(b"\xff\xfe")
+    _record_checksums(corpus_dir)
     fails("genes.txt", "not UTF-8 text")
     (corpus_dir / "genes.txt").write_bytes(vocabulary)
+    _record_checksums(corpus_dir)
     (corpus_dir / "datasets" / "1.genes.txt").unlink()
     fails("datasets/1.genes.txt", "cannot be read (No such file or directory)")
     (corpus_dir / "shards" / "shard-00001.npz").unlink()
     (corpus_dir / "shards" / "shard-00002.npz").unlink()
     fails("shards/shard-00001.npz", f"missing\n{corpus_dir / 'shards' / 'shard-00002.npz'}: missing")
+
+
+def _sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_prepare_records_sizes_and_checksums(corpus_dir):
+    manifest = json.loads((corpus_dir / "manifest.json").read_text())
+    assert manifest["vocabulary_sha256"] == _sha256(corpus_dir / "genes.txt")
+    assert [d["genes_sha256"] for d in manifest["datasets"]] == [
+        _sha256(corpus_dir / "datasets" / f"{i}.genes.txt") for i in (0, 1)
+    ]
+    for shard in manifest["shards"]:
+        path = corpus_dir / shard["file"]
+        assert shard["bytes"] == path.stat().st_size and shard["sha256"] == _sha256(path)
+
+
+def test_a_shard_replaced_by_a_copy_of_another_is_refused_when_the_corpus_opens(corpus_dir):
+    shards = corpus_dir / "shards"
+    recorded = json.loads((corpus_dir / "manifest.json").read_text())["shards"][1]["bytes"]
+    shutil.copy(shards / "shard-00000.npz", shards / "shard-00001.npz")
+    size = (shards / "shard-00001.npz").stat().st_size
+    message = f"{shards / 'shard-00001.npz'}: {size} bytes, the manifest records {recorded}; the file changed"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Corpus(corpus_dir)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        CorpusDataset(corpus_dir)
+
+
+def test_a_changed_file_of_the_same_size_is_refused_by_its_hash(corpus_dir):
+    path = corpus_dir / "shards" / "shard-00001.npz"
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 1  # one bit of the counts
+    path.write_bytes(content)
+    corpus = Corpus(corpus_dir)  # the sizes agree
+    corpus.cell_set(0, 0)
+    hashes = r"sha256 [0-9a-f]{16}\.\.\. differs from [0-9a-f]{16}\.\.\. in the manifest; the file changed after"
+    with pytest.raises(ValueError, match=re.escape(f"{path}: ") + hashes):
+        corpus.cell_set(1, 0)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: ") + hashes):
+        list(CorpusDataset(corpus_dir, shuffle=False))
+    genes = corpus_dir / "datasets" / "1.genes.txt"
+    genes.write_text(genes.read_text().replace("G6", "G7"))
+    with pytest.raises(ValueError, match=re.escape(f"{genes}: ") + hashes):
+        Corpus(corpus_dir)
+
+
+def test_each_shard_is_hashed_at_its_first_read_only(corpus_dir, monkeypatch):
+    from opencellplm.data import corpus as corpus_module
+
+    hashed, read = [], []
+    sha256, read_npz = corpus_module._sha256, corpus_module._read_npz
+    monkeypatch.setattr(corpus_module, "_sha256", lambda path: hashed.append(Path(path).name) or sha256(path))
+    monkeypatch.setattr(corpus_module, "_read_npz", lambda path: read.append(Path(path).name) or read_npz(path))
+    corpus = Corpus(corpus_dir, cache_shards=1)
+    assert hashed == ["genes.txt", "0.genes.txt", "1.genes.txt"] and read == []  # shards: a stat each
+    hashed.clear()
+    for shard in (0, 1, 0, 1, 2, 0):
+        corpus.cell_set(shard, 0)
+    assert len(read) == 6  # the LRU keeps one shard: every read goes to disk...
+    assert hashed == ["shard-00000.npz", "shard-00001.npz", "shard-00002.npz"]  # ...but each is hashed once
+
+
+def test_a_manifest_without_checksums_loads_with_one_warning(corpus_dir):
+    def strip(manifest):
+        manifest.pop("vocabulary_sha256")
+        for d in manifest["datasets"]:
+            d.pop("genes_sha256")
+        for s in manifest["shards"]:
+            del s["bytes"], s["sha256"]
+
+    _edit_manifest(corpus_dir, strip)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        corpus = Corpus(corpus_dir)
+        sets = [corpus.cell_set(shard, 0) for shard in range(3) for _ in range(2)]
+    assert len(caught) == 1
+    assert str(caught[0].message).startswith(f"{corpus_dir / 'manifest.json'} records no checksums")
+    assert all(s.n_cells > 0 for s in sets)

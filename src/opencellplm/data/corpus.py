@@ -3,7 +3,8 @@
 :func:`prepare_corpus` reads each file (backed, block by block), checks it, splits it into cell sets
 (samples capped at ``max_cells``; spatial tiles where coordinates exist) and writes the sets to
 ``shards/shard-NNNNN.npz`` (plain arrays, no pickle) with a ``manifest.json`` that records every data
-set's genes, the corpus vocabulary, batch and data-set ids, and per-shard counts.
+set's genes, the corpus vocabulary, batch and data-set ids, per-shard counts, and the size and sha256 of
+every file (checked by :class:`Corpus`: sizes when it opens, a shard's hash when it first reads it).
 
 :class:`CorpusDataset` iterates over the shards as :class:`~opencellplm.module.CellBatch` objects,
 one cell set each. The shards are split between distributed ranks (``rank::world_size``) and then
@@ -12,6 +13,7 @@ between DataLoader workers, so every set is read by exactly one process per epoc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import warnings
@@ -42,6 +44,9 @@ MANIFEST, VOCABULARY = "manifest.json", "genes.txt"
 MANIFEST_KEYS = ("format", "format_version", "created", "vocabulary_file", "n_genes", "n_cells", "n_sets")
 MANIFEST_KEYS += ("datasets", "batches", "shards")
 DATASET_KEYS, SHARD_KEYS = ("id", "file", "genes_file", "n_genes"), ("file", "n_sets", "n_cells")
+# Checksums (a manifest without vocabulary_sha256 predates them): vocabulary_sha256, per data set genes_sha256,
+# per shard bytes and sha256.
+CHECKSUM = "vocabulary_sha256"
 SHARD_ARRAYS = {  # name: dtype (see _write_shard)
     "set_offsets": np.int64,
     "indptr": np.int64,
@@ -152,9 +157,8 @@ def _write_corpus(
             genes = [str(g) for g in adata.var_names]
             for g in genes:
                 vocabulary.setdefault(g, len(vocabulary))
-            (out / "datasets" / f"{dataset_id}.genes.txt").write_text(
-                "".join(f"{g}\n" for g in genes), encoding="utf-8"
-            )
+            genes_file = out / "datasets" / f"{dataset_id}.genes.txt"
+            genes_file.write_text("".join(f"{g}\n" for g in genes), encoding="utf-8")
             sample_key = settings["sample_key"]
             samples = None if sample_key is None else adata.obs[sample_key].astype(str).to_numpy()
             labels = _batch_labels(adata, batch_key, samples)
@@ -179,6 +183,7 @@ def _write_corpus(
                     "n_empty_cells_left_out": len(report.empty_cells),
                     "n_genes": len(genes),
                     "genes_file": f"datasets/{dataset_id}.genes.txt",
+                    "genes_sha256": _sha256(genes_file),
                     "n_sets": len(sets),
                     "spatial_dims": report.spatial_dims,
                 }
@@ -193,6 +198,7 @@ def _write_corpus(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": settings | {"batch_key": batch_key, "max_cells": max_cells, "seed": seed},
         "vocabulary_file": VOCABULARY,
+        CHECKSUM: _sha256(out / VOCABULARY),
         "n_genes": len(vocabulary),
         "n_cells": sum(s["n_cells"] for s in shards),
         "n_sets": sum(s["n_sets"] for s in shards),
@@ -238,7 +244,36 @@ def _write_shard(out: Path, index: int, sets: list[_Set]) -> dict:
         coord_dims=np.array([0 if s.coords is None else s.coords.shape[1] for s in sets], dtype=np.int8),
         source_rows=np.concatenate([s.rows for s in sets]).astype(np.int64),
     )
-    return {"file": name, "n_sets": len(sets), "n_cells": int(sizes.sum())}
+    path = out / name
+    return {"file": name, "n_sets": len(sets), "n_cells": int(sizes.sum())} | _size_and_sha256(path)
+
+
+def _size_and_sha256(path: Path) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _sha256(path: Path) -> str:
+    """The sha256 of a file's content (read in chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_sha256(path: Path, expected: str | None) -> None:
+    """Raise unless the file's sha256 is ``expected`` (None: the manifest records none)."""
+    if expected is None:
+        return
+    try:
+        actual = _sha256(path)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from err
+    if actual != expected:
+        raise ValueError(
+            f"{path}: sha256 {actual[:16]}... differs from {expected[:16]}... in the manifest; the file changed "
+            "after prepare-corpus"
+        )
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -266,6 +301,16 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         problems = [f"{at}{k} is {e[k]!r}, not a count" for at, e, keys in counts for k in keys if not _is_count(e[k])]
         if not isinstance(manifest["batches"], dict):
             problems.append("'batches' is not an object")
+    if not problems and CHECKSUM in manifest:
+        digests = [("", manifest, CHECKSUM)]
+        digests += [(f"datasets[{i}].", d, "genes_sha256") for i, d in enumerate(manifest["datasets"])]
+        digests += [(f"shards[{i}].", s, "sha256") for i, s in enumerate(manifest["shards"])]
+        problems = [f"{at}{k} is {e.get(k)!r}, not a sha256" for at, e, k in digests if not _is_sha256(e.get(k))]
+        problems += [
+            f"shards[{i}].bytes is {s.get('bytes')!r}, not a count"
+            for i, s in enumerate(manifest["shards"])
+            if not _is_count(s.get("bytes"))
+        ]
     if not problems:
         ids = [d["id"] for d in manifest["datasets"]]
         if len(set(ids)) < len(ids):
@@ -283,8 +328,13 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _read_genes(path: Path, n_genes: int) -> list[str]:
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _read_genes(path: Path, n_genes: int, sha256: str | None) -> list[str]:
     """The gene ids in a genes file the manifest names, one a line, ``n_genes`` of them."""
+    _check_sha256(path, sha256)
     try:
         genes = path.read_bytes().decode("utf-8").splitlines()
     except OSError as err:
@@ -353,16 +403,32 @@ class Corpus:
         self._shard_files = [
             _inside(self.directory, f"shards[{i}].file", s["file"]) for i, s in enumerate(self.manifest["shards"])
         ]
-        missing = [f"{path}: missing" for path in self._shard_files if not path.is_file()]
-        if missing:
-            raise ValueError("\n".join(missing))
+        self.checksums = CHECKSUM in self.manifest
+        if not self.checksums:
+            warnings.warn(
+                f"{manifest_path} records no checksums (written by an older opencellplm), so changed or swapped "
+                "files cannot be detected; prepare the corpus again to add them",
+                UserWarning,
+                stacklevel=2,
+            )
+        problems = []  # every shard is there, with the size the manifest records (a stat each)
+        for path, info in zip(self._shard_files, self.shards):
+            if not path.is_file():
+                problems.append(f"{path}: missing")
+            elif self.checksums and path.stat().st_size != info["bytes"]:
+                problems.append(
+                    f"{path}: {path.stat().st_size} bytes, the manifest records {info['bytes']}; the file changed "
+                    "after prepare-corpus"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))
         if vocabulary is None:
-            vocabulary = _read_genes(self._vocabulary_file, self.manifest["n_genes"])
+            vocabulary = _read_genes(self._vocabulary_file, self.manifest["n_genes"], self.manifest.get(CHECKSUM))
         position = {g: i for i, g in enumerate(vocabulary)}
         self.vocabulary = list(vocabulary)
         self._columns, self._gene_index, self._n_genes = {}, {}, {}
         for d in self.manifest["datasets"]:
-            genes = _read_genes(self._genes_files[d["id"]], d["n_genes"])
+            genes = _read_genes(self._genes_files[d["id"]], d["n_genes"], d.get("genes_sha256"))
             self._n_genes[d["id"]] = len(genes)
             columns = np.array([j for j, g in enumerate(genes) if g in position], dtype=np.int64)
             if columns.size == 0:
@@ -375,17 +441,21 @@ class Corpus:
             raise ValueError("no data set of the corpus shares a gene with the vocabulary")
         self._cache: dict[int, dict[str, np.ndarray]] = {}
         self._cache_shards = cache_shards
+        self._hashed: set[int] = set()  # shards whose sha256 this object has checked
 
     @property
     def shards(self) -> list[dict]:
-        """Per shard: ``file``, ``n_sets``, ``n_cells``."""
+        """Per shard: ``file``, ``n_sets``, ``n_cells`` (and ``bytes``, ``sha256`` since checksums are recorded)."""
         return self.manifest["shards"]
 
     def shard(self, index: int) -> dict[str, np.ndarray]:
-        """The arrays of shard ``index`` (kept in a small LRU cache)."""
+        """The arrays of shard ``index`` (kept in a small LRU cache; its sha256 is checked at the first read)."""
         if index in self._cache:
             self._cache[index] = self._cache.pop(index)  # most recently used last
         else:
+            if index not in self._hashed:
+                _check_sha256(self._shard_files[index], self.shards[index].get("sha256"))
+                self._hashed.add(index)
             self._cache[index] = self._read_shard(index)
             while len(self._cache) > self._cache_shards:
                 self._cache.pop(next(iter(self._cache)))
