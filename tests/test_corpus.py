@@ -492,3 +492,50 @@ def test_a_manifest_without_checksums_loads_with_one_warning(corpus_dir):
     assert len(caught) == 1
     assert str(caught[0].message).startswith(f"{corpus_dir / 'manifest.json'} records no checksums")
     assert all(s.n_cells > 0 for s in sets)
+
+
+def test_verify_corpus_lists_every_changed_file(tmp_path, corpus_dir, capsys):
+    assert Corpus(corpus_dir).verify() == []
+    assert main(["verify-corpus", str(corpus_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out == (
+        f"{corpus_dir}\n159 cells in 10 sets, 3 shards, 2 data sets, 14 genes\n"
+        "checked: the sha256 of every file, the arrays of every shard\nintact: yes\n"
+    )
+    corpus = Corpus(corpus_dir)
+    genes, shard = corpus_dir / "datasets" / "0.genes.txt", corpus_dir / "shards" / "shard-00002.npz"
+    genes.write_text(genes.read_text().replace("G1\n", "G2\n"))
+    content = bytearray(shard.read_bytes())
+    content[len(content) // 2] ^= 1
+    shard.write_bytes(content)
+    problems = corpus.verify()
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{genes}: sha256") and problems[1].startswith(f"{shard}: sha256")
+    assert main(["verify-corpus", str(corpus_dir)]) == 1  # the genes file already stops the corpus from opening
+    assert capsys.readouterr().out == f"{corpus_dir}\nerror: {problems[0]}\nintact: no\n"
+
+    shutil.copy(corpus_dir / "shards" / "shard-00000.npz", shard)
+    genes.write_text(genes.read_text().replace("G2\n", "G1\n", 1))
+    assert main(["verify-corpus", str(corpus_dir)]) == 1
+    assert f"error: {shard}: " in capsys.readouterr().out
+    assert main(["verify-corpus", str(tmp_path)]) == 2  # not a corpus
+
+
+def test_verify_corpus_without_checksums_checks_the_arrays(corpus_dir, capsys):
+    def strip(manifest):
+        manifest.pop("vocabulary_sha256")
+        for d in manifest["datasets"]:
+            d.pop("genes_sha256")
+        for s in manifest["shards"]:
+            del s["bytes"], s["sha256"]
+
+    _edit_manifest(corpus_dir, strip)
+    assert main(["verify-corpus", str(corpus_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "checked: the arrays of every shard (the manifest records no checksums)" in out
+    assert "warning: " in out and "records no checksums" in out and out.endswith("intact: yes\n")
+    _truncate(corpus_dir, 1)  # (this records checksums again: strip them once more)
+    _edit_manifest(corpus_dir, strip)
+    assert main(["verify-corpus", str(corpus_dir)]) == 1
+    shard = corpus_dir / "shards" / "shard-00001.npz"
+    assert f"error: {shard}: not a readable npz" in capsys.readouterr().out

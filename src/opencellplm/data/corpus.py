@@ -461,6 +461,28 @@ class Corpus:
                 self._cache.pop(next(iter(self._cache)))
         return self._cache[index]
 
+    def verify(self) -> list[str]:
+        """Check every file against the manifest: the sha256 of the vocabulary, of the genes files and of every
+        shard, and the arrays of every shard. Returns the problems, one a file (none: the corpus is intact).
+
+        A manifest written before checksums were recorded gets the array checks only (see :attr:`checksums`).
+        """
+        problems = []
+        texts = [(self._vocabulary_file, self.manifest.get(CHECKSUM))]
+        texts += [(self._genes_files[d["id"]], d.get("genes_sha256")) for d in self.manifest["datasets"]]
+        for path, sha256 in texts:
+            try:
+                _check_sha256(path, sha256)
+            except ValueError as err:
+                problems.append(str(err))
+        for index, info in enumerate(self.shards):
+            try:
+                _check_sha256(self._shard_files[index], info.get("sha256"))
+                self._read_shard(index)
+            except ValueError as err:
+                problems.append(str(err))
+        return problems
+
     def _read_shard(self, index: int) -> dict[str, np.ndarray]:
         path = self._shard_files[index]
         arrays = _read_npz(path)
