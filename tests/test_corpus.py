@@ -539,3 +539,25 @@ def test_verify_corpus_without_checksums_checks_the_arrays(corpus_dir, capsys):
     assert main(["verify-corpus", str(corpus_dir)]) == 1
     shard = corpus_dir / "shards" / "shard-00001.npz"
     assert f"error: {shard}: not a readable npz" in capsys.readouterr().out
+
+
+def test_pretraining_on_a_tampered_corpus_stops_with_the_message(corpus_dir, tmp_path, caplog):
+    from dataclasses import replace
+
+    from opencellplm import configs
+    from opencellplm.train import pretrain
+
+    model, train = configs.load("tiny")
+    train = replace(train, steps=2, eval_every=1, checkpoint_every=1, precision="fp32")
+    for path in (corpus_dir / "shards").glob("*.npz"):  # whichever shard the first step reads
+        content = bytearray(path.read_bytes())
+        content[len(content) // 2] ^= 1
+        path.write_bytes(content)
+    hashes = r"sha256 [0-9a-f]{16}\.\.\. differs from [0-9a-f]{16}\.\.\. in the manifest"
+    with pytest.raises(ValueError, match=re.escape(str(corpus_dir / "shards")) + r"/shard-0000\d\.npz: " + hashes):
+        pretrain(corpus_dir, tmp_path / "run", model=model, train=train, device="cpu")
+
+    _edit_manifest(corpus_dir, lambda m: m["shards"][0].update(file="/etc/passwd"))
+    run = ["pretrain", "--corpus", str(corpus_dir), "--config", "tiny", "--out", str(tmp_path / "cli"), "--steps", "1"]
+    assert main([*run, "--device", "cpu"]) == 2
+    assert f"{corpus_dir / 'manifest.json'}: shards[0].file is an absolute path (/etc/passwd)" in caplog.text
