@@ -244,12 +244,8 @@ def _write_shard(out: Path, index: int, sets: list[_Set]) -> dict:
         coord_dims=np.array([0 if s.coords is None else s.coords.shape[1] for s in sets], dtype=np.int8),
         source_rows=np.concatenate([s.rows for s in sets]).astype(np.int64),
     )
-    path = out / name
-    return {"file": name, "n_sets": len(sets), "n_cells": int(sizes.sum())} | _size_and_sha256(path)
-
-
-def _size_and_sha256(path: Path) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    size, sha256 = (out / name).stat().st_size, _sha256(out / name)
+    return {"file": name, "n_sets": len(sets), "n_cells": int(sizes.sum()), "bytes": size, "sha256": sha256}
 
 
 def _sha256(path: Path) -> str:
@@ -387,6 +383,11 @@ class Corpus:
         that are not in it are left out.
     cache_shards
         Shards kept in memory (least recently used are dropped).
+
+    Every path in the manifest must stay inside ``directory``. Opening checks the size of every shard and
+    the sha256 of the genes files; a shard's sha256 and arrays are checked when this object first reads it
+    (:meth:`verify` checks every file at once). Problems raise ``ValueError`` naming the file.
+    ``checksums`` says whether the manifest records them (older ones do not).
     """
 
     def __init__(self, directory: str | Path, *, vocabulary: Sequence[str] | None = None, cache_shards: int = 4):
