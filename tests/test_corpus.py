@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import shutil
+import warnings
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -162,3 +167,397 @@ def test_cli(tmp_path, corpus_files):
     out = tmp_path / "corpus"
     assert main(["-q", "prepare-corpus", *map(str, paths), "--out", str(out), "--sample-key", "donor"]) == 0
     assert (out / "manifest.json").is_file()
+
+
+@pytest.fixture
+def corpus_dir(tmp_path, corpus_files):
+    """A prepared corpus of 3 shards (59, 65 and 35 cells)."""
+    paths, _, _ = corpus_files
+    prepare_corpus(paths, tmp_path / "corpus", sample_key="donor", max_cells=20, shard_cells=50)
+    return tmp_path / "corpus"
+
+
+def _edit_manifest(corpus, edit):
+    path = corpus / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _record_checksums(corpus):
+    """Record the files' current sizes and hashes in the manifest (as if prepare-corpus had written them)."""
+
+    def sha256(name):
+        return hashlib.sha256((corpus / name).read_bytes()).hexdigest()
+
+    def edit(manifest):
+        manifest["vocabulary_sha256"] = sha256(manifest["vocabulary_file"])
+        for d in manifest["datasets"]:
+            d["genes_sha256"] = sha256(d["genes_file"])
+        for s in manifest["shards"]:
+            s.update(bytes=(corpus / s["file"]).stat().st_size, sha256=sha256(s["file"]))
+
+    _edit_manifest(corpus, edit)
+
+
+def _outside_npz(corpus):
+    shutil.copy(corpus / "shards" / "shard-00000.npz", corpus.parent / "outside.npz")  # a valid shard
+    return "../outside.npz"
+
+
+def _link_to_outside(corpus):
+    (corpus / "shards" / "link.npz").symlink_to(corpus.parent / _outside_npz(corpus))
+    return "shards/link.npz"
+
+
+@pytest.mark.parametrize(
+    ("entry", "name", "problem"),
+    [
+        ("shards[1].file", "../../etc/passwd", "points outside the corpus folder"),
+        ("shards[1].file", "/etc/passwd", "is an absolute path"),
+        ("shards[1].file", _outside_npz, "points outside the corpus folder"),
+        ("shards[1].file", _link_to_outside, "points outside the corpus folder"),
+        ("shards[1].file", 7, "must be a path relative to the corpus folder"),
+        ("datasets[0].genes_file", "/etc/passwd", "is an absolute path"),
+        ("datasets[1].genes_file", "datasets/../../../../etc/passwd", "points outside the corpus folder"),
+        ("vocabulary_file", "/etc/passwd", "is an absolute path"),
+        ("vocabulary_file", "../genes.txt", "points outside the corpus folder"),
+    ],
+)
+def test_manifest_paths_must_stay_inside_the_corpus(corpus_dir, entry, name, problem):
+    name = name(corpus_dir) if callable(name) else name
+
+    def edit(manifest):
+        if entry.startswith("shards"):
+            manifest["shards"][1]["file"] = name
+        elif entry.startswith("datasets"):
+            manifest["datasets"][int(entry[9])]["genes_file"] = name
+        else:
+            manifest["vocabulary_file"] = name
+
+    _edit_manifest(corpus_dir, edit)
+    message = re.escape(f"{corpus_dir / 'manifest.json'}: {entry}") + ".*" + re.escape(problem)
+    with pytest.raises(ValueError, match=message):
+        Corpus(corpus_dir)
+    with pytest.raises(ValueError, match=message):
+        CorpusDataset(corpus_dir)
+
+
+def test_a_corpus_reached_through_a_symlink_opens(tmp_path, corpus_dir):
+    (tmp_path / "link").symlink_to(corpus_dir)
+    (corpus_dir / "shards" / "alias.npz").symlink_to(corpus_dir / "shards" / "shard-00001.npz")
+    _edit_manifest(corpus_dir, lambda m: m["shards"][1].update(file="shards/alias.npz"))
+    corpus = Corpus(tmp_path / "link")
+    assert corpus.cell_set(1, 0).n_cells > 0
+
+
+def _rewrite_shard(corpus, index, change):
+    """Apply ``change`` to the arrays of shard ``index`` and save them again."""
+    path = corpus / "shards" / f"shard-{index:05d}.npz"
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    change(arrays)
+    np.savez(path, **arrays)
+    _record_checksums(corpus)
+
+
+def _truncate(corpus, index):
+    path = corpus / "shards" / f"shard-{index:05d}.npz"
+    path.write_bytes(path.read_bytes()[:-100])
+    _record_checksums(corpus)
+
+
+def _set(name, value):
+    return lambda arrays: arrays.__setitem__(name, value(arrays[name]))
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        pytest.param(
+            _set("batch", lambda a: np.array([{"x": 1}] * len(a), dtype=object)),
+            "not a readable npz .*Object arrays",
+            id="pickled",
+        ),
+        pytest.param(None, r"not a readable npz \(truncated, or not a zip archive\)", id="truncated"),
+        pytest.param(lambda a: a.pop("coords"), "array 'coords' is missing", id="missing-array"),
+        pytest.param(_set("indices", lambda a: a.astype(np.int64)), "array 'indices' is int64, not int32", id="dtype"),
+        pytest.param(
+            _set("batch", lambda a: a[:-1]), r"array 'batch' has shape \(58,\), not \(59,\)", id="shape-batch"
+        ),
+        pytest.param(
+            _set("coords", lambda a: a[:, :2]), r"array 'coords' has shape \(59, 2\), not \(59, 3\)", id="shape-coords"
+        ),
+        pytest.param(
+            _set("set_offsets", lambda a: a[:-1]),
+            "holds 3 sets of 44 cells, the manifest records 4 sets of 59 cells",
+            id="n-sets",
+        ),
+        pytest.param(_set("indptr", lambda a: a[::-1]), "indptr is not 60 offsets that start at 0", id="indptr"),
+        pytest.param(_set("dataset", lambda a: a + 5), r"data set ids \[5\] are not in the manifest", id="dataset-id"),
+        pytest.param(
+            _set("n_genes", lambda a: a + 1), "n_genes differs from the gene counts of the data sets", id="n-genes"
+        ),
+        pytest.param(_set("indices", lambda a: a + 12), r"set 0 has gene indices outside \[0, 12\)", id="gene-index"),
+        pytest.param(_set("batch", lambda a: a + 4), r"batch ids outside \[0, 4\)", id="batch-id"),
+    ],
+)
+def test_a_broken_shard_is_named_with_its_problem(corpus_dir, change, problem):
+    if change is None:
+        _truncate(corpus_dir, 0)
+    else:
+        _rewrite_shard(corpus_dir, 0, change)
+    message = re.escape(str(corpus_dir / "shards" / "shard-00000.npz")) + ": " + problem
+    corpus = Corpus(corpus_dir)
+    with pytest.raises(ValueError, match=message):
+        corpus.cell_set(0, 0)
+    with pytest.raises(ValueError, match=message):
+        list(CorpusDataset(corpus_dir, shuffle=False))
+
+
+def _remove_key(key):
+    return lambda m: m.pop(key)
+
+
+@pytest.mark.parametrize(
+    ("edit", "file", "problem"),
+    [
+        pytest.param("{not json", "manifest.json", r"not valid JSON \(Expecting property name", id="not-json"),
+        pytest.param(b"\xff\xfe{}", "manifest.json", "not valid JSON", id="not-utf8"),
+        pytest.param("[1, 2]", "manifest.json", r"not a manifest \(a JSON list, not an object\)", id="not-object"),
+        pytest.param(_remove_key("shards"), "manifest.json", "no 'shards'", id="no-shards"),
+        pytest.param(_remove_key("vocabulary_file"), "manifest.json", "no 'vocabulary_file'", id="no-vocabulary"),
+        pytest.param(
+            lambda m: m["shards"][2].pop("n_cells"), "manifest.json", "shards\\[2\\] has no 'n_cells'", id="shard-key"
+        ),
+        pytest.param(
+            lambda m: m["datasets"][1].pop("genes_file"),
+            "manifest.json",
+            "datasets\\[1\\] has no 'genes_file'",
+            id="dataset-key",
+        ),
+        pytest.param(
+            lambda m: m.update(datasets={}), "manifest.json", "'datasets' is not a list of objects", id="datasets-type"
+        ),
+        pytest.param(
+            lambda m: m["shards"][0].update(n_sets="2"),
+            "manifest.json",
+            "shards\\[0\\].n_sets is '2', not a count",
+            id="count-type",
+        ),
+        pytest.param(
+            lambda m: m["shards"][0].update(n_sets=9),
+            "manifest.json",
+            "n_sets is \\d+ but the shards hold \\d+",
+            id="count-sum",
+        ),
+        pytest.param(
+            lambda m: m["datasets"][1].update(id=0),
+            "manifest.json",
+            "data set ids \\[0, 0\\] repeat",
+            id="repeated-ids",
+        ),
+        pytest.param(
+            lambda m: m["shards"].pop(), "manifest.json", "n_sets is \\d+ but the shards hold \\d+", id="shard-list"
+        ),
+        pytest.param(
+            lambda m: m["shards"][1].pop("sha256"),
+            "manifest.json",
+            r"shards\[1\].sha256 is None, not a sha256",
+            id="no-hash",
+        ),
+        pytest.param(
+            lambda m: m["datasets"][0].update(genes_sha256="abc"),
+            "manifest.json",
+            r"datasets\[0\].genes_sha256 is 'abc', not a sha256",
+            id="bad-hash",
+        ),
+        pytest.param(
+            lambda m: m["shards"][0].update(bytes=-1),
+            "manifest.json",
+            r"shards\[0\].bytes is -1, not a count",
+            id="bytes",
+        ),
+    ],
+)
+def test_a_broken_manifest_is_named_with_its_problem(corpus_dir, edit, file, problem):
+    path = corpus_dir / "manifest.json"
+    if isinstance(edit, str):
+        path.write_text(edit)
+    elif isinstance(edit, bytes):
+        path.write_bytes(edit)
+    else:
+        _edit_manifest(corpus_dir, edit)
+    with pytest.raises(ValueError, match=re.escape(str(corpus_dir / file)) + ": .*" + problem):
+        Corpus(corpus_dir)
+
+
+def test_missing_or_unreadable_files_of_the_corpus_are_named(corpus_dir):
+    def fails(file, problem):
+        with pytest.raises(ValueError, match=re.escape(f"{corpus_dir / file}: {problem}")):
+            Corpus(corpus_dir)
+
+    genes = (corpus_dir / "datasets" / "0.genes.txt").read_text()
+    (corpus_dir / "datasets" / "0.genes.txt").write_text(genes + "EXTRA\n")
+    _record_checksums(corpus_dir)
+    fails("datasets/0.genes.txt", "13 genes, the manifest records 12")
+    (corpus_dir / "datasets" / "0.genes.txt").write_text(genes)
+    vocabulary = (corpus_dir / "genes.txt").read_bytes()
+    (corpus_dir / "genes.txt").write_bytes(b"\xff\xfe")
+    _record_checksums(corpus_dir)
+    fails("genes.txt", "not UTF-8 text")
+    (corpus_dir / "genes.txt").write_bytes(vocabulary)
+    _record_checksums(corpus_dir)
+    (corpus_dir / "datasets" / "1.genes.txt").unlink()
+    fails("datasets/1.genes.txt", "cannot be read (No such file or directory)")
+    (corpus_dir / "shards" / "shard-00001.npz").unlink()
+    (corpus_dir / "shards" / "shard-00002.npz").unlink()
+    fails("shards/shard-00001.npz", f"missing\n{corpus_dir / 'shards' / 'shard-00002.npz'}: missing")
+
+
+def _sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_prepare_records_sizes_and_checksums(corpus_dir):
+    manifest = json.loads((corpus_dir / "manifest.json").read_text())
+    assert manifest["vocabulary_sha256"] == _sha256(corpus_dir / "genes.txt")
+    assert [d["genes_sha256"] for d in manifest["datasets"]] == [
+        _sha256(corpus_dir / "datasets" / f"{i}.genes.txt") for i in (0, 1)
+    ]
+    for shard in manifest["shards"]:
+        path = corpus_dir / shard["file"]
+        assert shard["bytes"] == path.stat().st_size and shard["sha256"] == _sha256(path)
+
+
+def test_a_shard_replaced_by_a_copy_of_another_is_refused_when_the_corpus_opens(corpus_dir):
+    shards = corpus_dir / "shards"
+    recorded = json.loads((corpus_dir / "manifest.json").read_text())["shards"][1]["bytes"]
+    shutil.copy(shards / "shard-00000.npz", shards / "shard-00001.npz")
+    size = (shards / "shard-00001.npz").stat().st_size
+    message = f"{shards / 'shard-00001.npz'}: {size} bytes, the manifest records {recorded}; the file changed"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Corpus(corpus_dir)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        CorpusDataset(corpus_dir)
+
+
+def test_a_changed_file_of_the_same_size_is_refused_by_its_hash(corpus_dir):
+    path = corpus_dir / "shards" / "shard-00001.npz"
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 1  # one bit of the counts
+    path.write_bytes(content)
+    corpus = Corpus(corpus_dir)  # the sizes agree
+    corpus.cell_set(0, 0)
+    hashes = r"sha256 [0-9a-f]{16}\.\.\. differs from [0-9a-f]{16}\.\.\. in the manifest; the file changed after"
+    with pytest.raises(ValueError, match=re.escape(f"{path}: ") + hashes):
+        corpus.cell_set(1, 0)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: ") + hashes):
+        list(CorpusDataset(corpus_dir, shuffle=False))
+    genes = corpus_dir / "datasets" / "1.genes.txt"
+    genes.write_text(genes.read_text().replace("G6", "G7"))
+    with pytest.raises(ValueError, match=re.escape(f"{genes}: ") + hashes):
+        Corpus(corpus_dir)
+
+
+def test_each_shard_is_hashed_at_its_first_read_only(corpus_dir, monkeypatch):
+    from opencellplm.data import corpus as corpus_module
+
+    hashed, read = [], []
+    sha256, read_npz = corpus_module._sha256, corpus_module._read_npz
+    monkeypatch.setattr(corpus_module, "_sha256", lambda path: hashed.append(Path(path).name) or sha256(path))
+    monkeypatch.setattr(corpus_module, "_read_npz", lambda path: read.append(Path(path).name) or read_npz(path))
+    corpus = Corpus(corpus_dir, cache_shards=1)
+    assert hashed == ["genes.txt", "0.genes.txt", "1.genes.txt"] and read == []  # shards: a stat each
+    hashed.clear()
+    for shard in (0, 1, 0, 1, 2, 0):
+        corpus.cell_set(shard, 0)
+    assert len(read) == 6  # the LRU keeps one shard: every read goes to disk...
+    assert hashed == ["shard-00000.npz", "shard-00001.npz", "shard-00002.npz"]  # ...but each is hashed once
+
+
+def test_a_manifest_without_checksums_loads_with_one_warning(corpus_dir):
+    def strip(manifest):
+        manifest.pop("vocabulary_sha256")
+        for d in manifest["datasets"]:
+            d.pop("genes_sha256")
+        for s in manifest["shards"]:
+            del s["bytes"], s["sha256"]
+
+    _edit_manifest(corpus_dir, strip)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        corpus = Corpus(corpus_dir)
+        sets = [corpus.cell_set(shard, 0) for shard in range(3) for _ in range(2)]
+    assert len(caught) == 1
+    assert str(caught[0].message).startswith(f"{corpus_dir / 'manifest.json'} records no checksums")
+    assert all(s.n_cells > 0 for s in sets)
+
+
+def test_verify_corpus_lists_every_changed_file(tmp_path, corpus_dir, capsys):
+    assert Corpus(corpus_dir).verify() == []
+    assert main(["verify-corpus", str(corpus_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out == (
+        f"{corpus_dir}\n159 cells in 10 sets, 3 shards, 2 data sets, 14 genes\n"
+        "checked: the sha256 of every file, the arrays of every shard\nintact: yes\n"
+    )
+    corpus = Corpus(corpus_dir)
+    genes, shard = corpus_dir / "datasets" / "0.genes.txt", corpus_dir / "shards" / "shard-00002.npz"
+    genes.write_text(genes.read_text().replace("G1\n", "G2\n"))
+    content = bytearray(shard.read_bytes())
+    content[len(content) // 2] ^= 1
+    shard.write_bytes(content)
+    problems = corpus.verify()
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{genes}: sha256") and problems[1].startswith(f"{shard}: sha256")
+    assert main(["verify-corpus", str(corpus_dir)]) == 1  # the genes file already stops the corpus from opening
+    assert capsys.readouterr().out == f"{corpus_dir}\nerror: {problems[0]}\nintact: no\n"
+
+    shutil.copy(corpus_dir / "shards" / "shard-00000.npz", shard)
+    genes.write_text(genes.read_text().replace("G2\n", "G1\n", 1))
+    assert main(["verify-corpus", str(corpus_dir)]) == 1
+    assert f"error: {shard}: " in capsys.readouterr().out
+    assert main(["verify-corpus", str(tmp_path)]) == 2  # not a corpus
+
+
+def test_verify_corpus_without_checksums_checks_the_arrays(corpus_dir, capsys):
+    def strip(manifest):
+        manifest.pop("vocabulary_sha256")
+        for d in manifest["datasets"]:
+            d.pop("genes_sha256")
+        for s in manifest["shards"]:
+            del s["bytes"], s["sha256"]
+
+    _edit_manifest(corpus_dir, strip)
+    assert main(["verify-corpus", str(corpus_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "checked: the arrays of every shard (the manifest records no checksums)" in out
+    assert "warning: " in out and "records no checksums" in out and out.endswith("intact: yes\n")
+    _truncate(corpus_dir, 1)  # (this records checksums again: strip them once more)
+    _edit_manifest(corpus_dir, strip)
+    assert main(["verify-corpus", str(corpus_dir)]) == 1
+    shard = corpus_dir / "shards" / "shard-00001.npz"
+    assert f"error: {shard}: not a readable npz" in capsys.readouterr().out
+
+
+def test_pretraining_on_a_tampered_corpus_stops_with_the_message(corpus_dir, tmp_path, caplog):
+    from dataclasses import replace
+
+    from opencellplm import configs
+    from opencellplm.train import pretrain
+
+    model, train = configs.load("tiny")
+    train = replace(train, steps=2, eval_every=1, checkpoint_every=1, precision="fp32")
+    for path in (corpus_dir / "shards").glob("*.npz"):  # whichever shard the first step reads
+        content = bytearray(path.read_bytes())
+        content[len(content) // 2] ^= 1
+        path.write_bytes(content)
+    hashes = r"sha256 [0-9a-f]{16}\.\.\. differs from [0-9a-f]{16}\.\.\. in the manifest"
+    with pytest.raises(ValueError, match=re.escape(str(corpus_dir / "shards")) + r"/shard-0000\d\.npz: " + hashes):
+        pretrain(corpus_dir, tmp_path / "run", model=model, train=train, device="cpu")
+
+    _edit_manifest(corpus_dir, lambda m: m["shards"][0].update(file="/etc/passwd"))
+    run = ["pretrain", "--corpus", str(corpus_dir), "--config", "tiny", "--out", str(tmp_path / "cli"), "--steps", "1"]
+    assert main([*run, "--device", "cpu"]) == 2
+    assert f"{corpus_dir / 'manifest.json'}: shards[0].file is an absolute path (/etc/passwd)" in caplog.text

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -116,6 +117,35 @@ def _prepare_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_corpus(args: argparse.Namespace) -> int:
+    from .data.corpus import Corpus
+
+    lines = [str(args.directory)]
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # reported below, with the rest
+            warnings.simplefilter("always")
+            corpus = Corpus(args.directory)  # a folder without a manifest is not a corpus: exit 2
+    except ValueError as err:  # a corpus that does not even open
+        problems = [str(err)]
+    else:
+        m = corpus.manifest
+        lines.append(
+            f"{m['n_cells']:,} cells in {m['n_sets']:,} sets, {len(corpus.shards)} shards, "
+            f"{len(m['datasets'])} data sets, {m['n_genes']:,} genes"
+        )
+        lines.append(
+            "checked: the sha256 of every file, the arrays of every shard"
+            if corpus.checksums
+            else "checked: the arrays of every shard (the manifest records no checksums)"
+        )
+        problems = corpus.verify()
+    lines += [f"warning: {w.message}" for w in caught]
+    lines += [f"error: {line}" for problem in problems for line in problem.splitlines()]
+    lines.append("intact: no" if problems else "intact: yes")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 1 if problems else 0
+
+
 def _pretrain(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -210,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random partition (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it is not empty")
     p.set_defaults(run=_prepare_corpus)
+
+    p = commands.add_parser(
+        "verify-corpus", help="check every file of a corpus against its manifest; exits 1 when one differs"
+    )
+    p.add_argument("directory", help="corpus directory (see prepare-corpus)")
+    p.set_defaults(run=_verify_corpus)
 
     p = commands.add_parser(
         "pretrain", help="pretrain a model on a corpus (one process, or many under torchrun -m opencellplm)"

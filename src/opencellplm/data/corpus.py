@@ -3,7 +3,8 @@
 :func:`prepare_corpus` reads each file (backed, block by block), checks it, splits it into cell sets
 (samples capped at ``max_cells``; spatial tiles where coordinates exist) and writes the sets to
 ``shards/shard-NNNNN.npz`` (plain arrays, no pickle) with a ``manifest.json`` that records every data
-set's genes, the corpus vocabulary, batch and data-set ids, and per-shard counts.
+set's genes, the corpus vocabulary, batch and data-set ids, per-shard counts, and the size and sha256 of
+every file (checked by :class:`Corpus`: sizes when it opens, a shard's hash when it first reads it).
 
 :class:`CorpusDataset` iterates over the shards as :class:`~opencellplm.module.CellBatch` objects,
 one cell set each. The shards are split between distributed ranks (``rank::world_size``) and then
@@ -12,10 +13,12 @@ between DataLoader workers, so every set is read by exactly one process per epoc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,6 +42,24 @@ logger = logging.getLogger(__name__)
 FORMAT = "opencellplm-corpus"
 FORMAT_VERSION = 1
 MANIFEST, VOCABULARY = "manifest.json", "genes.txt"
+MANIFEST_KEYS = ("format", "format_version", "created", "vocabulary_file", "n_genes", "n_cells", "n_sets")
+MANIFEST_KEYS += ("datasets", "batches", "shards")
+DATASET_KEYS, SHARD_KEYS = ("id", "file", "genes_file", "n_genes"), ("file", "n_sets", "n_cells")
+# Checksums (a manifest without vocabulary_sha256 predates them): vocabulary_sha256, per data set genes_sha256,
+# per shard bytes and sha256.
+CHECKSUM = "vocabulary_sha256"
+SHARD_ARRAYS = {  # name: dtype (see _write_shard)
+    "set_offsets": np.int64,
+    "indptr": np.int64,
+    "indices": np.int32,
+    "data": np.float32,
+    "n_genes": np.int64,
+    "dataset": np.int32,
+    "batch": np.int64,
+    "coords": np.float64,
+    "coord_dims": np.int8,
+    "source_rows": np.int64,
+}
 
 
 @dataclass(frozen=True)
@@ -162,7 +183,8 @@ def _write_corpus(
             genes = [str(g) for g in adata.var_names]
             for g in genes:
                 vocabulary.setdefault(g, len(vocabulary))
-            (out / "datasets" / f"{dataset_id}.genes.txt").write_text("".join(f"{g}\n" for g in genes))
+            genes_file = out / "datasets" / f"{dataset_id}.genes.txt"
+            genes_file.write_text("".join(f"{g}\n" for g in genes), encoding="utf-8")
             sample_key = settings["sample_key"]
             samples = None if sample_key is None else adata.obs[sample_key].astype(str).to_numpy()
             labels = _batch_labels(adata, batch_key, samples)
@@ -187,6 +209,7 @@ def _write_corpus(
                     "n_empty_cells_left_out": len(report.empty_cells),
                     "n_genes": len(genes),
                     "genes_file": f"datasets/{dataset_id}.genes.txt",
+                    "genes_sha256": _sha256(genes_file),
                     "n_sets": len(sets),
                     "spatial_dims": report.spatial_dims,
                 }
@@ -194,13 +217,14 @@ def _write_corpus(
             logger.info("%s: %d cells in %d sets", path.name, int(keep.sum()), len(sets))
     if buffer:
         shards.append(_write_shard(out, len(shards), buffer))
-    (out / VOCABULARY).write_text("".join(f"{g}\n" for g in vocabulary))
+    (out / VOCABULARY).write_text("".join(f"{g}\n" for g in vocabulary), encoding="utf-8")
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": settings | {"batch_key": batch_key, "max_cells": max_cells, "seed": seed},
         "vocabulary_file": VOCABULARY,
+        CHECKSUM: _sha256(out / VOCABULARY),
         "n_genes": len(vocabulary),
         "n_cells": sum(s["n_cells"] for s in shards),
         "n_sets": sum(s["n_sets"] for s in shards),
@@ -246,7 +270,131 @@ def _write_shard(out: Path, index: int, sets: list[_Set]) -> dict:
         coord_dims=np.array([0 if s.coords is None else s.coords.shape[1] for s in sets], dtype=np.int8),
         source_rows=np.concatenate([s.rows for s in sets]).astype(np.int64),
     )
-    return {"file": name, "n_sets": len(sets), "n_cells": int(sizes.sum())}
+    size, sha256 = (out / name).stat().st_size, _sha256(out / name)
+    return {"file": name, "n_sets": len(sets), "n_cells": int(sizes.sum()), "bytes": size, "sha256": sha256}
+
+
+def _sha256(path: Path) -> str:
+    """The sha256 of a file's content (read in chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_sha256(path: Path, expected: str | None) -> None:
+    """Raise unless the file's sha256 is ``expected`` (None: the manifest records none)."""
+    if expected is None:
+        return
+    try:
+        actual = _sha256(path)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from err
+    if actual != expected:
+        raise ValueError(
+            f"{path}: sha256 {actual[:16]}... differs from {expected[:16]}... in the manifest; the file changed "
+            "after prepare-corpus"
+        )
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at ``path``, its keys and counts checked."""
+    try:
+        manifest = json.loads(path.read_bytes())
+    except ValueError as err:  # not JSON, or not UTF-8
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: not a manifest (a JSON {type(manifest).__name__}, not an object)")
+    version = manifest.get("format_version", 0)
+    if manifest.get("format") != FORMAT or not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{path} is not an {FORMAT} manifest this version can read")
+    problems = [f"no {k!r}" for k in MANIFEST_KEYS if k not in manifest]
+    for key, fields in (("datasets", DATASET_KEYS), ("shards", SHARD_KEYS)):
+        entries = manifest.get(key, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            problems.append(f"{key!r} is not a list of objects")
+            continue
+        problems += [f"{key}[{i}] has no {f!r}" for i, entry in enumerate(entries) for f in fields if f not in entry]
+    if not problems:
+        counts = [("", manifest, ("n_genes", "n_cells", "n_sets"))]
+        counts += [(f"datasets[{i}].", d, ("id", "n_genes")) for i, d in enumerate(manifest["datasets"])]
+        counts += [(f"shards[{i}].", s, ("n_sets", "n_cells")) for i, s in enumerate(manifest["shards"])]
+        problems = [f"{at}{k} is {e[k]!r}, not a count" for at, e, keys in counts for k in keys if not _is_count(e[k])]
+        if not isinstance(manifest["batches"], dict):
+            problems.append("'batches' is not an object")
+    if not problems and CHECKSUM in manifest:
+        digests = [("", manifest, CHECKSUM)]
+        digests += [(f"datasets[{i}].", d, "genes_sha256") for i, d in enumerate(manifest["datasets"])]
+        digests += [(f"shards[{i}].", s, "sha256") for i, s in enumerate(manifest["shards"])]
+        problems = [f"{at}{k} is {e.get(k)!r}, not a sha256" for at, e, k in digests if not _is_sha256(e.get(k))]
+        problems += [
+            f"shards[{i}].bytes is {s.get('bytes')!r}, not a count"
+            for i, s in enumerate(manifest["shards"])
+            if not _is_count(s.get("bytes"))
+        ]
+    if not problems:
+        ids = [d["id"] for d in manifest["datasets"]]
+        if len(set(ids)) < len(ids):
+            problems.append(f"data set ids {ids} repeat")
+        for key in ("n_sets", "n_cells"):
+            total = sum(s[key] for s in manifest["shards"])
+            if manifest[key] != total:
+                problems.append(f"{key} is {manifest[key]} but the shards hold {total}")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    return manifest
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _read_genes(path: Path, n_genes: int, sha256: str | None) -> list[str]:
+    """The gene ids in a genes file the manifest names, one a line, ``n_genes`` of them."""
+    _check_sha256(path, sha256)
+    try:
+        genes = path.read_bytes().decode("utf-8").splitlines()
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err})") from err
+    if len(genes) != n_genes:
+        raise ValueError(f"{path}: {len(genes)} genes, the manifest records {n_genes}")
+    return genes
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an npz file (never unpickled)."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable npz (truncated, or not a zip archive)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: not a readable npz (corrupt, or holding pickled objects): {err}") from err
+
+
+def _inside(directory: Path, entry: str, name: Any) -> Path:
+    """``directory / name`` for the manifest entry ``entry``; refused unless it is a relative path that stays
+    inside ``directory`` once symlinks and ``..`` are resolved."""
+    manifest = directory / MANIFEST
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{manifest}: {entry} must be a path relative to the corpus folder, got {name!r}")
+    if Path(name).is_absolute():
+        raise ValueError(f"{manifest}: {entry} is an absolute path ({name}); corpus paths must be relative")
+    root = directory.resolve()
+    try:
+        inside = (root / name).resolve().is_relative_to(root)
+    except (OSError, RuntimeError) as err:  # a symlink loop
+        raise ValueError(f"{manifest}: {entry} ({name}) cannot be resolved: {err}") from err
+    if not inside:
+        raise ValueError(f"{manifest}: {entry} ({name}) points outside the corpus folder {root}")
+    return directory / name
 
 
 class Corpus:
@@ -261,6 +409,11 @@ class Corpus:
         that are not in it are left out.
     cache_shards
         Shards kept in memory (least recently used are dropped).
+
+    Every path in the manifest must stay inside ``directory``. Opening checks the size of every shard and
+    the sha256 of the genes files; a shard's sha256 and arrays are checked when this object first reads it
+    (:meth:`verify` checks every file at once). Problems raise ``ValueError`` naming the file.
+    ``checksums`` says whether the manifest records them (older ones do not).
     """
 
     def __init__(self, directory: str | Path, *, vocabulary: Sequence[str] | None = None, cache_shards: int = 4):
@@ -268,16 +421,42 @@ class Corpus:
         manifest_path = self.directory / MANIFEST
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{manifest_path} not found; is {self.directory} a corpus (prepare-corpus)?")
-        self.manifest = json.loads(manifest_path.read_text())
-        if self.manifest.get("format") != FORMAT or self.manifest.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{manifest_path} is not an {FORMAT} manifest this version can read")
+        self.manifest = _read_manifest(manifest_path)
+        self._vocabulary_file = _inside(self.directory, "vocabulary_file", self.manifest["vocabulary_file"])
+        self._genes_files = {
+            d["id"]: _inside(self.directory, f"datasets[{i}].genes_file", d["genes_file"])
+            for i, d in enumerate(self.manifest["datasets"])
+        }
+        self._shard_files = [
+            _inside(self.directory, f"shards[{i}].file", s["file"]) for i, s in enumerate(self.manifest["shards"])
+        ]
+        self.checksums = CHECKSUM in self.manifest
+        if not self.checksums:
+            warnings.warn(
+                f"{manifest_path} records no checksums (written by an older opencellplm), so changed or swapped "
+                "files cannot be detected; prepare the corpus again to add them",
+                UserWarning,
+                stacklevel=2,
+            )
+        problems = []  # every shard is there, with the size the manifest records (a stat each)
+        for path, info in zip(self._shard_files, self.shards):
+            if not path.is_file():
+                problems.append(f"{path}: missing")
+            elif self.checksums and path.stat().st_size != info["bytes"]:
+                problems.append(
+                    f"{path}: {path.stat().st_size} bytes, the manifest records {info['bytes']}; the file changed "
+                    "after prepare-corpus"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))
         if vocabulary is None:
-            vocabulary = (self.directory / VOCABULARY).read_text().splitlines()
+            vocabulary = _read_genes(self._vocabulary_file, self.manifest["n_genes"], self.manifest.get(CHECKSUM))
         position = {g: i for i, g in enumerate(vocabulary)}
         self.vocabulary = list(vocabulary)
-        self._columns, self._gene_index = {}, {}
+        self._columns, self._gene_index, self._n_genes = {}, {}, {}
         for d in self.manifest["datasets"]:
-            genes = (self.directory / d["genes_file"]).read_text().splitlines()
+            genes = _read_genes(self._genes_files[d["id"]], d["n_genes"], d.get("genes_sha256"))
+            self._n_genes[d["id"]] = len(genes)
             columns = np.array([j for j, g in enumerate(genes) if g in position], dtype=np.int64)
             if columns.size == 0:
                 warnings.warn(
@@ -289,22 +468,99 @@ class Corpus:
             raise ValueError("no data set of the corpus shares a gene with the vocabulary")
         self._cache: dict[int, dict[str, np.ndarray]] = {}
         self._cache_shards = cache_shards
+        self._hashed: set[int] = set()  # shards whose sha256 this object has checked
 
     @property
     def shards(self) -> list[dict]:
-        """Per shard: ``file``, ``n_sets``, ``n_cells``."""
+        """Per shard: ``file``, ``n_sets``, ``n_cells`` (and ``bytes``, ``sha256`` since checksums are recorded)."""
         return self.manifest["shards"]
 
     def shard(self, index: int) -> dict[str, np.ndarray]:
-        """The arrays of shard ``index`` (kept in a small LRU cache)."""
+        """The arrays of shard ``index`` (kept in a small LRU cache; its sha256 is checked at the first read)."""
         if index in self._cache:
             self._cache[index] = self._cache.pop(index)  # most recently used last
         else:
-            with np.load(self.directory / self.shards[index]["file"], allow_pickle=False) as npz:
-                self._cache[index] = {k: npz[k] for k in npz.files}
+            if index not in self._hashed:
+                _check_sha256(self._shard_files[index], self.shards[index].get("sha256"))
+                self._hashed.add(index)
+            self._cache[index] = self._read_shard(index)
             while len(self._cache) > self._cache_shards:
                 self._cache.pop(next(iter(self._cache)))
         return self._cache[index]
+
+    def verify(self) -> list[str]:
+        """Check every file against the manifest: the sha256 of the vocabulary, of the genes files and of every
+        shard, and the arrays of every shard. Returns the problems, one a file (none: the corpus is intact).
+
+        A manifest written before checksums were recorded gets the array checks only (see :attr:`checksums`).
+        """
+        problems = []
+        texts = [(self._vocabulary_file, self.manifest.get(CHECKSUM))]
+        texts += [(self._genes_files[d["id"]], d.get("genes_sha256")) for d in self.manifest["datasets"]]
+        for path, sha256 in texts:
+            try:
+                _check_sha256(path, sha256)
+            except ValueError as err:
+                problems.append(str(err))
+        for index, info in enumerate(self.shards):
+            try:
+                _check_sha256(self._shard_files[index], info.get("sha256"))
+                self._read_shard(index)
+            except ValueError as err:
+                problems.append(str(err))
+        return problems
+
+    def _read_shard(self, index: int) -> dict[str, np.ndarray]:
+        path = self._shard_files[index]
+        arrays = _read_npz(path)
+        problems = [f"array {k!r} is missing" for k in SHARD_ARRAYS if k not in arrays]
+        problems += [
+            f"array {k!r} is {arrays[k].dtype}, not {np.dtype(dtype)}"
+            for k, dtype in SHARD_ARRAYS.items()
+            if k in arrays and arrays[k].dtype != dtype
+        ]
+        problems = problems or self._layout_problems(self.shards[index], arrays)
+        if problems:
+            raise ValueError(f"{path}: " + "; ".join(problems))
+        return arrays
+
+    def _layout_problems(self, info: dict, a: dict[str, np.ndarray]) -> list[str]:
+        """How the arrays of a shard disagree with each other and with the manifest entry ``info``."""
+        offsets, indptr = a["set_offsets"], a["indptr"]
+        if offsets.ndim != 1 or offsets.size == 0 or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
+            return ["set_offsets does not start at 0 and never decrease"]
+        n_sets, n_cells = offsets.size - 1, int(offsets[-1])
+        if (n_sets, n_cells) != (info["n_sets"], info["n_cells"]):
+            return [
+                f"holds {n_sets} sets of {n_cells} cells, the manifest records {info['n_sets']} sets of "
+                f"{info['n_cells']} cells"
+            ]
+        if indptr.shape != (n_cells + 1,) or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+            return [f"indptr is not {n_cells + 1} offsets that start at 0 and never decrease"]
+        nnz = int(indptr[-1])
+        shapes = {"indices": (nnz,), "data": (nnz,), "batch": (n_cells,), "source_rows": (n_cells,)}
+        shapes |= {"coords": (n_cells, 3), "n_genes": (n_sets,), "dataset": (n_sets,), "coord_dims": (n_sets,)}
+        problems = [
+            f"array {k!r} has shape {a[k].shape}, not {shape}" for k, shape in shapes.items() if a[k].shape != shape
+        ]
+        if problems:
+            return problems
+        unknown = sorted(set(a["dataset"].tolist()) - set(self._n_genes))
+        if unknown:
+            return [f"data set ids {unknown} are not in the manifest"]
+        if any(int(n) != self._n_genes[d] for n, d in zip(a["n_genes"], a["dataset"].tolist())):
+            problems.append("n_genes differs from the gene counts of the data sets")
+        if not np.isin(a["coord_dims"], (0, 2, 3)).all():
+            problems.append("coord_dims holds values other than 0, 2 and 3")
+        n_batches = len(self.manifest["batches"])
+        if n_cells and (a["batch"].min() < 0 or a["batch"].max() >= n_batches):
+            problems.append(f"batch ids outside [0, {n_batches})")
+        for k in range(n_sets):
+            genes = a["indices"][indptr[offsets[k]] : indptr[offsets[k + 1]]]
+            if genes.size and (genes.min() < 0 or genes.max() >= a["n_genes"][k]):
+                problems.append(f"set {k} has gene indices outside [0, {a['n_genes'][k]})")
+                break
+        return problems
 
     def usable(self, shard: int, k: int) -> bool:
         """Whether set ``k`` of shard ``shard`` has genes in the vocabulary."""
