@@ -415,19 +415,19 @@ def test_missing_or_unreadable_files_of_the_corpus_are_named(corpus_dir):
     fails("shards/shard-00001.npz", f"missing\n{corpus_dir / 'shards' / 'shard-00002.npz'}: missing")
 
 
-def _sha256(path):
+def _sha256_hex(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_prepare_records_sizes_and_checksums(corpus_dir):
     manifest = json.loads((corpus_dir / "manifest.json").read_text())
-    assert manifest["vocabulary_sha256"] == _sha256(corpus_dir / "genes.txt")
+    assert manifest["vocabulary_sha256"] == _sha256_hex(corpus_dir / "genes.txt")
     assert [d["genes_sha256"] for d in manifest["datasets"]] == [
-        _sha256(corpus_dir / "datasets" / f"{i}.genes.txt") for i in (0, 1)
+        _sha256_hex(corpus_dir / "datasets" / f"{i}.genes.txt") for i in (0, 1)
     ]
     for shard in manifest["shards"]:
         path = corpus_dir / shard["file"]
-        assert shard["bytes"] == path.stat().st_size and shard["sha256"] == _sha256(path)
+        assert shard["bytes"] == path.stat().st_size and shard["sha256"] == _sha256_hex(path)
 
 
 def test_a_shard_replaced_by_a_copy_of_another_is_refused_when_the_corpus_opens(corpus_dir):
@@ -464,8 +464,8 @@ def test_each_shard_is_hashed_at_its_first_read_only(corpus_dir, monkeypatch):
     from opencellplm.data import corpus as corpus_module
 
     hashed, read = [], []
-    sha256, read_npz = corpus_module._sha256, corpus_module._read_npz
-    monkeypatch.setattr(corpus_module, "_sha256", lambda path: hashed.append(Path(path).name) or sha256(path))
+    sha256, read_npz = corpus_module.sha256_of, corpus_module._read_npz
+    monkeypatch.setattr(corpus_module, "sha256_of", lambda path: hashed.append(Path(path).name) or sha256(path))
     monkeypatch.setattr(corpus_module, "_read_npz", lambda path: read.append(Path(path).name) or read_npz(path))
     corpus = Corpus(corpus_dir, cache_shards=1)
     assert hashed == ["genes.txt", "0.genes.txt", "1.genes.txt"] and read == []  # shards: a stat each
@@ -561,3 +561,12 @@ def test_pretraining_on_a_tampered_corpus_stops_with_the_message(corpus_dir, tmp
     run = ["pretrain", "--corpus", str(corpus_dir), "--config", "tiny", "--out", str(tmp_path / "cli"), "--steps", "1"]
     assert main([*run, "--device", "cpu"]) == 2
     assert f"{corpus_dir / 'manifest.json'}: shards[0].file is an absolute path (/etc/passwd)" in caplog.text
+
+
+def test_gene_ids_that_cannot_be_stored_one_per_line_are_refused(tmp_path, corpus_files):
+    paths, sc, _ = corpus_files
+    sc.var_names = ["G0", " G1", *[f"G{i}" for i in range(2, 11)], ""]
+    sc.write_h5ad(tmp_path / "padded.h5ad")
+    with pytest.raises(ValueError, match=r"padded.h5ad cannot be used:\n- var_names: gene 1 \(' G1'\) has whitespace"):
+        prepare_corpus([tmp_path / "padded.h5ad"], tmp_path / "corpus")
+    assert not (tmp_path / "corpus").exists()

@@ -31,6 +31,15 @@ T = TypeVar("T")
 Recogniser = Callable[[Path], list[str]]
 
 
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's content, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def resolve_output(target: str | Path) -> Path:
     """``target`` as an absolute path with a name (``.`` becomes the current folder's path)."""
     path = Path(target).expanduser().resolve()

@@ -13,7 +13,6 @@ between DataLoader workers, so every set is read by exactly one process per epoc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -30,10 +29,11 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from .._files import check_output_directory, write_directory
+from .._files import check_output_directory, sha256_of, write_directory
 from .._sparse import scipy_to_torch_csr
 from ..module import CellBatch
 from .cellsets import cell_sets, normalize_coordinates
+from .genes import gene_list_problems
 from .reader import counts_matrix, open_h5ad, read_rows
 from .validate import coordinates, empty_cells_note, validate
 
@@ -122,6 +122,10 @@ def prepare_corpus(
             problems = list(report.errors)
             if report.duplicate_genes:
                 problems.append(f"duplicate gene ids {report.duplicate_genes[:5]}; make them unique first")
+            else:  # the genes files hold one id a line: blank or padded ids would shift the columns
+                unstorable = gene_list_problems([str(g) for g in adata.var_names], first_line=0)
+                if unstorable:
+                    problems.append("var_names: " + "; ".join(unstorable[:3]).replace("line", "gene"))
             if batch_key is not None and batch_key not in adata.obs:
                 problems.append(f"obs column {batch_key!r} not found; adata.obs has {list(adata.obs.columns)}")
             if problems:
@@ -209,7 +213,7 @@ def _write_corpus(
                     "n_empty_cells_left_out": len(report.empty_cells),
                     "n_genes": len(genes),
                     "genes_file": f"datasets/{dataset_id}.genes.txt",
-                    "genes_sha256": _sha256(genes_file),
+                    "genes_sha256": sha256_of(genes_file),
                     "n_sets": len(sets),
                     "spatial_dims": report.spatial_dims,
                 }
@@ -224,7 +228,7 @@ def _write_corpus(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": settings | {"batch_key": batch_key, "max_cells": max_cells, "seed": seed},
         "vocabulary_file": VOCABULARY,
-        CHECKSUM: _sha256(out / VOCABULARY),
+        CHECKSUM: sha256_of(out / VOCABULARY),
         "n_genes": len(vocabulary),
         "n_cells": sum(s["n_cells"] for s in shards),
         "n_sets": sum(s["n_sets"] for s in shards),
@@ -270,17 +274,8 @@ def _write_shard(out: Path, index: int, sets: list[_Set]) -> dict:
         coord_dims=np.array([0 if s.coords is None else s.coords.shape[1] for s in sets], dtype=np.int8),
         source_rows=np.concatenate([s.rows for s in sets]).astype(np.int64),
     )
-    size, sha256 = (out / name).stat().st_size, _sha256(out / name)
+    size, sha256 = (out / name).stat().st_size, sha256_of(out / name)
     return {"file": name, "n_sets": len(sets), "n_cells": int(sizes.sum()), "bytes": size, "sha256": sha256}
-
-
-def _sha256(path: Path) -> str:
-    """The sha256 of a file's content (read in chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_sha256(path: Path, expected: str | None) -> None:
@@ -288,7 +283,7 @@ def _check_sha256(path: Path, expected: str | None) -> None:
     if expected is None:
         return
     try:
-        actual = _sha256(path)
+        actual = sha256_of(path)
     except OSError as err:
         raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from err
     if actual != expected:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import warnings
@@ -15,7 +14,7 @@ import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
-from .._files import check_output_file
+from .._files import check_output_file, sha256_of
 from .._sparse import scipy_to_torch_csr
 from ..data.cellsets import Partition, cell_sets, normalize_coordinates
 from ..data.genes import GENE_ID_RULES, GeneIdRule
@@ -95,7 +94,7 @@ class CellPLM:
         source = {
             "name": name,
             "path": str(Path(directory).resolve()),
-            "sha256": _sha256(Path(directory) / WEIGHTS_FILE),
+            "sha256": sha256_of(Path(directory) / WEIGHTS_FILE),
         }
         logger.info("loaded %s: %d genes, %s parameters", directory, len(genes), f"{module.n_parameters():,}")
         return cls(module, genes, meta=meta, source=source, device=device)
@@ -105,7 +104,7 @@ class CellPLM:
         """Load an official release, ``PREFIX.config.json`` + ``PREFIX.best.ckpt``."""
         module, genes = load_official(prefix)
         weights = official_paths(prefix)[1]
-        source = {"name": Path(prefix).name, "path": str(weights.resolve()), "sha256": _sha256(weights)}
+        source = {"name": Path(prefix).name, "path": str(weights.resolve()), "sha256": sha256_of(weights)}
         meta = {"source": f"official checkpoint {Path(prefix).name}", "gene_id_rule": "exact"}
         return cls(module, genes, meta=meta, source=source, device=device)
 
@@ -421,14 +420,6 @@ def _write_into_copy(source: Path, copy: Path, key_added: str, embedding: np.nda
                 write_elem(f[group], key, value)
             else:  # files written element by element may lack the group
                 write_elem(f, group, {key: value})
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(2**22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_in_blocks(matrix, sets: list[np.ndarray], columns: np.ndarray, block_cells: int):
