@@ -14,6 +14,7 @@ Every directory this package writes (a checkpoint, a corpus) goes through :func:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -38,6 +39,18 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
         while chunk := handle.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def marker_problems(marker: Path, fmt: str) -> list[str]:
+    """``[]`` when the JSON file ``marker`` declares ``"format": fmt`` (what this package writes into each
+    directory it makes), else the reason: the recognisers of :func:`write_directory` start here."""
+    try:
+        declared = json.loads(marker.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        declared = None
+    if isinstance(declared, dict) and declared.get("format") == fmt:
+        return []
+    return [f"no {marker.name} declaring format {fmt!r}"]
 
 
 def resolve_output(target: str | Path) -> Path:

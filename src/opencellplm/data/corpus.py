@@ -29,7 +29,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from .._files import check_output_directory, sha256_of, write_directory
+from .._files import check_output_directory, marker_problems, sha256_of, write_directory
 from .._sparse import scipy_to_torch_csr
 from ..module import CellBatch
 from .cellsets import cell_sets, normalize_coordinates
@@ -157,13 +157,7 @@ def corpus_problems(folder: Path) -> list[str]:
                 for f in sorted(entry.iterdir())
                 if not re.fullmatch(pattern, f.name) or not f.is_file()
             ]
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        manifest = None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        problems.insert(0, f"no {MANIFEST} declaring format {FORMAT!r}")
-    return problems
+    return marker_problems(folder / MANIFEST, FORMAT) + problems
 
 
 def _write_corpus(

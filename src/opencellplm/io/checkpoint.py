@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .._files import check_output_directory, write_directory
+from .._files import check_output_directory, marker_problems, write_directory
 from ..config import ConfigError, ModelConfig
 from ..data.genes import GENE_ID_RULES, gene_list_problems
 from ..module import CellPLMModule
@@ -83,14 +83,8 @@ def save_checkpoint(
 
 def checkpoint_problems(folder: Path) -> list[str]:
     """Why ``folder`` is not a checkpoint written by this package holding nothing else (empty if it is)."""
-    problems = [f"it holds {p.name}" for p in sorted(folder.iterdir()) if p.name not in CHECKPOINT_FILES]
-    try:
-        meta = json.loads((folder / META_FILE).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        meta = None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        problems.insert(0, f"no {META_FILE} declaring format {FORMAT!r}")
-    return problems
+    extra = [f"it holds {p.name}" for p in sorted(folder.iterdir()) if p.name not in CHECKPOINT_FILES]
+    return marker_problems(folder / META_FILE, FORMAT) + extra
 
 
 def load_checkpoint(directory: str | Path) -> tuple[CellPLMModule, list[str], dict[str, Any]]:
