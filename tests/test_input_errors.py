@@ -113,10 +113,9 @@ def _as_float16(x: np.ndarray, layout: str):
 @pytest.mark.parametrize("where", ["memory", "open_h5ad", "backed"])
 @pytest.mark.parametrize("layout", ["dense", "csr"])
 def test_float16_counts_are_read_as_float32(model, tiny_adata, tmp_path, monkeypatch, layout, where):
-    import opencellplm.model.cellplm as api
 
     tiny_adata.obs["sample"] = np.random.default_rng(0).choice(["a", "b", "c"], 40)  # interleaved rows
-    monkeypatch.setattr(api, "READ_BLOCK_CELLS", 13)  # several sets per read, and reads of one set
+    monkeypatch.setattr("opencellplm.data.sets.READ_BLOCK_CELLS", 13)  # several sets per read, and reads of one set
     expected = model.get_latent_representation(tiny_adata, sample_key="sample", max_cells=6)
     expected_totals = validate(tiny_adata, vocabulary=model.genes).cell_totals
     half = tiny_adata.copy()

@@ -167,7 +167,6 @@ def test_empty_cells_get_nan_rows_and_are_counted(model, tiny_adata):
 
 @pytest.mark.parametrize("where", ["X dense", "X csr", "layer csr"])
 def test_blocked_reading_from_disk_matches_memory(model, tiny_adata, tmp_path, monkeypatch, where):
-    import opencellplm.model.cellplm as api
     from opencellplm.data import open_h5ad
 
     rng = np.random.default_rng(0)
@@ -180,7 +179,7 @@ def test_blocked_reading_from_disk_matches_memory(model, tiny_adata, tmp_path, m
         tiny_adata.layers["counts"] = tiny_adata.X
         tiny_adata.X = tiny_adata.X * 0.5  # not counts: must not be read
     tiny_adata.write_h5ad(tmp_path / "x.h5ad")
-    monkeypatch.setattr(api, "READ_BLOCK_CELLS", 13)  # several sets per read, and reads of one set
+    monkeypatch.setattr("opencellplm.data.sets.READ_BLOCK_CELLS", 13)  # several sets per read, and reads of one set
     with open_h5ad(tmp_path / "x.h5ad") as on_disk:
         got = model.get_latent_representation(on_disk, layer=layer, sample_key="sample", max_cells=6)
     np.testing.assert_allclose(got, expected, atol=1e-6)

@@ -3,9 +3,13 @@
 from .cellsets import cell_sets, normalize_coordinates, spatial_tiles
 from .genes import GeneAlignment, align_genes
 from .reader import counts_matrix, iter_row_blocks, open_h5ad, read_rows
+from .sets import CellSet, CellSets, InputSpec
 from .validate import InputReport, coordinates, validate
 
 __all__ = [
+    "CellSet",
+    "CellSets",
+    "InputSpec",
     "GeneAlignment",
     "InputReport",
     "align_genes",

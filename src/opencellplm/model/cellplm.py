@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -15,23 +14,18 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from .._files import check_output_file, sha256_of
-from .._sparse import scipy_to_torch_csr
-from ..data.cellsets import Partition, cell_sets, normalize_coordinates
+from ..data.cellsets import Partition
 from ..data.genes import GENE_ID_RULES, GeneIdRule
-from ..data.reader import block_rows, counts_matrix, open_h5ad, read_rows
-from ..data.validate import InputReport, coordinates, empty_cells_note, require_anndata, validate
+from ..data.reader import open_h5ad
+from ..data.sets import CellSets, InputSpec
+from ..data.validate import InputReport, require_anndata, validate
 from ..io import load_checkpoint, load_official, save_checkpoint
 from ..io.checkpoint import WEIGHTS_FILE
 from ..io.errors import check_duplicates
 from ..io.official import official_paths
-from ..module import CellBatch, CellPLMModule, GMVAENoise
+from ..module import CellPLMModule, GMVAENoise
 
 logger = logging.getLogger(__name__)
-
-#: Default cap on a cell set: the official pretraining's ``max_batch_size``; it also bounds memory.
-DEFAULT_MAX_CELLS = 4000
-#: Cells read from the counts at once (several sets share one read of a backed file).
-READ_BLOCK_CELLS = 65_536
 
 
 class CellPLM:
@@ -250,99 +244,61 @@ class CellPLM:
         self,
         adata: AnnData,
         *,
-        layer: str | None = None,
-        gene_key: str | None = None,
-        sample_key: str | None = None,
-        spatial_key: str | None = "spatial",
-        max_cells: int | None | Literal["auto"] = "auto",
-        partition: Partition | None = None,
-        seed: int = 0,
         official_compat: bool = False,
-        allow_low_overlap: bool = False,
         noise: Iterable[GMVAENoise] | None = None,
+        **spec: Any,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """The embedding and what ``uns['cellplm'][key]`` keeps about it (the effective settings)."""
         if noise is not None and not official_compat:
             raise ValueError("noise= replays the official random draws; it needs official_compat=True")
-        report = self.validate(
-            adata,
-            layer=layer,
-            gene_key=gene_key,
-            sample_key=sample_key,
-            spatial_key=spatial_key,
-            allow_low_overlap=allow_low_overlap,
+        sets = self.cell_sets(
+            adata, InputSpec(**spec), official_compat=official_compat, left_out="their rows are NaN", warn_stacklevel=4
         )
-        report.raise_for_errors()
-        consequence = "embedded anyway, as the official pipeline does" if official_compat else "their rows are NaN"
-        for message in [*report.warnings, empty_cells_note(adata, report, consequence)]:
-            if message:
-                warnings.warn(message, UserWarning, stacklevel=3)
-        if max_cells == "auto":
-            max_cells = None if official_compat else DEFAULT_MAX_CELLS
-        if partition is None:
-            partition = "consecutive" if official_compat else "auto"
-        coords = coordinates(adata, spatial_key) if report.spatial_dims else None
-        keep = np.ones(adata.n_obs, dtype=bool)
-        if not official_compat:
-            keep[report.empty_cells] = False
-        samples = None if sample_key is None else adata.obs[sample_key].to_numpy()
-        sets = cell_sets(samples, adata.n_obs, max_cells, coords=coords, keep=keep, partition=partition, seed=seed)
-        logger.info("embedding %d cells in %d cell sets", int(keep.sum()), len(sets))
-
-        matrix = counts_matrix(adata, layer)
-        columns = report.alignment.columns
-        gene_index = torch.as_tensor(report.alignment.gene_index, device=self.device)
-        use_coords = coords is not None and self.config.positional_encoding != "none" and not official_compat
         noise_iter: Iterator[GMVAENoise] | None = None if noise is None else iter(noise)
         out = np.full((adata.n_obs, self.config.latent.dim), np.nan, dtype=np.float32)
         was_training = self.module.training
         self.module.eval()
         try:
-            with tqdm(total=int(keep.sum()), desc="embedding", unit="cell", disable=None) as bar:
-                block_cells = block_rows(matrix, adata.n_vars, READ_BLOCK_CELLS)
-                for rows_read, group, block in _read_in_blocks(matrix, sets, columns, block_cells):
-                    for rows in group:
-                        x = block if rows_read is None else block[np.searchsorted(rows_read, rows)]
-                        batch = CellBatch(
-                            counts=scipy_to_torch_csr(x, self.device),
-                            gene_index=gene_index,
-                            coords=None if not use_coords else _coords_tensor(coords[rows], self.device),
-                        )
-                        step_noise = None
-                        if noise_iter is not None:
-                            step_noise = next(noise_iter, None)
-                            if step_noise is None:
-                                raise ValueError("fewer GMVAE noise entries than forward calls")
-                        result = self.module(batch, official=official_compat, noise=step_noise)
-                        out[rows] = embedding = result.embedding.float().cpu().numpy()
-                        _check_finite(embedding, adata.obs_names[rows])
-                        bar.update(len(rows))
+            with tqdm(total=sets.n_cells, desc="embedding", unit="cell", disable=None) as bar:
+                for cell_set in sets.iterate(self.device):
+                    step_noise = None
+                    if noise_iter is not None:
+                        step_noise = next(noise_iter, None)
+                        if step_noise is None:
+                            raise ValueError("fewer GMVAE noise entries than forward calls")
+                    result = self.module(cell_set.batch, official=official_compat, noise=step_noise)
+                    out[cell_set.rows] = embedding = result.embedding.float().cpu().numpy()
+                    _check_finite(embedding, adata.obs_names[cell_set.rows])
+                    bar.update(len(cell_set.rows))
         finally:
             self.module.train(was_training)
         if noise_iter is not None and next(noise_iter, None) is not None:
             raise ValueError(f"more GMVAE noise entries than the {len(sets)} forward calls")
-        params = {
-            "layer": layer,
-            "gene_key": gene_key,
+        params = sets.params() | {
             "gene_id_rule": self.gene_id_rule,
-            "sample_key": sample_key,
-            "spatial_key": spatial_key if report.spatial_dims else None,
-            "max_cells": max_cells,
-            "partition": partition,
-            "seed": seed,
             "official_compat": official_compat,
-            "allow_low_overlap": allow_low_overlap,
             "n_genes_vocabulary": len(self.genes),
         }
         record = {
-            # h5ad cannot store None: absent settings are left out.
-            "params": {k: v for k, v in params.items() if v is not None},
+            "params": params,
             "checkpoint": self.source,
-            "n_genes_matched": report.alignment.n_matched,
+            "n_genes_matched": sets.report.alignment.n_matched,
             "n_cell_sets": len(sets),
-            "n_cells_left_out": int((~keep).sum()),
+            "n_cells_left_out": adata.n_obs - sets.n_cells,
         }
         return out, record
+
+    def cell_sets(self, adata: AnnData, spec: InputSpec, *, official_compat: bool = False, **options: Any) -> CellSets:
+        """``adata`` checked against this model and cut into cell sets (see :class:`~opencellplm.data.CellSets`)."""
+        return CellSets(
+            adata,
+            spec,
+            vocabulary=self.genes,
+            gene_id_rule=self.gene_id_rule,
+            positional=self.config.positional_encoding != "none",
+            official_compat=official_compat,
+            **options,
+        )
 
     def embed(self, adata: AnnData, *, key_added: str = "X_cellplm", **kwargs: Any) -> CellPLM:
         """Write cell embeddings to ``adata.obsm[key_added]`` and what was done to
@@ -422,30 +378,8 @@ def _write_into_copy(source: Path, copy: Path, key_added: str, embedding: np.nda
                 write_elem(f, group, {key: value})
 
 
-def _read_in_blocks(matrix, sets: list[np.ndarray], columns: np.ndarray, block_cells: int):
-    """Yield ``(sorted rows of the block, its sets, their counts)``, read in one go: consecutive sets are
-    grouped up to ``block_cells`` cells. A set alone comes as ``(None, [set], counts in set order)``."""
-    group: list[np.ndarray] = []
-    size = 0
-    for rows in [*sets, None]:
-        if rows is not None and (not group or size + len(rows) <= block_cells):
-            group.append(rows)
-            size += len(rows)
-            continue
-        if len(group) == 1:
-            yield None, group, read_rows(matrix, group[0], columns)
-        elif group:
-            block_rows = np.sort(np.concatenate(group))
-            yield block_rows, group, read_rows(matrix, block_rows, columns)
-        group, size = ([rows], len(rows)) if rows is not None else ([], 0)
-
-
 def _device(device: str | torch.device) -> torch.device:
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} requested but CUDA is not available to this torch build; use device='cpu'")
     return device
-
-
-def _coords_tensor(coords: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(normalize_coordinates(coords), dtype=torch.float32, device=device)

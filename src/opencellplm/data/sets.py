@@ -1,0 +1,222 @@
+"""THE path from an AnnData to model inputs: checked once, cut into cell sets, read set by set.
+
+:class:`InputSpec` says where the input sits in an AnnData and how its cells are grouped (the
+keywords every task takes); :class:`CellSets` applies it to one AnnData and a vocabulary: it
+validates the input once (:func:`~opencellplm.data.validate`), builds the cell sets
+(:func:`~opencellplm.data.cell_sets`) and yields each set's rows with its
+:class:`~opencellplm.module.CellBatch`, reading a backed file in blocks of sets. Embedding and every
+task's ``fit`` / ``predict`` iterate it; per-cell targets (labels, masks) are indexed by the rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from .._sparse import scipy_to_torch_csr
+from ..module import CellBatch
+from .cellsets import Partition, cell_sets, normalize_coordinates
+from .genes import GeneIdRule
+from .reader import block_rows, counts_matrix, read_rows
+from .validate import InputReport, coordinates, empty_cells_note, validate
+
+logger = logging.getLogger(__name__)
+
+#: Default cap on a cell set: the official pretraining's ``max_batch_size``; it also bounds memory.
+DEFAULT_MAX_CELLS = 4000
+#: Cells read from the counts at once (several sets share one read of a backed file).
+READ_BLOCK_CELLS = 65_536
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Where a model's input sits in an AnnData, and how its cells are grouped into sets.
+
+    Attributes
+    ----------
+    layer
+        Layer with raw counts (default ``X``).
+    gene_key
+        ``var`` column with the vocabulary's gene ids (default: ``var_names``); ids are normalised
+        by the checkpoint's rule before matching.
+    sample_key
+        ``obs`` column grouping cells that attend to each other (default: all cells, one sample).
+    spatial_key
+        ``obsm`` key of 2-D or 3-D coordinates, used when present: large samples are cut into
+        spatial tiles and models with a positional encoding encode them. None ignores coordinates.
+    max_cells
+        Largest cell set; larger samples are split. ``"auto"``: 4000 (with ``official_compat``:
+        None, whole samples). None keeps samples whole.
+    partition
+        How to split: ``"auto"`` (tiles with coordinates, else seeded random), ``"tiles"``,
+        ``"random"`` or ``"consecutive"``; None: ``"auto"`` (``"consecutive"`` with ``official_compat``).
+    seed
+        Seed of the random partition.
+    allow_low_overlap
+        Go on when the matched genes carry a negligible share of the counts.
+    """
+
+    layer: str | None = None
+    gene_key: str | None = None
+    sample_key: str | None = None
+    spatial_key: str | None = "spatial"
+    max_cells: int | None | Literal["auto"] = "auto"
+    partition: Partition | None = None
+    seed: int = 0
+    allow_low_overlap: bool = False
+
+    def resolved(self, *, official_compat: bool = False) -> InputSpec:
+        """The spec with ``"auto"`` and None defaults replaced by the values used."""
+        max_cells = self.max_cells
+        if max_cells == "auto":
+            max_cells = None if official_compat else DEFAULT_MAX_CELLS
+        partition = self.partition or ("consecutive" if official_compat else "auto")
+        return replace(self, max_cells=max_cells, partition=partition)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CellSet:
+    """One cell set: its rows in the AnnData and its model input."""
+
+    rows: np.ndarray
+    batch: CellBatch
+
+
+class CellSets:
+    """An AnnData checked against a vocabulary and cut into cell sets.
+
+    Parameters
+    ----------
+    adata
+        Raw counts; in memory, backed, or opened with :func:`~opencellplm.data.open_h5ad`.
+    spec
+        Where the input is and how cells are grouped.
+    vocabulary, gene_id_rule
+        The model's genes and how input ids are normalised to match them.
+    positional
+        Whether the model encodes coordinates (they are then passed, scaled to [0, 1] per set).
+    official_compat
+        The official pipeline's sets (whole samples, consecutive chunks) and cells without counts
+        kept; no coordinates passed.
+    require_counts
+        Non-integer values are an error (tasks that model counts) rather than a warning.
+    left_out
+        What the warning about cells without counts says happens to them.
+    warn_stacklevel
+        ``stacklevel`` of the input warnings, so that they point at the user's call.
+
+    Raises
+    ------
+    ValueError
+        When the input cannot be used, listing every problem (see :class:`InputReport`).
+    """
+
+    def __init__(
+        self,
+        adata: AnnData,
+        spec: InputSpec,
+        *,
+        vocabulary: Sequence[str],
+        gene_id_rule: GeneIdRule = "exact",
+        positional: bool = False,
+        official_compat: bool = False,
+        require_counts: bool = False,
+        left_out: str = "they are left out",
+        warn_stacklevel: int = 2,
+    ):
+        self.adata = adata
+        self.spec = spec.resolved(official_compat=official_compat)
+        self.report: InputReport = validate(
+            adata,
+            layer=spec.layer,
+            sample_key=spec.sample_key,
+            spatial_key=spec.spatial_key,
+            gene_key=spec.gene_key,
+            vocabulary=vocabulary,
+            gene_id_rule=gene_id_rule,
+            require_counts=require_counts,
+            allow_low_overlap=spec.allow_low_overlap,
+        )
+        self.report.raise_for_errors()
+        consequence = "embedded anyway, as the official pipeline does" if official_compat else left_out
+        for message in [*self.report.warnings, empty_cells_note(adata, self.report, consequence)]:
+            if message:
+                warnings.warn(message, UserWarning, stacklevel=warn_stacklevel + 1)
+        self.coords = coordinates(adata, spec.spatial_key) if self.report.spatial_dims else None
+        self.keep = np.ones(adata.n_obs, dtype=bool)
+        if not official_compat:
+            self.keep[self.report.empty_cells] = False
+        samples = None if spec.sample_key is None else adata.obs[spec.sample_key].to_numpy()
+        self.sets = cell_sets(
+            samples,
+            adata.n_obs,
+            self.spec.max_cells,
+            coords=self.coords,
+            keep=self.keep,
+            partition=self.spec.partition,
+            seed=self.spec.seed,
+        )
+        self._use_coords = self.coords is not None and positional and not official_compat
+        self._gene_index = torch.as_tensor(self.report.alignment.gene_index)
+        logger.info("%d cells in %d cell sets", self.n_cells, len(self.sets))
+
+    @property
+    def n_cells(self) -> int:
+        """Cells placed in a set (cells without counts are left out)."""
+        return int(self.keep.sum())
+
+    def __len__(self) -> int:
+        return len(self.sets)
+
+    def params(self) -> dict[str, Any]:
+        """The effective settings, for ``uns[...]['params']`` (h5ad stores no None: unset ones are left out)."""
+        params = self.spec.to_dict()
+        if not self.report.spatial_dims:
+            params["spatial_key"] = None
+        return {k: v for k, v in params.items() if v is not None}
+
+    def __iter__(self) -> Iterator[CellSet]:
+        return self.iterate()
+
+    def iterate(self, device: torch.device | str = "cpu") -> Iterator[CellSet]:
+        """Each set, in order, with its input on ``device``; the counts are read in blocks of sets."""
+        matrix = counts_matrix(self.adata, self.spec.layer)
+        columns = self.report.alignment.columns
+        gene_index = self._gene_index.to(device)
+        block_cells = block_rows(matrix, self.adata.n_vars, READ_BLOCK_CELLS)
+        for rows_read, group, block in _read_in_blocks(matrix, self.sets, columns, block_cells):
+            for rows in group:
+                x = block if rows_read is None else block[np.searchsorted(rows_read, rows)]
+                coords = None
+                if self._use_coords:
+                    coords = torch.as_tensor(normalize_coordinates(self.coords[rows]), dtype=torch.float32)
+                    coords = coords.to(device)
+                yield CellSet(rows, CellBatch(scipy_to_torch_csr(x, device), gene_index, coords=coords))
+
+
+def _read_in_blocks(matrix, sets: list[np.ndarray], columns: np.ndarray, block_cells: int):
+    """Yield ``(sorted rows of the block, its sets, their counts)``, read in one go: consecutive sets are
+    grouped up to ``block_cells`` cells. A set alone comes as ``(None, [set], counts in set order)``."""
+    group: list[np.ndarray] = []
+    size = 0
+    for rows in [*sets, None]:
+        if rows is not None and (not group or size + len(rows) <= block_cells):
+            group.append(rows)
+            size += len(rows)
+            continue
+        if len(group) == 1:
+            yield None, group, read_rows(matrix, group[0], columns)
+        elif group:
+            block = np.sort(np.concatenate(group))
+            yield block, group, read_rows(matrix, block, columns)
+        group, size = ([rows], len(rows)) if rows is not None else ([], 0)
