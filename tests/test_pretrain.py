@@ -183,7 +183,7 @@ def test_two_processes_match_one(corpus, tmp_path):
 def _initial_weights(corpus):
     from opencellplm.data.corpus import Corpus
     from opencellplm.module import CellPLMModule
-    from opencellplm.train.loop import model_config_for
+    from opencellplm.train.pretrain import model_config_for
 
     torch.manual_seed(0)  # what pretrain does before building the model
     return CellPLMModule(model_config_for(Corpus(corpus), TINY)).state_dict()
@@ -208,7 +208,7 @@ def test_named_and_file_configurations(tmp_path):
 def test_the_85m_configuration_builds_on_a_corpus(corpus):
     from opencellplm.data.corpus import Corpus
     from opencellplm.module import CellPLMModule
-    from opencellplm.train.loop import model_config_for
+    from opencellplm.train.pretrain import model_config_for
 
     model, _ = configs.load("cellplm-85m")
     config = model_config_for(Corpus(corpus), model)
@@ -229,20 +229,20 @@ def test_early_stop_holds_across_resume_and_a_refused_resume_changes_nothing(cor
 
 
 def test_resume_before_the_first_checkpoint_and_after_a_cut_log_line(corpus, tmp_path, monkeypatch):
-    from opencellplm.train import loop
+    from opencellplm.train.trainer import Trainer
 
     model, train = configs.load(_config_file(tmp_path / "cfg.json", checkpoint_every=100))
     pretrain(corpus, tmp_path / "whole", model=model, train=train)
 
     run = tmp_path / "run"
-    real_step = loop._Run._train_step
+    real_step = Trainer._train_step
 
     def crash_at_step_3(self):
         if self.step == 2:
             raise RuntimeError("simulated crash")
         return real_step(self)
 
-    monkeypatch.setattr(loop._Run, "_train_step", crash_at_step_3)
+    monkeypatch.setattr(Trainer, "_train_step", crash_at_step_3)
     with pytest.raises(RuntimeError, match="simulated crash"):
         pretrain(corpus, run, model=model, train=train)
     monkeypatch.undo()
@@ -301,19 +301,19 @@ def test_a_run_into_a_folder_in_use_fails_at_once_and_changes_nothing(corpus, tm
 def test_resume_into_a_folder_in_use_fails_at_once_and_proceeds_once_the_holder_is_killed(
     corpus, tmp_path, monkeypatch
 ):
-    from opencellplm.train import loop
+    from opencellplm.train.trainer import Trainer
 
     config = _config_file(tmp_path / "cfg.json")
     model, train = configs.load(config)
     run = tmp_path / "run"
-    real_step = loop._Run._train_step
+    real_step = Trainer._train_step
 
     def crash_at_step_5(self):
         if self.step == 4:
             raise RuntimeError("simulated crash")
         return real_step(self)
 
-    monkeypatch.setattr(loop._Run, "_train_step", crash_at_step_5)
+    monkeypatch.setattr(Trainer, "_train_step", crash_at_step_5)
     with pytest.raises(RuntimeError, match="simulated crash"):
         pretrain(corpus, run, model=model, train=train)
     monkeypatch.undo()  # a run to resume: its state at step 3, its log to step 4

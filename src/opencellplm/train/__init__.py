@@ -1,5 +1,6 @@
-"""Pretraining: masked cell modelling on a prepared corpus, one process or many (torchrun)."""
+"""Training: one trainer for pretraining and fine-tuning (one process, or many under torchrun)."""
 
-from .loop import pretrain
+from .pretrain import PretrainObjective, pretrain
+from .trainer import Distributed, Objective, ParamGroup, Trainer
 
-__all__ = ["pretrain"]
+__all__ = ["Distributed", "Objective", "ParamGroup", "PretrainObjective", "Trainer", "pretrain"]

@@ -1,0 +1,472 @@
+"""One training loop for pretraining and every fine-tuning task: one process, or many under ``torchrun``.
+
+A run optimises an :class:`Objective`: it says which items (cell sets) each optimizer step uses, how
+one item becomes a loss, how to evaluate, and which metric to monitor in which direction. The
+:class:`Trainer` does the rest, the same for every task: AdamW with per-group learning rates (frozen
+parameters skipped, weight decay on matrices only), warm-up and cosine decay as pure functions of the
+step, gradient clipping, bf16 autocast where the hardware has it, DistributedDataParallel, early
+stopping on the monitored metric, the best state kept, and, with a run folder, a metrics log, a
+summary and an atomic resumable state behind an exclusive lock.
+
+The random draws of each item (cell drop, masks, dropout, latent sample) are seeded by
+``(seed, step, position in the global batch)``, so a run is the same whatever the number of
+processes, and a resumed run continues exactly where its last checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import ConfigError, TrainConfig
+from ..module.losses import LossOutput
+from .schedule import lr_factor, set_seed
+from .state import RunInUseError, load_state, lock_run_dir, rng_state, save_state, set_rng_state
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE, SUMMARY_FILE, MODEL_DIR, CONFIG_FILE = "metrics.jsonl", "summary.json", "model", "config.json"
+#: The step index that seeds evaluation draws, so that every evaluation draws the same masks.
+EVALUATION_STEP = -1 + 2**31
+
+Autocast = Callable[[], AbstractContextManager]
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """Parameters trained at ``lr_scale`` times the run's learning rate (e.g. 0.1 for a pretrained embedder)."""
+
+    name: str
+    params: Sequence[nn.Parameter]
+    lr_scale: float = 1.0
+
+
+class Objective:
+    """What a run optimises; each task subclasses it.
+
+    Subclasses define :meth:`global_batch`, :meth:`loss` and :meth:`evaluate`; ``monitor`` names the
+    metric of :meth:`evaluate` that selects the best state (``maximize`` for scores such as F1).
+    """
+
+    monitor: str = "val_loss"
+    maximize: bool = False
+    #: Name of ``LossOutput.objective`` in the metrics log.
+    objective_name: str = "objective"
+
+    def global_batch(self, step: int) -> Sequence[Any]:
+        """The items (e.g. cell-set references) of optimizer step ``step``: ``sets_per_step`` of them."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, item: Any, device: torch.device, autocast: Autocast) -> tuple[LossOutput, int]:
+        """Forward one item through ``model`` (under ``autocast()``) and return its loss and its number of cells.
+
+        The random draws are already seeded for this item.
+        """
+        raise NotImplementedError
+
+    def evaluate(self, module: nn.Module, world: Distributed, autocast: Autocast) -> dict[str, float]:
+        """Validation metrics named ``val_*``, ``monitor`` among them (module in eval mode, no gradients). Seed
+        any random draw with ``set_seed(seed, EVALUATION_STEP, position)`` so every evaluation is alike."""
+        raise NotImplementedError
+
+    def param_groups(self, module: nn.Module) -> list[ParamGroup]:
+        """Learning-rate groups (default: every parameter at the run's rate)."""
+        return [ParamGroup("all", list(module.parameters()))]
+
+    def settings(self) -> dict[str, Any]:
+        """What a resumed run must share with the saved one besides the train config: ``model`` (its
+        config) and whatever identifies the data."""
+        return {}
+
+    def on_improved(self, module: nn.Module, step: int, history: list[dict[str, Any]], out: Path | None) -> None:
+        """Called on the main process when the monitored metric improves (e.g. to save the model)."""
+
+
+class Distributed:
+    """Rank, world size and device of this process; starts the process group under torchrun."""
+
+    def __init__(self, rank: int, world_size: int, device: torch.device, started: bool):
+        self.rank, self.world_size, self.device, self.started = rank, world_size, device, started
+
+    @classmethod
+    def start(cls, device: str | torch.device | None) -> Distributed:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(device)
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {device} requested but CUDA is not available to this torch build")
+            if device.index is None:
+                device = torch.device("cuda", local_rank)  # one GPU per process under torchrun
+            elif world_size > 1 and device.index != local_rank:
+                raise ValueError(f"under torchrun each process uses its own GPU; pass --device cuda, not {device}")
+            torch.cuda.set_device(device)
+        started = False
+        if world_size > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            started = True
+        return cls(rank, world_size, device, started)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over processes."""
+        if self.world_size == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def stop(self) -> None:
+        if self.started:
+            dist.destroy_process_group()
+
+
+class Trainer:
+    """Train ``module`` on ``objective``.
+
+    Parameters
+    ----------
+    module
+        The network (its weights are the starting point: pretrained, or freshly initialised).
+    objective
+        The task's items, loss and evaluation.
+    config
+        Steps, learning rate and schedule, clipping, evaluation, early stopping, precision, seed.
+    world
+        This process's rank and device (:meth:`Distributed.start`).
+    out
+        Run folder: ``config.json``, ``metrics.jsonl``, ``summary.json``, the resumable ``state.pt`` and
+        whatever the objective saves (e.g. ``model/``); locked while the run lasts. None keeps the run
+        in memory (fine-tuning).
+    resume
+        Continue from ``out/state.pt``.
+    keep_best
+        Load the best evaluated weights into ``module`` when the run ends (fine-tuning).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        objective: Objective,
+        config: TrainConfig,
+        world: Distributed,
+        *,
+        out: Path | None = None,
+        resume: bool = False,
+        keep_best: bool = False,
+    ):
+        if resume and out is None:
+            raise ValueError("resume needs a run folder (out)")
+        self.module, self.objective, self.config, self.world = module.to(world.device), objective, config, world
+        self.out, self.keep_best = out, keep_best
+        self.positions = self._positions()  # refused early when the world size does not divide the step
+        self.optimizer = torch.optim.AdamW(self._optimizer_groups(), lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, config))
+        self.dtype = autocast_dtype(config.precision, world.device)
+        self.step, self.best, self.bad_evals, self.history = 0, math.inf, 0, []
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self._lock: IO[str] | None = None
+        if out is not None:
+            self._lock = self._lock_out()  # before anything in out is read or written
+        try:
+            if out is not None:
+                self._prepare_out(resume)
+            if resume:
+                self._resume()
+            elif out is not None:
+                self._checkpoint()  # step 0: a run that dies before its first checkpoint can still be resumed
+            self.model = self.module
+            if world.world_size > 1:
+                self.model = torch.nn.parallel.DistributedDataParallel(
+                    self.module,
+                    device_ids=[world.device.index] if world.device.type == "cuda" else None,
+                    find_unused_parameters=True,  # e.g. the missing-coordinate vector in spatial sets
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------------------- setup
+    def _optimizer_groups(self) -> list[dict[str, Any]]:
+        """The objective's groups, each split into weight decay (matrices, embeddings) and none (biases,
+        norms); frozen parameters are left out."""
+        groups, seen = [], set()
+        for group in self.objective.param_groups(self.module):
+            params = [p for p in group.params if p.requires_grad and id(p) not in seen]
+            seen |= {id(p) for p in params}
+            for decayed in (True, False):
+                chosen = [p for p in params if (p.dim() >= 2) == decayed]
+                if chosen:
+                    groups.append(
+                        {
+                            "params": chosen,
+                            "weight_decay": self.config.weight_decay if decayed else 0.0,
+                            "lr": self.config.lr * group.lr_scale,
+                            "name": f"{group.name}{'' if decayed else ' (no decay)'}",
+                        }
+                    )
+        if not groups:
+            raise ValueError("nothing to train: every parameter is frozen")
+        if self.world.main:
+            logger.info(
+                "optimizer groups: %s",
+                ", ".join(f"{g['name']} {sum(p.numel() for p in g['params']):,} at lr {g['lr']:.3g}" for g in groups),
+            )
+        return groups
+
+    def _lock_out(self) -> IO[str] | None:
+        """Rank 0, the only writer, locks ``out`` for the run; every rank raises when it could not.
+
+        Rank 0's outcome is all-reduced before any barrier, so the other ranks fail with it instead of
+        waiting for it at the next barrier.
+        """
+        lock, error, failed = None, None, 0.0  # failed: 1 the folder is in use, 2 another error
+        if self.world.main:
+            try:
+                lock = lock_run_dir(self.out)
+            except Exception as err:
+                error, failed = err, 1.0 if isinstance(err, RunInUseError) else 2.0
+        (failed,) = self.world.sum([failed])
+        if error is not None:
+            raise error
+        if failed == 1:
+            raise RunInUseError(f"{self.out} is in use by another run; wait for it to end or pass another --out")
+        if failed:
+            raise RuntimeError(f"process 0 could not lock {self.out}; see its error")
+        return lock
+
+    def close(self) -> None:
+        """Release the lock on ``out`` (rank 0)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _prepare_out(self, resume: bool) -> None:
+        if not resume and any((self.out / f).exists() for f in ("state.pt", METRICS_FILE, MODEL_DIR)):
+            raise FileExistsError(f"{self.out} holds an earlier run; pass resume=True (--resume) or another --out")
+        if self.world.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                (self.out / CONFIG_FILE).write_text(json.dumps(self.settings(), indent=2) + "\n")
+        self.world.barrier()
+
+    def settings(self) -> dict[str, Any]:
+        """What a resumed run must share with the saved one."""
+        settings = dict(self.objective.settings())
+        return {"model": settings.pop("model", {}), "train": self.config.to_dict()} | settings
+
+    def _resume(self) -> None:
+        state = load_state(self.out)
+        saved, current = state["config"], self.settings()
+        changed = sorted(
+            f"{part}.{k}" for part in current for k in current[part] if saved.get(part, {}).get(k) != current[part][k]
+        )
+        if changed:
+            raise ConfigError(f"cannot resume: the settings differ from the saved run's in {changed}")
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.step, self.best, self.bad_evals = state["step"], state["best"], state["bad_evals"]
+        self.history = list(state["history"])
+        if self.world.main:  # drop the log lines written after the checkpoint (and a line cut by a crash)
+            log = self.out / METRICS_FILE
+            if log.exists():
+                kept = [line for line in log.read_text().splitlines() if (_step_of(line) or math.inf) <= self.step]
+                partial = log.with_name(f".{METRICS_FILE}.partial")
+                partial.write_text("".join(f"{line}\n" for line in kept))
+                os.replace(partial, log)
+            logger.info("resuming at step %d", self.step)
+
+    # -------------------------------------------------------------------------------- loop
+    def fit(self) -> dict[str, Any]:
+        """Train until ``config.steps`` or early stopping; returns the run summary."""
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> dict[str, Any]:
+        config, world, out = self.config, self.world, self.out
+        start_time = time.perf_counter()
+        cells_seen = 0
+        stopped_early = config.patience > 0 and self.bad_evals >= config.patience  # a resumed, stopped run
+        if out is not None and (self.step >= config.steps or stopped_early) and (out / SUMMARY_FILE).exists():
+            logger.info("the run in %s has already finished", out)
+            return json.loads((out / SUMMARY_FILE).read_text())
+        bar = tqdm(total=config.steps, initial=self.step, desc="training", unit="step", disable=not world.main or None)
+        step_seconds = 0.0  # in optimizer steps only (not evaluation or checkpoints)
+        while self.step < config.steps and not stopped_early:
+            lr = config.lr * lr_factor(self.step, config)  # the run's rate at this step (groups scale it)
+            tic = time.perf_counter()
+            metrics = self._train_step()
+            step_seconds += time.perf_counter() - tic
+            cells_seen += metrics["cells"]
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3g}")
+            record = {"step": self.step, "lr": lr} | metrics
+            if self.step % config.eval_every == 0 or self.step == config.steps:
+                record |= self._evaluate()
+                stopped_early = self._track(record)
+            if out is not None and world.main:
+                if self.step % config.log_every == 0 or self.objective.monitor in record or self.step == config.steps:
+                    with open(out / METRICS_FILE, "a") as log:
+                        log.write(json.dumps(record) + "\n")
+            if out is not None and (
+                self.step % config.checkpoint_every == 0 or self.step == config.steps or stopped_early
+            ):
+                self._checkpoint()
+        bar.close()
+        if self.keep_best and self.best_state is not None:
+            self.module.load_state_dict(self.best_state)
+        seconds = time.perf_counter() - start_time
+        monitor = self.objective.monitor
+        summary = {
+            "steps": self.step,
+            "stopped_early": stopped_early,
+            f"best_{monitor}": self._best_value() if self.history else None,
+            "val_history": self.history,
+            "seconds": round(seconds, 2),
+            "train_cells_per_s": round(cells_seen / step_seconds, 1) if step_seconds > 0 else None,
+            "processes": world.world_size,
+            "device": str(world.device),
+            "precision": "bf16" if self.dtype else "fp32",
+        }
+        if out is not None and world.main:
+            (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        if world.main:
+            logger.info("training done: %s", {k: v for k, v in summary.items() if k != "val_history"})
+        world.barrier()
+        return summary
+
+    def autocast(self) -> AbstractContextManager:
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.world.device.type, dtype=self.dtype)
+
+    def _positions(self) -> list[int]:
+        if self.config.sets_per_step % self.world.world_size:
+            raise ValueError(
+                f"sets_per_step={self.config.sets_per_step} is not a multiple of the world size {self.world.world_size}"
+            )
+        return list(range(self.world.rank, self.config.sets_per_step, self.world.world_size))
+
+    def _train_step(self) -> dict[str, float]:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        items = self.objective.global_batch(self.step)
+        positions = self.positions
+        totals = [0.0, 0.0, 0.0, 0.0]  # loss, latent loss, objective (each summed over items), cells
+        for i, position in enumerate(positions):
+            torch.manual_seed(set_seed(self.config.seed, self.step, position))
+            last = i == len(positions) - 1
+            sync = nullcontext() if last or self.world.world_size == 1 else self.model.no_sync()
+            with sync:
+                loss, n_cells = self.objective.loss(self.model, items[position], self.world.device, self.autocast)
+                (loss.total / len(positions)).backward()
+            if not torch.isfinite(loss.total):
+                raise FloatingPointError(
+                    f"non-finite loss at step {self.step + 1} (item {items[position]}); lower train.lr or use "
+                    "precision fp32" + (", then resume from the last checkpoint" if self.out is not None else "")
+                )
+            values = [loss.total.item(), loss.latent.item(), loss.objective.item(), n_cells]
+            totals = [a + b for a, b in zip(totals, values)]
+        grad_norm = 0.0
+        if self.config.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        loss, latent, objective, cells = self.world.sum(totals)
+        n = self.config.sets_per_step
+        metrics = {"loss": loss / n, "latent_loss": latent / n, self.objective.objective_name: objective / n}
+        metrics["cells"] = int(cells)
+        return metrics | ({"grad_norm": grad_norm} if self.config.grad_clip > 0 else {})
+
+    @torch.no_grad()
+    def _evaluate(self) -> dict[str, float]:
+        self.module.eval()
+        return self.objective.evaluate(self.module, self.world, self.autocast)
+
+    def _best_value(self) -> float:
+        return -self.best if self.objective.maximize else self.best
+
+    def _track(self, record: dict[str, float]) -> bool:
+        """Record an evaluation; keep the state when it improves; whether to stop early."""
+        monitor = self.objective.monitor
+        value = record[monitor]
+        self.history.append({"step": self.step} | {k: record[k] for k in record if k.startswith("val_")})
+        score = -value if self.objective.maximize else value  # lower is better from here on
+        if score < self.best:
+            self.best, self.bad_evals = score, 0
+            if self.keep_best:
+                self.best_state = copy.deepcopy(self.module.state_dict())
+            if self.world.main:
+                self.objective.on_improved(self.module, self.step, self.history, self.out)
+        else:
+            self.bad_evals += 1
+        return self.config.patience > 0 and self.bad_evals >= self.config.patience
+
+    def _checkpoint(self) -> None:
+        if self.world.main:
+            save_state(
+                self.out,
+                {
+                    "step": self.step,
+                    "model": self.module.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "rng": rng_state(),
+                    "best": self.best,
+                    "bad_evals": self.bad_evals,
+                    "history": self.history,
+                    "config": self.settings(),
+                },
+            )
+        self.world.barrier()
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bfloat16 for ``"bf16"``, and for ``"auto"`` on CUDA with bf16 and CPUs with AVX512-BF16 or AMX; else None."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    cpu_bf16 = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
+    return torch.bfloat16 if device.type == "cpu" and cpu_bf16 else None
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
