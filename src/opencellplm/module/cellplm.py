@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -15,7 +16,7 @@ from .heads import AnnotationHead
 from .latent import make_latent
 from .losses import LossOutput, annotation_loss, nb_imputation_loss, nb_reconstruction_loss
 from .masking import drop_cells, gene_mask, hide_genes, select_cells
-from .outputs import CellBatch, CellPLMOutput, GMVAENoise
+from .outputs import CellBatch, CellPLMOutput, GMVAENoise, LatentOutput
 
 
 class CellPLMModule(nn.Module):
@@ -75,14 +76,21 @@ class CellPLMModule(nn.Module):
             if self.config.masking.cell_rate > 0 and self.config.masking.gene_rate > 0:
                 input_mask = gene_mask(batch.n_cells, batch.counts.shape[1], self.config.masking, batch.counts.device)
             counts = batch.counts if input_mask is None else hide_genes(batch.counts, input_mask)
-        h = self.embedder(counts, batch.gene_index, batch.coords, use_positional=not official)  # (N, d)
-        h = self.pre_latent_norm(self.encoder(h))  # (N, d)
-        latent = self.latent(h, official=official, noise=noise)
+        latent = self.encode(replace(batch, counts=counts), official=official, noise=noise)
         nb = None
         if self.decoder is not None:
             nb = self.decoder(latent.embedding, batch, missing_covariate="sum" if official else "mean")
         logits = None if self.head is None else self.head(latent.embedding)
         return CellPLMOutput(latent=latent, nb=nb, logits=logits, cells=batch, kept_cells=kept, input_mask=input_mask)
+
+    def encode(self, batch: CellBatch, *, official: bool = False, noise: GMVAENoise | None = None) -> LatentOutput:
+        """The backbone: gene embedding -> encoder across the cells of the set -> latent (no corruption).
+
+        Task modules read the cell embedding here and put their own head on it.
+        """
+        h = self.embedder(batch.counts, batch.gene_index, batch.coords, use_positional=not official)  # (N, d)
+        h = self.pre_latent_norm(self.encoder(h))  # (N, d)
+        return self.latent(h, official=official, noise=noise)
 
     #: Tensors with one row per vocabulary gene (the gene axis first).
     PER_GENE = ("embedder.gene_embedding", "decoder.mean.weight", "decoder.mean.bias", "decoder.log_dispersion")
