@@ -110,6 +110,8 @@ class CellSets:
         kept; no coordinates passed.
     require_counts
         Non-integer values are an error (tasks that model counts) rather than a warning.
+    cells
+        Boolean mask of the rows to place in sets (default: all); the others are left out.
     left_out
         What the warning about cells without counts says happens to them.
     warn_stacklevel
@@ -131,6 +133,7 @@ class CellSets:
         positional: bool = False,
         official_compat: bool = False,
         require_counts: bool = False,
+        cells: np.ndarray | None = None,
         left_out: str = "they are left out",
         warn_stacklevel: int = 2,
     ):
@@ -156,6 +159,8 @@ class CellSets:
         self.keep = np.ones(adata.n_obs, dtype=bool)
         if not official_compat:
             self.keep[self.report.empty_cells] = False
+        if cells is not None:
+            self.keep &= np.asarray(cells, dtype=bool)
         samples = None if spec.sample_key is None else adata.obs[spec.sample_key].to_numpy()
         self.sets = cell_sets(
             samples,
@@ -188,6 +193,19 @@ class CellSets:
     def __iter__(self) -> Iterator[CellSet]:
         return self.iterate()
 
+    def read(self, index: int, device: torch.device | str = "cpu") -> CellSet:
+        """Set ``index`` alone (training reads sets in its own order, one at a time)."""
+        rows = self.sets[index]
+        x = read_rows(counts_matrix(self.adata, self.spec.layer), rows, self.report.alignment.columns)
+        return CellSet(
+            rows, CellBatch(scipy_to_torch_csr(x, device), self._gene_index.to(device), self._coords(rows, device))
+        )
+
+    def _coords(self, rows: np.ndarray, device: torch.device | str) -> torch.Tensor | None:
+        if not self._use_coords:
+            return None
+        return torch.as_tensor(normalize_coordinates(self.coords[rows]), dtype=torch.float32).to(device)
+
     def iterate(self, device: torch.device | str = "cpu") -> Iterator[CellSet]:
         """Each set, in order, with its input on ``device``; the counts are read in blocks of sets."""
         matrix = counts_matrix(self.adata, self.spec.layer)
@@ -197,11 +215,7 @@ class CellSets:
         for rows_read, group, block in _read_in_blocks(matrix, self.sets, columns, block_cells):
             for rows in group:
                 x = block if rows_read is None else block[np.searchsorted(rows_read, rows)]
-                coords = None
-                if self._use_coords:
-                    coords = torch.as_tensor(normalize_coordinates(self.coords[rows]), dtype=torch.float32)
-                    coords = coords.to(device)
-                yield CellSet(rows, CellBatch(scipy_to_torch_csr(x, device), gene_index, coords=coords))
+                yield CellSet(rows, CellBatch(scipy_to_torch_csr(x, device), gene_index, self._coords(rows, device)))
 
 
 def _read_in_blocks(matrix, sets: list[np.ndarray], columns: np.ndarray, block_cells: int):

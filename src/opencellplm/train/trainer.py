@@ -188,7 +188,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, config))
         self.dtype = autocast_dtype(config.precision, world.device)
         self.step, self.best, self.bad_evals, self.history = 0, math.inf, 0, []
-        self.best_state: dict[str, torch.Tensor] | None = None
+        # With keep_best, the last good weights (best evaluated, else the starting ones) are restored at the end.
+        self.best_state = copy.deepcopy(module.state_dict()) if keep_best else None
+        self.stopped_by: str | None = None
         self._lock: IO[str] | None = None
         if out is not None:
             self._lock = self._lock_out()  # before anything in out is read or written
@@ -323,7 +325,14 @@ class Trainer:
         while self.step < config.steps and not stopped_early:
             lr = config.lr * lr_factor(self.step, config)  # the run's rate at this step (groups scale it)
             tic = time.perf_counter()
-            metrics = self._train_step()
+            try:
+                metrics = self._train_step()
+            except FloatingPointError as err:
+                if not self.keep_best:
+                    raise
+                self.stopped_by = str(err)  # fine-tuning: stop, keep the last good state
+                logger.error("%s; training stopped, the last good weights are kept", err)
+                break
             step_seconds += time.perf_counter() - tic
             cells_seen += metrics["cells"]
             self.step += 1
@@ -349,6 +358,7 @@ class Trainer:
         summary = {
             "steps": self.step,
             "stopped_early": stopped_early,
+            "stopped_by": self.stopped_by,
             f"best_{monitor}": self._best_value() if self.history else None,
             "val_history": self.history,
             "seconds": round(seconds, 2),
