@@ -1,1 +1,5 @@
 """Helpers for tests, shipped so that downstream packages can use them too."""
+
+from .synthetic import synthetic_adata
+
+__all__ = ["synthetic_adata"]

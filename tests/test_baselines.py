@@ -1,0 +1,188 @@
+"""Baselines: they beat chance on separable synthetic data, read X or a layer, dense, sparse or backed, never
+modify their input, and name their extra when it is missing."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from anndata import AnnData
+
+from opencellplm import baselines
+from opencellplm.data.reader import open_h5ad
+from opencellplm.metrics import classification_scores, denoising_scores, hide_counts
+from opencellplm.testing import synthetic_adata
+
+
+def dense(x) -> np.ndarray:
+    return x.toarray() if sp.issparse(x) else np.asarray(x)
+
+
+def snapshot(adata: AnnData) -> dict:
+    return {
+        "X": dense(adata.X).copy(),
+        "layers": {k: dense(v).copy() for k, v in adata.layers.items()},
+        "obs": adata.obs.copy(),
+        "var": adata.var.copy(),
+        "obsm": {k: np.array(v) for k, v in adata.obsm.items()},
+        "uns": set(adata.uns),
+        "sparse": sp.issparse(adata.X),
+    }
+
+
+def assert_unchanged(adata: AnnData, before: dict) -> None:
+    after = snapshot(adata)
+    np.testing.assert_array_equal(after["X"], before["X"])
+    assert after["layers"].keys() == before["layers"].keys()
+    for key, value in before["layers"].items():
+        np.testing.assert_array_equal(after["layers"][key], value)
+    assert after["obs"].equals(before["obs"]) and after["var"].equals(before["var"])
+    assert after["obsm"].keys() == before["obsm"].keys() and after["uns"] == before["uns"]
+    assert after["sparse"] == before["sparse"]
+
+
+def knn_accuracy(embedding: np.ndarray, labels) -> float:
+    from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return cross_val_score(KNeighborsClassifier(15), embedding, labels, cv=5).mean()
+
+
+@pytest.fixture(scope="module")
+def split():
+    """240 training and 120 test cells of 4 types; the test set's genes in another order, one gene missing."""
+    adata = synthetic_adata(360, 150, n_types=4, seed=1)
+    train, test = adata[:240].copy(), adata[240:].copy()
+    order = np.random.default_rng(0).permutation(test.n_vars)[:-1]
+    return train, test[:, order].copy()
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_pca_embedding_separates_types_and_leaves_the_input_alone(sparse):
+    adata = synthetic_adata(240, 150, sparse=sparse)
+    before = snapshot(adata)
+    result = baselines.pca_embedding(adata, n_comps=20, n_top_genes=100)
+    assert_unchanged(adata, before)
+    assert result.name == "pca" and result.seconds > 0
+    assert result.prediction.shape == (240, 20) and np.isfinite(result.prediction).all()
+    assert result.params["n_top_genes"] == 100
+    assert knn_accuracy(result.prediction, adata.obs["cell_type"]) > 0.8  # chance: 0.25
+
+
+def test_pca_embedding_reads_a_layer_and_copes_with_few_genes():
+    adata = synthetic_adata(60, 30)
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = sp.csr_matrix(np.log1p(adata.X.toarray()))  # X is not counts: the layer must be read
+    from_layer = baselines.pca_embedding(adata, layer="counts")  # 50 components and 2000 genes asked
+    assert from_layer.prediction.shape == (60, 29) and from_layer.params["n_top_genes"] == 30
+    plain = synthetic_adata(60, 30)
+    np.testing.assert_allclose(
+        np.abs(from_layer.prediction), np.abs(baselines.pca_embedding(plain).prediction), rtol=1e-3, atol=1e-3
+    )
+    with pytest.raises(KeyError, match="counts2"):
+        baselines.pca_embedding(adata, layer="counts2")
+
+
+def test_baselines_read_backed_files(tmp_path):
+    adata = synthetic_adata(80, 40)
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    with open_h5ad(tmp_path / "cells.h5ad") as backed:
+        result = baselines.unchanged(backed)
+        embedding = baselines.pca_embedding(backed, n_comps=5)
+    np.testing.assert_array_equal(dense(result.prediction), adata.X.toarray())
+    np.testing.assert_allclose(
+        np.abs(embedding.prediction), np.abs(baselines.pca_embedding(adata, n_comps=5).prediction), atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("method", [baselines.celltypist_style, baselines.l1_logistic_cv, baselines.knn_on_pca])
+def test_annotation_baselines_beat_chance(method, split):
+    train, test = split
+    before_train, before_test = snapshot(train), snapshot(test)
+    result = method(train, test, labels_key="cell_type")
+    assert_unchanged(train, before_train)
+    assert_unchanged(test, before_test)
+    assert result.classes == ("type_0", "type_1", "type_2", "type_3")
+    assert result.prediction.shape == (test.n_obs,) and set(result.prediction) <= set(result.classes)
+    assert result.probabilities.shape == (test.n_obs, 4)
+    np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(
+        result.prediction, np.array(result.classes)[result.probabilities.argmax(axis=1)]
+    )  # the label is the most probable class
+    assert result.params["n_genes"] <= 149  # the genes both sets have
+    assert classification_scores(test.obs["cell_type"], result.prediction).macro_f1 > 0.8  # chance: about 0.25
+
+
+def test_annotation_baselines_skip_unlabelled_cells_and_check_their_input(split):
+    train, test = split
+    train = train.copy()
+    train.obs.loc[train.obs_names[:10], "cell_type"] = np.nan
+    result = baselines.celltypist_style(train, test, labels_key="cell_type")
+    assert set(result.classes) == {"type_0", "type_1", "type_2", "type_3"}
+    with pytest.raises(KeyError, match="cell_type"):
+        baselines.knn_on_pca(train, test, labels_key="celltype")
+    other = test.copy()
+    other.var_names = [f"X{i}" for i in range(other.n_vars)]
+    with pytest.raises(ValueError, match="share no gene"):
+        baselines.celltypist_style(train, other, labels_key="cell_type")
+
+
+def test_l1_logistic_cv_reports_the_chosen_c(split):
+    train, test = split
+    result = baselines.l1_logistic_cv(train, test, labels_key="cell_type", cs=(0.1, 1.0), solver="saga", max_iter=50)
+    assert result.params["C"] in (0.1, 1.0) and set(result.params["cv_f1"]) == {0.1, 1.0}
+    assert result.params["C"] == max(result.params["cv_f1"], key=lambda c: (result.params["cv_f1"][c], -c))
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_denoising_baselines(sparse):
+    truth = synthetic_adata(200, 100, sparse=sparse)
+    corrupted_x, mask = hide_counts(truth.X, seed=0)
+    corrupted = truth.copy()
+    corrupted.X = corrupted_x
+    before = snapshot(corrupted)
+
+    same = baselines.unchanged(corrupted)
+    np.testing.assert_array_equal(dense(same.prediction), dense(corrupted_x))
+    smoothed = baselines.knn_smoothing(corrupted, n_neighbors=10, n_comps=10)
+    assert_unchanged(corrupted, before)
+
+    prediction = smoothed.prediction
+    assert prediction.shape == truth.shape and prediction.dtype == np.float32 and (prediction >= 0).all()
+    # each cell keeps its own library size
+    np.testing.assert_allclose(prediction.sum(axis=1), dense(corrupted_x).sum(axis=1), rtol=1e-4)
+    baseline = denoising_scores(truth.X, same.prediction, mask)
+    assert denoising_scores(truth.X, prediction, mask).rmse < baseline.rmse
+
+
+def test_knn_smoothing_with_one_neighbour_is_the_input():
+    adata = synthetic_adata(30, 20)
+    result = baselines.knn_smoothing(adata, n_neighbors=1, n_comps=5)
+    np.testing.assert_allclose(result.prediction, adata.X.toarray(), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("call", "module", "message"),
+    [
+        (
+            lambda a: baselines.scvi_embedding(a),
+            "scvi",
+            r"scVI needs the scvi extra: pip install 'opencellplm\[scvi\]'",
+        ),
+        (lambda a: baselines.scvi_denoise(a), "scvi", r"pip install 'opencellplm\[scvi\]'"),
+        (lambda a: baselines.magic(a), "magic", r"MAGIC needs the magic extra: pip install 'opencellplm\[magic\]'"),
+    ],
+)
+def test_optional_baselines_name_their_extra(monkeypatch, call, module, message):
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if the package were absent
+    with pytest.raises(ImportError, match=message):
+        call(synthetic_adata(20, 10))
+
+
+def test_magic_refuses_the_other_module_named_magic(monkeypatch):
+    monkeypatch.setitem(sys.modules, "magic", types.ModuleType("magic"))  # python-magic has no MAGIC
+    with pytest.raises(ImportError, match=r"not MAGIC.*opencellplm\[magic\]"):
+        baselines.magic(synthetic_adata(20, 10))
