@@ -175,6 +175,80 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _annotate(args: argparse.Namespace) -> int:
+    import anndata as ad
+
+    from .tasks import AnnotationRecipe, CellTypeAnnotator
+
+    source = Path(args.input)
+    if not source.is_file():
+        raise FileNotFoundError(f"input file not found: {source}")
+    spec = {"layer": args.layer, "gene_key": args.gene_key, "sample_key": args.sample_key}
+    if args.action in ("fit", "score") and args.labels_key is None:
+        raise ValueError(f"annotate {args.action} needs --labels-key, the obs column of cell type labels")
+    if args.action == "fit":
+        if args.out is None:
+            raise ValueError("annotate fit needs --out, the folder to save the fitted annotator in")
+        from ._files import check_output_directory
+        from .tasks.annotation import annotator_problems
+
+        check_output_directory(args.out, overwrite=args.overwrite, recognise=annotator_problems, kind="annotator")
+        adata = ad.read_h5ad(source)
+        make = CellTypeAnnotator.from_scratch if args.scratch else CellTypeAnnotator.from_pretrained
+        recipe = AnnotationRecipe(
+            **{k: v for k, v in {"steps": args.steps, "seed": args.seed}.items() if v is not None}
+        )
+        annotator = make(args.checkpoint or DEFAULT_MODEL, recipe=recipe)
+        train_cells = None if args.test_key is None else ~_flag(adata, args.test_key)
+        annotator.fit(adata, args.labels_key, mode=args.mode, train_cells=train_cells, **spec)
+        annotator.save(args.out, overwrite=args.overwrite)
+        return 0
+    if args.annotator is None:
+        raise ValueError(f"annotate {args.action} needs --annotator, a folder written by annotate fit")
+    annotator = CellTypeAnnotator.load(args.annotator)
+    if args.action == "predict":
+        if args.out is None:
+            raise ValueError("annotate predict needs --out, the h5ad file to write")
+        check_output_file(args.out, overwrite=args.overwrite, inputs=[source])
+        adata = ad.read_h5ad(source)
+        annotator.predict(adata, key_added=args.key_added)
+        partial = Path(args.out).with_name(f".{Path(args.out).name}.partial")
+        adata.write_h5ad(partial)
+        partial.replace(args.out)
+        logger.info("wrote %s with obs[%r]", args.out, args.key_added)
+        return 0
+    adata = ad.read_h5ad(source)
+    test_cells = None if args.test_key is None else _flag(adata, args.test_key)
+    if args.reference is not None:
+        reference = ad.read_h5ad(args.reference)
+    elif test_cells is not None:  # the baselines learn from the cells that are not test cells
+        reference = adata[~test_cells].copy()
+    else:
+        reference = None
+        logger.warning("no --reference or --test-key: the baselines have no training cells and are not run")
+    scores = annotator.score(
+        adata,
+        args.labels_key,
+        test_cells=test_cells,
+        reference=reference,
+        baselines=() if reference is None else tuple(args.baselines),
+    )
+    sys.stdout.write(scores.to_frame().round(4).to_string() + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(scores.to_dict(), indent=2, default=str) + "\n")
+    return 0
+
+
+def _flag(adata, key: str):
+    """A boolean obs column as a mask (refused unless it holds booleans)."""
+    if key not in adata.obs:
+        raise KeyError(f"obs column {key!r} not found; adata.obs has {list(adata.obs.columns)}")
+    values = adata.obs[key]
+    if values.dtype != bool:
+        raise ValueError(f"obs column {key!r} must hold True/False (the test cells), not {values.dtype}")
+    return values.to_numpy()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opencellplm", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -259,6 +333,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="override the configuration's precision")
     p.add_argument("--device", help="torch device (default: this process's GPU if any, else cpu)")
     p.set_defaults(run=_pretrain)
+
+    p = commands.add_parser("annotate", help="cell type annotation: fit an annotator, predict labels, score")
+    p.add_argument("action", choices=["fit", "predict", "score"])
+    p.add_argument("input", help="h5ad file with raw counts")
+    p.add_argument("--labels-key", help="obs column of cell type labels (fit, score)")
+    p.add_argument("--out", help="fit: annotator folder to write; predict: h5ad file to write")
+    p.add_argument("--annotator", help="annotator folder written by annotate fit (predict, score)")
+    p.add_argument("--checkpoint", help=f"model to fine-tune (fit; default {DEFAULT_MODEL})")
+    p.add_argument("--scratch", action="store_true", help="fit: same architecture, weights trained from scratch")
+    p.add_argument("--mode", default="inductive", choices=["inductive", "transductive"], help="fit (default inductive)")
+    p.add_argument("--test-key", help="boolean obs column marking test cells (left out of fit; scored by score)")
+    p.add_argument("--reference", help="score: labelled h5ad the baselines learn from (default: no baselines)")
+    p.add_argument(
+        "--baselines",
+        nargs="*",
+        default=["celltypist_style", "l1_logistic_cv", "knn_on_pca"],
+        help="score: baselines to run beside CellPLM",
+    )
+    p.add_argument("--steps", type=int, help="fit: optimizer steps at most (default 300)")
+    p.add_argument("--seed", type=int, help="fit: seed (default 0)")
+    p.add_argument("--layer", help="layer with raw counts (default: X)")
+    p.add_argument("--gene-key", help="var column with gene ids (default: var_names)")
+    p.add_argument("--sample-key", help="obs column grouping cells into sets")
+    p.add_argument("--key-added", default="cellplm_label", help="predict: obs key to write (default cellplm_label)")
+    p.add_argument("--json", help="score: also write the scores as JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=_annotate)
 
     p = commands.add_parser("info", help="describe a checkpoint directory")
     p.add_argument("checkpoint")

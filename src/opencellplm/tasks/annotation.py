@@ -29,6 +29,7 @@ import torch
 from anndata import AnnData
 from torch import nn
 
+from .. import baselines as _baselines
 from .._files import marker_problems, write_directory
 from ..config import AnnotationHeadConfig, ModelConfig, TrainConfig
 from ..data.sets import CellSets, InputSpec
@@ -48,6 +49,12 @@ SETTINGS_FILE, MODEL_DIR = "annotator.json", "model"
 #: Backbone weights carried over from the pretrained model; the rest (latent, head) starts fresh.
 BACKBONE = ("embedder.", "encoder.", "pre_latent_norm.")
 UNLABELLED = -1
+#: The annotation baselines of TASKS §4, by name.
+BASELINES = {
+    "celltypist_style": _baselines.celltypist_style,
+    "l1_logistic_cv": _baselines.l1_logistic_cv,
+    "knn_on_pca": _baselines.knn_on_pca,
+}
 
 
 @dataclass(frozen=True)
@@ -235,6 +242,44 @@ class FitSummary:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class AnnotationScores:
+    """Scores of the annotator and the baselines on the same test cells.
+
+    ``methods[name]`` holds ``scores`` (:class:`~opencellplm.metrics.ClassificationScores`), ``fit_seconds``
+    and ``predict_seconds``; ``mode`` says whether CellPLM was fitted inductively or transductively.
+    """
+
+    mode: Mode
+    n_test: int
+    unseen_labels: list[str]
+    methods: dict[str, dict[str, Any]]
+    settings: dict[str, Any]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per method: macro F1, macro precision, accuracy, fit and predict seconds."""
+        rows = {
+            name: {
+                "macro_f1": m["scores"].macro_f1,
+                "macro_precision": m["scores"].macro_precision,
+                "accuracy": m["scores"].accuracy,
+                "fit_seconds": m["fit_seconds"],
+                "predict_seconds": m["predict_seconds"],
+            }
+            for name, m in self.methods.items()
+        }
+        return pd.DataFrame.from_dict(rows, orient="index").rename_axis(f"method ({self.mode})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "n_test": self.n_test,
+            "unseen_labels": self.unseen_labels,
+            "methods": {name: m | {"scores": m["scores"].to_dict()} for name, m in self.methods.items()},
+            "settings": self.settings,
+        }
+
+
 class CellTypeAnnotator:
     """A CellPLM model fine-tuned to annotate cell types.
 
@@ -405,7 +450,13 @@ class CellTypeAnnotator:
         for cell_set in sets.iterate(model.device):
             logits = module(cell_set.batch).logits.float()
             probabilities[cell_set.rows] = torch.softmax(logits, dim=1).cpu().numpy()
-        placed = ~np.isnan(probabilities[:, 0])
+        placed = sets.keep
+        broken = placed & ~np.isfinite(probabilities).all(1)
+        if broken.any():
+            raise FloatingPointError(
+                f"the annotator gave non-finite probabilities for {int(broken.sum())} cells, e.g. "
+                f"{list(adata.obs_names[broken][:5])}; its weights or the input values are broken"
+            )
         labels = np.full(adata.n_obs, None, dtype=object)
         chosen = np.nanargmax(np.where(placed[:, None], probabilities, 0), axis=1)
         labels[placed] = np.asarray(self.classes, dtype=object)[chosen[placed]]
@@ -425,6 +476,101 @@ class CellTypeAnnotator:
         adata.obsm[f"{key_added}_probabilities"] = result.probabilities
         adata.uns.setdefault("cellplm", {})[key_added] = self._record()
         return self
+
+    # ---------------------------------------------------------------------------------- score
+    def score(
+        self,
+        adata: AnnData,
+        labels_key: str,
+        *,
+        test_cells: np.ndarray | None = None,
+        reference: AnnData | None = None,
+        baselines: tuple[str, ...] = tuple(BASELINES),
+        seed: int = 0,
+    ) -> AnnotationScores:
+        """Macro F1, macro precision, accuracy and the confusion matrix on the test cells, with the baselines
+        (TASKS §4) trained on the same training cells and scored on the same test cells in this call.
+
+        Parameters
+        ----------
+        adata
+            Cells to score, labels in ``obs[labels_key]``.
+        test_cells
+            Boolean mask of the cells scored. Default: when ``adata`` is the AnnData given to :meth:`fit`,
+            the labelled cells fit did not learn from; otherwise every labelled cell.
+        reference
+            Labelled cells the baselines learn from (all of its labelled cells). Default: the cells
+            :meth:`fit` learned from (training and validation).
+        baselines
+            Names among ``"celltypist_style"``, ``"l1_logistic_cv"``, ``"knn_on_pca"``.
+        """
+        from .. import __version__
+        from ..metrics import classification_scores
+
+        self._require_fitted()
+        require_anndata(adata)
+        if labels_key not in adata.obs:
+            raise KeyError(f"obs column {labels_key!r} not found; adata.obs has {list(adata.obs.columns)}")
+        unknown = sorted(set(baselines) - set(BASELINES))
+        if unknown:
+            raise ValueError(f"unknown baseline(s) {unknown}; choose among {list(BASELINES)}")
+        labelled = adata.obs[labels_key].notna().to_numpy()
+        fit_data = self._reference
+        if test_cells is None:
+            test_cells = labelled.copy()
+            if fit_data is not None and fit_data[0] is adata:
+                test_cells &= ~fit_data[1]
+        test_cells = np.asarray(test_cells, dtype=bool) & labelled
+        if not test_cells.any():
+            raise ValueError("no labelled test cell to score (every labelled cell was used in training)")
+        truth = adata.obs[labels_key].astype(str).to_numpy()[test_cells]
+        unseen = sorted(set(truth) - set(self.classes))
+        if unseen:
+            logger.warning(
+                "test labels never seen in training: %s (%d cells); they count as errors",
+                unseen,
+                int(np.isin(truth, unseen).sum()),
+            )
+        methods: dict[str, dict[str, Any]] = {}
+        started = time.perf_counter()
+        predicted = self.get_predictions(adata).labels[test_cells]
+        predicted = np.where(predicted == None, "(no label)", predicted).astype(str)  # noqa: E711 (object array)
+        name = "cellplm" if self.pretrained else "cellplm_from_scratch"
+        methods[name] = {
+            "scores": classification_scores(truth, predicted),
+            "fit_seconds": None if self.summary is None else self.summary.seconds,
+            "predict_seconds": round(time.perf_counter() - started, 2),
+        }
+        if baselines:
+            if reference is None:
+                if fit_data is None:
+                    raise ValueError(
+                        "pass reference= (labelled training cells) to score the baselines of a loaded annotator"
+                    )
+                train = fit_data[0][fit_data[1]].copy()
+            else:
+                train = reference[reference.obs[labels_key].notna().to_numpy()].copy()
+            test = adata[test_cells].copy()
+            for baseline in baselines:
+                result = BASELINES[baseline](train, test, labels_key=labels_key, layer=self.spec.layer, seed=seed)
+                methods[baseline] = {
+                    "scores": classification_scores(truth, result.prediction),
+                    "fit_seconds": round(result.seconds, 2),
+                    "predict_seconds": None,  # included in fit_seconds
+                }
+        return AnnotationScores(
+            mode=self.mode,
+            n_test=int(test_cells.sum()),
+            unseen_labels=unseen,
+            methods=methods,
+            settings={
+                "labels_key": labels_key,
+                "seed": seed,
+                "checkpoint": self.base.source,
+                "recipe": asdict(self.recipe),
+                "opencellplm_version": __version__,
+            },
+        )
 
     def _record(self) -> dict[str, Any]:
         return {

@@ -426,12 +426,13 @@ class Trainer:
         return -self.best if self.objective.maximize else self.best
 
     def _track(self, record: dict[str, float]) -> bool:
-        """Record an evaluation; keep the state when it improves; whether to stop early."""
+        """Record an evaluation; keep the state when it improves; whether to stop (early, or diverged)."""
         monitor = self.objective.monitor
         value = record[monitor]
         self.history.append({"step": self.step} | {k: record[k] for k in record if k.startswith("val_")})
+        diverged = not all(math.isfinite(v) for k, v in record.items() if k.startswith("val_"))
         score = -value if self.objective.maximize else value  # lower is better from here on
-        if score < self.best:
+        if not diverged and score < self.best:
             self.best, self.bad_evals = score, 0
             if self.keep_best:
                 self.best_state = copy.deepcopy(self.module.state_dict())
@@ -439,6 +440,10 @@ class Trainer:
                 self.objective.on_improved(self.module, self.step, self.history, self.out)
         else:
             self.bad_evals += 1
+        if diverged and self.keep_best:  # fine-tuning: stop, keep the last good state
+            self.stopped_by = f"non-finite validation metrics at step {self.step}"
+            logger.error("%s; training stopped, the last good weights are kept", self.stopped_by)
+            return True
         return self.config.patience > 0 and self.bad_evals >= self.config.patience
 
     def _checkpoint(self) -> None:

@@ -1,0 +1,237 @@
+"""Cell type annotation: fine-tuning on the shared trainer, label strings out, scores beside baselines,
+save / load with the label names, and every bad input as a clear error."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+
+from opencellplm import CellPLM, CellPLMModule, DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
+from opencellplm.cli import main
+from opencellplm.tasks import AnnotationRecipe, CellTypeAnnotator
+from opencellplm.testing import synthetic_adata
+
+GENES = [f"GENE{i}" for i in range(60)]
+QUICK = AnnotationRecipe(steps=12, eval_every=3, warmup_steps=2, patience=0, precision="fp32")
+
+
+@pytest.fixture
+def base() -> CellPLM:
+    config = ModelConfig(
+        n_genes=len(GENES),
+        hidden_dim=16,
+        encoder=EncoderConfig(n_layers=1, n_heads=2),
+        latent=LatentConfig(dim=8, n_clusters=4, hidden_dim=12),
+        decoder=DecoderConfig(hidden_dim=16),
+    )
+    torch.manual_seed(0)
+    return CellPLM(CellPLMModule(config), GENES)
+
+
+@pytest.fixture
+def cells() -> ad.AnnData:
+    adata = synthetic_adata(240, 60, n_types=3, seed=0)
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype(str)
+    adata.obs["is_test"] = np.arange(adata.n_obs) % 4 == 0
+    return adata
+
+
+def test_fit_predict_writes_label_strings_and_probabilities(base, cells):
+    annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK)
+    before = cells.X.copy()
+    annotator.fit(cells, "cell_type", train_cells=~cells.obs["is_test"].to_numpy(), max_cells=80)
+    assert annotator.summary.n_train + annotator.summary.n_validation == 180 and annotator.summary.steps == 12
+    annotator.predict(cells)
+    labels = cells.obs["cellplm_label"]
+    assert list(labels.cat.categories) == ["type_0", "type_1", "type_2"]
+    probabilities = cells.obsm["cellplm_label_probabilities"]
+    np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
+    chosen = probabilities[np.arange(cells.n_obs), labels.cat.codes.to_numpy()]
+    np.testing.assert_allclose(cells.obs["cellplm_label_probability"], chosen)
+    record = cells.uns["cellplm"]["cellplm_label"]
+    assert list(record["classes"]) == ["type_0", "type_1", "type_2"] and record["params"]["mode"] == "inductive"
+    assert record["params"]["max_cells"] == 80
+    assert (cells.X != before).nnz == 0  # the counts are untouched
+
+
+def test_fine_tuning_learns_separable_types(base, cells):
+    recipe = AnnotationRecipe(steps=120, eval_every=10, warmup_steps=5, patience=0, precision="fp32")
+    annotator = CellTypeAnnotator.from_pretrained(base, recipe=recipe)
+    annotator.fit(cells, "cell_type", train_cells=~cells.obs["is_test"].to_numpy())
+    scores = annotator.score(cells, "cell_type", baselines=("knn_on_pca",))
+    frame = scores.to_frame()
+    assert scores.n_test == 60 and scores.mode == "inductive"
+    assert frame.loc["cellplm", "accuracy"] > 0.8  # chance is 1/3
+    assert set(frame.index) == {"cellplm", "knn_on_pca"}
+    assert frame.loc["knn_on_pca", "accuracy"] > 0.6
+
+
+def test_transductive_mode_is_recorded_and_sees_all_cells(base, cells):
+    annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK)
+    annotator.fit(cells, "cell_type", mode="transductive", train_cells=~cells.obs["is_test"].to_numpy())
+    scores = annotator.score(cells, "cell_type", baselines=())
+    assert scores.mode == "transductive" and scores.to_frame().index.name == "method (transductive)"
+    assert scores.n_test == 60  # the cells fit did not learn from
+
+
+def test_from_scratch_differs_from_pretrained_and_is_named_so(base, cells):
+    scratch = CellTypeAnnotator.from_scratch(base, recipe=QUICK).fit(cells, "cell_type")
+    pretrained = CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(cells, "cell_type")
+    ours = scratch.module.state_dict()["embedder.gene_embedding"]
+    assert not torch.equal(ours, base.module.state_dict()["embedder.gene_embedding"])
+    assert (
+        "cellplm_from_scratch"
+        in scratch.score(cells, "cell_type", test_cells=cells.obs["is_test"], baselines=()).methods
+    )
+    assert "cellplm" in pretrained.score(cells, "cell_type", test_cells=cells.obs["is_test"], baselines=()).methods
+
+
+def test_save_load_round_trip_keeps_the_label_names(base, cells, tmp_path):
+    annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(cells, "cell_type")
+    annotator.save(tmp_path / "annotator")
+    again = CellTypeAnnotator.load(tmp_path / "annotator")
+    assert again.classes == ["type_0", "type_1", "type_2"] and again.mode == "inductive"
+    first, second = annotator.get_predictions(cells), again.get_predictions(cells)
+    np.testing.assert_array_equal(first.labels, second.labels)
+    np.testing.assert_allclose(first.probabilities, second.probabilities, atol=1e-6)
+    (tmp_path / "annotator" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a annotator written by opencellplm|not an annotator"):
+        annotator.save(tmp_path / "annotator", overwrite=True)
+    assert (tmp_path / "annotator" / "notes.txt").read_text() == "mine"
+
+
+def test_unseen_test_labels_are_reported(base, cells, caplog):
+    train = ~cells.obs["is_test"].to_numpy()
+    annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(cells, "cell_type", train_cells=train)
+    cells.obs.loc[cells.obs["is_test"], "cell_type"] = "type_new"
+    with caplog.at_level(logging.WARNING):
+        scores = annotator.score(cells, "cell_type", baselines=())
+    assert scores.unseen_labels == ["type_new"]
+    assert "test labels never seen in training: ['type_new'] (60 cells); they count as errors" in caplog.text
+    assert scores.methods["cellplm"]["scores"].accuracy == 0
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_no_labels_column(base, cells):
+    with pytest.raises(KeyError, match=r"obs column 'celltype' not found; adata.obs has \['cell_type'"):
+        CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(cells, "celltype")
+
+
+def test_one_class_only(base, cells):
+    cells.obs["cell_type"] = "T"
+    with pytest.raises(ValueError, match=r"'cell_type' has one class only \(\['T'\]\); annotation needs at least two"):
+        CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(cells, "cell_type")
+
+
+def test_missing_labels_are_left_out_and_counted_or_refused_when_none(base, cells, caplog):
+    cells.obs.loc[cells.obs_names[:30], "cell_type"] = None
+    with caplog.at_level(logging.WARNING):
+        annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(cells, "cell_type")
+    assert "30 cells have no 'cell_type' label; they are left out of the training loss" in caplog.text
+    assert annotator.summary.n_unlabelled_left_out == 30
+    assert annotator.summary.n_train + annotator.summary.n_validation == 210
+    cells.obs["cell_type"] = None
+    with pytest.raises(ValueError, match="no cell has a 'cell_type' label to learn from"):
+        CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(cells, "cell_type")
+
+
+def test_empty_validation_split(base, cells):
+    recipe = AnnotationRecipe(steps=2, validation_fraction=0.0)
+    with pytest.raises(ValueError, match=r"the validation split is empty .*raise validation_fraction"):
+        CellTypeAnnotator.from_pretrained(base, recipe=recipe).fit(cells, "cell_type")
+
+
+def test_data_whose_genes_barely_overlap_the_model(base, cells):
+    annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(cells, "cell_type")
+    other = cells.copy()
+    other.var_names = [f"OTHER{i}" for i in range(59)] + ["GENE0"]
+    other.X[:, -1] = 0
+    other.X[:2, -1] = 1
+    with pytest.raises(ValueError, match="carry only .* of the counts"):
+        annotator.predict(other)
+    assert "cellplm_label" not in other.obs
+    other.var_names = [f"OTHER{i}" for i in range(60)]
+    with pytest.raises(ValueError, match="none of the 60 genes in var_names is in the model's vocabulary"):
+        annotator.predict(other)
+
+
+def test_unfitted_annotator_and_views(base, cells):
+    annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK)
+    with pytest.raises(ValueError, match="this annotator is not fitted; call fit"):
+        annotator.predict(cells)
+    annotator.fit(cells, "cell_type")
+    with pytest.raises(ValueError, match="adata is a view"):
+        annotator.predict(cells[:10])
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_state(base, cells, caplog):
+    """An absurd learning rate blows the weights up; the run stops and the last evaluated state is kept."""
+    from dataclasses import replace
+
+    annotator = CellTypeAnnotator.from_pretrained(base, recipe=replace(QUICK, lr=1e30, warmup_steps=0, eval_every=1))
+    with caplog.at_level(logging.ERROR):
+        annotator.fit(cells, "cell_type")
+    assert "non-finite" in caplog.text and "training stopped, the last good weights are kept" in caplog.text
+    assert annotator.summary.steps < QUICK.steps
+    state = annotator.module.state_dict()
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert annotator.get_predictions(cells).labels.tolist().count(None) == 0
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+def test_cli_fit_predict_score(base, cells, tmp_path, capsys):
+    base.save(tmp_path / "ckpt")
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    common = ["--labels-key", "cell_type", "--test-key", "is_test"]
+    fit = ["annotate", "fit", str(tmp_path / "cells.h5ad"), "--checkpoint", str(tmp_path / "ckpt"), *common]
+    assert main([*fit, "--out", str(tmp_path / "ann"), "--steps", "6"]) == 0
+    settings = json.loads((tmp_path / "ann" / "annotator.json").read_text())
+    assert settings["classes"] == ["type_0", "type_1", "type_2"] and settings["fit"]["n_train"] < 180
+    predict = ["annotate", "predict", str(tmp_path / "cells.h5ad"), "--annotator", str(tmp_path / "ann")]
+    assert main([*predict, "--out", str(tmp_path / "out.h5ad")]) == 0
+    assert ad.read_h5ad(tmp_path / "out.h5ad").obs["cellplm_label"].notna().all()
+    capsys.readouterr()
+    score = ["annotate", "score", str(tmp_path / "cells.h5ad"), "--annotator", str(tmp_path / "ann"), *common]
+    assert main([*score, "--baselines", "knn_on_pca", "--json", str(tmp_path / "s.json")]) == 0
+    table = capsys.readouterr().out
+    assert "method (inductive)" in table and "cellplm" in table and "knn_on_pca" in table
+    assert json.loads((tmp_path / "s.json").read_text())["n_test"] == 60
+
+
+def test_cli_errors(tmp_path, cells, caplog):
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    with caplog.at_level(logging.ERROR):
+        assert main(["annotate", "fit", str(tmp_path / "cells.h5ad"), "--out", str(tmp_path / "a")]) == 2
+    assert "annotate fit needs --labels-key" in caplog.text
+    cells.obs["is_test"] = cells.obs["is_test"].astype(str)
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    with caplog.at_level(logging.ERROR):
+        args = ["annotate", "fit", str(tmp_path / "cells.h5ad"), "--labels-key", "cell_type", "--test-key", "is_test"]
+        assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    assert "obs column 'is_test' must hold True/False" in caplog.text
+
+
+def test_a_non_finite_training_loss_stops_and_keeps_the_evaluated_state(base, cells, monkeypatch, caplog):
+    from dataclasses import replace
+
+    from opencellplm.tasks.annotation import AnnotationObjective
+
+    real, calls = AnnotationObjective.loss, []
+
+    def loss_turning_nan(self, model, item, device, autocast):
+        loss, n = real(self, model, item, device, autocast)
+        calls.append(1)
+        return (replace(loss, total=loss.total * float("nan")) if len(calls) > 4 else loss), n
+
+    monkeypatch.setattr(AnnotationObjective, "loss", loss_turning_nan)
+    annotator = CellTypeAnnotator.from_pretrained(base, recipe=replace(QUICK, eval_every=2))
+    with caplog.at_level(logging.ERROR):
+        annotator.fit(cells, "cell_type")
+    assert "non-finite loss at step 5 (item 0); lower train.lr or use precision fp32" in caplog.text
+    assert annotator.summary.steps == 4 and [h["step"] for h in annotator.summary.history] == [2, 4]
+    assert all(torch.isfinite(v).all() for v in annotator.module.state_dict().values())
