@@ -68,7 +68,26 @@ def _embed(args: argparse.Namespace) -> int:
         seed=args.seed,
         allow_low_overlap=args.allow_low_overlap,
     )
+    if args.score_labels:
+        _score_embedding(args)
     return 0
+
+
+def _score_embedding(args: argparse.Namespace) -> None:
+    """Cluster the embedding just written and score it against a label column, beside PCA (and scVI)."""
+    import anndata as ad
+
+    from .tasks import score_clustering
+
+    adata = ad.read_h5ad(args.out)
+    result = score_clustering(adata, args.score_labels, embedding_key=args.key_added, layer=args.layer)
+    sys.stdout.write(
+        f"clustering against obs[{args.score_labels!r}], mean ± sd over Leiden seeds {result.settings['seeds']}:\n"
+        + result.to_markdown()
+        + "\n"
+    )
+    if args.score_json:
+        Path(args.score_json).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -288,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-added", default="X_cellplm", help="obsm key to write (default: X_cellplm)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--allow-low-overlap", action="store_true", help=ALLOW_LOW_OVERLAP_HELP)
+    p.add_argument("--score-labels", help="then cluster the embedding and score it against this obs column, beside PCA")
+    p.add_argument("--score-json", help="with --score-labels: also write the scores as JSON here")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_embed)
 
