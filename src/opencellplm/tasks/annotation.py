@@ -597,7 +597,13 @@ class CellTypeAnnotator:
         }
 
         def fill(folder: Path) -> None:
-            save_checkpoint(folder / MODEL_DIR, module, self.base.genes, meta=self.base.meta)
+            meta = {
+                "source": "opencellplm CellTypeAnnotator (fine-tuned)" if self.pretrained else "trained from scratch",
+                "gene_id_rule": self.base.gene_id_rule,
+                "base": self.base.source,
+                "classes": self.classes,
+            }
+            save_checkpoint(folder / MODEL_DIR, module, self.base.genes, meta=meta)
             (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, default=str) + "\n")
 
         target = {"overwrite": overwrite, "recognise": annotator_problems, "kind": "annotator"}
