@@ -1,9 +1,10 @@
 """Denoising: count-scale predictions, fine-tuning with hidden validation entries, the score protocols and baselines,
-save/load, and input errors that write nothing."""
+save/load, input errors that write nothing, and the command line."""
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 
 import anndata as ad
@@ -14,6 +15,7 @@ import torch
 
 from opencellplm import CellPLM, CellPLMModule, DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
 from opencellplm.baselines import knn_smoothing
+from opencellplm.cli import main
 from opencellplm.metrics import denoising_scores, hide_counts, mcv_scores, molecular_split
 from opencellplm.tasks import Denoiser, DenoisingRecipe, DenoisingResult
 from opencellplm.testing.synthetic import synthetic_adata
@@ -245,3 +247,35 @@ def test_an_unfitted_model_from_scratch_is_refused(model, adata):
     with pytest.raises(ValueError, match="not fitted; call fit"):
         Denoiser.from_scratch(model).predict(adata)
     assert nothing_written(adata)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def test_cli_writes_the_layer_and_refuses_an_existing_output(model, adata, tmp_path, caplog, capsys):
+    model.save(tmp_path / "ckpt")
+    adata.write_h5ad(tmp_path / "in.h5ad")
+    args = ["denoise", str(tmp_path / "in.h5ad"), "--checkpoint", str(tmp_path / "ckpt"), "--sample-key", "sample"]
+    assert main([*args, "--out", str(tmp_path / "out.h5ad")]) == 0
+    out = ad.read_h5ad(tmp_path / "out.h5ad")
+    expected = Denoiser.from_pretrained(tmp_path / "ckpt").get_denoised(adata, sample_key="sample")
+    np.testing.assert_array_equal(out.layers["cellplm_denoised"], expected)
+    assert (out.X != adata.X).nnz == 0
+    assert out.uns["cellplm"]["cellplm_denoised"]["params"]["checkpoint_name"] == "ckpt"
+
+    (tmp_path / "taken.h5ad").write_text("keep me")
+    with caplog.at_level(logging.ERROR):
+        assert main([*args, "--out", str(tmp_path / "taken.h5ad")]) == 2
+    assert "pass overwrite=True (--overwrite)" in caplog.text
+    assert (tmp_path / "taken.h5ad").read_text() == "keep me"
+
+    tuned = [*args, "--out", str(tmp_path / "tuned.h5ad"), "--fine-tune", "--steps", "2", "--layer-added", "tuned"]
+    assert main(tuned) == 0
+    written = ad.read_h5ad(tmp_path / "tuned.h5ad")
+    assert written.uns["cellplm"]["tuned"]["params"]["fine_tuned"]
+
+    capsys.readouterr()
+    score = [*args, "--score", "--baselines", "unchanged", "--json", str(tmp_path / "score.json")]
+    assert main(score) == 0
+    printed = capsys.readouterr().out
+    assert "cellplm_zero_shot" in printed and "unchanged" in printed
+    saved = json.loads((tmp_path / "score.json").read_text())
+    assert saved["protocol"] == "hidden" and saved["methods"][1]["method"] == "unchanged"
