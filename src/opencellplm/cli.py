@@ -180,6 +180,56 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _denoise(args: argparse.Namespace) -> int:
+    from .data.reader import open_h5ad
+    from .model import CellPLM
+    from .tasks import Denoiser, DenoisingRecipe
+
+    if not Path(args.input).is_file():  # before loading the model
+        raise FileNotFoundError(f"input file not found: {args.input}")
+    if args.score == (args.out is not None):
+        raise ValueError("pass --out OUT.h5ad to write the denoised layer, or --score to score (one of the two)")
+    if args.out is not None:
+        check_output_file(args.out, overwrite=args.overwrite, inputs=[args.input])
+    if args.json is not None:
+        check_output_file(args.json, overwrite=args.overwrite, inputs=[args.input])
+    model = CellPLM.from_pretrained(args.checkpoint or DEFAULT_MODEL, device=args.device)
+    logger.info("model: %s (weights sha256 %s)", model.source["path"], model.source["sha256"][:12])
+    recipe = DenoisingRecipe() if args.steps is None else DenoisingRecipe(steps=args.steps)
+    denoiser = Denoiser.from_pretrained(model, recipe=recipe)
+    spec = {"layer": args.layer, "gene_key": args.gene_key, "sample_key": args.sample_key, "max_cells": args.max_cells}
+    if args.out is not None:
+        denoiser.denoise_file(
+            args.input,
+            args.out,
+            layer_added=args.layer_added,
+            overwrite=args.overwrite,
+            fine_tune=args.fine_tune,
+            device=args.device,
+            **spec,
+        )
+        return 0
+    baselines = [name for name in args.baselines.split(",") if name]
+    with open_h5ad(args.input) as adata:  # count matrices stay on disk; score reads the model's genes
+        result = denoiser.score(
+            adata,
+            protocol=args.protocol,
+            fraction=args.fraction,
+            seed=args.seed,
+            fine_tune=args.fine_tune,
+            baselines=baselines,
+            device=args.device,
+            **spec,
+        )
+    table = result.to_frame().to_string(float_format=lambda v: f"{v:.4g}")
+    skipped = "".join(f"skipped {name}: {reason}\n" for name, reason in result.skipped.items())
+    header = f"{args.input}: denoising, protocol {result.protocol}, fraction {result.fraction}, seed {result.seed}"
+    sys.stdout.write(f"{header}\n{table}\n{skipped}")
+    if args.json is not None:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from .model import CellPLM
 
@@ -381,6 +431,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="score: also write the scores as JSON here")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_annotate)
+
+    p = commands.add_parser(
+        "denoise", help="write CellPLM-denoised counts of an h5ad to a layer, or score denoising (--score)"
+    )
+    p.add_argument("input", help="h5ad file with raw counts")
+    p.add_argument("--out", help="h5ad file to write (the input with layers[LAYER_ADDED] added)")
+    p.add_argument(
+        "--checkpoint",
+        help=f"checkpoint directory (see convert-official) or shipped model name (default: {DEFAULT_MODEL})",
+    )
+    p.add_argument("--fine-tune", action="store_true", help="fine-tune on the input first (with --score: add the row)")
+    p.add_argument("--steps", type=int, help="fine-tuning steps at most (default: DenoisingRecipe's, 500)")
+    p.add_argument("--layer", help="layer with raw counts (default: X)")
+    p.add_argument("--gene-key", help="var column with the vocabulary's gene ids (default: var_names)")
+    p.add_argument("--sample-key", help="obs column grouping the cells denoised together (default: all cells)")
+    p.add_argument("--max-cells", type=int, default=4000, help="largest cell set (default 4000)")
+    p.add_argument("--layer-added", default="cellplm_denoised", help="layer to write (default: cellplm_denoised)")
+    p.add_argument("--score", action="store_true", help="score CellPLM and the baselines instead; prints a table")
+    p.add_argument("--protocol", default="hidden", choices=["hidden", "mcv"], help="--score protocol (default hidden)")
+    p.add_argument("--fraction", type=float, default=0.1, help="--score: share hidden or held out (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="--score: seed of the corruption (default 0)")
+    p.add_argument(
+        "--baselines",
+        default="unchanged,knn_smoothing,magic,scvi",
+        help="--score: comma-separated baselines (default: all four; magic and scvi need their extras)",
+    )
+    p.add_argument("--json", help="--score: also write the full result to this JSON file")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out (or --json) if it exists")
+    p.set_defaults(run=_denoise)
 
     p = commands.add_parser("info", help="describe a checkpoint directory")
     p.add_argument("checkpoint")

@@ -360,7 +360,11 @@ def _reserve_partial(target: Path) -> Path:
     return partial
 
 
-def _write_into_copy(source: Path, copy: Path, key_added: str, embedding: np.ndarray, record: dict) -> None:
+def _write_into_copy(
+    source: Path, copy: Path, key_added: str, embedding: np.ndarray, record: dict, *, group: str = "obsm"
+) -> None:
+    """Copy ``source`` to ``copy`` and write ``embedding`` to ``group/key_added`` (``obsm`` or ``layers``) and
+    ``record`` to ``uns/cellplm/key_added`` in it, keeping the other records."""
     import h5py
     from anndata.io import read_elem, write_elem
 
@@ -368,14 +372,14 @@ def _write_into_copy(source: Path, copy: Path, key_added: str, embedding: np.nda
     with h5py.File(copy, "r+") as f:
         records = read_elem(f["uns/cellplm"]) if "uns/cellplm" in f else {}
         records[key_added] = record
-        for key in (f"obsm/{key_added}", "uns/cellplm"):
+        for key in (f"{group}/{key_added}", "uns/cellplm"):
             if key in f:
                 del f[key]
-        for group, key, value in (("obsm", key_added, embedding), ("uns", "cellplm", records)):
-            if group in f:
-                write_elem(f[group], key, value)
+        for parent, key, value in ((group, key_added, embedding), ("uns", "cellplm", records)):
+            if parent in f:
+                write_elem(f[parent], key, value)
             else:  # files written element by element may lack the group
-                write_elem(f, group, {key: value})
+                write_elem(f, parent, {key: value})
 
 
 def _device(device: str | torch.device) -> torch.device:

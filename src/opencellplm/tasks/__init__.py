@@ -2,5 +2,15 @@
 
 from .annotation import AnnotationRecipe, AnnotationScores, CellTypeAnnotator
 from .clustering import ClusteringResult, score_clustering
+from .denoising import Denoiser, DenoisingRecipe, DenoisingResult
 
-__all__ = ["AnnotationRecipe", "AnnotationScores", "CellTypeAnnotator", "ClusteringResult", "score_clustering"]
+__all__ = [
+    "AnnotationRecipe",
+    "AnnotationScores",
+    "CellTypeAnnotator",
+    "ClusteringResult",
+    "Denoiser",
+    "DenoisingRecipe",
+    "DenoisingResult",
+    "score_clustering",
+]

@@ -1,0 +1,822 @@
+"""Denoising: the NB decoder's mean expression on the count scale, zero-shot or fine-tuned, and its score.
+
+A denoised cell is the NB mean of the model's decoder over the input's genes, rescaled to the cell's
+observed library size over those genes (TASKS.md §3). A pretrained model denoises right away (zero-shot);
+:meth:`Denoiser.fit` fine-tunes it with the pretraining objective (NB reconstruction of masked entries
+plus the GMVAE terms) on the user's cell sets. Model selection uses a seeded share of each cell's
+non-zero counts hidden from the training input: the state with the lowest denoising RMSE on those
+entries is kept (the starting weights when fine-tuning never beats them).
+
+:meth:`Denoiser.score` runs the paper's protocol (hide 10% of each cell's non-zeros, denoise the
+corrupted matrix, RMSE and MAE on the hidden entries after log-normalisation) or molecular
+cross-validation, with the baselines on the same corrupted matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+from torch import nn
+
+from .. import baselines as baseline_functions
+from .._files import check_output_file, marker_problems, write_directory
+from ..config import ModelConfig, TrainConfig
+from ..data.reader import counts_matrix, iter_row_blocks, open_h5ad, read_rows
+from ..data.sets import CellSets, InputSpec
+from ..data.validate import require_anndata
+from ..distributions import nb_log_prob
+from ..io import load_checkpoint, save_checkpoint
+from ..metrics import TARGET_SUM, denoising_scores, hide_counts, mcv_scores, molecular_split
+from ..model import CellPLM
+from ..module import CellPLMModule
+from ..module.losses import LossOutput
+from ..train import Distributed, Objective, Trainer
+from ..train.trainer import Autocast
+
+logger = logging.getLogger(__name__)
+
+Protocol = Literal["hidden", "mcv"]
+FORMAT = "opencellplm-denoiser"
+SETTINGS_FILE, MODEL_DIR = "denoiser.json", "model"
+#: Baselines :meth:`Denoiser.score` knows, by name (the optional ones need their extra).
+BASELINES: dict[str, Callable[..., baseline_functions.BaselineResult]] = {
+    "unchanged": lambda corrupted, seed: baseline_functions.unchanged(corrupted),
+    "knn_smoothing": lambda corrupted, seed: baseline_functions.knn_smoothing(corrupted, seed=seed),
+    "magic": lambda corrupted, seed: baseline_functions.magic(corrupted, seed=seed),
+    "scvi": lambda corrupted, seed: baseline_functions.scvi_denoise(corrupted, seed=seed),
+}
+DEFAULT_BASELINES = ("unchanged", "knn_smoothing", "magic", "scvi")
+#: ``var`` column of the working copies that :meth:`Denoiser.fit` and :meth:`Denoiser.score` build.
+GENE_COLUMN = "cellplm_gene_id"
+
+
+@dataclass(frozen=True)
+class DenoisingRecipe:
+    """Fine-tuning settings: the pretraining objective on the user's cell sets.
+
+    Attributes
+    ----------
+    steps, patience, eval_every
+        Optimizer steps at most; stop after ``patience`` evaluations without a lower validation RMSE.
+    lr, warmup_steps, weight_decay, grad_clip
+        AdamW at ``lr`` (every parameter), linear warm-up then cosine decay, weight decay on matrices,
+        gradient clipping.
+    sets_per_step
+        Cell sets per optimizer step.
+    validation_fraction
+        Share of each cell's non-zero counts hidden from the training input and used to pick the best state.
+    mask_cell_rate, mask_gene_rate, drop_cell_rate, dropout
+        Training-time corruption and dropout; None keeps the checkpoint's (its pretraining settings).
+    precision
+        ``"auto"`` (bf16 where the hardware has it), ``"bf16"`` or ``"fp32"``.
+    seed
+        Seeds the validation entries, the initial weights of a model from scratch, the masks and the set order.
+    """
+
+    steps: int = 500
+    patience: int = 10
+    eval_every: int = 10
+    lr: float = 5e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    grad_clip: float = 2.0
+    sets_per_step: int = 1
+    validation_fraction: float = 0.1
+    mask_cell_rate: float | None = None
+    mask_gene_rate: float | None = None
+    drop_cell_rate: float | None = None
+    dropout: float | None = None
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction!r}")
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            steps=self.steps,
+            sets_per_step=self.sets_per_step,
+            lr=self.lr,
+            min_lr_ratio=0.1,
+            warmup_steps=min(self.warmup_steps, self.steps - 1),
+            weight_decay=self.weight_decay,
+            grad_clip=self.grad_clip,
+            eval_every=self.eval_every,
+            patience=self.patience,
+            precision=self.precision,
+            seed=self.seed,
+        )
+
+    def model_config(self, backbone: ModelConfig) -> ModelConfig:
+        """The checkpoint's config with this recipe's corruption and dropout (None: the checkpoint's)."""
+        masking = backbone.masking
+        changes = {"cell_rate": self.mask_cell_rate, "gene_rate": self.mask_gene_rate}
+        changes["drop_cell_rate"] = self.drop_cell_rate
+        masking = replace(masking, **{k: v for k, v in changes.items() if v is not None})
+        if masking.cell_rate == 0 or masking.gene_rate == 0:
+            raise ValueError(
+                "fine-tuning reconstructs masked counts: set DenoisingRecipe(mask_cell_rate=..., mask_gene_rate=...) "
+                f"above 0 (the checkpoint has cell_rate={masking.cell_rate}, gene_rate={masking.gene_rate})"
+            )
+        dropout = backbone.dropout if self.dropout is None else self.dropout
+        return backbone.replace(masking=masking, dropout=dropout)
+
+
+@dataclass(frozen=True)
+class HiddenEntries:
+    """Counts hidden from a model's input: ``values`` is CSR (cells x input columns) holding the true counts at
+    the hidden entries (its pattern is the mask); ``totals`` are each cell's true totals over those columns."""
+
+    values: sp.csr_matrix
+    totals: np.ndarray
+
+
+class DenoisingObjective(Objective):
+    """Masked NB reconstruction + GMVAE terms on the user's cell sets; the RMSE of the denoised values on
+    entries hidden from the input (log-normalised, as :func:`~opencellplm.metrics.denoising_scores`)
+    picks the best state."""
+
+    monitor = "val_rmse"
+    objective_name = "nb_loss"
+
+    def __init__(self, train: CellSets, hidden: HiddenEntries, *, sets_per_step: int, seed: int):
+        self.train, self.hidden = train, hidden
+        self.sets_per_step, self.seed = sets_per_step, seed
+        self.items = list(range(len(train)))
+
+    def global_batch(self, step: int) -> list[int]:
+        per_epoch = max(len(self.items) // self.sets_per_step, 1)
+        epoch, within = divmod(step, per_epoch)
+        order = [self.items[i] for i in np.random.default_rng([self.seed, 6, epoch]).permutation(len(self.items))]
+        order = (order * (self.sets_per_step // len(order) + 1)) if len(order) < self.sets_per_step else order
+        return order[within * self.sets_per_step : (within + 1) * self.sets_per_step]
+
+    def loss(self, model: nn.Module, item: int, device: torch.device, autocast: Autocast) -> tuple[LossOutput, int]:
+        cell_set = self.train.read(item, device)
+        with autocast():
+            out = model(cell_set.batch)
+        module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        return module.reconstruction_loss(out), len(out.kept_cells)
+
+    def evaluate(self, module: nn.Module, world: Distributed, autocast: Autocast) -> dict[str, float]:
+        """RMSE and MAE of the log-normalised denoised values, and the mean NB negative log-likelihood, on the
+        hidden entries (the model sees the training input, uncorrupted by masks, in eval mode)."""
+        squared = absolute = nll = count = 0.0
+        for position in range(world.rank, len(self.train), world.world_size):
+            cell_set = self.train.read(position, world.device)
+            hidden = self.hidden.values[cell_set.rows].tocoo()
+            if hidden.nnz == 0:
+                continue
+            with autocast():
+                nb = module(cell_set.batch).nb
+            gene_index = cell_set.batch.gene_index
+            mean = nb.mean[:, gene_index].float()  # (N, G_in)
+            dispersion = nb.dispersion[:, gene_index].float()
+            rows = torch.as_tensor(hidden.row, device=world.device, dtype=torch.long)
+            cols = torch.as_tensor(hidden.col, device=world.device, dtype=torch.long)
+            truth = torch.as_tensor(hidden.data, device=world.device, dtype=torch.float32)
+            truth_totals = torch.as_tensor(self.hidden.totals[cell_set.rows], device=world.device, dtype=torch.float32)
+            proportion = mean / mean.sum(1, keepdim=True)
+            error = torch.log1p(proportion[rows, cols] * TARGET_SUM) - torch.log1p(
+                truth / truth_totals[rows] * TARGET_SUM
+            )
+            library = cell_set.batch.counts.to_dense().sum(1)  # what the model saw: counts without the hidden ones
+            mu = proportion[rows, cols] * library[rows]
+            squared += float((error**2).sum())
+            absolute += float(error.abs().sum())
+            nll += float(-nb_log_prob(truth, mu, dispersion[rows, cols]).sum())
+            count += float(hidden.nnz)
+        squared, absolute, nll, count = world.sum([squared, absolute, nll, count])
+        return {
+            "val_rmse": math.sqrt(squared / count),
+            "val_mae": absolute / count,
+            "val_nb_nll": nll / count,
+        }
+
+
+@dataclass
+class DenoisingFitSummary:
+    """What :meth:`Denoiser.fit` did. ``start_val_rmse`` is the validation RMSE of the starting weights
+    (zero-shot for a pretrained model); ``kept`` says which weights were kept (``"fine-tuned"`` or ``"start"``)."""
+
+    pretrained: bool
+    n_cells: int
+    n_genes: int
+    n_validation_entries: int
+    steps: int
+    start_val_rmse: float
+    best_val_rmse: float | None
+    kept: Literal["fine-tuned", "start"]
+    seconds: float
+    train_cells_per_s: float | None
+    stopped_by: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MethodScore:
+    """One method's scores in a :class:`DenoisingResult`.
+
+    Attributes
+    ----------
+    method
+        ``"cellplm_zero_shot"``, ``"cellplm_fine_tuned"``, ``"cellplm_from_scratch"``, or a baseline's name.
+    scores
+        ``rmse``, ``mae``, ``n_hidden`` (hidden protocol) or ``mse``, ``mse_normalized``, ``poisson`` (mcv).
+    seconds
+        Wall time of the method (fit and predict).
+    fit_seconds, predict_seconds
+        The two parts, for CellPLM; None for baselines, which are timed as one call.
+    params
+        The method's settings (and, for fine-tuning, what the fit did).
+    """
+
+    method: str
+    scores: dict[str, float]
+    seconds: float
+    fit_seconds: float | None = None
+    predict_seconds: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DenoisingResult:
+    """The scores of CellPLM and the baselines on one corrupted matrix (see :meth:`Denoiser.score`).
+
+    Attributes
+    ----------
+    protocol, fraction, seed
+        ``"hidden"``: the share of each cell's non-zero counts hidden; ``"mcv"``: the share of molecules held
+        out. The seed of that split.
+    methods
+        One :class:`MethodScore` per method, CellPLM first.
+    skipped
+        Methods that did not run, with the reason (e.g. an optional extra not installed).
+    n_cells, n_genes
+        Shape of the scored matrix: the input's genes in the model's vocabulary.
+    n_genes_not_in_vocabulary
+        Input genes left out of the score (no method sees them).
+    checkpoint
+        The model's identity (name, path, sha256 of its weights).
+    spec, recipe
+        The input settings and the fine-tuning recipe.
+    version
+        The opencellplm version.
+    """
+
+    protocol: Protocol
+    fraction: float
+    seed: int
+    methods: list[MethodScore]
+    skipped: dict[str, str]
+    n_cells: int
+    n_genes: int
+    n_genes_not_in_vocabulary: int
+    checkpoint: dict[str, Any]
+    spec: dict[str, Any]
+    recipe: dict[str, Any]
+    version: str
+
+    def __getitem__(self, method: str) -> MethodScore:
+        for entry in self.methods:
+            if entry.method == method:
+                return entry
+        raise KeyError(f"no method {method!r} in this result; it has {[m.method for m in self.methods]}")
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per method: its scores, then ``seconds``, ``fit_seconds`` and ``predict_seconds``."""
+        rows = [
+            {"method": m.method}
+            | m.scores
+            | {"seconds": m.seconds, "fit_seconds": m.fit_seconds, "predict_seconds": m.predict_seconds}
+            for m in self.methods
+        ]
+        return pd.DataFrame(rows).set_index("method")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, JSON-ready."""
+        return asdict(self)
+
+
+class Denoiser:
+    """A CellPLM model that denoises counts through its NB decoder, zero-shot or fine-tuned.
+
+    Build one from a pretrained model (:meth:`from_pretrained`, ready to use) or, to measure what
+    pretraining adds, the same architecture with fresh weights (:meth:`from_scratch`, to be fitted); then
+    :meth:`fit`, :meth:`predict` (or :meth:`get_denoised`), :meth:`score`, :meth:`save` and :meth:`load`.
+
+    Examples
+    --------
+    >>> denoiser = Denoiser.from_pretrained("cellplm-small")                    # doctest: +SKIP
+    >>> denoiser.predict(adata, sample_key="sample")                            # doctest: +SKIP
+    >>> adata.layers["cellplm_denoised"]                                        # doctest: +SKIP
+    >>> denoiser.score(adata, sample_key="sample").to_frame()                   # doctest: +SKIP
+    """
+
+    def __init__(self, base: CellPLM, *, pretrained: bool, recipe: DenoisingRecipe | None = None):
+        if base.config.decoder is None:
+            raise ValueError(
+                f"the model {base.source.get('name', '')!r} has no NB decoder (config.decoder is None, e.g. an "
+                "annotation model), so it cannot denoise; use a pretrained CellPLM checkpoint such as 'cellplm-small'"
+            )
+        self.base, self.pretrained = base, pretrained
+        self.recipe = recipe or DenoisingRecipe()
+        self.module: CellPLMModule | None = None  # fine-tuned weights (None: the base's, when pretrained)
+        self.spec = InputSpec()
+        self.summary: DenoisingFitSummary | None = None
+        self._loaded = False  # the base weights came from a saved (possibly fine-tuned) denoiser
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path | CellPLM, **kwargs: Any) -> Denoiser:
+        """Denoise with a pretrained model (a shipped name, a checkpoint directory or a loaded :class:`CellPLM`);
+        it works zero-shot, and :meth:`fit` fine-tunes it."""
+        base = name_or_dir if isinstance(name_or_dir, CellPLM) else CellPLM.from_pretrained(name_or_dir)
+        return cls(base, pretrained=True, **kwargs)
+
+    @classmethod
+    def from_scratch(cls, like: str | Path | CellPLM, **kwargs: Any) -> Denoiser:
+        """The same architecture and vocabulary as ``like`` with freshly initialised weights; call :meth:`fit`."""
+        base = like if isinstance(like, CellPLM) else CellPLM.from_pretrained(like)
+        return cls(base, pretrained=False, **kwargs)
+
+    @property
+    def fitted(self) -> bool:
+        """Whether :meth:`fit` ran (or a fitted denoiser was loaded)."""
+        return self.module is not None
+
+    # ------------------------------------------------------------------------------------ fit
+    def fit(self, adata: AnnData, *, device: str | None = None, **spec: Any) -> Denoiser:
+        """Fine-tune on the counts of ``adata``: the pretraining objective on its cell sets.
+
+        A seeded ``recipe.validation_fraction`` of each cell's non-zero counts (in the model's genes) is hidden
+        from the training input; the weights with the lowest denoising RMSE on those entries are kept, the
+        starting ones when fine-tuning never beats them (:attr:`summary` says which). Calling ``fit`` again
+        continues from the fitted weights. The counts of the model's genes are held in memory (CSR) while fitting.
+
+        Parameters
+        ----------
+        adata
+            Raw counts (integers), in memory or backed.
+        device
+            Torch device (default: the model's).
+        **spec
+            Where the input is and how cells are grouped (:class:`~opencellplm.data.InputSpec` fields:
+            ``layer``, ``gene_key``, ``sample_key``, ``max_cells``, ...); :meth:`predict` reuses them.
+
+        Returns
+        -------
+        Denoiser
+            ``self``, with :attr:`summary` (a :class:`DenoisingFitSummary`).
+        """
+        require_anndata(adata)
+        started = time.perf_counter()
+        recipe, input_spec = self.recipe, InputSpec(**spec)
+        sets = self.base.cell_sets(adata, input_spec, require_counts=True, warn_stacklevel=3)
+        columns = sets.report.alignment.columns
+        counts = read_rows(counts_matrix(adata, input_spec.layer), np.arange(adata.n_obs), columns)
+        val_seed = int(np.random.SeedSequence([recipe.seed, 5]).generate_state(1)[0])
+        training_counts, mask = hide_counts(counts, fraction=recipe.validation_fraction, seed=val_seed)
+        hidden = sp.csr_matrix(counts.multiply(mask), dtype=np.float32)
+        hidden.eliminate_zeros()
+        if hidden.nnz == 0:
+            raise ValueError(
+                "no count can be hidden for validation: every cell has at most one non-zero count in the model's "
+                "genes; fine-tuning needs cells with several"
+            )
+        totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+        work, work_spec = _working_copy(adata, input_spec, columns, training_counts)
+
+        config = recipe.model_config(self.base.config)
+        if self.module is not None:
+            start = self.module.state_dict()
+        elif self.pretrained:
+            start = self.base.module.state_dict()
+        else:
+            start = None
+        torch.manual_seed(recipe.seed)
+        module = CellPLMModule(config)
+        if start is not None:
+            module.load_state_dict(start)
+        with warnings.catch_warnings():  # the input was checked (and warned about) above
+            warnings.simplefilter("ignore")
+            train = self.base.cell_sets(work, work_spec, require_counts=True)
+        objective = DenoisingObjective(
+            train, HiddenEntries(hidden, totals), sets_per_step=recipe.sets_per_step, seed=recipe.seed
+        )
+        world = Distributed.start(device or self.base.device)
+        try:
+            trainer = Trainer(module, objective, recipe.train_config(), world, keep_best=True)
+            module.eval()
+            with torch.no_grad():
+                start_metrics = objective.evaluate(module, world, trainer.autocast)
+            start_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            logger.info("validation RMSE of the starting weights: %.4f", start_metrics["val_rmse"])
+            summary = trainer.fit()
+        finally:
+            world.stop()
+        best = summary["best_val_rmse"]
+        kept: Literal["fine-tuned", "start"] = "fine-tuned"
+        if best is None or not best < start_metrics["val_rmse"]:
+            module.load_state_dict(start_state)
+            kept = "start"
+            logger.warning(
+                "fine-tuning did not lower the validation RMSE below the starting weights' %.4f (best %s); "
+                "the starting weights are kept",
+                start_metrics["val_rmse"],
+                "none" if best is None else f"{best:.4f}",
+            )
+        self.module, self.spec = module.eval(), input_spec
+        self.summary = DenoisingFitSummary(
+            pretrained=self.pretrained,
+            n_cells=train.n_cells,
+            n_genes=len(columns),
+            n_validation_entries=int(hidden.nnz),
+            steps=summary["steps"],
+            start_val_rmse=start_metrics["val_rmse"],
+            best_val_rmse=best,
+            kept=kept,
+            seconds=round(time.perf_counter() - started, 2),
+            train_cells_per_s=summary["train_cells_per_s"],
+            stopped_by=summary["stopped_by"],
+            history=summary["val_history"],
+        )
+        logger.info(
+            "denoiser fitted (%s): validation RMSE %.4f at the start, best %s after %d steps; kept the %s weights",
+            "pretrained" if self.pretrained else "from scratch",
+            start_metrics["val_rmse"],
+            "none" if best is None else f"{best:.4f}",
+            summary["steps"],
+            kept,
+        )
+        return self
+
+    # -------------------------------------------------------------------------------- predict
+    def _require_module(self) -> CellPLMModule:
+        if self.module is not None:
+            return self.module
+        if self.pretrained:
+            return self.base.module
+        raise ValueError("this denoiser starts from scratch and is not fitted; call fit() first, or load() one")
+
+    def get_denoised(self, adata: AnnData, **spec: Any) -> np.ndarray:
+        """The denoised counts, ``(n_obs, n_vars)`` dense float32 in ``adata``'s order; writes nothing.
+
+        For the genes in the model's vocabulary: the NB mean (eval mode, per cell set), rescaled to each
+        cell's observed total over those genes, so each cell keeps its library size. Other genes, and cells
+        without counts in the model's genes, keep their input values. The output is dense: it takes
+        ``4 * n_obs * n_vars`` bytes (4 GB for 100,000 cells x 10,000 genes); denoise large data in slices
+        of cells that share no sample.
+
+        Parameters
+        ----------
+        adata
+            Raw counts (integers), in memory or backed.
+        **spec
+            :class:`~opencellplm.data.InputSpec` fields; default: those given to :meth:`fit`.
+        """
+        denoised, _ = self._denoise(adata, spec, stacklevel=4)
+        return denoised
+
+    def predict(self, adata: AnnData, *, layer_added: str = "cellplm_denoised", **spec: Any) -> Denoiser:
+        """Write the denoised counts (see :meth:`get_denoised`) to ``adata.layers[layer_added]``.
+
+        Also writes ``adata.uns['cellplm'][layer_added]``: ``params`` (every effective input setting, the
+        checkpoint's name and sha256, whether the weights are pretrained and fine-tuned), ``checkpoint``, the
+        number of genes denoised and of genes left unchanged (not in the vocabulary) with a note saying so, and
+        the cells left out. Returns ``self``.
+        """
+        require_anndata(adata)
+        if adata.is_view:
+            raise ValueError("adata is a view; call adata.copy() first, or use get_denoised()")
+        denoised, record = self._denoise(adata, spec, stacklevel=4)
+        adata.layers[layer_added] = denoised
+        adata.uns.setdefault("cellplm", {})[layer_added] = record
+        return self
+
+    @torch.inference_mode()
+    def _denoise(self, adata: AnnData, spec: dict[str, Any], *, stacklevel: int) -> tuple[np.ndarray, dict[str, Any]]:
+        module = self._require_module()
+        require_anndata(adata)
+        input_spec = InputSpec(**spec) if spec else self.spec
+        model = CellPLM(module, self.base.genes, meta=self.base.meta, source=self.base.source, device=self.base.device)
+        sets = model.cell_sets(
+            adata,
+            input_spec,
+            require_counts=True,
+            left_out="they keep their input values (zeros)",
+            warn_stacklevel=stacklevel,
+        )
+        columns = sets.report.alignment.columns
+        matrix = counts_matrix(adata, input_spec.layer)
+        out = np.empty(adata.shape, dtype=np.float32)
+        for start, block in iter_row_blocks(matrix, adata.n_obs, adata.n_vars):
+            out[start : start + block.shape[0]] = block.toarray()
+        was_training = module.training
+        module.eval()
+        try:
+            for cell_set in sets.iterate(model.device):
+                mean = module(cell_set.batch).nb.mean[:, cell_set.batch.gene_index].double().cpu().numpy()
+                where = np.ix_(cell_set.rows, columns)
+                library = out[where].sum(1, dtype=np.float64)
+                denoised = mean / mean.sum(1, keepdims=True) * library[:, None]
+                bad = ~np.isfinite(denoised).all(1)
+                if bad.any():
+                    names = list(adata.obs_names[cell_set.rows[bad]][:5])
+                    raise FloatingPointError(
+                        f"the model gave non-finite NB means for {int(bad.sum())} cells, e.g. {names}; its weights "
+                        "or the input values are broken (load the checkpoint again, run opencellplm validate)"
+                    )
+                out[where] = denoised
+        finally:
+            module.train(was_training)
+        record = self._record(sets, adata.n_vars)
+        return out, record
+
+    def _record(self, sets: CellSets, n_vars: int) -> dict[str, Any]:
+        source = {k: v for k, v in self.base.source.items() if v is not None}
+        n_matched = sets.report.alignment.n_matched
+        params = sets.params() | {
+            "gene_id_rule": self.base.gene_id_rule,
+            "pretrained": self.pretrained,
+            "fine_tuned": self.fitted,
+            "checkpoint_name": str(source.get("name", "")),
+            "checkpoint_sha256": str(source.get("sha256", "")),
+        }
+        record = {
+            "params": params,
+            "checkpoint": source,
+            "n_genes_denoised": n_matched,
+            "n_genes_unchanged": n_vars - n_matched,
+            "n_cells_left_out": sets.adata.n_obs - sets.n_cells,
+        }
+        if n_vars > n_matched:
+            record["note"] = (
+                f"{n_vars - n_matched} genes are not in the model's vocabulary: they keep their input values"
+            )
+        return record
+
+    # ------------------------------------------------------------------------------------ score
+    def score(
+        self,
+        adata: AnnData,
+        *,
+        protocol: Protocol = "hidden",
+        fraction: float = 0.1,
+        seed: int = 0,
+        fine_tune: bool = True,
+        from_scratch: bool = False,
+        baselines: Sequence[str] = DEFAULT_BASELINES,
+        device: str | None = None,
+        **spec: Any,
+    ) -> DenoisingResult:
+        """Score CellPLM against the baselines, all on the same corrupted matrix (TASKS.md §3).
+
+        Only the input genes in the model's vocabulary are scored (every method sees those alone). Then:
+
+        - ``protocol="hidden"`` (the paper's): in each cell a seeded ``fraction`` of the non-zero counts is set
+          to 0 (:func:`~opencellplm.metrics.hide_counts`); every method denoises that matrix; RMSE and MAE on the
+          hidden entries after normalising to 1e4 per cell and log1p (:func:`~opencellplm.metrics.denoising_scores`);
+        - ``protocol="mcv"``: molecular cross-validation; each count is split binomially, ``1 - fraction`` to the
+          part that is denoised and ``fraction`` held out (:func:`~opencellplm.metrics.molecular_split`), scored
+          by :func:`~opencellplm.metrics.mcv_scores`.
+
+        CellPLM rows start from this denoiser's base weights, never from weights fitted earlier (which may have
+        seen the test counts): ``cellplm_zero_shot`` (pretrained, no fitting), ``cellplm_fine_tuned`` (fitted on
+        the corrupted matrix with :attr:`recipe`; its own validation entries come out of the corrupted matrix,
+        never the test entries) and ``cellplm_from_scratch`` (fresh weights fitted the same way; the only
+        CellPLM row of a :meth:`from_scratch` denoiser, and added to a pretrained one by ``from_scratch=True``).
+        A denoiser read by :meth:`load` scores its saved weights as ``cellplm_saved`` (if those were fine-tuned
+        on this data, they have seen the test counts). Nothing is written to ``adata`` and ``self`` is unchanged.
+
+        Parameters
+        ----------
+        adata
+            Raw counts (integers).
+        protocol
+            ``"hidden"`` or ``"mcv"``.
+        fraction
+            Share hidden (of each cell's non-zeros) or held out (of the molecules), in (0, 1).
+        seed
+            Seed of the corruption and of the baselines.
+        fine_tune
+            Add the fine-tuned row.
+        from_scratch
+            Add the row of the same architecture trained from scratch on the corrupted matrix.
+        baselines
+            Names among ``"unchanged"``, ``"knn_smoothing"``, ``"magic"`` (extra ``magic``) and ``"scvi"`` (extra
+            ``scvi``); those whose extra is missing are skipped and listed in ``skipped``.
+        device
+            Torch device for fine-tuning (default: the model's).
+        **spec
+            :class:`~opencellplm.data.InputSpec` fields.
+
+        Returns
+        -------
+        DenoisingResult
+        """
+        from .. import __version__
+
+        require_anndata(adata)
+        if protocol not in ("hidden", "mcv"):
+            raise ValueError(f"protocol={protocol!r}; choose 'hidden' or 'mcv'")
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"fraction must lie in (0, 1), got {fraction!r}")
+        unknown = [name for name in baselines if name not in BASELINES]
+        if unknown:
+            raise ValueError(f"unknown baselines {unknown}; choose among {list(BASELINES)}")
+        if not self.pretrained and not fine_tune:
+            raise ValueError("a denoiser from scratch has nothing to score without fine_tune=True")
+        input_spec = InputSpec(**spec)
+        sets = self.base.cell_sets(adata, input_spec, require_counts=True, warn_stacklevel=3)
+        columns = sets.report.alignment.columns
+        counts = read_rows(counts_matrix(adata, input_spec.layer), np.arange(adata.n_obs), columns)
+        if protocol == "hidden":
+            corrupted, hidden = hide_counts(counts, fraction=fraction, seed=seed)
+
+            def evaluate(prediction) -> dict[str, float]:
+                return denoising_scores(counts, prediction, hidden).to_dict()
+
+        else:
+            corrupted, held_out = molecular_split(counts, fraction=1.0 - fraction, seed=seed)
+
+            def evaluate(prediction) -> dict[str, float]:
+                return mcv_scores(prediction, held_out, train_fraction=1.0 - fraction).to_dict()
+
+        work, work_spec = _working_copy(adata, input_spec, columns, corrupted)
+        spec_dict = work_spec.to_dict()
+        methods: list[MethodScore] = []
+        skipped: dict[str, str] = {}
+
+        def run_cellplm(name: str, denoiser: Denoiser, fit: bool) -> None:
+            fit_seconds = None
+            tic = time.perf_counter()
+            if fit:
+                denoiser.fit(work, device=device, **spec_dict)
+                fit_seconds = time.perf_counter() - tic
+            tac = time.perf_counter()
+            prediction = denoiser.get_denoised(work, **spec_dict)
+            predict_seconds = time.perf_counter() - tac
+            params = {"pretrained": denoiser.pretrained}
+            if denoiser.summary is not None and fit:
+                params["fit"] = {k: v for k, v in asdict(denoiser.summary).items() if k != "history"}
+            seconds = (fit_seconds or 0.0) + predict_seconds
+            methods.append(MethodScore(name, evaluate(prediction), seconds, fit_seconds, predict_seconds, params))
+            logger.info("%s: %s", name, methods[-1].scores)
+
+        if self.pretrained:
+            base_only = Denoiser(self.base, pretrained=True, recipe=self.recipe)
+            run_cellplm("cellplm_saved" if self._loaded else "cellplm_zero_shot", base_only, fit=False)
+            if fine_tune:
+                tuned = Denoiser(self.base, pretrained=True, recipe=self.recipe)
+                run_cellplm("cellplm_fine_tuned", tuned, fit=True)
+        if fine_tune and (from_scratch or not self.pretrained):
+            run_cellplm("cellplm_from_scratch", Denoiser(self.base, pretrained=False, recipe=self.recipe), fit=True)
+        for name in baselines:
+            try:
+                result = BASELINES[name](work, seed)
+            except ImportError as err:
+                skipped[name] = str(err)
+                logger.warning("baseline %s skipped: %s", name, err)
+                continue
+            methods.append(MethodScore(name, evaluate(result.prediction), result.seconds, params=result.params))
+            logger.info("%s: %s", name, methods[-1].scores)
+        return DenoisingResult(
+            protocol=protocol,
+            fraction=float(fraction),
+            seed=seed,
+            methods=methods,
+            skipped=skipped,
+            n_cells=adata.n_obs,
+            n_genes=len(columns),
+            n_genes_not_in_vocabulary=adata.n_vars - len(columns),
+            checkpoint=dict(self.base.source),
+            spec=input_spec.to_dict(),
+            recipe=asdict(self.recipe),
+            version=__version__,
+        )
+
+    # ----------------------------------------------------------------------------- save / load
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the weights in use (our checkpoint format, in ``model/``) with the input spec, the recipe and
+        the base checkpoint's identity (``denoiser.json``)."""
+        module = self._require_module()
+        settings = {
+            "format": FORMAT,
+            "pretrained": self.pretrained,
+            "fine_tuned": self.fitted,
+            "spec": self.spec.to_dict(),
+            "recipe": asdict(self.recipe),
+            "base": self.base.source,
+            "fit": None if self.summary is None else asdict(self.summary),
+        }
+
+        def fill(folder: Path) -> None:
+            save_checkpoint(folder / MODEL_DIR, module, self.base.genes, meta=self.base.meta)
+            (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, default=str) + "\n")
+
+        write_directory(directory, fill, overwrite=overwrite, recognise=denoiser_problems, kind="denoiser")
+        logger.info("saved the denoiser to %s", directory)
+        return Path(directory)
+
+    @classmethod
+    def load(cls, directory: str | Path, *, device: str = "cpu") -> Denoiser:
+        """Read a denoiser written by :meth:`save`."""
+        directory = Path(directory)
+        path = directory / SETTINGS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; is {directory} a denoiser (Denoiser.save)?")
+        settings = json.loads(path.read_text())
+        if settings.get("format") != FORMAT:
+            raise ValueError(f"{path} is not an {FORMAT} file")
+        module, genes, meta = load_checkpoint(directory / MODEL_DIR)
+        base = CellPLM(module, genes, meta=meta, source=settings.get("base"), device=device)
+        denoiser = cls(base, pretrained=True, recipe=DenoisingRecipe(**settings["recipe"]))
+        denoiser.pretrained = settings["pretrained"]
+        denoiser.module = base.module if settings["fine_tuned"] else None
+        denoiser.spec = InputSpec(**settings["spec"])
+        denoiser._loaded = True
+        return denoiser
+
+    # ------------------------------------------------------------------------------------ files
+    def denoise_file(
+        self,
+        source: str | Path,
+        target: str | Path,
+        *,
+        layer_added: str = "cellplm_denoised",
+        overwrite: bool = False,
+        fine_tune: bool = False,
+        device: str | None = None,
+        **spec: Any,
+    ) -> Path:
+        """Denoise an h5ad file into a new one: ``target`` is a copy of ``source`` with ``layers[layer_added]``
+        and ``uns['cellplm'][layer_added]`` added (see :meth:`predict`); with ``fine_tune``, :meth:`fit` on it
+        first. The counts are read from disk; ``target`` is checked before any work and written whole or not at all.
+        """
+        from ..model.cellplm import _reserve_partial, _write_into_copy
+
+        source = Path(source)
+        if not source.is_file():
+            raise FileNotFoundError(f"input file not found: {source}")
+        target = check_output_file(target, overwrite=overwrite, inputs=[source])
+        partial = _reserve_partial(target)
+        try:
+            with open_h5ad(source) as adata:
+                if fine_tune:
+                    self.fit(adata, device=device, **spec)
+                denoised, record = self._denoise(adata, spec, stacklevel=4)
+            _write_into_copy(source, partial, layer_added, denoised, record, group="layers")
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        partial.replace(target)
+        logger.info("wrote %s with layers[%r] of shape %s", target, layer_added, denoised.shape)
+        return target
+
+
+def denoiser_problems(folder: Path) -> list[str]:
+    """Why ``folder`` is not a denoiser written by this package holding nothing else (empty if it is)."""
+    extra = [f"it holds {p.name}" for p in sorted(folder.iterdir()) if p.name not in (SETTINGS_FILE, MODEL_DIR)]
+    return marker_problems(folder / SETTINGS_FILE, FORMAT) + extra
+
+
+def _working_copy(
+    adata: AnnData, spec: InputSpec, columns: np.ndarray, counts: sp.csr_matrix
+) -> tuple[AnnData, InputSpec]:
+    """An AnnData of ``counts`` (the input's ``columns``, e.g. corrupted) with what the spec reads beside the
+    counts (sample labels, coordinates), and the spec that reads it."""
+    ids = adata.var_names if spec.gene_key is None else adata.var[spec.gene_key].astype(str)
+    var = pd.DataFrame({GENE_COLUMN: np.asarray(ids)[columns].astype(str)}, index=adata.var_names[columns].copy())
+    obs = pd.DataFrame(index=adata.obs_names.copy())
+    if spec.sample_key is not None:
+        obs[spec.sample_key] = adata.obs[spec.sample_key].to_numpy()
+    obsm = {}
+    if spec.spatial_key is not None and spec.spatial_key in adata.obsm:
+        obsm[spec.spatial_key] = np.asarray(adata.obsm[spec.spatial_key])
+    work = AnnData(sp.csr_matrix(counts, dtype=np.float32), obs=obs, var=var, obsm=obsm)
+    return work, replace(spec, layer=None, gene_key=GENE_COLUMN)
+
+
+__all__ = [
+    "DenoisingFitSummary",
+    "DenoisingObjective",
+    "DenoisingRecipe",
+    "DenoisingResult",
+    "Denoiser",
+    "MethodScore",
+    "denoiser_problems",
+]
