@@ -46,13 +46,10 @@ def main() -> None:
         train_cells = np.zeros(adata.n_obs, dtype=bool)
         train_cells[train] = True
         recipe = AnnotationRecipe(steps=args.steps, seed=seed)
-        for make in (CellTypeAnnotator.from_pretrained, CellTypeAnnotator.from_scratch):
+        for pretrained in (True, False):
+            make = CellTypeAnnotator.from_pretrained if pretrained else CellTypeAnnotator.from_scratch
             annotator = make(args.model, recipe=recipe).fit(adata, "cell_type", mode=args.mode, train_cells=train_cells)
-            baselines = (
-                ("celltypist_style", "l1_logistic_cv", "knn_on_pca")
-                if make is CellTypeAnnotator.from_pretrained
-                else ()
-            )
+            baselines = ("celltypist_style", "l1_logistic_cv", "knn_on_pca") if pretrained else ()
             scores = annotator.score(adata, "cell_type", test_cells=~train_cells, baselines=baselines, seed=seed)
             frame = scores.to_frame().reset_index(names="method")
             frame["seed"], frame["steps"] = seed, annotator.summary.steps
