@@ -11,6 +11,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 import scipy.sparse as sp
 
 from opencellplm import datasets
+from opencellplm._files import sha256_of
 from opencellplm.datasets import DatasetError, _convert, _fetch, _registry
 
 # --- fakes ----------------------------------------------------------------------------------------------------------
@@ -216,6 +218,98 @@ def _raise(error):
     return fail
 
 
+# --- a data set read from an installed package ---------------------------------------------------------------------
+
+FAKE_PACKAGE = "fakescanpy_opencellplm_test"
+FAKE_MEMBER = f"{FAKE_PACKAGE}/datasets/10x_pbmc68k_reduced.h5ad"
+
+
+@pytest.fixture
+def fake_installed(tmp_path, monkeypatch):
+    """pbmc68k_reduced pointed at a fake installed package (version 9.9) on sys.path whose __init__ refuses to be
+    imported, and at a fake wheel holding the same file; returns (site folder, download calls, counts)."""
+    site = tmp_path / "site"
+    counts = _fake_pbmc68k_h5ad(site / FAKE_MEMBER)
+    (site / FAKE_PACKAGE / "__init__.py").write_text("raise RuntimeError('the data loader imported the package')\n")
+    info = site / f"{FAKE_PACKAGE}-9.9.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {FAKE_PACKAGE}\nVersion: 9.9\n")
+    monkeypatch.syspath_prepend(str(site))
+    source = _registry.DATASETS["pbmc68k_reduced"]
+    monkeypatch.setitem(
+        _registry.DATASETS,
+        "pbmc68k_reduced",
+        _registry.DatasetSource(**{**source.__dict__, "installed": FAKE_PACKAGE, "members": {"h5ad": FAKE_MEMBER}}),
+    )
+    wheel = _zip(tmp_path / "fake-1.0-py3-none-any.whl", {FAKE_MEMBER: (site / FAKE_MEMBER).read_bytes()})
+    monkeypatch.setitem(_fetch.ARCHIVES, "scanpy-wheel", _fetch.Archive("fake", "1.0", wheel.name, sha256_of(wheel)))
+    calls: list[str] = []
+
+    def fake_download(archive, folder):
+        calls.append(archive.filename)
+        return Path(shutil.copy(wheel, folder / archive.filename))
+
+    monkeypatch.setattr(_fetch, "_download", fake_download)
+    return site, calls, counts
+
+
+def test_pbmc68k_from_the_installed_package_offline(tmp_path, fake_installed):
+    site, calls, counts = fake_installed
+    adata = datasets.pbmc68k_reduced(cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(adata.X.toarray(), counts)
+    assert calls == [] and not (tmp_path / "cache").exists()  # no download, nothing cached
+    assert FAKE_PACKAGE not in sys.modules  # found with find_spec, never imported
+    info = adata.uns["dataset"]
+    assert info["origin"] == f"installed package {FAKE_PACKAGE} 9.9"
+    assert info["package"] == FAKE_PACKAGE and info["version"] == "9.9"
+    assert info["installed_at"] == str(site / FAKE_PACKAGE)
+    assert dict(info["member_sha256"]) == {FAKE_MEMBER: sha256_of(site / FAKE_MEMBER)}
+    assert "archive_sha256" not in info and info["x"] == "raw counts"
+
+
+def test_pbmc68k_falls_back_to_the_wheel_when_the_package_lacks_the_file(tmp_path, fake_installed):
+    site, calls, counts = fake_installed
+    (site / FAKE_MEMBER).unlink()
+    adata = datasets.pbmc68k_reduced(cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(adata.X.toarray(), counts)
+    assert calls == ["fake-1.0-py3-none-any.whl"]
+    assert adata.uns["dataset"]["origin"] == "package archive fake-1.0-py3-none-any.whl"
+    assert adata.uns["dataset"]["archive_sha256"] == _fetch.ARCHIVES["scanpy-wheel"].sha256
+
+
+def test_pbmc68k_falls_back_to_the_wheel_when_the_package_is_absent(tmp_path, fake_installed, monkeypatch):
+    _, calls, _ = fake_installed
+    source = _registry.DATASETS["pbmc68k_reduced"]
+    missing = _registry.DatasetSource(**{**source.__dict__, "installed": "no_such_package_opencellplm"})
+    monkeypatch.setitem(_registry.DATASETS, "pbmc68k_reduced", missing)
+    assert _registry.package_folder("no_such_package_opencellplm") is None
+    datasets.pbmc68k_reduced(cache_dir=tmp_path / "cache")
+    assert calls == ["fake-1.0-py3-none-any.whl"]
+
+
+def test_pbmc68k_falls_back_to_the_wheel_when_the_installed_copy_is_broken(tmp_path, fake_installed, caplog):
+    site, calls, counts = fake_installed
+    (site / FAKE_MEMBER).write_bytes(b"not an h5ad")
+    adata = datasets.pbmc68k_reduced(cache_dir=tmp_path / "cache")
+    assert "cannot use the installed" in caplog.text and calls == ["fake-1.0-py3-none-any.whl"]
+    np.testing.assert_array_equal(adata.X.toarray(), counts)
+
+
+def test_pbmc68k_from_the_installed_scanpy(tmp_path):
+    """The real file, offline: scanpy is a dependency, so its copy is there (no download: see no_network)."""
+    folder = _registry.package_folder("scanpy")
+    assert folder is not None and (folder / "datasets" / "10x_pbmc68k_reduced.h5ad").is_file()
+    adata = datasets.pbmc68k_reduced(cache_dir=tmp_path / "cache")
+    assert adata.shape == (700, 765) and adata.obs["cell_type"].nunique() == 10
+    assert bool(np.all(adata.X.data == np.rint(adata.X.data)))
+    info = adata.uns["dataset"]
+    assert info["origin"].startswith("installed package scanpy ") and info["version"] == _registry.package_version(
+        "scanpy"
+    )
+    member = "scanpy/datasets/10x_pbmc68k_reduced.h5ad"
+    assert info["member_sha256"][member] == sha256_of(folder / "datasets" / "10x_pbmc68k_reduced.h5ad")
+
+
 # --- extraction -----------------------------------------------------------------------------------------------------
 
 
@@ -264,7 +358,8 @@ def _standard(converted: _convert.Converted, name: str = "toy") -> ad.AnnData:
     return _convert.standardize(converted, {"name": name}, default_sample=name)
 
 
-def test_pbmc68k_counts_recovered_from_rounded_log1p(tmp_path):
+def _fake_pbmc68k_h5ad(path: Path) -> np.ndarray:
+    """A tiny file laid out as scanpy's 10x_pbmc68k_reduced.h5ad; returns the counts it encodes."""
     rng = np.random.default_rng(1)
     counts = rng.poisson(3, size=(8, 6)).astype(np.float64)
     totals = counts.sum(1) + rng.integers(100, 500, size=8)  # totals over more genes than shipped
@@ -277,7 +372,13 @@ def test_pbmc68k_counts_recovered_from_rounded_log1p(tmp_path):
         var=pd.DataFrame(index=[f"G{i}" for i in range(6)]),
     )
     shipped.raw = ad.AnnData(X=sp.csr_matrix(raw.astype(np.float32)), var=shipped.var.copy())
-    shipped.write_h5ad(tmp_path / "p.h5ad")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shipped.write_h5ad(path)
+    return counts
+
+
+def test_pbmc68k_counts_recovered_from_rounded_log1p(tmp_path):
+    counts = _fake_pbmc68k_h5ad(tmp_path / "p.h5ad")
     adata = _standard(_convert.convert_pbmc68k_reduced({"h5ad": tmp_path / "p.h5ad"}))
     np.testing.assert_array_equal(adata.X.toarray(), counts)
     assert list(adata.obs["cell_type"]) == ["T", "B"] * 4
@@ -401,7 +502,8 @@ EXPECTED = {  # name: (cells, genes, counts?)
 
 @pytest.mark.skipif(os.environ.get("OPENCELLPLM_TEST_DOWNLOADS") != "1", reason="set OPENCELLPLM_TEST_DOWNLOADS=1")
 @pytest.mark.parametrize("name", list(EXPECTED))
-def test_real_download(name, tmp_path_factory):
+def test_real_download(name, tmp_path_factory, monkeypatch):
+    monkeypatch.setattr(_registry, "installed_members", lambda source: None)  # the download, even with scanpy there
     cache = os.environ.get(_fetch.CACHE_ENV) or tmp_path_factory.getbasetemp() / "datasets-cache"
     adata = getattr(datasets, name)(cache_dir=cache)
     n_cells, n_genes, counts = EXPECTED[name]

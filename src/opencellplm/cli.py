@@ -318,6 +318,16 @@ def _flag(adata, key: str):
     return values.to_numpy()
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import RESULTS_FILE, run_demo, verdict_lines
+
+    report = run_demo(args.out, overwrite=args.overwrite, seed=args.seed)
+    verdict = verdict_lines(json.loads((report.parent / RESULTS_FILE).read_text()))
+    lines = [f"{kind}: {line}" for kind in ("wins", "losses", "ties") for line in verdict[kind]]
+    sys.stdout.write("".join(f"{line}\n" for line in lines) + f"report: {report}\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opencellplm", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -465,6 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("info", help="describe a checkpoint directory")
     p.add_argument("checkpoint")
     p.set_defaults(run=_info)
+
+    p = commands.add_parser(
+        "demo", help="the shipped model on PBMC 68k reduced (ships with scanpy): clustering, annotation, UMAPs, report"
+    )
+    p.add_argument("--out", default="opencellplm-demo", help="folder to write (default: opencellplm-demo)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if an earlier demo wrote it")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.set_defaults(run=_demo)
     return parser
 
 

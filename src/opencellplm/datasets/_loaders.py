@@ -31,7 +31,9 @@ def _document(function):
 def pbmc68k_reduced(*, cache_dir: PathLike | None = None, refresh: bool = False) -> ad.AnnData:
     """Human PBMCs: 700 cells x 765 genes, raw counts, 10 cell type labels.
 
-    From scanpy 1.11.5's wheel (``scanpy/datasets/10x_pbmc68k_reduced.h5ad``). The counts are recovered from the
+    scanpy's ``scanpy/datasets/10x_pbmc68k_reduced.h5ad``: the installed scanpy's copy when it has one (no
+    download, no cache; ``uns['dataset']`` names scanpy's version and the file's sha256), else the file in
+    scanpy 1.11.5's wheel, fetched and cached as the other data sets. The counts are recovered from the
     shipped ``.raw`` as ``rint(expm1(raw.X) * obs['n_counts'] / 1e4)``; every value lies within 0.1 of an
     integer before rounding. ``obs['cell_type']`` holds the bulk-sorted labels (``bulk_labels``);
     ``obs['louvain']`` and ``obs['phase']`` are kept. ``obs['n_counts']`` is each cell's total over all genes of

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import logging
 import os
 import tempfile
@@ -38,6 +40,10 @@ class DatasetSource:
         Organism.
     description
         One line on what the data are.
+    installed
+        Import name of a package that carries the same members once installed (their paths then relative to the
+        folder holding the package). When it is installed with every member, that copy is converted instead
+        of fetching the archive (see :func:`installed_members`).
     """
 
     name: str
@@ -46,6 +52,7 @@ class DatasetSource:
     converter: Callable[[Mapping[str, Path]], convert.Converted]
     species: str
     description: str
+    installed: str | None = None
 
 
 _NOVOSPARC = "novosparc-0.4.4/novosparc/datasets"
@@ -63,6 +70,7 @@ DATASETS: dict[str, DatasetSource] = {
             convert.convert_pbmc68k_reduced,
             "Homo sapiens",
             "700 PBMCs from 10x Genomics' 68k PBMC data, 765 genes, bulk-sorted cell type labels (scanpy's example)",
+            installed="scanpy",
         ),
         DatasetSource(
             "pbmc3k",
@@ -142,6 +150,71 @@ def _read_cached(h5ad: Path) -> ad.AnnData | None:
         return None
 
 
+def package_folder(package: str) -> Path | None:
+    """The folder of the installed top-level package ``package``, found without importing it (None if absent)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):  # ValueError: a module in sys.modules without a spec
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def package_version(package: str) -> str | None:
+    """The installed distribution's version, from its metadata (None if it has none)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def installed_members(source: DatasetSource) -> dict[str, Path] | None:
+    """``source``'s members in the installed copy of ``source.installed``: short key -> file, or None when the
+    package is not installed or lacks a member (then the archive is used)."""
+    if source.installed is None:
+        return None
+    folder = package_folder(source.installed)
+    if folder is None:
+        logger.info("%s is not installed; %s comes from %s", source.installed, source.name, source.archive)
+        return None
+    files = {key: folder.parent / member for key, member in source.members.items()}
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        logger.info(
+            "the installed %s lacks %s; %s comes from %s", source.installed, missing, source.name, source.archive
+        )
+        return None
+    return files
+
+
+def _convert(source: DatasetSource, files: Mapping[str, Path]) -> convert.Converted:
+    with warnings.catch_warnings():  # the shipped files predate anndata's current on-disk layout
+        warnings.simplefilter("ignore", ad.OldFormatWarning)
+        warnings.filterwarnings("ignore", message="Moving element from .uns", category=FutureWarning)
+        return source.converter(files)
+
+
+def _from_installed(source: DatasetSource, files: Mapping[str, Path]) -> ad.AnnData:
+    """Convert the installed package's copy of the members (nothing downloaded, nothing cached)."""
+    package = source.installed
+    version = package_version(package)
+    logger.info("converting %s from the installed %s %s (%s)", source.name, package, version, files)
+    converted = _convert(source, files)
+    provenance = {
+        "name": source.name,
+        "origin": f"installed package {package} {version or '(version unknown)'}",
+        "package": package,
+        "version": version or "unknown",
+        "installed_at": str(package_folder(package)),
+        "members": list(source.members.values()),
+        "member_sha256": {member: sha256_of(files[key]) for key, member in source.members.items()},
+        "species": source.species,
+        "description": source.description,
+    }
+    return convert.standardize(converted, provenance, default_sample=source.name)
+
+
 def _build(source: DatasetSource, cache_dir: Path) -> ad.AnnData:
     """Fetch the archive, extract the members, convert, and write ``<name>.h5ad`` with its checksum."""
     archive = ARCHIVES[source.archive]
@@ -149,12 +222,10 @@ def _build(source: DatasetSource, cache_dir: Path) -> ad.AnnData:
     logger.info("converting %s from %s", source.name, archive.filename)
     with tempfile.TemporaryDirectory(prefix="opencellplm-extract-") as tmp:
         files = extract_members(archive_path, source.members, Path(tmp))
-        with warnings.catch_warnings():  # the shipped files predate anndata's current on-disk layout
-            warnings.simplefilter("ignore", ad.OldFormatWarning)
-            warnings.filterwarnings("ignore", message="Moving element from .uns", category=FutureWarning)
-            converted = source.converter(files)
+        converted = _convert(source, files)
     provenance = {
         "name": source.name,
+        "origin": f"package archive {archive.filename}",
         "package": archive.package,
         "version": archive.version,
         "archive": archive.filename,
@@ -187,6 +258,10 @@ def load_dataset(name: str, *, cache_dir: PathLike | None = None, refresh: bool 
     refresh
         Rebuild the h5ad from the archive even when a valid cached copy exists.
 
+    A data set that also ships inside an installed package (``DatasetSource.installed``; pbmc68k_reduced in
+    scanpy, a dependency of this package) is converted from that copy when it is there, with no download and
+    no cache: ``uns['dataset']`` then names the package, its version and the sha256 of the files read.
+
     Returns
     -------
     AnnData
@@ -203,6 +278,14 @@ def load_dataset(name: str, *, cache_dir: PathLike | None = None, refresh: bool 
     if name not in DATASETS:
         raise KeyError(f"unknown data set {name!r}; available: {sorted(DATASETS)}")
     source = DATASETS[name]
+    files = installed_members(source)
+    if files is not None:
+        try:
+            return _from_installed(source, files)
+        except Exception as error:  # an installed copy that cannot be read or converted: use the archive
+            logger.warning(
+                "cannot use the installed %s copy of %s (%s); using %s", source.installed, name, error, source.archive
+            )
     folder = resolve_cache_dir(cache_dir)
     if not refresh:
         cached = _read_cached(folder / f"{name}.h5ad")

@@ -1,0 +1,157 @@
+"""opencellplm demo: the report, the pictures and results.json on synthetic cells with a tiny model, the folder
+written only where that loses nothing, and the command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+
+from opencellplm import CellPLM, CellPLMModule, DecoderConfig, EncoderConfig, LatentConfig, ModelConfig, demo
+from opencellplm.cli import main
+from opencellplm.testing import synthetic_adata
+
+GENES = [f"GENE{i}" for i in range(60)]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def tiny() -> CellPLM:
+    config = ModelConfig(
+        n_genes=len(GENES),
+        hidden_dim=16,
+        encoder=EncoderConfig(n_layers=1, n_heads=2),
+        latent=LatentConfig(dim=8, n_clusters=4, hidden_dim=12),
+        decoder=DecoderConfig(hidden_dim=16),
+    )
+    torch.manual_seed(0)
+    return CellPLM(CellPLMModule(config), GENES, source={"name": "tiny-test-model"})
+
+
+@pytest.fixture
+def cells() -> ad.AnnData:
+    return synthetic_adata(200, 60, n_types=3, seed=0)
+
+
+def _run(out: Path, tiny: CellPLM, cells: ad.AnnData, **kwargs) -> Path:
+    return demo.run_demo(out, model=tiny, adata=cells, annotation_steps=4, **kwargs)
+
+
+def test_demo_writes_report_pictures_and_results_and_replaces_only_its_own_folder(tmp_path, tiny, cells):
+    out = tmp_path / "demo"
+    before = cells.copy()
+    state = torch.random.get_rng_state()
+    report = _run(out, tiny, cells)
+    assert report == out / "report.md"
+    assert sorted(p.name for p in out.iterdir()) == sorted(demo.DEMO_FILES)
+
+    text = report.read_text()
+    for name in ("tiny-test-model (pretrained)", "tiny-test-model architecture, untrained", "PCA ("):
+        assert f"| {name}" in text  # a row of the clustering table
+    for method in ("cellplm", "celltypist_style", "l1_logistic_cv", "knn_on_pca"):
+        assert f"| `{method}` |" in text  # a row of the annotation table
+    assert "| method (inductive) | macro F1 |" in text and "**40 test cells**" in text  # 20% of 200
+    assert "## Where CellPLM wins and where it loses" in text and " beats " in text
+    for picture in demo.PICTURES.values():
+        assert f"]({picture})" in text
+        data = (out / picture).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["format"] == demo.FORMAT and results["seed"] == 0
+    assert results["annotation"]["mode"] == "inductive" and results["annotation"]["n_test"] == 40
+    assert results["annotation_split"]["n_train"] == 160
+    assert set(results["annotation"]["methods"]) == {"cellplm", "celltypist_style", "l1_logistic_cv", "knn_on_pca"}
+    assert len(results["clustering"]["scores"]) == 3 and results["clustering"]["settings"]["seeds"] == [0, 1, 2]
+    assert results["model"]["n_genes_matched"] == 60 and results["model"]["n_cells_left_out"] == 0
+    assert results["model"]["name"] == "tiny-test-model" and results["data"]["label_counts"]["type_0"] > 0
+    assert set(results["timings_seconds"]) >= {"data", "embed", "cluster", "annotate", "pictures"}
+    assert len(results["verdict"]) == 2 + 3  # against the untrained model and PCA, then each baseline
+    lines = demo.verdict_lines(results)
+    assert sum(map(len, lines.values())) == sum(bool(c[k]) for c in results["verdict"] for k in lines)
+    # the caller's data and torch generator are untouched
+    assert "X_cellplm" not in cells.obsm and (cells.X != before.X).nnz == 0
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+    with pytest.raises(FileExistsError, match="overwrite"):
+        _run(out, tiny, cells)
+    _run(out, tiny, cells, seed=1, overwrite=True)
+    assert json.loads((out / "results.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in out.iterdir()) == sorted(demo.DEMO_FILES)
+
+    (out / "notes.txt").write_text("mine")  # a demo folder that now holds another file is never replaced
+    with pytest.raises(FileExistsError, match="not a demo folder written by opencellplm"):
+        _run(out, tiny, cells, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_folder_the_demo_did_not_write_is_never_replaced(tmp_path, tiny, cells):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "results.json").write_text('{"format": "something else"}')
+    with pytest.raises(FileExistsError, match="not a demo folder"):
+        _run(folder, tiny, cells, overwrite=True)
+    assert (folder / "results.json").read_text() == '{"format": "something else"}'
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # no partial folder left
+
+
+def test_bad_input_is_refused_before_any_work(tmp_path, tiny, cells):
+    with pytest.raises(KeyError, match="'nope' not found"):
+        demo.run_demo(tmp_path / "a", model=tiny, adata=cells, labels_key="nope")
+    cells.obs["one"] = "x"
+    with pytest.raises(ValueError, match="at least two"):
+        demo.run_demo(tmp_path / "b", model=tiny, adata=cells, labels_key="one")
+    with pytest.raises(ValueError, match="annotation_steps"):
+        demo.run_demo(tmp_path / "c", model=tiny, adata=cells, annotation_steps=0)
+    assert not any(tmp_path.iterdir())
+
+
+def test_split_is_stratified_seeded_and_keeps_single_cell_types_in_training():
+    import pandas as pd
+
+    labels = pd.Series(["a"] * 50 + ["b"] * 30 + ["c"] * 19 + ["d"] + [None] * 5)
+    test, info = demo._split(labels, seed=3)
+    again, _ = demo._split(labels, seed=3)
+    np.testing.assert_array_equal(test, again)
+    held = labels[test].value_counts().to_dict()
+    assert held == {"a": 10, "b": 6, "c": 4}  # 20% of each type
+    assert info["kept_in_training_single_cell_types"] == ["d"] and info["n_unlabelled_left_out"] == 5
+    assert info["n_test"] == 20 and info["n_train"] == 80
+    assert not test[labels.isna().to_numpy()].any()
+
+
+def test_cli_demo(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_run_demo(out, *, overwrite, seed):
+        calls.append((out, overwrite, seed))
+        folder = Path(out).resolve()
+        folder.mkdir()
+        verdict = [
+            {"task": "clustering", "model": "m", "other": "PCA", "wins": [], "ties": [], "losses": [
+                {"figure": "best ARI", "difference": -0.26}]},
+        ]  # fmt: skip
+        (folder / "results.json").write_text(json.dumps({"format": demo.FORMAT, "verdict": verdict}))
+        return folder / "report.md"
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--seed", "2"]) == 0
+    assert calls == [("opencellplm-demo", False, 2)]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2] == "losses: PCA beats m (clustering) on best ARI by 0.260."
+    assert lines[-1] == f"report: {tmp_path.resolve() / 'opencellplm-demo' / 'report.md'}"
+
+
+def test_cli_demo_refuses_an_existing_folder(tmp_path, caplog):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "data.h5ad").write_text("precious")
+    with caplog.at_level(logging.ERROR):
+        assert main(["demo", "--out", str(tmp_path / "out"), "--overwrite"]) == 2
+    assert "not a demo folder" in caplog.text
+    assert (tmp_path / "out" / "data.h5ad").read_text() == "precious"
