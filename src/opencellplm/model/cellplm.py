@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -13,10 +12,10 @@ import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
-from .._files import check_output_file, sha256_of
+from .._files import sha256_of
 from ..data.cellsets import Partition
 from ..data.genes import GENE_ID_RULES, GeneIdRule
-from ..data.reader import open_h5ad
+from ..data.output import write_result_copy
 from ..data.sets import CellSets, InputSpec
 from ..data.validate import InputReport, require_anndata, validate
 from ..io import load_checkpoint, load_official, save_checkpoint
@@ -322,21 +321,9 @@ class CellPLM:
         ``uns['cellplm'][key_added]`` (see :meth:`embed`) added. Takes the arguments of
         :meth:`get_latent_representation`. Whether ``target`` can be written is checked before any work.
         """
-        source = Path(source)
-        if not source.is_file():
-            raise FileNotFoundError(f"input file not found: {source}")
-        target = check_output_file(target, overwrite=overwrite, inputs=[source])
-        partial = _reserve_partial(target)
-        try:
-            with open_h5ad(source) as adata:
-                embedding, record = self._embed(adata, **kwargs)
-            _write_into_copy(source, partial, key_added, embedding, record)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        partial.replace(target)
-        logger.info("wrote %s with obsm[%r] of shape %s", target, key_added, embedding.shape)
-        return target
+        return write_result_copy(
+            source, target, "obsm", key_added, lambda adata: self._embed(adata, **kwargs), overwrite=overwrite
+        )
 
 
 def _check_finite(embedding: np.ndarray, names) -> None:
@@ -347,39 +334,6 @@ def _check_finite(embedding: np.ndarray, names) -> None:
             f"cell set, e.g. {list(names[bad][:5])}; these cells have counts, so the model's weights or the input "
             "values are broken (load the checkpoint again to have its weights checked, and run opencellplm validate)"
         )
-
-
-def _reserve_partial(target: Path) -> Path:
-    """Create the hidden file the output is written to, proving that ``target``'s folder is writable."""
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial.open("wb").close()
-    except OSError as err:
-        raise PermissionError(f"cannot write the output {target}: {err.strerror or err}") from None
-    return partial
-
-
-def _write_into_copy(
-    source: Path, copy: Path, key_added: str, embedding: np.ndarray, record: dict, *, group: str = "obsm"
-) -> None:
-    """Copy ``source`` to ``copy`` and write ``embedding`` to ``group/key_added`` (``obsm`` or ``layers``) and
-    ``record`` to ``uns/cellplm/key_added`` in it, keeping the other records."""
-    import h5py
-    from anndata.io import read_elem, write_elem
-
-    shutil.copyfile(source, copy)
-    with h5py.File(copy, "r+") as f:
-        records = read_elem(f["uns/cellplm"]) if "uns/cellplm" in f else {}
-        records[key_added] = record
-        for key in (f"{group}/{key_added}", "uns/cellplm"):
-            if key in f:
-                del f[key]
-        for parent, key, value in ((group, key_added, embedding), ("uns", "cellplm", records)):
-            if parent in f:
-                write_elem(f[parent], key, value)
-            else:  # files written element by element may lack the group
-                write_elem(f, parent, {key: value})
 
 
 def _device(device: str | torch.device) -> torch.device:

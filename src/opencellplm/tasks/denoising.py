@@ -32,9 +32,9 @@ from anndata import AnnData
 from torch import nn
 
 from .. import baselines as baseline_functions
-from .._files import check_output_file, marker_problems, write_directory
+from .._files import marker_problems, write_directory
 from ..config import ModelConfig, TrainConfig
-from ..data.reader import counts_matrix, iter_row_blocks, open_h5ad, read_rows
+from ..data.reader import counts_matrix, iter_row_blocks, read_rows
 from ..data.sets import CellSets, InputSpec
 from ..data.validate import require_anndata
 from ..distributions import nb_log_prob
@@ -767,25 +767,14 @@ class Denoiser:
         and ``uns['cellplm'][layer_added]`` added (see :meth:`predict`); with ``fine_tune``, :meth:`fit` on it
         first. The counts are read from disk; ``target`` is checked before any work and written whole or not at all.
         """
-        from ..model.cellplm import _reserve_partial, _write_into_copy
+        from ..data.output import write_result_copy
 
-        source = Path(source)
-        if not source.is_file():
-            raise FileNotFoundError(f"input file not found: {source}")
-        target = check_output_file(target, overwrite=overwrite, inputs=[source])
-        partial = _reserve_partial(target)
-        try:
-            with open_h5ad(source) as adata:
-                if fine_tune:
-                    self.fit(adata, device=device, **spec)
-                denoised, record = self._denoise(adata, spec, stacklevel=4)
-            _write_into_copy(source, partial, layer_added, denoised, record, group="layers")
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        partial.replace(target)
-        logger.info("wrote %s with layers[%r] of shape %s", target, layer_added, denoised.shape)
-        return target
+        def denoise(adata: AnnData) -> tuple[np.ndarray, dict[str, Any]]:
+            if fine_tune:
+                self.fit(adata, device=device, **spec)
+            return self._denoise(adata, spec, stacklevel=5)
+
+        return write_result_copy(source, target, "layers", layer_added, denoise, overwrite=overwrite)
 
 
 def denoiser_problems(folder: Path) -> list[str]:
