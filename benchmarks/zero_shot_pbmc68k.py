@@ -57,7 +57,7 @@ def main() -> None:
     labels = adata.obs["cell_type"].to_numpy()
     trained = CellPLM.from_pretrained(args.model)
     torch.manual_seed(0)
-    untrained = CellPLM(CellPLMModule(trained.config), trained.genes)
+    untrained = CellPLM(CellPLMModule(trained.config), trained.genes, meta={"gene_id_rule": trained.gene_id_rule})
 
     pca = pca_embedding(adata, n_comps=50, seed=0)
     representations = {
