@@ -89,8 +89,9 @@ def check_output_directory(
         raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
     problems = recognise(target)
     if problems:
+        article = "an" if kind[0] in "aeiou" else "a"
         raise FileExistsError(
-            f"{target} is not a {kind} written by opencellplm, so overwrite will not replace it "
+            f"{target} is not {article} {kind} written by opencellplm, so overwrite will not replace it "
             f"({'; '.join(problems[:3])}); remove it yourself or choose another folder"
         )
     return target

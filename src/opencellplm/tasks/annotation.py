@@ -16,7 +16,6 @@ Two modes, recorded with every result:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -30,22 +29,21 @@ from anndata import AnnData
 from torch import nn
 
 from .. import baselines as _baselines
-from .._files import marker_problems, write_directory
 from ..config import AnnotationHeadConfig, ModelConfig, TrainConfig
 from ..data.sets import CellSets, InputSpec
 from ..data.validate import require_anndata
-from ..io import load_checkpoint, save_checkpoint
 from ..model import CellPLM
 from ..module import CellPLMModule
 from ..module.losses import LossOutput
 from ..train import Distributed, Objective, ParamGroup, Trainer
 from ..train.trainer import Autocast
+from ._saved import read_task, recogniser, save_task
 
 logger = logging.getLogger(__name__)
 
 Mode = Literal["inductive", "transductive"]
 FORMAT = "opencellplm-annotator"
-SETTINGS_FILE, MODEL_DIR = "annotator.json", "model"
+SETTINGS_FILE = "annotator.json"
 #: Backbone weights carried over from the pretrained model; the rest (latent, head) starts fresh.
 BACKBONE = ("embedder.", "encoder.", "pre_latent_norm.")
 UNLABELLED = -1
@@ -583,10 +581,9 @@ class CellTypeAnnotator:
     # ----------------------------------------------------------------------------- save / load
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write the fine-tuned model (our checkpoint format, in ``model/``) with the class names, input
-        spec, mode and recipe (``annotator.json``)."""
+        spec, mode and recipe (``annotator.json``); ``overwrite`` replaces only a saved annotator."""
         module = self._require_fitted()
         settings = {
-            "format": FORMAT,
             "classes": self.classes,
             "mode": self.mode,
             "pretrained": self.pretrained,
@@ -595,35 +592,20 @@ class CellTypeAnnotator:
             "base": self.base.source,
             "fit": None if self.summary is None else asdict(self.summary),
         }
-
-        def fill(folder: Path) -> None:
-            meta = {
-                "source": "opencellplm CellTypeAnnotator (fine-tuned)" if self.pretrained else "trained from scratch",
-                "gene_id_rule": self.base.gene_id_rule,
-                "base": self.base.source,
-                "classes": self.classes,
-            }
-            save_checkpoint(folder / MODEL_DIR, module, self.base.genes, meta=meta)
-            (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, default=str) + "\n")
-
-        target = {"overwrite": overwrite, "recognise": annotator_problems, "kind": "annotator"}
-        write_directory(directory, fill, **target)
-        logger.info("saved the annotator to %s", directory)
-        return Path(directory)
+        meta = {
+            "source": "opencellplm CellTypeAnnotator (fine-tuned)" if self.pretrained else "trained from scratch",
+            "gene_id_rule": self.base.gene_id_rule,
+            "base": self.base.source,
+            "classes": self.classes,
+        }
+        return save_task(directory, SETTINGS_FILE, FORMAT, settings, module, self.base.genes, meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, directory: str | Path, *, device: str = "cpu") -> CellTypeAnnotator:
         """Read an annotator written by :meth:`save`; the label names come with it."""
-        directory = Path(directory)
-        path = directory / SETTINGS_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found; is {directory} an annotator (CellTypeAnnotator.save)?")
-        settings = json.loads(path.read_text())
-        if settings.get("format") != FORMAT:
-            raise ValueError(f"{path} is not an {FORMAT} file")
-        module, genes, meta = load_checkpoint(directory / MODEL_DIR)
+        settings, module, genes, meta = read_task(directory, SETTINGS_FILE, FORMAT)
         if module.config.annotation is None or module.config.annotation.n_classes != len(settings["classes"]):
-            raise ValueError(f"{directory / MODEL_DIR} does not hold a head for the {len(settings['classes'])} classes")
+            raise ValueError(f"{directory} does not hold a head for the {len(settings['classes'])} classes")
         base = CellPLM(module, genes, meta=meta, source=settings.get("base"), device=device)
         annotator = cls(base, pretrained=settings["pretrained"], recipe=AnnotationRecipe(**settings["recipe"]))
         annotator.module, annotator.classes = base.module, list(settings["classes"])
@@ -631,10 +613,8 @@ class CellTypeAnnotator:
         return annotator
 
 
-def annotator_problems(folder: Path) -> list[str]:
-    """Why ``folder`` is not an annotator written by this package holding nothing else (empty if it is)."""
-    extra = [f"it holds {p.name}" for p in sorted(folder.iterdir()) if p.name not in (SETTINGS_FILE, MODEL_DIR)]
-    return marker_problems(folder / SETTINGS_FILE, FORMAT) + extra
+#: Why a folder is not a saved annotator holding nothing else (empty if it is).
+annotator_problems = recogniser(SETTINGS_FILE, FORMAT)
 
 
 def _stratified_holdout(codes: np.ndarray, candidates: np.ndarray, fraction: float, seed: int) -> np.ndarray:

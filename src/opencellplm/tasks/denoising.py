@@ -14,7 +14,6 @@ cross-validation, with the baselines on the same corrupted matrix.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -32,25 +31,24 @@ from anndata import AnnData
 from torch import nn
 
 from .. import baselines as baseline_functions
-from .._files import marker_problems, write_directory
 from ..config import ModelConfig, TrainConfig
 from ..data.reader import counts_matrix, iter_row_blocks, read_rows
 from ..data.sets import CellSets, InputSpec
 from ..data.validate import require_anndata
 from ..distributions import nb_log_prob
-from ..io import load_checkpoint, save_checkpoint
 from ..metrics import TARGET_SUM, denoising_scores, hide_counts, mcv_scores, molecular_split
 from ..model import CellPLM
 from ..module import CellPLMModule
 from ..module.losses import LossOutput
 from ..train import Distributed, Objective, Trainer
 from ..train.trainer import Autocast
+from ._saved import read_task, save_task
 
 logger = logging.getLogger(__name__)
 
 Protocol = Literal["hidden", "mcv"]
 FORMAT = "opencellplm-denoiser"
-SETTINGS_FILE, MODEL_DIR = "denoiser.json", "model"
+SETTINGS_FILE = "denoiser.json"
 #: Baselines :meth:`Denoiser.score` knows, by name (the optional ones need their extra).
 BASELINES: dict[str, Callable[..., baseline_functions.BaselineResult]] = {
     "unchanged": lambda corrupted, seed: baseline_functions.unchanged(corrupted),
@@ -715,7 +713,6 @@ class Denoiser:
         the base checkpoint's identity (``denoiser.json``)."""
         module = self._require_module()
         settings = {
-            "format": FORMAT,
             "pretrained": self.pretrained,
             "fine_tuned": self.fitted,
             "spec": self.spec.to_dict(),
@@ -724,25 +721,14 @@ class Denoiser:
             "fit": None if self.summary is None else asdict(self.summary),
         }
 
-        def fill(folder: Path) -> None:
-            save_checkpoint(folder / MODEL_DIR, module, self.base.genes, meta=self.base.meta)
-            (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, default=str) + "\n")
-
-        write_directory(directory, fill, overwrite=overwrite, recognise=denoiser_problems, kind="denoiser")
-        logger.info("saved the denoiser to %s", directory)
-        return Path(directory)
+        return save_task(
+            directory, SETTINGS_FILE, FORMAT, settings, module, self.base.genes, self.base.meta, overwrite=overwrite
+        )
 
     @classmethod
     def load(cls, directory: str | Path, *, device: str = "cpu") -> Denoiser:
         """Read a denoiser written by :meth:`save`."""
-        directory = Path(directory)
-        path = directory / SETTINGS_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found; is {directory} a denoiser (Denoiser.save)?")
-        settings = json.loads(path.read_text())
-        if settings.get("format") != FORMAT:
-            raise ValueError(f"{path} is not an {FORMAT} file")
-        module, genes, meta = load_checkpoint(directory / MODEL_DIR)
+        settings, module, genes, meta = read_task(directory, SETTINGS_FILE, FORMAT)
         base = CellPLM(module, genes, meta=meta, source=settings.get("base"), device=device)
         denoiser = cls(base, pretrained=True, recipe=DenoisingRecipe(**settings["recipe"]))
         denoiser.pretrained = settings["pretrained"]
@@ -777,12 +763,6 @@ class Denoiser:
         return write_result_copy(source, target, "layers", layer_added, denoise, overwrite=overwrite)
 
 
-def denoiser_problems(folder: Path) -> list[str]:
-    """Why ``folder`` is not a denoiser written by this package holding nothing else (empty if it is)."""
-    extra = [f"it holds {p.name}" for p in sorted(folder.iterdir()) if p.name not in (SETTINGS_FILE, MODEL_DIR)]
-    return marker_problems(folder / SETTINGS_FILE, FORMAT) + extra
-
-
 def _working_copy(
     adata: AnnData, spec: InputSpec, columns: np.ndarray, counts: sp.csr_matrix
 ) -> tuple[AnnData, InputSpec]:
@@ -807,5 +787,4 @@ __all__ = [
     "DenoisingResult",
     "Denoiser",
     "MethodScore",
-    "denoiser_problems",
 ]
