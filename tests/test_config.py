@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import pytest
 
-from opencellplm import ConfigError, ModelConfig
+from opencellplm import ConfigError, MaskingConfig, ModelConfig
 
 
 def test_round_trip_through_json(tiny_config):
@@ -55,11 +56,24 @@ def test_bad_values_are_refused(tiny_config, change, message):
 def test_sections_and_numbers_are_type_checked(tiny_config):
     with pytest.raises(ConfigError, match="latent must be a LatentConfig"):
         tiny_config.replace(latent={"dim": 3})
-    data = tiny_config.to_dict()
-    data["masking"]["cell_rate"] = "0.5"
     with pytest.raises(ConfigError, match="masking.cell_rate must be a number"):
-        ModelConfig.from_dict(data)
+        MaskingConfig(cell_rate="0.5")
     data = tiny_config.to_dict()
     data["latent"]["gaussian_weight"] = -1
     with pytest.raises(ConfigError, match="latent.gaussian_weight must be >= 0.0"):
         ModelConfig.from_dict(data)
+
+
+def test_an_older_config_with_masking_still_loads(tiny_config, caplog):
+    """Configs saved while the training-time masking sat in ModelConfig: the key is dropped, nothing else."""
+    assert "masking" not in tiny_config.to_dict()
+    old = tiny_config.to_dict() | {"masking": dataclasses.asdict(MaskingConfig(beta=True))}
+    with caplog.at_level(logging.DEBUG, logger="opencellplm.config"):
+        assert ModelConfig.from_dict(old) == tiny_config
+    assert "ignoring the model config's 'masking'" in caplog.text
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in the model config: \['maskin'\]"):
+        ModelConfig.from_dict(tiny_config.to_dict() | {"maskin": {}})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in 'latent': \['masking'\]"):
+        ModelConfig.from_dict(tiny_config.to_dict() | {"latent": {"masking": {}}})
+    with pytest.raises(TypeError):
+        tiny_config.replace(masking=MaskingConfig())

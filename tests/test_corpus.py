@@ -133,7 +133,7 @@ def test_epochs_reshuffle_deterministically(tmp_path, corpus_files):
 
 
 def test_model_vocabulary_and_a_training_step(tmp_path, corpus_files, tiny_config):
-    from opencellplm import CellPLMModule, DecoderConfig
+    from opencellplm import CellPLMModule, DecoderConfig, MaskingConfig
 
     paths, _, _ = corpus_files
     prepare_corpus(paths, tmp_path / "corpus", sample_key="donor", max_cells=16)
@@ -142,7 +142,7 @@ def test_model_vocabulary_and_a_training_step(tmp_path, corpus_files, tiny_confi
     module = CellPLMModule(config).train()
     for batch in CorpusDataset(tmp_path / "corpus", vocabulary=vocabulary):
         assert int(batch.gene_index.max()) < 10
-        loss = module.reconstruction_loss(module(batch))
+        loss = module.reconstruction_loss(module(batch, corrupt=MaskingConfig()), masked_term=True)
         assert torch.isfinite(loss.total)
         loss.total.backward()
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from opencellplm import AnnotationHeadConfig, CellBatch, CellPLMModule, GMVAENoise, LatentConfig
+from opencellplm import AnnotationHeadConfig, CellBatch, CellPLMModule, GMVAENoise, LatentConfig, MaskingConfig
 from opencellplm.module.latent import gmvae_loss
 from opencellplm.module.masking import gene_mask, hide_genes
 from opencellplm.nn.embedding import log1p_gene_sum
@@ -104,14 +104,33 @@ def test_training_step_masks_drops_and_reaches_all_parameters(tiny_config):
     config = tiny_config.replace(latent=LatentConfig(dim=8, n_clusters=4, hidden_dim=12, loss_floor=-1e9))
     module = CellPLMModule(config).train()
     batch = make_batch(n_cells=40)
-    out = module(batch)
-    assert out.embedding.shape[0] == len(out.kept_cells) == int(40 * (1 - config.masking.drop_cell_rate))
+    masking = MaskingConfig()
+    out = module(batch, corrupt=masking)
+    assert out.embedding.shape[0] == len(out.kept_cells) == int(40 * (1 - masking.drop_cell_rate))
     assert out.input_mask is not None and out.input_mask.any()
-    loss = module.reconstruction_loss(out)
+    loss = module.reconstruction_loss(out, masked_term=masking.masked_term)
     assert torch.isfinite(loss.total)
     loss.total.backward()
     no_grad = [n for n, p in module.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not no_grad, no_grad
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_only_a_given_masking_corrupts_in_train_or_eval_mode(tiny_config, training):
+    module = CellPLMModule(tiny_config).train(training)
+    batch = make_batch(n_cells=40)
+    plain = module(batch)
+    assert plain.input_mask is None and torch.equal(plain.kept_cells, torch.arange(40))
+    assert plain.cells is batch and torch.equal(plain.cells.counts.to_dense(), batch.counts.to_dense())
+    masking = MaskingConfig()
+    out = module(batch, corrupt=masking)
+    assert len(out.kept_cells) == int(40 * (1 - masking.drop_cell_rate))
+    assert out.input_mask is not None and out.input_mask.any()
+    loss = module.reconstruction_loss(out, masked_term=True).objective
+    assert loss != module.reconstruction_loss(out, masked_term=False).objective
+    assert module.training is training
+    with pytest.raises(TypeError, match="corrupt must be a MaskingConfig"):
+        module(batch, corrupt=True)
 
 
 @pytest.mark.parametrize("beta", [False, True])
@@ -134,8 +153,8 @@ def test_masking_hides_only_masked_entries(beta):
 def test_training_on_tiny_sets_gives_a_finite_loss(tiny_config, n_cells):
     torch.manual_seed(0)
     module = CellPLMModule(tiny_config).train()
-    out = module(make_batch(n_cells=n_cells))
-    loss = module.reconstruction_loss(out)
+    out = module(make_batch(n_cells=n_cells), corrupt=MaskingConfig())
+    loss = module.reconstruction_loss(out, masked_term=True)
     assert torch.isfinite(loss.total)
     loss.total.backward()
 
@@ -178,7 +197,7 @@ def test_annotation_labels_follow_dropped_cells_in_training(tiny_config):
     module = CellPLMModule(config).train()
     labels = torch.randint(0, 3, (30,))
     mask = torch.arange(30) % 3 != 0
-    out = module(make_batch(covariates=False))
+    out = module(make_batch(covariates=False), corrupt=MaskingConfig())
     assert len(out.kept_cells) == 21
     loss = module.annotation_loss(out, labels, mask=mask)
     kept = out.kept_cells

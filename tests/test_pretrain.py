@@ -96,6 +96,8 @@ def test_a_run_writes_logs_summary_and_a_loadable_model(corpus, tmp_path):
     trained = CellPLM.from_pretrained(tmp_path / "run" / "model")
     assert trained.meta["val_loss"] == summary["best_val_loss"]
     assert trained.config.decoder.n_batches == 4 and trained.config.decoder.n_datasets == 2
+    assert "masking" not in json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert trained.meta["masking"]["beta"] is True  # the pretraining objective's masking, recorded
     with pytest.raises(FileExistsError, match="holds an earlier run"):
         pretrain(corpus, tmp_path / "run", model=model, train=train)
 
@@ -225,6 +227,10 @@ def test_early_stop_holds_across_resume_and_a_refused_resume_changes_nothing(cor
     before = (tmp_path / "run" / "config.json").read_text()
     with pytest.raises(ConfigError, match="settings differ"):
         pretrain(corpus, tmp_path / "run", model=model, train=replace(train, lr=0.1), resume=True)
+    assert json.loads(before)["model"]["masking"]["beta"] is True  # the run records the objective's masking
+    other = model | {"masking": model["masking"] | {"gene_rate": 0.5}}
+    with pytest.raises(ConfigError, match=r"settings differ from the saved run's in \['model.masking'\]"):
+        pretrain(corpus, tmp_path / "run", model=other, train=train, resume=True)
     assert (tmp_path / "run" / "config.json").read_text() == before
 
 

@@ -8,12 +8,18 @@ lives in its own file next to the weights). ``to_dict`` / ``from_dict`` round-tr
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_type_hints
 
 NormName = Literal["groupnorm", "layernorm", "batchnorm", "rmsnorm"]
 LatentKind = Literal["gmvae", "ae"]
 PositionalEncoding = Literal["none", "sinusoidal"]
+
+logger = logging.getLogger(__name__)
+
+#: The key under which older model configs held their :class:`MaskingConfig` (dropped on reading).
+LEGACY_MASKING_KEY = "masking"
 
 
 class ConfigError(ValueError):
@@ -180,6 +186,9 @@ class AnnotationHeadConfig:
 class MaskingConfig:
     """Training-time cell dropping and masking (cell-level masked modelling).
 
+    Not part of a :class:`ModelConfig`: the training objective that corrupts its input owns it and
+    passes it to :meth:`~opencellplm.module.CellPLMModule.forward` (``corrupt=``).
+
     Attributes
     ----------
     cell_rate
@@ -247,7 +256,6 @@ class ModelConfig:
     latent: LatentConfig = field(default_factory=LatentConfig)
     decoder: DecoderConfig | None = field(default_factory=DecoderConfig)
     annotation: AnnotationHeadConfig | None = None
-    masking: MaskingConfig = field(default_factory=MaskingConfig)
 
     def __post_init__(self) -> None:
         sections = {
@@ -255,7 +263,6 @@ class ModelConfig:
             "latent": (LatentConfig, False),
             "decoder": (DecoderConfig, True),
             "annotation": (AnnotationHeadConfig, True),
-            "masking": (MaskingConfig, False),
         }
         for name, (section, optional) in sections.items():
             value = getattr(self, name)
@@ -282,7 +289,14 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build a config, raising :class:`ConfigError` on unknown or missing keys."""
+        """Build a config, raising :class:`ConfigError` on unknown or missing keys.
+
+        A ``"masking"`` key (the training-time corruption that configs written before it moved to the
+        training objectives held) is dropped.
+        """
+        if isinstance(data, dict) and LEGACY_MASKING_KEY in data:
+            logger.debug("ignoring the model config's %r (training settings, not architecture)", LEGACY_MASKING_KEY)
+            data = {k: v for k, v in data.items() if k != LEGACY_MASKING_KEY}
         return _from_dict(cls, data, path="")
 
     def replace(self, **changes: Any) -> ModelConfig:

@@ -29,7 +29,6 @@ from ..config import (
     DecoderConfig,
     EncoderConfig,
     LatentConfig,
-    MaskingConfig,
     ModelConfig,
 )
 from ..data.genes import gene_list_problems
@@ -138,7 +137,7 @@ def config_from_official(raw: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
     if c["mask_beta"]:
         # OmicsFormer passes mask_beta as MaskBuilder's 5th positional argument, which is
         # `edge_mask`: the Beta-distributed masking was never switched on.
-        logger.info("official mask_beta=True never took effect in the official code; using beta=False")
+        logger.info("official mask_beta=True never took effect in the official code (its masks were not Beta-drawn)")
     config = ModelConfig(
         n_genes=len(genes),
         hidden_dim=c["enc_hid"],
@@ -156,14 +155,6 @@ def config_from_official(raw: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
         ),
         decoder=decoder,
         annotation=annotation,
-        masking=MaskingConfig(
-            cell_rate=c["mask_node_rate"],
-            gene_rate=c["mask_feature_rate"],
-            beta=False,
-            drop_cell_rate=c["drop_node_rate"],
-            max_cells=c["max_batch_size"],
-            masked_term=bool(c["dae"]),
-        ),
     )
     return config, genes
 

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import MaskingConfig, ModelConfig
 from ..nn.embedding import CellEmbedder
 from ..nn.flowformer import FlowformerEncoder
 from .decoder import NBDecoder
@@ -25,7 +25,8 @@ class CellPLMModule(nn.Module):
     In eval mode the forward is deterministic. ``official=True`` reproduces the official
     implementation where it differs: Gumbel-noised mixture component and sampled ``z`` (replayed
     from ``noise`` when given), the SUM of covariate rows when covariate ids are missing, and no
-    positional encoding. In training mode cells are dropped and genes masked per ``config.masking``.
+    positional encoding. Cells are dropped and genes masked only when a :class:`MaskingConfig` is passed
+    as ``corrupt`` (by the training objective that owns it); train/eval mode alone never corrupts.
     """
 
     def __init__(self, config: ModelConfig):
@@ -59,22 +60,24 @@ class CellPLMModule(nn.Module):
         *,
         official: bool = False,
         noise: GMVAENoise | None = None,
-        corrupt: bool | None = None,
+        corrupt: MaskingConfig | None = None,
     ) -> CellPLMOutput:
         """Run one cell set through the model.
 
-        ``corrupt`` applies the training-time cell dropping and gene masking (default: in training
-        mode); validation passes ``corrupt=True`` in eval mode to score masked reconstruction.
+        ``corrupt`` applies that cell dropping and gene masking (in train or eval mode alike: validation
+        passes it in eval mode to score masked reconstruction); None (the default) corrupts nothing.
         """
         kept = torch.arange(batch.n_cells, device=batch.counts.device)
         input_mask = None
         counts = batch.counts
-        if self.training if corrupt is None else corrupt:
-            if self.config.masking.drop_cell_rate > 0:
-                kept = drop_cells(batch.n_cells, self.config.masking, batch.counts.device)
+        if corrupt is not None:
+            if not isinstance(corrupt, MaskingConfig):
+                raise TypeError(f"corrupt must be a MaskingConfig or None, got {type(corrupt).__name__}")
+            if corrupt.drop_cell_rate > 0:
+                kept = drop_cells(batch.n_cells, corrupt, batch.counts.device)
                 batch = select_cells(batch, kept)
-            if self.config.masking.cell_rate > 0 and self.config.masking.gene_rate > 0:
-                input_mask = gene_mask(batch.n_cells, batch.counts.shape[1], self.config.masking, batch.counts.device)
+            if corrupt.cell_rate > 0 and corrupt.gene_rate > 0:
+                input_mask = gene_mask(batch.n_cells, batch.counts.shape[1], corrupt, batch.counts.device)
             counts = batch.counts if input_mask is None else hide_genes(batch.counts, input_mask)
         latent = self.encode(replace(batch, counts=counts), official=official, noise=noise)
         nb = None
@@ -123,6 +126,7 @@ class CellPLMModule(nn.Module):
         *,
         measured: torch.Tensor | None = None,
         alignment: Literal["gene", "position"] = "gene",
+        masked_term: bool = False,
     ) -> LossOutput:
         """Pretraining loss: GMVAE terms + NB reconstruction of the measured genes.
 
@@ -136,6 +140,9 @@ class CellPLMModule(nn.Module):
             ``"gene"`` compares each input column with the decoder column of its gene.
             ``"position"`` reproduces the official loss, which uses input positions as decoder
             columns; that is only right when the input spans the whole vocabulary in order.
+        masked_term
+            Add the NB term on the masked entries (the ``masked_term`` of the masking the forward was
+            given); nothing to add when ``out`` has no masked entries.
         """
         nb = self._require_nb(out)
         columns = _as_index(measured, out.cells.counts.shape[1], out.cells.counts.device)
@@ -149,7 +156,7 @@ class CellPLMModule(nn.Module):
             nb.mean[:, decoder_columns],
             nb.dispersion[:, decoder_columns],
             mask,
-            masked_term=self.config.masking.masked_term and out.input_mask is not None,
+            masked_term=masked_term and out.input_mask is not None,
         )
         return _total(out, objective)
 

@@ -125,7 +125,7 @@ class CellPLMOutput:
     """Everything one forward produces.
 
     ``cells`` are the cells the output rows describe, with their unmasked counts: the input batch,
-    or in training the rows ``kept_cells`` of it that survived cell dropping. ``input_mask`` is the
+    or, in a corrupted forward, the rows ``kept_cells`` of it that survived cell dropping. ``input_mask`` is the
     (N_kept, G_in) bool mask of counts hidden from the model (None when nothing is masked).
     """
 

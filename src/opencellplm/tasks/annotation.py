@@ -29,7 +29,7 @@ from anndata import AnnData
 from torch import nn
 
 from .. import baselines as _baselines
-from ..config import AnnotationHeadConfig, ModelConfig, TrainConfig
+from ..config import AnnotationHeadConfig, MaskingConfig, ModelConfig, TrainConfig
 from ..data.sets import CellSets, InputSpec
 from ..data.validate import require_anndata
 from ..model import CellPLM
@@ -113,6 +113,15 @@ class AnnotationRecipe:
             seed=self.seed,
         )
 
+    def masking(self) -> MaskingConfig:
+        """The training-time corruption of the fine-tuning forward."""
+        return MaskingConfig(
+            cell_rate=self.mask_cell_rate,
+            gene_rate=self.mask_gene_rate,
+            drop_cell_rate=self.drop_cell_rate,
+            beta=False,
+        )
+
 
 def annotation_config(backbone: ModelConfig, n_classes: int, recipe: AnnotationRecipe) -> ModelConfig:
     """The backbone's architecture with a linear 'ae' latent and a linear head of ``n_classes``."""
@@ -121,13 +130,6 @@ def annotation_config(backbone: ModelConfig, n_classes: int, recipe: AnnotationR
         latent=replace(backbone.latent, kind="ae"),
         decoder=None,
         annotation=AnnotationHeadConfig(n_classes=n_classes, n_hidden_layers=0, dropout=recipe.dropout),
-        masking=replace(
-            backbone.masking,
-            cell_rate=recipe.mask_cell_rate,
-            gene_rate=recipe.mask_gene_rate,
-            drop_cell_rate=recipe.drop_cell_rate,
-            beta=False,
-        ),
     )
 
 
@@ -163,7 +165,9 @@ class AnnotationObjective(Objective):
         sets_per_step: int,
         embedder_lr_scale: float,
         seed: int,
+        masking: MaskingConfig,
     ):
+        self.masking = masking
         self.train, self.validation = train, validation
         self.labels, self.in_loss, self.in_validation = labels, in_loss, in_validation
         self.sets_per_step, self.embedder_lr_scale, self.seed = sets_per_step, embedder_lr_scale, seed
@@ -180,7 +184,7 @@ class AnnotationObjective(Objective):
     def loss(self, model: nn.Module, item: int, device: torch.device, autocast: Autocast) -> tuple[LossOutput, int]:
         cell_set = self.train.read(item, device)
         with autocast():
-            out = model(cell_set.batch)
+            out = model(cell_set.batch, corrupt=self.masking)
         module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         labels = torch.as_tensor(self.labels[cell_set.rows], device=device)
         mask = torch.as_tensor(self.in_loss[cell_set.rows], device=device)
@@ -399,6 +403,7 @@ class CellTypeAnnotator:
             sets_per_step=recipe.sets_per_step,
             embedder_lr_scale=recipe.embedder_lr_scale,
             seed=recipe.seed,
+            masking=recipe.masking(),
         )
         world = Distributed.start(device or base.device)
         try:

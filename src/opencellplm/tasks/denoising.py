@@ -31,7 +31,7 @@ from anndata import AnnData
 from torch import nn
 
 from .. import baselines as baseline_functions
-from ..config import ModelConfig, TrainConfig
+from ..config import MaskingConfig, ModelConfig, TrainConfig
 from ..data.reader import counts_matrix, iter_row_blocks, read_rows
 from ..data.sets import CellSets, InputSpec
 from ..data.validate import require_anndata
@@ -77,7 +77,8 @@ class DenoisingRecipe:
     validation_fraction
         Share of each cell's non-zero counts hidden from the training input and used to pick the best state.
     mask_cell_rate, mask_gene_rate, drop_cell_rate, dropout
-        Training-time corruption and dropout; None keeps the checkpoint's (its pretraining settings).
+        Training-time corruption and dropout; None keeps the defaults of
+        :class:`~opencellplm.config.MaskingConfig` (the pretraining ones) and the checkpoint's dropout.
     precision
         ``"auto"`` (bf16 where the hardware has it), ``"bf16"`` or ``"fp32"``.
     seed
@@ -119,19 +120,22 @@ class DenoisingRecipe:
             seed=self.seed,
         )
 
-    def model_config(self, backbone: ModelConfig) -> ModelConfig:
-        """The checkpoint's config with this recipe's corruption and dropout (None: the checkpoint's)."""
-        masking = backbone.masking
+    def masking(self) -> MaskingConfig:
+        """The training-time corruption of the fine-tuning forward: this recipe's rates (None: the defaults)."""
         changes = {"cell_rate": self.mask_cell_rate, "gene_rate": self.mask_gene_rate}
         changes["drop_cell_rate"] = self.drop_cell_rate
-        masking = replace(masking, **{k: v for k, v in changes.items() if v is not None})
+        masking = MaskingConfig(**{k: v for k, v in changes.items() if v is not None})
         if masking.cell_rate == 0 or masking.gene_rate == 0:
             raise ValueError(
                 "fine-tuning reconstructs masked counts: set DenoisingRecipe(mask_cell_rate=..., mask_gene_rate=...) "
-                f"above 0 (the checkpoint has cell_rate={masking.cell_rate}, gene_rate={masking.gene_rate})"
+                f"above 0 (got cell_rate={masking.cell_rate}, gene_rate={masking.gene_rate})"
             )
+        return masking
+
+    def model_config(self, backbone: ModelConfig) -> ModelConfig:
+        """The checkpoint's config with this recipe's dropout (None: the checkpoint's)."""
         dropout = backbone.dropout if self.dropout is None else self.dropout
-        return backbone.replace(masking=masking, dropout=dropout)
+        return backbone.replace(dropout=dropout)
 
 
 @dataclass(frozen=True)
@@ -151,8 +155,10 @@ class DenoisingObjective(Objective):
     monitor = "val_rmse"
     objective_name = "nb_loss"
 
-    def __init__(self, train: CellSets, hidden: HiddenEntries, *, sets_per_step: int, seed: int):
-        self.train, self.hidden = train, hidden
+    def __init__(
+        self, train: CellSets, hidden: HiddenEntries, *, sets_per_step: int, seed: int, masking: MaskingConfig
+    ):
+        self.train, self.hidden, self.masking = train, hidden, masking
         self.sets_per_step, self.seed = sets_per_step, seed
         self.items = list(range(len(train)))
 
@@ -166,9 +172,9 @@ class DenoisingObjective(Objective):
     def loss(self, model: nn.Module, item: int, device: torch.device, autocast: Autocast) -> tuple[LossOutput, int]:
         cell_set = self.train.read(item, device)
         with autocast():
-            out = model(cell_set.batch)
+            out = model(cell_set.batch, corrupt=self.masking)
         module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-        return module.reconstruction_loss(out), len(out.kept_cells)
+        return module.reconstruction_loss(out, masked_term=self.masking.masked_term), len(out.kept_cells)
 
     def evaluate(self, module: nn.Module, world: Distributed, autocast: Autocast) -> dict[str, float]:
         """RMSE and MAE of the log-normalised denoised values, and the mean NB negative log-likelihood, on the
@@ -398,6 +404,7 @@ class Denoiser:
         totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
         work, work_spec = _working_copy(adata, input_spec, columns, training_counts)
 
+        masking = recipe.masking()
         config = recipe.model_config(self.base.config)
         if self.module is not None:
             start = self.module.state_dict()
@@ -413,7 +420,11 @@ class Denoiser:
             warnings.simplefilter("ignore")
             train = self.base.cell_sets(work, work_spec, require_counts=True)
         objective = DenoisingObjective(
-            train, HiddenEntries(hidden, totals), sets_per_step=recipe.sets_per_step, seed=recipe.seed
+            train,
+            HiddenEntries(hidden, totals),
+            sets_per_step=recipe.sets_per_step,
+            seed=recipe.seed,
+            masking=masking,
         )
         world = Distributed.start(device or self.base.device)
         try:

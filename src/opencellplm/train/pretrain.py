@@ -2,13 +2,15 @@
 
 Each optimizer step takes ``sets_per_step`` cell sets of the corpus (see
 :class:`~opencellplm.train.plan.DataPlan`); in each, cells are dropped and genes masked (the
-module's training-mode corruption), and the loss is the NB reconstruction with its masked-entry term
-plus the floored GMVAE terms. Validation scores the same loss on held-out sets with fixed masks.
-Rank 0 saves the best validated weights to ``out/model`` in our checkpoint format.
+objective's :class:`~opencellplm.config.MaskingConfig`, passed to the module's forward), and the
+loss is the NB reconstruction with its masked-entry term plus the floored GMVAE terms. Validation
+scores the same loss on held-out sets with fixed masks. Rank 0 saves the best validated weights to
+``out/model`` in our checkpoint format.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ConfigError, ModelConfig, TrainConfig
+from ..config import ConfigError, MaskingConfig, ModelConfig, TrainConfig
 from ..data.corpus import Corpus
 from ..io import save_checkpoint
 from ..module import CellPLMModule
@@ -28,9 +30,26 @@ from .trainer import EVALUATION_STEP, MODEL_DIR, Autocast, Distributed, Objectiv
 logger = logging.getLogger(__name__)
 
 
-def model_config_for(corpus: Corpus, model: dict[str, Any]) -> ModelConfig:
-    """Complete a model config for a corpus: the vocabulary size and covariate table sizes come from it."""
+def split_masking(model: dict[str, Any]) -> tuple[dict[str, Any], MaskingConfig]:
+    """The model settings of a configuration without their ``"masking"`` section, and that section as the
+    pretraining objective's :class:`~opencellplm.config.MaskingConfig` (its defaults when absent)."""
     model = dict(model)
+    masking = model.pop("masking", None)
+    if masking is None:
+        return model, MaskingConfig()
+    if not isinstance(masking, dict):
+        raise ConfigError(f"'masking' must be a mapping, got {type(masking).__name__}")
+    fields = {f.name for f in dataclasses.fields(MaskingConfig)}
+    unknown = sorted(set(masking) - fields)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in 'masking': {unknown}; known keys: {sorted(fields)}")
+    return model, MaskingConfig(**masking)
+
+
+def model_config_for(corpus: Corpus, model: dict[str, Any]) -> ModelConfig:
+    """Complete a model config for a corpus: the vocabulary size and covariate table sizes come from it
+    (a ``"masking"`` section, the objective's, is left out: see :func:`split_masking`)."""
+    model, _ = split_masking(model)
     if model.get("n_genes") not in (None, len(corpus.vocabulary)):
         raise ConfigError(f"n_genes={model['n_genes']} but the corpus vocabulary has {len(corpus.vocabulary)} genes")
     model["n_genes"] = len(corpus.vocabulary)
@@ -49,12 +68,14 @@ class PretrainObjective(Objective):
     monitor = "val_loss"
     objective_name = "nb_loss"
 
-    def __init__(self, corpus: Corpus, config: ModelConfig, train: TrainConfig):
-        if config.masking.cell_rate == 0 or config.masking.gene_rate == 0:
+    def __init__(self, corpus: Corpus, config: ModelConfig, train: TrainConfig, masking: MaskingConfig):
+        if not isinstance(masking, MaskingConfig):
+            raise TypeError(f"masking must be a MaskingConfig, got {type(masking).__name__}")
+        if masking.cell_rate == 0 or masking.gene_rate == 0:
             raise ConfigError("pretraining needs masking.cell_rate > 0 and masking.gene_rate > 0")
         if config.decoder is None:
             raise ConfigError("pretraining needs the NB decoder (decoder must not be null)")
-        self.corpus, self.config, self.train = corpus, config, train
+        self.corpus, self.config, self.train, self.masking = corpus, config, train, masking
         self.plan = DataPlan(
             tuple(s["n_sets"] for s in corpus.shards),
             train.sets_per_step,
@@ -69,9 +90,9 @@ class PretrainObjective(Objective):
     def loss(self, model: nn.Module, item: SetRef, device: torch.device, autocast: Autocast) -> tuple[LossOutput, int]:
         batch = self.corpus.cell_set(*item).to(device)
         with autocast():
-            out = model(batch)
+            out = model(batch, corrupt=self.masking)
         module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-        return module.reconstruction_loss(out), len(out.kept_cells)
+        return module.reconstruction_loss(out, masked_term=self.masking.masked_term), len(out.kept_cells)
 
     def evaluate(self, module: nn.Module, world: Distributed, autocast: Autocast) -> dict[str, float]:
         """Mean masked-reconstruction loss over the held-out sets, with fixed masks and no dropout."""
@@ -81,8 +102,8 @@ class PretrainObjective(Objective):
             batch = self.corpus.cell_set(*refs[position]).to(world.device)
             torch.manual_seed(set_seed(self.train.seed, EVALUATION_STEP, position))
             with autocast():
-                out = module(batch, corrupt=True)
-            total += module.reconstruction_loss(out).total.item()
+                out = module(batch, corrupt=self.masking)
+            total += module.reconstruction_loss(out, masked_term=self.masking.masked_term).total.item()
             count += 1
         total, count = world.sum([total, count])
         return {"val_loss": total / count}
@@ -90,7 +111,10 @@ class PretrainObjective(Objective):
     def settings(self) -> dict[str, Any]:
         manifest = self.corpus.manifest
         corpus = {k: manifest[k] for k in ("created", "n_cells", "n_sets", "n_genes")}
-        return {"model": self.config.to_dict(), "corpus": corpus}
+        # The masking sits in the model section, as in the configuration files (and runs before it left
+        # ModelConfig): a resume with another masking is refused like one with another architecture.
+        model = self.config.to_dict() | {"masking": dataclasses.asdict(self.masking)}
+        return {"model": model, "corpus": corpus}
 
     def on_improved(self, module: nn.Module, step: int, history: list[dict[str, Any]], out: Path | None) -> None:
         manifest = self.corpus.manifest
@@ -105,6 +129,7 @@ class PretrainObjective(Objective):
                 "datasets": [d["file"] for d in manifest["datasets"]],
             },
             "train": self.train.to_dict(),
+            "masking": dataclasses.asdict(self.masking),
         }
         save_checkpoint(out / MODEL_DIR, module, self.corpus.vocabulary, meta=meta, overwrite=True)
 
@@ -131,7 +156,8 @@ def pretrain(
         :class:`~opencellplm.train.state.RunInUseError` (a ``FileExistsError``).
     model
         Model hyperparameters (:class:`~opencellplm.config.ModelConfig` keys); ``n_genes`` and the
-        decoder's covariate sizes are taken from the corpus when absent.
+        decoder's covariate sizes are taken from the corpus when absent. Its ``"masking"`` section
+        (:class:`~opencellplm.config.MaskingConfig` keys, defaults when absent) goes to the objective.
     train
         Training settings.
     resume
@@ -142,8 +168,9 @@ def pretrain(
     world = Distributed.start(device)
     try:
         corpus = Corpus(corpus_dir, cache_shards=train.shuffle_window)
+        model, masking = split_masking(model)
         config = model_config_for(corpus, model)
-        objective = PretrainObjective(corpus, config, train)
+        objective = PretrainObjective(corpus, config, train, masking)
         torch.manual_seed(train.seed)  # the same initial weights in every process
         module = CellPLMModule(config)
         trainer = Trainer(module, objective, train, world, out=Path(out), resume=resume)
@@ -160,4 +187,4 @@ def pretrain(
         world.stop()
 
 
-__all__ = ["PretrainObjective", "model_config_for", "pretrain"]
+__all__ = ["PretrainObjective", "model_config_for", "pretrain", "split_masking"]
