@@ -37,6 +37,7 @@ from ..module import CellPLMModule
 from ..module.losses import LossOutput
 from ..train import Distributed, Objective, ParamGroup, Trainer
 from ..train.trainer import Autocast
+from ._recipe import fine_tuning_config
 from ._saved import read_task, recogniser, save_task
 
 logger = logging.getLogger(__name__)
@@ -99,19 +100,7 @@ class AnnotationRecipe:
     seed: int = 0
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            steps=self.steps,
-            sets_per_step=self.sets_per_step,
-            lr=self.lr,
-            min_lr_ratio=0.1,
-            warmup_steps=min(self.warmup_steps, self.steps - 1),
-            weight_decay=self.weight_decay,
-            grad_clip=self.grad_clip,
-            eval_every=self.eval_every,
-            patience=self.patience,
-            precision=self.precision,
-            seed=self.seed,
-        )
+        return fine_tuning_config(self)
 
     def masking(self) -> MaskingConfig:
         """The training-time corruption of the fine-tuning forward."""
