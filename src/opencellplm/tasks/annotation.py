@@ -36,7 +36,8 @@ from ..model import CellPLM
 from ..module import CellPLMModule
 from ..module.losses import LossOutput
 from ..train import Distributed, Objective, ParamGroup, Trainer
-from ..train.trainer import Autocast
+from ..train.plan import shuffled_batch
+from ..train.trainer import Autocast, unwrap
 from ._recipe import fine_tuning_config
 from ._saved import read_task, recogniser, save_task
 
@@ -164,17 +165,13 @@ class AnnotationObjective(Objective):
         self.items = [i for i, rows in enumerate(train.sets) if in_loss[rows].any()]
 
     def global_batch(self, step: int) -> list[int]:
-        per_epoch = max(len(self.items) // self.sets_per_step, 1)
-        epoch, within = divmod(step, per_epoch)
-        order = [self.items[i] for i in np.random.default_rng([self.seed, 3, epoch]).permutation(len(self.items))]
-        order = (order * (self.sets_per_step // len(order) + 1)) if len(order) < self.sets_per_step else order
-        return order[within * self.sets_per_step : (within + 1) * self.sets_per_step]
+        return shuffled_batch(self.items, step, self.sets_per_step, self.seed, stream=3)
 
     def loss(self, model: nn.Module, item: int, device: torch.device, autocast: Autocast) -> tuple[LossOutput, int]:
         cell_set = self.train.read(item, device)
         with autocast():
             out = model(cell_set.batch, corrupt=self.masking)
-        module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        module = unwrap(model)
         labels = torch.as_tensor(self.labels[cell_set.rows], device=device)
         mask = torch.as_tensor(self.in_loss[cell_set.rows], device=device)
         return module.annotation_loss(out, labels.clamp_min(0), mask=mask), int(mask[out.kept_cells].sum())

@@ -41,7 +41,8 @@ from ..model import CellPLM
 from ..module import CellPLMModule
 from ..module.losses import LossOutput
 from ..train import Distributed, Objective, Trainer
-from ..train.trainer import Autocast
+from ..train.plan import shuffled_batch
+from ..train.trainer import Autocast, unwrap
 from ._recipe import fine_tuning_config
 from ._saved import read_task, save_task
 
@@ -152,17 +153,13 @@ class DenoisingObjective(Objective):
         self.items = list(range(len(train)))
 
     def global_batch(self, step: int) -> list[int]:
-        per_epoch = max(len(self.items) // self.sets_per_step, 1)
-        epoch, within = divmod(step, per_epoch)
-        order = [self.items[i] for i in np.random.default_rng([self.seed, 6, epoch]).permutation(len(self.items))]
-        order = (order * (self.sets_per_step // len(order) + 1)) if len(order) < self.sets_per_step else order
-        return order[within * self.sets_per_step : (within + 1) * self.sets_per_step]
+        return shuffled_batch(self.items, step, self.sets_per_step, self.seed, stream=6)
 
     def loss(self, model: nn.Module, item: int, device: torch.device, autocast: Autocast) -> tuple[LossOutput, int]:
         cell_set = self.train.read(item, device)
         with autocast():
             out = model(cell_set.batch, corrupt=self.masking)
-        module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        module = unwrap(model)
         return module.reconstruction_loss(out, masked_term=self.masking.masked_term), len(out.kept_cells)
 
     def evaluate(self, module: nn.Module, world: Distributed, autocast: Autocast) -> dict[str, float]:

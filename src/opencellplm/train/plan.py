@@ -71,3 +71,14 @@ class DataPlan:
         if self.sets_per_step % world_size:
             raise ValueError(f"sets_per_step={self.sets_per_step} is not a multiple of the world size {world_size}")
         return list(range(rank, self.sets_per_step, world_size))
+
+
+def shuffled_batch(items: list, step: int, per_step: int, seed: int, stream: int) -> list:
+    """The items of optimizer step ``step`` when every epoch visits ``items`` in a seeded order
+    (``stream`` keeps tasks' orders apart); a list shorter than a step is repeated to fill it."""
+    per_epoch = max(len(items) // per_step, 1)
+    epoch, within = divmod(step, per_epoch)
+    order = [items[i] for i in np.random.default_rng([seed, stream, epoch]).permutation(len(items))]
+    if len(order) < per_step:
+        order = order * (per_step // len(order) + 1)
+    return order[within * per_step : (within + 1) * per_step]

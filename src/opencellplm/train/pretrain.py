@@ -25,7 +25,7 @@ from ..module import CellPLMModule
 from ..module.losses import LossOutput
 from .plan import DataPlan, SetRef
 from .schedule import set_seed
-from .trainer import EVALUATION_STEP, MODEL_DIR, Autocast, Distributed, Objective, Trainer
+from .trainer import EVALUATION_STEP, MODEL_DIR, Autocast, Distributed, Objective, Trainer, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class PretrainObjective(Objective):
         batch = self.corpus.cell_set(*item).to(device)
         with autocast():
             out = model(batch, corrupt=self.masking)
-        module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        module = unwrap(model)
         return module.reconstruction_loss(out, masked_term=self.masking.masked_term), len(out.kept_cells)
 
     def evaluate(self, module: nn.Module, world: Distributed, autocast: Autocast) -> dict[str, float]:

@@ -465,6 +465,11 @@ class Trainer:
         self.world.barrier()
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bfloat16 for ``"bf16"``, and for ``"auto"`` on CUDA with bf16 and CPUs with AVX512-BF16 or AMX; else None."""
     if precision == "fp32":
