@@ -24,7 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .data.reader import check_readable, counts_matrix, iter_row_blocks, on_disk
+from ..data.reader import check_readable, counts_matrix, iter_row_blocks, on_disk
 
 logger = logging.getLogger(__name__)
 
