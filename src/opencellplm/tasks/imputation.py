@@ -1,0 +1,799 @@
+"""Spatial transcriptomic imputation: predict the genes a spatial panel did not measure from an scRNA-seq reference.
+
+Design (TASKS.md §5). The model is fine-tuned on the spatial data and the reference together. Each cell set
+comes from one of the two data sets and holds only the genes that data set measured, so each set's loss covers
+only its own genes (the NB imputation loss: the decoder's mean over the input genes, scaled per cell to the
+observed total, plus the GMVAE terms), under the official corruption (95% of cells with 25% of their genes
+masked). The decoder predicts every vocabulary gene for every cell, so after fine-tuning a spatial cell's NB
+mean over the reference genes is its imputed profile: ``mean[gene] * s`` with the cell's size factor
+``s = sum(observed counts) / sum(mean)`` over the panel genes, the same rule as the baselines of
+:mod:`opencellplm.baselines.imputation`.
+
+Where this differs from the official release, on purpose: the official spatial figures were made with the
+positional encoding switched off (``pe = 0.``) and with cells cut into arbitrary consecutive chunks. Here the
+coordinates are encoded (:class:`~opencellplm.nn.positional.SinusoidalPositionalEncoding`, 2-D or 3-D) and a
+large sample is cut into spatial tiles, so neighbours attend to each other. ``ImputationRecipe(positional=False,
+partition="consecutive")`` gives the official setting back, and :meth:`SpatialImputer.score` can run both on the
+same split (``variants``).
+
+Validation (the best state is kept): a seeded share of each data set's cell sets (whole tiles of the spatial
+data, random groups of reference cells) is held out; the monitored loss is the mean NB loss per measured entry
+of those sets under a fixed, seeded corruption, averaged over the two data sets. Held-out genes of a score are
+never read by any method.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+from torch import nn
+
+from .._memory import PeakMemory
+from ..config import MaskingConfig, ModelConfig, TrainConfig
+from ..data.genes import normalise_gene_ids
+from ..data.reader import counts_matrix, read_rows
+from ..data.sets import CellSets, InputSpec
+from ..data.validate import require_anndata
+from ..model import CellPLM
+from ..module import CellPLMModule
+from ..module.losses import LossOutput
+from ..train import Distributed, Objective, Trainer
+from ..train.plan import shuffled_batch
+from ..train.schedule import set_seed
+from ..train.trainer import EVALUATION_STEP, Autocast, unwrap
+from ._recipe import fine_tuning_config
+from ._saved import read_task, save_task
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "opencellplm-imputer"
+SETTINGS_FILE = "imputer.json"
+#: ``var`` column of the working copies: the ids the model reads (normalised by the checkpoint's rule).
+GENE_COLUMN = "cellplm_gene_id"
+Role = Literal["spatial", "reference"]
+#: CellPLM rows :meth:`SpatialImputer.score` can run, and the recipe changes each makes.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "fine_tuned": {},
+    "no_positional": {"positional": False},
+    "chunks": {"positional": False, "partition": "consecutive"},
+    "tiles_no_positional": {"positional": False, "partition": "tiles"},
+    "from_scratch": {},
+}
+DEFAULT_VARIANTS = ("fine_tuned", "no_positional", "chunks", "from_scratch")
+
+
+@dataclass(frozen=True)
+class ImputationRecipe:
+    """Fine-tuning settings (defaults: the official imputation settings of TASKS.md §5, in steps).
+
+    Attributes
+    ----------
+    steps, patience, eval_every
+        Optimizer steps at most; stop after ``patience`` evaluations without a lower validation loss.
+    lr, warmup_steps, weight_decay, grad_clip
+        AdamW (official: lr 5e-4, weight decay 1e-6, clipping 2.0), linear warm-up then cosine decay.
+    sets_per_step
+        Cell sets per optimizer step (drawn from both data sets, in proportion to their sets).
+    max_cells
+        Largest cell set (tiles of a spatial sample; random groups of reference cells).
+    partition
+        How the spatial data are cut: ``"tiles"`` (neighbours together; needs coordinates), ``"consecutive"``
+        (arbitrary chunks in file order, as the official pipeline) or ``"random"``; ``"auto"``: tiles when
+        there are coordinates. The reference is always cut at random.
+    positional
+        Encode the spatial coordinates (False: the official ``pe = 0``).
+    mask_cell_rate, mask_gene_rate, drop_cell_rate
+        Training corruption (official: 95% of cells, 25% of their genes; no cell dropping).
+    validation_fraction
+        Share of each data set's cell sets held out to pick the best state (at least one when it has two).
+    dropout
+        None keeps the checkpoint's.
+    precision, seed
+        ``"auto"`` (bf16 where the hardware has it), ``"bf16"`` or ``"fp32"``; the seed of the weights of a model
+        from scratch, the partition, the validation sets, the masks and the set order.
+    """
+
+    steps: int = 300
+    patience: int = 5
+    eval_every: int = 20
+    lr: float = 5e-4
+    warmup_steps: int = 20
+    weight_decay: float = 1e-6
+    grad_clip: float = 2.0
+    sets_per_step: int = 1
+    max_cells: int = 1000
+    partition: Literal["auto", "tiles", "consecutive", "random"] = "auto"
+    positional: bool = True
+    mask_cell_rate: float = 0.95
+    mask_gene_rate: float = 0.25
+    drop_cell_rate: float = 0.0
+    validation_fraction: float = 0.1
+    dropout: float | None = None
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction!r}")
+        if not (isinstance(self.max_cells, int) and self.max_cells >= 1):
+            raise ValueError(f"max_cells must be a positive integer, got {self.max_cells!r}")
+
+    def train_config(self) -> TrainConfig:
+        return fine_tuning_config(self)
+
+    def masking(self) -> MaskingConfig:
+        return MaskingConfig(
+            cell_rate=self.mask_cell_rate, gene_rate=self.mask_gene_rate, drop_cell_rate=self.drop_cell_rate
+        )
+
+    def model_config(self, backbone: ModelConfig) -> ModelConfig:
+        return backbone.replace(dropout=backbone.dropout if self.dropout is None else self.dropout)
+
+
+@dataclass
+class ImputationFitSummary:
+    """What :meth:`SpatialImputer.fit` did."""
+
+    pretrained: bool
+    n_spatial_cells: int
+    n_reference_cells: int
+    n_panel_genes: int
+    n_reference_genes: int
+    n_genes_added_to_vocabulary: int
+    positional: bool
+    spatial_sets: int
+    reference_sets: int
+    steps: int
+    best_val_loss: float | None
+    seconds: float
+    stopped_by: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ImputationObjective(Objective):
+    """NB imputation loss of each set on its own genes, both data sets; held-out sets pick the best state."""
+
+    monitor = "val_loss"
+    objective_name = "nb_loss"
+
+    def __init__(
+        self,
+        sets: dict[Role, CellSets],
+        train: list[tuple[Role, int]],
+        validation: list[tuple[Role, int]],
+        *,
+        masking: MaskingConfig,
+        sets_per_step: int,
+        seed: int,
+    ):
+        self.sets, self.train, self.validation = sets, train, validation
+        self.masking, self.sets_per_step, self.seed = masking, sets_per_step, seed
+        self.eval_masking = replace(masking, drop_cell_rate=0.0)
+
+    def global_batch(self, step: int) -> list[tuple[Role, int]]:
+        return shuffled_batch(self.train, step, self.sets_per_step, self.seed, stream=7)
+
+    def loss(
+        self, model: nn.Module, item: tuple[Role, int], device: torch.device, autocast: Autocast
+    ) -> tuple[LossOutput, int]:
+        role, index = item
+        cell_set = self.sets[role].read(index, device)
+        with autocast():
+            out = model(cell_set.batch, corrupt=self.masking)
+        return unwrap(model).imputation_loss(out), len(out.kept_cells)
+
+    def evaluate(self, module: nn.Module, world: Distributed, autocast: Autocast) -> dict[str, float]:
+        """Mean NB loss per measured entry of the held-out sets, per data set, under a seeded corruption."""
+        totals = {"spatial": [0.0, 0.0], "reference": [0.0, 0.0]}
+        for position in range(world.rank, len(self.validation), world.world_size):
+            role, index = self.validation[position]
+            cell_set = self.sets[role].read(index, world.device)
+            torch.manual_seed(set_seed(self.seed, EVALUATION_STEP, position))
+            with autocast():
+                out = module(cell_set.batch, corrupt=self.eval_masking)
+            loss = module.imputation_loss(out)
+            n_cells, n_genes = cell_set.batch.counts.shape
+            totals[role][0] += float(loss.objective) * n_cells
+            totals[role][1] += n_cells * n_genes
+        flat = world.sum([*totals["spatial"], *totals["reference"]])
+        metrics = {}
+        per_entry = []
+        for role, (loss_sum, entries) in zip(("spatial", "reference"), (flat[:2], flat[2:]), strict=True):
+            if entries:
+                metrics[f"val_{role}_nll"] = loss_sum / entries
+                per_entry.append(loss_sum / entries)
+        metrics["val_loss"] = float(np.mean(per_entry)) if per_entry else math.nan
+        return metrics
+
+
+class SpatialImputer:
+    """Impute the genes a spatial panel did not measure with a CellPLM fine-tuned on it and an scRNA-seq reference.
+
+    Examples
+    --------
+    >>> imputer = SpatialImputer.from_pretrained("cellplm-small")                          # doctest: +SKIP
+    >>> imputer.fit(spatial, reference)                                                     # doctest: +SKIP
+    >>> result = imputer.predict(spatial)        # a new AnnData: panel + imputed genes     # doctest: +SKIP
+    >>> result.layers["cellplm_imputed"], result.uns["cellplm"]["cellplm_imputed"]["genes"] # doctest: +SKIP
+    >>> SpatialImputer.from_pretrained("cellplm-small").score(spatial, reference).to_frame()  # doctest: +SKIP
+    """
+
+    def __init__(self, base: CellPLM, *, pretrained: bool, recipe: ImputationRecipe | None = None):
+        if base.config.decoder is None:
+            raise ValueError(
+                f"the model {base.source.get('name', '')!r} has no NB decoder (config.decoder is None), so it cannot "
+                "impute genes; use a pretrained CellPLM checkpoint such as 'cellplm-small'"
+            )
+        self.base, self.pretrained = base, pretrained
+        self.recipe = recipe or ImputationRecipe()
+        self.module: CellPLMModule | None = None
+        self.reference_genes: list[str] = []  # model ids of the reference's genes (fit)
+        self.panel_genes: list[str] = []  # model ids of the spatial panel's genes (fit)
+        self.spatial_spec = InputSpec()
+        self.spatial_input: dict[str, str | None] = {"layer": None, "gene_key": None, "sample_key": None}
+        self.summary: ImputationFitSummary | None = None
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path | CellPLM, **kwargs: Any) -> SpatialImputer:
+        """Start from a pretrained model (a shipped name, a checkpoint directory or a loaded :class:`CellPLM`)."""
+        base = name_or_dir if isinstance(name_or_dir, CellPLM) else CellPLM.from_pretrained(name_or_dir)
+        return cls(base, pretrained=True, **kwargs)
+
+    @classmethod
+    def from_scratch(cls, like: str | Path | CellPLM, **kwargs: Any) -> SpatialImputer:
+        """The architecture and vocabulary of ``like`` with freshly initialised weights; call :meth:`fit`."""
+        base = like if isinstance(like, CellPLM) else CellPLM.from_pretrained(like)
+        return cls(base, pretrained=False, **kwargs)
+
+    @property
+    def fitted(self) -> bool:
+        return self.module is not None
+
+    # ------------------------------------------------------------------------------------ fit
+    def fit(
+        self,
+        spatial: AnnData,
+        reference: AnnData,
+        *,
+        layer: str | None = None,
+        gene_key: str | None = None,
+        sample_key: str | None = None,
+        spatial_key: str = "spatial",
+        reference_layer: str | None = None,
+        reference_gene_key: str | None = None,
+        reference_sample_key: str | None = None,
+        extend_vocabulary: bool = False,
+        device: str | None = None,
+    ) -> SpatialImputer:
+        """Fine-tune on the spatial data and the reference together (see the module docstring).
+
+        Parameters
+        ----------
+        spatial
+            Counts of the spatial panel (cells x panel genes), coordinates in ``obsm[spatial_key]``. Without
+            coordinates the model runs without the positional encoding, and says so.
+        reference
+            scRNA-seq counts (cells x genes) measuring the genes to impute.
+        layer, gene_key, sample_key
+            Where the spatial counts and gene ids are, and the ``obs`` column of its samples (fields of view).
+        reference_layer, reference_gene_key, reference_sample_key
+            The same for the reference.
+        extend_vocabulary
+            Add the genes of either data set that are not in the model's vocabulary, with fresh embedding and
+            decoder rows (needed for another species, e.g. Drosophila with a human model). Otherwise those
+            genes are ignored.
+        device
+            Torch device (default: the model's).
+        """
+        require_anndata(spatial)
+        require_anndata(reference)
+        started = time.perf_counter()
+        recipe = self.recipe
+        base = self._fresh_base()
+        spatial_ids = _gene_ids(spatial, gene_key, base.gene_id_rule)
+        reference_ids = _gene_ids(reference, reference_gene_key, base.gene_id_rule)
+        shared = sorted(set(spatial_ids) & set(reference_ids))
+        if not shared:
+            raise ValueError(
+                f"the spatial data ({len(spatial_ids)} genes, e.g. {spatial_ids[:3]}) and the reference "
+                f"({len(reference_ids)} genes, e.g. {reference_ids[:3]}) share no gene (ids compared after the "
+                f"checkpoint's rule {base.gene_id_rule!r}); imputation links the two through shared genes: check "
+                "gene_key / reference_gene_key"
+            )
+        added: list[str] = []
+        if extend_vocabulary:
+            added = base.extend_vocabulary(list(dict.fromkeys(spatial_ids + reference_ids)))
+        vocabulary = set(base.genes)
+        panel = [g for g in dict.fromkeys(spatial_ids) if g in vocabulary]
+        ref_genes = [g for g in dict.fromkeys(reference_ids) if g in vocabulary]
+        if not set(panel) & set(ref_genes):
+            raise ValueError(
+                f"none of the {len(shared)} genes shared by the spatial data and the reference is in the model's "
+                "vocabulary; pass extend_vocabulary=True to add them"
+            )
+        spatial_work = _working_copy(spatial, layer, gene_key, base.gene_id_rule, panel, sample_key, spatial_key)
+        reference_work = _working_copy(
+            reference, reference_layer, reference_gene_key, base.gene_id_rule, ref_genes, reference_sample_key, None
+        )
+        spatial_spec = self._spatial_spec(spatial_work, sample_key, spatial_key)
+        reference_spec = InputSpec(
+            gene_key=GENE_COLUMN,
+            sample_key=reference_sample_key,
+            spatial_key=None,
+            max_cells=recipe.max_cells,
+            partition="random",
+            seed=recipe.seed,
+        )
+        sets = {
+            "spatial": self._cell_sets(base, spatial_work, spatial_spec, warn_stacklevel=3),
+            "reference": self._cell_sets(base, reference_work, reference_spec, warn_stacklevel=3),
+        }
+        train, validation = _split_sets(sets, recipe.validation_fraction, recipe.seed)
+        torch.manual_seed(recipe.seed)
+        module = CellPLMModule(recipe.model_config(base.config))
+        if self.pretrained or self._loaded_weights:
+            module.load_state_dict(base.module.state_dict())
+        objective = ImputationObjective(
+            sets, train, validation, masking=recipe.masking(), sets_per_step=recipe.sets_per_step, seed=recipe.seed
+        )
+        world = Distributed.start(device or base.device)
+        try:
+            summary = Trainer(module, objective, recipe.train_config(), world, keep_best=True).fit()
+        finally:
+            world.stop()
+        self.base, self.module = base, module.eval()
+        self.panel_genes, self.reference_genes = panel, ref_genes
+        self.spatial_spec = spatial_spec
+        self.spatial_input = {"layer": layer, "gene_key": gene_key, "sample_key": sample_key}
+        self.summary = ImputationFitSummary(
+            pretrained=self.pretrained,
+            n_spatial_cells=sets["spatial"].n_cells,
+            n_reference_cells=sets["reference"].n_cells,
+            n_panel_genes=len(panel),
+            n_reference_genes=len(ref_genes),
+            n_genes_added_to_vocabulary=len(added),
+            positional=sets["spatial"]._use_coords,
+            spatial_sets=len(sets["spatial"]),
+            reference_sets=len(sets["reference"]),
+            steps=summary["steps"],
+            best_val_loss=summary["best_val_loss"],
+            seconds=round(time.perf_counter() - started, 2),
+            stopped_by=summary["stopped_by"],
+            history=summary["val_history"],
+        )
+        logger.info(
+            "imputer fitted (%s, positional encoding %s): best validation loss %s after %d steps",
+            "pretrained" if self.pretrained else "from scratch",
+            "on" if self.summary.positional else "off",
+            self.summary.best_val_loss,
+            summary["steps"],
+        )
+        return self
+
+    _loaded_weights = False  # set by load(): the base holds fitted weights to continue from
+
+    def _fresh_base(self) -> CellPLM:
+        """A copy of the base model to fit (extending the vocabulary must not change ``self.base``)."""
+        base = self.base
+        module = CellPLMModule(base.module.config)
+        module.load_state_dict(base.module.state_dict())
+        return CellPLM(module, list(base.genes), meta=dict(base.meta), source=dict(base.source), device=base.device)
+
+    def _spatial_spec(self, work: AnnData, sample_key: str | None, spatial_key: str) -> InputSpec:
+        recipe = self.recipe
+        has_coords = spatial_key in work.obsm
+        partition = recipe.partition
+        if not has_coords:
+            if recipe.positional or partition == "tiles":
+                warnings.warn(
+                    f"the spatial data have no coordinates in obsm[{spatial_key!r}]: imputing without the positional "
+                    "encoding, with cells grouped at random instead of in spatial tiles",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            partition = "random"
+        return InputSpec(
+            gene_key=GENE_COLUMN,
+            sample_key=sample_key,
+            spatial_key=spatial_key if has_coords else None,
+            max_cells=recipe.max_cells,
+            partition=partition,
+            seed=recipe.seed,
+        )
+
+    def _cell_sets(self, base: CellPLM, work: AnnData, spec: InputSpec, *, warn_stacklevel: int) -> CellSets:
+        return CellSets(
+            work,
+            spec,
+            vocabulary=base.genes,
+            gene_id_rule="exact",  # the working copies carry ids already normalised by the checkpoint's rule
+            positional=self.recipe.positional and base.config.positional_encoding != "none",
+            require_counts=True,
+            warn_stacklevel=warn_stacklevel + 1,
+        )
+
+    # -------------------------------------------------------------------------------- predict
+    def _require_module(self) -> CellPLMModule:
+        if self.module is not None:
+            return self.module
+        if self.pretrained:
+            return self.base.module
+        raise ValueError("this imputer starts from scratch and is not fitted; call fit() first, or load() one")
+
+    def _targets(self, genes: Sequence[str] | None, panel: Sequence[str]) -> list[str]:
+        rule = self.base.gene_id_rule
+        if genes is None:
+            if not self.fitted:
+                raise ValueError("name the genes to impute (genes=...): an imputer that was not fitted has no reference")
+            targets = [g for g in self.reference_genes if g not in set(panel)]
+            if not targets:
+                raise ValueError("the reference measures no gene beyond the spatial panel: nothing to impute")
+            return targets
+        targets = list(dict.fromkeys(normalise_gene_ids([str(g) for g in genes], rule)))
+        known = set(self.reference_genes) if self.fitted else set(self.base.genes)
+        missing = [g for g in targets if g not in known]
+        if missing:
+            where = "the reference the imputer was fitted on" if self.fitted else "the model's vocabulary"
+            raise ValueError(
+                f"{len(missing)} of the {len(targets)} genes to impute are not in {where}: {missing[:10]}"
+                f"{' ...' if len(missing) > 10 else ''}; only genes the reference measured can be imputed"
+            )
+        return targets
+
+    @torch.inference_mode()
+    def impute(
+        self, spatial: AnnData, genes: Sequence[str] | None = None, *, exclude: Sequence[str] = ()
+    ) -> pd.DataFrame:
+        """The imputed expression of ``genes`` (default: every reference gene outside the panel) for each spatial
+        cell, on the spatial count scale: a DataFrame (cells x genes, float32) indexed like ``spatial``.
+
+        The spatial genes in ``exclude`` and the target genes themselves are never read from ``spatial``
+        (held-out genes cannot leak into their own prediction). Cells without counts in the panel get NaN.
+        """
+        require_anndata(spatial)
+        module = self._require_module()
+        spec_fields = self.spatial_input
+        base = self.base
+        spatial_ids = _gene_ids(spatial, spec_fields["gene_key"], base.gene_id_rule)
+        vocabulary = set(base.genes)
+        targets = self._targets(genes, [g for g in spatial_ids if g in vocabulary])
+        skip = set(targets) | set(normalise_gene_ids([str(g) for g in exclude], base.gene_id_rule))
+        panel = [g for g in dict.fromkeys(spatial_ids) if g in vocabulary and g not in skip]
+        if not panel:
+            raise ValueError("no gene of the spatial data is in the model's vocabulary (targets and exclude left out)")
+        spatial_key = self.spatial_spec.spatial_key or "spatial"
+        work = _working_copy(
+            spatial,
+            spec_fields["layer"],
+            spec_fields["gene_key"],
+            base.gene_id_rule,
+            panel,
+            spec_fields["sample_key"],
+            spatial_key,
+        )
+        spec = self._spatial_spec(work, spec_fields["sample_key"], spatial_key)
+        sets = self._cell_sets(base, work, spec, warn_stacklevel=3)
+        rows_of = {g: i for i, g in enumerate(base.genes)}
+        target_rows = torch.as_tensor([rows_of[g] for g in targets])
+        out = np.full((spatial.n_obs, len(targets)), np.nan, dtype=np.float32)
+        was_training = module.training
+        module.eval()
+        try:
+            for cell_set in sets.iterate(base.device):
+                mean = module(cell_set.batch).nb.mean.double()
+                observed = cell_set.batch.counts.to_dense().double().sum(1)
+                size_factor = observed / mean[:, cell_set.batch.gene_index].sum(1)
+                imputed = (mean[:, target_rows.to(mean.device)] * size_factor[:, None]).cpu().numpy()
+                if not np.isfinite(imputed).all():
+                    raise FloatingPointError(
+                        "the model gave non-finite NB means; its weights or the input values are broken"
+                    )
+                out[cell_set.rows] = imputed
+        finally:
+            module.train(was_training)
+        return pd.DataFrame(out, index=spatial.obs_names.copy(), columns=pd.Index(targets, dtype=str))
+
+    def predict(
+        self, spatial: AnnData, genes: Sequence[str] | None = None, *, layer_added: str = "cellplm_imputed"
+    ) -> AnnData:
+        """A new AnnData: the spatial cells (``obs``, ``obsm``, ``uns`` copied) over the panel genes followed by
+        the imputed genes. ``X`` holds what was measured (the panel's counts; the imputed genes' columns are
+        empty, they were not measured); ``layers[layer_added]`` holds the measured counts of the panel and the
+        imputed values (count scale) of the other genes; ``var[layer_added]`` flags the imputed columns; and
+        ``uns['cellplm'][layer_added]`` lists the imputed genes with the settings. ``spatial`` is not changed.
+        """
+        imputed = self.impute(spatial, genes)
+        measured = sp.csr_matrix(counts_matrix(spatial, self.spatial_input["layer"])[:, :], dtype=np.float32)
+        new = [g for g in imputed.columns if g not in set(spatial.var_names)]
+        values = imputed[new].to_numpy()
+        x = sp.hstack([measured, sp.csr_matrix((spatial.n_obs, len(new)), dtype=np.float32)], format="csr")
+        var = pd.DataFrame(index=pd.Index(list(spatial.var_names) + new, dtype=str))
+        var[layer_added] = np.r_[np.zeros(spatial.n_vars, bool), np.ones(len(new), bool)]
+        result = AnnData(x, obs=spatial.obs.copy(), var=var, obsm=dict(spatial.obsm), uns=dict(spatial.uns))
+        result.layers[layer_added] = np.hstack([measured.toarray(), values]).astype(np.float32)
+        source = {k: v for k, v in self.base.source.items() if v is not None}
+        result.uns.setdefault("cellplm", {})
+        result.uns["cellplm"] = dict(result.uns["cellplm"]) | {
+            layer_added: {
+                "genes": np.asarray(new, dtype=str),
+                "params": {
+                    "pretrained": self.pretrained,
+                    "fine_tuned": self.fitted,
+                    "positional": bool(self.summary.positional) if self.summary else False,
+                    "checkpoint_name": str(source.get("name", "")),
+                    "checkpoint_sha256": str(source.get("sha256", "")),
+                    "recipe": {k: v for k, v in asdict(self.recipe).items() if v is not None},
+                },
+                "note": "imputed genes are on the count scale of the spatial data (NB mean times each cell's size "
+                "factor over the panel); X holds only measured values",
+            }
+        }
+        return result
+
+    # ------------------------------------------------------------------------------------ score
+    def score(
+        self,
+        spatial: AnnData,
+        reference: AnnData,
+        *,
+        n_folds: int = 5,
+        max_per_bin: int | None = 25,
+        folds: Sequence[int] | None = None,
+        seed: int = 0,
+        variants: Sequence[str] = DEFAULT_VARIANTS,
+        baselines: Sequence[str] = ("reference_mean", "spage_style"),
+        values: str = "counts",
+        device: str | None = None,
+        **fit_kwargs: Any,
+    ) -> ImputationResult:
+        """Hold out spatial genes, impute them with CellPLM and the baselines on the same split, and score them.
+
+        The genes shared by the spatial data and the reference are dealt into ``n_folds`` folds stratified by their
+        zero rate in the spatial data (:func:`~opencellplm.metrics.imputation.held_out_gene_folds`, at most
+        ``max_per_bin`` genes of each zero-rate bin per fold; None: every shared gene is held out once). In each
+        fold every method sees the spatial data without the held-out genes, and the reference; CellPLM rows
+        start from this imputer's base weights each time (``variants``: ``fine_tuned`` with this recipe,
+        ``no_positional`` without the encoding, ``chunks`` as the official pipeline (no encoding, consecutive
+        chunks), ``from_scratch`` fresh weights). Pearson r, cosine similarity and RMSE per held-out gene on
+        log1p values (:func:`~opencellplm.metrics.imputation.imputation_scores`), averaged over genes; the result
+        gives each fold and the mean and spread over folds. ``values`` says what the spatial values are (e.g.
+        ``"pseudo counts: rint(100 * intensity)"``) and is carried into the result; ``fit_kwargs`` go to :meth:`fit`.
+        """
+        from .. import __version__
+        from .. import baselines as baseline_functions
+        from ..metrics.imputation import held_out_gene_folds, imputation_scores, zero_rates
+
+        require_anndata(spatial)
+        require_anndata(reference)
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variants {unknown}; choose among {list(VARIANTS)}")
+        known_baselines = {"reference_mean", "spage_style", "tangram", "gimvi"}
+        unknown = [b for b in baselines if b not in known_baselines]
+        if unknown:
+            raise ValueError(f"unknown baselines {unknown}; choose among {sorted(known_baselines)}")
+        layer = fit_kwargs.get("layer")
+        reference_layer = fit_kwargs.get("reference_layer")
+        shared = [g for g in spatial.var_names if g in set(reference.var_names)]
+        if len(shared) < 2:
+            raise ValueError(
+                f"scoring holds out genes measured by both data sets; they share {len(shared)} gene(s) by var_names"
+            )
+        shared_columns = spatial.var_names.get_indexer(shared)
+        truth_all = sp.csr_matrix(counts_matrix(spatial, layer)[:, :], dtype=np.float32)[:, shared_columns]
+        fold_genes = held_out_gene_folds(zero_rates(truth_all), n_folds=n_folds, max_per_bin=max_per_bin, seed=seed)
+        chosen = range(len(fold_genes)) if folds is None else folds
+        rows: list[dict[str, Any]] = []
+        skipped: dict[str, str] = {}
+        for fold in chosen:
+            held = [shared[i] for i in fold_genes[fold]]
+            truth = truth_all[:, fold_genes[fold]]
+            keep = ~spatial.var_names.isin(held)
+            spatial_in = spatial[:, keep].copy()
+            logger.info("fold %d: %d held-out genes", fold, len(held))
+
+            def record(method: str, prediction, fit_s, predict_s, peak_mb, params, fold=fold, held=held, truth=truth):
+                scores = imputation_scores(truth, np.asarray(prediction), genes=held)
+                rows.append(
+                    {"fold": fold, "method": method}
+                    | scores.to_dict()
+                    | {"fit_seconds": fit_s, "predict_seconds": predict_s, "peak_memory_mb": peak_mb, "params": params}
+                )
+                logger.info("fold %d %s: pearson %.3f cosine %.3f", fold, method, scores.pearson, scores.cosine)
+
+            for variant in variants:
+                recipe = replace(self.recipe, **VARIANTS[variant])
+                scratch = variant == "from_scratch" or not self.pretrained
+                imputer = SpatialImputer(self.base, pretrained=not scratch, recipe=recipe)
+                imputer._loaded_weights = self._loaded_weights and not scratch
+                with PeakMemory(device or self.base.device) as peak:
+                    tic = time.perf_counter()
+                    imputer.fit(spatial_in, reference, device=device, **fit_kwargs)
+                    fit_s = time.perf_counter() - tic
+                    tic = time.perf_counter()
+                    prediction = imputer.impute(spatial_in, held)
+                    predict_s = time.perf_counter() - tic
+                summary = {k: v for k, v in asdict(imputer.summary).items() if k != "history"}
+                record(f"cellplm_{variant}", prediction.to_numpy(), fit_s, predict_s, peak.mb, summary)
+            for name in baselines:
+                function: Callable[..., Any] = getattr(baseline_functions, name, None)
+                try:
+                    if function is None:
+                        raise ImportError(f"baseline {name} is not available in this version")
+                    with PeakMemory() as peak:
+                        result = function(
+                            spatial_in, reference, held, spatial_layer=layer, reference_layer=reference_layer
+                        )
+                except ImportError as err:
+                    skipped[name] = str(err)
+                    continue
+                record(name, result.prediction, None, result.seconds, peak.mb, result.params)
+        return ImputationResult(
+            folds=[[shared[i] for i in genes] for genes in fold_genes],
+            scored_folds=list(chosen),
+            seed=seed,
+            rows=rows,
+            skipped=skipped,
+            n_spatial_cells=spatial.n_obs,
+            n_shared_genes=len(shared),
+            checkpoint=dict(self.base.source),
+            recipe=asdict(self.recipe),
+            version=__version__,
+            values=values,
+        )
+
+    # ----------------------------------------------------------------------------- save / load
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the weights (our checkpoint format, in ``model/``; an extended vocabulary included) with the
+        recipe, the genes of the fit and the base checkpoint's identity (``imputer.json``)."""
+        module = self._require_module()
+        settings = {
+            "pretrained": self.pretrained,
+            "fine_tuned": self.fitted,
+            "recipe": asdict(self.recipe),
+            "panel_genes": self.panel_genes,
+            "reference_genes": self.reference_genes,
+            "spatial_spec": self.spatial_spec.to_dict(),
+            "spatial_input": self.spatial_input,
+            "base": self.base.source,
+            "fit": None if self.summary is None else asdict(self.summary),
+        }
+        return save_task(
+            directory, SETTINGS_FILE, FORMAT, settings, module, self.base.genes, self.base.meta, overwrite=overwrite
+        )
+
+    @classmethod
+    def load(cls, directory: str | Path, *, device: str = "cpu") -> SpatialImputer:
+        """Read an imputer written by :meth:`save`."""
+        settings, module, genes, meta = read_task(directory, SETTINGS_FILE, FORMAT)
+        base = CellPLM(module, genes, meta=meta, source=settings.get("base"), device=device)
+        imputer = cls(base, pretrained=settings["pretrained"], recipe=ImputationRecipe(**settings["recipe"]))
+        imputer._loaded_weights = True
+        if settings["fine_tuned"]:
+            imputer.module = base.module.eval()
+            imputer.summary = ImputationFitSummary(**settings["fit"]) if settings.get("fit") else None
+        imputer.panel_genes = list(settings["panel_genes"])
+        imputer.reference_genes = list(settings["reference_genes"])
+        imputer.spatial_spec = InputSpec(**settings["spatial_spec"])
+        imputer.spatial_input = dict(settings["spatial_input"])
+        return imputer
+
+
+@dataclass(frozen=True)
+class ImputationResult:
+    """Scores of CellPLM and the baselines on held-out spatial genes (see :meth:`SpatialImputer.score`).
+
+    ``rows`` has one entry per fold and method: ``pearson``, ``cosine``, ``rmse`` (means over the fold's genes),
+    ``n_genes``, ``n_undefined_pearson``, ``fit_seconds`` (None for baselines, timed as one call),
+    ``predict_seconds``, ``peak_memory_mb`` (rise of resident memory, or CUDA peak), ``params``. ``values`` says
+    what the spatial values are (e.g. pseudo counts), as every figure from them must.
+    """
+
+    folds: list[list[str]]
+    scored_folds: list[int]
+    seed: int
+    rows: list[dict[str, Any]]
+    skipped: dict[str, str]
+    n_spatial_cells: int
+    n_shared_genes: int
+    checkpoint: dict[str, Any]
+    recipe: dict[str, Any]
+    version: str
+    values: str = "counts"
+
+    def per_fold(self) -> pd.DataFrame:
+        """One row per fold and method."""
+        frame = pd.DataFrame([{k: v for k, v in row.items() if k != "params"} for row in self.rows])
+        return frame.set_index(["method", "fold"])
+
+    def to_frame(self) -> pd.DataFrame:
+        """Per method: the mean and standard deviation over folds of each score, and the mean times and memory."""
+        frame = self.per_fold().reset_index()
+        grouped = frame.groupby("method", sort=False)
+        out = pd.DataFrame(index=pd.Index(frame["method"].unique(), name="method"))
+        for metric in ("pearson", "cosine", "rmse"):
+            out[metric] = grouped[metric].mean()
+            out[f"{metric}_std"] = grouped[metric].std(ddof=1) if grouped.size().min() > 1 else np.nan
+        for column in ("fit_seconds", "predict_seconds", "peak_memory_mb"):
+            out[column] = grouped[column].mean()
+        out["folds"] = grouped.size()
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _gene_ids(adata: AnnData, gene_key: str | None, rule) -> list[str]:
+    if gene_key is not None and gene_key not in adata.var:
+        raise KeyError(f"gene_key {gene_key!r} is not a column of var (columns: {list(adata.var.columns)[:10]})")
+    ids = adata.var_names if gene_key is None else adata.var[gene_key].astype(str)
+    return normalise_gene_ids([str(g) for g in ids], rule)
+
+
+def _working_copy(
+    adata: AnnData,
+    layer: str | None,
+    gene_key: str | None,
+    rule,
+    genes: Sequence[str],
+    sample_key: str | None,
+    spatial_key: str | None,
+) -> AnnData:
+    """The counts of ``genes`` (model ids) in that order, with the sample labels and coordinates the sets need."""
+    ids = _gene_ids(adata, gene_key, rule)
+    first = {}
+    for column, gene in enumerate(ids):
+        first.setdefault(gene, column)
+    columns = np.asarray([first[g] for g in genes], dtype=np.int64)
+    counts = read_rows(counts_matrix(adata, layer), np.arange(adata.n_obs), columns)
+    obs = pd.DataFrame(index=adata.obs_names.copy())
+    if sample_key is not None:
+        if sample_key not in adata.obs:
+            raise KeyError(f"sample_key {sample_key!r} is not a column of obs")
+        obs[sample_key] = adata.obs[sample_key].to_numpy()
+    obsm = {}
+    if spatial_key is not None and spatial_key in adata.obsm:
+        obsm[spatial_key] = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
+    var = pd.DataFrame({GENE_COLUMN: np.asarray(genes, dtype=str)}, index=pd.Index(list(genes), dtype=str))
+    return AnnData(sp.csr_matrix(counts, dtype=np.float32), obs=obs, var=var, obsm=obsm)
+
+
+def _split_sets(
+    sets: dict[Role, CellSets], fraction: float, seed: int
+) -> tuple[list[tuple[Role, int]], list[tuple[Role, int]]]:
+    """Training and validation sets: a seeded share of each data set's sets (none of a data set with one set)."""
+    train, validation = [], []
+    for stream, role in enumerate(("spatial", "reference")):
+        n = len(sets[role])
+        n_val = 0 if n < 2 else max(1, round(fraction * n))
+        held = set(np.random.default_rng([seed, 11, stream]).permutation(n)[:n_val].tolist())
+        if n_val == 0:
+            logger.warning("the %s data form one cell set only: none of it is held out for validation", role)
+        train += [(role, i) for i in range(n) if i not in held]
+        validation += [(role, i) for i in sorted(held)]
+    if not validation:
+        logger.warning("no cell set is held out: the validation loss is measured on training sets")
+        validation = list(train)
+    return train, validation
+
+
+__all__ = [
+    "DEFAULT_VARIANTS",
+    "ImputationFitSummary",
+    "ImputationObjective",
+    "ImputationRecipe",
+    "ImputationResult",
+    "SpatialImputer",
+]
