@@ -230,6 +230,46 @@ def _denoise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _impute(args: argparse.Namespace) -> int:
+    import anndata as ad
+
+    from .data.output import write_new_h5ad
+    from .model import CellPLM
+    from .tasks.imputation import ImputationRecipe, SpatialImputer
+
+    for path in (args.spatial, args.reference):
+        if not Path(path).is_file():  # before loading the model
+            raise FileNotFoundError(f"input file not found: {path}")
+    check_output_file(args.out, overwrite=args.overwrite, inputs=[args.spatial, args.reference])
+    model = CellPLM.from_pretrained(args.checkpoint or DEFAULT_MODEL, device=args.device)
+    logger.info("model: %s (weights sha256 %s)", model.source["path"], model.source["sha256"][:12])
+    changes = {"positional": not args.no_positional, "max_cells": args.max_cells, "seed": args.seed}
+    if args.steps is not None:
+        changes["steps"] = args.steps
+    imputer = SpatialImputer.from_pretrained(model, recipe=ImputationRecipe(**changes))
+    spatial, reference = ad.read_h5ad(args.spatial), ad.read_h5ad(args.reference)
+    genes = None
+    if args.genes:
+        genes = [g for item in args.genes for g in item.split(",") if g]
+
+    def compute() -> ad.AnnData:
+        imputer.fit(
+            spatial,
+            reference,
+            layer=args.layer,
+            sample_key=args.sample_key,
+            spatial_key=args.spatial_key,
+            reference_layer=args.reference_layer,
+            reference_sample_key=args.reference_sample_key,
+            extend_vocabulary=args.extend_vocabulary,
+            device=args.device,
+        )
+        return imputer.predict(spatial, genes, layer_added=args.layer_added)
+
+    write_new_h5ad(args.out, compute, overwrite=args.overwrite, inputs=[args.spatial, args.reference])
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from .model import CellPLM
 
@@ -471,6 +511,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace --out (or --json) if it exists")
     p.set_defaults(run=_denoise)
+
+    p = commands.add_parser(
+        "impute",
+        help="impute genes a spatial panel did not measure, fine-tuning with an scRNA-seq reference; writes a new h5ad",
+    )
+    p.add_argument("spatial", help="h5ad file of the spatial panel (counts; coordinates in obsm)")
+    p.add_argument("--reference", required=True, help="h5ad file of the scRNA-seq reference (counts)")
+    p.add_argument(
+        "--genes",
+        nargs="+",
+        help="genes to impute, space- or comma-separated (default: every reference gene not in the panel)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="h5ad file to write: the panel genes then the imputed ones, imputed values in layers[LAYER_ADDED]",
+    )
+    p.add_argument(
+        "--checkpoint",
+        help=f"checkpoint directory (see convert-official) or shipped model name (default: {DEFAULT_MODEL})",
+    )
+    p.add_argument("--steps", type=int, help="fine-tuning steps at most (default: ImputationRecipe's, 300)")
+    p.add_argument("--no-positional", action="store_true", help="do not encode the coordinates (the official setting)")
+    p.add_argument("--max-cells", type=int, default=1000, help="largest cell set (spatial tiles) (default 1000)")
+    p.add_argument("--layer", help="layer of the spatial file with counts (default: X)")
+    p.add_argument("--sample-key", help="obs column of the spatial samples / fields of view")
+    p.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates (default: spatial)")
+    p.add_argument("--reference-layer", help="layer of the reference with counts (default: X)")
+    p.add_argument("--reference-sample-key", help="obs column of the reference's samples")
+    p.add_argument(
+        "--extend-vocabulary",
+        action="store_true",
+        help="add genes missing from the model's vocabulary with fresh rows (e.g. another species)",
+    )
+    p.add_argument("--layer-added", default="cellplm_imputed", help="layer to write (default: cellplm_imputed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=_impute)
 
     p = commands.add_parser("info", help="describe a checkpoint directory")
     p.add_argument("checkpoint")

@@ -1,10 +1,11 @@
-"""Writing results into a copy of an h5ad file: checked before any work, written whole or not at all."""
+"""Writing results to h5ad files (a copy of the input with a result added, or a new file): checked before any work,
+written whole or not at all."""
 
 from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,26 @@ def write_result_copy(
         raise
     partial.replace(target)
     logger.info("wrote %s with %s[%r] of shape %s", target, group, key, getattr(value, "shape", None))
+    return target
+
+
+def write_new_h5ad(
+    target: str | Path, compute: Callable[[], AnnData], *, overwrite: bool = False, inputs: Sequence[str | Path] = ()
+) -> Path:
+    """Write the AnnData that ``compute`` returns to ``target``, whole or not at all.
+
+    ``target`` is checked (not one of ``inputs``, not a folder, absent unless ``overwrite``) and its folder proven
+    writable before ``compute`` runs; the file is written beside ``target`` and renamed into place.
+    """
+    target = check_output_file(target, overwrite=overwrite, inputs=inputs)
+    partial = _reserve_partial(target)
+    try:
+        compute().write_h5ad(partial)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(target)
+    logger.info("wrote %s", target)
     return target
 
 

@@ -436,7 +436,9 @@ class SpatialImputer:
         rule = self.base.gene_id_rule
         if genes is None:
             if not self.fitted:
-                raise ValueError("name the genes to impute (genes=...): an imputer that was not fitted has no reference")
+                raise ValueError(
+                    "name the genes to impute (genes=...): an imputer that was not fitted has no reference"
+                )
             targets = [g for g in self.reference_genes if g not in set(panel)]
             if not targets:
                 raise ValueError("the reference measures no gene beyond the spatial panel: nothing to impute")

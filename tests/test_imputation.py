@@ -1,0 +1,187 @@
+"""Spatial imputation: joint fine-tuning on a spatial panel and a reference, count-scale predictions of unmeasured
+genes, coordinates reaching the model, held-out genes never read, save/load, bad input, and the command line."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import replace
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+
+from opencellplm import CellPLM, CellPLMModule, DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
+from opencellplm.cli import main
+from opencellplm.tasks.imputation import ImputationRecipe, SpatialImputer
+from opencellplm.testing.synthetic import synthetic_adata
+
+VOCABULARY = [f"G{i}" for i in range(120)]
+QUICK = ImputationRecipe(steps=12, eval_every=4, warmup_steps=2, lr=5e-3, max_cells=100, precision="fp32")
+
+
+def tiny_model() -> CellPLM:
+    config = ModelConfig(
+        n_genes=len(VOCABULARY),
+        hidden_dim=16,
+        dropout=0.1,
+        positional_encoding="sinusoidal",
+        encoder=EncoderConfig(n_layers=1, n_heads=4),
+        latent=LatentConfig(dim=8, n_clusters=4, hidden_dim=12),
+        decoder=DecoderConfig(hidden_dim=16, n_batches=3, n_datasets=2),
+    )
+    torch.manual_seed(1234)
+    return CellPLM(CellPLMModule(config), VOCABULARY)
+
+
+@pytest.fixture
+def reference() -> ad.AnnData:
+    return synthetic_adata(240, 100, gene_names=VOCABULARY[:100], seed=1)
+
+
+@pytest.fixture
+def spatial() -> ad.AnnData:
+    """300 cells with 2-D coordinates measuring the first 40 of the reference's genes."""
+    return synthetic_adata(300, 100, gene_names=VOCABULARY[:100], spatial=True, seed=2)[:, :40].copy()
+
+
+@pytest.fixture
+def fitted(spatial, reference) -> SpatialImputer:
+    return SpatialImputer.from_pretrained(tiny_model(), recipe=QUICK).fit(spatial, reference)
+
+
+def test_imputes_every_reference_gene_outside_the_panel_on_the_count_scale(fitted, spatial):
+    imputed = fitted.impute(spatial)
+    assert list(imputed.columns) == VOCABULARY[40:100]
+    assert list(imputed.index) == list(spatial.obs_names)
+    values = imputed.to_numpy()
+    assert np.isfinite(values).all() and (values >= 0).all()
+    # the size factor puts the panel's predicted total at the observed one, so imputed genes scale with the library
+    library = np.asarray(spatial.X.sum(1)).ravel()
+    big, small = np.argmax(library), np.argmin(library)
+    assert values[big].sum() > values[small].sum()
+    summary = fitted.summary
+    assert summary.positional and summary.n_panel_genes == 40 and summary.n_reference_genes == 100
+    assert summary.spatial_sets == 3 and summary.reference_sets == 3  # 100-cell sets
+
+
+def test_fitting_lowers_the_validation_loss(fitted):
+    history = fitted.summary.history
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    assert {"val_spatial_nll", "val_reference_nll"} <= set(history[0])
+
+
+def test_target_genes_are_never_read_from_the_spatial_data(fitted, spatial):
+    before = fitted.impute(spatial, ["G5", "G60"])
+    changed = spatial.copy()
+    changed.X = changed.X.toarray()
+    changed.X[:, 5] = 1000.0  # G5 is in the panel but is a target: its values must not matter
+    after = fitted.impute(changed, ["G5", "G60"])
+    np.testing.assert_array_equal(before.to_numpy(), after.to_numpy())
+    # a panel gene that is not a target does reach the model
+    changed.X[:, 6] = 1000.0
+    assert not np.array_equal(before.to_numpy(), fitted.impute(changed, ["G5", "G60"]).to_numpy())
+
+
+def test_coordinates_reach_the_model_only_with_the_encoding(spatial, reference):
+    shuffled = spatial.copy()
+    shuffled.obsm["spatial"] = np.random.default_rng(0).permutation(spatial.obsm["spatial"])
+    results = {}
+    for positional in (True, False):
+        recipe = replace(QUICK, positional=positional, partition="random", steps=2)
+        imputer = SpatialImputer.from_pretrained(tiny_model(), recipe=recipe).fit(spatial, reference)
+        results[positional] = (imputer.impute(spatial, ["G60"]), imputer.impute(shuffled, ["G60"]))
+    on, off = results[True], results[False]
+    assert not np.allclose(on[0].to_numpy(), on[1].to_numpy())
+    np.testing.assert_allclose(off[0].to_numpy(), off[1].to_numpy(), rtol=1e-5)
+
+
+def test_predict_returns_a_new_anndata_with_the_imputed_layer(fitted, spatial):
+    original = spatial.copy()
+    result = fitted.predict(spatial, ["G60", "G61"])
+    assert list(result.var_names) == list(spatial.var_names) + ["G60", "G61"]
+    assert result.var["cellplm_imputed"].tolist() == [False] * 40 + [True, True]
+    layer = result.layers["cellplm_imputed"]
+    np.testing.assert_array_equal(layer[:, :40], spatial.X.toarray())
+    assert (layer[:, 40:] > 0).all()
+    assert result.X[:, 40:].nnz == 0  # X holds only measured values
+    record = result.uns["cellplm"]["cellplm_imputed"]
+    assert list(record["genes"]) == ["G60", "G61"] and record["params"]["positional"]
+    assert "spatial" in result.obsm
+    np.testing.assert_array_equal(spatial.X.toarray(), original.X.toarray())  # the input is unchanged
+
+
+def test_save_and_load_give_the_same_imputation(fitted, spatial, tmp_path):
+    fitted.save(tmp_path / "imputer")
+    loaded = SpatialImputer.load(tmp_path / "imputer")
+    np.testing.assert_allclose(loaded.impute(spatial).to_numpy(), fitted.impute(spatial).to_numpy(), rtol=1e-6)
+    with pytest.raises(FileExistsError):
+        fitted.save(tmp_path / "imputer")
+    fitted.save(tmp_path / "imputer", overwrite=True)
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def test_genes_absent_from_the_reference_are_named(fitted, spatial):
+    with pytest.raises(ValueError, match=r"2 of the 3 genes to impute are not in the reference .*\['G110', 'NOPE'\]"):
+        fitted.impute(spatial, ["G60", "G110", "NOPE"])
+
+
+def test_no_shared_gene_is_an_error(reference):
+    other = synthetic_adata(50, 10, gene_names=VOCABULARY[100:110], spatial=True, seed=4)
+    imputer = SpatialImputer.from_pretrained(tiny_model(), recipe=QUICK)
+    with pytest.raises(ValueError, match=r"spatial data \(10 genes, e.g. \['G100'.*share no gene"):
+        imputer.fit(other, reference)
+
+
+def test_spatial_data_without_coordinates_run_without_the_encoding_and_say_so(spatial, reference):
+    del spatial.obsm["spatial"]
+    imputer = SpatialImputer.from_pretrained(tiny_model(), recipe=replace(QUICK, steps=2))
+    with pytest.warns(UserWarning, match=r"no coordinates in obsm\['spatial'\]: imputing without the positional"):
+        imputer.fit(spatial, reference)
+    assert not imputer.summary.positional
+    assert np.isfinite(imputer.impute(spatial, ["G60"]).to_numpy()).all()
+
+
+def test_genes_outside_the_vocabulary_are_added_on_request(reference):
+    foreign = [f"dmel:{g}" for g in VOCABULARY[:100]]
+    reference.var_names = foreign
+    spatial = synthetic_adata(120, 100, gene_names=foreign, spatial=True, seed=2)[:, :30].copy()
+    imputer = SpatialImputer.from_pretrained(tiny_model(), recipe=replace(QUICK, steps=2))
+    with pytest.raises(ValueError, match="share no gene|extend_vocabulary=True"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            imputer.fit(spatial, reference)
+    imputer.fit(spatial, reference, extend_vocabulary=True)
+    assert imputer.summary.n_genes_added_to_vocabulary == 100
+    assert len(imputer.base.genes) == 220 and len(imputer.base.genes) > len(VOCABULARY)
+    assert imputer.impute(spatial).shape == (120, 70)
+
+
+def test_an_imputer_from_scratch_must_be_fitted(spatial):
+    with pytest.raises(ValueError, match="from scratch and is not fitted"):
+        SpatialImputer.from_scratch(tiny_model()).impute(spatial, ["G60"])
+
+
+# ---------------------------------------------------------------------------------------- command line
+def test_cli_impute_writes_a_new_file_and_never_replaces_one(spatial, reference, tmp_path, monkeypatch, caplog):
+    model_dir = tmp_path / "model"
+    tiny_model().save(model_dir)
+    spatial.write_h5ad(tmp_path / "spatial.h5ad")
+    reference.write_h5ad(tmp_path / "reference.h5ad")
+    out = tmp_path / "imputed.h5ad"
+    args = ["impute", str(tmp_path / "spatial.h5ad"), "--reference", str(tmp_path / "reference.h5ad")]
+    args += ["--checkpoint", str(model_dir), "--steps", "2", "--max-cells", "100", "--genes", "G60,G61", "G62"]
+    assert main([*args, "--out", str(out)]) == 0
+    result = ad.read_h5ad(out)
+    assert result.var_names[-3:].tolist() == ["G60", "G61", "G62"]
+    assert result.layers["cellplm_imputed"].shape == (300, 43)
+    caplog.set_level(logging.ERROR)
+    assert main([*args, "--out", str(out)]) == 2
+    assert "exists; pass overwrite=True (--overwrite)" in caplog.text
+    assert main([*args, "--out", str(tmp_path / "spatial.h5ad"), "--overwrite"]) == 2
+    assert "is an input of this command" in caplog.text
+    assert ad.read_h5ad(tmp_path / "spatial.h5ad").shape == (300, 40)
+    missing = ["impute", str(tmp_path / "spatial.h5ad"), "--reference", str(tmp_path / "nope.h5ad")]
+    assert main([*missing, "--out", str(tmp_path / "x.h5ad")]) == 2
+    assert "input file not found" in caplog.text and not (tmp_path / "x.h5ad").exists()
