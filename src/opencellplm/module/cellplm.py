@@ -61,11 +61,13 @@ class CellPLMModule(nn.Module):
         official: bool = False,
         noise: GMVAENoise | None = None,
         corrupt: MaskingConfig | None = None,
+        decode_genes: torch.Tensor | None = None,
     ) -> CellPLMOutput:
         """Run one cell set through the model.
 
         ``corrupt`` applies that cell dropping and gene masking (in train or eval mode alike: validation
         passes it in eval mode to score masked reconstruction); None (the default) corrupts nothing.
+        ``decode_genes`` (vocabulary rows) makes the decoder compute only those genes (default: all).
         """
         kept = torch.arange(batch.n_cells, device=batch.counts.device)
         input_mask = None
@@ -82,7 +84,8 @@ class CellPLMModule(nn.Module):
         latent = self.encode(replace(batch, counts=counts), official=official, noise=noise)
         nb = None
         if self.decoder is not None:
-            nb = self.decoder(latent.embedding, batch, missing_covariate="sum" if official else "mean")
+            missing = "sum" if official else "mean"
+            nb = self.decoder(latent.embedding, batch, missing_covariate=missing, genes=decode_genes)
         logits = None if self.head is None else self.head(latent.embedding)
         return CellPLMOutput(latent=latent, nb=nb, logits=logits, cells=batch, kept_cells=kept, input_mask=input_mask)
 
@@ -151,10 +154,11 @@ class CellPLMModule(nn.Module):
             out.cells.counts.to_dense()[:, columns] if out.cells.counts.is_sparse_csr else out.cells.counts[:, columns]
         )
         mask = None if out.input_mask is None else out.input_mask[:, columns]
+        mean, dispersion = nb.at(decoder_columns)
         objective = nb_reconstruction_loss(
             truth,
-            nb.mean[:, decoder_columns],
-            nb.dispersion[:, decoder_columns],
+            mean,
+            dispersion,
             mask,
             masked_term=masked_term and out.input_mask is not None,
         )
@@ -167,7 +171,7 @@ class CellPLMModule(nn.Module):
         columns = _as_index(measured, out.cells.counts.shape[1], out.cells.counts.device)
         gene_index = out.cells.gene_index
         truth = out.cells.dense_counts()
-        objective, prediction = nb_imputation_loss(truth, nb.mean[:, gene_index], nb.dispersion[:, gene_index], columns)
+        objective, prediction = nb_imputation_loss(truth, *nb.at(gene_index), columns)
         return _total(out, objective, prediction)
 
     def annotation_loss(

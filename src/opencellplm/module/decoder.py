@@ -70,11 +70,20 @@ class NBDecoder(nn.Module):
         self.mean = nn.Linear(config.bottleneck_dim, n_genes)
         self.log_dispersion = nn.Parameter(torch.randn(n_genes))
 
-    def forward(self, z: torch.Tensor, batch: CellBatch, *, missing_covariate: str = "mean") -> NBOutput:
+    def forward(
+        self, z: torch.Tensor, batch: CellBatch, *, missing_covariate: str = "mean", genes: torch.Tensor | None = None
+    ) -> NBOutput:
+        """NB parameters of every vocabulary gene, or of the vocabulary rows ``genes`` only (a task that needs a
+        few genes of a large vocabulary skips the rest of the output layer, its largest)."""
         x = z
         for block in self.blocks:
             x = block(x, batch, missing=missing_covariate)
         a = F.relu(self.bottleneck(x))  # (N, bottleneck)
-        mean = torch.clamp(torch.exp(self.mean(a).float()), *MEAN_RANGE)  # (N, G), float32 even under autocast
-        dispersion = torch.clamp(torch.exp(self.log_dispersion), *DISPERSION_RANGE).expand(z.shape[0], -1)
-        return NBOutput(mean=mean, dispersion=dispersion)
+        if genes is None:
+            logits, log_dispersion = self.mean(a), self.log_dispersion
+        else:
+            logits = F.linear(a, self.mean.weight[genes], self.mean.bias[genes])
+            log_dispersion = self.log_dispersion[genes]
+        mean = torch.clamp(torch.exp(logits.float()), *MEAN_RANGE)  # (N, G), float32 even under autocast
+        dispersion = torch.clamp(torch.exp(log_dispersion), *DISPERSION_RANGE).expand(z.shape[0], -1)
+        return NBOutput(mean=mean, dispersion=dispersion, genes=genes)

@@ -114,10 +114,23 @@ class LatentOutput:
 
 @dataclass(frozen=True)
 class NBOutput:
-    """NB parameters over the whole vocabulary: ``mean`` and ``dispersion`` are (N, G)."""
+    """NB parameters: ``mean`` and ``dispersion`` are (N, G) over the whole vocabulary, or (N, len(genes)) over
+    the vocabulary rows ``genes`` when the forward decoded only those (``decode_genes``)."""
 
     mean: torch.Tensor
     dispersion: torch.Tensor
+    genes: torch.Tensor | None = None
+
+    def at(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, dispersion)`` at the vocabulary ``rows``, (N, len(rows)); an error for rows not decoded."""
+        if self.genes is None:
+            return self.mean[:, rows], self.dispersion[:, rows]
+        position = torch.full((int(max(self.genes.max(), rows.max())) + 1,), -1, device=rows.device, dtype=torch.long)
+        position[self.genes] = torch.arange(len(self.genes), device=rows.device)
+        columns = position[rows]
+        if bool((columns < 0).any()):
+            raise ValueError("these NB parameters were decoded for other genes (decode_genes) than the ones asked for")
+        return self.mean[:, columns], self.dispersion[:, columns]
 
 
 @dataclass(frozen=True)

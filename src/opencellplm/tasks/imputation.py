@@ -98,6 +98,11 @@ class ImputationRecipe:
         Training corruption (official: 95% of cells, 25% of their genes; no cell dropping).
     validation_fraction
         Share of each data set's cell sets held out to pick the best state (at least one when it has two).
+    max_reference_genes
+        Keep at most this many reference genes: the panel's, the genes to impute named at :meth:`SpatialImputer.fit`,
+        then the most variable others (scanpy's ``"seurat"`` flavour on log-normalised counts). None (the official
+        setting) keeps all; a cap makes each step cheaper (the NB loss covers every input gene of a set), and only
+        the kept genes can be imputed afterwards.
     dropout
         None keeps the checkpoint's.
     precision, seed
@@ -120,6 +125,7 @@ class ImputationRecipe:
     mask_gene_rate: float = 0.25
     drop_cell_rate: float = 0.0
     validation_fraction: float = 0.1
+    max_reference_genes: int | None = None
     dropout: float | None = None
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 0
@@ -190,8 +196,8 @@ class ImputationObjective(Objective):
     ) -> tuple[LossOutput, int]:
         role, index = item
         cell_set = self.sets[role].read(index, device)
-        with autocast():
-            out = model(cell_set.batch, corrupt=self.masking)
+        with autocast():  # the loss reads the set's own genes only: decode those alone
+            out = model(cell_set.batch, corrupt=self.masking, decode_genes=cell_set.batch.gene_index)
         return unwrap(model).imputation_loss(out), len(out.kept_cells)
 
     def evaluate(self, module: nn.Module, world: Distributed, autocast: Autocast) -> dict[str, float]:
@@ -202,7 +208,7 @@ class ImputationObjective(Objective):
             cell_set = self.sets[role].read(index, world.device)
             torch.manual_seed(set_seed(self.seed, EVALUATION_STEP, position))
             with autocast():
-                out = module(cell_set.batch, corrupt=self.eval_masking)
+                out = module(cell_set.batch, corrupt=self.eval_masking, decode_genes=cell_set.batch.gene_index)
             loss = module.imputation_loss(out)
             n_cells, n_genes = cell_set.batch.counts.shape
             totals[role][0] += float(loss.objective) * n_cells
@@ -274,6 +280,7 @@ class SpatialImputer:
         reference_layer: str | None = None,
         reference_gene_key: str | None = None,
         reference_sample_key: str | None = None,
+        genes: Sequence[str] | None = None,
         extend_vocabulary: bool = False,
         device: str | None = None,
     ) -> SpatialImputer:
@@ -290,6 +297,9 @@ class SpatialImputer:
             Where the spatial counts and gene ids are, and the ``obs`` column of its samples (fields of view).
         reference_layer, reference_gene_key, reference_sample_key
             The same for the reference.
+        genes
+            Genes to impute later, kept in the reference input whatever ``recipe.max_reference_genes`` (they must be
+            in the reference); default: none in particular.
         extend_vocabulary
             Add the genes of either data set that are not in the model's vocabulary, with fresh embedding and
             decoder rows (needed for another species, e.g. Drosophila with a human model). Otherwise those
@@ -318,6 +328,24 @@ class SpatialImputer:
         vocabulary = set(base.genes)
         panel = [g for g in dict.fromkeys(spatial_ids) if g in vocabulary]
         ref_genes = [g for g in dict.fromkeys(reference_ids) if g in vocabulary]
+        targets = normalise_gene_ids([str(g) for g in genes or ()], base.gene_id_rule)
+        missing = [g for g in dict.fromkeys(targets) if g not in set(ref_genes)]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} of the {len(set(targets))} genes to impute are not in the reference (or not in the "
+                f"model's vocabulary): {missing[:10]}{' ...' if len(missing) > 10 else ''}; only genes the reference "
+                "measured can be imputed"
+            )
+        if recipe.max_reference_genes is not None and len(ref_genes) > recipe.max_reference_genes:
+            ref_genes = _cap_reference_genes(
+                reference,
+                reference_layer,
+                reference_gene_key,
+                base.gene_id_rule,
+                ref_genes,
+                [*panel, *targets],
+                recipe.max_reference_genes,
+            )
         if not set(panel) & set(ref_genes):
             raise ValueError(
                 f"none of the {len(shared)} genes shared by the spatial data and the reference is in the model's "
@@ -448,9 +476,15 @@ class SpatialImputer:
         missing = [g for g in targets if g not in known]
         if missing:
             where = "the reference the imputer was fitted on" if self.fitted else "the model's vocabulary"
+            hint = "only genes the reference measured can be imputed"
+            if self.fitted and self.recipe.max_reference_genes is not None:
+                hint += (
+                    f"; the fit kept {len(self.reference_genes)} reference genes (recipe.max_reference_genes): name "
+                    "the genes to impute in fit(genes=...) to keep them"
+                )
             raise ValueError(
                 f"{len(missing)} of the {len(targets)} genes to impute are not in {where}: {missing[:10]}"
-                f"{' ...' if len(missing) > 10 else ''}; only genes the reference measured can be imputed"
+                f"{' ...' if len(missing) > 10 else ''}; {hint}"
             )
         return targets
 
@@ -494,10 +528,12 @@ class SpatialImputer:
         module.eval()
         try:
             for cell_set in sets.iterate(base.device):
-                mean = module(cell_set.batch).nb.mean.double()
+                panel_rows = cell_set.batch.gene_index
+                decode = torch.cat([panel_rows, target_rows.to(panel_rows.device)])
+                mean = module(cell_set.batch, decode_genes=decode).nb.mean.double()  # panel genes, then targets
                 observed = cell_set.batch.counts.to_dense().double().sum(1)
-                size_factor = observed / mean[:, cell_set.batch.gene_index].sum(1)
-                imputed = (mean[:, target_rows.to(mean.device)] * size_factor[:, None]).cpu().numpy()
+                size_factor = observed / mean[:, : len(panel_rows)].sum(1)
+                imputed = (mean[:, len(panel_rows) :] * size_factor[:, None]).cpu().numpy()
                 if not np.isfinite(imputed).all():
                     raise FloatingPointError(
                         "the model gave non-finite NB means; its weights or the input values are broken"
@@ -569,7 +605,8 @@ class SpatialImputer:
         start from this imputer's base weights each time (``variants``: ``fine_tuned`` with this recipe,
         ``no_positional`` without the encoding, ``chunks`` as the official pipeline (no encoding, consecutive
         chunks), ``from_scratch`` fresh weights). Pearson r, cosine similarity and RMSE per held-out gene on
-        log1p values (:func:`~opencellplm.metrics.imputation.imputation_scores`), averaged over genes; the result
+        log1p values (:func:`~opencellplm.metrics.imputation.imputation_scores`), averaged over genes (genes are
+        matched by ``var_names``; the held-out genes are kept in the reference input of a capped fit); the result
         gives each fold and the mean and spread over folds. ``values`` says what the spatial values are (e.g.
         ``"pseudo counts: rint(100 * intensity)"``) and is carried into the result; ``fit_kwargs`` go to :meth:`fit`.
         """
@@ -579,6 +616,8 @@ class SpatialImputer:
 
         require_anndata(spatial)
         require_anndata(reference)
+        if fit_kwargs.get("gene_key") or fit_kwargs.get("reference_gene_key"):
+            raise ValueError("score matches the genes of the two data sets by var_names; put the gene ids there")
         unknown = [v for v in variants if v not in VARIANTS]
         if unknown:
             raise ValueError(f"unknown variants {unknown}; choose among {list(VARIANTS)}")
@@ -622,7 +661,7 @@ class SpatialImputer:
                 imputer._loaded_weights = self._loaded_weights and not scratch
                 with PeakMemory(device or self.base.device) as peak:
                     tic = time.perf_counter()
-                    imputer.fit(spatial_in, reference, device=device, **fit_kwargs)
+                    imputer.fit(spatial_in, reference, genes=held, device=device, **fit_kwargs)
                     fit_s = time.perf_counter() - tic
                     tic = time.perf_counter()
                     prediction = imputer.impute(spatial_in, held)
@@ -742,6 +781,35 @@ def _gene_ids(adata: AnnData, gene_key: str | None, rule) -> list[str]:
         raise KeyError(f"gene_key {gene_key!r} is not a column of var (columns: {list(adata.var.columns)[:10]})")
     ids = adata.var_names if gene_key is None else adata.var[gene_key].astype(str)
     return normalise_gene_ids([str(g) for g in ids], rule)
+
+
+def _cap_reference_genes(
+    reference: AnnData,
+    layer: str | None,
+    gene_key: str | None,
+    rule,
+    genes: list[str],
+    keep: Sequence[str],
+    cap: int,
+) -> list[str]:
+    """``genes`` (reference order) cut to ``cap``: those in ``keep`` first, then the most variable others."""
+    import scanpy as sc
+
+    kept = set(keep) & set(genes)
+    others = [g for g in genes if g not in kept]
+    n_more = max(0, cap - len(kept))
+    if n_more and others:
+        work = _working_copy(reference, layer, gene_key, rule, others, None, None)
+        sc.pp.normalize_total(work, target_sum=1e4)
+        sc.pp.log1p(work)
+        n_more = min(n_more, len(others))
+        if n_more < len(others):
+            sc.pp.highly_variable_genes(work, flavor="seurat", n_top_genes=n_more)
+            kept |= set(work.var_names[work.var["highly_variable"].to_numpy()])
+        else:
+            kept |= set(others)
+    logger.info("reference cut to %d of its %d genes (panel, targets, most variable)", len(kept), len(genes))
+    return [g for g in genes if g in kept]
 
 
 def _working_copy(
