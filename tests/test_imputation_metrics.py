@@ -92,6 +92,11 @@ def test_folds_respect_max_per_bin_and_balance_sizes():
     assert max(sizes) - min(sizes) <= 1  # the dealing turn carries over between bins
 
 
+def test_folds_accept_integral_floats():
+    folds = held_out_gene_folds(rates_per_bin(), n_folds=5.0, max_per_bin=2.0)
+    assert len(folds) == 5 and all(len(f) == 7 for f in folds)  # 2 + 2 + 2 + 1 of the 4 bins
+
+
 def test_folds_are_seeded():
     rates = rates_per_bin()
     a = held_out_gene_folds(rates, seed=3)

@@ -112,10 +112,10 @@ def held_out_gene_folds(
 
     Within each bin (in bin order) the genes are shuffled with ``numpy.random.default_rng(seed)`` and dealt to the
     folds in turn, each fold taking at most ``max_per_bin`` genes of the bin; the turn carries over from one bin to
-    the next, so fold sizes differ by at most one gene when no bin is capped. A bin with fewer genes than folds
-    leaves some folds without a gene of it. With ``max_per_bin=None`` every gene lands in exactly one fold: a
-    stratified k-fold partition of the genes (Li et al. 2022 hold out each of 10 folds in turn). The official
-    CellPLM protocol takes up to 25 genes per bin.
+    the next, so fold sizes differ by at most one gene (a capped bin gives every fold the same number). A bin with
+    fewer genes than folds leaves some folds without a gene of it. With ``max_per_bin=None`` every gene lands in
+    exactly one fold: a stratified k-fold partition of the genes (Li et al. 2022 hold out each of 10 folds in turn).
+    The official CellPLM protocol takes up to 25 genes per bin.
 
     Parameters
     ----------
@@ -147,17 +147,19 @@ def held_out_gene_folds(
         isinstance(max_per_bin, bool) or int(max_per_bin) != max_per_bin or max_per_bin < 1
     ):
         raise ValueError(f"max_per_bin must be a positive integer or None (all genes), got {max_per_bin!r}")
+    n_folds = int(n_folds)
+    cap = None if max_per_bin is None else int(max_per_bin)
     which = zero_rate_bin(zero_rate, bins)
     n_genes = len(which)
     if n_folds > n_genes:
         raise ValueError(f"n_folds={n_folds} folds need at least {n_folds} genes, but zero_rate has {n_genes}")
     rng = np.random.default_rng(seed)
-    folds: list[list[int]] = [[] for _ in range(int(n_folds))]
+    folds: list[list[int]] = [[] for _ in range(n_folds)]
     turn = 0
     for b in range(len(_check_bins(bins)) + 1):
         genes = rng.permutation(np.flatnonzero(which == b))
-        if max_per_bin is not None:
-            genes = genes[: int(n_folds) * int(max_per_bin)]
+        if cap is not None:
+            genes = genes[: n_folds * cap]
         for i, gene in enumerate(genes):
             folds[(turn + i) % n_folds].append(int(gene))
         turn = (turn + len(genes)) % n_folds
