@@ -4,7 +4,9 @@
 - cell type annotation, trained on one AnnData and predicting another: :func:`celltypist_style`,
   :func:`l1_logistic_cv`, :func:`knn_on_pca`;
 - denoising, on the corrupted counts: :func:`unchanged`, :func:`knn_smoothing`, :func:`magic` (extra ``magic``),
-  :func:`scvi_denoise` (extra ``scvi``).
+  :func:`scvi_denoise` (extra ``scvi``);
+- spatial imputation, from a spatial panel and an scRNA-seq reference (module :mod:`.imputation`):
+  :func:`reference_mean`, :func:`spage_style`.
 
 Every function reads counts from ``adata.X`` or ``adata.layers[layer]`` (dense, sparse or backed), works on
 copies (the input AnnData is never modified), logs what it does through :mod:`logging` and times itself.
@@ -25,6 +27,25 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from ..data.reader import check_readable, counts_matrix, iter_row_blocks, on_disk
+
+__all__ = [
+    "BaselineResult",
+    "celltypist_style",
+    "CLIP",
+    "knn_on_pca",
+    "knn_smoothing",
+    "L1_CS",
+    "l1_logistic_cv",
+    "magic",
+    "pca_embedding",
+    "reference_mean",
+    "scvi_denoise",
+    "scvi_embedding",
+    "shared_genes",
+    "spage_style",
+    "TARGET_SUM",
+    "unchanged",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -729,3 +750,7 @@ def _annotation_result(name: str, model, x_test: np.ndarray, start: float, param
         classes=classes,
         params=params,
     )
+
+
+# The task modules use BaselineResult and the helpers above, so they are imported last.
+from .imputation import reference_mean, shared_genes, spage_style  # noqa: E402

@@ -3,7 +3,9 @@
 - :func:`clustering_scores`: kNN graph + Leiden sweep on an embedding, ARI and NMI against labels (TASKS §2);
 - :func:`classification_scores`: macro F1, macro precision, accuracy, confusion matrix (TASKS §4);
 - :func:`hide_counts` and :func:`denoising_scores`: the paper's denoising protocol (TASKS §3);
-- :func:`molecular_split` and :func:`mcv_scores`: molecular cross-validation (Batson et al. 2019, OpenProblems).
+- :func:`molecular_split` and :func:`mcv_scores`: molecular cross-validation (Batson et al. 2019, OpenProblems);
+- spatial imputation (TASKS §5, module :mod:`.imputation`): :func:`zero_rates`, :func:`held_out_gene_folds`,
+  :func:`imputation_scores`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,40 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from .imputation import (
+    ZERO_RATE_BINS,
+    ImputationScores,
+    bin_labels,
+    held_out_gene_folds,
+    imputation_scores,
+    zero_rate_bin,
+    zero_rates,
+)
+
+__all__ = [
+    "bin_labels",
+    "BLOCK_ROWS",
+    "classification_scores",
+    "ClassificationScores",
+    "clustering_scores",
+    "ClusteringScores",
+    "DEFAULT_RESOLUTIONS",
+    "denoising_scores",
+    "DenoisingScores",
+    "held_out_gene_folds",
+    "hide_counts",
+    "imputation_scores",
+    "ImputationScores",
+    "mcv_scores",
+    "MCVScores",
+    "molecular_split",
+    "POISSON_EPS",
+    "TARGET_SUM",
+    "zero_rate_bin",
+    "ZERO_RATE_BINS",
+    "zero_rates",
+]
 
 logger = logging.getLogger(__name__)
 
