@@ -185,3 +185,23 @@ def test_cli_impute_writes_a_new_file_and_never_replaces_one(spatial, reference,
     missing = ["impute", str(tmp_path / "spatial.h5ad"), "--reference", str(tmp_path / "nope.h5ad")]
     assert main([*missing, "--out", str(tmp_path / "x.h5ad")]) == 2
     assert "input file not found" in caplog.text and not (tmp_path / "x.h5ad").exists()
+
+
+def test_score_runs_cellplm_and_the_baselines_on_the_same_held_out_genes(spatial, reference):
+    imputer = SpatialImputer.from_pretrained(tiny_model(), recipe=replace(QUICK, steps=2))
+    result = imputer.score(
+        spatial, reference, n_folds=2, max_per_bin=5, variants=("fine_tuned", "chunks"), values="simulated counts"
+    )
+    frame = result.to_frame()
+    assert list(frame.index) == ["cellplm_fine_tuned", "cellplm_chunks", "reference_mean", "spage_style"]
+    assert frame["folds"].tolist() == [2, 2, 2, 2]
+    assert frame[["pearson", "cosine", "rmse"]].notna().all().all()
+    assert frame.loc["cellplm_fine_tuned", "fit_seconds"] > 0 and np.isnan(frame.loc["spage_style", "fit_seconds"])
+    per_fold = result.per_fold()
+    assert per_fold.loc[("cellplm_fine_tuned", 0), "n_genes"] == len(result.folds[0]) <= 20
+    assert not set(result.folds[0]) & set(result.folds[1])
+    assert result.values == "simulated counts" and result.to_dict()["recipe"]["steps"] == 2
+    fits = {row["method"]: row["params"] for row in result.rows if row["fold"] == 0}
+    assert fits["cellplm_fine_tuned"]["positional"] and not fits["cellplm_chunks"]["positional"]
+    with pytest.raises(ValueError, match="unknown variants"):
+        imputer.score(spatial, reference, variants=("nope",))
