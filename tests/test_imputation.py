@@ -14,6 +14,7 @@ import torch
 
 from opencellplm import CellPLM, CellPLMModule, DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
 from opencellplm.cli import main
+from opencellplm.data import InputSpec
 from opencellplm.tasks.imputation import ImputationRecipe, SpatialImputer
 from opencellplm.testing.synthetic import synthetic_adata
 
@@ -205,3 +206,28 @@ def test_score_runs_cellplm_and_the_baselines_on_the_same_held_out_genes(spatial
     assert fits["cellplm_fine_tuned"]["positional"] and not fits["cellplm_chunks"]["positional"]
     with pytest.raises(ValueError, match="unknown variants"):
         imputer.score(spatial, reference, variants=("nope",))
+
+
+def test_hidden_columns_reach_neither_the_encoder_nor_escape_the_loss(reference):
+    model = tiny_model().module.eval()
+    sets = tiny_model().cell_sets(reference[:50].copy(), InputSpec())
+    batch = next(iter(sets)).batch
+    hide = torch.zeros(batch.counts.shape[1], dtype=torch.bool)
+    hide[40:] = True
+    hidden = model(batch, hide=hide)
+    dense = batch.counts.to_dense()
+    dense[:, 40:] = 0
+    zeroed = model(replace(batch, counts=dense.to_sparse_csr()))
+    torch.testing.assert_close(hidden.latent.embedding, zeroed.latent.embedding)
+    assert hidden.input_mask[:, 40:].all() and not hidden.input_mask[:, :40].any()
+    torch.testing.assert_close(hidden.cells.counts.to_dense(), batch.counts.to_dense())  # the truth is whole
+    with pytest.raises(ValueError, match="hide needs one entry per input column"):
+        model(batch, hide=hide[:10])
+
+
+def test_panel_training_fits(spatial, reference):
+    imputer = SpatialImputer.from_pretrained(tiny_model(), recipe=replace(QUICK, panel_rate=1.0, steps=4))
+    imputer.fit(spatial, reference)
+    assert np.isfinite(imputer.impute(spatial, ["G60"]).to_numpy()).all()
+    with pytest.raises(ValueError, match=r"panel_rate must lie in \[0, 1\]"):
+        ImputationRecipe(panel_rate=1.5)

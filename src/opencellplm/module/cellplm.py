@@ -61,13 +61,16 @@ class CellPLMModule(nn.Module):
         official: bool = False,
         noise: GMVAENoise | None = None,
         corrupt: MaskingConfig | None = None,
+        hide: torch.Tensor | None = None,
         decode_genes: torch.Tensor | None = None,
     ) -> CellPLMOutput:
         """Run one cell set through the model.
 
         ``corrupt`` applies that cell dropping and gene masking (in train or eval mode alike: validation
         passes it in eval mode to score masked reconstruction); None (the default) corrupts nothing.
-        ``decode_genes`` (vocabulary rows) makes the decoder compute only those genes (default: all).
+        ``hide`` ((G_in,) bool) hides those input columns from the model in every cell, on top of any masking
+        (``input_mask`` says so; the counts stay the truth of the losses). ``decode_genes`` (vocabulary rows) makes
+        the decoder compute only those genes (default: all).
         """
         kept = torch.arange(batch.n_cells, device=batch.counts.device)
         input_mask = None
@@ -81,6 +84,15 @@ class CellPLMModule(nn.Module):
             if corrupt.cell_rate > 0 and corrupt.gene_rate > 0:
                 input_mask = gene_mask(batch.n_cells, batch.counts.shape[1], corrupt, batch.counts.device)
             counts = batch.counts if input_mask is None else hide_genes(batch.counts, input_mask)
+        if hide is not None:
+            hide = torch.as_tensor(hide, device=batch.counts.device, dtype=torch.bool)
+            if hide.shape != (batch.counts.shape[1],):
+                raise ValueError(
+                    f"hide needs one entry per input column ({batch.counts.shape[1]}), got {tuple(hide.shape)}"
+                )
+            columns = hide[None, :].expand(batch.n_cells, -1)
+            input_mask = columns if input_mask is None else input_mask | columns
+            counts = hide_genes(batch.counts, input_mask)
         latent = self.encode(replace(batch, counts=counts), official=official, noise=noise)
         nb = None
         if self.decoder is not None:

@@ -68,8 +68,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fine_tuned": {},
     "no_positional": {"positional": False},
     "chunks": {"positional": False, "partition": "consecutive"},
-    "tiles_no_positional": {"positional": False, "partition": "tiles"},
     "from_scratch": {},
+    "panel_training": {"panel_rate": 0.5},
 }
 DEFAULT_VARIANTS = ("fine_tuned", "no_positional", "chunks", "from_scratch")
 
@@ -98,6 +98,10 @@ class ImputationRecipe:
         Training corruption (official: 95% of cells, 25% of their genes; no cell dropping).
     validation_fraction
         Share of each data set's cell sets held out to pick the best state (at least one when it has two).
+    panel_rate
+        Share of the reference's training sets whose input is cut to the spatial panel's genes (the loss still
+        covers every reference gene), so that the model practises the task itself: the whole profile from the
+        panel. 0 is the official recipe.
     max_reference_genes
         Keep at most this many reference genes: the panel's, the genes to impute named at :meth:`SpatialImputer.fit`,
         then the most variable others (scanpy's ``"seurat"`` flavour on log-normalised counts). None (the official
@@ -125,6 +129,7 @@ class ImputationRecipe:
     mask_gene_rate: float = 0.25
     drop_cell_rate: float = 0.0
     validation_fraction: float = 0.1
+    panel_rate: float = 0.0
     max_reference_genes: int | None = None
     dropout: float | None = None
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -133,6 +138,8 @@ class ImputationRecipe:
     def __post_init__(self) -> None:
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction!r}")
+        if not 0.0 <= self.panel_rate <= 1.0:
+            raise ValueError(f"panel_rate must lie in [0, 1], got {self.panel_rate!r}")
         if not (isinstance(self.max_cells, int) and self.max_cells >= 1):
             raise ValueError(f"max_cells must be a positive integer, got {self.max_cells!r}")
 
@@ -183,8 +190,11 @@ class ImputationObjective(Objective):
         masking: MaskingConfig,
         sets_per_step: int,
         seed: int,
+        panel_rate: float = 0.0,
+        off_panel: torch.Tensor | None = None,
     ):
         self.sets, self.train, self.validation = sets, train, validation
+        self.panel_rate, self.off_panel = panel_rate, off_panel  # off_panel: reference columns outside the panel
         self.masking, self.sets_per_step, self.seed = masking, sets_per_step, seed
         self.eval_masking = replace(masking, drop_cell_rate=0.0)
 
@@ -196,8 +206,11 @@ class ImputationObjective(Objective):
     ) -> tuple[LossOutput, int]:
         role, index = item
         cell_set = self.sets[role].read(index, device)
+        hide = None
+        if role == "reference" and self.panel_rate > 0 and float(torch.rand(())) < self.panel_rate:
+            hide = self.off_panel  # the input cut to the panel, the loss on every reference gene
         with autocast():  # the loss reads the set's own genes only: decode those alone
-            out = model(cell_set.batch, corrupt=self.masking, decode_genes=cell_set.batch.gene_index)
+            out = model(cell_set.batch, corrupt=self.masking, hide=hide, decode_genes=cell_set.batch.gene_index)
         return unwrap(model).imputation_loss(out), len(out.kept_cells)
 
     def evaluate(self, module: nn.Module, world: Distributed, autocast: Autocast) -> dict[str, float]:
@@ -374,7 +387,14 @@ class SpatialImputer:
         if self.pretrained or self._loaded_weights:
             module.load_state_dict(base.module.state_dict())
         objective = ImputationObjective(
-            sets, train, validation, masking=recipe.masking(), sets_per_step=recipe.sets_per_step, seed=recipe.seed
+            sets,
+            train,
+            validation,
+            masking=recipe.masking(),
+            sets_per_step=recipe.sets_per_step,
+            seed=recipe.seed,
+            panel_rate=recipe.panel_rate,
+            off_panel=torch.as_tensor([g not in set(panel) for g in ref_genes]),
         )
         world = Distributed.start(device or base.device)
         try:
@@ -603,8 +623,9 @@ class SpatialImputer:
         ``max_per_bin`` genes of each zero-rate bin per fold; None: every shared gene is held out once). In each
         fold every method sees the spatial data without the held-out genes, and the reference; CellPLM rows
         start from this imputer's base weights each time (``variants``: ``fine_tuned`` with this recipe,
-        ``no_positional`` without the encoding, ``chunks`` as the official pipeline (no encoding, consecutive
-        chunks), ``from_scratch`` fresh weights). Pearson r, cosine similarity and RMSE per held-out gene on
+        ``no_positional`` without the encoding (still tiles), ``chunks`` as the official pipeline (no encoding,
+        consecutive chunks), ``from_scratch`` fresh weights, ``panel_training`` half the reference sets cut to the
+        panel, see :class:`ImputationRecipe`). Pearson r, cosine similarity and RMSE per held-out gene on
         log1p values (:func:`~opencellplm.metrics.imputation.imputation_scores`), averaged over genes (genes are
         matched by ``var_names``; the held-out genes are kept in the reference input of a capped fit); the result
         gives each fold and the mean and spread over folds. ``values`` says what the spatial values are (e.g.
