@@ -16,6 +16,9 @@ no cache), when it is there.
 
 To work offline, place the package file (e.g. ``novosparc-0.4.4.tar.gz``) in the cache folder under its PyPI
 file name; it is used after its checksum is checked.
+
+:func:`simulate_perturbseq` is not real data: it simulates a Perturb-seq experiment with known ground truth (a
+gene-regulatory network drives negative binomial counts); everything it gives is labelled "simulated".
 """
 
 from ._fetch import CACHE_ENV, DatasetError, resolve_cache_dir
@@ -29,6 +32,7 @@ from ._loaders import (
     pbmc68k_reduced,
 )
 from ._registry import DATASETS, DatasetSource, available_datasets, load_dataset
+from .perturbseq_simulator import simulate_perturbseq
 
 __all__ = [
     "CACHE_ENV",
@@ -45,4 +49,5 @@ __all__ = [
     "pbmc3k",
     "pbmc68k_reduced",
     "resolve_cache_dir",
+    "simulate_perturbseq",
 ]
