@@ -4,7 +4,10 @@
 - cell type annotation, trained on one AnnData and predicting another: :func:`celltypist_style`,
   :func:`l1_logistic_cv`, :func:`knn_on_pca`;
 - denoising, on the corrupted counts: :func:`unchanged`, :func:`knn_smoothing`, :func:`magic` (extra ``magic``),
-  :func:`scvi_denoise` (extra ``scvi``).
+  :func:`scvi_denoise` (extra ``scvi``);
+- perturbation prediction, on mean log-normalised profiles (:mod:`opencellplm.baselines.perturbation`):
+  :func:`perturbation_no_change`, :func:`perturbation_training_mean`, :func:`perturbation_additive`,
+  :func:`perturbation_linear`.
 
 Every function reads counts from ``adata.X`` or ``adata.layers[layer]`` (dense, sparse or backed), works on
 copies (the input AnnData is never modified), logs what it does through :mod:`logging` and times itself.
@@ -729,3 +732,10 @@ def _annotation_result(name: str, model, x_test: np.ndarray, start: float, param
         classes=classes,
         params=params,
     )
+
+
+# perturbation baselines live in their own module; imported last, as they use BaselineResult
+from .perturbation import perturbation_additive as perturbation_additive  # noqa: E402
+from .perturbation import perturbation_linear as perturbation_linear  # noqa: E402
+from .perturbation import perturbation_no_change as perturbation_no_change  # noqa: E402
+from .perturbation import perturbation_training_mean as perturbation_training_mean  # noqa: E402

@@ -3,7 +3,9 @@
 - :func:`clustering_scores`: kNN graph + Leiden sweep on an embedding, ARI and NMI against labels (TASKS §2);
 - :func:`classification_scores`: macro F1, macro precision, accuracy, confusion matrix (TASKS §4);
 - :func:`hide_counts` and :func:`denoising_scores`: the paper's denoising protocol (TASKS §3);
-- :func:`molecular_split` and :func:`mcv_scores`: molecular cross-validation (Batson et al. 2019, OpenProblems).
+- :func:`molecular_split` and :func:`mcv_scores`: molecular cross-validation (Batson et al. 2019, OpenProblems);
+- :func:`condition_means`, :func:`top_de_genes` and :func:`perturbation_scores`: perturbation prediction on mean
+  log-normalised profiles (TASKS §6; :mod:`opencellplm.metrics.perturbation`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from .perturbation import PerturbationScores as PerturbationScores
+from .perturbation import condition_means as condition_means
+from .perturbation import perturbation_scores as perturbation_scores
+from .perturbation import top_de_genes as top_de_genes
 
 logger = logging.getLogger(__name__)
 
