@@ -50,6 +50,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from itertools import combinations, product
 from typing import Literal
@@ -379,11 +380,13 @@ def _network(rng: np.random.Generator, order: np.ndarray, n_regulators: int) -> 
             rows.append(int(order[k]))
             cols.append(int(order[position]))
     edges = set(zip(rows, cols))
+    n_targets = Counter(cols)
     for position in range(n_regulators):  # at least MIN_TARGETS targets each, among later genes
         regulator = int(order[position])
-        have = sum(1 for _, c in edges if c == regulator)
+        extra = MIN_TARGETS - n_targets[regulator]
+        if extra <= 0:
+            continue
         later = [int(g) for g in order[position + 1 :] if (int(g), regulator) not in edges]
-        extra = max(0, MIN_TARGETS - have)
         for g in rng.choice(later, size=min(extra, len(later)), replace=False):
             edges.add((int(g), regulator))
     rows_, cols_ = (np.array(v, dtype=np.int64) for v in zip(*sorted(edges)))
