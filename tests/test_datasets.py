@@ -470,6 +470,38 @@ def test_mouse_zarr_and_unique_symbols(tmp_path):
     assert adata.uns["dataset"]["var_names_made_unique"] == 1
 
 
+def _immune_file(path, cells, genes, values, extra_barcode):
+    header = cells + (["ORPHAN-1"] if extra_barcode else [])
+    lines = ["\t".join(header)] + ["\t".join([g, *map(str, row)]) for g, row in zip(genes, values)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("extra_barcode", [True, False])
+def test_immune_control_stimulated(tmp_path, extra_barcode):
+    genes = ["CD3D", "GNLY", "OR4F5"]
+    files = {
+        "control": _immune_file(tmp_path / "c.txt", ["C1-1", "C2-1"], genes, [[1, 0], [0, 0], [3, 0]], extra_barcode),
+        "stimulated": _immune_file(tmp_path / "s.txt", ["S1-1", "S2-1"], genes, [[0, 5], [2, 0], [0, 0]], False),
+    }
+    adata = _standard(_convert.convert_immune_control_stimulated(files))
+    assert list(adata.obs_names) == ["C1-1", "C2-1", "S1-1", "S2-1"] and list(adata.var_names) == genes
+    np.testing.assert_array_equal(adata.X.toarray(), [[1, 0, 3], [0, 0, 0], [0, 2, 0], [5, 0, 0]])
+    assert list(adata.obs["condition"]) == ["control", "control", "stimulated", "stimulated"]
+    assert list(adata.obs["condition"].cat.categories) == ["control", "stimulated"]
+    assert adata.uns["dataset"]["dropped_header_barcodes"] == {"control": int(extra_barcode), "stimulated": 0}
+    assert adata.uns["dataset"]["smoke_test_only"] is True
+
+
+def test_immune_header_that_does_not_fit(tmp_path):
+    files = {
+        "control": _immune_file(tmp_path / "c.txt", ["C1-1"], ["CD3D"], [[1, 0, 2]], False),
+        "stimulated": _immune_file(tmp_path / "s.txt", ["S1-1"], ["CD3D"], [[1]], False),
+    }
+    with pytest.raises(DatasetError, match="c.txt: 1 cell names in the header for 3 value columns"):
+        _convert.convert_immune_control_stimulated(files)
+
+
 def test_registry_is_consistent():
     assert set(datasets.available_datasets()) == {
         "pbmc68k_reduced",
@@ -479,10 +511,13 @@ def test_registry_is_consistent():
         "bdtnp_atlas",
         "drosophila_scrnaseq",
         "mouse_10k_subset",
+        "immune_control_stimulated",
     }
     for source in datasets.DATASETS.values():
         archive = _fetch.ARCHIVES[source.archive]
-        assert len(archive.sha256) == 64 and archive.filename.startswith(f"{archive.package}-{archive.version}")
+        normalized = archive.package.replace("-", "_")  # PEP 625 source archive names use underscores
+        assert len(archive.sha256) == 64
+        assert archive.filename.startswith((f"{archive.package}-{archive.version}", f"{normalized}-{archive.version}"))
     with pytest.raises(KeyError, match="unknown data set"):
         datasets.load_dataset("nope")
 
@@ -497,6 +532,7 @@ EXPECTED = {  # name: (cells, genes, counts?)
     "bdtnp_atlas": (3039, 84, False),
     "drosophila_scrnaseq": (1297, 8924, False),
     "mouse_10k_subset": (10000, 1000, True),
+    "immune_control_stimulated": (198, 99, True),
 }
 
 
@@ -522,3 +558,7 @@ def test_real_download(name, tmp_path_factory, monkeypatch):
         assert adata.obs["sample"].value_counts().sort_index().tolist() == [645, 400, 323]
     if name in ("pbmc3k", "mouse_10k_subset"):
         assert adata.var["ensembl_id"].str.startswith("ENS").all()
+    if name == "immune_control_stimulated":
+        assert adata.obs["condition"].value_counts().to_dict() == {"control": 99, "stimulated": 99}
+        assert adata.uns["dataset"]["dropped_header_barcodes"] == {"control": 1, "stimulated": 1}
+        assert list(adata.var_names[:3]) == ["CD3D", "SELL", "CREM"]

@@ -7,6 +7,9 @@
   :func:`scvi_denoise` (extra ``scvi``);
 - spatial imputation, from a spatial panel and an scRNA-seq reference (module :mod:`.imputation`):
   :func:`reference_mean`, :func:`spage_style`.
+- perturbation prediction, on mean log-normalised profiles (:mod:`opencellplm.baselines.perturbation`):
+  :func:`perturbation_no_change`, :func:`perturbation_training_mean`, :func:`perturbation_additive`,
+  :func:`perturbation_linear`.
 
 Every function reads counts from ``adata.X`` or ``adata.layers[layer]`` (dense, sparse or backed), works on
 copies (the input AnnData is never modified), logs what it does through :mod:`logging` and times itself.
@@ -38,6 +41,10 @@ __all__ = [
     "l1_logistic_cv",
     "magic",
     "pca_embedding",
+    "perturbation_additive",
+    "perturbation_linear",
+    "perturbation_no_change",
+    "perturbation_training_mean",
     "reference_mean",
     "scvi_denoise",
     "scvi_embedding",
@@ -754,3 +761,9 @@ def _annotation_result(name: str, model, x_test: np.ndarray, start: float, param
 
 # The task modules use BaselineResult and the helpers above, so they are imported last.
 from .imputation import reference_mean, shared_genes, spage_style  # noqa: E402
+from .perturbation import (  # noqa: E402
+    perturbation_additive,
+    perturbation_linear,
+    perturbation_no_change,
+    perturbation_training_mean,
+)

@@ -2,11 +2,35 @@
 
 from .cellsets import cell_sets, normalize_coordinates, spatial_tiles
 from .genes import GeneAlignment, align_genes
+from .perturbations import (
+    CONTROL,
+    SPLIT_GROUPS,
+    Direction,
+    GenePerturbation,
+    PerturbationLabelError,
+    PerturbationSplit,
+    gears_split,
+    parse_labels,
+    parse_perturbation,
+    perturbation_genes,
+    perturbation_label,
+)
 from .reader import counts_matrix, iter_row_blocks, open_h5ad, read_rows
 from .sets import CellSet, CellSets, InputSpec
 from .validate import InputReport, coordinates, validate
 
 __all__ = [
+    "CONTROL",
+    "SPLIT_GROUPS",
+    "Direction",
+    "GenePerturbation",
+    "PerturbationLabelError",
+    "PerturbationSplit",
+    "gears_split",
+    "parse_labels",
+    "parse_perturbation",
+    "perturbation_genes",
+    "perturbation_label",
     "CellSet",
     "CellSets",
     "InputSpec",

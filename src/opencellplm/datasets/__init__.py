@@ -16,6 +16,9 @@ no cache), when it is there.
 
 To work offline, place the package file (e.g. ``novosparc-0.4.4.tar.gz``) in the cache folder under its PyPI
 file name; it is used after its checksum is checked.
+
+:func:`simulate_perturbseq` is not real data: it simulates a Perturb-seq experiment with known ground truth (a
+gene-regulatory network drives negative binomial counts); everything it gives is labelled "simulated".
 """
 
 from ._fetch import CACHE_ENV, DatasetError, resolve_cache_dir
@@ -23,12 +26,14 @@ from ._loaders import (
     bdtnp_atlas,
     celltypist_sample,
     drosophila_scrnaseq,
+    immune_control_stimulated,
     merfish_u2os,
     mouse_10k_subset,
     pbmc3k,
     pbmc68k_reduced,
 )
 from ._registry import DATASETS, DatasetSource, available_datasets, load_dataset
+from .perturbseq_simulator import simulate_perturbseq
 
 __all__ = [
     "CACHE_ENV",
@@ -39,10 +44,12 @@ __all__ = [
     "bdtnp_atlas",
     "celltypist_sample",
     "drosophila_scrnaseq",
+    "immune_control_stimulated",
     "load_dataset",
     "merfish_u2os",
     "mouse_10k_subset",
     "pbmc3k",
     "pbmc68k_reduced",
     "resolve_cache_dir",
+    "simulate_perturbseq",
 ]

@@ -289,6 +289,62 @@ def convert_mouse_10k_subset(files: Mapping[str, Path]) -> Converted:
     return Converted(adata)
 
 
+def _read_r_table(path: Path) -> tuple[list[str], pd.DataFrame, int]:
+    """A tab-separated genes x cells table written by R (header: cell names only; rows: gene, then values).
+
+    Returns the cell names of the value columns, the values (index genes) and how many header names were left
+    over. A header with exactly one name more than the value columns is a file cut to a fixed number of fields
+    per line: the names are the first ones.
+    """
+    try:
+        with open(path) as handle:
+            header = handle.readline().rstrip("\n").split("\t")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"cannot read {path.name}: {error}") from error
+    table = _read_table(path, "\t", header=None, skiprows=1, index_col=0)
+    n_values = table.shape[1]
+    if len(header) not in (n_values, n_values + 1):
+        raise DatasetError(f"{path.name}: {len(header)} cell names in the header for {n_values} value columns")
+    return header[:n_values], table, len(header) - n_values
+
+
+def convert_immune_control_stimulated(files: Mapping[str, Path]) -> Converted:
+    """scvi-tools' ``immune_{control,stimulated}_expression_matrix.txt``: genes x cells, tab-separated counts.
+
+    The two files are the first 99 genes and 99 cells of the Kang et al. (2018) PBMC matrices of the Seurat
+    "immune alignment" tutorial, cut to 100 fields per line: the header lists 100 cell barcodes but each row holds
+    a gene and 99 values, so the values belong to the first 99 barcodes (the 100th has none and is dropped).
+    """
+    parts, genes, dropped = [], None, {}
+    for condition in ("control", "stimulated"):
+        cells, table, dropped[condition] = _read_r_table(files[condition])
+        if genes is not None and list(table.index) != genes:
+            raise DatasetError(f"the {condition} matrix lists other genes than the control matrix")
+        genes = [str(g) for g in table.index]
+        counts, _ = round_to_counts(table.to_numpy(dtype=np.float64).T, f"immune {condition}")
+        obs = pd.DataFrame({"condition": condition, "sample": condition}, index=pd.Index(cells, dtype=str))
+        parts.append(ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=pd.Index(genes, dtype=str))))
+    adata = ad.concat(parts, merge="same")
+    if not adata.obs_names.is_unique:
+        raise DatasetError("immune_control_stimulated: a barcode occurs in both conditions")
+    adata.obs["condition"] = pd.Categorical(adata.obs["condition"], categories=["control", "stimulated"])
+    adata.var["gene_symbol"] = adata.var_names
+    transformations = [
+        "genes x cells transposed to cells x genes; the two conditions concatenated, obs['condition'] and "
+        "obs['sample'] = 'control' / 'stimulated'"
+    ]
+    if any(dropped.values()):
+        transformations.append(
+            "the header lists more barcodes than there are value columns (the file was cut to a fixed number of "
+            f"fields per line); the values belong to the first barcodes, the others dropped ({dropped})"
+        )
+    return Converted(
+        adata,
+        transformations=transformations,
+        extra={"smoke_test_only": True, "dropped_header_barcodes": dropped},
+    )
+
+
 # --- uniform conventions --------------------------------------------------------------------------------------------
 
 

@@ -109,6 +109,14 @@ ARCHIVES: dict[str, Archive] = {
         sdist=True,
         setup_needs=("POT==0.9.7.post1",),
     ),
+    # PEP 625 names the source archive with an underscore; pip prepares its metadata with hatchling (build isolation).
+    "scvi-tools-sdist": Archive(
+        "scvi-tools",
+        "1.1.6",
+        "scvi_tools-1.1.6.tar.gz",
+        "37db4e837f82960b734def4a0c9c49b5c18e749b85a849da94f7149856454fde",
+        sdist=True,
+    ),
 }
 
 

@@ -139,3 +139,27 @@ def mouse_10k_subset(*, cache_dir: PathLike | None = None, refresh: bool = False
         float32 CSR counts; ``var['ensembl_id']`` Ensembl ids.
     """
     return load_dataset("mouse_10k_subset", cache_dir=cache_dir, refresh=refresh)
+
+
+@_document
+def immune_control_stimulated(*, cache_dir: PathLike | None = None, refresh: bool = False) -> ad.AnnData:
+    """Human PBMCs, control and interferon-beta stimulated: 198 cells x 99 genes, raw UMI counts. Smoke test only.
+
+    From scvi-tools 1.1.6's source archive (``tests/test_data/immune_control_expression_matrix.txt`` and
+    ``immune_stimulated_expression_matrix.txt``): 99 cells of each condition from Kang et al. (2018), as used in
+    Seurat's "immune alignment" tutorial, over 99 genes (10 markers such as CD3D, GNLY, CD79A, then the first genes
+    of the original files, mostly unexpressed). The counts are very sparse (1.8% / 2.5% non-zero; median 2 / 15
+    counts per cell over these genes; 28 control cells and 1 stimulated cell have none), so the data only exercise
+    code paths.
+
+    ``obs['condition']`` is ``"control"`` or ``"stimulated"`` (categorical) and ``obs['sample']`` the same. The
+    stimulation is a treatment, not a gene perturbation: a perturbation task treats ``"stimulated"`` as one
+    condition against the ``"control"`` cells. Each file's header lists one barcode more than its value columns;
+    the values belong to the first 99 barcodes (``uns['dataset']['transformations']``).
+
+    Returns
+    -------
+    AnnData
+        float32 CSR counts; ``var_names`` gene symbols.
+    """
+    return load_dataset("immune_control_stimulated", cache_dir=cache_dir, refresh=refresh)

@@ -56,6 +56,7 @@ class DatasetSource:
 
 
 _NOVOSPARC = "novosparc-0.4.4/novosparc/datasets"
+_SCVI_TEST_DATA = "scvi_tools-1.1.6/tests/test_data"
 _MERFISH = {
     f"{kind}_{i}": f"{_NOVOSPARC}/osteosarcoma/{kind}_{i}.txt" for i in (1, 2, 3) for kind in ("dge", "geometry")
 }
@@ -119,6 +120,18 @@ DATASETS: dict[str, DatasetSource] = {
             convert.convert_mouse_10k_subset,
             "Mus musculus",
             "10,000 cells x 1,000 genes of a 10x mouse data set (scanpy's test matrix), raw counts, no labels",
+        ),
+        DatasetSource(
+            "immune_control_stimulated",
+            "scvi-tools-sdist",
+            {
+                "control": f"{_SCVI_TEST_DATA}/immune_control_expression_matrix.txt",
+                "stimulated": f"{_SCVI_TEST_DATA}/immune_stimulated_expression_matrix.txt",
+            },
+            convert.convert_immune_control_stimulated,
+            "Homo sapiens",
+            "198 PBMCs (99 control, 99 interferon-beta stimulated; Kang et al. 2018) x 99 genes, raw UMI counts; "
+            "a smoke test only (scvi-tools' test matrices)",
         ),
     )
 }

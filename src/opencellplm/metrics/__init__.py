@@ -6,6 +6,8 @@
 - :func:`molecular_split` and :func:`mcv_scores`: molecular cross-validation (Batson et al. 2019, OpenProblems);
 - spatial imputation (TASKS §5, module :mod:`.imputation`): :func:`zero_rates`, :func:`held_out_gene_folds`,
   :func:`imputation_scores`.
+- :func:`condition_means`, :func:`top_de_genes` and :func:`perturbation_scores`: perturbation prediction on mean
+  log-normalised profiles (TASKS §6; :mod:`opencellplm.metrics.perturbation`).
 """
 
 from __future__ import annotations
@@ -29,8 +31,13 @@ from .imputation import (
     zero_rate_bin,
     zero_rates,
 )
+from .perturbation import PerturbationScores, condition_means, perturbation_scores, top_de_genes
 
 __all__ = [
+    "condition_means",
+    "perturbation_scores",
+    "PerturbationScores",
+    "top_de_genes",
     "bin_labels",
     "BLOCK_ROWS",
     "classification_scores",
