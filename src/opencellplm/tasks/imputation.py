@@ -130,6 +130,7 @@ class ImputationRecipe:
     drop_cell_rate: float = 0.0
     validation_fraction: float = 0.1
     panel_rate: float = 0.0
+    latent_weight: float = 1.0
     max_reference_genes: int | None = None
     dropout: float | None = None
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -192,9 +193,11 @@ class ImputationObjective(Objective):
         seed: int,
         panel_rate: float = 0.0,
         off_panel: torch.Tensor | None = None,
+        latent_weight: float = 1.0,
     ):
         self.sets, self.train, self.validation = sets, train, validation
         self.panel_rate, self.off_panel = panel_rate, off_panel  # off_panel: reference columns outside the panel
+        self.latent_weight = latent_weight
         self.masking, self.sets_per_step, self.seed = masking, sets_per_step, seed
         self.eval_masking = replace(masking, drop_cell_rate=0.0)
 
@@ -211,7 +214,10 @@ class ImputationObjective(Objective):
             hide = self.off_panel  # the input cut to the panel, the loss on every reference gene
         with autocast():  # the loss reads the set's own genes only: decode those alone
             out = model(cell_set.batch, corrupt=self.masking, hide=hide, decode_genes=cell_set.batch.gene_index)
-        return unwrap(model).imputation_loss(out), len(out.kept_cells)
+        loss = unwrap(model).imputation_loss(out)
+        if self.latent_weight != 1.0:
+            loss = replace(loss, total=loss.objective + self.latent_weight * loss.latent)
+        return loss, len(out.kept_cells)
 
     def evaluate(self, module: nn.Module, world: Distributed, autocast: Autocast) -> dict[str, float]:
         """Mean NB loss per measured entry of the held-out sets, per data set, under a seeded corruption."""
@@ -395,6 +401,7 @@ class SpatialImputer:
             seed=recipe.seed,
             panel_rate=recipe.panel_rate,
             off_panel=torch.as_tensor([g not in set(panel) for g in ref_genes]),
+            latent_weight=recipe.latent_weight,
         )
         world = Distributed.start(device or base.device)
         try:
