@@ -70,11 +70,25 @@ class NBDecoder(nn.Module):
         self.mean = nn.Linear(config.bottleneck_dim, n_genes)
         self.log_dispersion = nn.Parameter(torch.randn(n_genes))
 
-    def forward(self, z: torch.Tensor, batch: CellBatch, *, missing_covariate: str = "mean") -> NBOutput:
+    def forward(
+        self,
+        z: torch.Tensor,
+        batch: CellBatch,
+        *,
+        missing_covariate: str = "mean",
+        genes: torch.Tensor | None = None,
+    ) -> NBOutput:
+        """NB parameters of every vocabulary gene, or only of the vocabulary rows ``genes`` (then the columns
+        follow ``genes``; the values are those of the full output at those columns, for less work)."""
         x = z
         for block in self.blocks:
             x = block(x, batch, missing=missing_covariate)
         a = F.relu(self.bottleneck(x))  # (N, bottleneck)
-        mean = torch.clamp(torch.exp(self.mean(a).float()), *MEAN_RANGE)  # (N, G), float32 even under autocast
-        dispersion = torch.clamp(torch.exp(self.log_dispersion), *DISPERSION_RANGE).expand(z.shape[0], -1)
+        if genes is None:
+            logits, log_dispersion = self.mean(a), self.log_dispersion  # (N, G), (G,)
+        else:
+            logits = F.linear(a, self.mean.weight[genes], self.mean.bias[genes])  # (N, len(genes))
+            log_dispersion = self.log_dispersion[genes]
+        mean = torch.clamp(torch.exp(logits.float()), *MEAN_RANGE)  # float32 even under autocast
+        dispersion = torch.clamp(torch.exp(log_dispersion), *DISPERSION_RANGE).expand(z.shape[0], -1)
         return NBOutput(mean=mean, dispersion=dispersion)
