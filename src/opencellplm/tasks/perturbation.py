@@ -17,9 +17,17 @@ Design
   decoder all stay on the path (a latent shift would skip the part of the network that pretraining shaped
   most). A knocked-down gene (``":down"``) is also set to 0 in the input counts; perturbed genes always
   stay in the input columns.
+- **A residual on the decoder's output.** The perturbation vector also reaches each output gene's log NB mean
+  directly: a bilinear readout of the vector with that gene's (normalised) pretrained embedding row, plus a
+  free per-gene readout vector and a per-gene, per-direction shared effect (the part of the change common to
+  every perturbation, which a new gene inherits). Without it the change can only lie in the span that the
+  pretrained decoder reaches from its small latent, which was shaped by unperturbed cells; with the token path
+  alone, a first version fitted neither the training nor the validation perturbations better than "no
+  change" in a few hundred steps. The readout of gene ``g`` for the perturbation vector ``s`` is
+  ``(W row_g + u_g) . s / sqrt(d) + sum over perturbed genes of b[g, direction]``.
 - **"No change" exactly at the start.** The last layer of the perturbation network starts at zero, and the
   predicted condition mean is the *observed* control mean plus the difference between two decodings of the
-  same input (control cells, knocked-down genes zeroed): with the perturbation vector and without it,
+  same input (control cells, knocked-down genes zeroed): with the perturbation vector and its readout and without,
   each averaged over the cells after log-normalisation. An unfitted predictor therefore predicts the control
   mean to float precision (tested). The zeroed input enters both decodings, so zeroing alone never moves a
   prediction; it acts through the learned vector, on cells whose knocked-down genes read zero as in real
@@ -145,7 +153,7 @@ class PerturbationRecipe:
     steps: int = 300
     patience: int = 5
     eval_every: int = 20
-    lr: float = 1e-3
+    lr: float = 3e-3
     backbone_lr_scale: float = 0.1
     warmup_steps: int = 10
     weight_decay: float = 0.01
@@ -153,7 +161,7 @@ class PerturbationRecipe:
     sets_per_step: int = 4
     max_cells: int = 64
     max_control_cells: int = 512
-    mean_weight: float = 10.0
+    mean_weight: float = 30.0
     validation_fraction: float = 0.15
     validation_sets: int = 2
     hidden_dim: int = 128
@@ -200,6 +208,13 @@ class PerturbationModule(nn.Module):
         nn.init.zeros_(self.gene_mlp[-1].weight)  # the residual starts at "no change"
         nn.init.zeros_(self.gene_mlp[-1].bias)
         self.direction = nn.Parameter(torch.stack([-torch.ones(d), torch.ones(d)]))  # (2, d): down, up
+        # Direct readout of the perturbation vector onto each output gene's log NB mean: a bilinear form of the
+        # output gene's (normalised) pretrained row, plus a free per-gene vector that starts at zero.
+        self.readout_norm = nn.LayerNorm(d)
+        self.readout = nn.Linear(d, d, bias=False)
+        self.gene_readout = nn.Parameter(torch.zeros(backbone.config.n_genes, d))
+        # Per output gene and direction, the change shared by every perturbed gene (the training-mean effect).
+        self.shared_effect = nn.Parameter(torch.zeros(backbone.config.n_genes, 2))
         self.backbone.eval()
 
     def train(self, mode: bool = True) -> PerturbationModule:
@@ -213,8 +228,20 @@ class PerturbationModule(nn.Module):
         effects = self.gene_mlp(self.gene_norm(rows)) * self.direction[directions]  # (k, d)
         return effects.sum(0)  # (d,)
 
-    def decode(self, batch: CellBatch, shift: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """NB mean and dispersion over the input genes, (N, G_in) each, with ``shift`` added to every token."""
+    def residual(self, shift: torch.Tensor, directions: torch.Tensor, gene_index: torch.Tensor) -> torch.Tensor:
+        """(G_in,) change of each input gene's log NB mean read directly from the (d,) perturbation vector, plus
+        the shared effect of each perturbed gene's direction."""
+        rows = self.readout_norm(self.backbone.embedder.gene_embedding[gene_index])  # (G_in, d)
+        specific = (self.readout(rows) + self.gene_readout[gene_index]) @ shift / math.sqrt(shift.shape[0])
+        shared = self.shared_effect[gene_index][:, directions].sum(1)  # (G_in,)
+        return specific + shared
+
+    def decode(
+        self, batch: CellBatch, shift: torch.Tensor | None, directions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """NB mean and dispersion over the input genes, (N, G_in) each: ``shift`` added to every token and its
+        direct readout (with the shared effect of ``directions``) to every cell's log mean (None: the plain
+        backbone)."""
         bb = self.backbone
         h = bb.embedder(batch.counts, batch.gene_index, batch.coords)  # (N, d)
         if shift is not None:
@@ -222,10 +249,14 @@ class PerturbationModule(nn.Module):
         h = bb.pre_latent_norm(bb.encoder(h))  # (N, d)
         z = bb.latent(h).embedding  # (N, latent)
         nb = bb.decoder(z, batch, genes=batch.gene_index)
-        return nb.mean, nb.dispersion
+        mean = nb.mean
+        if shift is not None:
+            residual = self.residual(shift.float(), directions, batch.gene_index)  # (G_in,)
+            mean = mean * torch.exp(residual).float()  # (N, G_in)
+        return mean, nb.dispersion
 
     def forward(self, batch: CellBatch, genes: torch.Tensor, directions: torch.Tensor) -> PerturbationOutput:
-        perturbed, dispersion = self.decode(batch, self.shift(genes, directions))
+        perturbed, dispersion = self.decode(batch, self.shift(genes, directions), directions)
         control, _ = self.decode(batch, None)
         return PerturbationOutput(perturbed=perturbed, control=control, dispersion=dispersion)
 
@@ -475,6 +506,7 @@ class PerturbationResult:
         table = mean.join(std)
         table["n_perturbations"] = counts
         runs = pd.DataFrame([asdict(r) for r in self.runs]).drop(columns=["params", "seed"])
+        runs = runs.astype({"predict_seconds": float, "peak_gpu_mb": float})  # None -> NaN
         timing = runs.groupby("method").mean(numeric_only=True)
         table = table.join(timing, on="method")
         table.insert(0, "data", "simulated" if self.simulated else "real")
@@ -849,7 +881,11 @@ class PerturbationPredictor:
                     _max_or_none(fitted.gpu_mb, predicted.gpu_mb),
                     {"kept": summary.kept, "steps": summary.steps},
                 )
-                outcomes.append((name, predicted.value.set_axis(means.columns, axis=1), run))
+                # The predicted change, on the control profile the baselines and metrics use (the same cells; this
+                # only removes float rounding between two ways of summing, so that zero change scores as no change).
+                change = predicted.value.to_numpy() - predictor.control_cells.mean
+                prediction = pd.DataFrame(control_profile.to_numpy() + change, index=test, columns=means.columns)
+                outcomes.append((name, prediction, run))
             for name in baselines:
                 function = getattr(perturbation_baselines, f"perturbation_{name}")
                 if name in ("additive", "linear"):
