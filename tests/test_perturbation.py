@@ -81,7 +81,7 @@ def test_untrained_predicts_no_change_exactly(model, adata):
 def test_fit_lowers_the_validation_error(fitted):
     summary = fitted.summary
     assert summary.kept == "fine-tuned" and summary.validation == "held-out training perturbations"
-    assert summary.best_val_mse < 0.99 * summary.start_val_mse  # "no change" is the start
+    assert summary.best_val_mse < 0.85 * summary.start_val_mse  # "no change" is the start
     assert not set(summary.validation_labels) & set(summary.train_labels)
 
 

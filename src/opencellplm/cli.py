@@ -346,7 +346,7 @@ def _perturb(args: argparse.Namespace) -> int:
         return 0
     result = predictor.score(adata, seeds=args.seeds, from_scratch=args.from_scratch, **options)
     label = "simulated" if result.simulated else "real"
-    table = result.to_frame().drop(columns="data").to_string(float_format=lambda v: f"{v:.4g}")
+    table = result.to_frame().to_string(float_format=lambda v: f"{v:.4g}")
     header = f"{args.input}: perturbation prediction ({label} data), seeds {result.seeds}, mean (and *_std) over seeds"
     sys.stdout.write(f"{header}\n{table}\n")
     partial = Path(args.out).with_name(f".{Path(args.out).name}.partial")

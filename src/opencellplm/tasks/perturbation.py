@@ -790,7 +790,10 @@ class PerturbationPredictor:
         the baselines on the same training means; every method scored per test perturbation on mean profiles
         (:func:`~opencellplm.metrics.perturbation_scores`: RMSE all genes and top-20 DE genes, Pearson delta all
         and top-20, direction accuracy of the top 20). Only the genes in the model's vocabulary are scored.
-        ``self`` and ``adata`` are unchanged.
+        ``self`` and ``adata`` are unchanged. A predictor read by :meth:`load` starts from its saved backbone,
+        which may have seen the test perturbations: score with a predictor made by :meth:`from_pretrained`.
+        Time and memory of each method are in ``runs`` (peak memory as the rise of the process's peak RSS,
+        ``getrusage``; on CUDA also ``torch.cuda.max_memory_allocated``).
 
         Parameters
         ----------
