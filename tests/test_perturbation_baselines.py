@@ -85,26 +85,30 @@ def test_linear_recovers_a_planted_linear_structure():
     assert scores.per_perturbation["pearson_delta"].min() > 0.95
 
 
-def test_linear_on_simulated_data_beats_the_training_mean():
+def test_on_simulated_data_linear_beats_the_training_mean_and_additive_beats_no_change():
     adata, truth = simulate_perturbseq(
         n_genes=150, n_regulators=30, n_single=24, n_combo=12, cells_per_perturbation=10, n_control=30,
         return_truth=True,
     )  # fmt: skip
-    means = np.log1p(truth * 1e4)
+    means = np.log1p(truth * 1e4)  # noise-free log profiles
     parsed = parse_labels(means.index)
     split = gears_split(parsed, seed=0)
     train = means.loc[["ctrl", *split.train]]
     top = {label: np.argsort(-np.abs(means.loc[label] - means.loc["ctrl"]).to_numpy())[:20] for label in split.test}
-    results = {
-        f.__name__: perturbation_scores(r.prediction, means.loc[split.test], means.loc["ctrl"], top)
-        for f, r in (
-            (perturbation_linear, perturbation_linear(train, parsed, split.test)),
-            (perturbation_training_mean, perturbation_training_mean(train, split.test)),
-        )
+    predictions = {
+        "linear": perturbation_linear(train, parsed, split.test),
+        "training_mean": perturbation_training_mean(train, split.test),
+        "additive": perturbation_additive(train, parsed, split.test),
+        "no_change": perturbation_no_change(train, split.test),
     }
-    linear = results["perturbation_linear"].summary().loc["all"]
-    mean = results["perturbation_training_mean"].summary().loc["all"]
-    assert linear[("rmse_top20", "mean")] < mean[("rmse_top20", "mean")]
+    summary = {
+        name: perturbation_scores(
+            r.prediction, means.loc[split.test], means.loc["ctrl"], top, groups=split.groups
+        ).summary()[("rmse_top20", "mean")]
+        for name, r in predictions.items()
+    }
+    assert summary["linear"]["all"] < summary["training_mean"]["all"]
+    assert summary["additive"]["combo_seen2"] < 0.5 * summary["no_change"]["combo_seen2"]
 
 
 def test_linear_fewer_components_and_unmeasured_genes():

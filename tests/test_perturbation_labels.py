@@ -129,6 +129,8 @@ def test_parse_labels_collects_every_bad_label():
     assert "'D+'" not in message and "'+E'" not in message  # only 5 shown
     assert message.count("'A++B'") == 1  # repeats are reported once
     assert pytest.raises(PerturbationLabelError, parse_labels, labels).match(EXPECTED)
+    with pytest.raises(ValueError, match="labels must be a collection of labels, got the string 'A'"):
+        parse_labels("A")
 
 
 # --- the GEARS split -----------------------------------------------------------------------------------------------

@@ -174,6 +174,8 @@ def parse_labels(
         form; every label is checked before raising.
     """
     _check_options(control, default_direction)
+    if isinstance(labels, str):
+        raise ValueError(f"labels must be a collection of labels, got the string {labels!r}; use parse_perturbation")
     values = labels.tolist() if isinstance(labels, pd.Series | pd.Index | np.ndarray | pd.Categorical) else labels
     parsed: dict[str, tuple[GenePerturbation, ...]] = {}
     bad: dict[str, str] = {}  # repr of the label -> reason

@@ -42,7 +42,8 @@ the GEARS split can be formed: about half with both genes also perturbed alone, 
 activation (``"up"``) or a per-gene seeded choice (``"mixed"``); a gene is perturbed the same way alone and in
 combinations.
 
-Runtime: the defaults (500 genes, 100 perturbations, 5,500 cells) take about 0.3 s on one CPU core.
+Runtime: the defaults (500 genes, 100 perturbations, 5,500 cells, ~3,250 counts per cell) took 0.3 s on a quiet
+CPU core and 0.5 s on a loaded one; drawing the counts dominates (5,000 genes and 6,200 cells: 4 s).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from itertools import combinations, product
 from typing import Literal
@@ -379,11 +381,13 @@ def _network(rng: np.random.Generator, order: np.ndarray, n_regulators: int) -> 
             rows.append(int(order[k]))
             cols.append(int(order[position]))
     edges = set(zip(rows, cols))
+    n_targets = Counter(cols)
     for position in range(n_regulators):  # at least MIN_TARGETS targets each, among later genes
         regulator = int(order[position])
-        have = sum(1 for _, c in edges if c == regulator)
+        extra = MIN_TARGETS - n_targets[regulator]
+        if extra <= 0:
+            continue
         later = [int(g) for g in order[position + 1 :] if (int(g), regulator) not in edges]
-        extra = max(0, MIN_TARGETS - have)
         for g in rng.choice(later, size=min(extra, len(later)), replace=False):
             edges.add((int(g), regulator))
     rows_, cols_ = (np.array(v, dtype=np.int64) for v in zip(*sorted(edges)))

@@ -304,7 +304,8 @@ def perturbation_scores(
         Mean log-normalised profiles (:func:`condition_means`): index labels, columns genes. Both must hold the
         same labels and genes (any order; ``predicted`` is aligned to ``truth``).
     control
-        The control mean profile: a Series indexed by the genes, or an array in the column order of ``truth``.
+        The control mean profile: a Series indexed by the genes (it may hold more), or an array in the column order
+        of ``truth``.
     top_de
         Label -> top DE genes (:func:`top_de_genes`): integer positions in the columns of ``truth``, or gene names.
         Every label of ``truth`` needs an entry (extra entries are ignored).
@@ -332,7 +333,9 @@ def perturbation_scores(
     pred = predicted.loc[labels, genes].to_numpy(dtype=np.float64)
     true = truth.to_numpy(dtype=np.float64)
     if isinstance(control, pd.Series):
-        _same("genes", "control", control.index, "truth", truth.columns)
+        lacking = [gene for gene in genes if gene not in control.index]
+        if lacking:
+            raise ValueError(f"control lacks {len(lacking)} gene(s) of truth: {lacking[:_SHOWN]}")
         base = control.loc[genes].to_numpy(dtype=np.float64)
     else:
         base = np.asarray(control, dtype=np.float64).ravel()
