@@ -25,7 +25,8 @@ Design
   alone, a first version fitted neither the training nor the validation perturbations better than "no
   change" in a few hundred steps. The readout of gene ``g`` for the perturbation vector ``s`` is
   ``(W row_g + u_g) . s / sqrt(d) + sum over perturbed genes of b[g, direction]``.
-- **"No change" exactly at the start.** The last layer of the perturbation network starts at zero, and the
+- **"No change" exactly at the start.** The last layer of the perturbation network and the shared effect
+  ``b`` start at zero (so the vector, its readout and the shared effect are all zero), and the
   predicted condition mean is the *observed* control mean plus the difference between two decodings of the
   same input (control cells, knocked-down genes zeroed): with the perturbation vector and its readout and without,
   each averaged over the cells after log-normalisation. An unfitted predictor therefore predicts the control
