@@ -348,6 +348,75 @@ def _annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _perturb(args: argparse.Namespace) -> int:
+    from .tasks import PerturbationPredictor, PerturbationRecipe
+
+    if args.action == "predict":
+        return _perturb_predict(args)
+    source = Path(args.input)
+    if not source.is_file():  # before loading the model
+        raise FileNotFoundError(f"input file not found: {source}")
+    recipe = PerturbationRecipe(**{k: v for k, v in {"steps": args.steps}.items() if v is not None})
+    options = {
+        "perturbation_key": args.perturbation_key,
+        "control": args.control,
+        "default_direction": args.default_direction,
+        "extend_vocabulary": args.extend_vocabulary,
+        "device": args.device,
+        "layer": args.layer,
+        "gene_key": args.gene_key,
+        "sample_key": args.sample_key,
+    }
+    if args.action == "fit":
+        from ._files import check_output_directory
+        from .tasks.perturbation import predictor_problems
+
+        check_output_directory(
+            args.out, overwrite=args.overwrite, recognise=predictor_problems, kind="perturbation predictor"
+        )
+    else:
+        check_output_file(args.out, overwrite=args.overwrite, inputs=[source])
+    import anndata as ad
+
+    adata = ad.read_h5ad(source)
+    make = PerturbationPredictor.from_scratch if args.scratch else PerturbationPredictor.from_pretrained
+    predictor = make(args.checkpoint or DEFAULT_MODEL, recipe=recipe, device=args.device or "cpu")
+    if args.action == "fit":
+        predictor.fit(adata, **options).save(args.out, overwrite=args.overwrite)
+        return 0
+    result = predictor.score(adata, seeds=args.seeds, from_scratch=args.from_scratch, **options)
+    label = "simulated" if result.simulated else "real"
+    table = result.to_frame().to_string(float_format=lambda v: f"{v:.4g}")
+    header = f"{args.input}: perturbation prediction ({label} data), seeds {result.seeds}, mean (and *_std) over seeds"
+    sys.stdout.write(f"{header}\n{table}\n")
+    partial = Path(args.out).with_name(f".{Path(args.out).name}.partial")
+    partial.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    partial.replace(args.out)
+    return 0
+
+
+def _perturb_predict(args: argparse.Namespace) -> int:
+    from .tasks import PerturbationPredictor
+
+    if (args.labels is None) == (args.labels_file is None):
+        raise ValueError("perturb predict needs --labels A B+C ... or --labels-file FILE (one of the two)")
+    labels = args.labels
+    if args.labels_file is not None:
+        if not Path(args.labels_file).is_file():
+            raise FileNotFoundError(f"labels file not found: {args.labels_file}")
+        labels = [line.strip() for line in Path(args.labels_file).read_text().splitlines() if line.strip()]
+    if not labels:
+        raise ValueError("no perturbation labels given")
+    check_output_file(args.out, overwrite=args.overwrite, inputs=[p for p in [args.labels_file] if p])
+    predictor = PerturbationPredictor.load(args.input, device=args.device or "cpu")
+    prediction = predictor.predict(labels)
+    partial = Path(args.out).with_name(f".{Path(args.out).name}.partial")
+    prediction.to_csv(partial)
+    partial.replace(args.out)
+    logger.info("wrote the predicted mean profiles of %d perturbations to %s", len(labels), args.out)
+    return 0
+
+
 def _flag(adata, key: str):
     """A boolean obs column as a mask (refused unless it holds booleans)."""
     if key not in adata.obs:
@@ -550,6 +619,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_impute)
+
+    p = commands.add_parser(
+        "perturb",
+        help="perturbation prediction: fit a predictor on Perturb-seq counts, predict labels, score vs baselines",
+    )
+    p.add_argument("action", choices=["fit", "predict", "score"])
+    p.add_argument("input", help="fit, score: h5ad with raw counts and perturbation labels; predict: predictor folder")
+    p.add_argument("--out", required=True, help="fit: predictor folder; predict: CSV of profiles; score: JSON result")
+    p.add_argument("--labels", nargs="+", help='predict: perturbation labels, e.g. "A+B" "C:up"')
+    p.add_argument("--labels-file", help="predict: file with one perturbation label per line")
+    p.add_argument(
+        "--checkpoint", help=f"model to fine-tune (fit, score; shipped name or folder; default {DEFAULT_MODEL})"
+    )
+    p.add_argument("--scratch", action="store_true", help="fit, score: same architecture with untrained weights")
+    p.add_argument("--from-scratch", action="store_true", help="score: add the row of CellPLM trained from scratch")
+    p.add_argument("--perturbation-key", default="perturbation", help="obs column of labels (default perturbation)")
+    p.add_argument("--control", default="ctrl", help="label of control cells (default ctrl)")
+    p.add_argument(
+        "--default-direction", default="down", choices=["down", "up"], help="direction of an unsuffixed gene"
+    )
+    p.add_argument("--extend-vocabulary", action="store_true", help="add perturbed genes outside the vocabulary")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="score: one split per seed (default 0 1 2)")
+    p.add_argument("--steps", type=int, help="fine-tuning steps at most (default: PerturbationRecipe's)")
+    p.add_argument("--layer", help="layer with raw counts (default: X)")
+    p.add_argument("--gene-key", help="var column with the vocabulary's gene ids (default: var_names)")
+    p.add_argument("--sample-key", help="obs column grouping control cells into sets (default: all one sample)")
+    p.add_argument("--device", help="torch device (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if this command wrote it before")
+    p.set_defaults(run=_perturb)
 
     p = commands.add_parser("info", help="describe a checkpoint directory")
     p.add_argument("checkpoint")

@@ -3,6 +3,7 @@
 from .annotation import AnnotationRecipe, AnnotationScores, CellTypeAnnotator
 from .clustering import ClusteringResult, score_clustering
 from .denoising import Denoiser, DenoisingRecipe, DenoisingResult
+from .perturbation import PerturbationPredictor, PerturbationRecipe, PerturbationResult
 
 __all__ = [
     "AnnotationRecipe",
@@ -12,5 +13,8 @@ __all__ = [
     "Denoiser",
     "DenoisingRecipe",
     "DenoisingResult",
+    "PerturbationPredictor",
+    "PerturbationRecipe",
+    "PerturbationResult",
     "score_clustering",
 ]

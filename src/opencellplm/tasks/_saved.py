@@ -28,26 +28,33 @@ def save_task(
     meta: dict[str, Any],
     *,
     overwrite: bool,
+    extra: dict[str, Callable[[Path], None]] | None = None,
 ) -> Path:
     """Write ``module`` to ``directory/model`` and ``settings`` (with ``"format": fmt``) to
-    ``directory/settings_file``."""
+    ``directory/settings_file``; ``extra`` maps further file names to functions writing them (given the path)."""
+    extra = extra or {}
 
     def fill(folder: Path) -> None:
         save_checkpoint(folder / MODEL_DIR, module, genes, meta=meta)
+        for name, write in extra.items():
+            write(folder / name)
         (folder / settings_file).write_text(json.dumps({"format": fmt} | settings, indent=2, default=str) + "\n")
 
     kind = fmt.removeprefix("opencellplm-")
-    write_directory(directory, fill, overwrite=overwrite, recognise=recogniser(settings_file, fmt), kind=kind)
+    recognise = recogniser(settings_file, fmt, extra=tuple(extra))
+    write_directory(directory, fill, overwrite=overwrite, recognise=recognise, kind=kind)
     logger.info("saved the %s to %s", fmt.removeprefix("opencellplm-"), directory)
     return Path(directory)
 
 
-def recogniser(settings_file: str, fmt: str) -> Callable[[Path], list[str]]:
-    """Why a folder is not a saved task of format ``fmt`` holding nothing else (empty if it is)."""
+def recogniser(settings_file: str, fmt: str, *, extra: tuple[str, ...] = ()) -> Callable[[Path], list[str]]:
+    """Why a folder is not a saved task of format ``fmt`` holding nothing else (empty if it is); ``extra``
+    names the further files such a task holds."""
+    known = (settings_file, MODEL_DIR, *extra)
 
     def problems(folder: Path) -> list[str]:
-        extra = [f"it holds {p.name}" for p in sorted(folder.iterdir()) if p.name not in (settings_file, MODEL_DIR)]
-        return marker_problems(folder / settings_file, fmt) + extra
+        others = [f"it holds {p.name}" for p in sorted(folder.iterdir()) if p.name not in known]
+        return marker_problems(folder / settings_file, fmt) + others
 
     return problems
 

@@ -1,0 +1,97 @@
+"""``opencellplm perturb fit|predict|score``: files written, one-line errors with exit status 2, --overwrite."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pandas as pd
+import pytest
+import torch
+
+from opencellplm.cli import main
+
+from .test_perturbation import VOCABULARY, simulated, tiny_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("perturb")
+    tiny_model().save(folder / "ckpt")
+    simulated(n_single=8, n_combo=6, cells_per_perturbation=10).write_h5ad(folder / "data.h5ad")
+    return folder
+
+
+def errors(caplog) -> list[str]:
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    caplog.clear()
+    return lines
+
+
+def test_fit_predict_score(files, capsys, caplog):
+    fit = ["perturb", "fit", str(files / "data.h5ad"), "--checkpoint", str(files / "ckpt"), "--steps", "2"]
+    assert main([*fit, "--out", str(files / "predictor")]) == 0
+    assert (files / "predictor" / "perturbation.json").is_file()
+    with caplog.at_level(logging.ERROR):
+        assert main([*fit, "--out", str(files / "predictor")]) == 2  # exists
+    assert any("--overwrite" in line for line in errors(caplog))
+    assert main([*fit, "--out", str(files / "predictor"), "--overwrite"]) == 0
+
+    out = files / "prediction.csv"
+    assert (
+        main(["perturb", "predict", str(files / "predictor"), "--labels", "GENE3+GENE7", "GENE9:up", "--out", str(out)])
+        == 0
+    )
+    table = pd.read_csv(out, index_col=0)
+    assert list(table.index) == ["GENE3+GENE7", "GENE9:up"] and table.shape[1] == 60
+    (files / "labels.txt").write_text("GENE4\nctrl\n")
+    out2 = files / "prediction2.csv"
+    assert (
+        main(
+            [
+                "perturb",
+                "predict",
+                str(files / "predictor"),
+                "--labels-file",
+                str(files / "labels.txt"),
+                "--out",
+                str(out2),
+            ]
+        )
+        == 0
+    )
+    assert list(pd.read_csv(out2, index_col=0).index) == ["GENE4", "ctrl"]
+
+    result = files / "result.json"
+    score = ["perturb", "score", str(files / "data.h5ad"), "--checkpoint", str(files / "ckpt"), "--steps", "2"]
+    assert main([*score, "--seeds", "0", "--out", str(result)]) == 0
+    printed = capsys.readouterr().out
+    assert "simulated" in printed and "additive" in printed and "single_unseen" in printed
+    saved = json.loads(result.read_text())
+    assert saved["simulated"] is True and saved["seeds"] == [0]
+
+
+def test_bad_input_is_one_line_with_status_2(files, caplog):
+    caplog.set_level(logging.ERROR)
+    predictor = files / "not-there"
+    assert main(["perturb", "predict", str(predictor), "--labels", "GENE3", "--out", str(files / "x.csv")]) == 2
+    assert "not found" in errors(caplog)[0]
+    assert main(["perturb", "fit", str(files / "missing.h5ad"), "--out", str(files / "p2")]) == 2
+    assert "input file not found" in errors(caplog)[0]
+    assert not (files / "p2").exists()
+    fit = ["perturb", "fit", str(files / "data.h5ad"), "--checkpoint", str(files / "ckpt"), "--steps", "2"]
+    assert main([*fit, "--control", "untreated", "--out", str(files / "p3")]) == 2
+    (message,) = errors(caplog)
+    assert "no control cells" in message and "'untreated'" in message and "\n" not in message
+    assert not (files / "p3").exists()
+    assert main([*fit, "--perturbation-key", "guide", "--out", str(files / "p4")]) == 2
+    assert "'guide'" in errors(caplog)[0]
+    assert VOCABULARY  # the tiny vocabulary the checkpoint was saved with
