@@ -71,8 +71,6 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -87,6 +85,7 @@ import torch
 from anndata import AnnData
 from torch import nn
 
+from .._memory import PeakMemory
 from .._sparse import scipy_to_torch_csr
 from ..config import TrainConfig
 from ..data.genes import normalise_gene_ids
@@ -443,9 +442,10 @@ class MethodRun:
     """One method on one seed's split: where its time and memory went.
 
     ``fit_seconds`` / ``predict_seconds``: CellPLM's two parts; a baseline is one call, timed as
-    ``fit_seconds`` (``predict_seconds`` None). ``peak_rss_increase_mb``: rise of the process's peak resident
-    memory (``getrusage`` ``ru_maxrss``) during the method, 0 when it stayed below an earlier peak (a lower
-    bound of the method's own peak). ``peak_gpu_mb``: ``torch.cuda.max_memory_allocated`` on GPU, else None.
+    ``fit_seconds`` (``predict_seconds`` None). ``peak_rss_increase_mb``: how far the process's resident
+    memory rose above its level at the start of the method (sampled every 20 ms, see
+    :class:`~opencellplm._memory.PeakMemory`). ``peak_gpu_mb``: ``torch.cuda.max_memory_allocated`` on GPU,
+    else None.
     """
 
     seed: int
@@ -793,8 +793,8 @@ class PerturbationPredictor:
         and top-20, direction accuracy of the top 20). Only the genes in the model's vocabulary are scored.
         ``self`` and ``adata`` are unchanged. A predictor read by :meth:`load` starts from its saved backbone,
         which may have seen the test perturbations: score with a predictor made by :meth:`from_pretrained`.
-        Time and memory of each method are in ``runs`` (peak memory as the rise of the process's peak RSS,
-        ``getrusage``; on CUDA also ``torch.cuda.max_memory_allocated``).
+        Time and memory of each method are in ``runs`` (peak memory as the rise of the resident memory, sampled;
+        on CUDA also ``torch.cuda.max_memory_allocated``).
 
         Parameters
         ----------
@@ -1099,21 +1099,17 @@ class _Measured:
 
 
 def _measure(function) -> _Measured:
-    """Run ``function``: its value, wall time, the rise of the process's peak RSS, and the peak GPU memory."""
+    """Run ``function``: its value, wall time, the rise of resident memory (sampled, see
+    :class:`~opencellplm._memory.PeakMemory`), and the peak GPU memory."""
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    before = _peak_rss_mb()
-    tic = time.perf_counter()
-    value = function()
-    seconds = time.perf_counter() - tic
+    with PeakMemory("cpu") as peak:
+        tic = time.perf_counter()
+        value = function()
+        seconds = time.perf_counter() - tic
     gpu = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-    return _Measured(value, round(seconds, 3), round(_peak_rss_mb() - before, 1), gpu)
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+    return _Measured(value, round(seconds, 3), peak.mb, gpu)
 
 
 def _max_or_none(*values: float | None) -> float | None:
