@@ -231,3 +231,25 @@ def test_panel_training_fits(spatial, reference):
     assert np.isfinite(imputer.impute(spatial, ["G60"]).to_numpy()).all()
     with pytest.raises(ValueError, match=r"panel_rate must lie in \[0, 1\]"):
         ImputationRecipe(panel_rate=1.5)
+
+
+def test_a_loaded_imputer_is_not_scored(fitted, spatial, reference, tmp_path):
+    fitted.save(tmp_path / "imputer")
+    with pytest.raises(ValueError, match="loaded with fine-tuned weights"):
+        SpatialImputer.load(tmp_path / "imputer").score(spatial, reference)
+
+
+def test_cells_without_panel_counts_get_zeros(fitted, spatial):
+    spatial.X = spatial.X.toarray()
+    spatial.X[:3] = 0
+    with pytest.warns(UserWarning, match="3 cells have no counts"):
+        imputed = fitted.impute(spatial, ["G60"])
+    assert (imputed.iloc[:3] == 0).all().all() and (imputed.iloc[3:] > 0).all().all()
+
+
+def test_score_reads_a_backed_spatial_file(spatial, reference, tmp_path):
+    spatial.write_h5ad(tmp_path / "spatial.h5ad")
+    backed = ad.read_h5ad(tmp_path / "spatial.h5ad", backed="r")
+    imputer = SpatialImputer.from_pretrained(tiny_model(), recipe=replace(QUICK, steps=2))
+    result = imputer.score(backed, reference, n_folds=2, max_per_bin=3, folds=[0], variants=("fine_tuned",))
+    assert result.to_frame()["folds"].tolist() == [1, 1, 1]

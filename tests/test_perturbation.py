@@ -168,3 +168,22 @@ def test_missing_label_column_and_unfitted_predictor(model, adata):
         predictor.fit(adata, perturbation_key="condition")
     with pytest.raises(ValueError, match="not fitted"):
         predictor.predict(["GENE3"])
+
+
+def test_labels_naming_the_same_perturbation_never_split_across_train_and_test(model):
+    adata = simulated(n_single=8, n_combo=8, cells_per_perturbation=10)
+    labels = adata.obs["perturbation"].astype(str).to_numpy().copy()
+    single = next(label for label in labels if label != "ctrl" and "+" not in label)
+    rows = np.flatnonzero(labels == single)
+    labels[rows[::2]] = f"{single}+ctrl"  # the GEARS spelling of the same single
+    adata.obs["perturbation"] = labels
+    result = PerturbationPredictor.from_pretrained(model, recipe=SHORT).score(adata, seeds=(0,), baselines=())
+    split = result.splits[0]
+    assert f"{single}+ctrl" not in split["train"] + split["test"]
+    assert single in split["train"] + split["test"]
+
+
+def test_a_loaded_predictor_is_not_scored(fitted, adata, tmp_path):
+    fitted.save(tmp_path / "predictor")
+    with pytest.raises(ValueError, match="loaded with a fine-tuned backbone"):
+        PerturbationPredictor.load(tmp_path / "predictor").score(adata, seeds=(0,))

@@ -408,6 +408,8 @@ def _perturb_predict(args: argparse.Namespace) -> int:
     if not labels:
         raise ValueError("no perturbation labels given")
     check_output_file(args.out, overwrite=args.overwrite, inputs=[p for p in [args.labels_file] if p])
+    if Path(args.input).resolve() in Path(args.out).resolve().parents:
+        raise ValueError(f"the output {args.out} is inside the predictor folder {args.input}; write it elsewhere")
     predictor = PerturbationPredictor.load(args.input, device=args.device or "cpu")
     prediction = predictor.predict(labels)
     partial = Path(args.out).with_name(f".{Path(args.out).name}.partial")
@@ -646,7 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gene-key", help="var column with the vocabulary's gene ids (default: var_names)")
     p.add_argument("--sample-key", help="obs column grouping control cells into sets (default: all one sample)")
     p.add_argument("--device", help="torch device (default cpu)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if this command wrote it before")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out (fit: only a predictor folder this package wrote)"
+    )
     p.set_defaults(run=_perturb)
 
     p = commands.add_parser("info", help="describe a checkpoint directory")

@@ -348,7 +348,8 @@ class SpatialImputer:
         panel = [g for g in dict.fromkeys(spatial_ids) if g in vocabulary]
         ref_genes = [g for g in dict.fromkeys(reference_ids) if g in vocabulary]
         targets = normalise_gene_ids([str(g) for g in genes or ()], base.gene_id_rule)
-        missing = [g for g in dict.fromkeys(targets) if g not in set(ref_genes)]
+        measured = set(ref_genes)
+        missing = [g for g in dict.fromkeys(targets) if g not in measured]
         if missing:
             raise ValueError(
                 f"{len(missing)} of the {len(set(targets))} genes to impute are not in the reference (or not in the "
@@ -400,7 +401,7 @@ class SpatialImputer:
             sets_per_step=recipe.sets_per_step,
             seed=recipe.seed,
             panel_rate=recipe.panel_rate,
-            off_panel=torch.as_tensor([g not in set(panel) for g in ref_genes]),
+            off_panel=torch.as_tensor(~np.isin(ref_genes, panel)),
             latent_weight=recipe.latent_weight,
         )
         world = Distributed.start(device or base.device)
@@ -494,7 +495,8 @@ class SpatialImputer:
                 raise ValueError(
                     "name the genes to impute (genes=...): an imputer that was not fitted has no reference"
                 )
-            targets = [g for g in self.reference_genes if g not in set(panel)]
+            in_panel = set(panel)
+            targets = [g for g in self.reference_genes if g not in in_panel]
             if not targets:
                 raise ValueError("the reference measures no gene beyond the spatial panel: nothing to impute")
             return targets
@@ -523,7 +525,8 @@ class SpatialImputer:
         cell, on the spatial count scale: a DataFrame (cells x genes, float32) indexed like ``spatial``.
 
         The spatial genes in ``exclude`` and the target genes themselves are never read from ``spatial``
-        (held-out genes cannot leak into their own prediction). Cells without counts in the panel get NaN.
+        (held-out genes cannot leak into their own prediction). Cells without counts in the panel get 0 (their size
+        factor is 0), as in the baselines.
         """
         require_anndata(spatial)
         module = self._require_module()
@@ -550,11 +553,12 @@ class SpatialImputer:
         sets = self._cell_sets(base, work, spec, warn_stacklevel=3)
         rows_of = {g: i for i, g in enumerate(base.genes)}
         target_rows = torch.as_tensor([rows_of[g] for g in targets])
-        out = np.full((spatial.n_obs, len(targets)), np.nan, dtype=np.float32)
+        out = np.zeros((spatial.n_obs, len(targets)), dtype=np.float32)
+        device = next(module.parameters()).device  # fit(device=...) may have moved the weights
         was_training = module.training
         module.eval()
         try:
-            for cell_set in sets.iterate(base.device):
+            for cell_set in sets.iterate(device):
                 panel_rows = cell_set.batch.gene_index
                 decode = torch.cat([panel_rows, target_rows.to(panel_rows.device)])
                 mean = module(cell_set.batch, decode_genes=decode).nb.mean.double()  # panel genes, then targets
@@ -580,8 +584,17 @@ class SpatialImputer:
         ``uns['cellplm'][layer_added]`` lists the imputed genes with the settings. ``spatial`` is not changed.
         """
         imputed = self.impute(spatial, genes)
+        panel_names = set(spatial.var_names)
+        kept = [g for g in imputed.columns if g in panel_names]
+        if kept:
+            warnings.warn(
+                f"{len(kept)} requested gene(s) were measured by the panel, e.g. {kept[:3]}: the result keeps their "
+                "measured counts (use impute() to see the model's prediction of them)",
+                UserWarning,
+                stacklevel=2,
+            )
         measured = sp.csr_matrix(counts_matrix(spatial, self.spatial_input["layer"])[:, :], dtype=np.float32)
-        new = [g for g in imputed.columns if g not in set(spatial.var_names)]
+        new = [g for g in imputed.columns if g not in panel_names]
         values = imputed[new].to_numpy()
         x = sp.hstack([measured, sp.csr_matrix((spatial.n_obs, len(new)), dtype=np.float32)], format="csr")
         var = pd.DataFrame(index=pd.Index(list(spatial.var_names) + new, dtype=str))
@@ -635,7 +648,8 @@ class SpatialImputer:
         panel, see :class:`ImputationRecipe`). Pearson r, cosine similarity and RMSE per held-out gene on
         log1p values (:func:`~opencellplm.metrics.imputation.imputation_scores`), averaged over genes (genes are
         matched by ``var_names``; the held-out genes are kept in the reference input of a capped fit); the result
-        gives each fold and the mean and spread over folds. ``values`` says what the spatial values are (e.g.
+        gives each fold and the mean and spread over folds. ``seed`` seeds the folds, every CellPLM fit (it replaces
+        the recipe's seed) and the SpaGE-style baseline. ``values`` says what the spatial values are (e.g.
         ``"pseudo counts: rint(100 * intensity)"``) and is carried into the result; ``fit_kwargs`` go to :meth:`fit`.
         """
         from .. import __version__
@@ -644,6 +658,11 @@ class SpatialImputer:
 
         require_anndata(spatial)
         require_anndata(reference)
+        if self._loaded_weights and self.fitted:
+            raise ValueError(
+                "this imputer was loaded with fine-tuned weights, which may have seen the genes score holds out; "
+                "score an imputer made by SpatialImputer.from_pretrained (or from_scratch)"
+            )
         if fit_kwargs.get("gene_key") or fit_kwargs.get("reference_gene_key"):
             raise ValueError("score matches the genes of the two data sets by var_names; put the gene ids there")
         unknown = [v for v in variants if v not in VARIANTS]
@@ -655,7 +674,8 @@ class SpatialImputer:
             raise ValueError(f"unknown baselines {unknown}; choose among {sorted(known_baselines)}")
         layer = fit_kwargs.get("layer")
         reference_layer = fit_kwargs.get("reference_layer")
-        shared = [g for g in spatial.var_names if g in set(reference.var_names)]
+        in_reference = set(reference.var_names)
+        shared = [g for g in spatial.var_names if g in in_reference]
         if len(shared) < 2:
             raise ValueError(
                 f"scoring holds out genes measured by both data sets; they share {len(shared)} gene(s) by var_names"
@@ -670,7 +690,7 @@ class SpatialImputer:
             held = [shared[i] for i in fold_genes[fold]]
             truth = truth_all[:, fold_genes[fold]]
             keep = ~spatial.var_names.isin(held)
-            spatial_in = spatial[:, keep].copy()
+            spatial_in = spatial[:, keep].to_memory() if spatial.isbacked else spatial[:, keep].copy()
             logger.info("fold %d: %d held-out genes", fold, len(held))
 
             def record(method: str, prediction, fit_s, predict_s, peak_mb, params, fold=fold, held=held, truth=truth):
@@ -683,7 +703,7 @@ class SpatialImputer:
                 logger.info("fold %d %s: pearson %.3f cosine %.3f", fold, method, scores.pearson, scores.cosine)
 
             for variant in variants:
-                recipe = replace(self.recipe, **VARIANTS[variant])
+                recipe = replace(self.recipe, seed=seed, **VARIANTS[variant])
                 scratch = variant == "from_scratch" or not self.pretrained
                 imputer = SpatialImputer(self.base, pretrained=not scratch, recipe=recipe)
                 imputer._loaded_weights = self._loaded_weights and not scratch
@@ -702,8 +722,9 @@ class SpatialImputer:
                     if function is None:
                         raise ImportError(f"baseline {name} is not available in this version")
                     with PeakMemory() as peak:
+                        seeded = {"seed": seed} if name == "spage_style" else {}
                         result = function(
-                            spatial_in, reference, held, spatial_layer=layer, reference_layer=reference_layer
+                            spatial_in, reference, held, spatial_layer=layer, reference_layer=reference_layer, **seeded
                         )
                 except ImportError as err:
                     skipped[name] = str(err)
@@ -718,7 +739,7 @@ class SpatialImputer:
             n_spatial_cells=spatial.n_obs,
             n_shared_genes=len(shared),
             checkpoint=dict(self.base.source),
-            recipe=asdict(self.recipe),
+            recipe=asdict(replace(self.recipe, seed=seed)),
             version=__version__,
             values=values,
         )

@@ -503,7 +503,7 @@ class PerturbationResult:
         per_seed = frame.groupby(["method", "group", "seed"], sort=False)[list(METRICS)].mean()
         counts = frame.groupby(["method", "group", "seed"], sort=False).size().groupby(["method", "group"]).mean()
         mean = per_seed.groupby(["method", "group"], sort=False).mean()
-        std = per_seed.groupby(["method", "group"], sort=False).std(ddof=0).add_suffix("_std")
+        std = per_seed.groupby(["method", "group"], sort=False).std(ddof=1).add_suffix("_std")
         table = mean.join(std)
         table["n_perturbations"] = counts
         runs = pd.DataFrame([asdict(r) for r in self.runs]).drop(columns=["params", "seed"])
@@ -567,6 +567,7 @@ class PerturbationPredictor:
         self.control, self.default_direction, self.perturbation_key = "ctrl", "down", LABEL_COLUMN
         self.spec = InputSpec()
         self.summary: PerturbationFitSummary | None = None
+        self._loaded = False  # read by load(): its backbone may have seen any perturbation
 
     @classmethod
     def from_pretrained(
@@ -644,6 +645,7 @@ class PerturbationPredictor:
         values = adata.obs[perturbation_key].astype(str).to_numpy()
         found = list(dict.fromkeys(values))
         parsed = parse_labels(found, control=control, default_direction=default_direction)
+        values, found = _merge_equivalent(values, found, parsed, control)
         is_control = values == control
         if not is_control.any():
             raise ValueError(
@@ -660,8 +662,9 @@ class PerturbationPredictor:
         if not perturbed:
             raise ValueError(f"no perturbed cells to train on in obs[{perturbation_key!r}] (only {control!r})")
 
-        base = CellPLM(self.base.module, self.base.genes, meta=self.base.meta, source=self.base.source)
-        base.device = self.base.device
+        base = CellPLM(
+            self.base.module, self.base.genes, meta=self.base.meta, source=self.base.source, device=self.base.device
+        )
         genes_needed = sorted({p.gene for label in perturbed for p in parsed[label]})
         _check_vocabulary(base, genes_needed, extend_vocabulary)
         input_spec = InputSpec(**spec)
@@ -791,8 +794,9 @@ class PerturbationPredictor:
         the baselines on the same training means; every method scored per test perturbation on mean profiles
         (:func:`~opencellplm.metrics.perturbation_scores`: RMSE all genes and top-20 DE genes, Pearson delta all
         and top-20, direction accuracy of the top 20). Only the genes in the model's vocabulary are scored.
-        ``self`` and ``adata`` are unchanged. A predictor read by :meth:`load` starts from its saved backbone,
-        which may have seen the test perturbations: score with a predictor made by :meth:`from_pretrained`.
+        ``self`` and ``adata`` are unchanged. A predictor read by :meth:`load` is refused (its backbone may have
+        seen the test perturbations): score a predictor made by :meth:`from_pretrained`. Labels naming the same
+        perturbation (``"A"`` and ``"A+ctrl"``) count as one; perturbations with fewer than 2 cells are left out.
         Time and memory of each method are in ``runs`` (peak memory as the rise of the resident memory, sampled;
         on CUDA also ``torch.cuda.max_memory_allocated``).
 
@@ -820,6 +824,11 @@ class PerturbationPredictor:
         unknown = [b for b in baselines if b not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baselines {unknown}; choose among {list(BASELINES)}")
+        if self._loaded:
+            raise ValueError(
+                "this predictor was loaded with a fine-tuned backbone, which may have seen the perturbations score "
+                "holds out; score a predictor made by PerturbationPredictor.from_pretrained (or from_scratch)"
+            )
         if perturbation_key not in adata.obs:
             raise KeyError(f"obs column {perturbation_key!r} not found; adata.obs has {list(adata.obs.columns)}")
         input_spec = InputSpec(**spec)
@@ -829,24 +838,38 @@ class PerturbationPredictor:
         values = adata.obs[perturbation_key].astype(str).to_numpy()
         found = list(dict.fromkeys(values))
         parsed = parse_labels(found, control=control, default_direction=default_direction)
+        values, found = _merge_equivalent(values, found, parsed, control)
+        sizes = pd.Series(values).value_counts()
+        too_small = [label for label in found if label != control and sizes[label] < 2]
+        if too_small:  # the top-DE t-test needs two cells
+            logger.warning(
+                "%d perturbation(s) with fewer than 2 cells left out of the score: %s", len(too_small), too_small[:5]
+            )
+            found = [label for label in found if label not in too_small]
+            values = np.where(np.isin(values, too_small), "", values)
         if control not in found:
             raise ValueError(
                 f"no control cells: obs[{perturbation_key!r}] has no cell labelled {control!r}; labels found: "
                 f"{found[:8]}{' ...' if len(found) > 8 else ''}"
             )
         ids = adata.var_names if input_spec.gene_key is None else adata.var[input_spec.gene_key].astype(str)
-        var = pd.DataFrame({GENE_COLUMN: np.asarray(ids)[columns].astype(str)}, index=adata.var_names[columns].copy())
+        gene_ids = np.asarray(ids)[columns].astype(str)
+        # profiles are indexed by the ids labels name genes with, so the baselines find the perturbed genes' columns
+        var = pd.DataFrame({GENE_COLUMN: gene_ids}, index=pd.Index(gene_ids))
         obs = pd.DataFrame({perturbation_key: values}, index=adata.obs_names.copy())
         if input_spec.sample_key is not None:
             obs[input_spec.sample_key] = adata.obs[input_spec.sample_key].to_numpy()
-        work = AnnData(sp.csr_matrix(counts, dtype=np.float32), obs=obs, var=var)
+        kept = values != ""
+        work = AnnData(sp.csr_matrix(counts, dtype=np.float32), obs=obs, var=var)[kept].copy()
+        values = values[kept]
         work_spec = replace(input_spec, layer=None, gene_key=GENE_COLUMN, spatial_key=None).to_dict()
 
         means = perturbation_metrics.condition_means(work, values)
         control_profile = means.loc[control]
         top_de = perturbation_metrics.top_de_genes(work, values, control=control, n_top=n_top)
         perturbed_parsed = {label: parsed[label] for label in found if label != control and parsed[label]}
-        split_function = _gears_split()
+        from ..data.perturbations import gears_split as split_function
+
         simulation = adata.uns.get("simulation", {})
         simulated = bool(isinstance(simulation, dict) and simulation.get("simulated", False))
 
@@ -858,6 +881,12 @@ class PerturbationPredictor:
             "extend_vocabulary": extend_vocabulary,
             "device": device,
         } | work_spec
+        base = self.base
+        if extend_vocabulary:  # every perturbed gene, test ones included, gets its row before any split
+            base = CellPLM(
+                self.base.module, self.base.genes, meta=self.base.meta, source=self.base.source, device=self.base.device
+            )
+            _check_vocabulary(base, sorted({p.gene for genes in perturbed_parsed.values() for p in genes}), True)
         variants = [("cellplm", True)] if self.pretrained else []
         if from_scratch or not self.pretrained:
             variants.append(("cellplm_from_scratch", False))
@@ -869,9 +898,7 @@ class PerturbationPredictor:
             train_means = means.loc[[control, *train]]
             outcomes: list[tuple[str, pd.DataFrame, MethodRun]] = []
             for name, pretrained in variants:
-                predictor = PerturbationPredictor(
-                    self.base, pretrained=pretrained, recipe=replace(self.recipe, seed=seed)
-                )
+                predictor = PerturbationPredictor(base, pretrained=pretrained, recipe=replace(self.recipe, seed=seed))
                 fitted = _measure(partial(predictor.fit, work, labels=train, **fit_options))
                 predicted = _measure(partial(predictor.predict, test))
                 summary = predictor.summary
@@ -1001,6 +1028,7 @@ class PerturbationPredictor:
         predictor.spec = InputSpec(**settings["spec"])
         if settings.get("fit"):
             predictor.summary = PerturbationFitSummary(**settings["fit"])
+        predictor._loaded = True
         return predictor
 
 
@@ -1082,20 +1110,31 @@ def _validation_split(labels: list[str], recipe: PerturbationRecipe) -> tuple[li
     return [x for x in labels if x not in held], [x for x in labels if x in held], "held-out training perturbations"
 
 
-def _gears_split():
-    try:
-        from ..data.perturbations import gears_split
-    except ImportError:
-        from ..metrics.perturbation import gears_split
-    return gears_split
-
-
 @dataclass
 class _Measured:
     value: Any
     seconds: float
     rss_mb: float
     gpu_mb: float | None
+
+
+def _merge_equivalent(values: np.ndarray, found: list[str], parsed: dict, control: str) -> tuple[np.ndarray, list[str]]:
+    """Labels that name the same perturbation (``"A"``, ``"A+ctrl"``; ``"A+B"``, ``"B+A"``) as one, so that a
+    perturbation can never sit in training and test under two names: the canonical label where it is among
+    them (:func:`~opencellplm.data.perturbations.perturbation_label`), else the first seen."""
+    from ..data.perturbations import perturbation_label
+
+    first: dict[tuple, str] = {}
+    for label in found:
+        canonical = perturbation_label(parsed[label], control=control)
+        first.setdefault(parsed[label], canonical if parsed.get(canonical) == parsed[label] else label)
+    rename = {label: first[parsed[label]] for label in found}
+    merged = {label: to for label, to in rename.items() if label != to}
+    if not merged:
+        return values, found
+    logger.info("labels naming the same perturbation merged: %s", dict(list(merged.items())[:5]))
+    values = np.asarray([rename[v] for v in values], dtype=object).astype(str)
+    return values, list(dict.fromkeys(values))
 
 
 def _measure(function) -> _Measured:
