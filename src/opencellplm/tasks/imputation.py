@@ -469,7 +469,15 @@ class SpatialImputer:
             seed=recipe.seed,
         )
 
-    def _cell_sets(self, base: CellPLM, work: AnnData, spec: InputSpec, *, warn_stacklevel: int) -> CellSets:
+    def _cell_sets(
+        self,
+        base: CellPLM,
+        work: AnnData,
+        spec: InputSpec,
+        *,
+        warn_stacklevel: int,
+        left_out: str = "they are left out",
+    ) -> CellSets:
         return CellSets(
             work,
             spec,
@@ -477,6 +485,7 @@ class SpatialImputer:
             gene_id_rule="exact",  # the working copies carry ids already normalised by the checkpoint's rule
             positional=self.recipe.positional and base.config.positional_encoding != "none",
             require_counts=True,
+            left_out=left_out,
             warn_stacklevel=warn_stacklevel + 1,
         )
 
@@ -550,7 +559,7 @@ class SpatialImputer:
             spatial_key,
         )
         spec = self._spatial_spec(work, spec_fields["sample_key"], spatial_key)
-        sets = self._cell_sets(base, work, spec, warn_stacklevel=3)
+        sets = self._cell_sets(base, work, spec, warn_stacklevel=3, left_out="their imputed values are 0")
         rows_of = {g: i for i, g in enumerate(base.genes)}
         target_rows = torch.as_tensor([rows_of[g] for g in targets])
         out = np.zeros((spatial.n_obs, len(targets)), dtype=np.float32)
