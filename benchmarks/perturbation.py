@@ -9,7 +9,7 @@ pretrained embeddings carry no knowledge of the simulated regulation. Every line
 Per seed: a GEARS-style split (unseen single genes; combinations with 0, 1, 2 genes seen alone), CellPLM
 fine-tuned on the training perturbations from the shipped weights (and, with --from-scratch, the same architecture
 from fresh weights), the baselines (no change, training mean, additive, linear) on the same split; the five
-metrics per group, mean +- std over seeds; fit / predict wall time and the rise of the peak RSS per method.
+metrics per group, mean +- std over seeds; fit / predict wall time and the rise of resident memory per method.
 
 ``--smoke`` instead fits and predicts on the real immune control / stimulated pair (198 cells x 99 genes): the
 stimulus is not a gene, so it enters as a new vocabulary entry with a fresh embedding row (extend_vocabulary);
