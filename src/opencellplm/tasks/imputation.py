@@ -591,6 +591,8 @@ class SpatialImputer:
         empty, they were not measured); ``layers[layer_added]`` holds the measured counts of the panel and the
         imputed values (count scale) of the other genes; ``var[layer_added]`` flags the imputed columns; and
         ``uns['cellplm'][layer_added]`` lists the imputed genes with the settings. ``spatial`` is not changed.
+        Imputed genes are named by the model's ids (the reference's ids after the checkpoint's gene id rule); the
+        result is dense in the imputed genes (``4 * n_obs * n_genes`` bytes): impute large data in slices of cells.
         """
         imputed = self.impute(spatial, genes)
         panel_names = set(spatial.var_names)
