@@ -497,7 +497,7 @@ class PerturbationResult:
 
     def to_frame(self) -> pd.DataFrame:
         """Per method and group (and ``"all"``): each metric's mean over seeds and its standard deviation
-        (``*_std``; 0 with one seed) of the per-seed group means, the number of test perturbations per seed
+        (``*_std``, NaN with one seed) of the per-seed group means, the number of test perturbations per seed
         and the mean fit / predict seconds and peak memory; a ``data`` column says ``"simulated"`` or ``"real"``."""
         frame = pd.concat([self.scores, self.scores.assign(group="all")])
         per_seed = frame.groupby(["method", "group", "seed"], sort=False)[list(METRICS)].mean()
