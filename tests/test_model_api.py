@@ -298,3 +298,15 @@ def test_embed_records_the_effective_settings_and_the_checkpoint(model, tiny_ada
     sha = hashlib.sha256((tmp_path / "ckpt" / "model.safetensors").read_bytes()).hexdigest()
     assert record["checkpoint"] == {"name": "ckpt", "path": str((tmp_path / "ckpt").resolve()), "sha256": sha}
     assert record["n_cells_left_out"] == 1 and record["n_genes_matched"] == 25 and record["n_cell_sets"] == 1
+
+
+def test_embedding_runs_the_backbone_only(model, tiny_adata, monkeypatch):
+    """The embedding needs the latent alone: the NB decoder (the widest layer) never runs."""
+    before = model.get_latent_representation(tiny_adata)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the decoder ran while embedding")
+
+    monkeypatch.setattr(model.module.decoder, "forward", refuse)
+    np.testing.assert_array_equal(model.get_latent_representation(tiny_adata), before)
+    model.get_latent_representation(tiny_adata, official_compat=True)  # the official mode too

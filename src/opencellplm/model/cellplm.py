@@ -265,8 +265,9 @@ class CellPLM:
                         step_noise = next(noise_iter, None)
                         if step_noise is None:
                             raise ValueError("fewer GMVAE noise entries than forward calls")
-                    result = self.module(cell_set.batch, official=official_compat, noise=step_noise)
-                    out[cell_set.rows] = embedding = result.embedding.float().cpu().numpy()
+                    # the backbone alone: the embedding needs neither the NB decoder nor a head
+                    latent = self.module.encode(cell_set.batch, official=official_compat, noise=step_noise)
+                    out[cell_set.rows] = embedding = latent.embedding.float().cpu().numpy()
                     _check_finite(embedding, adata.obs_names[cell_set.rows])
                     bar.update(len(cell_set.rows))
         finally:
