@@ -292,6 +292,7 @@ def test_embed_records_the_effective_settings_and_the_checkpoint(model, tiny_ada
         "partition": "auto",
         "seed": 0,
         "official_compat": False,
+        "precision": "fp32",
         "allow_low_overlap": False,
         "n_genes_vocabulary": 50,
     }
@@ -310,3 +311,21 @@ def test_embedding_runs_the_backbone_only(model, tiny_adata, monkeypatch):
     monkeypatch.setattr(model.module.decoder, "forward", refuse)
     np.testing.assert_array_equal(model.get_latent_representation(tiny_adata), before)
     model.get_latent_representation(tiny_adata, official_compat=True)  # the official mode too
+
+
+def test_precision_is_chosen_checked_and_recorded(model, tiny_adata):
+    exact = model.get_latent_representation(tiny_adata)
+    fast = model.get_latent_representation(tiny_adata, precision="bf16")
+    assert not np.array_equal(exact, fast)  # bf16 autocast did run
+    cosine = (exact * fast).sum(1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(fast, axis=1)
+    assert cosine.min() > 0.99
+    model.embed(tiny_adata, precision="bf16")
+    assert tiny_adata.uns["cellplm"]["X_cellplm"]["params"]["precision"] == "bf16"
+    model.embed(tiny_adata)
+    assert tiny_adata.uns["cellplm"]["X_cellplm"]["params"]["precision"] == "fp32"
+    with pytest.raises(ValueError, match=r"precision='fp16'; choose one of \['auto', 'bf16', 'fp32'\]"):
+        model.get_latent_representation(tiny_adata, precision="fp16")
+    with pytest.raises(ValueError, match="official_compat reproduces the official outputs and runs in fp32"):
+        model.get_latent_representation(tiny_adata, official_compat=True, precision="bf16")
+    model.embed(tiny_adata, official_compat=True, precision="auto")  # auto: exact in the official mode
+    assert tiny_adata.uns["cellplm"]["X_cellplm"]["params"]["precision"] == "fp32"

@@ -67,6 +67,7 @@ def _embed(args: argparse.Namespace) -> int:
         partition=args.partition,
         seed=args.seed,
         allow_low_overlap=args.allow_low_overlap,
+        precision=args.precision,
     )
     if args.score_labels:
         _score_embedding(args)
@@ -477,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random partition (default 0)")
     p.add_argument("--key-added", default="X_cellplm", help="obsm key to write (default: X_cellplm)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "auto"],
+        help="fp32 (exact, default), bf16 autocast, or auto (bf16 where the hardware has it)",
+    )
     p.add_argument("--allow-low-overlap", action="store_true", help=ALLOW_LOW_OVERLAP_HELP)
     p.add_argument("--score-labels", help="then cluster the embedding and score it against this obs column, beside PCA")
     p.add_argument("--score-json", help="with --score-labels: also write the scores as JSON here")

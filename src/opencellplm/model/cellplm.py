@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from .._files import sha256_of
+from .._precision import Precision, autocast_dtype
 from ..data.cellsets import Partition
 from ..data.genes import GENE_ID_RULES, GeneIdRule
 from ..data.output import write_result_copy
@@ -178,6 +180,7 @@ class CellPLM:
         official_compat: bool = False,
         allow_low_overlap: bool = False,
         noise: Iterable[GMVAENoise] | None = None,
+        precision: Precision = "fp32",
     ) -> np.ndarray:
         """Cell embeddings, (n_obs, latent dim), rows in ``adata.obs_names`` order; writes nothing.
 
@@ -222,6 +225,11 @@ class CellPLM:
         noise
             With ``official_compat``, recorded GMVAE noise, one entry per forward call in call order
             (default: drawn from torch's generator).
+        precision
+            ``"fp32"`` (the default: exact, equal to the official outputs), ``"bf16"`` (bf16 autocast: faster
+            where the hardware has bf16 matrix units, close to but not equal to fp32) or ``"auto"`` (bf16 on
+            CUDA with bf16 and on CPUs with AVX512-BF16 or AMX, else fp32). ``official_compat`` always runs in
+            fp32. The precision used is recorded (``uns['cellplm'][key]['params']['precision']``).
         """
         embedding, _ = self._embed(
             adata,
@@ -235,6 +243,7 @@ class CellPLM:
             official_compat=official_compat,
             allow_low_overlap=allow_low_overlap,
             noise=noise,
+            precision=precision,
         )
         return embedding
 
@@ -245,11 +254,23 @@ class CellPLM:
         *,
         official_compat: bool = False,
         noise: Iterable[GMVAENoise] | None = None,
+        precision: Precision = "fp32",
         **spec: Any,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """The embedding and what ``uns['cellplm'][key]`` keeps about it (the effective settings)."""
         if noise is not None and not official_compat:
             raise ValueError("noise= replays the official random draws; it needs official_compat=True")
+        if official_compat and precision == "bf16":
+            raise ValueError("official_compat reproduces the official outputs and runs in fp32; drop precision='bf16'")
+        dtype = autocast_dtype(precision, self.device)  # checks the value first
+        if official_compat:
+            dtype = None
+
+        def autocast():
+            if dtype is None:
+                return contextlib.nullcontext()
+            return torch.autocast(device_type=self.device.type, dtype=dtype)
+
         sets = self.cell_sets(
             adata, InputSpec(**spec), official_compat=official_compat, left_out="their rows are NaN", warn_stacklevel=4
         )
@@ -266,7 +287,8 @@ class CellPLM:
                         if step_noise is None:
                             raise ValueError("fewer GMVAE noise entries than forward calls")
                     # the backbone alone: the embedding needs neither the NB decoder nor a head
-                    latent = self.module.encode(cell_set.batch, official=official_compat, noise=step_noise)
+                    with autocast():
+                        latent = self.module.encode(cell_set.batch, official=official_compat, noise=step_noise)
                     out[cell_set.rows] = embedding = latent.embedding.float().cpu().numpy()
                     _check_finite(embedding, adata.obs_names[cell_set.rows])
                     bar.update(len(cell_set.rows))
@@ -277,6 +299,7 @@ class CellPLM:
         params = sets.params() | {
             "gene_id_rule": self.gene_id_rule,
             "official_compat": official_compat,
+            "precision": "fp32" if dtype is None else "bf16",
             "n_genes_vocabulary": len(self.genes),
         }
         record = {

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._precision import autocast_dtype
 from ..config import ConfigError, TrainConfig
 from ..module.losses import LossOutput
 from .schedule import lr_factor, set_seed
@@ -468,21 +469,6 @@ class Trainer:
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper (or the module itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bfloat16 for ``"bf16"``, and for ``"auto"`` on CUDA with bf16 and CPUs with AVX512-BF16 or AMX; else None."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    cpu_bf16 = (
-        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    )
-    return torch.bfloat16 if device.type == "cpu" and cpu_bf16 else None
 
 
 def _step_of(line: str) -> int | None:
