@@ -32,7 +32,11 @@ call on the first ``--warmup-cells`` cells (one-time kernel and allocator set-up
 Model loading is not timed. Reported per configuration: cells/s (median over repetitions), ratio
 to the official median, peak RSS (median; it includes loading the checkpoint, which holds the NB
 decoder), RSS just before the call, and the per-cell cosine of the bf16 embedding to our fp32 one
-(min / mean). A sanity check on 64 cells first compares ours with the official outputs.
+(min / mean; the JSON adds the 1st percentile). A sanity check on 64 cells first compares ours with
+the official pipeline on the same weights: ours with ``official_compat=True`` replaying the official
+run's GMVAE draws (recorded from its ``torch.rand_like`` / ``torch.randn_like`` calls) must agree to
+float rounding; our deterministic fp32 embedding differs only where the official random component
+choice does.
 """
 
 from __future__ import annotations
@@ -280,7 +284,11 @@ def sanity_check(args, tmp: Path, ours_python: str) -> dict:
     with np.load(noise) as f:
         draws = [f[k].shape for k in f.files]
     official, compat, fp32 = out["official"], out["ours compat"], out["ours fp32"]
+    diff = float(np.abs(compat - official).max())
+    if diff > 1e-4:
+        print(f"WARNING: ours (official_compat, replayed draws) differs from the official pipeline by {diff:.3g}")
     return {
+        "ours_official_compat_equals_official": diff <= 1e-4,
         "cells": 64,
         "genes": 2000,
         "official_random_draws": draws,
@@ -334,6 +342,9 @@ def measure(args, tmp: Path, cells: int, genes: int, ours_python: str) -> dict:
         cos = cosine_rows(np.load(tmp / "emb_ours_bf16.npy"), np.load(tmp / "emb_ours_fp32.npy"))
         summary["ours bf16"]["cosine_to_fp32_min"] = round(float(cos.min()), 5)
         summary["ours bf16"]["cosine_to_fp32_mean"] = round(float(cos.mean()), 5)
+        summary["ours bf16"]["cosine_to_fp32_p01"] = round(float(np.quantile(cos, 0.01)), 5)
+        # a near-tie of the GMVAE component logits can flip the argmax: a few cells then move further
+        summary["ours bf16"]["cells_cosine_below_0.999"] = int((cos < 0.999).sum())
     for f in tmp.glob(f"input_{cells}x{genes}*"):
         f.unlink()
     return {"cells": cells, "genes": genes, "reps": args.reps, "methods": summary, "skipped": skipped}
@@ -411,6 +422,8 @@ def main() -> int:
     if args.worker:
         worker(args)
         return 0
+    if not CONFIG_85M.is_file():
+        parser.error(f"the 85M config is not at {CONFIG_85M} (the shared fixtures beside the repository)")
     if args.official_python and not Path(args.official_python).exists():
         parser.error(f"--official-python {args.official_python} does not exist")
     return driver(args)
