@@ -343,3 +343,18 @@ def test_positional_encoding_in_3d_encodes_every_axis():
         outside[block] = False
         assert changed[block].max() > 0.1 and (changed[outside] == 0).all()
     assert (codes[0][0, 3 * width :] == 0).all()
+
+
+def test_gene_sum_reads_the_table_in_bf16_only_for_inference_under_autocast():
+    torch.manual_seed(0)
+    table = torch.randn(50, 8, requires_grad=True)
+    counts = torch.tensor([[0.0, 3.0, 1.0, 0.0], [2.0, 0.0, 0.0, 7.0]]).to_sparse_csr()
+    gene_index = torch.tensor([4, 9, 20, 33])
+    exact = log1p_gene_sum(counts, gene_index, table)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = log1p_gene_sum(counts, gene_index, table)  # gradients wanted: fp32 rows
+        with torch.inference_mode():
+            fast = log1p_gene_sum(counts, gene_index, table)
+    assert trained.dtype == torch.float32 and fast.dtype == torch.bfloat16
+    torch.testing.assert_close(trained, exact)
+    torch.testing.assert_close(fast.float(), exact, rtol=2e-2, atol=2e-2)

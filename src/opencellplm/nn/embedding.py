@@ -33,6 +33,10 @@ def log1p_gene_sum(counts: torch.Tensor, gene_index: torch.Tensor, table: torch.
             f"gene_index must have one entry per input column ({counts.shape[1]}), got shape {tuple(gene_index.shape)}"
         )
     rows = gene_index[counts.col_indices()]  # (nnz,) vocabulary row of each stored value
+    if not torch.is_grad_enabled() and torch.is_autocast_enabled(table.device.type) and table.dtype == torch.float32:
+        # Inference under autocast: this sum is memory-bound, so the table is read in the autocast dtype (half the
+        # bytes of fp32). Training keeps fp32 rows, so that gradients do not accumulate in bf16.
+        table = table.to(torch.get_autocast_dtype(table.device.type))
     weights = torch.log1p(counts.values().to(table.dtype))  # (nnz,)
     return F.embedding_bag(
         rows, table, counts.crow_indices(), mode="sum", per_sample_weights=weights, include_last_offset=True
