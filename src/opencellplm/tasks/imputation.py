@@ -102,6 +102,8 @@ class ImputationRecipe:
         Share of the reference's training sets whose input is cut to the spatial panel's genes (the loss still
         covers every reference gene), so that the model practises the task itself: the whole profile from the
         panel. 0 is the official recipe.
+    latent_weight
+        Weight of the GMVAE terms in the fine-tuning loss (1: the official loss; 0 fits the NB term alone).
     max_reference_genes
         Keep at most this many reference genes: the panel's, the genes to impute named at :meth:`SpatialImputer.fit`,
         then the most variable others (scanpy's ``"seurat"`` flavour on log-normalised counts). None (the official
