@@ -271,6 +271,7 @@ class SpatialImputer:
         self.spatial_spec = InputSpec()
         self.spatial_input: dict[str, str | None] = {"layer": None, "gene_key": None, "sample_key": None}
         self.summary: ImputationFitSummary | None = None
+        self._loaded_weights = False  # set by load(): the base holds fitted weights to continue from
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path | CellPLM, **kwargs: Any) -> SpatialImputer:
@@ -439,8 +440,6 @@ class SpatialImputer:
             summary["steps"],
         )
         return self
-
-    _loaded_weights = False  # set by load(): the base holds fitted weights to continue from
 
     def _fresh_base(self) -> CellPLM:
         """A copy of the base model to fit (extending the vocabulary must not change ``self.base``)."""
