@@ -218,3 +218,29 @@ def test_embed_refuses_an_unwritable_output_before_work(tmp_path, tiny_adata, mo
     monkeypatch.setattr(CellPLM, "_embed", lambda *a, **k: pytest.fail("embedded before checking the output"))
     with pytest.raises(PermissionError, match=r"cannot write the output .*out.h5ad: Permission denied$"):
         model.embed_file(tmp_path / "in.h5ad", tmp_path / "out.h5ad")
+
+
+def test_write_new_h5ad_removes_only_its_own_partial_file(tmp_path):
+    import anndata as ad
+    import numpy as np
+
+    from opencellplm.data.output import write_new_h5ad
+
+    target = tmp_path / "out.h5ad"
+    target.write_bytes(b"the user's file")
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("compute failed")
+
+    with pytest.raises(FileExistsError):  # refused before any work
+        write_new_h5ad(target, broken)
+    assert not calls and target.read_bytes() == b"the user's file"
+    with pytest.raises(RuntimeError, match="compute failed"):
+        write_new_h5ad(target, broken, overwrite=True)
+    assert target.read_bytes() == b"the user's file"  # a failed run leaves the old file whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5ad"]  # and no partial file behind
+    write_new_h5ad(target, lambda: ad.AnnData(np.ones((2, 3), dtype=np.float32)), overwrite=True)
+    assert ad.read_h5ad(target).shape == (2, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5ad"]
