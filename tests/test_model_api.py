@@ -8,6 +8,7 @@ import scipy.sparse as sp
 import torch
 
 from opencellplm import CellPLM, CellPLMModule, GMVAENoise
+from opencellplm._precision import autocast_dtype
 
 from .conftest import vocabulary
 
@@ -145,7 +146,7 @@ def test_each_row_is_the_embedding_of_its_own_set(model, tiny_adata):
     from opencellplm import CellBatch
     from opencellplm.data import cell_sets
 
-    out = model.get_latent_representation(tiny_adata, sample_key="sample", max_cells=7, seed=3)
+    out = model.get_latent_representation(tiny_adata, sample_key="sample", max_cells=7, seed=3, precision="fp32")
     sets = cell_sets(tiny_adata.obs["sample"].to_numpy(), 40, 7, seed=3)
     assert len(sets) == 6
     gene_index = torch.tensor([model.genes.index(g) for g in tiny_adata.var_names[:25]])
@@ -277,6 +278,20 @@ def test_a_non_finite_embedding_is_an_error_not_a_cell_without_counts(model, tin
     assert "X_cellplm" not in tiny_adata.obsm
 
 
+#: What the default precision="auto" runs on this machine's CPU.
+AUTO_PRECISION = "bf16" if autocast_dtype("auto", torch.device("cpu")) else "fp32"
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    cpu = torch.device("cpu")
+    cases = [(True, False, torch.bfloat16), (False, True, torch.bfloat16), (False, False, None)]
+    for avx512_bf16, amx, expected in cases:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert autocast_dtype("auto", cpu) is expected
+    assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) is torch.bfloat16
+
+
 def test_embed_records_the_effective_settings_and_the_checkpoint(model, tiny_adata, tmp_path):
     import hashlib
 
@@ -292,7 +307,7 @@ def test_embed_records_the_effective_settings_and_the_checkpoint(model, tiny_ada
         "partition": "auto",
         "seed": 0,
         "official_compat": False,
-        "precision": "fp32",
+        "precision": AUTO_PRECISION,  # the default "auto": bf16 where this CPU has it
         "allow_low_overlap": False,
         "n_genes_vocabulary": 50,
     }
@@ -314,15 +329,19 @@ def test_embedding_runs_the_backbone_only(model, tiny_adata, monkeypatch):
 
 
 def test_precision_is_chosen_checked_and_recorded(model, tiny_adata):
-    exact = model.get_latent_representation(tiny_adata)
+    exact = model.get_latent_representation(tiny_adata, precision="fp32")
     fast = model.get_latent_representation(tiny_adata, precision="bf16")
     assert not np.array_equal(exact, fast)  # bf16 autocast did run
     cosine = (exact * fast).sum(1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(fast, axis=1)
     assert cosine.min() > 0.99
+    default = model.get_latent_representation(tiny_adata)
+    np.testing.assert_array_equal(default, fast if AUTO_PRECISION == "bf16" else exact)
     model.embed(tiny_adata, precision="bf16")
     assert tiny_adata.uns["cellplm"]["X_cellplm"]["params"]["precision"] == "bf16"
-    model.embed(tiny_adata)
+    model.embed(tiny_adata, precision="fp32")
     assert tiny_adata.uns["cellplm"]["X_cellplm"]["params"]["precision"] == "fp32"
+    model.embed(tiny_adata)
+    assert tiny_adata.uns["cellplm"]["X_cellplm"]["params"]["precision"] == AUTO_PRECISION
     with pytest.raises(ValueError, match=r"precision='fp16'; choose one of \['auto', 'bf16', 'fp32'\]"):
         model.get_latent_representation(tiny_adata, precision="fp16")
     with pytest.raises(ValueError, match="official_compat reproduces the official outputs and runs in fp32"):

@@ -358,3 +358,47 @@ def test_gene_sum_reads_the_table_in_bf16_only_for_inference_under_autocast():
     assert trained.dtype == torch.float32 and fast.dtype == torch.bfloat16
     torch.testing.assert_close(trained, exact)
     torch.testing.assert_close(fast.float(), exact, rtol=2e-2, atol=2e-2)
+
+
+def test_inference_gene_sum_in_cache_sized_blocks_is_identical(monkeypatch):
+    """The CPU inference path gathers column blocks of the input genes' rows; it sums the same products in the
+    same order as the one-pass sum used for training, so fp32 results are bit-identical."""
+    import opencellplm.nn.embedding as embedding
+
+    torch.manual_seed(0)
+    table = torch.randn(300, 100)
+    counts = torch.poisson(torch.rand(40, 120) * 1.5).to_sparse_csr()
+    gene_index = torch.randperm(300)[:120]
+    one_pass = log1p_gene_sum(counts, gene_index, table)  # grad enabled: the training path
+    monkeypatch.setattr(embedding, "BLOCK_BYTES", 120 * 4 * 32)  # 32 columns per block: 4 blocks, the last short
+    with torch.no_grad():
+        blocked = log1p_gene_sum(counts, gene_index, table)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            blocked_bf16 = log1p_gene_sum(counts, gene_index, table)
+    assert torch.equal(blocked, one_pass)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        monkeypatch.setattr(embedding, "BLOCK_BYTES", 2**30)  # one block
+        whole_bf16 = log1p_gene_sum(counts, gene_index, table)
+    assert blocked_bf16.dtype == torch.bfloat16 and torch.equal(blocked_bf16, whole_bf16)
+
+
+def test_flow_attention_stays_float32_except_for_bf16_inference(monkeypatch):
+    """Training and float16 keep the cell-wide flow sums in float32; bf16 inference runs them in bf16, close to fp32."""
+    from opencellplm.nn.flowformer import FlowAttention
+
+    torch.manual_seed(0)
+    attention = FlowAttention(64, 4).eval()
+    x = torch.randn(300, 64)
+    seen = []
+    flow = FlowAttention._flow
+    monkeypatch.setattr(FlowAttention, "_flow", lambda self, q, k, v: seen.append(q.dtype) or flow(self, q, k, v))
+    with torch.no_grad():
+        exact = attention(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = attention(x)
+        with torch.autocast("cpu", dtype=torch.float16):
+            attention(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attention(x)  # gradients wanted
+    assert seen == [torch.float32, torch.bfloat16, torch.float32, torch.float32]
+    assert torch.nn.functional.cosine_similarity(fast.float(), exact, dim=1).min() > 0.9999

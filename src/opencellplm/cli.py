@@ -480,9 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument(
         "--precision",
-        default="fp32",
-        choices=["fp32", "bf16", "auto"],
-        help="fp32 (exact, default), bf16 autocast, or auto (bf16 where the hardware has it)",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="auto (default: bf16 where the hardware has it, else fp32), fp32 (exact: equal to the official "
+        "outputs), or bf16",
     )
     p.add_argument("--allow-low-overlap", action="store_true", help=ALLOW_LOW_OVERLAP_HELP)
     p.add_argument("--score-labels", help="then cluster the embedding and score it against this obs column, beside PCA")

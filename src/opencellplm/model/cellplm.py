@@ -180,7 +180,7 @@ class CellPLM:
         official_compat: bool = False,
         allow_low_overlap: bool = False,
         noise: Iterable[GMVAENoise] | None = None,
-        precision: Precision = "fp32",
+        precision: Precision = "auto",
     ) -> np.ndarray:
         """Cell embeddings, (n_obs, latent dim), rows in ``adata.obs_names`` order; writes nothing.
 
@@ -226,10 +226,12 @@ class CellPLM:
             With ``official_compat``, recorded GMVAE noise, one entry per forward call in call order
             (default: drawn from torch's generator).
         precision
-            ``"fp32"`` (the default: exact, equal to the official outputs), ``"bf16"`` (bf16 autocast: faster
-            where the hardware has bf16 matrix units, close to but not equal to fp32) or ``"auto"`` (bf16 on
-            CUDA with bf16 and on CPUs with AVX512-BF16 or AMX, else fp32). ``official_compat`` always runs in
-            fp32. The precision used is recorded (``uns['cellplm'][key]['params']['precision']``).
+            ``"auto"`` (the default): bf16 autocast on CUDA with bf16 and on CPUs with AVX512-BF16 or AMX, else
+            fp32. ``"fp32"``: exact, equal to the official outputs. ``"bf16"``: bf16 autocast wherever asked.
+            bf16 is 1.6-2x faster on a CPU with AVX512-BF16 and agrees with fp32 to a per-cell cosine above
+            0.9999, except for cells whose two most likely mixture components are near tied (the embedding is
+            the posterior mean of the most likely one, a choice rounding can flip). ``official_compat`` always
+            runs in fp32. The precision used is recorded (``uns['cellplm'][key]['params']['precision']``).
         """
         embedding, _ = self._embed(
             adata,
@@ -254,7 +256,7 @@ class CellPLM:
         *,
         official_compat: bool = False,
         noise: Iterable[GMVAENoise] | None = None,
-        precision: Precision = "fp32",
+        precision: Precision = "auto",
         **spec: Any,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """The embedding and what ``uns['cellplm'][key]`` keeps about it (the effective settings)."""
@@ -279,7 +281,8 @@ class CellPLM:
         was_training = self.module.training
         self.module.eval()
         try:
-            with tqdm(total=sets.n_cells, desc="embedding", unit="cell", disable=None) as bar:
+            # one autocast region for all sets: the weights are cast to bf16 once, not once per set
+            with tqdm(total=sets.n_cells, desc="embedding", unit="cell", disable=None) as bar, autocast():
                 for cell_set in sets.iterate(self.device):
                     step_noise = None
                     if noise_iter is not None:
@@ -287,8 +290,7 @@ class CellPLM:
                         if step_noise is None:
                             raise ValueError("fewer GMVAE noise entries than forward calls")
                     # the backbone alone: the embedding needs neither the NB decoder nor a head
-                    with autocast():
-                        latent = self.module.encode(cell_set.batch, official=official_compat, noise=step_noise)
+                    latent = self.module.encode(cell_set.batch, official=official_compat, noise=step_noise)
                     out[cell_set.rows] = embedding = latent.embedding.float().cpu().numpy()
                     _check_finite(embedding, adata.obs_names[cell_set.rows])
                     bar.update(len(cell_set.rows))
