@@ -254,7 +254,7 @@ def worker(args) -> None:
         "genes": adata.n_vars,
         "seconds": round(seconds, 4),
         "cells_per_s": round(adata.n_obs / seconds, 1),
-        "peak_rss_mb": round(peak, 1),
+        "peak_rss_mb": round(max(peak, peak_before), 1),  # resetting the mark resets ru_maxrss too
         "call_peak_rss_mb": None if call_peak is None else round(call_peak, 1),
         "peak_rss_before_call_mb": round(peak_before, 1),
         "rss_before_call_mb": round(rss_before, 1),
