@@ -440,6 +440,30 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import run_benchmark
+    from .benchmark.report import update_readme, write_report
+
+    results = run_benchmark(
+        args.out,
+        tasks=args.tasks,
+        datasets=args.datasets,
+        seeds=args.seeds,
+        checkpoint=args.checkpoint,
+        profile="quick" if args.quick else "full",
+    )
+    report = write_report(args.out, results)
+    failed = sum(r["status"] == "failed" for r in results["records"])
+    if args.readme:
+        if results["profile"] != "full":
+            logger.warning(
+                "the README's results come from the full profile; writing the %s profile's", results["profile"]
+            )
+        update_readme(args.readme, results)
+    sys.stdout.write(f"report: {report}\n" + (f"{failed} runs failed: see the report\n" if failed else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opencellplm", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -660,6 +684,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace --out (fit: only a predictor folder this package wrote)"
     )
     p.set_defaults(run=_perturb)
+
+    p = commands.add_parser(
+        "benchmark",
+        help="every task on every real data set that suits it, CellPLM beside every baseline: results.json, "
+        "report.md and plots (resumable)",
+    )
+    p.add_argument("--out", required=True, help="folder to write; a folder of an earlier run continues it")
+    p.add_argument("--tasks", nargs="+", help="tasks to run (default: all)")
+    p.add_argument("--datasets", nargs="+", help="data sets to run (default: every one that suits each task)")
+    p.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default: 1 with --quick, else 3)")
+    p.add_argument("--checkpoint", default="cellplm-small", help="shipped model name or checkpoint directory")
+    p.add_argument("--quick", action="store_true", help="CI-sized run: one seed, small subsets, few steps")
+    p.add_argument("--readme", help="also write the results tables into this README, between its markers")
+    p.set_defaults(run=_benchmark)
 
     p = commands.add_parser("info", help="describe a checkpoint directory")
     p.add_argument("checkpoint")

@@ -646,6 +646,7 @@ class SpatialImputer:
         baselines: Sequence[str] = ("reference_mean", "spage_style"),
         values: str = "counts",
         device: str | None = None,
+        keep_example: bool = False,
         **fit_kwargs: Any,
     ) -> ImputationResult:
         """Hold out spatial genes, impute them with CellPLM and the baselines on the same split, and score them.
@@ -662,7 +663,9 @@ class SpatialImputer:
         matched by ``var_names``; the held-out genes are kept in the reference input of a capped fit); the result
         gives each fold and the mean and spread over folds. ``seed`` seeds the folds, every CellPLM fit (it replaces
         the recipe's seed) and the SpaGE-style baseline. ``values`` says what the spatial values are (e.g.
-        ``"pseudo counts: rint(100 * intensity)"``) and is carried into the result; ``fit_kwargs`` go to :meth:`fit`.
+        ``"pseudo counts: rint(100 * intensity)"``) and is carried into the result; ``keep_example`` keeps, for the
+        first held-out gene of the first scored fold, its measured values and every method's prediction
+        (:attr:`ImputationResult.example`, for maps); ``fit_kwargs`` go to :meth:`fit`.
         """
         from .. import __version__
         from .. import baselines as baseline_functions
@@ -698,6 +701,7 @@ class SpatialImputer:
         chosen = range(len(fold_genes)) if folds is None else folds
         rows: list[dict[str, Any]] = []
         skipped: dict[str, str] = {}
+        example: dict[str, Any] | None = None
         for fold in chosen:
             held = [shared[i] for i in fold_genes[fold]]
             truth = truth_all[:, fold_genes[fold]]
@@ -705,8 +709,26 @@ class SpatialImputer:
             spatial_in = spatial[:, keep].to_memory() if spatial.isbacked else spatial[:, keep].copy()
             logger.info("fold %d: %d held-out genes", fold, len(held))
 
-            def record(method: str, prediction, fit_s, predict_s, peak_mb, params, fold=fold, held=held, truth=truth):
-                scores = imputation_scores(truth, np.asarray(prediction), genes=held)
+            if keep_example and example is None:
+                example = {"gene": held[0], "fold": fold, "truth": truth[:, 0].toarray().ravel(), "predictions": {}}
+            shown = example if example is not None and example["fold"] == fold else None
+
+            def record(
+                method: str,
+                prediction,
+                fit_s,
+                predict_s,
+                peak_mb,
+                params,
+                fold=fold,
+                held=held,
+                truth=truth,
+                shown=shown,
+            ):
+                prediction = np.asarray(prediction)
+                if shown is not None:
+                    shown["predictions"][method] = prediction[:, 0].astype(np.float32)
+                scores = imputation_scores(truth, prediction, genes=held)
                 rows.append(
                     {"fold": fold, "method": method}
                     | scores.to_dict()
@@ -754,6 +776,7 @@ class SpatialImputer:
             recipe=asdict(replace(self.recipe, seed=seed)),
             version=__version__,
             values=values,
+            example=example,
         )
 
     # ----------------------------------------------------------------------------- save / load
@@ -800,7 +823,9 @@ class ImputationResult:
     ``rows`` has one entry per fold and method: ``pearson``, ``cosine``, ``rmse`` (means over the fold's genes),
     ``n_genes``, ``n_undefined_pearson``, ``fit_seconds`` (None for baselines, timed as one call),
     ``predict_seconds``, ``peak_memory_mb`` (rise of resident memory, or CUDA peak), ``params``. ``values`` says
-    what the spatial values are (e.g. pseudo counts), as every figure from them must.
+    what the spatial values are (e.g. pseudo counts), as every figure from them must. ``example`` (with
+    ``score(keep_example=True)``): one held-out gene's ``gene`` name, measured ``truth`` (spatial cells) and
+    ``predictions`` per method, on the count scale of the input; not part of :meth:`to_dict`.
     """
 
     folds: list[list[str]]
@@ -814,6 +839,7 @@ class ImputationResult:
     recipe: dict[str, Any]
     version: str
     values: str = "counts"
+    example: dict[str, Any] | None = field(default=None, repr=False)
 
     def per_fold(self) -> pd.DataFrame:
         """One row per fold and method."""
@@ -834,7 +860,7 @@ class ImputationResult:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "example"}
 
 
 def _gene_ids(adata: AnnData, gene_key: str | None, rule) -> list[str]:

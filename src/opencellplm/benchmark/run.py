@@ -1,0 +1,276 @@
+"""``run_benchmark``: every task on every data set that suits it, CellPLM and every baseline, into one results.json.
+
+The grid is (task, data set, seed); each unit calls the task's own ``score`` and yields one record per method.
+``results.json`` is rewritten whole (atomically) after every unit, so a stopped run continues with the records
+it has: a unit with records is not run again, except one that failed. A data set that fails to load, or a unit
+that raises, is recorded as failed with the reason, and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .profiles import Profile, get_profile
+from .tasks import TASKS, RunContext, UnitResult
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+ARTIFACTS_DIR = "artifacts"
+#: Settings that must match for a run to continue the records already in its folder.
+RESUME_KEYS = ("profile", "checkpoint", "checkpoint_sha256")
+
+
+def environment() -> dict[str, Any]:
+    """Package versions and the machine, recorded with every result."""
+    import torch
+
+    versions = {}
+    for package in ("opencellplm", "torch", "numpy", "scipy", "scanpy", "anndata", "scikit-learn", "pandas"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions | {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def resolve_names(tasks: Sequence[str] | None, datasets: Sequence[str] | None) -> list[tuple[str, str]]:
+    """The (task, data set) pairs to run; unknown names raise ``ValueError`` listing the valid ones."""
+    tasks = list(TASKS) if not tasks else list(dict.fromkeys(tasks))
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; choose among {list(TASKS)}")
+    known = {d for spec in TASKS.values() for d in spec.datasets}
+    if datasets:
+        unknown = sorted(set(datasets) - known)
+        if unknown:
+            raise ValueError(f"unknown data set(s) {unknown}; choose among {sorted(known)}")
+    pairs = [(t, d) for t in tasks for d in TASKS[t].datasets if not datasets or d in datasets]
+    if not pairs:
+        valid = {t: list(TASKS[t].datasets) for t in tasks}
+        raise ValueError(f"no task runs on the data sets {list(datasets or [])}; the tasks' data sets are {valid}")
+    return pairs
+
+
+def run_benchmark(
+    out: str | Path,
+    *,
+    tasks: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    seeds: int | None = None,
+    checkpoint: str = "cellplm-small",
+    profile: str | Profile = "quick",
+    progress: bool | None = None,
+    artifacts: bool = True,
+) -> dict[str, Any]:
+    """Run the benchmark into folder ``out`` and return the results (also in ``out/results.json``).
+
+    Parameters
+    ----------
+    out
+        Output folder (created). If it holds a results.json of the same profile and checkpoint, its records
+        are kept and only the missing or failed units run; of another profile or checkpoint, ``ValueError``.
+    tasks, datasets
+        Names to run (default: every task, each on every data set that suits it).
+    seeds
+        Number of seeds (0, 1, ...); default: the profile's.
+    checkpoint
+        Shipped model name or checkpoint directory.
+    profile
+        ``"quick"`` (CI-sized) or ``"full"``, or a :class:`Profile`.
+    progress
+        Progress bar over the (task, data set, method, seed) grid (None: when the output is a terminal).
+    artifacts
+        Write the embeddings and predictions the report's plots need (``out/artifacts``).
+    """
+    from .. import CellPLM
+
+    pairs = resolve_names(tasks, datasets)
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    n_seeds = profile.seeds if seeds is None else seeds
+    if n_seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {n_seeds}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ARTIFACTS_DIR).mkdir(exist_ok=True)
+    source = CellPLM.from_pretrained(checkpoint).source  # fails early on a bad checkpoint
+    settings = {
+        "profile": profile.name,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": source.get("sha256"),
+        "tasks": sorted({t for t, _ in pairs}),
+        "datasets": sorted({d for _, d in pairs}),
+        "seeds": n_seeds,
+        "profile_settings": profile.to_dict(),
+    }
+    results = _load_or_start(out, settings)
+    results["settings"]["tasks"] = sorted(set(results["settings"]["tasks"]) | set(settings["tasks"]))
+    results["settings"]["datasets"] = sorted(set(results["settings"]["datasets"]) | set(settings["datasets"]))
+    results["settings"]["seeds"] = max(results["settings"]["seeds"], n_seeds)
+    results["checkpoint"] = {"name": source.get("name"), "sha256": source.get("sha256")}
+    for task, _ in pairs:
+        results["tasks"][task] = TASKS[task].describe()
+    done = {
+        (r["task"], r["dataset"], r["seed"])
+        for r in results["records"]
+        if r["status"] != "failed"  # failed units run again
+    }
+    results["records"] = [r for r in results["records"] if (r["task"], r["dataset"], r["seed"]) in done]
+    started, before = time.perf_counter(), results.get("wall_s") or 0.0  # a continued run adds to its wall time
+    ctx = RunContext(str(checkpoint), profile, out / ARTIFACTS_DIR, want_artifacts=artifacts)
+    units = [(t, d, s) for t, d in pairs for s in range(n_seeds)]
+    todo = [u for u in units if u not in done]
+    logger.info("%d units (task, data set, seed), %d already done", len(units), len(units) - len(todo))
+    loaded: dict[tuple[str, str], Any] = {}
+    with tqdm(
+        total=len(units), initial=len(units) - len(todo), desc="benchmark", unit="run", disable=progress is False
+    ) as bar:
+        for task, dataset, seed in todo:
+            bar.set_postfix_str(f"{task} / {dataset} / seed {seed}")
+            case = TASKS[task].datasets[dataset]
+            unit = _run_unit(ctx, task, dataset, seed, case, loaded)
+            for record in unit.records:
+                record |= {
+                    "task": task,
+                    "dataset": dataset,
+                    "seed": seed,
+                    "simulated": case.simulated,
+                    "checkpoint": results["checkpoint"] if record.get("family") == "cellplm" else None,
+                    "versions": results["environment"],
+                }
+                record.setdefault("protocol", {})
+                record.setdefault("wall_s", None)
+                record.setdefault("peak_mb", None)
+            results["records"] += [_ordered(r) for r in unit.records]
+            for kind, entries in unit.artifacts.items():
+                kept = [e for e in results["artifacts"].get(kind, []) if (e["task"], e["dataset"]) != (task, dataset)]
+                results["artifacts"][kind] = kept + [e | {"path": f"{ARTIFACTS_DIR}/{e['path']}"} for e in entries]
+            results["wall_s"] = round(before + time.perf_counter() - started, 1)
+            _save(out, results)
+            bar.update(1)
+    results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    results["wall_s"] = round(before + time.perf_counter() - started, 1)
+    _save(out, results)
+    return results
+
+
+def _run_unit(ctx: RunContext, task: str, dataset: str, seed: int, case, loaded: dict) -> UnitResult:
+    spec = TASKS[task]
+    key = (task, dataset)
+    try:
+        if key not in loaded:
+            loaded[key] = case.load(ctx.profile)
+    except Exception as err:  # noqa: BLE001 - a data set that fails to load is reported, the rest goes on
+        logger.warning("%s / %s: the data set failed to load: %s", task, dataset, err)
+        loaded[key] = err
+    if isinstance(loaded[key], Exception):
+        err = loaded[key]
+        return UnitResult([_failed(f"data set failed to load: {type(err).__name__}: {err}")])
+    tic = time.perf_counter()
+    try:
+        unit = spec.run(ctx, dataset, loaded[key], seed)
+    except Exception as err:  # noqa: BLE001 - one failing run must not lose the others
+        logger.exception("%s / %s / seed %d failed", task, dataset, seed)
+        return UnitResult([_failed(f"{type(err).__name__}: {err}")])
+    logger.info(
+        "%s / %s / seed %d: %d records in %.1f s", task, dataset, seed, len(unit.records), time.perf_counter() - tic
+    )
+    return unit
+
+
+def _failed(reason: str) -> dict[str, Any]:
+    return {"method": "(all methods)", "family": None, "status": "failed", "reason": reason, "metrics": {}}
+
+
+_ORDER = (
+    "task",
+    "dataset",
+    "method",
+    "seed",
+    "family",
+    "simulated",
+    "status",
+    "reason",
+    "metrics",
+    "wall_s",
+    "peak_mb",
+)
+
+
+def _ordered(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: record[k] for k in _ORDER if k in record} | {k: v for k, v in record.items() if k not in _ORDER}
+
+
+def _load_or_start(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    path = out / RESULTS_FILE
+    if path.exists():
+        try:
+            results = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not a results file of this benchmark ({err}); choose another --out") from err
+        if results.get("schema_version") != SCHEMA_VERSION or "records" not in results:
+            raise ValueError(f"{path} is not a results file of this benchmark (schema); choose another --out")
+        previous = results.get("settings", {})
+        clash = {k: (previous.get(k), settings[k]) for k in RESUME_KEYS if previous.get(k) != settings[k]}
+        if clash:
+            details = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in clash.items())
+            raise ValueError(
+                f"{path} holds results of other settings ({details}): continue them with the same settings, "
+                "or choose another --out"
+            )
+        logger.info("continuing %s: %d records", path, len(results["records"]))
+        results["environment"] = environment()
+        results["finished"] = None
+        return results
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "profile": settings["profile"],
+        "settings": settings,
+        "environment": environment(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": None,
+        "wall_s": None,
+        "checkpoint": {},
+        "tasks": {},
+        "records": [],
+        "artifacts": {},
+    }
+
+
+def _save(out: Path, results: dict[str, Any]) -> None:
+    """Write results.json whole or not at all (temporary file in the same folder, then rename)."""
+    path = out / RESULTS_FILE
+    partial = out / f".{RESULTS_FILE}.partial"
+    partial.write_text(json.dumps(results, indent=1, default=_json_default))
+    os.replace(partial, path)
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

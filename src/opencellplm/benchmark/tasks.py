@@ -1,0 +1,477 @@
+"""The benchmark's tasks: which data sets each runs on, its metrics, and one run per (data set, seed).
+
+Each runner calls the task's own ``score`` (CellPLM and every baseline on the same split and seed, in one call)
+and turns its result into records, one per method; it re-implements nothing. A data set loader returns the
+data a runner needs; a loader that raises marks that (task, data set) failed and the benchmark goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .profiles import Profile
+
+logger = logging.getLogger(__name__)
+
+Record = dict[str, Any]
+
+
+@dataclass
+class RunContext:
+    """What every runner gets: the checkpoint (name or directory), the profile and a folder for artifacts."""
+
+    checkpoint: str
+    profile: Profile
+    artifacts_dir: Any  # pathlib.Path
+    want_artifacts: bool = True
+
+
+@dataclass
+class UnitResult:
+    """The records of one (task, data set, seed) and the artifacts written for the report's plots."""
+
+    records: list[Record]
+    artifacts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetCase:
+    """One data set of a task: how to load it (``load(profile) -> data``) and whether it is simulated."""
+
+    load: Callable[[Profile], Any]
+    simulated: bool = False
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A benchmark task: title, two-line protocol, metrics (label and direction), data sets and runner."""
+
+    title: str
+    protocol: str
+    metrics: dict[str, dict[str, str]]
+    primary: str
+    datasets: dict[str, DatasetCase]
+    run: Callable[[RunContext, str, Any, int], UnitResult]
+
+    def describe(self) -> dict[str, Any]:
+        return {"title": self.title, "protocol": self.protocol, "metrics": self.metrics, "primary": self.primary}
+
+
+def _record(method: str, *, family: str, metrics: dict[str, Any], wall_s=None, peak_mb=None, **extra) -> Record:
+    clean = {k: (None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)) for k, v in metrics.items()}
+    out = {"method": method, "family": family, "status": "ok", "reason": None, "metrics": clean}
+    out |= {"wall_s": None if wall_s is None else round(float(wall_s), 3)}
+    out |= {"peak_mb": None if peak_mb is None else round(float(peak_mb), 1)}
+    return out | extra
+
+
+def _skipped(method: str, family: str, reason: str) -> Record:
+    return {"method": method, "family": family, "status": "skipped", "reason": reason, "metrics": {}}
+
+
+def _subset(adata, max_cells: int | None, seed: int = 0, *, stratify: str | None = None):
+    """A seeded subset of at most ``max_cells`` cells (stratified by ``obs[stratify]`` when given), in file order."""
+    if max_cells is None or adata.n_obs <= max_cells:
+        return adata
+    rng = np.random.default_rng(seed)
+    if stratify is None:
+        rows = rng.choice(adata.n_obs, max_cells, replace=False)
+    else:
+        labels = adata.obs[stratify].astype(str).to_numpy()
+        share = max_cells / adata.n_obs
+        rows = np.concatenate(
+            [
+                rng.choice(where, max(1, round(len(where) * share)), replace=False)
+                for where in (np.flatnonzero(labels == label) for label in np.unique(labels))
+            ]
+        )
+    return adata[np.sort(rows)].copy()
+
+
+# -------------------------------------------------------------------------------------------- clustering
+def _load_pbmc68k(profile: Profile):
+    from .. import datasets
+
+    return _subset(datasets.pbmc68k_reduced(), profile.max_cells, stratify="cell_type")
+
+
+def run_clustering(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResult:
+    import torch
+
+    from .. import CellPLM, CellPLMModule
+    from ..tasks.clustering import score_clustering
+
+    trained = CellPLM.from_pretrained(ctx.checkpoint)
+    torch.manual_seed(seed)
+    untrained = CellPLM(CellPLMModule(trained.config), trained.genes, meta={"gene_id_rule": trained.gene_id_rule})
+    embeddings, seconds = {}, {}
+    for name, model in (("cellplm_zero_shot", trained), ("cellplm_untrained", untrained)):
+        tic = time.perf_counter()
+        embeddings[name] = model.get_latent_representation(adata)
+        seconds[name] = time.perf_counter() - tic
+    result = score_clustering(
+        adata, "cell_type", embeddings=embeddings, embedding_key=None, baselines_run=("pca", "scvi"), seeds=(seed,)
+    )
+    records = []
+    for name, (scores,) in result.scores.items():
+        metrics = {
+            "ari_best": scores.best_ari,
+            "nmi_best": scores.best_nmi,
+            "ari_fixed": scores.ari_fixed,
+            "nmi_fixed": scores.nmi_fixed,
+            "ari_at_nmi_choice": scores.ari_at_nmi_choice,
+        }
+        family = "cellplm" if name.startswith("cellplm") else "baseline"
+        wall = seconds.get(name, result.seconds.get(name))
+        records.append(_record(name, family=family, metrics=metrics, wall_s=wall, protocol=result.settings))
+    records += [_skipped(name, "baseline", why) for name, why in result.skipped.items()]
+    artifacts = {}
+    if ctx.want_artifacts and seed == 0:
+        path = ctx.artifacts_dir / f"umap_clustering_{dataset}.npz"
+        representations = dict(embeddings)
+        from ..baselines import pca_embedding
+
+        representations["pca"] = pca_embedding(adata, seed=0).prediction
+        np.savez_compressed(path, labels=adata.obs["cell_type"].astype(str).to_numpy(), **representations)
+        artifacts["umap"] = [{"task": "clustering", "dataset": dataset, "seed": seed, "path": path.name}]
+    return UnitResult(records, artifacts)
+
+
+# -------------------------------------------------------------------------------------------- annotation
+def run_annotation(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResult:
+    from sklearn.model_selection import train_test_split
+
+    from ..tasks import AnnotationRecipe, CellTypeAnnotator
+
+    train, _ = train_test_split(
+        np.arange(adata.n_obs), test_size=0.2, stratify=adata.obs["cell_type"], random_state=seed
+    )
+    train_cells = np.zeros(adata.n_obs, dtype=bool)
+    train_cells[train] = True
+    recipe = AnnotationRecipe(steps=ctx.profile.annotation_steps, seed=seed)
+    records = []
+    for pretrained in (True, False):
+        make = CellTypeAnnotator.from_pretrained if pretrained else CellTypeAnnotator.from_scratch
+        annotator = make(ctx.checkpoint, recipe=recipe).fit(adata, "cell_type", train_cells=train_cells)
+        baselines = ("celltypist_style", "l1_logistic_cv", "knn_on_pca") if pretrained else ()
+        scores = annotator.score(adata, "cell_type", test_cells=~train_cells, baselines=baselines, seed=seed)
+        for name, entry in scores.methods.items():
+            method = name
+            if name.startswith("cellplm"):
+                method = "cellplm_fine_tuned" if pretrained else "cellplm_from_scratch"
+            s = entry["scores"]
+            wall = (entry.get("fit_seconds") or 0.0) + (entry.get("predict_seconds") or 0.0)
+            metrics = {"macro_f1": s.macro_f1, "macro_precision": s.macro_precision, "accuracy": s.accuracy}
+            protocol = {"split": "stratified 80/20", "n_test": scores.n_test, "mode": scores.mode}
+            protocol |= {"steps": recipe.steps}
+            family = "cellplm" if method.startswith("cellplm") else "baseline"
+            records.append(_record(method, family=family, metrics=metrics, wall_s=wall, protocol=protocol))
+    return UnitResult(records)
+
+
+# -------------------------------------------------------------------------------------------- denoising
+def _loader(name: str):
+    def load(profile: Profile):
+        from .. import datasets
+
+        return _subset(datasets.load_dataset(name), profile.max_cells)
+
+    return load
+
+
+def run_denoising(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResult:
+    from ..tasks import Denoiser, DenoisingRecipe
+
+    denoiser = Denoiser.from_pretrained(
+        ctx.checkpoint, recipe=DenoisingRecipe(steps=ctx.profile.denoising_steps, seed=seed)
+    )
+    result = denoiser.score(
+        adata,
+        protocol="hidden",
+        seed=seed,
+        fine_tune=True,
+        from_scratch=True,
+        baselines=("unchanged", "knn_smoothing", "magic", "scvi"),
+    )
+    protocol = {"protocol": "hidden", "fraction": result.fraction, "n_cells": result.n_cells, "n_genes": result.n_genes}
+    protocol |= {"steps": ctx.profile.denoising_steps}
+    records = [
+        _record(
+            m.method,
+            family="cellplm" if m.method.startswith("cellplm") else "baseline",
+            metrics={"rmse": m.scores.get("rmse"), "mae": m.scores.get("mae")},
+            wall_s=m.seconds,
+            protocol=protocol,
+        )
+        for m in result.methods
+    ]
+    records += [_skipped(name, "baseline", why) for name, why in result.skipped.items()]
+    return UnitResult(records)
+
+
+# -------------------------------------------------------------------------------------------- imputation
+def _load_bdtnp(profile: Profile):
+    import anndata as ad
+
+    from .. import datasets
+    from ..data.pseudocounts import counts_from_intensities, counts_from_log2
+
+    atlas, drosophila = datasets.bdtnp_atlas(), datasets.drosophila_scrnaseq()
+    atlas = _subset(atlas, profile.imputation_max_cells)
+    spatial_counts, spatial_note = counts_from_intensities(
+        atlas.X.toarray() if hasattr(atlas.X, "toarray") else atlas.X
+    )
+    reference_counts, reference_note = counts_from_log2(
+        drosophila.X.toarray() if hasattr(drosophila.X, "toarray") else drosophila.X
+    )
+    spatial = ad.AnnData(spatial_counts, obs=atlas.obs[[]].copy(), obsm={"spatial": atlas.obsm["spatial"]})
+    spatial.var_names = [f"dmel:{g}" for g in atlas.var_names]
+    reference = ad.AnnData(reference_counts, obs=drosophila.obs[[]].copy())
+    reference.var_names = [f"dmel:{g}" for g in drosophila.var_names]
+    reference = _subset(reference, profile.imputation_max_cells)
+    values = f"pseudo counts: spatial {spatial_note}; reference {reference_note}"
+    return {
+        "spatial": spatial,
+        "reference": reference,
+        "values": values,
+        "max_per_bin": None,
+        "extend": True,
+        "max_cells": 1000,
+    }
+
+
+def _load_merfish(profile: Profile, n_genes: int = 2000):
+    import scanpy as sc
+
+    from .. import datasets
+
+    merfish = datasets.merfish_u2os()
+    spatial = merfish[merfish.obs["sample"] == "sample_1"].copy()
+    reference = merfish[merfish.obs["sample"] != "sample_1"].copy()
+    spatial = _subset(spatial, profile.imputation_max_cells)
+    reference = _subset(reference, profile.imputation_max_cells)
+    expressed = (np.asarray((spatial.X > 0).sum(0)).ravel() > 0) & (np.asarray((reference.X > 0).sum(0)).ravel() > 0)
+    spatial, reference = spatial[:, expressed].copy(), reference[:, expressed].copy()
+    log = reference.copy()
+    sc.pp.normalize_total(log, target_sum=1e4)
+    sc.pp.log1p(log)
+    sc.pp.highly_variable_genes(log, flavor="seurat", n_top_genes=min(n_genes, log.n_vars))
+    variable = log.var["highly_variable"].to_numpy()
+    return {
+        "spatial": spatial[:, variable].copy(),
+        "reference": reference[:, variable].copy(),
+        "values": f"raw MERFISH counts, the {int(variable.sum())} most variable genes of the reference samples",
+        "max_per_bin": profile.imputation_max_per_bin,
+        "extend": False,
+        "reference_sample_key": "sample",
+        "max_cells": 350,  # the 645 spatial cells form two tiles, one held out for validation
+    }
+
+
+def run_imputation(ctx: RunContext, dataset: str, data: dict, seed: int) -> UnitResult:
+    from ..tasks.imputation import ImputationRecipe, SpatialImputer
+
+    profile = ctx.profile
+    n_folds = profile.imputation_folds
+    folds = sorted(
+        {(seed * profile.imputation_folds_scored + i) % n_folds for i in range(profile.imputation_folds_scored)}
+    )
+    recipe = ImputationRecipe(
+        steps=profile.imputation_steps, max_cells=data["max_cells"], max_reference_genes=2000, seed=seed
+    )
+    imputer = SpatialImputer.from_pretrained(ctx.checkpoint, recipe=recipe)
+    want_map = ctx.want_artifacts and seed == 0
+    result = imputer.score(
+        data["spatial"],
+        data["reference"],
+        n_folds=n_folds,
+        max_per_bin=data["max_per_bin"],
+        folds=folds,
+        seed=seed,
+        variants=profile.imputation_variants,
+        baselines=("reference_mean", "spage_style", "tangram", "gimvi"),
+        values=data["values"],
+        extend_vocabulary=data["extend"],
+        reference_sample_key=data.get("reference_sample_key"),
+        keep_example=want_map,
+    )
+    frame = result.per_fold().reset_index()
+    protocol = {
+        "values": result.values,
+        "folds": folds,
+        "n_folds": n_folds,
+        "held_out_genes": int(sum(len(result.folds[f]) for f in folds)),
+        "steps": profile.imputation_steps,
+    }
+    records = []
+    for method, rows in frame.groupby("method", sort=False):
+        wall = (rows["fit_seconds"].fillna(0) + rows["predict_seconds"].fillna(0)).sum()
+        metrics = {m: rows[m].mean() for m in ("pearson", "cosine", "rmse")}
+        family = "cellplm" if str(method).startswith("cellplm") else "baseline"
+        peak = rows["peak_memory_mb"].max()
+        records.append(
+            _record(str(method), family=family, metrics=metrics, wall_s=wall, peak_mb=peak, protocol=protocol)
+        )
+    records += [_skipped(name, "baseline", why) for name, why in result.skipped.items()]
+    artifacts = {}
+    if want_map and result.example is not None:
+        path = ctx.artifacts_dir / f"spatial_imputation_{dataset}.npz"
+        example = result.example
+        predictions = {f"pred:{method}": values for method, values in example["predictions"].items()}
+        np.savez_compressed(
+            path,
+            coords=np.asarray(data["spatial"].obsm["spatial"], dtype=float),
+            gene=np.array(example["gene"]),
+            truth=example["truth"],
+            **predictions,
+        )
+        artifacts["spatial_map"] = [{"task": "imputation", "dataset": dataset, "seed": seed, "path": path.name}]
+    return UnitResult(records, artifacts)
+
+
+# -------------------------------------------------------------------------------------------- perturbation
+def _load_perturbseq(profile: Profile):
+    return profile  # the data depend on the checkpoint's vocabulary: the runner simulates them
+
+
+def run_perturbation(ctx: RunContext, dataset: str, profile: Profile, seed: int) -> UnitResult:
+    from .. import CellPLM
+    from ..datasets import simulate_perturbseq
+    from ..tasks import PerturbationPredictor, PerturbationRecipe
+    from ..tasks.perturbation import METRICS
+
+    model = CellPLM.from_pretrained(ctx.checkpoint)
+    rng = np.random.default_rng(0)  # the same simulated data for every seed; the seed picks the split and fits
+    genes = sorted(rng.choice(model.genes, profile.perturbation_genes, replace=False).tolist())
+    adata = simulate_perturbseq(
+        profile.perturbation_genes,
+        n_regulators=min(64, profile.perturbation_genes // 4),  # the simulator's default, capped for tiny profiles
+        n_single=profile.perturbation_single,
+        n_combo=profile.perturbation_combo,
+        cells_per_perturbation=profile.perturbation_cells,
+        n_control=10 * profile.perturbation_cells,
+        gene_names=genes,
+        seed=0,
+    )
+    predictor = PerturbationPredictor.from_pretrained(
+        model, recipe=PerturbationRecipe(steps=profile.perturbation_steps)
+    )
+    result = predictor.score(adata, seeds=[seed], from_scratch=True)
+    table = result.to_frame().xs("all", level="group")
+    protocol = {
+        "data": f"simulated: {adata.n_obs} cells x {adata.n_vars} genes, knock-downs, singles and pairs",
+        "split": "GEARS-style (unseen singles; combinations with 0, 1, 2 genes seen)",
+        "n_test_perturbations": int(table["n_perturbations"].iloc[0]),
+        "steps": profile.perturbation_steps,
+    }
+    records = []
+    for name, row in table.iterrows():
+        method = "cellplm_fine_tuned" if name == "cellplm" else str(name)  # one name across tasks
+        wall = float(np.nansum([row.get("fit_seconds", np.nan), row.get("predict_seconds", np.nan)]))
+        metrics = {m: row[m] for m in METRICS}
+        family = "cellplm" if method.startswith("cellplm") else "baseline"
+        peak = row.get("peak_rss_increase_mb")
+        records.append(_record(method, family=family, metrics=metrics, wall_s=wall, peak_mb=peak, protocol=protocol))
+    return UnitResult(records)
+
+
+# -------------------------------------------------------------------------------------------- the registry
+HIGHER = "higher"
+LOWER = "lower"
+
+TASKS: dict[str, TaskSpec] = {
+    "clustering": TaskSpec(
+        title="Zero-shot clustering",
+        protocol=(
+            "Embeddings clustered by Leiden on a 15-NN graph at resolutions 0.1-1.4 (seeded), scored against the "
+            "labels by ARI / NMI.\nBest over resolutions (the paper's, optimistic), at resolution 1.0, and ARI at "
+            "the NMI-chosen resolution; CellPLM pretrained vs the same architecture untrained vs PCA (and scVI)."
+        ),
+        metrics={
+            "ari_best": {"label": "ARI (best over res.)", "better": HIGHER},
+            "nmi_best": {"label": "NMI (best over res.)", "better": HIGHER},
+            "ari_fixed": {"label": "ARI (res. 1.0)", "better": HIGHER},
+            "nmi_fixed": {"label": "NMI (res. 1.0)", "better": HIGHER},
+            "ari_at_nmi_choice": {"label": "ARI (NMI-chosen res.)", "better": HIGHER},
+        },
+        primary="ari_best",
+        datasets={"pbmc68k_reduced": DatasetCase(_load_pbmc68k, note="bulk-sorted labels, 10 types")},
+        run=run_clustering,
+    ),
+    "annotation": TaskSpec(
+        title="Cell type annotation",
+        protocol=(
+            "Stratified 80/20 split per seed; CellPLM fine-tuned (official recipe, early stopping on a validation "
+            "share of the training cells) and from scratch,\nbeside CellTypist-style logistic regression, L1 "
+            "logistic regression (C by 5-fold CV) and kNN on PCA, trained on the same cells; scored on the test cells."
+        ),
+        metrics={
+            "macro_f1": {"label": "macro F1", "better": HIGHER},
+            "macro_precision": {"label": "macro precision", "better": HIGHER},
+            "accuracy": {"label": "accuracy", "better": HIGHER},
+        },
+        primary="macro_f1",
+        datasets={"pbmc68k_reduced": DatasetCase(_load_pbmc68k, note="bulk-sorted labels, 10 types")},
+        run=run_annotation,
+    ),
+    "denoising": TaskSpec(
+        title="Denoising",
+        protocol=(
+            "10% of each cell's non-zero counts hidden (seeded); every method denoises the corrupted matrix.\n"
+            "RMSE / MAE at the hidden entries on log1p of counts normalised to 1e4 per cell (genes in the model's "
+            "vocabulary)."
+        ),
+        metrics={"rmse": {"label": "RMSE", "better": LOWER}, "mae": {"label": "MAE", "better": LOWER}},
+        primary="rmse",
+        datasets={
+            "pbmc3k": DatasetCase(_loader("pbmc3k")),
+            "celltypist_sample": DatasetCase(_loader("celltypist_sample")),
+            "mouse_10k_subset": DatasetCase(_loader("mouse_10k_subset")),
+        },
+        run=run_denoising,
+    ),
+    "imputation": TaskSpec(
+        title="Spatial imputation",
+        protocol=(
+            "Spatial genes dealt into 5 folds stratified by zero rate; each seed holds out some folds, every method "
+            "sees the rest and the reference.\nPer held-out gene on log1p values: Pearson r, cosine, RMSE (mean over "
+            "genes and folds); BDTNP values are pseudo counts."
+        ),
+        metrics={
+            "pearson": {"label": "Pearson r", "better": HIGHER},
+            "cosine": {"label": "cosine", "better": HIGHER},
+            "rmse": {"label": "RMSE", "better": LOWER},
+        },
+        primary="pearson",
+        datasets={
+            "bdtnp": DatasetCase(_load_bdtnp, note="BDTNP atlas (3-D) with the Drosophila Drop-seq reference"),
+            "merfish": DatasetCase(_load_merfish, note="MERFISH U-2 OS: sample 1 spatial, samples 2-3 reference"),
+        },
+        run=run_imputation,
+    ),
+    "perturbation": TaskSpec(
+        title="Perturbation prediction",
+        protocol=(
+            "Simulated Perturb-seq (a seeded random regulatory network drives NB counts); GEARS-style split per "
+            "seed.\nMean profile of each unseen perturbation scored against the truth: RMSE and Pearson of the "
+            "change (all genes, top-20 DE genes), direction accuracy."
+        ),
+        metrics={
+            "rmse": {"label": "RMSE all", "better": LOWER},
+            "rmse_top20": {"label": "RMSE top-20", "better": LOWER},
+            "pearson_delta": {"label": "Pearson Δ all", "better": HIGHER},
+            "pearson_delta_top20": {"label": "Pearson Δ top-20", "better": HIGHER},
+            "direction_accuracy_top20": {"label": "direction top-20", "better": HIGHER},
+        },
+        primary="rmse_top20",
+        datasets={"perturbseq_simulated": DatasetCase(_load_perturbseq, simulated=True)},
+        run=run_perturbation,
+    ),
+}

@@ -1,0 +1,152 @@
+"""`opencellplm benchmark`: the grid, resuming, failures that do not stop the rest, and the quick profile end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from opencellplm.benchmark import run as run_module
+from opencellplm.benchmark import tasks as task_module
+from opencellplm.benchmark.run import resolve_names, run_benchmark
+from opencellplm.benchmark.tasks import DatasetCase, TaskSpec, UnitResult
+from opencellplm.cli import main
+
+
+def _fake_task(calls: list, *, fail_seed: int | None = None) -> TaskSpec:
+    def run(ctx, dataset, data, seed):
+        calls.append((dataset, seed))
+        if seed == fail_seed:
+            raise RuntimeError("the fit diverged")
+        records = [
+            {"method": "cellplm_fine_tuned", "family": "cellplm", "status": "ok", "reason": None,
+             "metrics": {"score": 0.5 + seed}, "wall_s": 1.0, "peak_mb": 10.0},
+            {"method": "pca", "family": "baseline", "status": "ok", "reason": None,
+             "metrics": {"score": 0.4}, "wall_s": 0.1, "peak_mb": 1.0},
+            {"method": "scvi", "family": "baseline", "status": "skipped", "reason": "needs the scvi extra",
+             "metrics": {}},
+        ]  # fmt: skip
+        return UnitResult(records)
+
+    def broken(profile):
+        raise OSError("file is truncated")
+
+    return TaskSpec(
+        title="Fake",
+        protocol="line one\nline two",
+        metrics={"score": {"label": "score", "better": "higher"}},
+        primary="score",
+        datasets={"good": DatasetCase(lambda profile: "data"), "broken": DatasetCase(broken)},
+        run=run,
+    )
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(task_module, "TASKS", {"fake": _fake_task(calls)})
+    monkeypatch.setattr(run_module, "TASKS", task_module.TASKS)
+    return calls
+
+
+def test_records_cover_the_grid_and_a_data_set_that_fails_to_load_is_marked_failed(fake, tmp_path):
+    results = run_benchmark(tmp_path / "out", seeds=2, progress=False)
+    assert sorted(fake) == [("good", 0), ("good", 1)]
+    by_status = {(r["dataset"], r["method"], r["seed"]): r for r in results["records"]}
+    assert by_status[("good", "cellplm_fine_tuned", 1)]["metrics"] == {"score": 1.5}
+    assert by_status[("good", "scvi", 0)]["status"] == "skipped"
+    assert by_status[("good", "scvi", 0)]["reason"] == "needs the scvi extra"
+    failed = by_status[("broken", "(all methods)", 0)]
+    assert failed["status"] == "failed" and "data set failed to load: OSError: file is truncated" in failed["reason"]
+    record = by_status[("good", "pca", 0)]
+    for key in ("task", "dataset", "method", "seed", "family", "simulated", "status", "metrics", "wall_s", "peak_mb"):
+        assert key in record
+    assert record["versions"]["opencellplm"] and record["versions"]["torch"]
+    assert by_status[("good", "cellplm_fine_tuned", 0)]["checkpoint"]["sha256"]
+    on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert on_disk["records"] == results["records"] and on_disk["wall_s"] is not None
+    assert on_disk["tasks"]["fake"]["metrics"]["score"]["better"] == "higher"
+    assert not list((tmp_path / "out").glob(".*partial"))
+
+
+def test_a_stopped_run_continues_with_the_records_it_has_and_retries_failures(fake, monkeypatch, tmp_path):
+    calls = fake
+    monkeypatch.setattr(task_module, "TASKS", {"fake": _fake_task(calls, fail_seed=1)})
+    monkeypatch.setattr(run_module, "TASKS", task_module.TASKS)
+    first = run_benchmark(tmp_path, datasets=["good"], seeds=3, progress=False)
+    failed = [r for r in first["records"] if r["status"] == "failed"]
+    assert [r["seed"] for r in failed] == [1] and "RuntimeError: the fit diverged" in failed[0]["reason"]
+    calls.clear()
+    monkeypatch.setattr(task_module, "TASKS", {"fake": _fake_task(calls)})
+    monkeypatch.setattr(run_module, "TASKS", task_module.TASKS)
+    second = run_benchmark(tmp_path, datasets=["good"], seeds=3, progress=False)
+    assert calls == [("good", 1)]  # only the failed unit ran again
+    assert not [r for r in second["records"] if r["status"] == "failed"]
+    assert len([r for r in second["records"] if r["method"] == "pca"]) == 3
+
+
+def test_results_of_other_settings_are_never_mixed_or_overwritten(fake, tmp_path):
+    run_benchmark(tmp_path, datasets=["good"], progress=False)
+    before = (tmp_path / "results.json").read_bytes()
+    with pytest.raises(ValueError, match=r"holds results of other settings \(profile: 'quick' there, 'full' now\)"):
+        run_benchmark(tmp_path, datasets=["good"], profile="full", progress=False)
+    assert (tmp_path / "results.json").read_bytes() == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "results.json").write_text('{"something": "else"}')
+    with pytest.raises(ValueError, match="is not a results file of this benchmark"):
+        run_benchmark(tmp_path / "other", progress=False)
+    assert (tmp_path / "other" / "results.json").read_text() == '{"something": "else"}'
+
+
+def test_unknown_names_list_the_valid_ones(capsys, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['clusterin'\]; choose among \['clustering', "):
+        resolve_names(["clusterin"], None)
+    with pytest.raises(ValueError, match=r"unknown data set\(s\) \['pbmc'\]; choose among \['bdtnp', "):
+        resolve_names(None, ["pbmc"])
+    with pytest.raises(ValueError, match=r"no task runs on the data sets \['bdtnp'\]"):
+        resolve_names(["clustering"], ["bdtnp"])
+    assert main(["benchmark", "--quick", "--tasks", "nope", "--out", str(tmp_path / "b")]) == 2
+    assert "unknown task(s) ['nope']; choose among" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_quick_profile_end_to_end_on_the_data_that_ship_offline(tmp_path, capsys):
+    """PBMC 68k reduced ships with scanpy, the Perturb-seq data are simulated: no download."""
+    out = tmp_path / "bench"
+    tasks = ["clustering", "annotation", "perturbation"]
+    assert main(["-q", "benchmark", "--quick", "--tasks", *tasks, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema_version"] == 1 and results["profile"] == "quick"
+    assert set(results["tasks"]) == set(tasks)
+    grid = {(r["task"], r["dataset"], r["method"]) for r in results["records"]}
+    assert ("clustering", "pbmc68k_reduced", "cellplm_zero_shot") in grid
+    assert ("clustering", "pbmc68k_reduced", "pca") in grid
+    assert {("annotation", "pbmc68k_reduced", m) for m in ("cellplm_fine_tuned", "cellplm_from_scratch")} <= grid
+    assert ("annotation", "pbmc68k_reduced", "celltypist_style") in grid
+    assert ("perturbation", "perturbseq_simulated", "additive") in grid
+    assert all(r["status"] in ("ok", "skipped") for r in results["records"])
+    ok = [r for r in results["records"] if r["status"] == "ok"]
+    assert all(set(r["metrics"]) == set(results["tasks"][r["task"]]["metrics"]) for r in ok)
+    assert all(r["simulated"] == (r["task"] == "perturbation") for r in results["records"])
+    if importlib.util.find_spec("scvi") is None:  # an optional baseline is said to be skipped, never missing
+        scvi = [r for r in results["records"] if r["method"] == "scvi"]
+        assert scvi and all(r["status"] == "skipped" and "scvi" in r["reason"] for r in scvi)
+    report = (out / "report.md").read_text()
+    assert "Zero-shot clustering" in report and "Cell type annotation" in report
+    real, simulated = report.split("# Simulated data", 1)  # simulated data in its own section, after the real
+    assert "perturbseq_simulated" in simulated and "perturbseq_simulated" not in real
+    for link in [part.split(")")[0] for part in report.split("](")[1:]]:
+        if link.endswith(".png"):
+            assert (out / link).is_file(), link
+    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(
+    os.environ.get("OPENCELLPLM_TEST_DOWNLOADS") != "1", reason="set OPENCELLPLM_TEST_DOWNLOADS=1 (downloads data sets)"
+)
+def test_quick_profile_on_every_data_set(tmp_path):
+    results = run_benchmark(tmp_path, profile="quick", progress=False)
+    assert {r["dataset"] for r in results["records"]} >= {"pbmc3k", "bdtnp", "merfish"}
+    assert not [r for r in results["records"] if r["status"] == "failed"]
