@@ -1,0 +1,331 @@
+"""The benchmark report: sections, tables, bold bests, the verdict sentence, reasons, figures, safe writing."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from opencellplm.benchmark import write_report
+from opencellplm.benchmark.report import (
+    README_END,
+    README_START,
+    readme_section,
+    summary_tables,
+    update_readme,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SCVI_REASON = "extra 'scvi' not installed (pip install 'opencellplm[scvi]')"
+OOM_REASON = "RuntimeError: out of memory"
+LOAD_REASON = "data set failed to load: merfish_small.h5ad not found"
+
+
+def _record(task, dataset, method, seed, family, *, simulated=False, status="ok", reason=None, metrics=None):
+    return {
+        "task": task,
+        "dataset": dataset,
+        "method": method,
+        "seed": seed,
+        "family": family,
+        "simulated": simulated,
+        "status": status,
+        "reason": reason,
+        "metrics": metrics or {},
+        "wall_s": 1.0 + seed if status == "ok" else None,
+        "peak_mb": 100.0 + 10 * seed if status == "ok" else None,
+        "checkpoint": {"name": "cellplm-small", "sha256": "0123456789abcdef" * 4},
+        "versions": {"opencellplm": "0.1.0"},
+        "protocol": {},
+    }
+
+
+def _results() -> dict:
+    records = []
+    # Clustering on real data: CellPLM wins ARI against knn_on_pca, loses NMI against pca.
+    clustering = {
+        "cellplm_zero_shot": ("cellplm", [0.60, 0.62], [0.54, 0.56]),
+        "pca": ("baseline", [0.40, 0.42], [0.59, 0.61]),
+        "knn_on_pca": ("baseline", [0.51, 0.53], [0.50, 0.52]),
+    }
+    for method, (family, ari, nmi) in clustering.items():
+        for seed in (0, 1):
+            metrics = {"ari_best": ari[seed], "nmi": nmi[seed]}
+            records.append(_record("clustering", "pbmc_tiny", method, seed, family, metrics=metrics))
+    for seed in (0, 1):
+        records.append(
+            _record("clustering", "pbmc_tiny", "scvi", seed, "baseline", status="skipped", reason=SCVI_REASON)
+        )
+    records.append(
+        _record("clustering", "pbmc_tiny", "cellplm_fine_tuned", 0, "cellplm", status="failed", reason=OOM_REASON)
+    )
+    # Imputation on simulated data: CellPLM best on RMSE (lower is better), knn_impute best on Pearson.
+    imputation = {
+        "cellplm_imputer": ("cellplm", [0.30, 0.32], [0.60, 0.62]),
+        "mean_expression": ("baseline", [0.90, 0.92], [0.10, 0.12]),
+        "knn_impute": ("baseline", [0.40, 0.42], [0.70, 0.72]),
+    }
+    for method, (family, rmse, pearson) in imputation.items():
+        for seed in (0, 1):
+            metrics = {"rmse": rmse[seed], "pearson": pearson[seed]}
+            records.append(_record("imputation", "sim_spatial", method, seed, family, simulated=True, metrics=metrics))
+    # A real data set that failed to load.
+    records.append(
+        _record("imputation", "merfish_small", "cellplm_imputer", 0, "cellplm", status="failed", reason=LOAD_REASON)
+    )
+    return {
+        "schema_version": 1,
+        "profile": "quick",
+        "settings": {"tasks": ["clustering", "imputation"], "seeds": [0, 1]},
+        "environment": {"opencellplm": "0.1.0", "torch": "2.13.0", "python": "3.11.2", "torch_threads": 2},
+        "started": "2026-11-27T15:00:00+00:00",
+        "finished": "2026-11-27T15:02:03+00:00",
+        "wall_s": 123.4,
+        "tasks": {
+            "clustering": {
+                "title": "Zero-shot clustering",
+                "protocol": "Leiden on each representation over a grid of resolutions.\nBest ARI and NMI over it.",
+                "metrics": {
+                    "ari_best": {"label": "ARI (best over resolutions)", "better": "higher"},
+                    "nmi": {"label": "NMI", "better": "higher"},
+                },
+                "primary": "ari_best",
+            },
+            "imputation": {
+                "title": "Spatial imputation",
+                "protocol": "One gene held out of the spatial panel.\nPredicted from the other genes.",
+                "metrics": {
+                    "rmse": {"label": "RMSE", "better": "lower"},
+                    "pearson": {"label": "Pearson r", "better": "higher"},
+                },
+                "primary": "rmse",
+            },
+        },
+        "records": records,
+        "artifacts": {
+            "umap": [{"task": "clustering", "dataset": "pbmc_tiny", "seed": 0, "path": "artifacts/umap.npz"}],
+            "spatial_map": [
+                {"task": "imputation", "dataset": "sim_spatial", "seed": 0, "path": "artifacts/spatial.npz"}
+            ],
+        },
+    }
+
+
+def _write_artifacts(out: Path) -> None:
+    rng = np.random.default_rng(0)
+    (out / "artifacts").mkdir(parents=True)
+    labels = np.repeat(np.array(["B cell", "T cell", "monocyte"]), 20)
+    centres = rng.normal(scale=4, size=(3, 8))
+    cellplm = centres[np.repeat(np.arange(3), 20)] + rng.normal(size=(60, 8))
+    cellplm[:3] = np.nan  # cells the model left out
+    pca = rng.normal(size=(60, 5))
+    np.savez(out / "artifacts" / "umap.npz", labels=labels, cellplm_zero_shot=cellplm, pca=pca)
+    coords = rng.uniform(size=(80, 3)) * [100, 40, 10]
+    truth = np.sin(coords[:, 0] / 15)
+    np.savez(
+        out / "artifacts" / "spatial.npz",
+        coords=coords,
+        gene=np.array("eve"),
+        truth=truth,
+        **{"pred:cellplm_imputer": truth + rng.normal(scale=0.2, size=80), "pred:knn_impute": truth * 0.5},
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, dict, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    results = _results()
+    _write_artifacts(out)
+    (out / "results.json").write_text(json.dumps(results))
+    (out / "figures").mkdir()
+    (out / "figures" / "mine.png").write_bytes(b"not ours")  # a file the report must leave alone
+    (out / "notes.txt").write_text("keep me")
+    report = write_report(out)  # reads results.json
+    return out, results, report
+
+
+def _section(text: str, heading: str) -> str:
+    """The text from ``heading`` to the next heading of the same or a higher level."""
+    start = text.index(heading + "\n")
+    level = len(heading) - len(heading.lstrip("#"))
+    rest = text[start + len(heading) + 1 :]
+    ends = [m.start() for m in re.finditer(rf"^#{{1,{level}}} ", rest, flags=re.M)]
+    return heading + "\n" + rest[: ends[0] if ends else len(rest)]
+
+
+def _row(section: str, method: str) -> list[str]:
+    line = next(line for line in section.splitlines() if line.startswith(f"| `{method}` |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_report_sections_and_header(run):
+    out, _, report = run
+    assert report == out / "report.md" and report.is_file()
+    text = report.read_text()
+    assert text.startswith("# ")
+    for expected in ("Profile: quick", "123.4 s", "cellplm-small (sha256 0123456789ab)", "torch 2.13.0"):
+        assert expected in text
+    assert "12 ok, 2 failed, 2 skipped" in text
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    names = [h for h in headings if h != "## At a glance"]
+    assert names == [
+        "## Zero-shot clustering (`clustering`)",
+        "## Spatial imputation (`imputation`)",
+        "## Simulated data",
+    ]
+    simulated = _section(text, "## Simulated data")
+    assert "### Spatial imputation: sim_spatial (simulated)" in simulated
+    assert "On this simulated data set, CellPLM" in simulated
+    # The simulated data set is not in the real-data section of its task.
+    assert "sim_spatial" not in _section(text, "## Spatial imputation (`imputation`)").split("![")[0]
+    assert "> Leiden on each representation" in text and "> Best ARI and NMI over it." in text
+
+
+def test_table_cells_and_bold(run):
+    _, _, report = run
+    text = report.read_text()
+    clustering = _section(text, "### pbmc_tiny")
+    row = _row(clustering, "cellplm_zero_shot")
+    assert row[:3] == ["`cellplm_zero_shot`", "CellPLM", "2"]
+    assert re.fullmatch(r"\*\*0\.610 ± 0\.014\*\*", row[3])  # best ARI: bold, mean ± sd
+    assert row[5] == "1.5 ± 0.7" and row[6] == "105.0 ± 7.1"  # wall s, peak MB: 1 decimal
+    assert _row(clustering, "pca")[4].startswith("**0.600")  # best NMI is pca's
+    assert not _row(clustering, "cellplm_zero_shot")[4].startswith("**")
+    # Rows: the CellPLM family first.
+    methods = [line.split("`")[1] for line in clustering.splitlines() if line.startswith("| `")]
+    assert methods == ["cellplm_zero_shot", "pca", "knn_on_pca"]
+
+    simulated = _section(text, "### Spatial imputation: sim_spatial (simulated)")
+    assert _row(simulated, "cellplm_imputer")[3].startswith("**0.310 ± ")  # lower is better: lowest bold
+    assert not _row(simulated, "mean_expression")[3].startswith("**")
+    assert _row(simulated, "knn_impute")[4].startswith("**0.710 ± ")  # higher is better: highest bold
+    assert not _row(simulated, "cellplm_imputer")[4].startswith("**")
+
+
+def test_verdict_sentence(run):
+    _, _, report = run
+    text = report.read_text()
+    assert (
+        "CellPLM (cellplm_zero_shot) beats the best baseline on ARI (best over resolutions) "
+        "(0.610 vs 0.520, knn_on_pca) and loses on NMI (0.550 vs 0.600, pca)." in text
+    )
+    assert (
+        "On this simulated data set, CellPLM (cellplm_imputer) beats the best baseline on RMSE "
+        "(0.310 vs 0.410, knn_impute) and loses on Pearson r (0.610 vs 0.710, knn_impute)." in text
+    )
+
+
+def test_failed_and_skipped_reasons(run):
+    _, _, report = run
+    text = report.read_text()
+    clustering = _section(text, "### pbmc_tiny")
+    assert f"- `scvi` (baseline) skipped on seeds 0, 1: {SCVI_REASON}" in clustering
+    assert f"- `cellplm_fine_tuned` (CellPLM) failed on seed 0: {OOM_REASON}" in clustering
+    failed_load = _section(text, "### merfish_small")
+    assert "No method produced a result on this data set, so there is nothing to compare." in failed_load
+    assert LOAD_REASON in failed_load
+
+
+def test_figures_exist_and_nothing_else_touched(run):
+    out, _, report = run
+    links = re.findall(r"\]\((figures/[^)]+)\)", report.read_text())
+    names = {Path(link).name for link in links}
+    assert {
+        "bars_clustering.png",
+        "time_clustering.png",
+        "bars_imputation.png",
+        "time_imputation.png",
+        "umap_clustering_pbmc_tiny.png",
+        "spatial_imputation_sim_spatial.png",
+    } <= names
+    for link in links:
+        assert (out / link).read_bytes()[:8] == PNG_MAGIC
+    assert "Figures not drawn" not in report.read_text()
+    assert (out / "figures" / "mine.png").read_bytes() == b"not ours"
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert not [p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".partial")]
+
+
+def test_broken_artifact_is_listed_not_fatal(tmp_path):
+    results = _results()
+    results["artifacts"] = {
+        "spatial_map": [{"task": "imputation", "dataset": "sim_spatial", "seed": 0, "path": "gone.npz"}]
+    }
+    report = write_report(tmp_path, results)
+    text = report.read_text()
+    assert "## Figures not drawn" in text and "gone.npz" in text
+    assert not (tmp_path / "figures" / "spatial_imputation_sim_spatial.png").exists()
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".partial")]
+
+
+def test_summary_tables():
+    tables = summary_tables(_results())
+    assert list(tables) == [("clustering", "pbmc_tiny"), ("imputation", "sim_spatial"), ("imputation", "merfish_small")]
+    frame = tables[("clustering", "pbmc_tiny")]
+    assert list(frame.index) == ["cellplm_zero_shot", "pca", "knn_on_pca"]  # only methods with an ok record
+    assert frame.at["pca", "n_seeds"] == 2 and frame.at["pca", "family"] == "baseline"
+    assert frame.at["pca", "nmi_mean"] == pytest.approx(0.60)
+    assert frame.at["pca", "nmi_sd"] == pytest.approx(np.std([0.59, 0.61], ddof=1))
+    assert tables[("imputation", "sim_spatial")].attrs["simulated"] is True
+    assert tables[("imputation", "merfish_small")].empty
+
+
+def test_one_seed_shows_the_mean_alone_and_missing_family_is_said():
+    results = _results()
+    results["records"] = [r for r in results["records"] if r["seed"] == 0 and r["family"] == "baseline"]
+    section = readme_section(results)
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert rows and not any("±" in row for row in rows)  # one seed: the mean alone
+    assert "| `pca` | baseline | 1 | 0.400 |" in section
+    assert "no CellPLM method produced a result" in section
+
+
+def test_gap_within_the_seeds_sd_is_said():
+    results = _results()
+    for record in results["records"]:
+        if record["method"] == "pca":  # NMI 0.540 ± 0.085 against CellPLM's 0.550 ± 0.014
+            record["metrics"]["nmi"] = [0.48, 0.60][record["seed"]]
+    section = readme_section(results)
+    assert "knn_on_pca) and NMI (0.550 vs 0.540, pca; within the seeds' sd)." in section
+    assert (
+        "CellPLM (cellplm_zero_shot) beats the best baseline on ARI (best over resolutions) (0.610 vs 0.520" in section
+    )
+
+
+def test_update_readme_replaces_only_between_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    before, after = "# Project\n\nIntro text.\n\n", "\n\n## Licence\n\nBSD.\n"
+    readme.write_text(f"{before}{README_START}\nold table\n{README_END}{after}")
+    results = _results()
+    assert update_readme(readme, results) == readme
+    text = readme.read_text()
+    assert text.startswith(before + README_START) and text.endswith(README_END + after)
+    inside = text[text.index(README_START) + len(README_START) : text.index(README_END)]
+    assert "old table" not in inside and inside.strip() == readme_section(results).strip()
+    assert "![" not in inside  # no figures in the README
+    update_readme(readme, results)
+    assert readme.read_text() == text  # idempotent
+    assert [p.name for p in tmp_path.iterdir()] == ["README.md"]
+
+
+@pytest.mark.parametrize(
+    "content", ["no markers here\n", f"{README_START}\nx\n", f"{README_START}\n{README_END}\n{README_END}\n"]
+)
+def test_update_readme_refuses_bad_markers(tmp_path, content):
+    readme = tmp_path / "README.md"
+    readme.write_text(content)
+    with pytest.raises(ValueError, match="marker"):
+        update_readme(readme, _results())
+    assert readme.read_text() == content
+
+
+def test_update_readme_keeps_line_endings_outside_the_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_bytes(f"# Title\r\n\r\n{README_START}\r\nold\r\n{README_END}\r\nTail\r\n".encode())
+    update_readme(readme, _results())
+    content = readme.read_bytes()
+    assert content.startswith(f"# Title\r\n\r\n{README_START}\n".encode())
+    assert content.endswith(f"{README_END}\r\nTail\r\n".encode())
