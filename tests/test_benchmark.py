@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from dataclasses import replace
 
 import pytest
 
+from opencellplm.benchmark import PROFILES
 from opencellplm.benchmark import run as run_module
 from opencellplm.benchmark import tasks as task_module
 from opencellplm.benchmark.run import resolve_names, run_benchmark
@@ -93,6 +95,10 @@ def test_results_of_other_settings_are_never_mixed_or_overwritten(fake, tmp_path
     with pytest.raises(ValueError, match=r"holds results of other settings \(profile: 'quick' there, 'full' now\)"):
         run_benchmark(tmp_path, datasets=["good"], profile="full", progress=False)
     assert (tmp_path / "results.json").read_bytes() == before
+    longer = replace(PROFILES["quick"], annotation_steps=99)
+    with pytest.raises(ValueError, match=r"profile_settings.annotation_steps: 10 there, 99 now"):
+        run_benchmark(tmp_path, datasets=["good"], profile=longer, progress=False)
+    assert (tmp_path / "results.json").read_bytes() == before
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "results.json").write_text('{"something": "else"}')
     with pytest.raises(ValueError, match="is not a results file of this benchmark"):
@@ -135,8 +141,10 @@ def test_quick_profile_end_to_end_on_the_data_that_ship_offline(tmp_path, capsys
         assert scvi and all(r["status"] == "skipped" and "scvi" in r["reason"] for r in scvi)
     report = (out / "report.md").read_text()
     assert "Zero-shot clustering" in report and "Cell type annotation" in report
-    real, simulated = report.split("# Simulated data", 1)  # simulated data in its own section, after the real
-    assert "perturbseq_simulated" in simulated and "perturbseq_simulated" not in real
+    real, simulated = report.split("## Simulated data", 1)  # simulated data in their own section, after the real
+    assert "### Perturbation prediction: perturbseq_simulated (simulated)" in simulated
+    assert "| `additive` |" in simulated and "| `additive` |" not in real
+    assert "| `celltypist_style` |" in real and "**" in real  # a table with its best marked
     for link in [part.split(")")[0] for part in report.split("](")[1:]]:
         if link.endswith(".png"):
             assert (out / link).is_file(), link

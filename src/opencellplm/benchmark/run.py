@@ -31,7 +31,7 @@ SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
 ARTIFACTS_DIR = "artifacts"
 #: Settings that must match for a run to continue the records already in its folder.
-RESUME_KEYS = ("profile", "checkpoint", "checkpoint_sha256")
+RESUME_KEYS = ("profile", "checkpoint", "checkpoint_sha256", "profile_settings")
 
 
 def environment() -> dict[str, Any]:
@@ -230,11 +230,14 @@ def _load_or_start(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
         if results.get("schema_version") != SCHEMA_VERSION or "records" not in results:
             raise ValueError(f"{path} is not a results file of this benchmark (schema); choose another --out")
         previous = results.get("settings", {})
-        clash = {k: (previous.get(k), settings[k]) for k in RESUME_KEYS if previous.get(k) != settings[k]}
+        now = json.loads(json.dumps(settings, default=_json_default))  # tuples as JSON reads them back: lists
+        differ = [k for k in RESUME_KEYS if previous.get(k) != now[k]]
+        if "profile" in differ and "profile_settings" in differ:  # another profile: no need to list its sizes
+            differ.remove("profile_settings")
+        clash = [_difference(k, previous.get(k), now[k]) for k in differ]
         if clash:
-            details = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in clash.items())
             raise ValueError(
-                f"{path} holds results of other settings ({details}): continue them with the same settings, "
+                f"{path} holds results of other settings ({'; '.join(clash)}): continue them with the same settings, "
                 "or choose another --out"
             )
         logger.info("continuing %s: %d records", path, len(results["records"]))
@@ -254,6 +257,13 @@ def _load_or_start(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
         "records": [],
         "artifacts": {},
     }
+
+
+def _difference(key: str, old: Any, new: Any) -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        return "; ".join(f"{key}.{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys)
+    return f"{key}: {old!r} there, {new!r} now"
 
 
 def _save(out: Path, results: dict[str, Any]) -> None:

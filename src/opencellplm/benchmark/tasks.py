@@ -139,7 +139,7 @@ def run_clustering(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResul
         from ..baselines import pca_embedding
 
         representations["pca"] = pca_embedding(adata, seed=0).prediction
-        np.savez_compressed(path, labels=adata.obs["cell_type"].astype(str).to_numpy(), **representations)
+        np.savez_compressed(path, labels=adata.obs["cell_type"].to_numpy().astype(str), **representations)
         artifacts["umap"] = [{"task": "clustering", "dataset": dataset, "seed": seed, "path": path.name}]
     return UnitResult(records, artifacts)
 
@@ -328,7 +328,7 @@ def run_imputation(ctx: RunContext, dataset: str, data: dict, seed: int) -> Unit
         np.savez_compressed(
             path,
             coords=np.asarray(data["spatial"].obsm["spatial"], dtype=float),
-            gene=np.array(example["gene"]),
+            gene=np.array(str(example["gene"])),
             truth=example["truth"],
             **predictions,
         )
