@@ -158,3 +158,37 @@ def test_quick_profile_on_every_data_set(tmp_path):
     results = run_benchmark(tmp_path, profile="quick", progress=False)
     assert {r["dataset"] for r in results["records"]} >= {"pbmc3k", "bdtnp", "merfish"}
     assert not [r for r in results["records"] if r["status"] == "failed"]
+
+
+def test_denoising_and_imputation_runners_turn_scores_into_records(tmp_path):
+    """The two tasks whose real data are downloads, on synthetic counts with genes of the shipped vocabulary."""
+    import numpy as np
+
+    from opencellplm import CellPLM
+    from opencellplm.benchmark.tasks import RunContext, run_denoising, run_imputation
+    from opencellplm.testing import synthetic_adata
+
+    genes = CellPLM.from_pretrained("cellplm-small").genes[:120]
+    ctx = RunContext("cellplm-small", PROFILES["quick"], tmp_path)
+    cells = synthetic_adata(120, 120, gene_names=genes, seed=1)
+    denoising = run_denoising(ctx, "synthetic", cells, 0).records
+    methods = {r["method"]: r for r in denoising}
+    assert {"cellplm_zero_shot", "cellplm_fine_tuned", "cellplm_from_scratch", "unchanged", "knn_smoothing"} <= set(
+        methods
+    )
+    assert set(methods["knn_smoothing"]["metrics"]) == {"rmse", "mae"}
+    assert methods["cellplm_fine_tuned"]["family"] == "cellplm" and methods["unchanged"]["family"] == "baseline"
+
+    spatial = synthetic_adata(100, 120, gene_names=genes, spatial=True, seed=2)[:, :80].copy()
+    reference = synthetic_adata(100, 120, gene_names=genes, seed=3)
+    data = {"spatial": spatial, "reference": reference, "values": "counts", "max_per_bin": 5, "extend": False}
+    unit = run_imputation(ctx, "synthetic", data | {"max_cells": 60}, 0)
+    methods = {r["method"]: r for r in unit.records}
+    assert {"cellplm_fine_tuned", "cellplm_from_scratch", "reference_mean", "spage_style"} <= set(methods)
+    assert methods["tangram"]["status"] == "skipped" and methods["tangram"]["reason"]
+    assert set(methods["spage_style"]["metrics"]) == {"pearson", "cosine", "rmse"}
+    (entry,) = unit.artifacts["spatial_map"]
+    with np.load(tmp_path / entry["path"]) as example:
+        assert example["truth"].shape == (100,) and example["coords"].shape[0] == 100
+        assert {f"pred:{m}" for m in ("cellplm_fine_tuned", "spage_style")} <= set(example.files)
+        assert str(example["gene"]) in set(genes[:80])
