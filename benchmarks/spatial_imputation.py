@@ -31,39 +31,20 @@ import time
 import warnings
 
 import anndata as ad
-import numpy as np
 import pandas as pd
-import scanpy as sc
 
-from opencellplm import datasets
-from opencellplm.data.pseudocounts import counts_from_intensities, counts_from_log2
+from opencellplm.benchmark.tasks import bdtnp_pair, merfish_pair
 from opencellplm.tasks.imputation import DEFAULT_VARIANTS, VARIANTS, ImputationRecipe, SpatialImputer
 
 
-def bdtnp_pair() -> tuple[ad.AnnData, ad.AnnData, str, int | None]:
-    atlas, drosophila = datasets.bdtnp_atlas(), datasets.drosophila_scrnaseq()
-    spatial_counts, spatial_note = counts_from_intensities(atlas.X.toarray())
-    reference_counts, reference_note = counts_from_log2(drosophila.X.toarray())
-    spatial = ad.AnnData(spatial_counts, obs=atlas.obs[[]].copy(), obsm={"spatial": atlas.obsm["spatial"]})
-    spatial.var_names = [f"dmel:{g}" for g in atlas.var_names]
-    reference = ad.AnnData(reference_counts, obs=drosophila.obs[[]].copy())
-    reference.var_names = [f"dmel:{g}" for g in drosophila.var_names]
-    return spatial, reference, f"spatial {spatial_note}; reference {reference_note}", None
+def bdtnp() -> tuple[ad.AnnData, ad.AnnData, str, int | None]:
+    data = bdtnp_pair()
+    return data["spatial"], data["reference"], data["values"], data["max_per_bin"]
 
 
-def merfish_pair(n_genes: int = 2000) -> tuple[ad.AnnData, ad.AnnData, str, int | None]:
-    merfish = datasets.merfish_u2os()
-    spatial = merfish[merfish.obs["sample"] == "sample_1"].copy()
-    reference = merfish[merfish.obs["sample"] != "sample_1"].copy()
-    expressed = (np.asarray((spatial.X > 0).sum(0)).ravel() > 0) & (np.asarray((reference.X > 0).sum(0)).ravel() > 0)
-    spatial, reference = spatial[:, expressed].copy(), reference[:, expressed].copy()
-    log = reference.copy()
-    sc.pp.normalize_total(log, target_sum=1e4)
-    sc.pp.log1p(log)
-    sc.pp.highly_variable_genes(log, flavor="seurat", n_top_genes=n_genes)
-    variable = log.var["highly_variable"].to_numpy()
-    note = f"raw MERFISH counts of the {n_genes} most variable genes of the reference samples (expressed in both)"
-    return spatial[:, variable].copy(), reference[:, variable].copy(), note, 25
+def merfish() -> tuple[ad.AnnData, ad.AnnData, str, int | None]:
+    data = merfish_pair()
+    return data["spatial"], data["reference"], data["values"], data["max_per_bin"]
 
 
 #: Per data set: the largest cell set (MERFISH's 645 spatial cells then form two tiles, one held out for validation)
@@ -74,7 +55,7 @@ SETTINGS = {
 }
 
 
-PAIRS = {"bdtnp": bdtnp_pair, "merfish": merfish_pair}
+PAIRS = {"bdtnp": bdtnp, "merfish": merfish}
 
 
 def main() -> None:

@@ -217,14 +217,22 @@ def run_denoising(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResult
 
 
 # -------------------------------------------------------------------------------------------- imputation
-def _load_bdtnp(profile: Profile):
+def bdtnp_pair(max_cells: int | None = None) -> dict[str, Any]:
+    """The BDTNP atlas (spatial, 3-D) and the Drosophila Drop-seq reference, as pseudo counts with ``dmel:`` ids.
+
+    Neither ships counts: the atlas's normalised intensities enter as ``rint(100 * intensity)``, the
+    reference's ``log2(1 + scaled counts)`` as ``rint((2**v - 1) / (2**v_min - 1))`` per cell
+    (:mod:`opencellplm.data.pseudocounts`). Fly ids get a prefix, so that no fly gene borrows a human gene's
+    row by a shared symbol (the vocabulary is extended instead). ``max_cells``: a seeded subset of each.
+    Returns the arguments of the imputation runner.
+    """
     import anndata as ad
 
     from .. import datasets
     from ..data.pseudocounts import counts_from_intensities, counts_from_log2
 
     atlas, drosophila = datasets.bdtnp_atlas(), datasets.drosophila_scrnaseq()
-    atlas = _subset(atlas, profile.imputation_max_cells)
+    atlas = _subset(atlas, max_cells)
     spatial_counts, spatial_note = counts_from_intensities(
         atlas.X.toarray() if hasattr(atlas.X, "toarray") else atlas.X
     )
@@ -235,8 +243,8 @@ def _load_bdtnp(profile: Profile):
     spatial.var_names = [f"dmel:{g}" for g in atlas.var_names]
     reference = ad.AnnData(reference_counts, obs=drosophila.obs[[]].copy())
     reference.var_names = [f"dmel:{g}" for g in drosophila.var_names]
-    reference = _subset(reference, profile.imputation_max_cells)
-    values = f"pseudo counts: spatial {spatial_note}; reference {reference_note}"
+    reference = _subset(reference, max_cells)
+    values = f"spatial {spatial_note}; reference {reference_note}"
     return {
         "spatial": spatial,
         "reference": reference,
@@ -247,7 +255,9 @@ def _load_bdtnp(profile: Profile):
     }
 
 
-def _load_merfish(profile: Profile, n_genes: int = 2000):
+def merfish_pair(max_cells: int | None = None, n_genes: int = 2000) -> dict[str, Any]:
+    """MERFISH U-2 OS: sample 1 as the spatial data, samples 2-3 as the reference, raw counts of the ``n_genes``
+    most variable genes of the reference (expressed in both). ``max_cells``: a seeded subset of each."""
     import scanpy as sc
 
     from .. import datasets
@@ -255,8 +265,8 @@ def _load_merfish(profile: Profile, n_genes: int = 2000):
     merfish = datasets.merfish_u2os()
     spatial = merfish[merfish.obs["sample"] == "sample_1"].copy()
     reference = merfish[merfish.obs["sample"] != "sample_1"].copy()
-    spatial = _subset(spatial, profile.imputation_max_cells)
-    reference = _subset(reference, profile.imputation_max_cells)
+    spatial = _subset(spatial, max_cells)
+    reference = _subset(reference, max_cells)
     expressed = (np.asarray((spatial.X > 0).sum(0)).ravel() > 0) & (np.asarray((reference.X > 0).sum(0)).ravel() > 0)
     spatial, reference = spatial[:, expressed].copy(), reference[:, expressed].copy()
     log = reference.copy()
@@ -268,7 +278,7 @@ def _load_merfish(profile: Profile, n_genes: int = 2000):
         "spatial": spatial[:, variable].copy(),
         "reference": reference[:, variable].copy(),
         "values": f"raw MERFISH counts, the {int(variable.sum())} most variable genes of the reference samples",
-        "max_per_bin": profile.imputation_max_per_bin,
+        "max_per_bin": 25,
         "extend": False,
         "reference_sample_key": "sample",
         "max_cells": 350,  # the 645 spatial cells form two tiles, one held out for validation
@@ -451,8 +461,16 @@ TASKS: dict[str, TaskSpec] = {
         },
         primary="pearson",
         datasets={
-            "bdtnp": DatasetCase(_load_bdtnp, note="BDTNP atlas (3-D) with the Drosophila Drop-seq reference"),
-            "merfish": DatasetCase(_load_merfish, note="MERFISH U-2 OS: sample 1 spatial, samples 2-3 reference"),
+            "bdtnp": DatasetCase(
+                lambda profile: bdtnp_pair(profile.imputation_max_cells),
+                note="BDTNP atlas (3-D) with the Drosophila Drop-seq reference",
+            ),
+            "merfish": DatasetCase(
+                lambda profile: (
+                    merfish_pair(profile.imputation_max_cells) | {"max_per_bin": profile.imputation_max_per_bin}
+                ),
+                note="MERFISH U-2 OS: sample 1 spatial, samples 2-3 reference",
+            ),
         },
         run=run_imputation,
     ),
