@@ -201,6 +201,11 @@ def test_cli_fit_predict_score(base, cells, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "method (inductive)" in table and "cellplm" in table and "knn_on_pca" in table
     assert json.loads((tmp_path / "s.json").read_text())["n_test"] == 60
+    (tmp_path / "s.json").write_text("the user's notes")  # an existing --json file is never replaced silently
+    assert main([*score, "--baselines", "knn_on_pca", "--json", str(tmp_path / "s.json")]) == 2
+    assert (tmp_path / "s.json").read_text() == "the user's notes"
+    assert main([*score, "--baselines", "knn_on_pca", "--json", str(tmp_path / "s.json"), "--overwrite"]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["n_test"] == 60
 
 
 def test_cli_errors(tmp_path, cells, caplog):

@@ -244,3 +244,23 @@ def test_write_new_h5ad_removes_only_its_own_partial_file(tmp_path):
     write_new_h5ad(target, lambda: ad.AnnData(np.ones((2, 3), dtype=np.float32)), overwrite=True)
     assert ad.read_h5ad(target).shape == (2, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5ad"]
+
+
+def test_write_new_file_leaves_the_old_file_whole_when_writing_fails(tmp_path):
+    from opencellplm.data.output import write_new_file
+
+    target = tmp_path / "prediction.csv"
+    target.write_text("the user's file")
+
+    def half_written(path):
+        path.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_new_file(target, half_written, overwrite=True)
+    assert target.read_text() == "the user's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prediction.csv"]
+    with pytest.raises(FileExistsError):
+        write_new_file(target, lambda path: path.write_text("new"))
+    write_new_file(target, lambda path: path.write_text("new"), overwrite=True)
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["prediction.csv"]

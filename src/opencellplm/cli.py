@@ -288,6 +288,7 @@ def _info(args: argparse.Namespace) -> int:
 def _annotate(args: argparse.Namespace) -> int:
     import anndata as ad
 
+    from .data.output import write_new_file, write_new_h5ad
     from .tasks import AnnotationRecipe, CellTypeAnnotator
 
     source = Path(args.input)
@@ -319,14 +320,17 @@ def _annotate(args: argparse.Namespace) -> int:
     if args.action == "predict":
         if args.out is None:
             raise ValueError("annotate predict needs --out, the h5ad file to write")
-        check_output_file(args.out, overwrite=args.overwrite, inputs=[source])
-        adata = ad.read_h5ad(source)
-        annotator.predict(adata, key_added=args.key_added)
-        partial = Path(args.out).with_name(f".{Path(args.out).name}.partial")
-        adata.write_h5ad(partial)
-        partial.replace(args.out)
+
+        def annotated() -> ad.AnnData:
+            adata = ad.read_h5ad(source)
+            annotator.predict(adata, key_added=args.key_added)
+            return adata
+
+        write_new_h5ad(args.out, annotated, overwrite=args.overwrite, inputs=[source])
         logger.info("wrote %s with obs[%r]", args.out, args.key_added)
         return 0
+    if args.json:  # checked before the work
+        check_output_file(args.json, overwrite=args.overwrite, inputs=[source])
     adata = ad.read_h5ad(source)
     test_cells = None if args.test_key is None else _flag(adata, args.test_key)
     if args.reference is not None:
@@ -345,11 +349,13 @@ def _annotate(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(scores.to_frame().round(4).to_string() + "\n")
     if args.json:
-        Path(args.json).write_text(json.dumps(scores.to_dict(), indent=2, default=str) + "\n")
+        text = json.dumps(scores.to_dict(), indent=2, default=str) + "\n"
+        write_new_file(args.json, lambda path: path.write_text(text), overwrite=args.overwrite, inputs=[source])
     return 0
 
 
 def _perturb(args: argparse.Namespace) -> int:
+    from .data.output import write_new_file
     from .tasks import PerturbationPredictor, PerturbationRecipe
 
     if args.action == "predict":
@@ -390,13 +396,13 @@ def _perturb(args: argparse.Namespace) -> int:
     table = result.to_frame().to_string(float_format=lambda v: f"{v:.4g}")
     header = f"{args.input}: perturbation prediction ({label} data), seeds {result.seeds}, mean (and *_std) over seeds"
     sys.stdout.write(f"{header}\n{table}\n")
-    partial = Path(args.out).with_name(f".{Path(args.out).name}.partial")
-    partial.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
-    partial.replace(args.out)
+    text = json.dumps(result.to_dict(), indent=2, default=str) + "\n"
+    write_new_file(args.out, lambda path: path.write_text(text), overwrite=args.overwrite, inputs=[source])
     return 0
 
 
 def _perturb_predict(args: argparse.Namespace) -> int:
+    from .data.output import write_new_file
     from .tasks import PerturbationPredictor
 
     if (args.labels is None) == (args.labels_file is None):
@@ -413,9 +419,8 @@ def _perturb_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"the output {args.out} is inside the predictor folder {args.input}; write it elsewhere")
     predictor = PerturbationPredictor.load(args.input, device=args.device or "cpu")
     prediction = predictor.predict(labels)
-    partial = Path(args.out).with_name(f".{Path(args.out).name}.partial")
-    prediction.to_csv(partial)
-    partial.replace(args.out)
+    inputs = [p for p in [args.labels_file] if p]
+    write_new_file(args.out, prediction.to_csv, overwrite=args.overwrite, inputs=inputs)
     logger.info("wrote the predicted mean profiles of %d perturbations to %s", len(labels), args.out)
     return 0
 
@@ -582,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-key", help="obs column grouping cells into sets")
     p.add_argument("--key-added", default="cellplm_label", help="predict: obs key to write (default cellplm_label)")
     p.add_argument("--json", help="score: also write the scores as JSON here")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace --out (or --json) if it exists")
     p.set_defaults(run=_annotate)
 
     p = commands.add_parser(

@@ -53,15 +53,26 @@ def write_result_copy(
 def write_new_h5ad(
     target: str | Path, compute: Callable[[], AnnData], *, overwrite: bool = False, inputs: Sequence[str | Path] = ()
 ) -> Path:
-    """Write the AnnData that ``compute`` returns to ``target``, whole or not at all.
+    """Write the AnnData that ``compute`` returns to ``target``, whole or not at all (see :func:`write_new_file`)."""
+    return write_new_file(target, lambda path: compute().write_h5ad(path), overwrite=overwrite, inputs=inputs)
+
+
+def write_new_file(
+    target: str | Path,
+    write: Callable[[Path], Any],
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
+) -> Path:
+    """Run ``write(path)`` on a hidden file beside ``target``, then rename it into place: whole or not at all.
 
     ``target`` is checked (not one of ``inputs``, not a folder, absent unless ``overwrite``) and its folder proven
-    writable before ``compute`` runs; the file is written beside ``target`` and renamed into place.
+    writable before ``write`` runs; if ``write`` fails, the hidden file is removed and ``target`` is untouched.
     """
     target = check_output_file(target, overwrite=overwrite, inputs=inputs)
     partial = _reserve_partial(target)
     try:
-        compute().write_h5ad(partial)
+        write(partial)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
