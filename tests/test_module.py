@@ -402,3 +402,33 @@ def test_flow_attention_stays_float32_except_for_bf16_inference(monkeypatch):
         attention(x)  # gradients wanted
     assert seen == [torch.float32, torch.bfloat16, torch.float32, torch.float32]
     assert torch.nn.functional.cosine_similarity(fast.float(), exact, dim=1).min() > 0.9999
+
+
+def test_depth_normalised_input_makes_a_cell_and_its_deeper_copy_one_token():
+    """input_scaling='log1p_cp10k': the token depends on a cell's proportions, not its depth (official: depth)."""
+    from opencellplm import ModelConfig
+    from opencellplm.io import official_state_dict_from
+
+    counts = torch.tensor([[1.0, 0.0, 3.0, 6.0], [2.0, 0.0, 6.0, 12.0], [0.0, 0.0, 0.0, 0.0]]).to_sparse_csr()
+    gene_index = torch.tensor([4, 9, 20, 33])
+    table = torch.randn(50, 8)
+    raw = log1p_gene_sum(counts, gene_index, table)
+    scaled = log1p_gene_sum(counts, gene_index, table, per_10k=True)
+    assert not torch.allclose(raw[0], raw[1])
+    torch.testing.assert_close(scaled[0], scaled[1])
+    expected = torch.log1p(torch.tensor([1.0, 3.0, 6.0]) * 1e4 / 10) @ table[torch.tensor([4, 20, 33])]
+    torch.testing.assert_close(scaled[0], expected)
+    assert torch.equal(scaled[2], torch.zeros(8))  # a cell without counts stays a zero token
+    config = ModelConfig(n_genes=50, hidden_dim=16, input_scaling="log1p_cp10k")
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    module = CellPLMModule(config).eval()
+    with torch.no_grad():  # the whole model: a cell alone and its 2x deeper copy alone get one embedding
+        shallow, deep = (
+            module.encode(CellBatch(counts=counts.to_dense()[[i]].to_sparse_csr(), gene_index=gene_index)).embedding
+            for i in (0, 1)
+        )
+    torch.testing.assert_close(shallow, deep)
+    with pytest.raises(ValueError, match="input_scaling='log1p_cp10k'"):
+        official_state_dict_from(CellPLMModule(config))
+    with pytest.raises(ValueError, match=r"input_scaling='raw' is not supported; choose one of \['log1p', "):
+        ModelConfig(n_genes=50, hidden_dim=16, input_scaling="raw")

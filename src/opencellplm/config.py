@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args, get_type_hints
 NormName = Literal["groupnorm", "layernorm", "batchnorm", "rmsnorm"]
 LatentKind = Literal["gmvae", "ae"]
 PositionalEncoding = Literal["none", "sinusoidal"]
+InputScaling = Literal["log1p", "log1p_cp10k"]
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +241,10 @@ class ModelConfig:
         ``"none"`` (the official checkpoints: their encoding is disabled in code) adds nothing.
     pe_grid_size
         Coordinates in [0, 1] are binned to this many positions per axis.
+    input_scaling
+        What weights a gene's embedding in a cell's token: ``"log1p"`` of the raw count (the official model: a
+        cell's sequencing depth enters its token), or ``"log1p_cp10k"``, log1p of the count per 10,000 counts
+        of the cell's input genes (depth-normalised, for models of our own).
     decoder
         NB decoder, or ``None`` for an encoder-only model.
     annotation
@@ -252,6 +257,7 @@ class ModelConfig:
     norm: NormName = "groupnorm"
     positional_encoding: PositionalEncoding = "none"
     pe_grid_size: int = 100
+    input_scaling: InputScaling = "log1p"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     latent: LatentConfig = field(default_factory=LatentConfig)
     decoder: DecoderConfig | None = field(default_factory=DecoderConfig)
@@ -274,6 +280,7 @@ class ModelConfig:
         _check_rate("dropout", self.dropout)
         _check_choice("norm", self.norm, get_args(NormName))
         _check_choice("positional_encoding", self.positional_encoding, get_args(PositionalEncoding))
+        _check_choice("input_scaling", self.input_scaling, get_args(InputScaling))
         if self.hidden_dim % self.encoder.n_heads:
             raise ConfigError(
                 f"hidden_dim={self.hidden_dim} is not divisible by encoder.n_heads={self.encoder.n_heads}"

@@ -292,6 +292,11 @@ def official_state_dict_from(module: CellPLMModule) -> dict[str, torch.Tensor]:
     """
     if module.config.positional_encoding != "none":
         raise ConfigError("the official model ignores positional encodings; this model cannot be exported")
+    if module.config.input_scaling != "log1p":
+        raise ConfigError(
+            f"the official model takes log1p of raw counts; a model with input_scaling={module.config.input_scaling!r} "
+            "cannot be exported"
+        )
     ours = module.state_dict()
     out = {off: ours[key].detach().clone() for key, off in official_key_map(module).items()}
     d = module.config.hidden_dim

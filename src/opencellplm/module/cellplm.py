@@ -40,6 +40,7 @@ class CellPLMModule(nn.Module):
             norm=config.norm,
             positional=config.positional_encoding == "sinusoidal",
             pe_grid_size=config.pe_grid_size,
+            per_10k=config.input_scaling == "log1p_cp10k",
         )
         enc = config.encoder
         self.encoder = FlowformerEncoder(

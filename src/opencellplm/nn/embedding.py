@@ -10,8 +10,12 @@ from .norm import make_norm
 from .positional import SinusoidalPositionalEncoding
 
 
-def log1p_gene_sum(counts: torch.Tensor, gene_index: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def log1p_gene_sum(
+    counts: torch.Tensor, gene_index: torch.Tensor, table: torch.Tensor, *, per_10k: bool = False
+) -> torch.Tensor:
     """``h[c] = sum_g log1p(counts[c, g]) * table[gene_index[g]]``, computed sparsely.
+
+    With ``per_10k``, ``counts[c, g]`` is first scaled to 10,000 counts per cell (over the input columns).
 
     Parameters
     ----------
@@ -38,8 +42,14 @@ def log1p_gene_sum(counts: torch.Tensor, gene_index: torch.Tensor, table: torch.
         # Inference under autocast: this sum is memory-bound, so the table is read in the autocast dtype (half the
         # bytes of fp32). Training keeps fp32 rows, so that gradients do not accumulate in bf16.
         dtype = torch.get_autocast_dtype(table.device.type)
-    weights = torch.log1p(counts.values().to(dtype))  # (nnz,)
-    offsets = counts.crow_indices()
+    values, offsets = counts.values(), counts.crow_indices()
+    if per_10k:
+        cell_of_value = torch.repeat_interleave(torch.arange(len(offsets) - 1, device=offsets.device), offsets.diff())
+        totals = torch.zeros(len(offsets) - 1, dtype=values.dtype, device=values.device).index_add_(
+            0, cell_of_value, values
+        )
+        values = values * (1e4 / totals.clamp_min(1e-12))[cell_of_value]  # cells without counts have no values
+    weights = torch.log1p(values.to(dtype))  # (nnz,)
     if inference and table.device.type == "cpu":
         return _blocked_gene_sum(counts.col_indices(), weights, offsets, gene_index, table, dtype)
     rows = gene_index[counts.col_indices()]  # (nnz,) vocabulary row of each stored value
@@ -88,8 +98,19 @@ def _blocked_gene_sum(
 class CellEmbedder(nn.Module):
     """Counts -> (N, d) cell tokens: gene sum, optional positional code, Linear-ReLU-Dropout-Norm."""
 
-    def __init__(self, n_genes: int, dim: int, *, dropout: float, norm: str, positional: bool, pe_grid_size: int = 100):
+    def __init__(
+        self,
+        n_genes: int,
+        dim: int,
+        *,
+        dropout: float,
+        norm: str,
+        positional: bool,
+        pe_grid_size: int = 100,
+        per_10k: bool = False,
+    ):
         super().__init__()
+        self.per_10k = per_10k
         self.gene_embedding = nn.Parameter(torch.randn(n_genes, dim) * 0.005)
         self.proj = nn.Linear(dim, dim)
         self.dropout = nn.Dropout(dropout)
@@ -109,7 +130,7 @@ class CellEmbedder(nn.Module):
                 f"gene_index must lie in [0, {len(self.gene_embedding)}) (the vocabulary), "
                 f"got range [{int(gene_index.min())}, {int(gene_index.max())}]"
             )
-        x = log1p_gene_sum(counts, gene_index, self.gene_embedding)  # (N, d)
+        x = log1p_gene_sum(counts, gene_index, self.gene_embedding, per_10k=self.per_10k)  # (N, d)
         if self.positional is not None and use_positional:
             x = x + self.positional(coords, x.shape[0])
         return self.norm(self.dropout(F.relu(self.proj(x))))
