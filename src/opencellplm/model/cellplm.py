@@ -228,7 +228,7 @@ class CellPLM:
         precision
             ``"auto"`` (the default): bf16 autocast on CUDA with bf16 and on CPUs with AVX512-BF16 or AMX, else
             fp32. ``"fp32"``: exact, equal to the official outputs. ``"bf16"``: bf16 autocast wherever asked.
-            bf16 is 1.6-2x faster on a CPU with AVX512-BF16 and agrees with fp32 to a per-cell cosine above
+            bf16 is 1.8-2.2x faster on a CPU with AVX512-BF16 and agrees with fp32 to a per-cell cosine above
             0.9999, except for cells whose two most likely mixture components are near tied (the embedding is
             the posterior mean of the most likely one, a choice rounding can flip). ``official_compat`` always
             runs in fp32. The precision used is recorded (``uns['cellplm'][key]['params']['precision']``).
