@@ -52,7 +52,7 @@ BASELINE = "baseline"
 FAMILY_COLOURS = {CELLPLM: "#d95f02", BASELINE: "#7570b3"}
 FAMILY_NAMES = {CELLPLM: "CellPLM", BASELINE: "baseline"}
 #: The resource columns after the metrics: record key and column label.
-TIMINGS = (("wall_s", "wall s"), ("peak_mb", "peak MB"))
+TIMINGS = (("wall_s", "wall s"), ("peak_mb", "peak MB (rise)"))
 DPI = 110
 #: A wall-time axis switches to log scale when the slowest method is this many times slower than the fastest.
 LOG_TIME_RATIO = 20.0
@@ -255,7 +255,8 @@ def _cell(frame: pd.DataFrame, method: str, key: str, *, timing: bool = False) -
     mean, sd, n = frame.at[method, f"{key}_mean"], frame.at[method, f"{key}_sd"], frame.at[method, f"{key}_n"]
     text = _fmt(mean, timing=timing)
     if math.isfinite(mean) and n > 1 and math.isfinite(sd):
-        text += f" ± {_fmt(sd, timing=timing)}"
+        decimals = len(text.split(".")[1]) if "." in text and "e" not in text else None
+        text += f" ± {sd:.{decimals}f}" if decimals is not None else f" ± {_fmt(sd, timing=timing)}"  # as the mean
     if 0 < n < frame.at[method, "n_seeds"]:
         text += f" (n={n})"  # some seeds gave no value for this metric
     return text
@@ -421,6 +422,7 @@ def _not_run(pair: _Pair) -> str:
         return ""
     lines = ["Failed and skipped runs:", ""]
     for (method, family, status, reason), seeds in groups.items():
+        seeds = sorted(seeds, key=_natural)
         seeds_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(seeds)}"
         lines.append(f"- `{method}`{family} {status} on {seeds_text}: {reason}")
     return "\n".join(lines)
@@ -482,7 +484,9 @@ def _body(results: dict[str, Any], level: int, figures: _Figures | None) -> list
     out = [
         "Cells: mean ± sample sd over the seeds that succeeded (the mean alone for one seed; `(n=k)` when only k "
         "seeds gave the value). **Bold**: the best mean of the column, by the metric's direction, at the shown "
-        "precision (ties all bold). CellPLM-family rows come first.",
+        "precision (ties all bold). CellPLM-family rows come first. Wall s: the method's fit and predict time; "
+        "peak MB (rise): how far resident memory rose above its level at the method's start, where the task "
+        "measures it (— where not).",
         "",
     ]
     if pairs:
