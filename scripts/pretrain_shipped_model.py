@@ -65,6 +65,11 @@ def main() -> int:
     parser.add_argument("--work", default="shipped-model-work", help="working folder (data, corpus, run)")
     parser.add_argument("--steps", type=int, help="override the small configuration's number of steps")
     parser.add_argument("--no-install", action="store_true", help="do not copy the model into the package")
+    parser.add_argument(
+        "--input-scaling",
+        choices=["log1p", "log1p_cp10k"],
+        help="override the configuration's input scaling (log1p of raw counts, or of counts per 10k)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     work = Path(args.work)
@@ -84,6 +89,8 @@ def main() -> int:
     prepare_corpus(files, work / "corpus", sample_key="sample", max_cells=MAX_CELLS, shard_cells=5000, overwrite=True)
 
     model, train = configs.load("small")
+    if args.input_scaling:
+        model["input_scaling"] = args.input_scaling
     if args.steps:
         train = replace(train, steps=args.steps)
     run = work / "run"

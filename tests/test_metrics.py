@@ -206,3 +206,23 @@ def test_mcv_scores_rescale_to_the_held_out_depth():
     assert shifted.mse == pytest.approx(np.mean((np.log1p(mu) - np.log1p(held)) ** 2))
     with pytest.raises(ValueError, match="shape"):
         mcv_scores(mu[:1], held, train_fraction=p)
+
+
+def test_neighbourhood_agreement_is_one_for_the_same_structure_and_low_for_noise():
+    from opencellplm.metrics import neighbourhood_agreement
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(300, 10))
+    rotated = reference @ np.linalg.qr(rng.normal(size=(10, 10)))[0] * 3.0  # same distances up to scale
+    assert neighbourhood_agreement(rotated, reference, k=10) == pytest.approx(1.0)
+    noise = rng.normal(size=(300, 10))
+    assert neighbourhood_agreement(noise, reference, k=10) < 0.1
+    noisy = reference + rng.normal(scale=0.5, size=reference.shape)
+    assert 0.1 < neighbourhood_agreement(noisy, reference, k=10) < 1.0
+    with_nan = rotated.copy()
+    with_nan[:5] = np.nan  # cells a model left out are left out of the comparison
+    assert neighbourhood_agreement(with_nan, reference, k=10) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one row per cell each"):
+        neighbourhood_agreement(rotated[:10], reference)
+    with pytest.raises(ValueError, match="more than k=15 cells without NaN, got 10"):
+        neighbourhood_agreement(rotated[:10], reference[:10])

@@ -1,0 +1,77 @@
+"""Choose among pretrained checkpoints without the test set: label-free validation, then (for the chosen one) PBMC 68k.
+
+Usage:
+    python benchmarks/pretraining_validation.py CKPT [CKPT ...] [--test] [--json OUT]
+
+Validation (every checkpoint): on each real count data set without labels (PBMC 3k, the celltypist sample, a
+seeded 2,000-cell subset of the mouse 10k subset), the neighbourhood agreement
+(:func:`opencellplm.metrics.neighbourhood_agreement`, 15 neighbours) between the zero-shot embedding and the
+standard PCA of log-normalised counts (:func:`opencellplm.baselines.pca_embedding`): does the embedding keep the
+cell neighbourhoods of the usual pipeline? These cells may have been seen in pretraining (their labels never
+exist). ``--test`` adds the zero-shot clustering scores on PBMC 68k reduced (the test set: use it for the final
+choice only), beside PCA, seeds 0-2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import warnings
+
+import numpy as np
+
+from opencellplm import CellPLM, datasets
+from opencellplm.baselines import pca_embedding
+from opencellplm.metrics import clustering_scores, neighbourhood_agreement
+
+VALIDATION = {"pbmc3k": None, "celltypist_sample": None, "mouse_10k_subset": 2000}
+
+
+def validation_sets() -> dict:
+    out = {}
+    for name, cells in VALIDATION.items():
+        adata = datasets.load_dataset(name)
+        if cells is not None and adata.n_obs > cells:
+            adata = adata[np.sort(np.random.default_rng(0).choice(adata.n_obs, cells, replace=False))].copy()
+        out[name] = (adata, pca_embedding(adata, seed=0).prediction)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="+", help="checkpoint directories or shipped model names")
+    parser.add_argument("--test", action="store_true", help="also score zero-shot clustering on PBMC 68k (test set)")
+    parser.add_argument("--json", help="write the scores here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    warnings.filterwarnings("ignore")
+
+    data = validation_sets()
+    report = {}
+    for checkpoint in args.checkpoints:
+        model = CellPLM.from_pretrained(checkpoint)
+        scores = {
+            name: round(neighbourhood_agreement(model.get_latent_representation(adata), pca), 4)
+            for name, (adata, pca) in data.items()
+        }
+        scores["mean"] = round(float(np.mean(list(scores.values()))), 4)
+        report[checkpoint] = {"validation_neighbourhood_agreement": scores}
+        if args.test:
+            pbmc = datasets.pbmc68k_reduced()
+            labels = pbmc.obs["cell_type"].to_numpy()
+            representations = {"model": model.get_latent_representation(pbmc), "pca": pca_embedding(pbmc).prediction}
+            for name, rep in representations.items():
+                runs = [clustering_scores(rep, labels, seed=seed) for seed in (0, 1, 2)]
+                report[checkpoint][f"pbmc68k_{name}"] = {
+                    key: round(float(np.mean([getattr(r, key) for r in runs])), 4)
+                    for key in ("best_ari", "best_nmi", "ari_fixed", "nmi_fixed", "ari_at_nmi_choice")
+                }
+        print(json.dumps({checkpoint: report[checkpoint]}), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
