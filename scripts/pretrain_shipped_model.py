@@ -35,9 +35,11 @@ import scipy.sparse as sp
 
 from opencellplm import CellPLM, configs, datasets
 from opencellplm.data.corpus import prepare_corpus
-from opencellplm.train import pretrain
+from opencellplm.train import NeighbourhoodProbe, pretrain
 
 DATASETS = ("pbmc3k", "celltypist_sample", "merfish_u2os", "mouse_10k_subset")
+#: Scored by the label-free checkpoint probe (--select-by agreement); PBMC 68k stays out: it is the test set.
+PROBE_DATASETS = ("pbmc3k", "celltypist_sample", "mouse_10k_subset")
 MIN_CELLS = 20
 MAX_CELLS = 500
 NAME = "cellplm-small"
@@ -65,6 +67,13 @@ def main() -> int:
     parser.add_argument("--work", default="shipped-model-work", help="working folder (data, corpus, run)")
     parser.add_argument("--steps", type=int, help="override the small configuration's number of steps")
     parser.add_argument("--no-install", action="store_true", help="do not copy the model into the package")
+    parser.add_argument(
+        "--select-by",
+        choices=["val_loss", "agreement"],
+        default="val_loss",
+        help="keep the state with the lowest validation loss, or the one whose zero-shot embedding keeps the PCA "
+        "neighbourhoods of PBMC 3k, the celltypist sample and 2,000 mouse cells best (no labels)",
+    )
     parser.add_argument(
         "--input-scaling",
         choices=["log1p", "log1p_cp10k"],
@@ -96,9 +105,17 @@ def main() -> int:
     run = work / "run"
     if run.exists():
         shutil.rmtree(run)
+    probe = None
+    if args.select_by == "agreement":
+        probe_data = {name: parts[name] for name in PROBE_DATASETS}
+        mouse = probe_data["mouse_10k_subset"]
+        rows = np.sort(np.random.default_rng(0).choice(mouse.n_obs, 2000, replace=False))
+        probe_data["mouse_10k_subset"] = mouse[rows].copy()
+        probe = NeighbourhoodProbe.from_adatas(probe_data)
     start = time.perf_counter()
-    summary = pretrain(work / "corpus", run, model=model, train=train)
+    summary = pretrain(work / "corpus", run, model=model, train=train, probe=probe)
     minutes = (time.perf_counter() - start) / 60
+    monitor = "val_loss" if probe is None else "val_agreement"
 
     manifest = json.loads((work / "corpus" / "manifest.json").read_text())
     trained = CellPLM.from_pretrained(run / "model")
@@ -123,9 +140,12 @@ def main() -> int:
             f"precision {summary['precision']}",
             "train_cells_per_s": summary["train_cells_per_s"],
         },
-        "validation_loss": {
+        "input_scaling": trained.config.input_scaling,
+        "validation": {
+            "selected_by": monitor,
+            "probe": None if probe is None else probe.settings(),
             "first": summary["val_history"][0],
-            "best": summary["best_val_loss"],
+            "best": summary[f"best_{monitor}"],
             "last": summary["val_history"][-1],
             "curve": summary["val_history"],
         },

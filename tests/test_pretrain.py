@@ -352,3 +352,26 @@ def test_without_fcntl_the_folder_is_not_locked(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "fcntl", None)  # as on Windows: ``import fcntl`` raises ImportError
     assert lock_run_dir(tmp_path / "run") is None
     assert "no file locks on this platform" in caplog.text and not (tmp_path / "run").exists()
+
+
+def test_a_probe_selects_the_state_whose_embedding_keeps_pca_neighbourhoods_best(corpus, tmp_path):
+    from opencellplm.train import NeighbourhoodProbe
+
+    rng = np.random.default_rng(1)
+    cells = ad.AnnData(
+        rng.negative_binomial(2, 0.5, size=(60, 30)).astype(np.float32),
+        var=pd.DataFrame(index=[f"G{j}" for j in range(30)]),
+    )
+    probe = NeighbourhoodProbe.from_adatas({"held": cells}, k=5)
+    model, train = configs.load(_config_file(tmp_path / "cfg.json", steps=9))
+    summary = pretrain(corpus, tmp_path / "run", model=model, train=train, probe=probe)
+    history = summary["val_history"]
+    assert len(history) == 3 and all(0 <= h["val_agreement"] <= 1 and "val_loss" in h for h in history)
+    assert all(h["val_agreement_held"] == h["val_agreement"] for h in history)
+    best = max(history, key=lambda h: h["val_agreement"])
+    trained = CellPLM.from_pretrained(tmp_path / "run" / "model")
+    assert trained.meta["selected_by"] == "val_agreement" and trained.meta["step"] == best["step"]
+    assert summary["best_val_agreement"] == best["val_agreement"]
+    with pytest.raises(ConfigError, match="settings differ"):  # a resume with another probe is refused
+        other = NeighbourhoodProbe.from_adatas({"held": cells[:40].copy()}, k=5)
+        pretrain(corpus, tmp_path / "run", model=model, train=train, probe=other, resume=True)

@@ -24,6 +24,7 @@ from ..io import save_checkpoint
 from ..module import CellPLMModule
 from ..module.losses import LossOutput
 from .plan import DataPlan, SetRef
+from .probe import PROBE_METRIC, NeighbourhoodProbe
 from .schedule import set_seed
 from .trainer import EVALUATION_STEP, MODEL_DIR, Autocast, Distributed, Objective, Trainer, unwrap
 
@@ -68,7 +69,14 @@ class PretrainObjective(Objective):
     monitor = "val_loss"
     objective_name = "nb_loss"
 
-    def __init__(self, corpus: Corpus, config: ModelConfig, train: TrainConfig, masking: MaskingConfig):
+    def __init__(
+        self,
+        corpus: Corpus,
+        config: ModelConfig,
+        train: TrainConfig,
+        masking: MaskingConfig,
+        probe: NeighbourhoodProbe | None = None,
+    ):
         if not isinstance(masking, MaskingConfig):
             raise TypeError(f"masking must be a MaskingConfig, got {type(masking).__name__}")
         if masking.cell_rate == 0 or masking.gene_rate == 0:
@@ -76,6 +84,9 @@ class PretrainObjective(Objective):
         if config.decoder is None:
             raise ConfigError("pretraining needs the NB decoder (decoder must not be null)")
         self.corpus, self.config, self.train, self.masking = corpus, config, train, masking
+        self.probe = probe
+        if probe is not None:  # the best state is the one whose embedding keeps PCA's neighbourhoods best
+            self.monitor, self.maximize = PROBE_METRIC, True
         self.plan = DataPlan(
             tuple(s["n_sets"] for s in corpus.shards),
             train.sets_per_step,
@@ -106,7 +117,10 @@ class PretrainObjective(Objective):
             total += module.reconstruction_loss(out, masked_term=self.masking.masked_term).total.item()
             count += 1
         total, count = world.sum([total, count])
-        return {"val_loss": total / count}
+        metrics = {"val_loss": total / count}
+        if self.probe is not None:
+            metrics |= self.probe(module, self.corpus.vocabulary)
+        return metrics
 
     def settings(self) -> dict[str, Any]:
         manifest = self.corpus.manifest
@@ -114,7 +128,7 @@ class PretrainObjective(Objective):
         # The masking sits in the model section, as in the configuration files (and runs before it left
         # ModelConfig): a resume with another masking is refused like one with another architecture.
         model = self.config.to_dict() | {"masking": dataclasses.asdict(self.masking)}
-        return {"model": model, "corpus": corpus}
+        return {"model": model, "corpus": corpus} | ({"probe": self.probe.settings()} if self.probe else {})
 
     def on_improved(self, module: nn.Module, step: int, history: list[dict[str, Any]], out: Path | None) -> None:
         manifest = self.corpus.manifest
@@ -122,6 +136,7 @@ class PretrainObjective(Objective):
             "source": "opencellplm pretrain",
             "step": step,
             "val_loss": history[-1]["val_loss"],
+            "selected_by": self.monitor,
             "val_history": history,
             "corpus": {
                 "n_cells": manifest["n_cells"],
@@ -142,6 +157,7 @@ def pretrain(
     train: TrainConfig,
     resume: bool = False,
     device: str | None = None,
+    probe: NeighbourhoodProbe | None = None,
 ) -> dict[str, Any]:
     """Pretrain a CellPLM model on a prepared corpus; returns the run summary.
 
@@ -164,13 +180,16 @@ def pretrain(
         Continue from ``out/state.pt``.
     device
         ``"cpu"``, ``"cuda"``, ... (default: this process's GPU when there is one, else the CPU).
+    probe
+        Keep the state whose zero-shot embedding scores best on this probe (``val_agreement``, see
+        :class:`~opencellplm.train.probe.NeighbourhoodProbe`) instead of the lowest validation loss.
     """
     world = Distributed.start(device)
     try:
         corpus = Corpus(corpus_dir, cache_shards=train.shuffle_window)
         model, masking = split_masking(model)
         config = model_config_for(corpus, model)
-        objective = PretrainObjective(corpus, config, train, masking)
+        objective = PretrainObjective(corpus, config, train, masking, probe=probe)
         torch.manual_seed(train.seed)  # the same initial weights in every process
         module = CellPLMModule(config)
         trainer = Trainer(module, objective, train, world, out=Path(out), resume=resume)
