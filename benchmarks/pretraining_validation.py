@@ -43,6 +43,12 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="+", help="checkpoint directories or shipped model names")
     parser.add_argument("--test", action="store_true", help="also score zero-shot clustering on PBMC 68k (test set)")
     parser.add_argument("--json", help="write the scores here")
+    parser.add_argument(
+        "--gene-id-rule",
+        choices=["exact", "upper"],
+        help="override the checkpoints' rule (a run folder of scripts/pretrain_shipped_model.py needs 'upper': its "
+        "corpus upper-cased mouse symbols; the installed model records it)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -51,6 +57,8 @@ def main() -> None:
     report = {}
     for checkpoint in args.checkpoints:
         model = CellPLM.from_pretrained(checkpoint)
+        if args.gene_id_rule:
+            model.meta["gene_id_rule"] = args.gene_id_rule
         scores = {
             name: round(neighbourhood_agreement(model.get_latent_representation(adata), pca), 4)
             for name, (adata, pca) in data.items()

@@ -36,6 +36,7 @@ import scipy.sparse as sp
 from opencellplm import CellPLM, configs, datasets
 from opencellplm.data.corpus import prepare_corpus
 from opencellplm.train import NeighbourhoodProbe, pretrain
+from opencellplm.train.pretrain import gene_embedding_from_pca
 
 DATASETS = ("pbmc3k", "celltypist_sample", "merfish_u2os", "mouse_10k_subset")
 #: Scored by the label-free checkpoint probe (--select-by agreement); PBMC 68k stays out: it is the test set.
@@ -75,6 +76,12 @@ def main() -> int:
         "neighbourhoods of PBMC 3k, the celltypist sample and 2,000 mouse cells best (no labels)",
     )
     parser.add_argument(
+        "--init-gene-embedding",
+        choices=["random", "pca"],
+        default="random",
+        help="start the gene embeddings at random, or at the corpus's principal axes (gene_embedding_from_pca)",
+    )
+    parser.add_argument(
         "--input-scaling",
         choices=["log1p", "log1p_cp10k"],
         help="override the configuration's input scaling (log1p of raw counts, or of counts per 10k)",
@@ -112,8 +119,11 @@ def main() -> int:
         rows = np.sort(np.random.default_rng(0).choice(mouse.n_obs, 2000, replace=False))
         probe_data["mouse_10k_subset"] = mouse[rows].copy()
         probe = NeighbourhoodProbe.from_adatas(probe_data)
+    table = None
+    if args.init_gene_embedding == "pca":
+        table = gene_embedding_from_pca(work / "corpus", int(model.get("hidden_dim", 1024)), seed=train.seed)
     start = time.perf_counter()
-    summary = pretrain(work / "corpus", run, model=model, train=train, probe=probe)
+    summary = pretrain(work / "corpus", run, model=model, train=train, probe=probe, gene_embedding=table)
     minutes = (time.perf_counter() - start) / 60
     monitor = "val_loss" if probe is None else "val_agreement"
 
@@ -141,6 +151,7 @@ def main() -> int:
             "train_cells_per_s": summary["train_cells_per_s"],
         },
         "input_scaling": trained.config.input_scaling,
+        "gene_embedding_init": args.init_gene_embedding,
         "validation": {
             "selected_by": monitor,
             "probe": None if probe is None else probe.settings(),

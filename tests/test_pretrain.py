@@ -375,3 +375,20 @@ def test_a_probe_selects_the_state_whose_embedding_keeps_pca_neighbourhoods_best
     with pytest.raises(ConfigError, match="settings differ"):  # a resume with another probe is refused
         other = NeighbourhoodProbe.from_adatas({"held": cells[:40].copy()}, k=5)
         pretrain(corpus, tmp_path / "run", model=model, train=train, probe=other, resume=True)
+
+
+def test_a_gene_embedding_table_from_the_corpus_pca_starts_the_run_and_is_part_of_its_settings(corpus, tmp_path):
+    from opencellplm.train.pretrain import gene_embedding_from_pca
+
+    model, train = configs.load(_config_file(tmp_path / "cfg.json", steps=3))
+    model = model | {"input_scaling": "log1p_cp10k"}
+    table = gene_embedding_from_pca(corpus, TINY["hidden_dim"])
+    assert table.shape == (40, 16) and np.isclose(table.std(), 0.005)
+    still = replace(train, steps=1, lr=1e-12, warmup_steps=1, eval_every=1, checkpoint_every=1)  # (almost) no update
+    pretrain(corpus, tmp_path / "run", model=model, train=still, gene_embedding=table)
+    initial = torch.load(tmp_path / "run" / "state.pt", weights_only=True)["model"]["embedder.gene_embedding"]
+    np.testing.assert_allclose(initial.numpy(), table, atol=1e-9)
+    with pytest.raises(ConfigError, match=r"init.gene_embedding_sha256"):  # a resume from another table is refused
+        pretrain(corpus, tmp_path / "run", model=model, train=still, gene_embedding=table * 2, resume=True)
+    with pytest.raises(ValueError, match=r"gene_embedding has shape \(40, 8\), the model needs \(40, 16\)"):
+        pretrain(corpus, tmp_path / "run2", model=model, train=train, gene_embedding=table[:, :8])

@@ -11,10 +11,13 @@ scores the same loss on held-out sets with fixed masks. Rank 0 saves the best va
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
 
@@ -76,6 +79,7 @@ class PretrainObjective(Objective):
         train: TrainConfig,
         masking: MaskingConfig,
         probe: NeighbourhoodProbe | None = None,
+        gene_embedding: np.ndarray | None = None,
     ):
         if not isinstance(masking, MaskingConfig):
             raise TypeError(f"masking must be a MaskingConfig, got {type(masking).__name__}")
@@ -85,6 +89,10 @@ class PretrainObjective(Objective):
             raise ConfigError("pretraining needs the NB decoder (decoder must not be null)")
         self.corpus, self.config, self.train, self.masking = corpus, config, train, masking
         self.probe = probe
+        # a resumed run must start from the same table: its fingerprint is part of the settings
+        self.gene_embedding_sha256 = (
+            None if gene_embedding is None else hashlib.sha256(np.ascontiguousarray(gene_embedding)).hexdigest()
+        )
         if probe is not None:  # the best state is the one whose embedding keeps PCA's neighbourhoods best
             self.monitor, self.maximize = PROBE_METRIC, True
         self.plan = DataPlan(
@@ -128,7 +136,10 @@ class PretrainObjective(Objective):
         # The masking sits in the model section, as in the configuration files (and runs before it left
         # ModelConfig): a resume with another masking is refused like one with another architecture.
         model = self.config.to_dict() | {"masking": dataclasses.asdict(self.masking)}
-        return {"model": model, "corpus": corpus} | ({"probe": self.probe.settings()} if self.probe else {})
+        extra = {"probe": self.probe.settings()} if self.probe else {}
+        if self.gene_embedding_sha256:
+            extra["init"] = {"gene_embedding_sha256": self.gene_embedding_sha256}
+        return {"model": model, "corpus": corpus} | extra
 
     def on_improved(self, module: nn.Module, step: int, history: list[dict[str, Any]], out: Path | None) -> None:
         manifest = self.corpus.manifest
@@ -158,6 +169,7 @@ def pretrain(
     resume: bool = False,
     device: str | None = None,
     probe: NeighbourhoodProbe | None = None,
+    gene_embedding: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Pretrain a CellPLM model on a prepared corpus; returns the run summary.
 
@@ -183,15 +195,23 @@ def pretrain(
     probe
         Keep the state whose zero-shot embedding scores best on this probe (``val_agreement``, see
         :class:`~opencellplm.train.probe.NeighbourhoodProbe`) instead of the lowest validation loss.
+    gene_embedding
+        Initial gene-embedding table, (vocabulary size, hidden_dim) in the corpus vocabulary's order (e.g. from
+        :func:`gene_embedding_from_pca`); default: the random initialisation.
     """
     world = Distributed.start(device)
     try:
         corpus = Corpus(corpus_dir, cache_shards=train.shuffle_window)
         model, masking = split_masking(model)
         config = model_config_for(corpus, model)
-        objective = PretrainObjective(corpus, config, train, masking, probe=probe)
+        objective = PretrainObjective(corpus, config, train, masking, probe=probe, gene_embedding=gene_embedding)
         torch.manual_seed(train.seed)  # the same initial weights in every process
         module = CellPLMModule(config)
+        if gene_embedding is not None:
+            expected = tuple(module.embedder.gene_embedding.shape)
+            if tuple(gene_embedding.shape) != expected:
+                raise ValueError(f"gene_embedding has shape {tuple(gene_embedding.shape)}, the model needs {expected}")
+            module.embedder.gene_embedding.data.copy_(torch.as_tensor(gene_embedding, dtype=torch.float32))
         trainer = Trainer(module, objective, train, world, out=Path(out), resume=resume)
         if world.main:
             logger.info(
@@ -206,4 +226,37 @@ def pretrain(
         world.stop()
 
 
-__all__ = ["PretrainObjective", "model_config_for", "pretrain", "split_masking"]
+def gene_embedding_from_pca(corpus_dir: str | Path, dim: int, *, max_cells: int = 50_000, seed: int = 0) -> np.ndarray:
+    """A (vocabulary, ``dim``) gene-embedding table from the corpus: the top ``dim`` right singular vectors of
+    its log1p counts per 10,000 (randomized SVD of up to ``max_cells`` cells), scaled to the random
+    initialisation's standard deviation (0.005).
+
+    With ``input_scaling="log1p_cp10k"`` a cell's gene sum then starts as its projection on the corpus's
+    principal axes: the standard PCA view of the cells, which pretraining refines instead of rediscovering.
+    """
+    from sklearn.utils.extmath import randomized_svd
+
+    corpus = Corpus(corpus_dir)
+    rng = np.random.default_rng(seed)
+    refs = [(shard, position) for shard, info in enumerate(corpus.shards) for position in range(info["n_sets"])]
+    rows, total = [], 0
+    for index in rng.permutation(len(refs)):
+        batch = corpus.cell_set(*refs[index])  # CSR counts over the set's genes; gene_index: their vocabulary rows
+        csr = batch.counts
+        columns = batch.gene_index.numpy()[csr.col_indices().numpy()]
+        x = sp.csr_matrix(
+            (csr.values().numpy().astype(np.float64), columns, csr.crow_indices().numpy()),
+            shape=(csr.shape[0], len(corpus.vocabulary)),
+        )
+        x = sp.diags(1e4 / np.maximum(np.asarray(x.sum(1)).ravel(), 1.0)) @ x
+        x.data = np.log1p(x.data)
+        rows.append(x)
+        total += x.shape[0]
+        if total >= max_cells:
+            break
+    _, _, vt = randomized_svd(sp.vstack(rows).tocsr(), dim, random_state=seed)
+    table = vt.T.astype(np.float32)
+    return table * (0.005 / table.std())
+
+
+__all__ = ["PretrainObjective", "gene_embedding_from_pca", "model_config_for", "pretrain", "split_masking"]
