@@ -14,9 +14,12 @@ def test_shipped_model_loads_by_name_and_records_its_recipe():
     meta = model.meta
     assert meta["recipe"] == "python scripts/pretrain_shipped_model.py"
     assert meta["size_mb"] <= 25
-    curve = meta["validation_loss"]["curve"]
-    best = min(curve, key=lambda point: point["val_loss"])
+    validation = meta["validation"]
+    curve, selected_by = validation["curve"], validation["selected_by"]
+    assert selected_by == "val_agreement" and validation["probe"]["data"]  # chosen by the label-free probe
+    best = max(curve, key=lambda point: point[selected_by])
     assert len(curve) >= 2 and meta["step"] == best["step"]  # the weights shipped are the best validated
+    assert meta["gene_embedding_init"] == "pca" and meta["input_scaling"] == model.config.input_scaling
     assert set(meta["data"]["datasets"]) == {"pbmc3k", "celltypist_sample", "merfish_u2os", "mouse_10k_subset"}
     assert model.config.positional_encoding == "sinusoidal"
     assert "CD3E" in model.genes  # upper-cased symbols
