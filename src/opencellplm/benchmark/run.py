@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import sys
 import time
@@ -267,11 +266,11 @@ def _difference(key: str, old: Any, new: Any) -> str:
 
 
 def _save(out: Path, results: dict[str, Any]) -> None:
-    """Write results.json whole or not at all (temporary file in the same folder, then rename)."""
-    path = out / RESULTS_FILE
-    partial = out / f".{RESULTS_FILE}.partial"
-    partial.write_text(json.dumps(results, indent=1, default=_json_default))
-    os.replace(partial, path)
+    """Write results.json whole or not at all (a hidden file in the same folder, then renamed)."""
+    from ..data.output import write_new_file
+
+    text = json.dumps(results, indent=1, default=_json_default)
+    write_new_file(out / RESULTS_FILE, lambda path: path.write_text(text), overwrite=True, log=False)  # every unit
 
 
 def _json_default(value: Any) -> Any:

@@ -63,6 +63,7 @@ def write_new_file(
     *,
     overwrite: bool = False,
     inputs: Sequence[str | Path] = (),
+    log: bool = True,
 ) -> Path:
     """Run ``write(path)`` on a hidden file beside ``target``, then rename it into place: whole or not at all.
 
@@ -77,7 +78,8 @@ def write_new_file(
         partial.unlink(missing_ok=True)
         raise
     partial.replace(target)
-    logger.info("wrote %s", target)
+    if log:
+        logger.info("wrote %s", target)
     return target
 
 
