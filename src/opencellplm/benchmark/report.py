@@ -23,10 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +32,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from .._files import current_umask
 
 logger = logging.getLogger(__name__)
 
@@ -609,20 +605,16 @@ def readme_section(results: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------------ files
 def _write_atomic(target: Path, write: Callable[[Path], None], *, like: Path | None = None) -> None:
-    """Write ``target`` through a fresh temporary file in its folder, renamed into place; removed on failure."""
-    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-    os.close(handle)
-    partial = Path(name)
-    try:
+    """Write ``target`` whole or not at all (:func:`~opencellplm.data.output.write_new_file`); ``like``: keep
+    that file's mode."""
+    from ..data.output import write_new_file
+
+    def write_with_mode(partial: Path) -> None:
         write(partial)
         if like is not None:
             shutil.copymode(like, partial)
-        else:  # mkstemp makes the file private; give it the mode a plain open() would
-            partial.chmod(0o666 & ~current_umask())
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+
+    write_new_file(target, write_with_mode, overwrite=True, log=False)
 
 
 def update_readme(readme_path: str | Path, results: dict[str, Any]) -> Path:
