@@ -109,9 +109,9 @@ def run_benchmark(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
+    source = CellPLM.from_pretrained(checkpoint).source  # a bad checkpoint fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
     (out / ARTIFACTS_DIR).mkdir(exist_ok=True)
-    source = CellPLM.from_pretrained(checkpoint).source  # fails early on a bad checkpoint
     settings = {
         "profile": profile.name,
         "checkpoint": str(checkpoint),
@@ -141,7 +141,7 @@ def run_benchmark(
     logger.info("%d units (task, data set, seed), %d already done", len(units), len(units) - len(todo))
     loaded: dict[tuple[str, str], Any] = {}
     with tqdm(
-        total=len(units), initial=len(units) - len(todo), desc="benchmark", unit="run", disable=progress is False
+        total=len(units), initial=len(units) - len(todo), desc="benchmark", unit="run", disable=None if progress is None else not progress
     ) as bar:
         for task, dataset, seed in todo:
             bar.set_postfix_str(f"{task} / {dataset} / seed {seed}")
