@@ -140,9 +140,8 @@ def run_benchmark(
     todo = [u for u in units if u not in done]
     logger.info("%d units (task, data set, seed), %d already done", len(units), len(units) - len(todo))
     loaded: dict[tuple[str, str], Any] = {}
-    with tqdm(
-        total=len(units), initial=len(units) - len(todo), desc="benchmark", unit="run", disable=None if progress is None else not progress
-    ) as bar:
+    hide = None if progress is None else not progress  # None: tqdm shows the bar on a terminal only
+    with tqdm(total=len(units), initial=len(units) - len(todo), desc="benchmark", unit="run", disable=hide) as bar:
         for task, dataset, seed in todo:
             bar.set_postfix_str(f"{task} / {dataset} / seed {seed}")
             case = TASKS[task].datasets[dataset]
