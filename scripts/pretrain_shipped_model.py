@@ -92,6 +92,15 @@ def main() -> int:
         choices=["log1p", "log1p_cp10k"],
         help="override the configuration's input scaling (log1p of raw counts, or of counts per 10k)",
     )
+    parser.add_argument(
+        "--thin-rate",
+        type=float,
+        help="augmentation by binomial thinning: share of each set's cells given a new, lower depth "
+        "(masking.thin_rate; default: the configuration's, 0)",
+    )
+    parser.add_argument("--mask-gene-rate", type=float, help="override masking.gene_rate")
+    parser.add_argument("--mask-cell-rate", type=float, help="override masking.cell_rate")
+    parser.add_argument("--n-clusters", type=int, help="override the mixture prior's number of components")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     work = Path(args.work)
@@ -113,6 +122,10 @@ def main() -> int:
     model, train = configs.load("small")
     if args.input_scaling:
         model["input_scaling"] = args.input_scaling
+    masking = {"thin_rate": args.thin_rate, "gene_rate": args.mask_gene_rate, "cell_rate": args.mask_cell_rate}
+    model["masking"] = model.get("masking", {}) | {k: v for k, v in masking.items() if v is not None}
+    if args.n_clusters:
+        model["latent"] = model.get("latent", {}) | {"n_clusters": args.n_clusters}
     if args.steps:
         train = replace(train, steps=args.steps)
     run = work / "run"
@@ -140,7 +153,7 @@ def main() -> int:
         "name": NAME,
         # Inference upper-cases input ids as the corpus did (by_symbol), so mouse data match too.
         "gene_id_rule": "upper",
-        "recipe": "python scripts/pretrain_shipped_model.py",
+        "recipe": " ".join(["python scripts/pretrain_shipped_model.py", *sys.argv[1:]]),
         "data": {
             "datasets": {name: {"cells": int(parts[name].n_obs)} for name in DATASETS},
             "held_out_for_evaluation": "pbmc68k_reduced",

@@ -9,7 +9,7 @@ import torch
 
 from opencellplm import AnnotationHeadConfig, CellBatch, CellPLMModule, GMVAENoise, LatentConfig, MaskingConfig
 from opencellplm.module.latent import gmvae_loss
-from opencellplm.module.masking import gene_mask, hide_genes
+from opencellplm.module.masking import gene_mask, hide_genes, thin_counts
 from opencellplm.nn.embedding import log1p_gene_sum
 
 
@@ -147,6 +147,45 @@ def test_masking_hides_only_masked_entries(beta):
     hidden = hide_genes(counts.to_sparse_csr(), mask).to_dense()
     assert torch.equal(hidden == 0, mask)
     assert torch.equal(hidden[~mask], counts[~mask])
+
+
+def test_thinning_gives_chosen_cells_a_lower_depth_and_leaves_the_rest():
+    torch.manual_seed(2)
+    counts = torch.poisson(torch.rand(400, 80) * 6)
+    config = MaskingConfig(thin_rate=0.5, thin_min_keep=0.4)
+    thinned = thin_counts(counts.to_sparse_csr(), config).to_dense()
+    changed = (thinned != counts).any(1)
+    assert 150 <= int(changed.sum()) <= 200  # 200 cells chosen; a few keep every count by chance
+    assert torch.all(thinned <= counts) and torch.all(thinned >= 0) and torch.equal(thinned, thinned.round())
+    kept = thinned.sum(1) / counts.sum(1)
+    assert torch.equal(thinned[kept == 1], counts[kept == 1])
+    assert kept.min() > 0.3 and abs(float(kept[changed].mean()) - 0.7) < 0.03  # p ~ U(0.4, 1): mean 0.7
+    assert torch.equal(thin_counts(counts.to_sparse_csr(), MaskingConfig()).to_dense(), counts)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_thinning_is_a_training_augmentation_and_its_counts_are_the_target(tiny_config, training):
+    module = CellPLMModule(tiny_config).train(training)
+    batch = make_batch(n_cells=40)
+    torch.manual_seed(0)
+    out = module(batch, corrupt=MaskingConfig(thin_rate=1.0, thin_min_keep=0.2, drop_cell_rate=0.0))
+    depth_in, depth_out = batch.counts.to_dense().sum(), out.cells.counts.to_dense().sum()
+    assert (depth_out < depth_in) if training else torch.equal(depth_out, depth_in)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"thin_rate": 1.5}, r"masking.thin_rate must be in \[0, 1\], got 1.5"),
+        ({"thin_rate": 0.5, "thin_min_keep": 0.0}, "thin_min_keep must be > 0 when thin_rate > 0"),
+        ({"thin_min_keep": 1.0}, r"masking.thin_min_keep must be in \[0, 1\), got 1.0"),
+    ],
+)
+def test_thinning_settings_are_checked(fields, message):
+    from opencellplm import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        MaskingConfig(**fields)
 
 
 @pytest.mark.parametrize("n_cells", [1, 2, 3, 5])

@@ -206,6 +206,12 @@ class MaskingConfig:
         Cap on the cells kept per set after dropping (official ``max_batch_size``).
     masked_term
         Add the NB term evaluated on the masked entries only (official ``dae``).
+    thin_rate, thin_min_keep
+        Augmentation by binomial thinning (not in the official model; 0 turns it off): in training mode only,
+        ``thin_rate`` of the kept cells get a new, lower sequencing depth, each of their counts drawn as
+        Binomial(count, p) with p ~ Uniform(thin_min_keep, 1) per cell, before any gene is masked. The thinned
+        counts are then both the input and the reconstruction target, so the model sees the same cells at
+        several depths. Validation (eval mode) sees the real depths.
     """
 
     cell_rate: float = 0.75
@@ -214,12 +220,18 @@ class MaskingConfig:
     drop_cell_rate: float = 0.3
     max_cells: int = 4000
     masked_term: bool = True
+    thin_rate: float = 0.0
+    thin_min_keep: float = 0.25
 
     def __post_init__(self) -> None:
         _check_rate("masking.cell_rate", self.cell_rate, upper_inclusive=True)
         _check_rate("masking.gene_rate", self.gene_rate, upper_inclusive=True)
         _check_rate("masking.drop_cell_rate", self.drop_cell_rate)
         _check_positive("masking.max_cells", self.max_cells)
+        _check_rate("masking.thin_rate", self.thin_rate, upper_inclusive=True)
+        _check_rate("masking.thin_min_keep", self.thin_min_keep)
+        if self.thin_rate > 0 and self.thin_min_keep == 0:
+            raise ConfigError("masking.thin_min_keep must be > 0 when thin_rate > 0 (a cell thinned to no counts)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,7 +15,7 @@ from .decoder import NBDecoder
 from .heads import AnnotationHead
 from .latent import make_latent
 from .losses import LossOutput, annotation_loss, nb_imputation_loss, nb_reconstruction_loss
-from .masking import drop_cells, gene_mask, hide_genes, select_cells
+from .masking import drop_cells, gene_mask, hide_genes, select_cells, thin_counts
 from .outputs import CellBatch, CellPLMOutput, GMVAENoise, LatentOutput
 
 
@@ -68,7 +68,8 @@ class CellPLMModule(nn.Module):
         """Run one cell set through the model.
 
         ``corrupt`` applies that cell dropping and gene masking (in train or eval mode alike: validation
-        passes it in eval mode to score masked reconstruction); None (the default) corrupts nothing.
+        passes it in eval mode to score masked reconstruction) and, in train mode only, its count thinning;
+        None (the default) corrupts nothing.
         ``hide`` ((G_in,) bool) hides those input columns from the model in every cell, on top of any masking
         (``input_mask`` says so; the counts stay the truth of the losses). ``decode_genes`` (vocabulary rows) makes
         the decoder compute only those genes (default: all).
@@ -82,6 +83,8 @@ class CellPLMModule(nn.Module):
             if corrupt.drop_cell_rate > 0:
                 kept = drop_cells(batch.n_cells, corrupt, batch.counts.device)
                 batch = select_cells(batch, kept)
+            if corrupt.thin_rate > 0 and self.training:  # augmentation: validation keeps the real depths
+                batch = replace(batch, counts=thin_counts(batch.counts, corrupt))
             if corrupt.cell_rate > 0 and corrupt.gene_rate > 0:
                 input_mask = gene_mask(batch.n_cells, batch.counts.shape[1], corrupt, batch.counts.device)
             counts = batch.counts if input_mask is None else hide_genes(batch.counts, input_mask)

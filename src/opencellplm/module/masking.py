@@ -1,4 +1,4 @@
-"""Training-time corruption: drop whole cells, then hide a share of the genes of some cells."""
+"""Training-time corruption: drop whole cells, thin the counts of some (a new depth), then hide a share of the\ngenes of some cells."""
 
 from __future__ import annotations
 
@@ -28,6 +28,27 @@ def drop_cells(n_cells: int, config: MaskingConfig, device: torch.device) -> tor
     """Random rows to keep: ``min(max_cells, int(n * (1 - drop_cell_rate)))`` of them."""
     n_keep = min(config.max_cells, int(n_cells * (1.0 - config.drop_cell_rate)))
     return torch.randperm(n_cells, device=device)[: max(n_keep, min(n_cells, 2))]  # batch norms need 2 cells
+
+
+def thin_counts(counts: torch.Tensor, config: MaskingConfig) -> torch.Tensor:
+    """CSR counts with ``thin_rate`` of the cells binomially thinned: each count of a chosen cell becomes
+    Binomial(count, p_cell), p_cell ~ Uniform(thin_min_keep, 1); the other cells are unchanged.
+
+    The sparsity pattern stays (a count thinned to 0 is a stored 0, as :func:`hide_genes` leaves it). Counts
+    are rounded to integers first: binomial thinning is defined for counts only.
+    """
+    n_cells = counts.shape[0]
+    n_thinned = int(round(config.thin_rate * n_cells))
+    if n_thinned == 0:
+        return counts
+    device = counts.device
+    keep = torch.ones(n_cells, device=device)
+    chosen = torch.randperm(n_cells, device=device)[:n_thinned]
+    keep[chosen] = config.thin_min_keep + (1.0 - config.thin_min_keep) * torch.rand(n_thinned, device=device)
+    rows = torch.repeat_interleave(torch.arange(n_cells, device=device), counts.crow_indices().diff())
+    values = counts.values()
+    thinned = torch.binomial(values.float().round(), keep[rows]).to(values.dtype)
+    return csr_tensor(counts.crow_indices(), counts.col_indices(), thinned, counts.shape, device=device)
 
 
 def gene_mask(n_cells: int, n_genes: int, config: MaskingConfig, device: torch.device) -> torch.Tensor:

@@ -93,10 +93,14 @@ def _batch(inputs: dict[str, Any], genes: list[str]) -> CellBatch:
     )
 
 
+def _on(value: Any, device: torch.device) -> Any:
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
 def _diff(a: torch.Tensor | float, b: torch.Tensor | float) -> tuple[float, float]:
     """(largest absolute difference, largest absolute official value)."""
-    a = torch.as_tensor(a, dtype=torch.float64)
-    b = torch.as_tensor(b, dtype=torch.float64)
+    a = torch.as_tensor(a).detach().cpu().to(torch.float64)
+    b = torch.as_tensor(b).detach().cpu().to(torch.float64)
     if a.shape != b.shape:
         raise AssertionError(f"shape {tuple(a.shape)} differs from the official {tuple(b.shape)}")
     if not a.numel():
@@ -115,12 +119,15 @@ def _losses(loss, official_out: dict[str, Any], official_loss: float) -> dict[st
 
 
 @torch.inference_mode()
-def compare_fixture(path: str | Path) -> list[Difference]:
-    """Rerun every case of an official fixture file; one :class:`Difference` per case and output."""
+def compare_fixture(path: str | Path, device: str | torch.device = "cpu") -> list[Difference]:
+    """Rerun every case of an official fixture file on ``device`` (the fixtures were made on the CPU); one
+    :class:`Difference` per case and output."""
     path = Path(path)
+    device = torch.device(device)
     fixture = load_fixture(path)
     kind = fixture_kind(fixture)
     module, genes = official_module(fixture, path.parent)
+    module.to(device)
     found: list[Difference] = []
 
     def record(case: str, diffs: dict[str, tuple[float, float]]) -> None:
@@ -128,10 +135,10 @@ def compare_fixture(path: str | Path) -> list[Difference]:
 
     for case, result in fixture["results"].items():
         if kind == "pipeline":
-            record(case, _compare_pipeline(module, genes, fixture["inputs"], case, result))
+            record(case, _compare_pipeline(module, genes, fixture["inputs"], case, result, device))
             continue
         inputs = fixture["inputs"][case]
-        batch = _batch(inputs, genes)
+        batch = _batch(inputs, genes).to(device)
         noise = result.get("gmvae_noise")
         out = module(batch, official=True, noise=_noise(noise[0]) if noise else None)
         official = result["out"]
@@ -141,24 +148,30 @@ def compare_fixture(path: str | Path) -> list[Difference]:
             diffs["nb_dispersion"] = _diff(out.nb.dispersion, official["disp"])
         if kind == "decoder":
             # The official loss reads decoder columns by input position (exact for full-width input).
-            loss = module.reconstruction_loss(out, measured=inputs["gene_mask"], alignment="position")
+            loss = module.reconstruction_loss(out, measured=_on(inputs["gene_mask"], device), alignment="position")
             diffs |= _losses(loss, official, result["loss"])
         elif kind == "imputation":
-            loss = module.imputation_loss(out, measured=inputs["gene_mask"])
+            loss = module.imputation_loss(out, measured=_on(inputs["gene_mask"], device))
             diffs["prediction"] = _diff(loss.prediction, official["pred"])
             diffs |= _losses(loss, official, result["loss"])
         elif kind == "annotation":
-            mask = inputs["loss_mask"]
-            loss = module.annotation_loss(out, inputs["label"], mask=mask)
+            mask = _on(inputs["loss_mask"], device)
+            loss = module.annotation_loss(out, _on(inputs["label"], device), mask=mask)
             diffs["logits"] = _diff(out.logits[mask], result["logits"])
-            diffs["prediction_mismatches"] = (float((out.logits[mask].argmax(1) != official["pred"]).sum()), 0.0)
+            predicted = out.logits[mask].argmax(1).cpu()
+            diffs["prediction_mismatches"] = (float((predicted != official["pred"]).sum()), 0.0)
             diffs |= _losses(loss, official, result["loss"])
         record(case, diffs)
     return found
 
 
 def _compare_pipeline(
-    module: CellPLMModule, genes: list[str], inputs: dict[str, Any], case: str, result: dict[str, Any]
+    module: CellPLMModule,
+    genes: list[str],
+    inputs: dict[str, Any],
+    case: str,
+    result: dict[str, Any],
+    device: torch.device,
 ) -> dict[str, tuple[float, float]]:
     """The official CellEmbeddingPipeline: AnnData in, cells grouped by obs['batch'], optional chunks."""
     import anndata as ad
@@ -179,7 +192,7 @@ def _compare_pipeline(
     kept = [inputs["adata_var_names"][j] for j in align_genes(adata.var_names, genes).columns]
     if kept != list(inputs["gene_list_after_filtering"]):
         raise AssertionError("the genes kept differ from the official pipeline's")
-    model = CellPLM(module, genes)
+    model = CellPLM(module, genes, device=device)
     noise = [_noise(n) for n in result["forward_calls_gmvae_noise"]]
     embedding = model.get_latent_representation(
         adata, sample_key="batch", max_cells=max_cells, partition="consecutive", official_compat=True, noise=noise
