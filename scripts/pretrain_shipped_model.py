@@ -44,6 +44,9 @@ from opencellplm.train.pretrain import gene_embedding_from_pca
 DATASETS = ("pbmc3k", "celltypist_sample", "merfish_u2os", "mouse_10k_subset")
 #: Scored by the label-free checkpoint probe (--select-by agreement); PBMC 68k stays out: it is the test set.
 PROBE_DATASETS = ("pbmc3k", "celltypist_sample", "mouse_10k_subset")
+#: Labelled validation (kNN label agreement, --select-by labels), never in the corpus. The human sample of the
+#: same study (Baron et al. 2016) stays out of everything: it is held for checking, like PBMC 68k.
+LABELLED_VALIDATION = ("baron_mouse_pancreas",)
 MIN_CELLS = 20
 STEPS = 600
 MAX_CELLS = 500
@@ -52,7 +55,7 @@ TARGET = Path(__file__).resolve().parents[1] / "src" / "opencellplm" / "pretrain
 
 
 def by_symbol(adata: ad.AnnData) -> ad.AnnData:
-    """Counts with upper-cased symbols as var_names, duplicated symbols summed."""
+    """Counts with upper-cased symbols as var_names, duplicated symbols summed (obs: sample, cell_type)."""
     symbols = np.array([str(g).upper() for g in adata.var_names])
     unique, inverse = np.unique(symbols, return_inverse=True)
     merge = sp.csr_matrix(
@@ -60,7 +63,9 @@ def by_symbol(adata: ad.AnnData) -> ad.AnnData:
     )
     x = sp.csr_matrix(adata.X) @ merge
     out = ad.AnnData(
-        sp.csr_matrix(x, dtype=np.float32), obs=adata.obs[["sample"]].copy(), var=pd.DataFrame(index=unique)
+        sp.csr_matrix(x, dtype=np.float32),
+        obs=adata.obs[[c for c in ("sample", "cell_type") if c in adata.obs]].copy(),
+        var=pd.DataFrame(index=unique),
     )
     if "spatial" in adata.obsm:
         out.obsm["spatial"] = np.asarray(adata.obsm["spatial"])
@@ -74,11 +79,11 @@ def main() -> int:
     parser.add_argument("--no-install", action="store_true", help="do not copy the model into the package")
     parser.add_argument(
         "--select-by",
-        choices=["val_loss", "agreement"],
+        choices=["val_loss", "agreement", "labels"],
         default="agreement",
-        help="keep the state with the lowest validation loss, or (the default) the one whose zero-shot embedding "
-        "keeps the PCA "
-        "neighbourhoods of PBMC 3k, the celltypist sample and 2,000 mouse cells best (no labels)",
+        help="keep the state with the lowest validation loss; (the default) the one whose zero-shot embedding "
+        "keeps the PCA neighbourhoods of PBMC 3k, the celltypist sample and 2,000 mouse cells best (no labels); "
+        "or the one with the best kNN label agreement on the Baron mouse pancreas cells (labelled validation)",
     )
     parser.add_argument(
         "--init-gene-embedding",
@@ -132,19 +137,21 @@ def main() -> int:
     if run.exists():
         shutil.rmtree(run)
     probe = None
-    if args.select_by == "agreement":
+    if args.select_by != "val_loss":
         probe_data = {name: parts[name] for name in PROBE_DATASETS}
         mouse = probe_data["mouse_10k_subset"]
         rows = np.sort(np.random.default_rng(0).choice(mouse.n_obs, 2000, replace=False))
         probe_data["mouse_10k_subset"] = mouse[rows].copy()
-        probe = NeighbourhoodProbe.from_adatas(probe_data)
+        probe_data |= {name: by_symbol(datasets.load_dataset(name)) for name in LABELLED_VALIDATION}
+        select = "val_label_agreement" if args.select_by == "labels" else "val_agreement"
+        probe = NeighbourhoodProbe.from_adatas(probe_data, labels_key="cell_type", select=select)
     table = None
     if args.init_gene_embedding == "pca":
         table = gene_embedding_from_pca(work / "corpus", int(model.get("hidden_dim", 1024)), seed=train.seed)
     start = time.perf_counter()
     summary = pretrain(work / "corpus", run, model=model, train=train, probe=probe, gene_embedding=table)
     minutes = (time.perf_counter() - start) / 60
-    monitor = "val_loss" if probe is None else "val_agreement"
+    monitor = "val_loss" if probe is None else probe.select
 
     manifest = json.loads((work / "corpus" / "manifest.json").read_text())
     trained = CellPLM.from_pretrained(run / "model")
@@ -156,7 +163,8 @@ def main() -> int:
         "recipe": " ".join(["python scripts/pretrain_shipped_model.py", *sys.argv[1:]]),
         "data": {
             "datasets": {name: {"cells": int(parts[name].n_obs)} for name in DATASETS},
-            "held_out_for_evaluation": "pbmc68k_reduced",
+            "held_out_for_evaluation": ["pbmc68k_reduced", "baron_human_pancreas"],
+            "labelled_validation": list(LABELLED_VALIDATION) if probe is not None else [],
             "cells": manifest["n_cells"],
             "cell_sets": manifest["n_sets"],
             "vocabulary": f"{len(trained.genes)} upper-cased gene symbols (human; mouse symbols upper-cased), "

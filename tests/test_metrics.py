@@ -226,3 +226,25 @@ def test_neighbourhood_agreement_is_one_for_the_same_structure_and_low_for_noise
         neighbourhood_agreement(rotated[:10], reference)
     with pytest.raises(ValueError, match="more than k=15 cells without NaN, got 10"):
         neighbourhood_agreement(rotated[:10], reference[:10])
+
+
+def test_knn_label_agreement_is_one_for_pure_neighbourhoods_and_balanced_over_classes():
+    from opencellplm.metrics import knn_label_agreement
+
+    rng = np.random.default_rng(0)
+    centres = np.repeat(np.eye(3) * 50, [200, 20, 20], axis=0)  # one large class, two small ones
+    labels = np.repeat(["big", "small1", "small2"], [200, 20, 20])
+    separated = centres + rng.normal(size=centres.shape)
+    assert knn_label_agreement(separated, labels, k=10) == pytest.approx(1.0)
+    mixed = rng.normal(size=centres.shape)  # no structure: the small classes' neighbours are mostly "big"
+    score = knn_label_agreement(mixed, labels, k=10)
+    assert score < 0.45  # balanced: (~0.83 + ~0.08 + ~0.08) / 3, where the plain cell mean would be ~0.7
+    with_missing = labels.astype(object)
+    with_missing[:5] = None
+    with_nan = separated.copy()
+    with_nan[5] = np.nan
+    assert knn_label_agreement(with_nan, with_missing, k=10) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one row per cell each"):
+        knn_label_agreement(separated[:10], labels)
+    with pytest.raises(ValueError, match="needs more than k=15 labelled cells without NaN, got 10"):
+        knn_label_agreement(separated[:10], labels[:10])

@@ -377,6 +377,42 @@ def test_a_probe_selects_the_state_whose_embedding_keeps_pca_neighbourhoods_best
         pretrain(corpus, tmp_path / "run", model=model, train=train, probe=other, resume=True)
 
 
+def test_a_probe_with_labels_can_select_by_knn_label_agreement(corpus, tmp_path):
+    from opencellplm.train import NeighbourhoodProbe
+
+    rng = np.random.default_rng(1)
+    cells = ad.AnnData(
+        rng.negative_binomial(2, 0.5, size=(60, 30)).astype(np.float32),
+        obs=pd.DataFrame({"cell_type": rng.choice(["a", "b", "c"], 60)}, index=[f"c{i}" for i in range(60)]),
+        var=pd.DataFrame(index=[f"G{j}" for j in range(30)]),
+    )
+    unlabelled = ad.AnnData(cells.X.copy(), var=cells.var.copy())
+    data = {"labelled": cells, "unlabelled": unlabelled}
+    probe = NeighbourhoodProbe.from_adatas(data, k=5, labels_key="cell_type", select="val_label_agreement")
+    assert set(probe.labels) == {"labelled"}
+    model, train = configs.load(_config_file(tmp_path / "cfg.json", steps=6))
+    summary = pretrain(corpus, tmp_path / "run", model=model, train=train, probe=probe)
+    history = summary["val_history"]
+    assert all(h["val_label_agreement"] == h["val_label_agreement_labelled"] for h in history)
+    assert all(h["val_agreement"] == h["val_agreement_unlabelled"] for h in history)  # each set scored one way
+    assert all("val_label_agreement_unlabelled" not in h and "val_agreement_labelled" not in h for h in history)
+    best = max(history, key=lambda h: h["val_label_agreement"])
+    trained = CellPLM.from_pretrained(tmp_path / "run" / "model")
+    assert trained.meta["selected_by"] == "val_label_agreement" and trained.meta["step"] == best["step"]
+    with pytest.raises(ValueError, match="select='val_label_agreement' needs labels for at least one data set"):
+        NeighbourhoodProbe.from_adatas({"unlabelled": unlabelled}, k=5, select="val_label_agreement")
+    with pytest.raises(ValueError, match="select='val_agreement' needs at least one data set without labels"):
+        NeighbourhoodProbe.from_adatas({"labelled": cells}, k=5, labels_key="cell_type")
+    with pytest.raises(ValueError, match=r"neither labels nor a reference PCA: \['unlabelled'\]"):
+        NeighbourhoodProbe({"unlabelled": (unlabelled, None)})
+    with pytest.raises(ValueError, match="select must be 'val_agreement' or 'val_label_agreement', got 'ari'"):
+        NeighbourhoodProbe.from_adatas(data, k=5, select="ari")
+    with pytest.raises(ValueError, match=r"labels given for data sets the probe does not have: \['other'\]"):
+        NeighbourhoodProbe(probe.data, labels={"other": np.zeros(3)})
+    with pytest.raises(ValueError, match="2 labels for the 60 cells of 'labelled'"):
+        NeighbourhoodProbe(probe.data, labels={"labelled": np.zeros(2)})
+
+
 def test_a_gene_embedding_table_from_the_corpus_pca_starts_the_run_and_is_part_of_its_settings(corpus, tmp_path):
     from opencellplm.train.pretrain import gene_embedding_from_pca
 

@@ -31,7 +31,7 @@ from .imputation import (
     zero_rate_bin,
     zero_rates,
 )
-from .neighbours import neighbourhood_agreement
+from .neighbours import knn_label_agreement, neighbourhood_agreement
 from .perturbation import PerturbationScores, condition_means, perturbation_scores, top_de_genes
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "imputation_scores",
     "ImputationScores",
     "mcv_scores",
+    "knn_label_agreement",
     "neighbourhood_agreement",
     "MCVScores",
     "molecular_split",

@@ -1,4 +1,5 @@
-"""How much of a reference representation's neighbourhood structure an embedding keeps (label-free)."""
+"""How much of a reference representation's neighbourhood structure an embedding keeps (label-free), and how
+much of a labelling its neighbourhoods agree with."""
 
 from __future__ import annotations
 
@@ -30,3 +31,28 @@ def neighbourhood_agreement(embedding: np.ndarray, reference: np.ndarray, *, k: 
     ]  # kneighbors() without X leaves each cell out of its own neighbours
     shared = np.array([len(np.intersect1d(a, b, assume_unique=True)) for a, b in zip(*sets)])
     return float(np.mean(shared / (2 * k - shared)))
+
+
+def knn_label_agreement(embedding: np.ndarray, labels: np.ndarray, *, k: int = 15) -> float:
+    """Class-balanced share of each cell's ``k`` nearest neighbours in ``embedding`` that carry its label.
+
+    The mean over cells of a class, then over classes, so that a few large types do not hide the small ones.
+    1 when every neighbourhood is pure, about ``1 / n_classes`` on average for an embedding unrelated to the
+    labels. Rows with a NaN, or with a missing label, are left out. Euclidean distances, self excluded.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    embedding = np.asarray(embedding, dtype=np.float64)
+    labels = np.asarray(labels, dtype=object)
+    if embedding.ndim != 2 or len(embedding) != len(labels):
+        raise ValueError(
+            f"embedding and labels need one row per cell each, got shapes {embedding.shape} and {labels.shape}"
+        )
+    keep = ~np.isnan(embedding).any(1) & np.array([label is not None and label == label for label in labels])
+    n = int(keep.sum())
+    if n <= k:
+        raise ValueError(f"kNN label agreement needs more than k={k} labelled cells without NaN, got {n}")
+    labels = labels[keep].astype(str)
+    neighbours = NearestNeighbors(n_neighbors=k).fit(embedding[keep]).kneighbors(return_distance=False)
+    same = (labels[neighbours] == labels[:, None]).mean(1)
+    return float(np.mean([same[labels == label].mean() for label in np.unique(labels)]))

@@ -1,4 +1,5 @@
-"""Training-time corruption: drop whole cells, thin the counts of some (a new depth), then hide a share of the\ngenes of some cells."""
+"""Training-time corruption: drop whole cells, thin the counts of some (a new depth), then hide a share
+of the genes of some cells."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from ..io import save_checkpoint
 from ..module import CellPLMModule
 from ..module.losses import LossOutput
 from .plan import DataPlan, SetRef
-from .probe import PROBE_METRIC, NeighbourhoodProbe
+from .probe import NeighbourhoodProbe
 from .schedule import set_seed
 from .trainer import EVALUATION_STEP, MODEL_DIR, Autocast, Distributed, Objective, Trainer, unwrap
 
@@ -93,8 +93,8 @@ class PretrainObjective(Objective):
         self.gene_embedding_sha256 = (
             None if gene_embedding is None else hashlib.sha256(np.ascontiguousarray(gene_embedding)).hexdigest()
         )
-        if probe is not None:  # the best state is the one whose embedding keeps PCA's neighbourhoods best
-            self.monitor, self.maximize = PROBE_METRIC, True
+        if probe is not None:  # the best state is the one whose zero-shot embedding scores best
+            self.monitor, self.maximize = probe.select, True
         self.plan = DataPlan(
             tuple(s["n_sets"] for s in corpus.shards),
             train.sets_per_step,
@@ -193,7 +193,7 @@ def pretrain(
     device
         ``"cpu"``, ``"cuda"``, ... (default: this process's GPU when there is one, else the CPU).
     probe
-        Keep the state whose zero-shot embedding scores best on this probe (``val_agreement``, see
+        Keep the state whose zero-shot embedding scores best on this probe (its ``select`` metric, see
         :class:`~opencellplm.train.probe.NeighbourhoodProbe`) instead of the lowest validation loss.
     gene_embedding
         Initial gene-embedding table, (vocabulary size, hidden_dim) in the corpus vocabulary's order (e.g. from
