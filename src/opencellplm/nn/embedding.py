@@ -49,13 +49,16 @@ def log1p_gene_sum(
             0, cell_of_value, values
         )
         values = values * (1e4 / totals.clamp_min(1e-12))[cell_of_value]  # cells without counts have no values
-    weights = torch.log1p(values.to(dtype))  # (nnz,)
-    if inference and table.device.type == "cpu":
-        return _blocked_gene_sum(counts.col_indices(), weights, offsets, gene_index, table, dtype)
-    rows = gene_index[counts.col_indices()]  # (nnz,) vocabulary row of each stored value
-    return F.embedding_bag(
-        rows, table.to(dtype), offsets, mode="sum", per_sample_weights=weights, include_last_offset=True
-    )
+    # The dtypes are the ones chosen above: CUDA autocast runs log1p in fp32, and embedding_bag refuses weights
+    # of another dtype than the table's ("expected scalar type BFloat16 but found Float").
+    with torch.autocast(table.device.type, enabled=False):
+        weights = torch.log1p(values.float()).to(dtype)  # (nnz,)
+        if inference and table.device.type == "cpu":
+            return _blocked_gene_sum(counts.col_indices(), weights, offsets, gene_index, table, dtype)
+        rows = gene_index[counts.col_indices()]  # (nnz,) vocabulary row of each stored value
+        return F.embedding_bag(
+            rows, table.to(dtype), offsets, mode="sum", per_sample_weights=weights, include_last_offset=True
+        )
 
 
 #: Bytes of embedding-table block that one pass gathers from: small enough to stay in a CPU's last-level cache.
