@@ -109,7 +109,7 @@ def test_results_of_other_settings_are_never_mixed_or_overwritten(fake, tmp_path
 def test_unknown_names_list_the_valid_ones(capsys, tmp_path):
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['clusterin'\]; choose among \['clustering', "):
         resolve_names(["clusterin"], None)
-    with pytest.raises(ValueError, match=r"unknown data set\(s\) \['pbmc'\]; choose among \['bdtnp', "):
+    with pytest.raises(ValueError, match=r"unknown data set\(s\) \['pbmc'\]; choose among \['baron_human_pancreas', "):
         resolve_names(None, ["pbmc"])
     with pytest.raises(ValueError, match=r"no task runs on the data sets \['bdtnp'\]"):
         resolve_names(["clustering"], ["bdtnp"])
@@ -122,7 +122,8 @@ def test_quick_profile_end_to_end_on_the_data_that_ship_offline(tmp_path, capsys
     """PBMC 68k reduced ships with scanpy, the Perturb-seq data are simulated: no download."""
     out = tmp_path / "bench"
     tasks = ["clustering", "annotation", "perturbation"]
-    assert main(["-q", "benchmark", "--quick", "--tasks", *tasks, "--out", str(out)]) == 0
+    offline = ["pbmc68k_reduced", "perturbseq_simulated"]
+    assert main(["-q", "benchmark", "--quick", "--tasks", *tasks, "--datasets", *offline, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["schema_version"] == 1 and results["profile"] == "quick"
     assert set(results["tasks"]) == set(tasks)
