@@ -399,6 +399,32 @@ def test_gene_sum_reads_the_table_in_bf16_only_for_inference_under_autocast():
     torch.testing.assert_close(fast.float(), exact, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("inference", [False, True])
+def test_gene_sum_keeps_its_dtypes_whatever_autocast_does_to_log1p(monkeypatch, inference):
+    """CUDA autocast runs log1p in fp32; a bf16 table with fp32 weights then crashed embedding_bag (found on an
+    H100). Here log1p answers fp32 as it does under CUDA autocast: the weights must still match the table."""
+    import torch.nn.functional as F
+
+    from opencellplm.nn import embedding
+
+    real_log1p, real_bag, seen = torch.log1p, F.embedding_bag, []
+    monkeypatch.setattr(torch, "log1p", lambda x: real_log1p(x.float()))
+
+    def bag(rows, table, offsets, **kw):
+        assert not torch.is_autocast_enabled("cpu"), "embedding_bag must run outside autocast"
+        assert kw["per_sample_weights"].dtype == table.dtype, (kw["per_sample_weights"].dtype, table.dtype)
+        seen.append(table.dtype)
+        return real_bag(rows, table, offsets, **kw)
+
+    monkeypatch.setattr(embedding.F, "embedding_bag", bag)
+    table = torch.randn(50, 8, requires_grad=not inference)
+    counts = torch.tensor([[0.0, 3.0, 1.0, 0.0], [2.0, 0.0, 0.0, 7.0]]).to_sparse_csr()
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode(inference):
+        out = embedding.log1p_gene_sum(counts, torch.tensor([4, 9, 20, 33]), table)
+    expected = torch.bfloat16 if inference else torch.float32
+    assert seen and set(seen) == {expected} and out.dtype == expected
+
+
 def test_inference_gene_sum_in_cache_sized_blocks_is_identical(monkeypatch):
     """The CPU inference path gathers column blocks of the input genes' rows; it sums the same products in the
     same order as the one-pass sum used for training, so fp32 results are bit-identical."""
