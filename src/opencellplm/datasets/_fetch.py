@@ -124,6 +124,21 @@ ARCHIVES: dict[str, Archive] = {
         "37db4e837f82960b734def4a0c9c49b5c18e749b85a849da94f7149856454fde",
         sdist=True,
     ),
+    # setuptools source archive; pip prepares its metadata in an isolated build (nothing of palantir is imported).
+    "palantir-sdist": Archive(
+        "palantir",
+        "1.4.2",
+        "palantir-1.4.2.tar.gz",
+        "e29efcb790ab27a9aa2c83bcdcbc53dd06a28ef4573506ee35c7b8de29be219e",
+        sdist=True,
+    ),
+    "cellex-sdist": Archive(
+        "cellex",
+        "1.2.2",
+        "cellex-1.2.2.tar.gz",
+        "3966eb164fe49b9d5c40450929084b799288d6d8bc061ece758c028087a8d6d1",
+        sdist=True,
+    ),
 }
 
 

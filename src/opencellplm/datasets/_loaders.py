@@ -213,3 +213,50 @@ def baron_mouse_pancreas(*, cache_dir: PathLike | None = None, refresh: bool = F
         float32 CSR counts; ``var_names`` gene symbols (no Ensembl ids ship with it).
     """
     return load_dataset("baron_mouse_pancreas", cache_dir=cache_dir, refresh=refresh)
+
+
+@_document
+def palantir_marrow(*, cache_dir: PathLike | None = None, refresh: bool = False) -> ad.AnnData:
+    """Human bone marrow (Setty et al. 2019, 10x): 4,142 cells x 16,106 genes, raw UMI counts, no labels.
+
+    Homo sapiens. From palantir 1.4.2's source archive: ``palantir-1.4.2/data/marrow_sample_scseq_counts.h5ad``
+    (palantir is never imported), the marrow sample of palantir's tutorial. The shipped file holds only the
+    counts (float32 CSR, all integers) with gene symbols; the cells come from two runs, kept in ``obs['run']``
+    (``Run4``: 1,984 cells, ``Run5``: 2,158) from the cell names. The genes are those kept by the authors'
+    filtering (16,106, not a whole reference). Median 8,435 counts per cell.
+
+    Setty M. et al., "Characterization of cell fate probabilities in single-cell data with Palantir",
+    Nature Biotechnology 37:451-460 (2019).
+
+    Returns
+    -------
+    AnnData
+        float32 CSR counts; ``var_names`` gene symbols (no Ensembl ids ship with it); ``obs['sample']`` is
+        ``palantir_marrow`` for every cell.
+    """
+    return load_dataset("palantir_marrow", cache_dir=cache_dir, refresh=refresh)
+
+
+@_document
+def zeisel_brain_subset(*, cache_dir: PathLike | None = None, refresh: bool = False) -> ad.AnnData:
+    """Mouse nervous system (Zeisel et al. 2018, 10x): 1,099 cells x 27,998 genes, raw UMI counts, 3 cell types.
+
+    Mus musculus. From cellex 1.2.2's source archive (cellex is never imported): its benchmark subset
+    ``tests/_benchmark/zeisel2018_mousebrain_subset_data.csv.gz`` (genes x cells, Ensembl ids, transposed here)
+    and ``..._metadata.csv.gz``. ``obs['cell_type']`` is the metadata's ``cell_type`` (Zeisel et al.'s cluster
+    names: ``PVM2`` 639 cells, ``DEINH3`` 323, ``ABC`` 137); ``obs['library']`` is the 10x sample in the cell
+    name (``10X57_6``); ``obs['sample']`` is ``zeisel_brain_subset`` for every cell. Median 1,998 counts per cell.
+
+    The file has Ensembl ids only: ``var_names`` are symbols from cellex's Ensembl 90 mouse map in the same
+    archive (``cellex/utils/mapping/maps/Mus_musculus.GRCm38.ens_v90.gene_name_version2ensembl.txt.gz``), for
+    27,748 of the 27,998 ids (all distinct); the 250 ids not in that map keep the id as their name, with an
+    empty ``var['gene_symbol']``.
+
+    Zeisel A. et al., "Molecular Architecture of the Mouse Nervous System", Cell 174(4):999-1014 (2018).
+
+    Returns
+    -------
+    AnnData
+        float32 CSR counts; ``var['ensembl_id']`` Ensembl ids, ``var['gene_symbol']`` symbols.
+    """
+    return load_dataset("zeisel_brain_subset", cache_dir=cache_dir, refresh=refresh)

@@ -58,6 +58,10 @@ class DatasetSource:
 _NOVOSPARC = "novosparc-0.4.4/novosparc/datasets"
 _SCVI_TEST_DATA = "scvi_tools-1.1.6/tests/test_data"
 _CAME_SAMPLE_DATA = "came/sample_data.zip"  # a zip inside the wheel; the converters open it
+_CELLEX = "cellex-1.2.2"
+_CELLEX_MOUSE_GENES = (
+    f"{_CELLEX}/cellex/utils/mapping/maps/Mus_musculus.GRCm38.ens_v90.gene_name_version2ensembl.txt.gz"
+)
 _MERFISH = {
     f"{kind}_{i}": f"{_NOVOSPARC}/osteosarcoma/{kind}_{i}.txt" for i in (1, 2, 3) for kind in ("dge", "geometry")
 }
@@ -151,6 +155,28 @@ DATASETS: dict[str, DatasetSource] = {
             "Mus musculus",
             "Baron et al. 2016 mouse pancreas (inDrop), 1,886 cells (2 donors) x 14,877 genes, raw UMI counts, "
             "12 cell types (cell ontology)",
+        ),
+        DatasetSource(
+            "palantir_marrow",
+            "palantir-sdist",
+            {"h5ad": "palantir-1.4.2/data/marrow_sample_scseq_counts.h5ad"},
+            convert.convert_palantir_marrow,
+            "Homo sapiens",
+            "Setty et al. 2019 human bone marrow (CD34+ enriched, 10x), 4,142 cells x 16,106 genes, raw UMI counts, "
+            "no labels (palantir's sample data)",
+        ),
+        DatasetSource(
+            "zeisel_brain_subset",
+            "cellex-sdist",
+            {
+                "data": f"{_CELLEX}/tests/_benchmark/zeisel2018_mousebrain_subset_data.csv.gz",
+                "metadata": f"{_CELLEX}/tests/_benchmark/zeisel2018_mousebrain_subset_metadata.csv.gz",
+                "genes": _CELLEX_MOUSE_GENES,  # cellex's Ensembl 90 id -> symbol map
+            },
+            convert.convert_zeisel_brain_subset,
+            "Mus musculus",
+            "Zeisel et al. 2018 mouse nervous system (10x), 1,099 cells of 3 types (PVM2, DEINH3, ABC) x 27,998 genes, "
+            "raw UMI counts (cellex's benchmark subset)",
         ),
     )
 }
