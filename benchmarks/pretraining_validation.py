@@ -8,7 +8,9 @@ seeded 2,000-cell subset of the mouse 10k subset), the neighbourhood agreement
 (:func:`opencellplm.metrics.neighbourhood_agreement`, 15 neighbours) between the zero-shot embedding and the
 standard PCA of log-normalised counts (:func:`opencellplm.baselines.pca_embedding`): does the embedding keep the
 cell neighbourhoods of the usual pipeline? These cells may have been seen in pretraining (their labels never
-exist). ``--test`` adds the zero-shot clustering scores on PBMC 68k reduced (the test set: use it for the final
+exist). Labelled validation: the class-balanced kNN label agreement (:func:`opencellplm.metrics.knn_label_agreement`)
+on the Baron et al. mouse pancreas cells (never in the corpus), beside PCA's. ``--test`` adds the zero-shot
+clustering scores on the held-out sets, PBMC 68k reduced and the Baron human pancreas (use them for the final
 choice only), beside PCA, seeds 0-2.
 """
 
@@ -23,9 +25,11 @@ import numpy as np
 
 from opencellplm import CellPLM, datasets
 from opencellplm.baselines import pca_embedding
-from opencellplm.metrics import clustering_scores, neighbourhood_agreement
+from opencellplm.metrics import clustering_scores, knn_label_agreement, neighbourhood_agreement
 
 VALIDATION = {"pbmc3k": None, "celltypist_sample": None, "mouse_10k_subset": 2000}
+LABELLED_VALIDATION = "baron_mouse_pancreas"
+TEST = ("pbmc68k_reduced", "baron_human_pancreas")
 
 
 def validation_sets() -> dict:
@@ -54,6 +58,9 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     data = validation_sets()
+    labelled = datasets.load_dataset(LABELLED_VALIDATION)
+    labelled_types = labelled.obs["cell_type"].to_numpy()
+    pca_label_agreement = round(knn_label_agreement(pca_embedding(labelled).prediction, labelled_types), 4)
     report = {}
     for checkpoint in args.checkpoints:
         model = CellPLM.from_pretrained(checkpoint)
@@ -65,13 +72,18 @@ def main() -> None:
         }
         scores["mean"] = round(float(np.mean(list(scores.values()))), 4)
         report[checkpoint] = {"validation_neighbourhood_agreement": scores}
-        if args.test:
-            pbmc = datasets.pbmc68k_reduced()
-            labels = pbmc.obs["cell_type"].to_numpy()
-            representations = {"model": model.get_latent_representation(pbmc), "pca": pca_embedding(pbmc).prediction}
+        model_label_agreement = knn_label_agreement(model.get_latent_representation(labelled), labelled_types)
+        report[checkpoint][f"validation_label_agreement_{LABELLED_VALIDATION}"] = {
+            "model": round(model_label_agreement, 4),
+            "pca": pca_label_agreement,
+        }
+        for test in TEST if args.test else ():
+            adata = datasets.load_dataset(test)
+            labels = adata.obs["cell_type"].to_numpy()
+            representations = {"model": model.get_latent_representation(adata), "pca": pca_embedding(adata).prediction}
             for name, rep in representations.items():
                 runs = [clustering_scores(rep, labels, seed=seed) for seed in (0, 1, 2)]
-                report[checkpoint][f"pbmc68k_{name}"] = {
+                report[checkpoint][f"{test}_{name}"] = {
                     key: round(float(np.mean([getattr(r, key) for r in runs])), 4)
                     for key in ("best_ari", "best_nmi", "ari_fixed", "nmi_fixed", "ari_at_nmi_choice")
                 }
