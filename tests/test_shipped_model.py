@@ -16,11 +16,15 @@ def test_shipped_model_loads_by_name_and_records_its_recipe():
     assert meta["size_mb"] <= 25
     validation = meta["validation"]
     curve, selected_by = validation["curve"], validation["selected_by"]
-    assert selected_by == "val_agreement" and validation["probe"]["data"]  # chosen by the label-free probe
+    assert selected_by == "val_label_agreement" and validation["probe"]["labelled"] == ["baron_mouse_pancreas"]
     best = max(curve, key=lambda point: point[selected_by])
     assert len(curve) >= 2 and meta["step"] == best["step"]  # the weights shipped are the best validated
     assert meta["gene_embedding_init"] == "pca" and meta["input_scaling"] == model.config.input_scaling
-    assert set(meta["data"]["datasets"]) == {"pbmc3k", "celltypist_sample", "merfish_u2os", "mouse_10k_subset"}
+    corpus = {"pbmc3k", "celltypist_sample", "merfish_u2os", "mouse_10k_subset"}
+    corpus |= {"palantir_marrow", "zeisel_brain_subset"}
+    assert set(meta["data"]["datasets"]) == corpus
+    held_out = {"pbmc68k_reduced", "baron_human_pancreas", "baron_mouse_pancreas"}  # test and validation sets
+    assert not held_out & corpus and set(meta["data"]["held_out_for_evaluation"]) < held_out
     assert model.config.positional_encoding == "sinusoidal"
     assert "CD3E" in model.genes  # upper-cased symbols
 
@@ -71,3 +75,15 @@ def test_mouse_symbols_meet_the_upper_cased_vocabulary():
     upper.var_names = [g.upper() for g in mouse.var_names]
     np.testing.assert_array_equal(model.get_latent_representation(mouse), model.get_latent_representation(upper))
     assert "(ids matched by the checkpoint's rule: upper)" in report.to_text()
+
+
+def test_the_recorded_recipe_leaves_out_where_the_work_went():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_shipped_model.py"
+    spec = importlib.util.spec_from_file_location("recipe", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    argv = ["--work", "/some/where", "--steps", "300", "--no-install", "--work=/else", "--thin-rate", "0.5"]
+    assert recipe.recipe_options(argv) == ["--steps", "300", "--thin-rate", "0.5"]
