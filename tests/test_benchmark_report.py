@@ -329,3 +329,25 @@ def test_update_readme_keeps_line_endings_outside_the_markers(tmp_path):
     content = readme.read_bytes()
     assert content.startswith(f"# Title\r\n\r\n{README_START}\n".encode())
     assert content.endswith(f"{README_END}\r\nTail\r\n".encode())
+
+
+def test_a_time_under_a_millisecond_is_labelled_on_a_log_axis(monkeypatch, tmp_path):
+    """A wall time recorded as 0 has no bar on a log axis; the figure says '< 1 ms' instead of showing nothing."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from opencellplm.benchmark import report
+
+    drawn = []
+    monkeypatch.setattr(report, "_save", lambda fig, target: drawn.append(fig))
+    frame = pd.DataFrame(
+        {"wall_s_mean": [20.0, 0.0, 0.05], "wall_s_sd": [1.0, 0.0, 0.0], "family": ["cellplm", "baseline", "baseline"]},
+        index=["cellplm_fine_tuned", "unchanged", "knn_smoothing"],
+    )
+    task = SimpleNamespace(title="Denoising", key="denoising")
+    pair = SimpleNamespace(dataset="mouse", simulated=False)
+    report._time_figure(task, [(pair, frame)], tmp_path / "t.png")
+    ax = drawn[0].axes[0]
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.texts] == [" < 1 ms"]

@@ -807,6 +807,10 @@ def _time_figure(task: _Task, panels: list[tuple[_Pair, pd.DataFrame]], target: 
         log = values.size > 1 and values.max() / values.min() > LOG_TIME_RATIO
         if log:  # a wide range: on a linear axis the fast methods would vanish
             ax.set_xscale("log")
+            # a time recorded as 0 (under the records' 1 ms rounding) has no bar on a log axis: say so
+            for yi, mean in zip(np.arange(len(frame))[::-1], frame["wall_s_mean"].to_numpy(float)):
+                if mean == 0:
+                    ax.text(values.min(), yi, " < 1 ms", va="center", fontsize=8, color="0.4")
         ax.set_xlabel("wall time per run, s" + (" (log scale)" if log else ""))
         ax.set_title(f"{pair.dataset}{_suffix(pair.simulated)}", fontsize=10)
     fig.suptitle(f"{task.title} ({task.key})\nwall time per method, mean ± sd over seeds", fontsize=12)
