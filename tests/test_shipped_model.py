@@ -21,10 +21,16 @@ def test_shipped_model_loads_by_name_and_records_its_recipe():
     assert len(curve) >= 2 and meta["step"] == best["step"]  # the weights shipped are the best validated
     assert meta["gene_embedding_init"] == "pca" and meta["input_scaling"] == model.config.input_scaling
     corpus = {"pbmc3k", "celltypist_sample", "merfish_u2os", "mouse_10k_subset"}
-    corpus |= {"palantir_marrow", "zeisel_brain_subset"}
-    assert set(meta["data"]["datasets"]) == corpus
-    held_out = {"pbmc68k_reduced", "baron_human_pancreas", "baron_mouse_pancreas"}  # test and validation sets
-    assert not held_out & corpus and set(meta["data"]["held_out_for_evaluation"]) < held_out
+    corpus |= {"palantir_marrow", "zeisel_brain_subset", "baron_mouse_pancreas"}
+    data = meta["data"]
+    assert set(data["datasets"]) == corpus
+    # The validation set's donors are split: one donor's cells train, the other's validate, never both.
+    assert data["donors"] == {"baron_mouse_pancreas": {"corpus": ["mouse1"], "validation": ["mouse2"]}}
+    assert (
+        data["datasets"]["baron_mouse_pancreas"]["cells"] + data["labelled_validation"]["baron_mouse_pancreas"] == 1886
+    )
+    held_out = {"pbmc68k_reduced", "baron_human_pancreas"}  # the test sets: never in the corpus
+    assert not held_out & corpus and set(data["held_out_for_evaluation"]) == held_out
     assert model.config.positional_encoding == "sinusoidal"
     assert "CD3E" in model.genes  # upper-cased symbols
 
@@ -77,7 +83,7 @@ def test_mouse_symbols_meet_the_upper_cased_vocabulary():
     assert "(ids matched by the checkpoint's rule: upper)" in report.to_text()
 
 
-def test_the_recorded_recipe_leaves_out_where_the_work_went():
+def _recipe():
     import importlib.util
     from pathlib import Path
 
@@ -85,5 +91,28 @@ def test_the_recorded_recipe_leaves_out_where_the_work_went():
     spec = importlib.util.spec_from_file_location("recipe", path)
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
-    argv = ["--work", "/some/where", "--steps", "300", "--no-install", "--work=/else", "--thin-rate", "0.5"]
-    assert recipe.recipe_options(argv) == ["--steps", "300", "--thin-rate", "0.5"]
+    return recipe
+
+
+def test_the_recorded_recipe_leaves_out_where_the_work_went():
+    argv = ["--work", "/some/where", "--steps", "300", "--no-install", "--work=/else", "--resume", "--thin-rate", "0.5"]
+    assert _recipe().recipe_options(argv) == ["--steps", "300", "--thin-rate", "0.5"]
+
+
+def test_the_recipe_resumes_only_a_run_with_its_settings(tmp_path):
+    import json
+
+    from opencellplm.config import TrainConfig
+
+    recipe, train = _recipe(), TrainConfig(steps=600)
+    model = {"hidden_dim": 128, "masking": {"thin_rate": 0.5}}
+    assert recipe.finished_run(tmp_path, model, train) is None  # nothing there: train
+    saved = {"model": {"hidden_dim": 128, "dropout": 0.1, "masking": {"thin_rate": 0.5}}, "train": train.to_dict()}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "summary.json").write_text(json.dumps({"steps": 300, "seconds": 60.0}))
+    assert recipe.finished_run(tmp_path, model, train) is None  # stopped at step 300: resume it
+    (tmp_path / "summary.json").write_text(json.dumps({"steps": 600, "seconds": 60.0}))
+    assert recipe.finished_run(tmp_path, model, train)["seconds"] == 60.0  # finished: install it as it is
+    other = model | {"masking": {"thin_rate": 0.0}}
+    with pytest.raises(SystemExit, match=r"trained with other settings \(masking.thin_rate\)"):
+        recipe.finished_run(tmp_path, other, train)
