@@ -221,7 +221,9 @@ def pretrain(
                 world.device,
                 "bf16" if trainer.dtype else "fp32",
             )
-        return trainer.fit()
+        summary = trainer.fit()
+        world.barrier()  # no process tears the group down while another still talks to it
+        return summary
     finally:
         world.stop()
 
