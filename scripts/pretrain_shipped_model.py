@@ -122,6 +122,13 @@ def finished_run(run: Path, model: dict, train) -> dict | None:
     return summary if summary["steps"] >= train.steps else None
 
 
+def remove_earlier_run(run: Path) -> None:
+    """Delete an earlier run of this recipe in ``run`` (a fresh run starts over); refuse any other folder."""
+    if not ((run / "config.json").exists() and (run / "metrics.jsonl").exists()):
+        raise SystemExit(f"{run} exists but holds no pretraining run: pick another --work (nothing was deleted)")
+    shutil.rmtree(run)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="shipped-model-work", help="working folder (data, corpus, run)")
@@ -210,7 +217,7 @@ def main() -> int:
         train = replace(train, steps=args.steps)
     run = work / "run"
     if run.exists() and not args.resume:
-        shutil.rmtree(run)
+        remove_earlier_run(run)
     probe = None
     if args.select_by != "val_loss":
         probe_data = {name: parts[name] for name in PROBE_DATASETS}

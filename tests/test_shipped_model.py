@@ -116,3 +116,17 @@ def test_the_recipe_resumes_only_a_run_with_its_settings(tmp_path):
     other = model | {"masking": {"thin_rate": 0.0}}
     with pytest.raises(SystemExit, match=r"trained with other settings \(masking.thin_rate\)"):
         recipe.finished_run(tmp_path, other, train)
+
+
+def test_the_recipe_deletes_only_an_earlier_run_of_its_own(tmp_path):
+    recipe = _recipe()
+    foreign = tmp_path / "run"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="holds no pretraining run: pick another --work"):
+        recipe.remove_earlier_run(foreign)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    for name in ("config.json", "metrics.jsonl"):
+        (foreign / name).write_text("{}")
+    recipe.remove_earlier_run(foreign)
+    assert not foreign.exists()
