@@ -170,10 +170,15 @@ def test_knn_smoothing_with_one_neighbour_is_the_input():
         (
             lambda a: baselines.scvi_embedding(a),
             "scvi",
-            r"scVI needs the scvi extra: pip install 'opencellplm\[scvi\]'",
+            r"scVI needs the scvi extra: pip install 'opencellplm\[scvi\]' "
+            r"\(in a clone of the repository: pip install -e '\.\[scvi\]'\)",
         ),
         (lambda a: baselines.scvi_denoise(a), "scvi", r"pip install 'opencellplm\[scvi\]'"),
-        (lambda a: baselines.magic(a), "magic", r"MAGIC needs the magic extra: pip install 'opencellplm\[magic\]'"),
+        (
+            lambda a: baselines.magic(a),
+            "magic",
+            r"MAGIC needs the magic extra: pip install 'opencellplm\[magic\]' .*pip install -e '\.\[magic\]'",
+        ),
     ],
 )
 def test_optional_baselines_name_their_extra(monkeypatch, call, module, message):

@@ -582,11 +582,17 @@ def scvi_denoise(
 # optional dependencies
 
 
+def install_hint(extra: str) -> str:
+    """How to install an optional extra, from a registry and from a clone (where ``opencellplm[...]`` finds
+    no package to add the extra to)."""
+    return f"pip install 'opencellplm[{extra}]' (in a clone of the repository: pip install -e '.[{extra}]')"
+
+
 def _import_scvi():
     try:
         import scvi
     except ImportError as err:
-        raise ImportError("scVI needs the scvi extra: pip install 'opencellplm[scvi]'") from err
+        raise ImportError(f"scVI needs the scvi extra: {install_hint('scvi')}") from err
     return scvi
 
 
@@ -594,11 +600,11 @@ def _import_magic():
     try:
         import magic as magic_module
     except ImportError as err:
-        raise ImportError("MAGIC needs the magic extra: pip install 'opencellplm[magic]'") from err
+        raise ImportError(f"MAGIC needs the magic extra: {install_hint('magic')}") from err
     if not hasattr(magic_module, "MAGIC"):  # python-magic (libmagic bindings) shares the import name
         raise ImportError(
             f"the module named 'magic' at {getattr(magic_module, '__file__', '?')} is not MAGIC (magic-impute); "
-            "MAGIC needs the magic extra: pip install 'opencellplm[magic]'"
+            f"MAGIC needs the magic extra: {install_hint('magic')}"
         )
     return magic_module
 
