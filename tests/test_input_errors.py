@@ -59,7 +59,6 @@ def test_cli_exits_2_on_files_that_are_not_h5ad(tmp_path, tiny_adata, model, cap
     path, message = _not_h5ad(kind, tmp_path, tiny_adata)
     model.save(tmp_path / "ckpt")
     commands = {
-        "validate": ["validate", str(path)],
         "embed": ["embed", str(path), "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out.h5ad")],
         "prepare-corpus": ["prepare-corpus", str(path), "--out", str(tmp_path / "corpus")],
     }
@@ -70,6 +69,22 @@ def test_cli_exits_2_on_files_that_are_not_h5ad(tmp_path, tiny_adata, model, cap
         assert caplog.records[-1].levelno == logging.ERROR
         assert str(path) in caplog.text and re.search(message, caplog.text), name
     assert not (tmp_path / "out.h5ad").exists() and not (tmp_path / "corpus").exists()
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "no obs", "missing", "folder"])
+def test_validate_exits_1_on_files_it_cannot_use(tmp_path, tiny_adata, capsys, kind):
+    """The README's promise: `validate` exits 1 when the file cannot be used, with the reason in its report."""
+    if kind == "missing":
+        path, message = tmp_path / "absent.h5ad", "input file not found: "
+    elif kind == "folder":
+        path, message = tmp_path / "folder.h5ad", "is not a file"
+        path.mkdir()
+    else:
+        path, message = _not_h5ad(kind, tmp_path, tiny_adata)
+    assert main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"{path}\nerror: ") and out.endswith("usable: no\n")
+    assert re.search(message, out) and str(path) in out.splitlines()[1]
 
 
 # ------------------------------------------------------------------------------ not an AnnData
