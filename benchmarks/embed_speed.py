@@ -7,7 +7,7 @@ Usage:
 
 Without ``--official-python`` only our rows are measured (said so in the output).
 
-Both sides run the real 85M configuration (``fixtures/official/20230926_85M.config.json``, 19,374
+Both sides run the real 85M configuration (``tests/data/official/20230926_85M.config.json``, 19,374
 genes) with IDENTICAL random weights: one official-format checkpoint (``PREFIX.config.json`` +
 ``PREFIX.best.ckpt``, NB-decoder layout as released) is written once into a temporary folder, by
 the official ``OmicsFormer`` (seed 0) when the official package is given, else by our exporter
@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CONFIG_85M = HERE.parent.parent / "shared" / "fixtures" / "official" / "20230926_85M.config.json"
+CONFIG_85M = HERE.parent / "tests" / "data" / "official" / "20230926_85M.config.json"
 SRC = HERE.parent / "src"
 PREFIX = "bench"
 METHODS = ("official", "ours fp32", "ours bf16")
@@ -454,7 +454,7 @@ def main() -> int:
         worker(args)
         return 0
     if not CONFIG_85M.is_file():
-        parser.error(f"the 85M config is not at {CONFIG_85M} (the shared fixtures beside the repository)")
+        parser.error(f"the 85M config is not at {CONFIG_85M} (tests/data/official in the repository)")
     if args.official_python and not Path(args.official_python).exists():
         parser.error(f"--official-python {args.official_python} does not exist")
     return driver(args)

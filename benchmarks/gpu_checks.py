@@ -1,7 +1,7 @@
 """GPU checks: the official fixtures rerun on CUDA, the shipped model's CPU vs CUDA embeddings, and the
 85M-configuration embedding time at 48,082 cells x 19,374 genes. Needs a CUDA device.
 
-Usage: python benchmarks/gpu_checks.py [--fixtures ../shared/fixtures/official] [--json checks.json]
+Usage: python benchmarks/gpu_checks.py [--fixtures tests/data/official] [--json checks.json]
 
 Each check reports on its own (an error is recorded and the next check runs); one JSON document at the end.
 - fixtures: every official reference fixture rerun on the CPU and on CUDA in fp32; the largest difference of
@@ -25,7 +25,7 @@ import torch
 from opencellplm import datasets
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--fixtures", type=Path, default=Path(__file__).resolve().parents[2] / "shared/fixtures/official")
+parser.add_argument("--fixtures", type=Path, default=Path(__file__).resolve().parents[1] / "tests/data/official")
 parser.add_argument("--json", type=Path, help="also write the results here")
 args = parser.parse_args()
 if not torch.cuda.is_available():

@@ -1,22 +1,20 @@
 """Print the largest absolute difference to the official reference outputs, per fixture and output.
 
 Usage: python scripts/compare_official.py [FIXTURE_DIR]   (default: $OPENCELLPLM_OFFICIAL_FIXTURES,
-else ../shared/fixtures/official next to this repository)
+else the repository's tests/data/official)
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-from opencellplm.testing.official_fixtures import FIXTURE_ENV, compare_fixture
+from opencellplm.testing.official_fixtures import compare_fixture, official_fixture_dir
 
 
 def main() -> int:
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official"
-    folder = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get(FIXTURE_ENV, default))
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else official_fixture_dir()
     files = sorted(folder.glob("*.pt"))
     if not files:
         print(f"no *.pt fixtures in {folder}", file=sys.stderr)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import anndata as ad
@@ -11,21 +10,15 @@ import pandas as pd
 import pytest
 
 from opencellplm import DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
-from opencellplm.testing.official_fixtures import FIXTURE_ENV
-
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OFFICIAL_FIXTURES = REPO.parent / "shared" / "fixtures" / "official"
-
-
-def official_fixture_dir() -> Path:
-    return Path(os.environ.get(FIXTURE_ENV, DEFAULT_OFFICIAL_FIXTURES))
+from opencellplm.testing.official_fixtures import FIXTURE_ENV, official_fixture_dir
 
 
 @pytest.fixture(scope="session")
 def official_dir() -> Path:
+    """The official reference fixtures: they are in the repository, so a missing folder is a failure, not a skip."""
     folder = official_fixture_dir()
     if not folder.is_dir():
-        pytest.skip(f"official reference fixtures not found at {folder} (set {FIXTURE_ENV} to their folder)")
+        pytest.fail(f"official reference fixtures not found at {folder} (tests/data/official, or {FIXTURE_ENV})")
     return folder
 
 

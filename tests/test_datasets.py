@@ -1,7 +1,7 @@
 """Tests of opencellplm.datasets.
 
 Offline tests build small fake package archives in tmp_path and replace the download step; a guard fixture makes
-any real pip run fail. One opt-in test really downloads and loads every data set: set
+any real network request fail. One opt-in test really downloads and loads every data set: set
 OPENCELLPLM_TEST_DOWNLOADS=1 (and optionally OPENCELLPLM_CACHE_DIR to reuse a cache).
 """
 
@@ -10,9 +10,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
+import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import zipfile
@@ -51,13 +52,13 @@ def _zip(path: Path, members: dict[str, bytes]) -> Path:
 
 @pytest.fixture(autouse=True)
 def no_network(request, monkeypatch):
-    """Offline tests must not download: pip runs fail unless a test replaces them."""
+    """Offline tests must not download: requests fail unless a test replaces them."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("an offline test tried to reach the network")
 
     if request.node.originalname != "test_real_download":
-        monkeypatch.setattr(_fetch.subprocess, "run", refuse)
+        monkeypatch.setattr(_fetch, "_open", refuse)
 
 
 @pytest.fixture
@@ -148,69 +149,120 @@ def test_downloaded_archive_with_wrong_checksum(tmp_path, fake_desc, monkeypatch
     assert not (tmp_path / "cache" / archive.filename).exists()  # a bad download is not kept
 
 
-def test_failed_pip_download_message(tmp_path, monkeypatch):
-    pip_stderr = "Looking in indexes: https://pypi.org/simple\nERROR: No matching distribution found for desc==2.1.1"
+DESC = _fetch.ARCHIVES["desc-wheel"]
+REAL_OPEN = _fetch._open  # before no_network replaces it
+FILE_URL = "https://files.example.org/packages/6d/53/desc-2.1.1-py3-none-any.whl"
 
-    def failing_pip(command, **kwargs):
-        assert command[1:4] == ["-m", "pip", "download"] and "--no-deps" in command
-        return subprocess.CompletedProcess(command, 1, stdout="", stderr=pip_stderr)
 
-    monkeypatch.setattr(_fetch.subprocess, "run", failing_pip)
+class _Response(io.BytesIO):
+    def __init__(self, body: bytes, content_type: str = "application/octet-stream"):
+        super().__init__(body)
+        self.headers = {"Content-Type": content_type}
+
+
+def _fake_index(monkeypatch, pages: dict[str, tuple[bytes, str] | Exception]) -> list[tuple[str, str]]:
+    """Serve ``pages`` (address -> (body, content type), or an error to raise) in place of the network."""
+    seen: list[tuple[str, str]] = []
+
+    def fake_open(url, accept="*/*"):
+        seen.append((url, accept))
+        page = pages[url]
+        if isinstance(page, Exception):
+            raise page
+        return _Response(*page)
+
+    monkeypatch.setattr(_fetch, "_open", fake_open)
+    return seen
+
+
+def _json_page(files: dict[str, str]) -> tuple[bytes, str]:
+    listed = [{"filename": name, "url": url, "hashes": {}} for name, url in files.items()]
+    return json.dumps({"meta": {"api-version": "1.1"}, "files": listed}).encode(), "application/vnd.pypi.simple.v1+json"
+
+
+def test_download_reads_the_address_from_the_index_and_checks_the_file(tmp_path, monkeypatch):
+    """No pip: pip >= 24.1 refuses desc 2.1.1's metadata, which made pbmc3k() fail on a fresh machine."""
+    wheel = _zip(tmp_path / DESC.filename, {"desc/datasets/pbmc.h5ad": b"cells"})
+    monkeypatch.setitem(_fetch.ARCHIVES, "desc-wheel", _fetch.Archive("desc", "2.1.1", wheel.name, sha256_of(wheel)))
+    monkeypatch.delenv(_fetch.INDEX_ENV, raising=False)
+    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+    seen = _fake_index(
+        monkeypatch,
+        {
+            "https://pypi.org/simple/desc/": _json_page({"desc-2.1.1.tar.gz": "https://x/sdist", wheel.name: FILE_URL}),
+            FILE_URL: (wheel.read_bytes(), "application/octet-stream"),
+        },
+    )
+    cache = _fetch.resolve_cache_dir(tmp_path / "cache")
+    saved = _fetch.fetch_archive(_fetch.ARCHIVES["desc-wheel"], cache)
+    assert saved == cache / wheel.name and saved.read_bytes() == wheel.read_bytes()
+    assert seen[0] == ("https://pypi.org/simple/desc/", "application/vnd.pypi.simple.v1+json, text/html;q=0.1")
+    assert [url for url, _ in seen] == ["https://pypi.org/simple/desc/", FILE_URL]
+    assert [p.name for p in cache.iterdir()] == [wheel.name]  # the temporary folder is gone
+
+
+def test_download_from_a_mirror_html_index(tmp_path, monkeypatch):
+    """A PEP 503 HTML page (what most mirrors serve), a relative link with its #sha256 fragment, the package's
+    normalised name, and $OPENCELLPLM_INDEX_URL before $PIP_INDEX_URL."""
+    archive = _fetch.Archive("Scvi_Tools", "1.1.6", "scvi_tools-1.1.6.tar.gz", hashlib.sha256(b"tar").hexdigest())
+    monkeypatch.setenv("PIP_INDEX_URL", "https://ignored.example.org/simple")
+    monkeypatch.setenv(_fetch.INDEX_ENV, "https://mirror.example.org/pypi/simple")
+    html = (
+        '<html><body><a href="../../files/scvi_tools-1.1.5.tar.gz#sha256=00">scvi_tools-1.1.5.tar.gz</a>\n'
+        '<a href="../../files/scvi_tools-1.1.6.tar.gz#sha256=ab" data-requires-python="&gt;=3.9">'
+        "scvi_tools-1.1.6.tar.gz</a></body></html>"
+    )
+    seen = _fake_index(
+        monkeypatch,
+        {
+            "https://mirror.example.org/pypi/simple/scvi-tools/": (html.encode(), "text/html"),
+            "https://mirror.example.org/pypi/files/scvi_tools-1.1.6.tar.gz": (b"tar", "application/x-tar"),
+        },
+    )
+    assert _fetch.fetch_archive(archive, tmp_path).read_bytes() == b"tar"
+    assert seen[-1][0] == "https://mirror.example.org/pypi/files/scvi_tools-1.1.6.tar.gz"
+
+
+def test_failed_download_message(tmp_path, monkeypatch):
+    monkeypatch.delenv(_fetch.INDEX_ENV, raising=False)
+    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+    _fake_index(
+        monkeypatch,
+        {
+            "https://pypi.org/simple/desc/": _json_page({DESC.filename: FILE_URL}),
+            FILE_URL: TimeoutError("The read operation timed out"),
+        },
+    )
     with pytest.raises(DatasetError) as caught:
         datasets.pbmc3k(cache_dir=tmp_path)
     message = str(caught.value)
-    assert "ERROR: No matching distribution found for desc==2.1.1" in message  # the tail of pip's output
-    assert f"place it as {tmp_path / 'desc-2.1.1-py3-none-any.whl'}" in message
-    assert "`pip download --no-deps desc==2.1.1`" in message
-    assert _fetch.ARCHIVES["desc-wheel"].sha256 in message
+    assert message.startswith(f"could not download {DESC.filename} from {FILE_URL}: The read operation timed out\n")
+    assert f"get {DESC.filename} elsewhere (it is listed on https://pypi.org/project/desc/2.1.1/#files)" in message
+    assert f"place it as {tmp_path / DESC.filename}; it is used after its sha256 ({DESC.sha256}) is checked" in message
     assert not any(p.name.startswith(".download-") for p in tmp_path.iterdir())  # temporary folder removed
 
 
-def _fake_pip(archive, seen):
-    def run(command, **kwargs):
-        seen.append((command, kwargs.get("env")))
-        if "download" in command:
-            dest = Path(command[command.index("--dest") + 1])
-            (dest / archive.filename).write_bytes(b"data")
-        return subprocess.CompletedProcess(command, 0, stdout="Saved", stderr="")
-
-    return run
-
-
-@pytest.mark.parametrize("sdist", [False, True])
-def test_pip_command_and_saved_file(tmp_path, monkeypatch, sdist):
-    archive = _fetch.Archive("pkg", "1.0", "pkg-1.0.tar.gz" if sdist else "pkg-1.0-py3-none-any.whl", "0" * 64, sdist)
-    seen = []
-    monkeypatch.setattr(_fetch.subprocess, "run", _fake_pip(archive, seen))
-    saved = _fetch._download(archive, tmp_path)
-    assert saved.name == archive.filename and saved.read_bytes() == b"data"
-    [(command, env)] = seen
-    assert command[-1] == "pkg==1.0" and env is None
-    assert command[command.index(":all:") - 1] == ("--no-binary" if sdist else "--only-binary")
+@pytest.mark.parametrize(
+    "page, expected",
+    [
+        (OSError("Connection refused"), "could not read the package index page https://pypi.org/simple/desc/: "),
+        (_json_page({"desc-2.1.1.tar.gz": "https://x/sdist"}), "https://pypi.org/simple/desc/ does not list desc-2.1"),
+        ((b"{not json", "application/json"), "could not understand the package index page https://pypi.org/simple/"),
+    ],
+    ids=["unreachable", "not listed", "garbled"],
+)
+def test_index_problems_name_the_page(tmp_path, monkeypatch, page, expected):
+    monkeypatch.delenv(_fetch.INDEX_ENV, raising=False)
+    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+    _fake_index(monkeypatch, {"https://pypi.org/simple/desc/": page})
+    with pytest.raises(DatasetError, match=re.escape(expected)):
+        _fetch.fetch_archive(DESC, tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_setup_needs_are_put_on_the_path_of_pip_only(tmp_path, monkeypatch):
-    archive = _fetch.Archive("pkg", "1.0", "pkg-1.0.tar.gz", "0" * 64, sdist=True, setup_needs=("POT",))
-    seen = []
-    monkeypatch.setattr(_fetch.subprocess, "run", _fake_pip(archive, seen))
-    _fetch._download(archive, tmp_path)
-    (install, _), (download, env) = seen
-    assert install[3] == "install" and install[-1] == "POT" and "--no-deps" in install
-    assert install[install.index("--target") + 1] == str(tmp_path / "setup-support")
-    assert "--no-build-isolation" in download
-    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path / "setup-support")
-
-
-def test_pip_saving_another_file_is_an_error(tmp_path, monkeypatch):
-    archive = _fetch.Archive("pkg", "1.0", "pkg-1.0.tar.gz", "0" * 64, sdist=True)
-
-    def fake_run(command, **kwargs):
-        (Path(command[command.index("--dest") + 1]) / "pkg-1.0.zip").write_bytes(b"data")
-        return subprocess.CompletedProcess(command, 0, stdout="", stderr="")
-
-    monkeypatch.setattr(_fetch.subprocess, "run", fake_run)
-    with pytest.raises(DatasetError, match=r"did not save pkg-1.0.tar.gz; it saved \['pkg-1.0.zip'\]"):
-        _fetch._download(archive, tmp_path)
+def test_only_web_and_file_addresses_are_opened():
+    with pytest.raises(DatasetError, match=r"refusing to download from 'ftp://x/y.whl': only https, http and file"):
+        REAL_OPEN("ftp://x/y.whl")  # refused before any connection
 
 
 def _raise(error):
@@ -441,7 +493,7 @@ def _tar(path: Path, members: dict[str, bytes]) -> Path:
 
 def _fake_sdist(monkeypatch, key: str, path: Path, package: str, version: str) -> list[str]:
     """Pin ``path`` as ARCHIVES[key] and replace the download by a copy; returns the download calls."""
-    monkeypatch.setitem(_fetch.ARCHIVES, key, _fetch.Archive(package, version, path.name, sha256_of(path), sdist=True))
+    monkeypatch.setitem(_fetch.ARCHIVES, key, _fetch.Archive(package, version, path.name, sha256_of(path)))
     calls: list[str] = []
 
     def fake_download(archive, folder):

@@ -59,7 +59,6 @@ def test_cli_exits_2_on_files_that_are_not_h5ad(tmp_path, tiny_adata, model, cap
     path, message = _not_h5ad(kind, tmp_path, tiny_adata)
     model.save(tmp_path / "ckpt")
     commands = {
-        "validate": ["validate", str(path)],
         "embed": ["embed", str(path), "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out.h5ad")],
         "prepare-corpus": ["prepare-corpus", str(path), "--out", str(tmp_path / "corpus")],
     }
@@ -70,6 +69,22 @@ def test_cli_exits_2_on_files_that_are_not_h5ad(tmp_path, tiny_adata, model, cap
         assert caplog.records[-1].levelno == logging.ERROR
         assert str(path) in caplog.text and re.search(message, caplog.text), name
     assert not (tmp_path / "out.h5ad").exists() and not (tmp_path / "corpus").exists()
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "no obs", "missing", "folder"])
+def test_validate_exits_1_on_files_it_cannot_use(tmp_path, tiny_adata, capsys, kind):
+    """The README's promise: `validate` exits 1 when the file cannot be used, with the reason in its report."""
+    if kind == "missing":
+        path, message = tmp_path / "absent.h5ad", "input file not found: "
+    elif kind == "folder":
+        path, message = tmp_path / "folder.h5ad", "is not a file"
+        path.mkdir()
+    else:
+        path, message = _not_h5ad(kind, tmp_path, tiny_adata)
+    assert main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"{path}\nerror: ") and out.endswith("usable: no\n")
+    assert re.search(message, out) and str(path) in out.splitlines()[1]
 
 
 # ------------------------------------------------------------------------------ not an AnnData
@@ -181,3 +196,51 @@ def test_large_invalid_and_accepted_values_together(tiny_adata):
         warnings.simplefilter("error")
         report = validate(tiny_adata)
     assert report.ok and report.cell_totals.dtype == np.float64 and report.cell_totals[3] >= 1e9
+
+
+# ------------------------------------------------------------------------ gene ids with whitespace
+def _padded(tiny_adata):
+    """tiny_adata with 3 of its 25 vocabulary ids padded (as a hand-made table leaves them) and 1 unknown id too."""
+    adata = tiny_adata.copy()
+    names = list(adata.var_names)
+    for j, pad in ((0, "{} "), (1, "{}\n"), (2, " {}"), (29, "{}\t")):
+        names[j] = pad.format(names[j])
+    adata.var_names = names
+    return adata
+
+
+def test_gene_ids_with_whitespace_are_reported_with_the_fix(tiny_adata, model):
+    """They stay unmatched (the checkpoint's gene id rule is followed), but the input is told, with the cost."""
+    adata = _padded(tiny_adata)
+    clean = validate(tiny_adata, vocabulary=model.genes)
+    report = validate(adata, vocabulary=model.genes)
+    assert report.ok and report.alignment.n_matched == clean.alignment.n_matched - 3
+    expected = (
+        "4 gene id(s) in var_names have leading or trailing whitespace, e.g. ['ENSG00000000024 ', "
+        "'ENSG00000000023\\n', ' ENSG00000000022', 'NOTAGENE4\\t']; no vocabulary id has any, so they are not matched "
+        "(3 would be once stripped). Strip them first: adata.var_names = adata.var_names.str.strip()"
+    )
+    assert report.warnings == [expected]
+    without_vocabulary = validate(adata).warnings
+    assert without_vocabulary == [
+        expected.replace("; no vocabulary id has any, so they are not matched (3 would be once stripped)", "")
+    ]
+    with pytest.warns(UserWarning, match=re.escape(expected)):
+        model.get_latent_representation(adata)
+
+
+def test_gene_key_with_whitespace_names_its_column(tiny_adata, model):
+    adata = tiny_adata.copy()
+    adata.var["ids"] = [f"{g} " for g in adata.var_names]
+    adata.var_names = [f"g{j}" for j in range(adata.n_vars)]
+    with pytest.raises(ValueError, match=re.escape("(25 would be once stripped). Strip them first: adata.var['ids']")):
+        model.get_latent_representation(adata, gene_key="ids")
+
+
+def test_cli_validate_prints_the_whitespace_warning(tmp_path, tiny_adata, model, capsys):
+    _padded(tiny_adata).write_h5ad(tmp_path / "padded.h5ad")
+    model.save(tmp_path / "ckpt")
+    assert main(["validate", str(tmp_path / "padded.h5ad"), "--checkpoint", str(tmp_path / "ckpt")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: 4 gene id(s) in var_names have leading or trailing whitespace" in out
+    assert "(3 would be once stripped). Strip them first: adata.var_names = adata.var_names.str.strip()" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -96,15 +97,20 @@ def _validate(args: argparse.Namespace) -> int:
     from .data.reader import open_h5ad
 
     source = Path(args.input)
-    if not source.is_file():
-        raise FileNotFoundError(f"input file not found: {source}")
-    vocabulary = {}
-    if args.checkpoint:
-        from .model import CellPLM
+    with contextlib.ExitStack() as stack:
+        try:  # a file that cannot be read is a file that cannot be used: exit 1, as documented, not 2
+            if source.exists() and not source.is_file():
+                raise IsADirectoryError(f"{source} is not a file")
+            adata = stack.enter_context(open_h5ad(source))  # the counts are read in blocks, never whole
+        except (OSError, ValueError) as err:
+            sys.stdout.write(f"{source}\nerror: {err}\nusable: no\n")
+            return 1
+        vocabulary = {}
+        if args.checkpoint:
+            from .model import CellPLM
 
-        model = CellPLM.from_pretrained(args.checkpoint)
-        vocabulary = {"vocabulary": model.genes, "gene_id_rule": model.gene_id_rule}
-    with open_h5ad(source) as adata:  # the counts are read in blocks, never whole
+            model = CellPLM.from_pretrained(args.checkpoint)
+            vocabulary = {"vocabulary": model.genes, "gene_id_rule": model.gene_id_rule}
         report = validate(
             adata,
             layer=args.layer,

@@ -49,6 +49,27 @@ def gene_list_problems(genes: Sequence[str], *, first_line: int = 1) -> list[str
     return problems
 
 
+def whitespace_note(
+    genes: Sequence[str], source: str, vocabulary: Sequence[str] | None = None, rule: GeneIdRule = "exact"
+) -> str | None:
+    """A sentence for input ids with leading or trailing whitespace (else None), such as ``'CD74 '`` or
+    ``'FTL\\n'`` left by a hand-made table.
+
+    They are reported, not stripped: a checkpoint's gene id rule (``exact``: as given, as the official pipeline
+    matches) says how ids are matched, and ids padded this way usually come from a table read wrongly, which the
+    user should see and mend.
+    """
+    padded = [g for g in genes if g != g.strip()]
+    if not padded:
+        return None
+    note = f"{len(padded):,} gene id(s) in {source} have leading or trailing whitespace, e.g. {padded[:5]}"
+    if vocabulary is not None:
+        known = set(vocabulary)
+        would = sum(g.strip() in known for g in normalise_gene_ids(padded, rule))
+        note += f"; no vocabulary id has any, so they are not matched ({would:,} would be once stripped)"
+    return f"{note}. Strip them first: adata.{source} = adata.{source}.str.strip()"
+
+
 @dataclass(frozen=True)
 class GeneAlignment:
     """Which input columns a model can read, and where they sit in its vocabulary.
@@ -115,12 +136,14 @@ def align_genes(
             )
         elif not hint and _looks_like_ensembl(input_genes) and not _looks_like_ensembl(vocabulary):
             hint = " These look like Ensembl ids while the vocabulary does not: pass a var column of gene symbols."
+        padding = whitespace_note(input_genes, source, vocabulary)
         raise ValueError(
             f"none of the {len(input_genes)} genes in {source} is in the model's vocabulary of {len(position)} genes. "
             f"Input examples: {input_genes[:5]}; vocabulary examples: {list(vocabulary)[:5]}.{hint}"
+            + (f" {padding}" if padding else "")
         )
     share = n_matched / len(input_genes)
-    notes = []
+    notes = [note] if (note := whitespace_note(input_genes, source, vocabulary)) else []
     if share < LOW_OVERLAP:
         notes.append(
             f"only {n_matched} of {len(input_genes)} genes ({100 * share:.1f}%) are in the model's vocabulary; "

@@ -17,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .genes import GeneAlignment, GeneIdRule, align_genes
+from .genes import GeneAlignment, GeneIdRule, align_genes, whitespace_note
 from .reader import check_readable, counts_matrix, iter_row_blocks, on_disk
 
 logger = logging.getLogger(__name__)
@@ -175,9 +175,11 @@ def validate(
     genes = _check_genes(adata, gene_key, report)
     _check_samples(adata, sample_key, report)
     _check_coordinates(adata, spatial_key, report)
+    source = f"var[{gene_key!r}]" if gene_key else "var_names"
+    if genes is not None and vocabulary is None and (note := whitespace_note(genes, source)):
+        report.warnings.append(note)  # with a vocabulary, the alignment's warnings say it (and what it costs)
     if genes is not None and vocabulary is not None:
         try:
-            source = f"var[{gene_key!r}]" if gene_key else "var_names"
             report.alignment = align_genes(genes, vocabulary, source=source, rule=gene_id_rule)
             report.warnings += report.alignment.warnings
         except ValueError as err:

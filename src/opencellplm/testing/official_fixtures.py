@@ -10,6 +10,7 @@ size of the official value it was measured against.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,15 @@ from ..io.official import config_from_official, state_dict_from_official
 from ..module import CellBatch, CellPLMModule, GMVAENoise
 from ..nn.positional import sinusoid_table
 
-#: Where the shared reference fixtures live unless ``OPENCELLPLM_OFFICIAL_FIXTURES`` says otherwise.
+#: Names another folder of reference fixtures than the repository's ``tests/data/official``.
 FIXTURE_ENV = "OPENCELLPLM_OFFICIAL_FIXTURES"
+#: The fixtures kept in the repository (a source checkout: ``src/opencellplm/testing`` -> repository root).
+REPOSITORY_FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "data" / "official"
+
+
+def official_fixture_dir() -> Path:
+    """``$OPENCELLPLM_OFFICIAL_FIXTURES`` when set, else the repository's ``tests/data/official``."""
+    return Path(os.environ.get(FIXTURE_ENV) or REPOSITORY_FIXTURES)
 
 
 @dataclass(frozen=True)
