@@ -97,6 +97,36 @@ def test_cells_without_a_label_are_left_out_not_a_gene_called_nan(files, caplog)
     assert "nan" not in PerturbationPredictor.load(files / "nanlab").base.genes
 
 
+class Payload:
+    """Pickled, it would write a file when unpickled."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_payload_in_the_state_is_refused_as_untrusted_naming_the_file(files, caplog):
+    fit = ["perturb", "fit", str(files / "data.h5ad"), "--checkpoint", str(files / "ckpt"), "--steps", "2"]
+    assert main([*fit, "--out", str(files / "pickled")]) == 0
+    state = files / "pickled" / "perturbation_state.pt"
+    torch.save({"network": Payload(files / "ran.txt")}, state)
+    caplog.set_level(logging.ERROR)
+    out = files / "pickled.csv"
+    assert main(["perturb", "predict", str(files / "pickled"), "--labels", "GENE3", "--out", str(out)]) == 2
+    (message,) = errors(caplog)
+    assert message.startswith(f"{state} is not trusted: it holds pickled objects other than tensors (it calls io.open)")
+    assert "weights_only" not in message and "\n" not in message
+    assert not (files / "ran.txt").exists() and not out.exists()  # the payload never ran
+    state.write_bytes(b"not a torch file")
+    assert main(["perturb", "predict", str(files / "pickled"), "--labels", "GENE3", "--out", str(out)]) == 2
+    assert errors(caplog)[0] == f"cannot read {state} as a perturbation predictor's state: it is not a torch file"
+    torch.save({"network": {}}, state)
+    assert main(["perturb", "predict", str(files / "pickled"), "--labels", "GENE3", "--out", str(out)]) == 2
+    assert errors(caplog)[0].startswith(f"{state} is not a perturbation predictor's state: it lacks ['gene_index',")
+
+
 def test_bad_input_is_one_line_with_status_2(files, caplog):
     caplog.set_level(logging.ERROR)
     predictor = files / "not-there"

@@ -71,7 +71,10 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
+import re
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -93,6 +96,7 @@ from ..data.reader import counts_matrix, read_rows
 from ..data.sets import InputSpec
 from ..data.validate import require_anndata
 from ..distributions import nb_log_prob
+from ..io import CheckpointError
 from ..model import CellPLM
 from ..module import CellBatch, CellPLMModule
 from ..module.losses import LossOutput
@@ -1019,7 +1023,7 @@ class PerturbationPredictor:
         path = Path(directory) / STATE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found; is {directory} a saved perturbation predictor?")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _read_state(path)
         base = CellPLM(backbone, genes, meta=meta, source=settings.get("base"), device=device)
         recipe = PerturbationRecipe(**settings["recipe"])
         predictor = cls(base, pretrained=settings["pretrained"], recipe=recipe)
@@ -1053,6 +1057,42 @@ predictor_problems = recogniser(SETTINGS_FILE, FORMAT, extra=(STATE_FILE,))
 
 
 # --------------------------------------------------------------------------------------------- helpers
+_STATE_KEYS = (
+    "network",
+    "gene_index",
+    "control_data",
+    "control_indices",
+    "control_indptr",
+    "control_shape",
+    "control_mean",
+    "set_sizes",
+    "set_rows",
+)
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """The tensors of a saved ``perturbation_state.pt``, read without unpickling any object (a file holding other
+    pickled objects is refused as untrusted, naming it)."""
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise CheckpointError(f"cannot read {path} as a perturbation predictor's state: it is not a torch file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        named = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        raise CheckpointError(
+            f"{path} is not trusted: it holds pickled objects other than tensors"
+            + (f" (it calls {named.group(1)})" if named else "")
+            + ", which a perturbation predictor's state never holds, so it was not loaded; it was not written by "
+            "this package or was altered: refit the predictor (perturb fit)"
+        ) from None
+    except Exception as err:  # a truncated archive, ...
+        raise CheckpointError(f"cannot read {path} as a perturbation predictor's state: {err}") from None
+    missing = [key for key in _STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a perturbation predictor's state: it lacks {missing}")
+    return state
+
+
 def _copy(module: CellPLMModule) -> CellPLMModule:
     copy = CellPLMModule(module.config)
     copy.load_state_dict(module.state_dict())
