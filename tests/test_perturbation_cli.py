@@ -95,6 +95,7 @@ def test_cells_without_a_label_are_left_out_not_a_gene_called_nan(files, caplog)
     assert saved["fit"]["n_unlabelled_cells"] == 25
     assert saved["fit"]["n_control_cells"] == int((data.obs["perturbation"] == "ctrl").sum())
     assert "nan" not in PerturbationPredictor.load(files / "nanlab").base.genes
+    assert main([*fit, "--out", str(files / "nanlab2")]) == 0  # without the flag: no "unknown gene 'nan'" either
 
 
 class Payload:
