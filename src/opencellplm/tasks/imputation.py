@@ -1080,4 +1080,5 @@ __all__ = [
     "ImputationRecipe",
     "ImputationResult",
     "SpatialImputer",
+    "check_inputs",
 ]
