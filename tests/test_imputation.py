@@ -253,3 +253,119 @@ def test_score_reads_a_backed_spatial_file(spatial, reference, tmp_path):
     imputer = SpatialImputer.from_pretrained(tiny_model(), recipe=replace(QUICK, steps=2))
     result = imputer.score(backed, reference, n_folds=2, max_per_bin=3, folds=[0], variants=("fine_tuned",))
     assert result.to_frame()["folds"].tolist() == [1, 1, 1]
+
+
+# ------------------------------------------------------------------------ errors before fine-tuning (issue 19)
+@pytest.fixture
+def no_fine_tuning(monkeypatch):
+    """Fails the test when fine-tuning starts: every error below must come before it."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fine-tuning started before the input was refused")
+
+    monkeypatch.setattr("opencellplm.tasks.imputation.Trainer", refuse)
+
+
+def impute_files(spatial, reference, tmp_path):
+    tiny_model().save(tmp_path / "model")
+    spatial.write_h5ad(tmp_path / "spatial.h5ad")
+    reference.write_h5ad(tmp_path / "reference.h5ad")
+    args = ["impute", str(tmp_path / "spatial.h5ad"), "--reference", str(tmp_path / "reference.h5ad")]
+    return [*args, "--checkpoint", str(tmp_path / "model"), "--steps", "2", "--out", str(tmp_path / "out.h5ad")]
+
+
+def one_error(caplog) -> str:
+    (message,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    caplog.clear()
+    return message
+
+
+def test_cli_impute_refuses_unknown_genes_and_the_spatial_file_as_reference_before_fine_tuning(
+    spatial, reference, tmp_path, caplog, no_fine_tuning
+):
+    args = impute_files(spatial, reference, tmp_path)
+    caplog.set_level(logging.ERROR)
+    assert main([*args, "--genes", "G60,NOTAGENE", "G61", "ALSONOT"]) == 2
+    assert one_error(caplog) == (
+        f"2 of the 4 genes to impute are not in the reference {tmp_path / 'reference.h5ad'} (or not in the model's "
+        "vocabulary): ['NOTAGENE', 'ALSONOT']; only genes the reference measured can be imputed"
+    )
+    itself = ["impute", str(tmp_path / "spatial.h5ad"), "--reference", str(tmp_path / "spatial.h5ad"), *args[4:]]
+    assert main(itself) == 2
+    assert one_error(caplog).startswith(
+        f"--reference names the spatial input itself ({tmp_path / 'spatial.h5ad'}); impute needs a separate"
+    )
+    spatial.write_h5ad(tmp_path / "copy.h5ad")  # the same data under another name: nothing to impute
+    copy = ["impute", str(tmp_path / "spatial.h5ad"), "--reference", str(tmp_path / "copy.h5ad"), *args[4:]]
+    assert main(copy) == 2
+    assert one_error(caplog).startswith(f"the reference {tmp_path / 'copy.h5ad'} measures no gene beyond the panel")
+    with pytest.raises(ValueError, match="the reference is the spatial data itself"):
+        SpatialImputer.from_pretrained(tiny_model(), recipe=QUICK).fit(spatial, spatial)
+    assert not (tmp_path / "out.h5ad").exists()
+
+
+def test_impute_input_errors_name_the_file_and_the_layer(spatial, reference, tmp_path, caplog, no_fine_tuning):
+    reference.layers["counts"] = reference.X.toarray()
+    reference.layers["counts"][0, :5] = np.nan
+    args = impute_files(spatial, reference, tmp_path)
+    caplog.set_level(logging.ERROR)
+    assert main([*args, "--reference-layer", "counts"]) == 2
+    message = one_error(caplog)
+    assert message.startswith(
+        f"the reference {tmp_path / 'reference.h5ad'} cannot be used (counts in layers['counts'])"
+    )
+    assert "layers['counts'] has 5 NaN, infinite or negative entries, first in cells ['cell_0']" in message
+    assert main([*args, "--layer", "raw"]) == 2
+    message = one_error(caplog)
+    assert message.startswith(f"the spatial file {tmp_path / 'spatial.h5ad'} cannot be used (counts in layers['raw'])")
+    assert "layer 'raw' not found" in message
+    assert main([*args, "--reference-sample-key", "donor"]) == 2
+    assert one_error(caplog).startswith(f"the reference {tmp_path / 'reference.h5ad'} cannot be used (counts in X)")
+    with pytest.raises(ValueError, match=r"^the reference cannot be used \(counts in layers\['counts'\]\):\n- layers"):
+        SpatialImputer.from_pretrained(tiny_model(), recipe=QUICK).fit(spatial, reference, reference_layer="counts")
+
+
+ENSEMBL = [f"ENSG{i:011d}" for i in range(120)]
+
+
+def symbols_with_id_column(adata: ad.AnnData) -> ad.AnnData:
+    """The data with gene symbols in var_names and the Ensembl-like ids in var['gene_ids']."""
+    adata.var["gene_ids"] = [ENSEMBL[VOCABULARY.index(g)] for g in adata.var_names]
+    adata.var_names = [f"SYM{g[1:]}" for g in adata.var_names]
+    return adata
+
+
+def test_cli_impute_reads_gene_ids_from_a_column_for_an_ensembl_checkpoint(spatial, reference, tmp_path, caplog):
+    args = impute_files(symbols_with_id_column(spatial), symbols_with_id_column(reference), tmp_path)
+    model = tiny_model()
+    CellPLM(model.module, ENSEMBL).save(tmp_path / "ensembl")  # a checkpoint whose vocabulary is Ensembl ids
+    args[args.index("--checkpoint") + 1] = str(tmp_path / "ensembl")
+    assert main([*args, "--gene-key", "gene_ids", "--genes", "SYM60", ENSEMBL[61]]) == 0
+    result = ad.read_h5ad(tmp_path / "out.h5ad")
+    assert result.var_names[-2:].tolist() == ["SYM60", "SYM61"]  # named as the reference names them
+    assert result.var["cellplm_gene_id"].tolist() == ENSEMBL[:40] + ENSEMBL[60:62]
+    assert list(result.uns["cellplm"]["cellplm_imputed"]["gene_ids"]) == ENSEMBL[60:62]
+    assert np.isfinite(result.layers["cellplm_imputed"]).all()
+    other = [*args[:-1], str(tmp_path / "out2.h5ad")]
+    assert main([*other, "--gene-key", "gene_ids", "--reference-gene-key", "gene_ids"]) == 0
+    assert ad.read_h5ad(tmp_path / "out2.h5ad").n_vars == 100  # every reference gene outside the panel
+    caplog.set_level(logging.ERROR)
+    assert main([*other[:-1], str(tmp_path / "out3.h5ad")]) == 2  # without the key: no shared vocabulary gene
+    message = one_error(caplog)
+    assert "is in the model's vocabulary (120 genes, e.g. ['ENSG00000000000'" in message
+    assert "(--gene-key / --reference-gene-key)" in message
+
+
+def test_an_imputer_fitted_with_gene_keys_keeps_the_reference_names_when_saved(spatial, reference, tmp_path):
+    spatial, reference = symbols_with_id_column(spatial), symbols_with_id_column(reference)
+    model = CellPLM(tiny_model().module, ENSEMBL)
+    imputer = SpatialImputer.from_pretrained(model, recipe=replace(QUICK, steps=2))
+    imputer.fit(spatial, reference, gene_key="gene_ids", reference_gene_key="gene_ids", genes=["SYM70"])
+    imputer.save(tmp_path / "imputer")
+    loaded = SpatialImputer.load(tmp_path / "imputer")
+    by_name, by_id = loaded.impute(spatial, ["SYM70"]), loaded.impute(spatial, [ENSEMBL[70]])
+    assert list(by_name.columns) == [ENSEMBL[70]]  # impute() speaks the model's ids
+    np.testing.assert_array_equal(by_name.to_numpy(), by_id.to_numpy())
+    with pytest.warns(UserWarning, match="1 requested gene.* measured by the panel"):
+        result = loaded.predict(spatial, ["SYM70", "SYM5"])
+    assert result.var_names[40:].tolist() == ["SYM70"]  # SYM5 is in the panel (by its id): kept, not added again

@@ -3,9 +3,11 @@ baseline and group, and the input errors."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -143,6 +145,33 @@ def test_gene_outside_the_vocabulary_is_named(model, adata):
     assert np.isfinite(predictor.predict(["NOTAGENE"]).to_numpy()).all()
     with pytest.raises(ValueError, match="OTHERGENE"):
         predictor.predict(["OTHERGENE+GENE3"])
+
+
+@pytest.mark.parametrize("kind", ["category", "object"])
+def test_cells_without_a_label_are_left_out_and_counted_never_a_gene(model, adata, kind, caplog):
+    data = adata.copy()
+    labels = data.obs["perturbation"].astype(str).to_numpy().astype(object)
+    n_control = int((labels == "ctrl").sum())
+    rows = np.r_[np.flatnonzero(labels == "ctrl")[:12], np.flatnonzero(labels != "ctrl")[:13]]
+    labels[rows] = np.nan if kind == "category" else [None, "", "nan", np.nan, " "] * 5
+    data.obs["perturbation"] = pd.Series(labels, index=data.obs_names, dtype=kind)
+    predictor = PerturbationPredictor.from_pretrained(model, recipe=replace(SHORT, steps=2))
+    with caplog.at_level(logging.WARNING, logger="opencellplm"):
+        predictor.fit(data, extend_vocabulary=True)
+    assert "nan" not in predictor.base.genes and predictor.base.genes == model.genes  # no fake gene
+    summary = predictor.summary
+    assert summary.n_unlabelled_cells == 25 and summary.n_control_cells == n_control - 12
+    assert "" not in summary.train_labels + summary.validation_labels
+    assert f"25 of {data.n_obs} cells have no perturbation label in obs['perturbation']" in caplog.text
+    result = PerturbationPredictor.from_pretrained(model, recipe=replace(SHORT, steps=2)).score(
+        data, seeds=(0,), baselines=("no_change",)
+    )
+    assert result.n_unlabelled_cells == 25 and result.n_cells == data.n_obs
+    assert "nan" not in set(result.scores["perturbation"])
+    with pytest.raises(PerturbationLabelError, match=r"2 of the 3 labels to predict are missing .*\[nan, None\]"):
+        predictor.predict(["GENE3", np.nan, None])
+    with pytest.raises(PerturbationLabelError, match=r"1 of the 1 labels to predict are missing .*\['nan'\]"):
+        predictor.predict(["nan"])
 
 
 def test_no_control_cells(model, adata):

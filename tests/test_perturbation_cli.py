@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from opencellplm.cli import main
+from opencellplm.tasks import PerturbationPredictor
 
 from .test_perturbation import VOCABULARY, simulated, tiny_model
 
@@ -77,6 +79,53 @@ def test_fit_predict_score(files, capsys, caplog):
     assert "simulated" in printed and "additive" in printed and "single_unseen" in printed
     saved = json.loads(result.read_text())
     assert saved["simulated"] is True and saved["seeds"] == [0]
+
+
+def test_cells_without_a_label_are_left_out_not_a_gene_called_nan(files, caplog):
+    data = simulated(n_single=8, n_combo=6, cells_per_perturbation=10)
+    labels = data.obs["perturbation"].astype(str).to_numpy().astype(object)
+    labels[np.r_[np.flatnonzero(labels == "ctrl")[:12], np.flatnonzero(labels != "ctrl")[:13]]] = np.nan
+    data.obs["perturbation"] = pd.Categorical(labels)
+    data.write_h5ad(files / "nanlab.h5ad")
+    fit = ["perturb", "fit", str(files / "nanlab.h5ad"), "--checkpoint", str(files / "ckpt"), "--steps", "2"]
+    with caplog.at_level(logging.WARNING):
+        assert main([*fit, "--extend-vocabulary", "--out", str(files / "nanlab")]) == 0
+    assert "25 of" in caplog.text and "cells have no perturbation label" in caplog.text
+    saved = json.loads((files / "nanlab" / "perturbation.json").read_text())
+    assert saved["fit"]["n_unlabelled_cells"] == 25
+    assert saved["fit"]["n_control_cells"] == int((data.obs["perturbation"] == "ctrl").sum())
+    assert "nan" not in PerturbationPredictor.load(files / "nanlab").base.genes
+    assert main([*fit, "--out", str(files / "nanlab2")]) == 0  # without the flag: no "unknown gene 'nan'" either
+
+
+class Payload:
+    """Pickled, it would write a file when unpickled."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_payload_in_the_state_is_refused_as_untrusted_naming_the_file(files, caplog):
+    fit = ["perturb", "fit", str(files / "data.h5ad"), "--checkpoint", str(files / "ckpt"), "--steps", "2"]
+    assert main([*fit, "--out", str(files / "pickled")]) == 0
+    state = files / "pickled" / "perturbation_state.pt"
+    torch.save({"network": Payload(files / "ran.txt")}, state)
+    caplog.set_level(logging.ERROR)
+    out = files / "pickled.csv"
+    assert main(["perturb", "predict", str(files / "pickled"), "--labels", "GENE3", "--out", str(out)]) == 2
+    (message,) = errors(caplog)
+    assert message.startswith(f"{state} is not trusted: it holds pickled objects other than tensors (it calls io.open)")
+    assert "weights_only" not in message and "\n" not in message
+    assert not (files / "ran.txt").exists() and not out.exists()  # the payload never ran
+    state.write_bytes(b"not a torch file")
+    assert main(["perturb", "predict", str(files / "pickled"), "--labels", "GENE3", "--out", str(out)]) == 2
+    assert errors(caplog)[0] == f"cannot read {state} as a perturbation predictor's state: it is not a torch file"
+    torch.save({"network": {}}, state)
+    assert main(["perturb", "predict", str(files / "pickled"), "--labels", "GENE3", "--out", str(out)]) == 2
+    assert errors(caplog)[0].startswith(f"{state} is not a perturbation predictor's state: it lacks ['gene_index',")
 
 
 def test_bad_input_is_one_line_with_status_2(files, caplog):

@@ -16,6 +16,7 @@ from opencellplm.data import (
     perturbation_genes,
     perturbation_label,
 )
+from opencellplm.data.perturbations import label_values
 
 EXPECTED = r'expected "ctrl" or genes joined by "\+", each optionally suffixed ":down" or ":up"'
 
@@ -71,6 +72,9 @@ def test_default_direction_and_custom_control():
         (float("nan"), r"label nan is not a string \(type float\)"),
         (None, r"label None is not a string \(type NoneType\)"),
         (3, r"label 3 is not a string \(type int\)"),
+        ("nan", r"label 'nan' is the text of a missing value, not a perturbation"),
+        (" None ", r"label ' None ' is the text of a missing value"),
+        ("<NA>", r"label '<NA>' is the text of a missing value"),
     ],
 )
 def test_bad_labels_are_refused_with_the_expected_form(label, reason):
@@ -131,6 +135,20 @@ def test_parse_labels_collects_every_bad_label():
     assert pytest.raises(PerturbationLabelError, parse_labels, labels).match(EXPECTED)
     with pytest.raises(ValueError, match="labels must be a collection of labels, got the string 'A'"):
         parse_labels("A")
+
+
+def test_missing_labels_of_a_column_are_masked_never_parsed():
+    for column in (
+        pd.Series(["ctrl", np.nan, "A", None, "", " ", "nan", "A"], dtype="category"),
+        pd.Series(["ctrl", np.nan, "A", None, "", " ", "nan", "A"], dtype=object),
+        pd.Series(["ctrl", pd.NA, "A", None, "", " ", "NaN", "A"], dtype="string"),
+    ):
+        values, missing = label_values(column)
+        assert missing.tolist() == [False, True, False, True, True, True, True, False]
+        assert values.tolist() == ["ctrl", "", "A", "", "", "", "", "A"]
+        assert parse_labels(values[~missing]) == {"ctrl": (), "A": (down("A"),)}
+    values, missing = label_values(pd.Series([1, 2.0, np.nan]))
+    assert values.tolist() == ["1.0", "2.0", ""] and missing.tolist() == [False, False, True]
 
 
 # --- the GEARS split -----------------------------------------------------------------------------------------------

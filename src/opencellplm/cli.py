@@ -247,6 +247,11 @@ def _impute(args: argparse.Namespace) -> int:
     for path in (args.spatial, args.reference):
         if not Path(path).is_file():  # before loading the model
             raise FileNotFoundError(f"input file not found: {path}")
+    if Path(args.spatial).samefile(args.reference):
+        raise ValueError(
+            f"--reference names the spatial input itself ({args.reference}); impute needs a separate scRNA-seq "
+            "reference that measures the genes the spatial panel did not"
+        )
     check_output_file(args.out, overwrite=args.overwrite, inputs=[args.spatial, args.reference])
     model = CellPLM.from_pretrained(args.checkpoint or DEFAULT_MODEL, device=args.device)
     logger.info("model: %s (weights sha256 %s)", model.source["path"], model.source["sha256"][:12])
@@ -260,16 +265,20 @@ def _impute(args: argparse.Namespace) -> int:
         genes = [g for item in args.genes for g in item.split(",") if g]
 
     def compute() -> ad.AnnData:
-        imputer.fit(
+        imputer.fit(  # checks both inputs and the genes to impute before fine-tuning
             spatial,
             reference,
             layer=args.layer,
+            gene_key=args.gene_key,
             sample_key=args.sample_key,
             spatial_key=args.spatial_key,
             reference_layer=args.reference_layer,
+            reference_gene_key=args.reference_gene_key or args.gene_key,
             reference_sample_key=args.reference_sample_key,
+            genes=genes,
             extend_vocabulary=args.extend_vocabulary,
             device=args.device,
+            names=(f"the spatial file {args.spatial}", f"the reference {args.reference}"),
         )
         return imputer.predict(spatial, genes, layer_added=args.layer_added)
 
@@ -650,9 +659,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-positional", action="store_true", help="do not encode the coordinates (the official setting)")
     p.add_argument("--max-cells", type=int, default=1000, help="largest cell set (spatial tiles) (default 1000)")
     p.add_argument("--layer", help="layer of the spatial file with counts (default: X)")
+    p.add_argument(
+        "--gene-key", help="var column of the spatial file with the vocabulary's gene ids (default: var_names)"
+    )
     p.add_argument("--sample-key", help="obs column of the spatial samples / fields of view")
     p.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates (default: spatial)")
     p.add_argument("--reference-layer", help="layer of the reference with counts (default: X)")
+    p.add_argument(
+        "--reference-gene-key",
+        help="var column of the reference with the vocabulary's gene ids (default: the --gene-key column when "
+        "given, else var_names); imputed genes keep the reference's var_names, --genes may name either",
+    )
     p.add_argument("--reference-sample-key", help="obs column of the reference's samples")
     p.add_argument(
         "--extend-vocabulary",

@@ -13,9 +13,11 @@ A label names what was done to the cells of one condition of a Perturb-seq exper
 - whitespace around tokens and around the suffix is stripped.
 
 Refused (:class:`PerturbationLabelError`, a ``ValueError``): a label that is not a string (or is NaN/None), an
-empty label, an empty token (``"A++B"``, ``"+A"``, ``"A+"``), an empty gene (``":up"``), an unknown suffix
-(``"A:sideways"``) and the same gene twice in one label (``"A+A"``, ``"A:up+A"``). Each message quotes the bad
-label and states the expected form.
+empty label, the text of a missing value (``"nan"``, ``"None"``, ``"NA"``, ``"<NA>"``, ``"null"``: never a gene), an
+empty token (``"A++B"``, ``"+A"``, ``"A+"``), an empty gene (``":up"``), an unknown suffix (``"A:sideways"``) and
+the same gene twice in one label (``"A+A"``, ``"A:up+A"``). Each message quotes the bad label and states the
+expected form. A task reading labels from an ``obs`` column leaves cells with a missing label out
+(:func:`label_values`).
 
 The canonical label of a set of gene perturbations (:func:`perturbation_label`) lists the genes sorted by name,
 joined by ``+``, with ``:up`` written for activations and no suffix for knock-downs: ``"B+A:up"`` becomes
@@ -34,7 +36,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -48,6 +50,8 @@ CONTROL = "ctrl"
 SPLIT_GROUPS: tuple[str, ...] = ("single_unseen", "combo_seen0", "combo_seen1", "combo_seen2")
 _DIRECTIONS: tuple[str, ...] = get_args(Direction)
 _SHOWN = 5
+#: Texts of a missing value (compared stripped and lower-cased): how pandas and R write NaN, None and NA as strings.
+MISSING_TEXTS = frozenset({"", "nan", "none", "na", "<na>", "null"})
 
 
 @dataclass(frozen=True, order=True)
@@ -97,6 +101,8 @@ def _parse(label, control: str, default_direction: str) -> tuple[GenePerturbatio
     text = label.strip()
     if not text:
         raise PerturbationLabelError(f"label {label!r} is empty")
+    if text.lower() in MISSING_TEXTS:
+        raise PerturbationLabelError(f"label {label!r} is the text of a missing value, not a perturbation")
     if text == control:
         return ()
     genes: dict[str, GenePerturbation] = {}
@@ -191,6 +197,32 @@ def parse_labels(
         more = f" (showing {_SHOWN})" if len(bad) > _SHOWN else ""
         raise PerturbationLabelError(f"{len(bad)} bad perturbation label(s){more}: {shown}. {_expected(control)}")
     return parsed
+
+
+def is_missing_label(value: Any) -> bool:
+    """Whether a label is missing: None, NaN, ``pd.NA``, or a string that is blank or the text of a missing value
+    (:data:`MISSING_TEXTS`, e.g. ``"nan"`` left by ``astype(str)``)."""
+    if isinstance(value, str):
+        return value.strip().lower() in MISSING_TEXTS
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # array-like values are not missing labels (and are refused by the parser)
+        return False
+
+
+def label_values(column: pd.Series | np.ndarray | Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """The labels of one ``obs`` column (categorical or not) as strings, and the mask of missing ones.
+
+    Returns
+    -------
+    values, missing
+        ``values`` (object array of ``str``): each label as text, ``""`` where it is missing; ``missing`` (bool):
+        the cells whose label is missing (:func:`is_missing_label`), which are never parsed as a gene.
+    """
+    raw = column.to_numpy(dtype=object) if isinstance(column, pd.Series | pd.Index) else np.asarray(column, object)
+    missing = np.fromiter((is_missing_label(v) for v in raw), dtype=bool, count=raw.size)
+    values = np.asarray(["" if m else str(v) for v, m in zip(raw, missing)], dtype=object)
+    return values, missing
 
 
 def perturbation_label(genes: Sequence[GenePerturbation], *, control: str = CONTROL) -> str:

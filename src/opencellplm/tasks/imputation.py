@@ -28,6 +28,7 @@ import logging
 import math
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -45,7 +46,7 @@ from ..config import MaskingConfig, ModelConfig, TrainConfig
 from ..data.genes import normalise_gene_ids
 from ..data.reader import counts_matrix, read_rows
 from ..data.sets import CellSets, InputSpec
-from ..data.validate import require_anndata
+from ..data.validate import require_anndata, validate
 from ..model import CellPLM
 from ..module import CellPLMModule
 from ..module.losses import LossOutput
@@ -270,8 +271,11 @@ class SpatialImputer:
         self.panel_genes: list[str] = []  # model ids of the spatial panel's genes (fit)
         self.spatial_spec = InputSpec()
         self.spatial_input: dict[str, str | None] = {"layer": None, "gene_key": None, "sample_key": None}
+        #: Model id -> the reference's var_name, for the reference genes named otherwise (a ``reference_gene_key``).
+        self.reference_names: dict[str, str] = {}
         self.summary: ImputationFitSummary | None = None
         self._loaded_weights = False  # set by load(): the base holds fitted weights to continue from
+        self._inputs_checked = False  # set by score(), which checks its inputs once for all its fits
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path | CellPLM, **kwargs: Any) -> SpatialImputer:
@@ -305,8 +309,13 @@ class SpatialImputer:
         genes: Sequence[str] | None = None,
         extend_vocabulary: bool = False,
         device: str | None = None,
+        names: tuple[str, str] = ("the spatial data", "the reference"),
     ) -> SpatialImputer:
         """Fine-tune on the spatial data and the reference together (see the module docstring).
+
+        Both inputs are checked before any work (counts, layers, gene and sample columns, coordinates; every
+        error names the input and its layer); the reference must be another AnnData than the spatial data and
+        measure genes beyond the panel, and the ``genes`` to impute must be among its genes.
 
         Parameters
         ----------
@@ -321,17 +330,33 @@ class SpatialImputer:
             The same for the reference.
         genes
             Genes to impute later, kept in the reference input whatever ``recipe.max_reference_genes`` (they must be
-            in the reference); default: none in particular.
+            in the reference: model ids, or the reference's ``var_names`` when ``reference_gene_key`` is given);
+            default: none in particular.
         extend_vocabulary
             Add the genes of either data set that are not in the model's vocabulary, with fresh embedding and
             decoder rows (needed for another species, e.g. Drosophila with a human model). Otherwise those
             genes are ignored.
         device
             Torch device (default: the model's).
+        names
+            How error messages name the two inputs (the command line passes their file names).
         """
         require_anndata(spatial)
         require_anndata(reference)
         started = time.perf_counter()
+        if not self._inputs_checked:
+            check_inputs(
+                spatial,
+                reference,
+                layer=layer,
+                gene_key=gene_key,
+                sample_key=sample_key,
+                spatial_key=spatial_key,
+                reference_layer=reference_layer,
+                reference_gene_key=reference_gene_key,
+                reference_sample_key=reference_sample_key,
+                names=names,
+            )
         recipe = self.recipe
         base = self._fresh_base()
         spatial_ids = _gene_ids(spatial, gene_key, base.gene_id_rule)
@@ -339,10 +364,10 @@ class SpatialImputer:
         shared = sorted(set(spatial_ids) & set(reference_ids))
         if not shared:
             raise ValueError(
-                f"the spatial data ({len(spatial_ids)} genes, e.g. {spatial_ids[:3]}) and the reference "
+                f"{names[0]} ({len(spatial_ids)} genes, e.g. {spatial_ids[:3]}) and {names[1]} "
                 f"({len(reference_ids)} genes, e.g. {reference_ids[:3]}) share no gene (ids compared after the "
                 f"checkpoint's rule {base.gene_id_rule!r}); imputation links the two through shared genes: check "
-                "gene_key / reference_gene_key"
+                "gene_key / reference_gene_key (--gene-key / --reference-gene-key)"
             )
         added: list[str] = []
         if extend_vocabulary:
@@ -350,12 +375,13 @@ class SpatialImputer:
         vocabulary = set(base.genes)
         panel = [g for g in dict.fromkeys(spatial_ids) if g in vocabulary]
         ref_genes = [g for g in dict.fromkeys(reference_ids) if g in vocabulary]
-        targets = normalise_gene_ids([str(g) for g in genes or ()], base.gene_id_rule)
+        reference_names = {} if reference_gene_key is None else _names_of_ids(reference, reference_ids, ref_genes)
+        targets = _target_ids(genes or (), base.gene_id_rule, ref_genes, reference_names)
         measured = set(ref_genes)
         missing = [g for g in dict.fromkeys(targets) if g not in measured]
         if missing:
             raise ValueError(
-                f"{len(missing)} of the {len(set(targets))} genes to impute are not in the reference (or not in the "
+                f"{len(missing)} of the {len(set(targets))} genes to impute are not in {names[1]} (or not in the "
                 f"model's vocabulary): {missing[:10]}{' ...' if len(missing) > 10 else ''}; only genes the reference "
                 "measured can be imputed"
             )
@@ -371,8 +397,15 @@ class SpatialImputer:
             )
         if not set(panel) & set(ref_genes):
             raise ValueError(
-                f"none of the {len(shared)} genes shared by the spatial data and the reference is in the model's "
-                "vocabulary; pass extend_vocabulary=True to add them"
+                f"none of the {len(shared)} genes shared by {names[0]} and {names[1]} (e.g. {shared[:3]}) is in the "
+                f"model's vocabulary ({len(base.genes)} genes, e.g. {base.genes[:3]}); name a var column holding the "
+                "vocabulary's ids with gene_key / reference_gene_key (--gene-key / --reference-gene-key), or pass "
+                "extend_vocabulary=True (--extend-vocabulary) to add the genes with fresh, untrained rows"
+            )
+        if not set(ref_genes) - set(panel):
+            raise ValueError(
+                f"{names[1]} measures no gene beyond the panel of {names[0]} (in the model's vocabulary): there is "
+                "nothing to impute; give a reference that measures the genes to impute"
             )
         spatial_work = _working_copy(spatial, layer, gene_key, base.gene_id_rule, panel, sample_key, spatial_key)
         reference_work = _working_copy(
@@ -387,10 +420,15 @@ class SpatialImputer:
             partition="random",
             seed=recipe.seed,
         )
-        sets = {
-            "spatial": self._cell_sets(base, spatial_work, spatial_spec, warn_stacklevel=3),
-            "reference": self._cell_sets(base, reference_work, reference_spec, warn_stacklevel=3),
-        }
+        sets = {}
+        for role, name, work, spec in (
+            ("spatial", names[0], spatial_work, spatial_spec),
+            ("reference", names[1], reference_work, reference_spec),
+        ):
+            try:
+                sets[role] = self._cell_sets(base, work, spec, warn_stacklevel=4)
+            except ValueError as err:  # the working copy's counts are "X" whatever layer they came from
+                raise ValueError(f"{name}: {err}") from None
         train, validation = _split_sets(sets, recipe.validation_fraction, recipe.seed)
         torch.manual_seed(recipe.seed)
         module = CellPLMModule(recipe.model_config(base.config))
@@ -414,6 +452,7 @@ class SpatialImputer:
             world.stop()
         self.base, self.module = base, module.eval()
         self.panel_genes, self.reference_genes = panel, ref_genes
+        self.reference_names = reference_names
         self.spatial_spec = spatial_spec
         self.spatial_input = {"layer": layer, "gene_key": gene_key, "sample_key": sample_key}
         self.summary = ImputationFitSummary(
@@ -510,8 +549,9 @@ class SpatialImputer:
             if not targets:
                 raise ValueError("the reference measures no gene beyond the spatial panel: nothing to impute")
             return targets
-        targets = list(dict.fromkeys(normalise_gene_ids([str(g) for g in genes], rule)))
-        known = set(self.reference_genes) if self.fitted else set(self.base.genes)
+        known_ids = self.reference_genes if self.fitted else self.base.genes
+        targets = list(dict.fromkeys(_target_ids(genes, rule, known_ids, self.reference_names)))
+        known = set(known_ids)
         missing = [g for g in targets if g not in known]
         if missing:
             where = "the reference the imputer was fitted on" if self.fitted else "the model's vocabulary"
@@ -592,12 +632,16 @@ class SpatialImputer:
         empty, they were not measured); ``layers[layer_added]`` holds the measured counts of the panel and the
         imputed values (count scale) of the other genes; ``var[layer_added]`` flags the imputed columns; and
         ``uns['cellplm'][layer_added]`` lists the imputed genes with the settings. ``spatial`` is not changed.
-        Imputed genes are named by the model's ids (the reference's ids after the checkpoint's gene id rule); the
-        result is dense in the imputed genes (``4 * n_obs * n_genes`` bytes): impute large data in slices of cells.
+        Imputed genes are named as the reference's ``var_names`` name them (the model's ids, after the checkpoint's
+        gene id rule, when no ``reference_gene_key`` was given); with a gene key, ``var[GENE_COLUMN]`` holds every
+        column's model id. ``genes`` may name model ids or the reference's ``var_names``. The result is dense in
+        the imputed genes (``4 * n_obs * n_genes`` bytes): impute large data in slices of cells.
         """
         imputed = self.impute(spatial, genes)
-        panel_names = set(spatial.var_names)
-        kept = [g for g in imputed.columns if g in panel_names]
+        gene_key = self.spatial_input["gene_key"]
+        spatial_ids = _gene_ids(spatial, gene_key, self.base.gene_id_rule)
+        panel_ids = set(spatial_ids)
+        kept = [g for g in imputed.columns if g in panel_ids]
         if kept:
             warnings.warn(
                 f"{len(kept)} requested gene(s) were measured by the panel, e.g. {kept[:3]}: the result keeps their "
@@ -606,18 +650,26 @@ class SpatialImputer:
                 stacklevel=2,
             )
         measured = sp.csr_matrix(counts_matrix(spatial, self.spatial_input["layer"])[:, :], dtype=np.float32)
-        new = [g for g in imputed.columns if g not in panel_names]
+        new = [g for g in imputed.columns if g not in panel_ids]
         values = imputed[new].to_numpy()
+        # imputed genes are named as the reference names them (its var_names), unless that name is taken
+        taken = set(map(str, spatial.var_names))
+        new_names = [self.reference_names.get(g, g) for g in new]
+        repeats = Counter(new_names)
+        new_names = [n if n not in taken and repeats[n] == 1 else g for n, g in zip(new_names, new)]
         x = sp.hstack([measured, sp.csr_matrix((spatial.n_obs, len(new)), dtype=np.float32)], format="csr")
-        var = pd.DataFrame(index=pd.Index(list(spatial.var_names) + new, dtype=str))
+        var = pd.DataFrame(index=pd.Index(list(map(str, spatial.var_names)) + new_names, dtype=str))
         var[layer_added] = np.r_[np.zeros(spatial.n_vars, bool), np.ones(len(new), bool)]
+        if gene_key is not None or self.reference_names:
+            var[GENE_COLUMN] = np.asarray(spatial_ids + new, dtype=str)  # the model's id of every column
         result = AnnData(x, obs=spatial.obs.copy(), var=var, obsm=dict(spatial.obsm), uns=dict(spatial.uns))
         result.layers[layer_added] = np.hstack([measured.toarray(), values]).astype(np.float32)
         source = {k: v for k, v in self.base.source.items() if v is not None}
         result.uns.setdefault("cellplm", {})
         result.uns["cellplm"] = dict(result.uns["cellplm"]) | {
             layer_added: {
-                "genes": np.asarray(new, dtype=str),
+                "genes": np.asarray(new_names, dtype=str),
+                "gene_ids": np.asarray(new, dtype=str),
                 "params": {
                     "pretrained": self.pretrained,
                     "fine_tuned": self.fitted,
@@ -680,6 +732,7 @@ class SpatialImputer:
             )
         if fit_kwargs.get("gene_key") or fit_kwargs.get("reference_gene_key"):
             raise ValueError("score matches the genes of the two data sets by var_names; put the gene ids there")
+        check_inputs(spatial, reference, **{k: v for k, v in fit_kwargs.items() if k in _INPUT_KEYS})
         unknown = [v for v in variants if v not in VARIANTS]
         if unknown:
             raise ValueError(f"unknown variants {unknown}; choose among {list(VARIANTS)}")
@@ -741,6 +794,7 @@ class SpatialImputer:
                 scratch = variant == "from_scratch" or not self.pretrained
                 imputer = SpatialImputer(self.base, pretrained=not scratch, recipe=recipe)
                 imputer._loaded_weights = self._loaded_weights and not scratch
+                imputer._inputs_checked = True  # above, once
                 with PeakMemory(device or self.base.device) as peak:
                     tic = time.perf_counter()
                     imputer.fit(spatial_in, reference, genes=held, device=device, **fit_kwargs)
@@ -790,6 +844,7 @@ class SpatialImputer:
             "recipe": asdict(self.recipe),
             "panel_genes": self.panel_genes,
             "reference_genes": self.reference_genes,
+            "reference_names": self.reference_names,
             "spatial_spec": self.spatial_spec.to_dict(),
             "spatial_input": self.spatial_input,
             "base": self.base.source,
@@ -811,6 +866,7 @@ class SpatialImputer:
             imputer.summary = ImputationFitSummary(**settings["fit"]) if settings.get("fit") else None
         imputer.panel_genes = list(settings["panel_genes"])
         imputer.reference_genes = list(settings["reference_genes"])
+        imputer.reference_names = dict(settings.get("reference_names") or {})
         imputer.spatial_spec = InputSpec(**settings["spatial_spec"])
         imputer.spatial_input = dict(settings["spatial_input"])
         return imputer
@@ -861,6 +917,77 @@ class ImputationResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "example"}
+
+
+_INPUT_KEYS = (
+    "layer",
+    "gene_key",
+    "sample_key",
+    "spatial_key",
+    "reference_layer",
+    "reference_gene_key",
+    "reference_sample_key",
+    "names",
+)
+
+
+def check_inputs(
+    spatial: AnnData,
+    reference: AnnData,
+    *,
+    layer: str | None = None,
+    gene_key: str | None = None,
+    sample_key: str | None = None,
+    spatial_key: str = "spatial",
+    reference_layer: str | None = None,
+    reference_gene_key: str | None = None,
+    reference_sample_key: str | None = None,
+    names: tuple[str, str] = ("the spatial data", "the reference"),
+) -> None:
+    """Refuse unusable inputs of :meth:`SpatialImputer.fit` before any work: the same AnnData twice, and for each
+    input the errors of :func:`~opencellplm.data.validate` (counts that are not raw counts or hold NaN, a missing
+    layer, gene or sample column, bad coordinates), each message naming the input (``names``) and its layer."""
+    require_anndata(spatial)
+    require_anndata(reference)
+    if spatial is reference:
+        raise ValueError(
+            f"{names[1]} is {names[0]} itself; imputation needs a separate scRNA-seq reference that measures the "
+            "genes the spatial panel did not"
+        )
+    for adata, name, options in (
+        (spatial, names[0], {"layer": layer, "gene_key": gene_key, "sample_key": sample_key}),
+        (
+            reference,
+            names[1],
+            {"layer": reference_layer, "gene_key": reference_gene_key, "sample_key": reference_sample_key},
+        ),
+    ):
+        coords = spatial_key if adata is spatial and spatial_key in adata.obsm else None  # absent: no encoding
+        report = validate(adata, spatial_key=coords, require_counts=True, **options)
+        if report.errors:
+            source = "X" if options["layer"] is None else f"layers[{options['layer']!r}]"
+            raise ValueError(f"{name} cannot be used (counts in {source}):\n- " + "\n- ".join(report.errors))
+
+
+def _names_of_ids(adata: AnnData, ids: Sequence[str], kept: Sequence[str]) -> dict[str, str]:
+    """Model id -> var_name of the ``kept`` genes whose var_name differs from their id (first column of an id)."""
+    wanted = set(kept)
+    names: dict[str, str] = {}
+    for gene_id, name in zip(ids, map(str, adata.var_names)):
+        if gene_id in wanted and gene_id != name:
+            names.setdefault(gene_id, name)
+    return names
+
+
+def _target_ids(genes: Sequence[str], rule, known: Sequence[str], names: dict[str, str]) -> list[str]:
+    """The model ids of the genes to impute, each given as a model id or as the reference's var_name."""
+    ids_of_names = {}
+    for gene_id, name in names.items():
+        ids_of_names.setdefault(name, gene_id)
+    known = set(known)
+    given = [str(g) for g in genes]
+    normalised = normalise_gene_ids(given, rule)
+    return [n if n in known or g not in ids_of_names else ids_of_names[g] for g, n in zip(given, normalised)]
 
 
 def _gene_ids(adata: AnnData, gene_key: str | None, rule) -> list[str]:
@@ -953,4 +1080,5 @@ __all__ = [
     "ImputationRecipe",
     "ImputationResult",
     "SpatialImputer",
+    "check_inputs",
 ]

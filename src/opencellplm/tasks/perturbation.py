@@ -71,7 +71,10 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
+import re
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -93,6 +96,7 @@ from ..data.reader import counts_matrix, read_rows
 from ..data.sets import InputSpec
 from ..data.validate import require_anndata
 from ..distributions import nb_log_prob
+from ..io import CheckpointError
 from ..model import CellPLM
 from ..module import CellBatch, CellPLMModule
 from ..module.losses import LossOutput
@@ -419,7 +423,8 @@ def predict_profiles(
 @dataclass
 class PerturbationFitSummary:
     """What :meth:`PerturbationPredictor.fit` did. ``start_val_mse`` is the validation MSE of "no change"
-    (the starting weights); ``kept`` says which weights were kept."""
+    (the starting weights); ``kept`` says which weights were kept; ``n_unlabelled_cells``: cells left out because
+    their label was missing (NaN, None, empty)."""
 
     pretrained: bool
     n_control_cells: int
@@ -434,6 +439,7 @@ class PerturbationFitSummary:
     kept: Literal["fine-tuned", "start"]
     seconds: float
     stopped_by: str | None = None
+    n_unlabelled_cells: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -479,6 +485,8 @@ class PerturbationResult:
         The base model's identity (name, sha256), the fine-tuning recipe, the input settings, the package version.
     n_cells, n_genes, control
         Size of the scored data (genes: those in the model's vocabulary) and the control label.
+    n_unlabelled_cells
+        Cells left out because their perturbation label was missing (NaN, None, empty).
     """
 
     simulated: bool
@@ -494,6 +502,7 @@ class PerturbationResult:
     n_cells: int
     n_genes: int
     control: str
+    n_unlabelled_cells: int = 0
 
     def to_frame(self) -> pd.DataFrame:
         """Per method and group (and ``"all"``): each metric's mean over seeds and its standard deviation
@@ -532,6 +541,7 @@ class PerturbationResult:
             "n_cells": self.n_cells,
             "n_genes": self.n_genes,
             "control": self.control,
+            "n_unlabelled_cells": self.n_unlabelled_cells,
         }
 
 
@@ -608,7 +618,9 @@ class PerturbationPredictor:
         Parameters
         ----------
         adata
-            Raw counts (integers); ``obs[perturbation_key]`` holds each cell's perturbation label.
+            Raw counts (integers); ``obs[perturbation_key]`` holds each cell's perturbation label. Cells whose
+            label is missing (NaN, None, empty, ``"nan"``) are left out, neither perturbed nor control cells, and
+            counted (a warning, :attr:`PerturbationFitSummary.n_unlabelled_cells`).
         perturbation_key
             ``obs`` column of the labels.
         control
@@ -642,8 +654,8 @@ class PerturbationPredictor:
                 f"obs column {perturbation_key!r} (perturbation labels) not found; adata.obs has "
                 f"{list(adata.obs.columns)}"
             )
-        values = adata.obs[perturbation_key].astype(str).to_numpy()
-        found = list(dict.fromkeys(values))
+        values, n_unlabelled = _label_column(adata, perturbation_key)
+        found = list(dict.fromkeys(values[values != ""]))
         parsed = parse_labels(found, control=control, default_direction=default_direction)
         values, found = _merge_equivalent(values, found, parsed, control)
         is_control = values == control
@@ -727,6 +739,7 @@ class PerturbationPredictor:
             kept=kept,
             seconds=round(time.perf_counter() - started, 2),
             stopped_by=result["stopped_by"],
+            n_unlabelled_cells=n_unlabelled,
             history=result["val_history"],
         )
         logger.info(
@@ -753,10 +766,17 @@ class PerturbationPredictor:
         pandas.DataFrame
             Index: the labels as given; columns: the training data's genes that are in the model's vocabulary.
         """
-        from ..data.perturbations import parse_labels
+        from ..data.perturbations import PerturbationLabelError, is_missing_label, parse_labels
 
         module = self._require_fitted()
-        labels = [labels] if isinstance(labels, str) else [str(label) for label in labels]
+        labels = [labels] if isinstance(labels, str) else list(labels)
+        missing = [label for label in labels if is_missing_label(label)]
+        if missing:  # a row per label is asked for: a missing one cannot be left out quietly
+            raise PerturbationLabelError(
+                f"{len(missing)} of the {len(labels)} labels to predict are missing (NaN, None, empty or the text of "
+                f"a missing value): {missing[:5]}; give a perturbation label for each"
+            )
+        labels = [str(label) for label in labels]
         parsed = parse_labels(labels, control=self.control, default_direction=self.default_direction)
         _check_vocabulary(self.base, sorted({p.gene for ps in parsed.values() for p in ps}), False)
         codes = [_encode(self.base, parsed[label], self.gene_index) for label in labels]
@@ -835,8 +855,8 @@ class PerturbationPredictor:
         sets = self.base.cell_sets(adata, replace(input_spec, spatial_key=None), require_counts=True, warn_stacklevel=3)
         columns = sets.report.alignment.columns
         counts = read_rows(counts_matrix(adata, input_spec.layer), np.arange(adata.n_obs), columns)
-        values = adata.obs[perturbation_key].astype(str).to_numpy()
-        found = list(dict.fromkeys(values))
+        values, n_unlabelled = _label_column(adata, perturbation_key)
+        found = list(dict.fromkeys(values[values != ""]))
         parsed = parse_labels(found, control=control, default_direction=default_direction)
         values, found = _merge_equivalent(values, found, parsed, control)
         sizes = pd.Series(values).value_counts()
@@ -952,6 +972,7 @@ class PerturbationPredictor:
             n_cells=adata.n_obs,
             n_genes=len(columns),
             control=control,
+            n_unlabelled_cells=n_unlabelled,
         )
 
     # ------------------------------------------------------------------------------------- save / load
@@ -1002,7 +1023,7 @@ class PerturbationPredictor:
         path = Path(directory) / STATE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found; is {directory} a saved perturbation predictor?")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _read_state(path)
         base = CellPLM(backbone, genes, meta=meta, source=settings.get("base"), device=device)
         recipe = PerturbationRecipe(**settings["recipe"])
         predictor = cls(base, pretrained=settings["pretrained"], recipe=recipe)
@@ -1036,6 +1057,42 @@ predictor_problems = recogniser(SETTINGS_FILE, FORMAT, extra=(STATE_FILE,))
 
 
 # --------------------------------------------------------------------------------------------- helpers
+_STATE_KEYS = (
+    "network",
+    "gene_index",
+    "control_data",
+    "control_indices",
+    "control_indptr",
+    "control_shape",
+    "control_mean",
+    "set_sizes",
+    "set_rows",
+)
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """The tensors of a saved ``perturbation_state.pt``, read without unpickling any object (a file holding other
+    pickled objects is refused as untrusted, naming it)."""
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise CheckpointError(f"cannot read {path} as a perturbation predictor's state: it is not a torch file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        named = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        raise CheckpointError(
+            f"{path} is not trusted: it holds pickled objects other than tensors"
+            + (f" (it calls {named.group(1)})" if named else "")
+            + ", which a perturbation predictor's state never holds, so it was not loaded; it was not written by "
+            "this package or was altered: refit the predictor (perturb fit)"
+        ) from None
+    except Exception as err:  # a truncated archive, ...
+        raise CheckpointError(f"cannot read {path} as a perturbation predictor's state: {err}") from None
+    missing = [key for key in _STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a perturbation predictor's state: it lacks {missing}")
+    return state
+
+
 def _copy(module: CellPLMModule) -> CellPLMModule:
     copy = CellPLMModule(module.config)
     copy.load_state_dict(module.state_dict())
@@ -1118,6 +1175,25 @@ class _Measured:
     gpu_mb: float | None
 
 
+def _label_column(adata: AnnData, key: str) -> tuple[np.ndarray, int]:
+    """The labels of ``obs[key]`` as text, ``""`` for cells whose label is missing (NaN, None, empty, ``"nan"``):
+    those cells are left out (neither perturbed nor control), counted and logged, never parsed as a gene."""
+    from ..data.perturbations import label_values
+
+    values, missing = label_values(adata.obs[key])
+    n_missing = int(missing.sum())
+    if n_missing:
+        logger.warning(
+            "%d of %d cells have no perturbation label in obs[%r] (NaN, None, empty or 'nan'), e.g. %s: they are "
+            "left out (neither perturbed nor control cells)",
+            n_missing,
+            adata.n_obs,
+            key,
+            list(adata.obs_names[missing][:5]),
+        )
+    return values, n_missing
+
+
 def _merge_equivalent(values: np.ndarray, found: list[str], parsed: dict, control: str) -> tuple[np.ndarray, list[str]]:
     """Labels that name the same perturbation (``"A"``, ``"A+ctrl"``; ``"A+B"``, ``"B+A"``) as one, so that a
     perturbation can never sit in training and test under two names: the canonical label where it is among
@@ -1133,8 +1209,8 @@ def _merge_equivalent(values: np.ndarray, found: list[str], parsed: dict, contro
     if not merged:
         return values, found
     logger.info("labels naming the same perturbation merged: %s", dict(list(merged.items())[:5]))
-    values = np.asarray([rename[v] for v in values], dtype=object).astype(str)
-    return values, list(dict.fromkeys(values))
+    values = np.asarray([rename.get(v, v) for v in values], dtype=object)  # "" (no label) stays ""
+    return values, list(dict.fromkeys(rename[label] for label in found))
 
 
 def _measure(function) -> _Measured:
