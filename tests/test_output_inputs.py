@@ -18,16 +18,11 @@ import pytest
 import torch
 
 from opencellplm import CellPLM, CellPLMModule, pretrained
-from opencellplm._files import (
-    check_output_file,
-    output_lock,
-    refuse_inputs,
-    written_file_problems,
-)
+from opencellplm import _files as files_module
 from opencellplm.cli import main
-from opencellplm.data.output import write_json, write_new_h5ad
+from opencellplm.data import output as output_module
 
-from .conftest import vocabulary
+from .conftest import REPO, vocabulary
 from .official_files import official_config, write_official
 
 
@@ -60,16 +55,16 @@ def test_refuse_inputs_covers_an_input_a_folder_around_it_and_a_folder_inside_it
     (tmp_path / "ck").mkdir()
     inputs = [tmp_path / "in.h5ad", tmp_path / "ck", None]
     with pytest.raises(ValueError, match=r"the output .*in.h5ad is an input of this command; write to another file"):
-        refuse_inputs(tmp_path / "in.h5ad", inputs)
+        files_module.refuse_inputs(tmp_path / "in.h5ad", inputs)
     with pytest.raises(ValueError, match=r"the output .*model.safetensors lies inside .*ck, an input of this command"):
-        refuse_inputs(tmp_path / "ck" / "model.safetensors", inputs)
+        files_module.refuse_inputs(tmp_path / "ck" / "model.safetensors", inputs)
     with pytest.raises(ValueError, match=r"holds an input of this command \(.*\); write the corpus elsewhere"):
-        refuse_inputs(tmp_path, inputs, kind="corpus")
+        files_module.refuse_inputs(tmp_path, inputs, kind="corpus")
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "ck")
     with pytest.raises(ValueError, match="lies inside"):  # through a symbolic link too
-        refuse_inputs(link / "model.safetensors", inputs)
-    assert refuse_inputs(tmp_path / "out.h5ad", inputs) == (tmp_path / "out.h5ad").resolve()
+        files_module.refuse_inputs(link / "model.safetensors", inputs)
+    assert files_module.refuse_inputs(tmp_path / "out.h5ad", inputs) == (tmp_path / "out.h5ad").resolve()
 
 
 def test_overwrite_replaces_only_files_this_package_marked(tmp_path):
@@ -85,23 +80,26 @@ def test_overwrite_replaces_only_files_this_package_marked(tmp_path):
         before = (tmp_path / name).read_bytes()
         for overwrite in (False, True):
             with pytest.raises(FileExistsError, match="was not written by opencellplm .* never replaced, even with"):
-                check_output_file(tmp_path / name, overwrite=overwrite)
+                files_module.check_output_file(tmp_path / name, overwrite=overwrite)
         assert (tmp_path / name).read_bytes() == before
-    assert "without opencellplm's 'opencellplm_output' mark" in written_file_problems(tmp_path / "user.h5ad")[0]
+    assert (
+        "without opencellplm's 'opencellplm_output' mark"
+        in files_module.written_file_problems(tmp_path / "user.h5ad")[0]
+    )
     # What this package wrote carries its mark, and --overwrite replaces it (and only with --overwrite).
-    write_new_h5ad(tmp_path / "ours.h5ad", lambda: data)
-    write_json(tmp_path / "ours.json", {"score": 1})
+    output_module.write_new_h5ad(tmp_path / "ours.h5ad", lambda: data)
+    output_module.write_json(tmp_path / "ours.json", {"score": 1})
     for name in ("ours.h5ad", "ours.json"):
-        assert written_file_problems(tmp_path / name) == []
+        assert files_module.written_file_problems(tmp_path / name) == []
         with pytest.raises(FileExistsError, match=r"exists; pass overwrite=True \(--overwrite\) to replace it"):
-            check_output_file(tmp_path / name, overwrite=False)
-        check_output_file(tmp_path / name, overwrite=True)
-    write_json(tmp_path / "ours.json", {"score": 2}, overwrite=True)
+            files_module.check_output_file(tmp_path / name, overwrite=False)
+        files_module.check_output_file(tmp_path / name, overwrite=True)
+    output_module.write_json(tmp_path / "ours.json", {"score": 2}, overwrite=True)
     assert json.loads((tmp_path / "ours.json").read_text())["score"] == 2
     assert ad.read_h5ad(tmp_path / "ours.h5ad").shape == (2, 3)
     # Saved again by other software, the mark is gone: the file is the user's now.
     ad.read_h5ad(tmp_path / "ours.h5ad").write_h5ad(tmp_path / "ours.h5ad")
-    assert written_file_problems(tmp_path / "ours.h5ad")
+    assert files_module.written_file_problems(tmp_path / "ours.h5ad")
 
 
 # ----------------------------------------------------------------------------- BAD 1: every command, its inputs
@@ -221,38 +219,72 @@ def test_a_result_key_never_replaces_the_inputs_own_data(files, caplog):
 
 
 # ------------------------------------------------------------------------------------- WEAK: two runs, one output
-def test_a_second_run_into_an_output_being_written_fails_at_once(files, caplog, monkeypatch):
-    target = files / "out.h5ad"
-    code = (
-        "import time; from opencellplm._files import output_lock\n"
-        f"with output_lock({str(target)!r}):\n"
-        "    print('locked', flush=True)\n"
-        "    time.sleep(60)\n"
-    )
-    child = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": "src"}
-    )
-    try:
+@pytest.fixture
+def held_elsewhere():
+    """``hold(target)``: another process takes the output lock on ``target`` and keeps it until killed."""
+    children = []
+
+    def hold(target):
+        code = (
+            "import time; from opencellplm._files import output_lock\n"
+            f"with output_lock({str(target)!r}):\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(60)\n"
+        )
+        env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+        children.append(child)
         assert child.stdout.readline().strip() == "locked"
-        computed = []
-        monkeypatch.setattr(CellPLM, "_embed", lambda *a, **k: computed.append(1))
-        embed = ["embed", str(files / "in.h5ad"), "--checkpoint", str(files / "ck"), "--out", str(target)]
-        assert main([*embed, "--overwrite"]) == 2
-        assert f"{target} is being written by another run (process {child.pid} on" in error_lines(caplog)
-        assert computed == [] and not target.exists()
-    finally:
+        return child
+
+    yield hold
+    for child in children:
         child.kill()
         child.wait()
+
+
+def test_a_second_run_into_an_output_being_written_fails_at_once(files, caplog, monkeypatch, held_elsewhere):
+    target = files / "out.h5ad"
+    child = held_elsewhere(target)
+    computed = []
+    monkeypatch.setattr(CellPLM, "_embed", lambda *a, **k: computed.append(1))
+    embed = ["embed", str(files / "in.h5ad"), "--checkpoint", str(files / "ck"), "--out", str(target), "--overwrite"]
+    assert main(embed) == 2
+    assert f"{target} is being written by another run (process {child.pid} on" in error_lines(caplog)
+    assert computed == [] and not target.exists()
+    child.kill()
+    child.wait()
     monkeypatch.undo()
-    assert main([*embed, "--overwrite"]) == 0  # a killed holder's lock is released by the kernel
+    assert main(embed) == 0  # a killed holder's lock is released by the kernel
     assert ad.read_h5ad(target).obsm["X_cellplm"].shape == (40, 8)
     assert not (files / ".out.h5ad.lock").exists()
 
 
+def test_prepare_corpus_into_a_folder_being_written_fails_before_its_checks(files, monkeypatch, caplog, held_elsewhere):
+    from opencellplm.data import corpus
+
+    held_elsewhere(files / "corpus")
+    monkeypatch.setattr(corpus, "validate", lambda *a, **k: pytest.fail("checked the inputs first"))
+    assert main(["prepare-corpus", str(files / "in.h5ad"), "--out", str(files / "corpus")]) == 2
+    assert "corpus is being written by another run" in error_lines(caplog)
+
+
 def test_output_lock_is_reentrant_and_removed(tmp_path):
-    with output_lock(tmp_path / "x.h5ad") as target, output_lock(target):
+    with files_module.output_lock(tmp_path / "x.h5ad") as target, files_module.output_lock(target):
         assert (tmp_path / ".x.h5ad.lock").read_text().startswith(f"{os.getpid()} on ")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_a_profile_table_but_no_other_csv(tmp_path):
+    import pandas as pd
+
+    table = pd.DataFrame([[0.5, 1.0]], index=pd.Index(["A+B"], name="perturbation"), columns=["G1", "G2"])
+    table.to_csv(tmp_path / "ours.csv")
+    assert output_module.profile_table_problems(tmp_path / "ours.csv") == []
+    (tmp_path / "notes.csv").write_text("perturbation,comment\nA+B,looks good\n")
+    (tmp_path / "other.csv").write_text("gene,score\nG1,0.5\n")
+    for name in ("notes.csv", "other.csv"):
+        assert output_module.profile_table_problems(tmp_path / name)
 
 
 # ------------------------------------------------------------------------------------ WEAK: the current folder
