@@ -46,7 +46,9 @@ H5AD_MARK = "opencellplm_output"
 JSON_MARK = "written_by"
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 #: What a file system says when it will not take a write: shown as one line, not a traceback.
-_WRITE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+_WRITE_ERRNOS = {
+    getattr(errno, name) for name in ("EROFS", "EACCES", "EPERM", "ENOSPC", "EDQUOT") if hasattr(errno, name)
+}
 
 
 class CannotWriteError(OSError):
@@ -340,7 +342,8 @@ def write_directory(
 ) -> T:
     """Call ``fill`` on a fresh partial folder beside ``target``, then put it in ``target``'s place.
 
-    ``target`` is checked by :func:`check_output_directory`. An existing ``target`` is moved aside
+    ``target`` is checked by :func:`check_output_directory` and locked (:func:`output_lock`) while it is
+    written; a refusal of the file system is one line (:class:`CannotWriteError`). An existing ``target`` is moved aside
     first and removed only once the new one is in place, so a crash at any point leaves a complete
     directory. ``fill``'s result is returned; if it raises, the partial folder is removed and
     ``target`` is untouched.
