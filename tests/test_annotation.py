@@ -204,6 +204,10 @@ def test_cli_fit_predict_score(base, cells, tmp_path, capsys):
     (tmp_path / "s.json").write_text("the user's notes")  # an existing --json file is never replaced silently
     assert main([*score, "--baselines", "knn_on_pca", "--json", str(tmp_path / "s.json")]) == 2
     assert (tmp_path / "s.json").read_text() == "the user's notes"
+    assert main([*score, "--baselines", "knn_on_pca", "--json", str(tmp_path / "s.json"), "--overwrite"]) == 2
+    assert (tmp_path / "s.json").read_text() == "the user's notes"  # --overwrite replaces only our own results
+    (tmp_path / "s.json").unlink()
+    assert main([*score, "--baselines", "knn_on_pca", "--json", str(tmp_path / "s.json")]) == 0
     assert main([*score, "--baselines", "knn_on_pca", "--json", str(tmp_path / "s.json"), "--overwrite"]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["n_test"] == 60
 

@@ -54,9 +54,16 @@ def test_embed_refuses_to_overwrite(tmp_path, tiny_adata, caplog):
     (tmp_path / "out.h5ad").write_text("keep me")
     with caplog.at_level(logging.ERROR):
         code = main(
-            ["embed", str(tmp_path / "in.h5ad"), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "out.h5ad")]
+            [
+                "embed",
+                str(tmp_path / "in.h5ad"),
+                "--checkpoint",
+                str(tmp_path / "ck"),
+                "--out",
+                str(tmp_path / "out.h5ad"),
+            ]
         )
-    assert code == 2 and "pass overwrite=True (--overwrite)" in caplog.text
+    assert code == 2 and "was not written by opencellplm" in caplog.text  # nor with --overwrite
     assert (tmp_path / "out.h5ad").read_text() == "keep me"
 
 

@@ -103,16 +103,17 @@ def test_save_overwrite_replaces_only_our_checkpoint(tmp_path, model):
     assert (foreign / "meta.json").read_text() == '{"format": "something else"}'
 
 
-def test_out_dot_writes_the_current_folder(tmp_path, tiny_adata, monkeypatch):
+def test_out_dot_is_refused_as_it_would_replace_the_current_folder(tmp_path, tiny_adata, monkeypatch, caplog):
+    """Even an empty current folder: the folder is replaced as a whole, which leaves the shell in a deleted folder."""
     tiny_adata.write_h5ad(tmp_path / "a.h5ad")
     work = tmp_path / "corpus"
     work.mkdir()
     monkeypatch.chdir(work)
-    assert main(["prepare-corpus", str(tmp_path / "a.h5ad"), "--out", "."]) == 0
-    assert corpus_problems(work) == []
-    monkeypatch.chdir(work)  # the folder was replaced as a whole; enter the new one
-    assert main(["prepare-corpus", str(tmp_path / "a.h5ad"), "--out", ".", "--overwrite"]) == 0
-    assert corpus_problems(work) == []
+    with caplog.at_level(logging.ERROR):
+        assert main(["prepare-corpus", str(tmp_path / "a.h5ad"), "--out", "."]) == 2
+    assert "is the current folder or holds it" in caplog.text and list(work.iterdir()) == []
+    assert main(["prepare-corpus", str(tmp_path / "a.h5ad"), "--out", "corpus"]) == 0  # a new folder below it
+    assert corpus_problems(work / "corpus") == []
 
 
 def test_a_killed_write_leaves_debris_that_the_next_write_removes(tmp_path, caplog):
@@ -132,8 +133,9 @@ def test_a_killed_write_leaves_debris_that_the_next_write_removes(tmp_path, capl
     # While the writer lives, its folder is left alone (and mentioned).
     with caplog.at_level(logging.WARNING):
         write_directory(tmp_path / "other", lambda f: None, overwrite=False, recognise=lambda p: [], kind="test")
-        write_directory(target, lambda f: None, overwrite=False, recognise=lambda p: [], kind="test")
-    assert leftovers[0].exists() and "may still be going" in caplog.text
+        with pytest.raises(FileExistsError, match="is being written by another run"):  # at once
+            write_directory(target, lambda f: None, overwrite=False, recognise=lambda p: [], kind="test")
+    assert leftovers[0].exists() and "may still be going" not in caplog.text
     child.kill()
     child.wait()
     caplog.clear()
@@ -234,15 +236,19 @@ def test_write_new_h5ad_removes_only_its_own_partial_file(tmp_path):
         calls.append(1)
         raise RuntimeError("compute failed")
 
-    with pytest.raises(FileExistsError):  # refused before any work
-        write_new_h5ad(target, broken)
+    for overwrite in (False, True):  # refused before any work: not a file this package wrote
+        with pytest.raises(FileExistsError):
+            write_new_h5ad(target, broken, overwrite=overwrite)
     assert not calls and target.read_bytes() == b"the user's file"
+    target.unlink()
+    write_new_h5ad(target, lambda: ad.AnnData(np.ones((2, 3), dtype=np.float32)))
+    before = target.read_bytes()
     with pytest.raises(RuntimeError, match="compute failed"):
         write_new_h5ad(target, broken, overwrite=True)
-    assert target.read_bytes() == b"the user's file"  # a failed run leaves the old file whole
+    assert target.read_bytes() == before  # a failed run leaves the old file whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5ad"]  # and no partial file behind
-    write_new_h5ad(target, lambda: ad.AnnData(np.ones((2, 3), dtype=np.float32)), overwrite=True)
-    assert ad.read_h5ad(target).shape == (2, 3)
+    write_new_h5ad(target, lambda: ad.AnnData(np.ones((4, 3), dtype=np.float32)), overwrite=True)
+    assert ad.read_h5ad(target).shape == (4, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5ad"]
 
 
@@ -250,17 +256,18 @@ def test_write_new_file_leaves_the_old_file_whole_when_writing_fails(tmp_path):
     from opencellplm.data.output import write_new_file
 
     target = tmp_path / "prediction.csv"
-    target.write_text("the user's file")
+    target.write_text("an earlier result")
+    ours = lambda path: []  # noqa: E731 - the test vouches that the file is this package's
 
     def half_written(path):
         path.write_text("half")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        write_new_file(target, half_written, overwrite=True)
-    assert target.read_text() == "the user's file"
+        write_new_file(target, half_written, overwrite=True, recognise=ours)
+    assert target.read_text() == "an earlier result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prediction.csv"]
     with pytest.raises(FileExistsError):
-        write_new_file(target, lambda path: path.write_text("new"))
-    write_new_file(target, lambda path: path.write_text("new"), overwrite=True)
+        write_new_file(target, lambda path: path.write_text("new"), recognise=ours)
+    write_new_file(target, lambda path: path.write_text("new"), overwrite=True, recognise=ours)
     assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["prediction.csv"]

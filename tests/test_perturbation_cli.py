@@ -146,5 +146,5 @@ def test_bad_input_is_one_line_with_status_2(files, caplog):
     assert main([*fit, "--out", str(files / "p5")]) == 0
     inside = ["perturb", "predict", str(files / "p5"), "--labels", "GENE3", "--out", str(files / "p5" / "x.csv")]
     assert main(inside) == 2
-    assert "inside the predictor folder" in errors(caplog)[0] and not (files / "p5" / "x.csv").exists()
+    assert "lies inside" in errors(caplog)[0] and not (files / "p5" / "x.csv").exists()
     assert VOCABULARY  # the tiny vocabulary the checkpoint was saved with

@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._files import check_output_file
+from ._files import CannotWriteError, check_output_file
 from .config import ConfigError
 from .io import CheckpointError
 
@@ -33,7 +33,18 @@ USER_ERRORS = (
     FloatingPointError,
     CheckpointError,
     ConfigError,
+    CannotWriteError,
 )
+
+
+def _model_path(checkpoint: str | None) -> Path:
+    """What ``--checkpoint`` names (a folder, or a shipped model's folder): an input no output may touch."""
+    from . import pretrained
+
+    name = checkpoint or DEFAULT_MODEL
+    if not Path(name).exists() and name in pretrained.available():
+        return pretrained.path(name)
+    return Path(name)
 
 
 def _convert_official(args: argparse.Namespace) -> int:
@@ -50,7 +61,10 @@ def _embed(args: argparse.Namespace) -> int:
 
     if not Path(args.input).is_file():  # before loading the model
         raise FileNotFoundError(f"input file not found: {args.input}")
-    check_output_file(args.out, overwrite=args.overwrite, inputs=[args.input])  # before loading the model
+    inputs = [args.input, _model_path(args.checkpoint)]
+    check_output_file(args.out, overwrite=args.overwrite, inputs=inputs)  # before loading the model
+    if args.score_json:
+        check_output_file(args.score_json, overwrite=args.overwrite, inputs=[*inputs, args.out])
     if args.checkpoint is None:
         logger.info("no --checkpoint given: using the shipped model %s", DEFAULT_MODEL)
     model = CellPLM.from_pretrained(args.checkpoint or DEFAULT_MODEL, device=args.device)
@@ -89,7 +103,9 @@ def _score_embedding(args: argparse.Namespace) -> None:
         + "\n"
     )
     if args.score_json:
-        Path(args.score_json).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        from .data.output import write_json
+
+        write_json(args.score_json, result.to_dict(), overwrite=args.overwrite, inputs=[args.input, args.out])
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -196,10 +212,11 @@ def _denoise(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"input file not found: {args.input}")
     if args.score == (args.out is not None):
         raise ValueError("pass --out OUT.h5ad to write the denoised layer, or --score to score (one of the two)")
+    inputs = [args.input, _model_path(args.checkpoint)]
     if args.out is not None:
-        check_output_file(args.out, overwrite=args.overwrite, inputs=[args.input])
+        check_output_file(args.out, overwrite=args.overwrite, inputs=inputs)
     if args.json is not None:
-        check_output_file(args.json, overwrite=args.overwrite, inputs=[args.input])
+        check_output_file(args.json, overwrite=args.overwrite, inputs=inputs)
     model = CellPLM.from_pretrained(args.checkpoint or DEFAULT_MODEL, device=args.device)
     logger.info("model: %s (weights sha256 %s)", model.source["path"], model.source["sha256"][:12])
     recipe = DenoisingRecipe() if args.steps is None else DenoisingRecipe(steps=args.steps)
@@ -233,7 +250,9 @@ def _denoise(args: argparse.Namespace) -> int:
     header = f"{args.input}: denoising, protocol {result.protocol}, fraction {result.fraction}, seed {result.seed}"
     sys.stdout.write(f"{header}\n{table}\n{skipped}")
     if args.json is not None:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+        from .data.output import write_json
+
+        write_json(args.json, result.to_dict(), overwrite=args.overwrite, inputs=inputs)
     return 0
 
 
@@ -252,7 +271,8 @@ def _impute(args: argparse.Namespace) -> int:
             f"--reference names the spatial input itself ({args.reference}); impute needs a separate scRNA-seq "
             "reference that measures the genes the spatial panel did not"
         )
-    check_output_file(args.out, overwrite=args.overwrite, inputs=[args.spatial, args.reference])
+    inputs = [args.spatial, args.reference, _model_path(args.checkpoint)]
+    check_output_file(args.out, overwrite=args.overwrite, inputs=inputs)
     model = CellPLM.from_pretrained(args.checkpoint or DEFAULT_MODEL, device=args.device)
     logger.info("model: %s (weights sha256 %s)", model.source["path"], model.source["sha256"][:12])
     changes = {"positional": not args.no_positional, "max_cells": args.max_cells, "seed": args.seed}
@@ -282,7 +302,7 @@ def _impute(args: argparse.Namespace) -> int:
         )
         return imputer.predict(spatial, genes, layer_added=args.layer_added)
 
-    write_new_h5ad(args.out, compute, overwrite=args.overwrite, inputs=[args.spatial, args.reference])
+    write_new_h5ad(args.out, compute, overwrite=args.overwrite, inputs=inputs)
     return 0
 
 
@@ -303,7 +323,7 @@ def _info(args: argparse.Namespace) -> int:
 def _annotate(args: argparse.Namespace) -> int:
     import anndata as ad
 
-    from .data.output import write_new_file, write_new_h5ad
+    from .data.output import check_result_key, write_json, write_new_h5ad
     from .tasks import AnnotationRecipe, CellTypeAnnotator
 
     source = Path(args.input)
@@ -318,7 +338,13 @@ def _annotate(args: argparse.Namespace) -> int:
         from ._files import check_output_directory
         from .tasks.annotation import annotator_problems
 
-        check_output_directory(args.out, overwrite=args.overwrite, recognise=annotator_problems, kind="annotator")
+        check_output_directory(
+            args.out,
+            overwrite=args.overwrite,
+            recognise=annotator_problems,
+            kind="annotator",
+            inputs=[source, _model_path(args.checkpoint)],
+        )
         adata = ad.read_h5ad(source)
         make = CellTypeAnnotator.from_scratch if args.scratch else CellTypeAnnotator.from_pretrained
         recipe = AnnotationRecipe(
@@ -331,21 +357,25 @@ def _annotate(args: argparse.Namespace) -> int:
         return 0
     if args.annotator is None:
         raise ValueError(f"annotate {args.action} needs --annotator, a folder written by annotate fit")
-    annotator = CellTypeAnnotator.load(args.annotator)
+    inputs = [source, args.annotator, args.reference]
     if args.action == "predict":
         if args.out is None:
             raise ValueError("annotate predict needs --out, the h5ad file to write")
+        check_output_file(args.out, overwrite=args.overwrite, inputs=inputs)  # before loading the annotator
+    elif args.json:
+        check_output_file(args.json, overwrite=args.overwrite, inputs=inputs)
+    annotator = CellTypeAnnotator.load(args.annotator)
+    if args.action == "predict":
 
         def annotated() -> ad.AnnData:
             adata = ad.read_h5ad(source)
+            check_result_key(adata, "obs", args.key_added)
             annotator.predict(adata, key_added=args.key_added)
             return adata
 
-        write_new_h5ad(args.out, annotated, overwrite=args.overwrite, inputs=[source])
+        write_new_h5ad(args.out, annotated, overwrite=args.overwrite, inputs=inputs)
         logger.info("wrote %s with obs[%r]", args.out, args.key_added)
         return 0
-    if args.json:  # checked before the work
-        check_output_file(args.json, overwrite=args.overwrite, inputs=[source])
     adata = ad.read_h5ad(source)
     test_cells = None if args.test_key is None else _flag(adata, args.test_key)
     if args.reference is not None:
@@ -364,13 +394,12 @@ def _annotate(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(scores.to_frame().round(4).to_string() + "\n")
     if args.json:
-        text = json.dumps(scores.to_dict(), indent=2, default=str) + "\n"
-        write_new_file(args.json, lambda path: path.write_text(text), overwrite=args.overwrite, inputs=[source])
+        write_json(args.json, scores.to_dict(), overwrite=args.overwrite, inputs=inputs)
     return 0
 
 
 def _perturb(args: argparse.Namespace) -> int:
-    from .data.output import write_new_file
+    from .data.output import write_json
     from .tasks import PerturbationPredictor, PerturbationRecipe
 
     if args.action == "predict":
@@ -389,15 +418,20 @@ def _perturb(args: argparse.Namespace) -> int:
         "gene_key": args.gene_key,
         "sample_key": args.sample_key,
     }
+    inputs = [source, _model_path(args.checkpoint)]
     if args.action == "fit":
         from ._files import check_output_directory
         from .tasks.perturbation import predictor_problems
 
         check_output_directory(
-            args.out, overwrite=args.overwrite, recognise=predictor_problems, kind="perturbation predictor"
+            args.out,
+            overwrite=args.overwrite,
+            recognise=predictor_problems,
+            kind="perturbation predictor",
+            inputs=inputs,
         )
     else:
-        check_output_file(args.out, overwrite=args.overwrite, inputs=[source])
+        check_output_file(args.out, overwrite=args.overwrite, inputs=inputs)
     import anndata as ad
 
     adata = ad.read_h5ad(source)
@@ -411,13 +445,12 @@ def _perturb(args: argparse.Namespace) -> int:
     table = result.to_frame().to_string(float_format=lambda v: f"{v:.4g}")
     header = f"{args.input}: perturbation prediction ({label} data), seeds {result.seeds}, mean (and *_std) over seeds"
     sys.stdout.write(f"{header}\n{table}\n")
-    text = json.dumps(result.to_dict(), indent=2, default=str) + "\n"
-    write_new_file(args.out, lambda path: path.write_text(text), overwrite=args.overwrite, inputs=[source])
+    write_json(args.out, result.to_dict(), overwrite=args.overwrite, inputs=inputs)
     return 0
 
 
 def _perturb_predict(args: argparse.Namespace) -> int:
-    from .data.output import write_new_file
+    from .data.output import profile_table_problems, write_new_file
     from .tasks import PerturbationPredictor
 
     if (args.labels is None) == (args.labels_file is None):
@@ -429,13 +462,13 @@ def _perturb_predict(args: argparse.Namespace) -> int:
         labels = [line.strip() for line in Path(args.labels_file).read_text().splitlines() if line.strip()]
     if not labels:
         raise ValueError("no perturbation labels given")
-    check_output_file(args.out, overwrite=args.overwrite, inputs=[p for p in [args.labels_file] if p])
-    if Path(args.input).resolve() in Path(args.out).resolve().parents:
-        raise ValueError(f"the output {args.out} is inside the predictor folder {args.input}; write it elsewhere")
+    inputs = [args.input, args.labels_file]
+    check_output_file(args.out, overwrite=args.overwrite, inputs=inputs, recognise=profile_table_problems)
     predictor = PerturbationPredictor.load(args.input, device=args.device or "cpu")
     prediction = predictor.predict(labels)
-    inputs = [p for p in [args.labels_file] if p]
-    write_new_file(args.out, prediction.to_csv, overwrite=args.overwrite, inputs=inputs)
+    write_new_file(
+        args.out, prediction.to_csv, overwrite=args.overwrite, inputs=inputs, recognise=profile_table_problems
+    )
     logger.info("wrote the predicted mean profiles of %d perturbations to %s", len(labels), args.out)
     return 0
 

@@ -614,7 +614,7 @@ def _write_atomic(target: Path, write: Callable[[Path], None], *, like: Path | N
         if like is not None:
             shutil.copymode(like, partial)
 
-    write_new_file(target, write_with_mode, overwrite=True, log=False)
+    write_new_file(target, write_with_mode, overwrite=True, log=False, recognise=None)  # the caller's own file
 
 
 def update_readme(readme_path: str | Path, results: dict[str, Any]) -> Path:

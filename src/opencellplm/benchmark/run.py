@@ -269,7 +269,8 @@ def _save(out: Path, results: dict[str, Any]) -> None:
     from ..data.output import write_new_file
 
     text = json.dumps(results, indent=1, default=_json_default)
-    write_new_file(out / RESULTS_FILE, lambda path: path.write_text(text), overwrite=True, log=False)  # every unit
+    # after every unit; the run folder is the benchmark's own (recognise=None: no mark looked for in the file)
+    write_new_file(out / RESULTS_FILE, lambda path: path.write_text(text), overwrite=True, log=False, recognise=None)
 
 
 def _json_default(value: Any) -> Any:

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from .._files import check_output_directory, marker_problems, sha256_of, write_directory
+from .._files import check_output_directory, marker_problems, output_lock, sha256_of, write_directory
 from .._sparse import scipy_to_torch_csr
 from ..module import CellBatch
 from .cellsets import cell_sets, normalize_coordinates
@@ -115,28 +115,31 @@ def prepare_corpus(
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"input file(s) not found: {missing}")
-    settings = {"layer": layer, "sample_key": sample_key, "spatial_key": spatial_key}
-    for path in files:  # every file is checked before anything is written
-        with open_h5ad(path) as adata:
-            report = validate(adata, require_counts=True, **settings)
-            problems = list(report.errors)
-            if report.duplicate_genes:
-                problems.append(f"duplicate gene ids {report.duplicate_genes[:5]}; make them unique first")
-            else:  # the genes files hold one id a line: blank or padded ids would shift the columns
-                unstorable = gene_list_problems([str(g) for g in adata.var_names], first_line=0)
-                if unstorable:
-                    problems.append("var_names: " + "; ".join(unstorable[:3]).replace("line", "gene"))
-            if batch_key is not None and batch_key not in adata.obs:
-                problems.append(f"obs column {batch_key!r} not found; adata.obs has {list(adata.obs.columns)}")
-            if problems:
-                raise ValueError(f"{path} cannot be used:\n- " + "\n- ".join(problems))
-            for message in [*report.warnings, empty_cells_note(adata, report, "they are left out")]:
-                if message:
-                    warnings.warn(f"{path.name}: {message}", UserWarning, stacklevel=2)
+    with output_lock(out, "corpus"):  # a second run into the same folder fails at once, not after the checks
+        settings = {"layer": layer, "sample_key": sample_key, "spatial_key": spatial_key}
+        for path in files:  # every file is checked before anything is written
+            with open_h5ad(path) as adata:
+                report = validate(adata, require_counts=True, **settings)
+                problems = list(report.errors)
+                if report.duplicate_genes:
+                    problems.append(f"duplicate gene ids {report.duplicate_genes[:5]}; make them unique first")
+                else:  # the genes files hold one id a line: blank or padded ids would shift the columns
+                    unstorable = gene_list_problems([str(g) for g in adata.var_names], first_line=0)
+                    if unstorable:
+                        problems.append("var_names: " + "; ".join(unstorable[:3]).replace("line", "gene"))
+                if batch_key is not None and batch_key not in adata.obs:
+                    problems.append(f"obs column {batch_key!r} not found; adata.obs has {list(adata.obs.columns)}")
+                if problems:
+                    raise ValueError(f"{path} cannot be used:\n- " + "\n- ".join(problems))
+                for message in [*report.warnings, empty_cells_note(adata, report, "they are left out")]:
+                    if message:
+                        warnings.warn(f"{path.name}: {message}", UserWarning, stacklevel=2)
 
-    manifest = write_directory(
-        out, lambda folder: _write_corpus(files, folder, settings, batch_key, max_cells, shard_cells, seed), **target
-    )
+        manifest = write_directory(
+            out,
+            lambda folder: _write_corpus(files, folder, settings, batch_key, max_cells, shard_cells, seed),
+            **target,
+        )
     logger.info(
         "corpus %s: %d cells, %d sets, %d shards", out, manifest["n_cells"], manifest["n_sets"], len(manifest["shards"])
     )

@@ -1,20 +1,37 @@
-"""Writing results to h5ad files (a copy of the input with a result added, or a new file): checked before any work,
-written whole or not at all."""
+"""Writing results to h5ad files (a copy of the input with a result added, or a new file) and JSON files: checked
+before any work (:func:`~opencellplm._files.check_output_file`), locked while written, written whole or not at all,
+and marked as this package's (so that ``overwrite`` may replace them later, and nothing else)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from anndata import AnnData
 
-from .._files import check_output_file
+from .._files import (
+    JSON_MARK,
+    Recogniser,
+    check_output_file,
+    mark_h5ad,
+    output_lock,
+    written_file_problems,
+    written_mark,
+)
 from .reader import open_h5ad
 
 logger = logging.getLogger(__name__)
+
+#: The argument (and flag) naming the key a result is written to, per group.
+_KEY_OPTION = {
+    "obsm": "key_added (--key-added)",
+    "layers": "layer_added (--layer-added)",
+    "obs": "key_added (--key-added)",
+}
 
 
 def write_result_copy(
@@ -25,36 +42,114 @@ def write_result_copy(
     compute: Callable[[AnnData], tuple[Any, dict[str, Any]]],
     *,
     overwrite: bool = False,
+    inputs: Iterable[str | Path | None] = (),
+    reads: Iterable[str | None] = (),
 ) -> Path:
     """Write ``target``: a copy of ``source`` with ``compute``'s result in ``group[key]`` (``obsm`` or
     ``layers``) and its record in ``uns['cellplm'][key]`` (other records kept).
 
-    ``target`` is checked (not an input, not a folder, absent unless ``overwrite``) and its folder proven
-    writable before ``compute`` runs on ``source`` opened with its counts on disk
-    (:func:`~opencellplm.data.open_h5ad`). The copy is written beside ``target`` and renamed into place.
+    Before ``compute`` runs on ``source`` opened with its counts on disk (:func:`~opencellplm.data.open_h5ad`):
+    ``target`` is checked (not ``source`` nor another of ``inputs``, e.g. the checkpoint folder; not a folder;
+    absent unless ``overwrite`` and written by this package), locked and its folder proven writable, and ``key``
+    is checked (:func:`check_result_key`; ``reads``: the keys of ``group`` the computation reads). The copy is
+    written beside ``target`` and renamed into place.
     """
     source = Path(source)
     if not source.is_file():
         raise FileNotFoundError(f"input file not found: {source}")
-    target = check_output_file(target, overwrite=overwrite, inputs=[source])
-    partial = _reserve_partial(target)
-    try:
-        with open_h5ad(source) as adata:
-            value, record = compute(adata)
-        _write_into_copy(source, partial, group, key, value, record)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    partial.replace(target)
+    inputs = [source, *inputs]
+    check_output_file(target, overwrite=overwrite, inputs=inputs)
+    check_result_key(source, group, key, reads=reads)
+    with output_lock(target):
+        target = check_output_file(target, overwrite=overwrite, inputs=inputs)  # again, now that it is ours
+        partial = _reserve_partial(target)
+        try:
+            with open_h5ad(source) as adata:
+                value, record = compute(adata)
+            _write_into_copy(source, partial, group, key, value, record)
+            mark_h5ad(partial)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        partial.replace(target)
     logger.info("wrote %s with %s[%r] of shape %s", target, group, key, getattr(value, "shape", None))
     return target
 
 
+def check_result_key(source: str | Path | AnnData, group: str, key: str, *, reads: Iterable[str | None] = ()) -> None:
+    """Refuse to write ``group[key]`` (``obs``, ``obsm`` or ``layers``) into a copy of ``source`` (an h5ad file
+    or an AnnData) where that would replace the input's own data: a key the command reads (``reads``, e.g. the
+    counts layer or the coordinates), or an existing key that this package did not write (no
+    ``uns['cellplm'][key]`` record)."""
+    option = _KEY_OPTION.get(group, "the key")
+    if key in set(reads) - {None}:
+        raise ValueError(
+            f"{group}[{key!r}] is read by this command as input; writing the result there would replace it. "
+            f"Choose another {option}"
+        )
+    if isinstance(source, AnnData):
+        exists = key in getattr(source, group).keys()
+        ours = key in (source.uns.get("cellplm") or {})
+    else:
+        import h5py
+
+        with h5py.File(source, "r") as f:
+            exists = group in f and key in f[group]
+            ours = "uns/cellplm" in f and key in f["uns/cellplm"]
+    if exists and not ours:
+        raise ValueError(
+            f"the input already has {group}[{key!r}], which opencellplm did not write; writing the result there "
+            f"would replace it. Choose another {option}"
+        )
+
+
 def write_new_h5ad(
-    target: str | Path, compute: Callable[[], AnnData], *, overwrite: bool = False, inputs: Sequence[str | Path] = ()
+    target: str | Path,
+    compute: Callable[[], AnnData],
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[str | Path | None] = (),
 ) -> Path:
-    """Write the AnnData that ``compute`` returns to ``target``, whole or not at all (see :func:`write_new_file`)."""
-    return write_new_file(target, lambda path: compute().write_h5ad(path), overwrite=overwrite, inputs=inputs)
+    """Write the AnnData that ``compute`` returns to ``target``, whole or not at all (see :func:`write_new_file`),
+    marked as written by this package."""
+
+    def write(path: Path) -> None:
+        compute().write_h5ad(path)
+        mark_h5ad(path)
+
+    return write_new_file(target, write, overwrite=overwrite, inputs=inputs)
+
+
+def write_json(
+    target: str | Path, data: dict[str, Any], *, overwrite: bool = False, inputs: Sequence[str | Path | None] = ()
+) -> Path:
+    """Write ``data`` as a JSON object to ``target`` (see :func:`write_new_file`), marked as written by this
+    package (its first key, ``"written_by"``)."""
+    text = json.dumps({JSON_MARK: written_mark()} | data, indent=2, default=str) + "\n"
+    return write_new_file(target, lambda path: path.write_text(text), overwrite=overwrite, inputs=inputs)
+
+
+def profile_table_problems(path: Path) -> list[str]:
+    """``[]`` when ``path`` reads as a table of predicted profiles that ``perturb predict`` writes (CSV: a header
+    ``perturbation,GENE,...``, then one row of numbers per label), else why not. CSV has no room for a mark, so
+    the shape is the recognition: a file of any other shape is never replaced."""
+    import csv
+
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        return [f"it cannot be read as CSV: {err}"]
+    if not rows or len(rows[0]) < 2 or rows[0][0] != "perturbation":
+        return ["it is not a table of predicted profiles (no header 'perturbation,GENE,...')"]
+    for number, row in enumerate(rows[1:], start=2):
+        try:
+            if len(row) != len(rows[0]):
+                raise ValueError
+            [float(value) for value in row[1:]]
+        except ValueError:
+            return [f"line {number} is not a row of predicted profiles"]
+    return []
 
 
 def write_new_file(
@@ -62,22 +157,27 @@ def write_new_file(
     write: Callable[[Path], Any],
     *,
     overwrite: bool = False,
-    inputs: Sequence[str | Path] = (),
+    inputs: Sequence[str | Path | None] = (),
     log: bool = True,
+    recognise: Recogniser | None = written_file_problems,
 ) -> Path:
     """Run ``write(path)`` on a hidden file beside ``target``, then rename it into place: whole or not at all.
 
-    ``target`` is checked (not one of ``inputs``, not a folder, absent unless ``overwrite``) and its folder proven
-    writable before ``write`` runs; if ``write`` fails, the hidden file is removed and ``target`` is untouched.
+    ``target`` is checked (:func:`~opencellplm._files.check_output_file`: not one of ``inputs`` nor inside one,
+    not a folder, absent unless ``overwrite`` and ``recognise`` finds it is this package's; ``recognise=None``:
+    the caller has made sure), locked and its folder proven writable before ``write`` runs; if ``write`` fails,
+    the hidden file is removed and ``target`` is untouched.
     """
-    target = check_output_file(target, overwrite=overwrite, inputs=inputs)
-    partial = _reserve_partial(target)
-    try:
-        write(partial)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    partial.replace(target)
+    check_output_file(target, overwrite=overwrite, inputs=inputs, recognise=recognise)
+    with output_lock(target):
+        target = check_output_file(target, overwrite=overwrite, inputs=inputs, recognise=recognise)
+        partial = _reserve_partial(target)
+        try:
+            write(partial)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        partial.replace(target)
     if log:
         logger.info("wrote %s", target)
     return target

@@ -345,10 +345,19 @@ class CellPLM:
         """Embed an h5ad file into a new one, streaming: the counts are read set by set from disk
         (every count matrix stays on disk) and ``target`` is a copy of ``source`` with ``obsm[key_added]`` and
         ``uns['cellplm'][key_added]`` (see :meth:`embed`) added. Takes the arguments of
-        :meth:`get_latent_representation`. Whether ``target`` can be written is checked before any work.
+        :meth:`get_latent_representation`. Whether ``target`` can be written is checked before any work: it is
+        neither ``source`` nor inside this model's folder, and ``key_added`` replaces no coordinates read
+        (``spatial_key``) nor any obsm entry this package did not write.
         """
         return write_result_copy(
-            source, target, "obsm", key_added, lambda adata: self._embed(adata, **kwargs), overwrite=overwrite
+            source,
+            target,
+            "obsm",
+            key_added,
+            lambda adata: self._embed(adata, **kwargs),
+            overwrite=overwrite,
+            inputs=[self.source.get("path")],
+            reads=[kwargs.get("spatial_key", "spatial")],
         )
 
 

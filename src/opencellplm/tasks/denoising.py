@@ -757,7 +757,16 @@ class Denoiser:
                 self.fit(adata, device=device, **spec)
             return self._denoise(adata, spec, stacklevel=5)
 
-        return write_result_copy(source, target, "layers", layer_added, denoise, overwrite=overwrite)
+        return write_result_copy(
+            source,
+            target,
+            "layers",
+            layer_added,
+            denoise,
+            overwrite=overwrite,
+            inputs=[self.base.source.get("path")],  # the model's folder
+            reads=[spec.get("layer")],  # the counts
+        )
 
 
 def _working_copy(

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from .._files import cannot_write, refuse_inputs
 from ..config import ConfigError, MaskingConfig, ModelConfig, TrainConfig
 from ..data.corpus import Corpus
 from ..io import save_checkpoint
@@ -199,6 +200,7 @@ def pretrain(
         Initial gene-embedding table, (vocabulary size, hidden_dim) in the corpus vocabulary's order (e.g. from
         :func:`gene_embedding_from_pca`); default: the random initialisation.
     """
+    out = refuse_inputs(out, [corpus_dir], kind="run folder")  # before any process starts
     world = Distributed.start(device)
     try:
         corpus = Corpus(corpus_dir, cache_shards=train.shuffle_window)
@@ -212,16 +214,17 @@ def pretrain(
             if tuple(gene_embedding.shape) != expected:
                 raise ValueError(f"gene_embedding has shape {tuple(gene_embedding.shape)}, the model needs {expected}")
             module.embedder.gene_embedding.data.copy_(torch.as_tensor(gene_embedding, dtype=torch.float32))
-        trainer = Trainer(module, objective, train, world, out=Path(out), resume=resume)
-        if world.main:
-            logger.info(
-                "pretraining %s parameters on %d processes, %s, precision %s",
-                f"{module.n_parameters():,}",
-                world.world_size,
-                world.device,
-                "bf16" if trainer.dtype else "fp32",
-            )
-        summary = trainer.fit()
+        with cannot_write(out, "the run folder"):  # a read-only or full disk: one line naming the folder
+            trainer = Trainer(module, objective, train, world, out=out, resume=resume)
+            if world.main:
+                logger.info(
+                    "pretraining %s parameters on %d processes, %s, precision %s",
+                    f"{module.n_parameters():,}",
+                    world.world_size,
+                    world.device,
+                    "bf16" if trainer.dtype else "fp32",
+                )
+            summary = trainer.fit()
         world.barrier()  # no process tears the group down while another still talks to it
         return summary
     finally:
