@@ -579,7 +579,7 @@ class Denoiser:
             input_spec,
             require_counts=True,
             left_out="they keep their input values (zeros)",
-            warn_stacklevel=stacklevel,
+            warn_stacklevel=stacklevel + 1,  # the inference_mode decorator adds a frame
         )
         columns = sets.report.alignment.columns
         matrix = counts_matrix(adata, input_spec.layer)
@@ -829,7 +829,7 @@ class Denoiser:
         def denoise(adata: AnnData) -> tuple[np.ndarray | sp.csr_matrix, dict[str, Any]]:
             if fine_tune:
                 self.fit(adata, device=device, work=work, **spec)
-            return self._denoised_layer(adata, spec, layer_added, stacklevel=5)
+            return self._denoised_layer(adata, spec, layer_added, stacklevel=6)
 
         return write_result_copy(source, target, "layers", layer_added, denoise, overwrite=overwrite)
 
