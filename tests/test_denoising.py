@@ -391,7 +391,12 @@ def test_a_work_folder_of_something_else_is_refused(model, adata, tmp_path):
     with pytest.raises(FileExistsError, match=r"\(--work\) holds files but no fine-tuning run \(state.pt\)"):
         denoiser.fit(adata, work=tmp_path / "mine")
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"] and not denoiser.fitted
+    # a run killed before its first checkpoint left only its config and lock: it starts again
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    (tmp_path / "run" / ".lock").write_text("")
     denoiser.fit(adata, work=tmp_path / "run")
+    assert (tmp_path / "run" / "state.pt").exists()
     other = synthetic_adata(200, 150, gene_names=VOCABULARY[::-1][:150], seed=4)
     with pytest.raises(ConfigError, match=r"cannot resume: the settings differ .*data\.counts"):
         denoiser.fit(other, work=tmp_path / "run")

@@ -45,8 +45,8 @@ from ..module import CellPLMModule
 from ..module.losses import LossOutput
 from ..train import Distributed, Objective, Trainer
 from ..train.plan import shuffled_batch
-from ..train.state import STATE_FILE
-from ..train.trainer import Autocast, unwrap
+from ..train.state import LOCK_FILE, STATE_FILE
+from ..train.trainer import CONFIG_FILE, Autocast, unwrap
 from ._recipe import fine_tuning_config
 from ._saved import read_task, save_task
 
@@ -839,7 +839,8 @@ def _work_folder(work: str | Path) -> Path:
     folder = Path(work)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"the work folder {folder} (--work) is a file; pass a folder for the fine-tuning run")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / STATE_FILE).exists():
+    started_only = {CONFIG_FILE, LOCK_FILE}  # a run killed before its first checkpoint starts again
+    if folder.is_dir() and not (folder / STATE_FILE).exists() and {p.name for p in folder.iterdir()} - started_only:
         raise FileExistsError(
             f"the work folder {folder} (--work) holds files but no fine-tuning run ({STATE_FILE}); pass a new or "
             "empty folder"
