@@ -541,10 +541,15 @@ class Denoiser:
     def predict(self, adata: AnnData, *, layer_added: str = "cellplm_denoised", **spec: Any) -> Denoiser:
         """Write the denoised counts (see :meth:`get_denoised`) to ``adata.layers[layer_added]``.
 
+        The layer is dense: the NB mean is above zero for every gene in the model's vocabulary. Only where the
+        input is sparse and fewer than half of the result's entries are non-zero (most genes outside the
+        vocabulary) is it CSR, which is then the smaller form. Genes outside the vocabulary keep their input
+        counts, with a logged warning (how many, their share of the counts, examples).
+
         Also writes ``adata.uns['cellplm'][layer_added]``: ``params`` (every effective input setting, the
         checkpoint's name and sha256, whether the weights are pretrained and fine-tuned), ``checkpoint``, the
-        number of genes denoised and of genes left unchanged (not in the vocabulary) with a note saying so, and
-        the cells left out. Returns ``self``.
+        number of genes denoised and of genes left unchanged (not in the vocabulary), their names
+        (``genes_unchanged``) with a note saying so, and the cells left out. Returns ``self``.
         """
         require_anndata(adata)
         if adata.is_view:
