@@ -613,7 +613,11 @@ def build_parser() -> argparse.ArgumentParser:
         "denoise", help="write CellPLM-denoised counts of an h5ad to a layer, or score denoising (--score)"
     )
     p.add_argument("input", help="h5ad file with raw counts")
-    p.add_argument("--out", help="h5ad file to write (the input with layers[LAYER_ADDED] added)")
+    p.add_argument(
+        "--out",
+        help="h5ad file to write: the input with layers[LAYER_ADDED] added, dense (4 bytes per cell and gene: "
+        "every gene the model knows gets a non-zero value) unless most entries stay zero",
+    )
     p.add_argument(
         "--checkpoint",
         help=f"checkpoint directory (see convert-official) or shipped model name (default: {DEFAULT_MODEL})",
@@ -629,7 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--work",
         help="with --fine-tune: folder for the fine-tuning run's checkpoints; running the same command again "
-        "resumes there after a kill (default: none, the run is kept in memory)",
+        "resumes there after a kill, and reads a finished run back (default: none, the run is kept in memory; "
+        "the folder is kept, delete it when done)",
     )
     p.add_argument(
         "--from-scratch",
