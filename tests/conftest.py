@@ -12,6 +12,8 @@ import pytest
 from opencellplm import DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
 from opencellplm.testing.official_fixtures import FIXTURE_ENV, official_fixture_dir
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="session")
 def official_dir() -> Path:

@@ -8,6 +8,7 @@ import logging
 from dataclasses import replace
 
 import anndata as ad
+import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -16,6 +17,7 @@ import torch
 from opencellplm import CellPLM, CellPLMModule, DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
 from opencellplm.baselines import knn_smoothing
 from opencellplm.cli import main
+from opencellplm.config import ConfigError
 from opencellplm.metrics import denoising_scores, hide_counts, mcv_scores, molecular_split
 from opencellplm.tasks import Denoiser, DenoisingRecipe, DenoisingResult
 from opencellplm.testing.synthetic import synthetic_adata
@@ -279,3 +281,178 @@ def test_cli_writes_the_layer_and_refuses_an_existing_output(model, adata, tmp_p
     assert "cellplm_zero_shot" in printed and "unchanged" in printed
     saved = json.loads((tmp_path / "score.json").read_text())
     assert saved["protocol"] == "hidden" and saved["methods"][1]["method"] == "unchanged"
+
+
+# ------------------------------------------------------------------ genes outside the vocabulary, layer form
+def test_genes_outside_the_vocabulary_are_warned_about_and_named(model, partly_known, caplog):
+    with caplog.at_level(logging.WARNING, logger="opencellplm"):
+        Denoiser.from_pretrained(model).predict(partly_known)
+    x = partly_known.X.toarray()
+    share = 100 * x[:, 145:].sum() / x.sum()
+    assert (
+        f"5 of 150 genes (3.3%), carrying {share:.1f}% of the counts, are not in the model's vocabulary and keep "
+        "their input counts, not denoised (e.g. NOTAGENE0, NOTAGENE1, NOTAGENE2, NOTAGENE3, NOTAGENE4); all are "
+        "listed in uns['cellplm']['cellplm_denoised']['genes_unchanged']"
+    ) in caplog.text
+    record = partly_known.uns["cellplm"]["cellplm_denoised"]
+    assert list(record["genes_unchanged"]) == [f"NOTAGENE{i}" for i in range(5)]
+
+
+def test_no_warning_when_every_gene_is_denoised(model, adata, caplog):
+    with caplog.at_level(logging.WARNING, logger="opencellplm"):
+        Denoiser.from_pretrained(model).predict(adata)
+    assert "not in the model's vocabulary" not in caplog.text
+    assert len(adata.uns["cellplm"]["cellplm_denoised"]["genes_unchanged"]) == 0
+
+
+def mostly_unknown(adata: ad.AnnData) -> ad.AnnData:
+    """The cells with 100 of their 150 genes renamed out of the vocabulary, those counted in one cell in ten: most
+    entries of the result stay zero."""
+    x = adata.X.toarray()
+    x[np.arange(adata.n_obs) % 10 != 0, 50:] = 0
+    adata.X = sp.csr_matrix(x)
+    adata.var_names = [*adata.var_names[:50], *(f"NOTAGENE{i}" for i in range(100))]
+    return adata
+
+
+def test_the_layer_is_sparse_where_that_is_smaller(model, adata, tmp_path, caplog):
+    data = mostly_unknown(adata)
+    denoiser = Denoiser.from_pretrained(model)
+    expected = denoiser.get_denoised(data)
+    with caplog.at_level(logging.INFO, logger="opencellplm"):
+        denoiser.predict(data)
+    layer = data.layers["cellplm_denoised"]
+    assert sp.issparse(layer) and layer.format == "csr"
+    np.testing.assert_array_equal(layer.toarray(), expected)
+    assert "layers['cellplm_denoised'] is sparse" in caplog.text
+    # the same from a file: the written layer is sparse
+    data.write_h5ad(tmp_path / "in.h5ad")
+    denoiser.denoise_file(tmp_path / "in.h5ad", tmp_path / "out.h5ad")
+    with h5py.File(tmp_path / "out.h5ad") as f:
+        assert f["layers/cellplm_denoised"].attrs["encoding-type"] == "csr_matrix"
+    # a dense input keeps a dense layer
+    dense = data.copy()
+    dense.X = dense.X.toarray()
+    denoiser.predict(dense)
+    assert isinstance(dense.layers["cellplm_denoised"], np.ndarray)
+
+
+def test_the_layer_is_dense_when_the_model_knows_the_genes(model, partly_known, caplog):
+    with caplog.at_level(logging.INFO, logger="opencellplm"):
+        Denoiser.from_pretrained(model).predict(partly_known)
+    assert isinstance(partly_known.layers["cellplm_denoised"], np.ndarray)
+    assert "layers['cellplm_denoised'] is dense, 0.1 MB" in caplog.text
+    assert "the NB mean is above zero for every gene in the model's vocabulary" in caplog.text
+
+
+# --------------------------------------------------------------------------- fine-tuning: progress, resume
+def test_fine_tuning_logs_its_progress_when_stderr_is_not_a_terminal(model, adata, caplog):
+    with caplog.at_level(logging.INFO, logger="opencellplm"):  # pytest's stderr is not a terminal
+        Denoiser.from_pretrained(model, recipe=replace(SHORT, eval_every=1)).fit(adata)
+    assert [line for line in caplog.messages if line.startswith("step ")][0].startswith("step 1/3: loss ")
+    assert "step 3/3: loss " in caplog.text and "val_rmse" in caplog.text
+
+
+class Killed(Exception):
+    """Stands for a kill part-way through fine-tuning."""
+
+
+def test_fine_tuning_resumes_in_its_work_folder(model, adata, tmp_path, monkeypatch, caplog):
+    from opencellplm.tasks.denoising import DenoisingObjective
+
+    uninterrupted = Denoiser.from_pretrained(model, recipe=QUICK).fit(adata)
+    loss, steps = DenoisingObjective.loss, []
+
+    def dies_at_step_8(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == 8:
+            raise Killed
+        return loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(DenoisingObjective, "loss", dies_at_step_8)
+    with pytest.raises(Killed):
+        Denoiser.from_pretrained(model, recipe=QUICK).fit(adata, work=tmp_path / "run")
+    monkeypatch.setattr(DenoisingObjective, "loss", loss)
+    with caplog.at_level(logging.INFO, logger="opencellplm"):
+        resumed = Denoiser.from_pretrained(model, recipe=QUICK).fit(adata, work=tmp_path / "run")
+    assert "resuming at step 6" in caplog.text  # the checkpoint of the evaluation at step 6
+    assert resumed.summary.history == uninterrupted.summary.history
+    assert resumed.summary.kept == uninterrupted.summary.kept == "fine-tuned"
+    np.testing.assert_allclose(resumed.get_denoised(adata), uninterrupted.get_denoised(adata), rtol=1e-5)
+    # a finished run is read back, not trained again
+    again = Denoiser.from_pretrained(model, recipe=QUICK).fit(adata, work=tmp_path / "run")
+    np.testing.assert_array_equal(again.get_denoised(adata), resumed.get_denoised(adata))
+
+
+def test_a_work_folder_of_something_else_is_refused(model, adata, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    denoiser = Denoiser.from_pretrained(model, recipe=SHORT)
+    with pytest.raises(FileExistsError, match=r"\(--work\) holds files but no fine-tuning run \(state.pt\)"):
+        denoiser.fit(adata, work=tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"] and not denoiser.fitted
+    # a run killed before its first checkpoint left only its config and lock: it starts again
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    (tmp_path / "run" / ".lock").write_text("")
+    denoiser.fit(adata, work=tmp_path / "run")
+    assert (tmp_path / "run" / "state.pt").exists()
+    other = synthetic_adata(200, 150, gene_names=VOCABULARY[::-1][:150], seed=4)
+    with pytest.raises(ConfigError, match=r"cannot resume: the settings differ .*data\.counts"):
+        denoiser.fit(other, work=tmp_path / "run")
+
+
+# ---------------------------------------------------------------------------------- CLI: flags and table
+def test_cli_refuses_fine_tuning_flags_without_fine_tune(model, adata, tmp_path, caplog):
+    model.save(tmp_path / "ckpt")
+    adata.write_h5ad(tmp_path / "in.h5ad")
+    args = ["denoise", str(tmp_path / "in.h5ad"), "--checkpoint", str(tmp_path / "ckpt")]
+    out = ["--out", str(tmp_path / "out.h5ad")]
+    cases = {
+        ("--steps", "5"): "--steps sets up fine-tuning, which runs only with --fine-tune (without it denoise is "
+        "zero-shot); add --fine-tune, or drop --steps",
+        ("--work", str(tmp_path / "w")): "--work sets up fine-tuning, which runs only with --fine-tune",
+        ("--from-scratch",): "--from-scratch adds a row to --score",
+    }
+    for flags, message in cases.items():
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert main([*args, *out, *flags]) == 2
+        assert message in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert main([*args, "--score", "--fine-tune", "--work", str(tmp_path / "w")]) == 2
+    assert "--score fine-tunes in memory, drop --work" in caplog.text
+    assert not (tmp_path / "out.h5ad").exists() and not (tmp_path / "w").exists()
+
+
+def test_cli_score_prints_every_row_and_names_those_not_run(model, adata, tmp_path, capsys):
+    model.save(tmp_path / "ckpt")
+    adata.write_h5ad(tmp_path / "in.h5ad")
+    args = ["denoise", str(tmp_path / "in.h5ad"), "--checkpoint", str(tmp_path / "ckpt"), "--score"]
+    assert main([*args, "--baselines", "unchanged"]) == 0
+    printed = capsys.readouterr().out
+    assert "rows not run: cellplm_fine_tuned (add --fine-tune), cellplm_from_scratch (add --from-scratch)" in printed
+    assert main([*args, "--baselines", "unchanged,knn_smoothing", "--from-scratch", "--steps", "2"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    rows = [line.split()[0] for line in table[3:] if line.strip()]
+    expected = ["cellplm_zero_shot", "cellplm_fine_tuned", "cellplm_from_scratch", "unchanged", "knn_smoothing"]
+    assert rows == expected and "rows not run" not in "\n".join(table)
+
+
+def test_cli_fine_tunes_resumably_with_work(model, adata, tmp_path):
+    model.save(tmp_path / "ckpt")
+    adata.write_h5ad(tmp_path / "in.h5ad")
+    args = ["denoise", str(tmp_path / "in.h5ad"), "--checkpoint", str(tmp_path / "ckpt"), "--fine-tune"]
+    run = [*args, "--steps", "2", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "out.h5ad")]
+    assert main(run) == 0
+    assert (tmp_path / "w" / "state.pt").exists() and (tmp_path / "w" / "summary.json").exists()
+    assert ad.read_h5ad(tmp_path / "out.h5ad").uns["cellplm"]["cellplm_denoised"]["params"]["fine_tuned"]
+
+
+def test_the_steps_default_in_the_help_is_the_recipe_s():
+    from opencellplm.cli import build_parser
+
+    denoise = build_parser()._subparsers._group_actions[0].choices["denoise"]
+    steps = next(a for a in denoise._actions if a.dest == "steps")
+    assert f"default {DenoisingRecipe().steps}," in steps.help

@@ -343,6 +343,8 @@ class Trainer:
             if self.step % config.eval_every == 0 or self.step == config.steps:
                 record |= self._evaluate()
                 stopped_early = self._track(record)
+                if bar.disable and world.main:  # no bar (stderr is not a terminal): a log line per evaluation
+                    self._log_progress(record)
             if out is not None and world.main:
                 if self.step % config.log_every == 0 or self.objective.monitor in record or self.step == config.steps:
                     with open(out / METRICS_FILE, "a") as log:
@@ -374,6 +376,18 @@ class Trainer:
             logger.info("training done: %s", {k: v for k, v in summary.items() if k != "val_history"})
         world.barrier()
         return summary
+
+    def _log_progress(self, record: dict[str, float]) -> None:
+        monitor = self.objective.monitor
+        logger.info(
+            "step %d/%d: loss %.4g, %s %.4g (best %.4g)",
+            self.step,
+            self.config.steps,
+            record["loss"],
+            monitor,
+            record[monitor],
+            self._best_value(),
+        )
 
     def autocast(self) -> AbstractContextManager:
         if self.dtype is None:
