@@ -22,7 +22,7 @@ from .._files import (
     written_file_problems,
     written_mark,
 )
-from .reader import open_h5ad
+from .reader import open_h5ad, open_hdf5
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +91,7 @@ def check_result_key(source: str | Path | AnnData, group: str, key: str, *, read
         exists = key in getattr(source, group).keys()
         ours = key in (source.uns.get("cellplm") or {})
     else:
-        import h5py
-
-        with h5py.File(source, "r") as f:
+        with open_hdf5(source) as f:
             exists = group in f and key in f[group]
             ours = "uns/cellplm" in f and key in f["uns/cellplm"]
     if exists and not ours:

@@ -16,6 +16,20 @@ SCAN_ROWS = 20_000
 DENSE_BLOCK_BYTES = 256 * 2**20
 
 
+def open_hdf5(path: str | Path):
+    """``h5py.File(path, "r")``, or a ``ValueError`` naming ``path`` when it is not HDF5 (a text or image file
+    renamed) or was cut short."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(
+            f"{path} is not a readable h5ad file ({err}): it is another format named .h5ad, or was cut short by an "
+            "incomplete download or copy; fetch or write it again (adata.write_h5ad(...))"
+        ) from err
+
+
 @contextmanager
 def open_h5ad(path: str | Path) -> Iterator[AnnData]:
     """An h5ad file as an AnnData whose X and layers stay on disk (read block by block).
@@ -34,14 +48,7 @@ def open_h5ad(path: str | Path) -> Iterator[AnnData]:
     def lazy(element):
         return element if isinstance(element, h5py.Dataset) else sparse_dataset(element)
 
-    try:
-        file = h5py.File(path, "r")
-    except OSError as err:  # not HDF5 (a text or image file renamed), or cut short
-        raise ValueError(
-            f"{path} is not a readable h5ad file ({err}): it is another format named .h5ad, or was cut short by an "
-            "incomplete download or copy; fetch or write it again (adata.write_h5ad(...))"
-        ) from err
-    with file as f:
+    with open_hdf5(path) as f:
         missing = [name for name in ("obs", "var") if name not in f]
         if missing:
             raise ValueError(
