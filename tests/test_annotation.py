@@ -240,3 +240,14 @@ def test_a_non_finite_training_loss_stops_and_keeps_the_evaluated_state(base, ce
     assert "non-finite loss at step 5 (item 0); lower train.lr or use precision fp32" in caplog.text
     assert annotator.summary.steps == 4 and [h["step"] for h in annotator.summary.history] == [2, 4]
     assert all(torch.isfinite(v).all() for v in annotator.module.state_dict().values())
+
+
+def test_the_kept_step_is_the_best_f1_then_the_lowest_validation_loss(base, cells, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="opencellplm"):
+        annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(cells, "cell_type")
+    history = annotator.summary.history
+    best = min(history, key=lambda h: (-h["val_f1"], h["val_loss"]))  # the first of exact ties
+    assert annotator.summary.best_step == best["step"] and annotator.summary.steps == 12
+    assert f"kept the weights of step {best['step']} of 12 run" in caplog.text
+    annotator.save(tmp_path / "ann")
+    assert json.loads((tmp_path / "ann" / "annotator.json").read_text())["fit"]["best_step"] == best["step"]

@@ -4,7 +4,8 @@ The recipe is the official one (TASKS.md §4): the backbone (gene embedding, enc
 norm) from a pretrained model, a fresh linear 'ae' latent and a linear head with dropout 0.5 on it;
 dropout 0.5 throughout; 30% of a set's cells dropped and 75% of cells with 25% of their genes masked
 at every step; AdamW at lr 5e-3 with the gene embedder at 0.1x; linear warm-up; clipping at 2.0; the
-state with the best validation macro F1 is kept, with early stopping. Unlike the official code the
+state with the best validation macro F1 is kept (ties, common on a small validation share, broken by the
+lower validation loss), with early stopping. Unlike the official code the
 pre-latent norm is trained too (the official optimizer leaves it out, by accident).
 
 Two modes, recorded with every result:
@@ -138,10 +139,12 @@ def annotation_module(backbone: CellPLMModule | None, config: ModelConfig, *, se
 
 
 class AnnotationObjective(Objective):
-    """Cross-entropy on the training cells of each set; validation macro F1 picks the best state."""
+    """Cross-entropy on the training cells of each set; validation macro F1 picks the best state, the
+    validation loss among states of equal F1."""
 
     monitor = "val_f1"
     maximize = True
+    tiebreak = "val_loss"
     objective_name = "ce_loss"
 
     def __init__(
@@ -228,6 +231,9 @@ class FitSummary:
     seconds: float
     train_cells_per_s: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: The step whose weights were kept (best validation macro F1, then lowest validation loss); ``steps`` is
+    #: how many were run. None: no evaluation, the starting weights are kept.
+    best_step: int | None = None
 
 
 @dataclass
@@ -409,14 +415,17 @@ class CellTypeAnnotator:
             seconds=round(time.perf_counter() - started, 2),
             train_cells_per_s=summary["train_cells_per_s"],
             history=summary["val_history"],
+            best_step=summary["best_step"],
         )
         logger.info(
-            "annotator fitted (%s, %s): %d classes, best validation macro F1 %.3f after %d steps",
+            "annotator fitted (%s, %s): %d classes; kept the weights of step %s of %d run (best validation "
+            "macro F1 %.3f, ties broken by the validation loss)",
             mode,
             "pretrained" if self.pretrained else "from scratch",
             len(self.classes),
-            summary["best_val_f1"] or float("nan"),
+            summary["best_step"],
             summary["steps"],
+            summary["best_val_f1"] or float("nan"),
         )
         return self
 
