@@ -419,3 +419,9 @@ def test_cli_score_refuses_the_scored_file_as_reference(saved, cells, tmp_path, 
     with caplog.at_level(logging.WARNING):
         assert main([*score, "--test-key", "everything", "--baselines"]) == 0
     assert "180 of the 240 test cells are cells the annotator learned from" in caplog.text
+
+
+def test_scoring_a_copy_of_data_fit_learned_entirely_from_is_refused(base, cells):
+    annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(cells, "cell_type")  # every labelled cell
+    with pytest.raises(ValueError, match="this is the data the annotator was fitted on, and fit learned from every"):
+        annotator.score(cells.copy(), "cell_type", baselines=())  # a copy: known by its cell names

@@ -534,6 +534,11 @@ class CellTypeAnnotator:
                 test_cells &= ~learned
         test_cells = np.asarray(test_cells, dtype=bool) & labelled
         if not test_cells.any():
+            if learned is not None and not (labelled & ~learned).any():
+                raise ValueError(
+                    "no labelled test cell to score: this is the data the annotator was fitted on, and fit learned "
+                    "from every labelled cell; score other cells, or hold test cells out of fit (--test-key)"
+                )
             raise ValueError("no labelled test cell to score (every labelled cell was used in training)")
         if learned is not None and (test_cells & learned).any():
             logger.warning(
