@@ -629,7 +629,9 @@ class CellTypeAnnotator:
     # ----------------------------------------------------------------------------- save / load
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write the fine-tuned model (our checkpoint format, in ``model/``) with the class names, input
-        spec, mode and recipe (``annotator.json``); ``overwrite`` replaces only a saved annotator."""
+        spec, mode, recipe, fit summary, the fit data's identity (``fit_data``: its cell names' sha256 and
+        which cells fit learned from, so that :meth:`score` knows them) and the sha256 of every file
+        (``annotator.json``); ``overwrite`` replaces only a saved annotator."""
         module = self._require_fitted()
         settings = {
             "classes": self.classes,
