@@ -7,6 +7,7 @@ import sys
 import types
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 from anndata import AnnData
@@ -210,3 +211,11 @@ def test_knn_on_pca_follows_the_standard_recipe_and_beats_the_scaled_one():
         scaled.append(classification_scores(truth, knn.predict(pca.transform(x_test))))
     ours_f1, scaled_f1 = np.mean([s.macro_f1 for s in ours]), np.mean([s.macro_f1 for s in scaled])
     assert ours_f1 > scaled_f1 + 0.1, (ours_f1, scaled_f1)  # measured: 0.44 against 0.23
+
+
+def test_annotation_baselines_refuse_labels_of_mixed_types(split):
+    train, test = split
+    train = train.copy()
+    train.obs["mixed"] = pd.Series([[1, "1", True][i % 3] for i in range(train.n_obs)], index=train.obs_names)
+    with pytest.raises(ValueError, match=r"obs column 'mixed' mixes label types \(bool: True; int: 1; str: '1'\)"):
+        baselines.knn_on_pca(train, test, labels_key="mixed")

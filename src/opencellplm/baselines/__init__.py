@@ -18,6 +18,7 @@ copies (the input AnnData is never modified), logs what it does through :mod:`lo
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 import warnings
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ __all__ = [
     "knn_smoothing",
     "L1_CS",
     "l1_logistic_cv",
+    "label_strings",
     "magic",
     "pca_embedding",
     "perturbation_additive",
@@ -672,6 +674,40 @@ def _n_comps(n_comps: int, shape: tuple[int, int]) -> int:
     return n
 
 
+def label_strings(labels: pd.Series, key: str) -> pd.Series:
+    """The labels as strings (a missing one reads 'nan': use the labelled rows only), refusing a column that mixes
+    value types: 1 and "1" (or True and "True") would become one class, 2 and 2.0 two."""
+    present = labels.dropna()
+    if isinstance(present.dtype, pd.CategoricalDtype):
+        values = present.cat.remove_unused_categories().cat.categories.to_numpy(dtype=object)
+    elif present.dtype == object:
+        values = present.to_numpy(dtype=object)
+    else:  # one numpy or pandas dtype: one type
+        values = present.iloc[:1].to_numpy(dtype=object)
+    kinds: dict[str, list[Any]] = {}
+    for value in values:
+        examples = kinds.setdefault(_kind(value), [])
+        if len(examples) < 3 and value not in examples:
+            examples.append(value)
+    if len(kinds) > 1:
+        found = "; ".join(f"{kind}: {', '.join(repr(v) for v in examples)}" for kind, examples in sorted(kinds.items()))
+        raise ValueError(
+            f"obs column {key!r} mixes label types ({found}); values of different types can read alike (1 and "
+            f"'1') and would be merged into one class, or split (2 and 2.0). Make the column one type, e.g. strings"
+        )
+    return labels.astype(str)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "bool"
+    if isinstance(value, numbers.Integral):
+        return "int"
+    if isinstance(value, numbers.Real):
+        return "float"
+    return "str" if isinstance(value, str) else type(value).__name__
+
+
 def _annotation_inputs(train: AnnData, test: AnnData, *, labels_key: str, layer: str | None):
     """Log-normalised training and test matrices on the shared genes, and the training labels as strings."""
     if labels_key not in train.obs:
@@ -683,7 +719,7 @@ def _annotation_inputs(train: AnnData, test: AnnData, *, labels_key: str, layer:
     labelled = ~labels.isna().to_numpy()
     if not labelled.all():
         logger.info("%d training cells without a label in %r are left out", int((~labelled).sum()), labels_key)
-    y = labels.to_numpy()[labelled].astype(str)
+    y = label_strings(labels, labels_key).to_numpy()[labelled]
     if len(np.unique(y)) < 2:
         raise ValueError(f"train.obs[{labels_key!r}] has {len(np.unique(y))} class(es); a classifier needs at least 2")
     shared = train.var_names.intersection(test.var_names, sort=False)

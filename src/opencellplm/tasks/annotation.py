@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import numbers
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -365,7 +364,7 @@ class CellTypeAnnotator:
             logger.warning(
                 "%d cells have no %r label; they are left out of the training loss", n_unlabelled, labels_key
             )
-        names = _label_strings(labels, labels_key)[candidates]
+        names = _baselines.label_strings(labels, labels_key)[candidates]
         self.classes = sorted(names.unique())
         if len(self.classes) < 2:
             raise ValueError(f"{labels_key!r} has one class only ({self.classes}); annotation needs at least two")
@@ -526,7 +525,7 @@ class CellTypeAnnotator:
                 "labelled cells kept apart from the test cells"
             )
         labelled = adata.obs[labels_key].notna().to_numpy()
-        names = _label_strings(adata.obs[labels_key], labels_key).to_numpy()
+        names = _baselines.label_strings(adata.obs[labels_key], labels_key).to_numpy()
         learned = self._learned_cells(adata)
         if test_cells is None:
             test_cells = labelled.copy()
@@ -577,7 +576,7 @@ class CellTypeAnnotator:
                 if labels_key not in reference.obs:
                     columns = list(reference.obs.columns)
                     raise KeyError(f"the reference has no obs column {labels_key!r}; it has {columns}")
-                _label_strings(reference.obs[labels_key], labels_key)  # refuses mixed label types
+                _baselines.label_strings(reference.obs[labels_key], labels_key)  # refuses mixed label types
                 train = reference[reference.obs[labels_key].notna().to_numpy()].copy()
                 shared = train.obs_names.isin(adata.obs_names[test_cells])
                 if shared.any():
@@ -679,40 +678,6 @@ class CellTypeAnnotator:
 
 #: Why a folder is not a saved annotator holding nothing else (empty if it is).
 annotator_problems = recogniser(SETTINGS_FILE, FORMAT)
-
-
-def _label_strings(labels: pd.Series, key: str) -> pd.Series:
-    """The labels as strings (a missing one reads 'nan': use the labelled rows only), refusing a column that mixes
-    value types: 1 and "1" (or True and "True") would become one class, 2 and 2.0 two."""
-    present = labels.dropna()
-    if isinstance(present.dtype, pd.CategoricalDtype):
-        values = present.cat.remove_unused_categories().cat.categories.to_numpy(dtype=object)
-    elif present.dtype == object:
-        values = present.to_numpy(dtype=object)
-    else:  # one numpy or pandas dtype: one type
-        values = present.iloc[:1].to_numpy(dtype=object)
-    kinds: dict[str, list[Any]] = {}
-    for value in values:
-        examples = kinds.setdefault(_kind(value), [])
-        if len(examples) < 3 and value not in examples:
-            examples.append(value)
-    if len(kinds) > 1:
-        found = "; ".join(f"{kind}: {', '.join(repr(v) for v in examples)}" for kind, examples in sorted(kinds.items()))
-        raise ValueError(
-            f"obs column {key!r} mixes label types ({found}); values of different types can read alike (1 and "
-            f"'1') and would be merged into one class, or split (2 and 2.0). Make the column one type, e.g. strings"
-        )
-    return labels.astype(str)
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, (bool, np.bool_)):
-        return "bool"
-    if isinstance(value, numbers.Integral):
-        return "int"
-    if isinstance(value, numbers.Real):
-        return "float"
-    return "str" if isinstance(value, str) else type(value).__name__
 
 
 def _names_sha256(names: pd.Index) -> str:
