@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -244,3 +246,186 @@ def test_a_non_finite_training_loss_stops_and_keeps_the_evaluated_state(base, ce
     assert "non-finite loss at step 5 (item 0); lower train.lr or use precision fp32" in caplog.text
     assert annotator.summary.steps == 4 and [h["step"] for h in annotator.summary.history] == [2, 4]
     assert all(torch.isfinite(v).all() for v in annotator.module.state_dict().values())
+
+
+def test_the_kept_step_is_the_best_f1_then_the_lowest_validation_loss(base, cells, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="opencellplm"):
+        annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(cells, "cell_type")
+    history = annotator.summary.history
+    best = min(history, key=lambda h: (-h["val_f1"], h["val_loss"]))  # the first of exact ties
+    assert annotator.summary.best_step == best["step"] and annotator.summary.steps == 12
+    assert f"kept the weights of step {best['step']} of 12 run" in caplog.text
+    annotator.save(tmp_path / "ann")
+    assert json.loads((tmp_path / "ann" / "annotator.json").read_text())["fit"]["best_step"] == best["step"]
+
+
+# ------------------------------------------------------------------------------------------- saved annotators
+@pytest.fixture
+def saved(base, cells, tmp_path):
+    """An annotator fitted on ``cells`` (test cells left out) and saved to tmp_path/ann."""
+    train = ~cells.obs["is_test"].to_numpy()
+    CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(cells, "cell_type", train_cells=train).save(
+        tmp_path / "ann"
+    )
+    return tmp_path / "ann"
+
+
+def edit(folder, change, *, resign=False, drop_checksums=False):
+    """Apply ``change`` to the settings of ``folder/annotator.json``; ``resign`` records the edited content's
+    sha256 (as a careful forger would), ``drop_checksums`` makes it look saved by an earlier opencellplm."""
+    path = folder / "annotator.json"
+    settings = json.loads(path.read_text())
+    change(settings)
+    if resign and CHECKSUMS in settings:
+        from opencellplm.tasks._saved import _digest
+
+        settings[CHECKSUMS]["settings"] = _digest(
+            {k: v for k, v in settings.items() if k != CHECKSUMS}, settings[CHECKSUMS]["files"]
+        )
+    if drop_checksums:
+        settings.pop(CHECKSUMS, None)
+    path.write_text(json.dumps(settings, indent=2))
+
+
+CHECKSUMS = "sha256"  # the key of the checksums in a saved task's settings file
+
+
+def swap_classes(settings):
+    settings["classes"][0], settings["classes"][1] = settings["classes"][1], settings["classes"][0]
+
+
+def test_a_saved_annotator_records_checksums_of_its_content(saved):
+    settings = json.loads((saved / "annotator.json").read_text())
+    files = settings["sha256"]["files"]
+    assert set(files) == {"model/config.json", "model/genes.txt", "model/model.safetensors", "model/meta.json"}
+    assert all(len(digest) == 64 for digest in files.values())
+
+
+def test_swapped_class_names_are_refused_naming_the_file(saved, cells, tmp_path, caplog):
+    edit(saved, swap_classes)
+    with pytest.raises(ValueError, match=r"annotator\.json was changed after the annotator was saved"):
+        CellTypeAnnotator.load(saved)
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    predict = ["annotate", "predict", str(tmp_path / "cells.h5ad"), "--annotator", str(saved)]
+    with caplog.at_level(logging.ERROR):
+        assert main([*predict, "--out", str(tmp_path / "p.h5ad")]) == 2
+    assert f"{saved / 'annotator.json'} was changed after the annotator was saved" in caplog.text
+    assert not (tmp_path / "p.h5ad").exists()
+
+
+def test_swapped_class_names_with_a_recomputed_checksum_disagree_with_the_other_copies(saved):
+    edit(saved, swap_classes, resign=True)
+    with pytest.raises(ValueError, match=r"lists the classes \['type_1', 'type_0', 'type_2'\] but 'fit.classes' in"):
+        CellTypeAnnotator.load(saved)
+
+
+def test_changed_weights_are_refused_naming_the_file(saved):
+    weights = saved / "model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"model\.safetensors was changed after the annotator was saved"):
+        CellTypeAnnotator.load(saved)
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors is missing from the saved annotator"):
+        CellTypeAnnotator.load(saved)
+
+
+def test_an_annotator_saved_before_checksums_loads_with_a_warning(saved, cells):
+    first = CellTypeAnnotator.load(saved).get_predictions(cells)
+    edit(saved, lambda s: s.pop("fit_data", None), drop_checksums=True)  # what earlier versions wrote
+    with pytest.warns(UserWarning, match=r"annotator\.json records no checksums .* save it again to add them"):
+        again = CellTypeAnnotator.load(saved)
+    np.testing.assert_array_equal(again.get_predictions(cells).labels, first.labels)
+    edit(saved, swap_classes)  # and an edited one of that age is still refused: its copies disagree
+    with pytest.warns(UserWarning, match="records no checksums"), pytest.raises(ValueError, match="'fit.classes'"):
+        CellTypeAnnotator.load(saved)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s["classes"].__setitem__(1, "type_0"), r"'classes' names \['type_0'\] more than once"),
+        (lambda s: s.__setitem__("classes", "abc"), r"'classes' must be a list of at least two label names, not 'abc'"),
+        (lambda s: s["recipe"].__setitem__("stepz", 5), r"'recipe' has unknown settings \['stepz'\]"),
+        (lambda s: s["recipe"].__setitem__("lr", "fast"), r"'recipe' has values of the wrong type: lr='fast'"),
+        (lambda s: s.__setitem__("spec", "X"), r"'spec' must be an object of settings, not 'X'"),
+        (
+            lambda s: s["spec"].__setitem__("max_cells", "many"),
+            r"'spec' has values of the wrong type: max_cells='many'",
+        ),
+        (lambda s: s["spec"].__setitem__("partition", "spiral"), r"'spec' has values of the wrong type: partition="),
+        (lambda s: s["spec"].__setitem__("layer", 3), r"'spec' has values of the wrong type: layer=3"),
+        (lambda s: s.__setitem__("mode", "psychic"), r"'mode' must be 'inductive' or 'transductive'"),
+        (lambda s: s.__setitem__("fit_data", {"n_cells": 3}), r"'fit_data' is not the record opencellplm writes"),
+    ],
+)
+def test_malformed_settings_are_refused_naming_the_file(saved, change, message):
+    edit(saved, change, resign=True)
+    with pytest.raises(ValueError, match=message) as caught:
+        CellTypeAnnotator.load(saved)
+    assert str(caught.value).startswith(str(saved / "annotator.json"))
+
+
+# ------------------------------------------------------------------------------------------------- labels
+@pytest.mark.parametrize(
+    "values, found",
+    [
+        ([1, "1", 2, 2.0, True, "True"], "bool: True; float: 2.0; int: 1, 2; str: '1', 'True'"),
+        ([1, 2, 2.0], "float: 2.0; int: 1, 2"),
+    ],
+)
+def test_labels_of_mixed_types_are_refused(base, cells, values, found):
+    mixed = cells.copy()
+    mixed.obs["mixed"] = pd.Series(
+        [values[i % len(values)] for i in range(mixed.n_obs)], index=mixed.obs_names, dtype=object
+    )
+    annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK)
+    with pytest.raises(ValueError, match=re.escape(f"obs column 'mixed' mixes label types ({found})")):
+        annotator.fit(mixed, "mixed")
+    annotator.fit(cells, "cell_type")
+    with pytest.raises(ValueError, match="mixes label types"):
+        annotator.score(mixed, "mixed", baselines=())
+
+
+def test_labels_of_one_type_are_accepted(base, cells):
+    numbered = cells.copy()
+    numbered.obs["code"] = numbered.obs["cell_type"].str[-1].astype(int)  # int64 codes 0, 1, 2
+    annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(numbered, "code")
+    assert annotator.classes == ["0", "1", "2"]
+
+
+# ------------------------------------------------------------------------------------------------- score
+def test_scoring_the_fit_data_leaves_out_the_cells_fit_learned_from(saved, cells, caplog):
+    annotator = CellTypeAnnotator.load(saved)
+    scores = annotator.score(cells, "cell_type", baselines=("knn_on_pca",))  # baselines learn from the fit cells
+    assert scores.n_test == 60  # the test cells, which fit left out
+    with caplog.at_level(logging.WARNING):
+        annotator.score(cells, "cell_type", test_cells=np.ones(cells.n_obs, bool), baselines=())
+    assert "180 of the 240 test cells are cells the annotator learned from" in caplog.text
+    with pytest.raises(ValueError, match="the reference is the data being scored"):
+        annotator.score(cells, "cell_type", test_cells=cells.obs["is_test"].to_numpy(), reference=cells)
+
+
+def test_cli_score_refuses_the_scored_file_as_reference(saved, cells, tmp_path, caplog, capsys):
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    score = ["annotate", "score", str(tmp_path / "cells.h5ad"), "--annotator", str(saved), "--labels-key", "cell_type"]
+    with caplog.at_level(logging.ERROR):
+        assert main([*score, "--reference", str(tmp_path / "cells.h5ad")]) == 2
+    assert "--reference is the file being scored" in caplog.text
+    capsys.readouterr()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main([*score, "--test-key", "is_test", "--baselines"]) == 0  # held-out cells only: no warning
+    assert "learned from" not in caplog.text
+    cells.obs["everything"] = True
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    with caplog.at_level(logging.WARNING):
+        assert main([*score, "--test-key", "everything", "--baselines"]) == 0
+    assert "180 of the 240 test cells are cells the annotator learned from" in caplog.text
+
+
+def test_scoring_a_copy_of_data_fit_learned_entirely_from_is_refused(base, cells):
+    annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(cells, "cell_type")  # every labelled cell
+    with pytest.raises(ValueError, match="this is the data the annotator was fitted on, and fit learned from every"):
+        annotator.score(cells.copy(), "cell_type", baselines=())  # a copy: known by its cell names

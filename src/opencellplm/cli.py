@@ -377,6 +377,15 @@ def _annotate(args: argparse.Namespace) -> int:
     if args.annotator is None:
         raise ValueError(f"annotate {args.action} needs --annotator, a folder written by annotate fit")
     inputs = [source, args.annotator, args.reference]
+    if args.action == "score" and args.reference is not None:
+        if not Path(args.reference).is_file():
+            raise FileNotFoundError(f"--reference file not found: {args.reference}")
+        if Path(args.reference).samefile(source):
+            raise ValueError(
+                f"--reference is the file being scored ({source}): the baselines would learn the test cells' labels "
+                "and score near 1. Give labelled cells kept apart from the test cells, or --test-key alone (the "
+                "baselines then learn from the other cells of the file)"
+            )
     if args.action == "predict":
         if args.out is None:
             raise ValueError("annotate predict needs --out, the h5ad file to write")

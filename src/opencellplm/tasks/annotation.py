@@ -4,7 +4,8 @@ The recipe is the official one (TASKS.md §4): the backbone (gene embedding, enc
 norm) from a pretrained model, a fresh linear 'ae' latent and a linear head with dropout 0.5 on it;
 dropout 0.5 throughout; 30% of a set's cells dropped and 75% of cells with 25% of their genes masked
 at every step; AdamW at lr 5e-3 with the gene embedder at 0.1x; linear warm-up; clipping at 2.0; the
-state with the best validation macro F1 is kept, with early stopping. Unlike the official code the
+state with the best validation macro F1 is kept (ties, common on a small validation share, broken by the
+lower validation loss), with early stopping. Unlike the official code the
 pre-latent norm is trained too (the official optimizer leaves it out, by accident).
 
 Two modes, recorded with every result:
@@ -16,6 +17,8 @@ Two modes, recorded with every result:
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -39,7 +42,7 @@ from ..train import Distributed, Objective, ParamGroup, Trainer
 from ..train.plan import shuffled_batch
 from ..train.trainer import Autocast, unwrap
 from ._recipe import fine_tuning_config
-from ._saved import read_task, recogniser, save_task
+from ._saved import MODEL_DIR, read_task, recogniser, save_task, settings_dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -138,10 +141,12 @@ def annotation_module(backbone: CellPLMModule | None, config: ModelConfig, *, se
 
 
 class AnnotationObjective(Objective):
-    """Cross-entropy on the training cells of each set; validation macro F1 picks the best state."""
+    """Cross-entropy on the training cells of each set; validation macro F1 picks the best state, the
+    validation loss among states of equal F1."""
 
     monitor = "val_f1"
     maximize = True
+    tiebreak = "val_loss"
     objective_name = "ce_loss"
 
     def __init__(
@@ -228,6 +233,9 @@ class FitSummary:
     seconds: float
     train_cells_per_s: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: The step whose weights were kept (best validation macro F1, then lowest validation loss); ``steps`` is
+    #: how many were run. None: no evaluation, the starting weights are kept.
+    best_step: int | None = None
 
 
 @dataclass
@@ -291,6 +299,8 @@ class CellTypeAnnotator:
         self.mode: Mode = "inductive"
         self.summary: FitSummary | None = None
         self._reference: tuple[AnnData, np.ndarray] | None = None  # fit data, for the baselines of score
+        #: The fit data's cell names (sha256) and which cells fit learned from: saved, so that score knows them.
+        self._fit_data: dict[str, Any] | None = None
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path | CellPLM, **kwargs: Any) -> CellTypeAnnotator:
@@ -354,7 +364,7 @@ class CellTypeAnnotator:
             logger.warning(
                 "%d cells have no %r label; they are left out of the training loss", n_unlabelled, labels_key
             )
-        names = labels[candidates].astype(str)
+        names = _baselines.label_strings(labels, labels_key)[candidates]
         self.classes = sorted(names.unique())
         if len(self.classes) < 2:
             raise ValueError(f"{labels_key!r} has one class only ({self.classes}); annotation needs at least two")
@@ -398,6 +408,7 @@ class CellTypeAnnotator:
             world.stop()
         self.module = module.eval()
         self._reference = (adata, in_loss | in_validation)
+        self._fit_data = _fingerprint(adata, in_loss | in_validation)
         self.summary = FitSummary(
             mode=mode,
             n_train=int(objective.in_loss.sum()),
@@ -409,14 +420,17 @@ class CellTypeAnnotator:
             seconds=round(time.perf_counter() - started, 2),
             train_cells_per_s=summary["train_cells_per_s"],
             history=summary["val_history"],
+            best_step=summary["best_step"],
         )
         logger.info(
-            "annotator fitted (%s, %s): %d classes, best validation macro F1 %.3f after %d steps",
+            "annotator fitted (%s, %s): %d classes; kept the weights of step %s of %d run (best validation "
+            "macro F1 %.3f, ties broken by the validation loss)",
             mode,
             "pretrained" if self.pretrained else "from scratch",
             len(self.classes),
-            summary["best_val_f1"] or float("nan"),
+            summary["best_step"],
             summary["steps"],
+            summary["best_val_f1"] or float("nan"),
         )
         return self
 
@@ -485,11 +499,13 @@ class CellTypeAnnotator:
         adata
             Cells to score, labels in ``obs[labels_key]``.
         test_cells
-            Boolean mask of the cells scored. Default: when ``adata`` is the AnnData given to :meth:`fit`,
-            the labelled cells fit did not learn from; otherwise every labelled cell.
+            Boolean mask of the cells scored. Default: when ``adata`` holds the cells given to :meth:`fit` (the
+            same cell names, also for a loaded annotator), the labelled cells fit did not learn from; otherwise
+            every labelled cell. Test cells fit learned from are scored with a warning: they flatter CellPLM.
         reference
-            Labelled cells the baselines learn from (all of its labelled cells). Default: the cells
-            :meth:`fit` learned from (training and validation).
+            Labelled cells the baselines learn from (all of its labelled cells); never ``adata`` itself, whose
+            test cells the baselines would learn. Default: the cells :meth:`fit` learned from (training and
+            validation).
         baselines
             Names among ``"celltypist_style"``, ``"l1_logistic_cv"``, ``"knn_on_pca"``.
         """
@@ -503,16 +519,34 @@ class CellTypeAnnotator:
         unknown = sorted(set(baselines) - set(BASELINES))
         if unknown:
             raise ValueError(f"unknown baseline(s) {unknown}; choose among {list(BASELINES)}")
+        if reference is adata:
+            raise ValueError(
+                "the reference is the data being scored: the baselines would learn the test cells' labels; give "
+                "labelled cells kept apart from the test cells"
+            )
         labelled = adata.obs[labels_key].notna().to_numpy()
-        fit_data = self._reference
+        names = _baselines.label_strings(adata.obs[labels_key], labels_key).to_numpy()
+        learned = self._learned_cells(adata)
         if test_cells is None:
             test_cells = labelled.copy()
-            if fit_data is not None and fit_data[0] is adata:
-                test_cells &= ~fit_data[1]
+            if learned is not None:
+                test_cells &= ~learned
         test_cells = np.asarray(test_cells, dtype=bool) & labelled
         if not test_cells.any():
+            if learned is not None and not (labelled & ~learned).any():
+                raise ValueError(
+                    "no labelled test cell to score: this is the data the annotator was fitted on, and fit learned "
+                    "from every labelled cell; score other cells, or hold test cells out of fit (--test-key)"
+                )
             raise ValueError("no labelled test cell to score (every labelled cell was used in training)")
-        truth = adata.obs[labels_key].astype(str).to_numpy()[test_cells]
+        if learned is not None and (test_cells & learned).any():
+            logger.warning(
+                "%d of the %d test cells are cells the annotator learned from (this is the data it was fitted on); "
+                "their scores flatter it: score only cells fit left out (--test-key, as given to annotate fit)",
+                int((test_cells & learned).sum()),
+                int(test_cells.sum()),
+            )
+        truth = names[test_cells]
         unseen = sorted(set(truth) - set(self.classes))
         if unseen:
             logger.warning(
@@ -532,13 +566,25 @@ class CellTypeAnnotator:
         }
         if baselines:
             if reference is None:
-                if fit_data is None:
+                if learned is None and self._reference is None:
                     raise ValueError(
                         "pass reference= (labelled training cells) to score the baselines of a loaded annotator"
                     )
-                train = fit_data[0][fit_data[1]].copy()
+                train = adata[learned].copy() if learned is not None else self._reference[0][self._reference[1]].copy()
             else:
+                require_anndata(reference)
+                if labels_key not in reference.obs:
+                    columns = list(reference.obs.columns)
+                    raise KeyError(f"the reference has no obs column {labels_key!r}; it has {columns}")
+                _baselines.label_strings(reference.obs[labels_key], labels_key)  # refuses mixed label types
                 train = reference[reference.obs[labels_key].notna().to_numpy()].copy()
+                shared = train.obs_names.isin(adata.obs_names[test_cells])
+                if shared.any():
+                    logger.warning(
+                        "%d reference cells have the names of test cells: if they are the same cells, the baselines "
+                        "are scored on cells they learned from",
+                        int(shared.sum()),
+                    )
             test = adata[test_cells].copy()
             for baseline in baselines:
                 result = BASELINES[baseline](train, test, labels_key=labels_key, layer=self.spec.layer, seed=seed)
@@ -561,6 +607,16 @@ class CellTypeAnnotator:
             },
         )
 
+    def _learned_cells(self, adata: AnnData) -> np.ndarray | None:
+        """Which cells of ``adata`` fit learned from, when ``adata`` holds the fit's cells (None otherwise)."""
+        if self._reference is not None and self._reference[0] is adata:
+            return self._reference[1]
+        fit = self._fit_data
+        if fit is None or fit["n_cells"] != adata.n_obs or fit["cells_sha256"] != _names_sha256(adata.obs_names):
+            return None
+        bits = np.frombuffer(base64.b64decode(fit["learned"]), dtype=np.uint8)
+        return np.unpackbits(bits, count=adata.n_obs).astype(bool)
+
     def _record(self) -> dict[str, Any]:
         return {
             "classes": list(self.classes),
@@ -572,7 +628,9 @@ class CellTypeAnnotator:
     # ----------------------------------------------------------------------------- save / load
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write the fine-tuned model (our checkpoint format, in ``model/``) with the class names, input
-        spec, mode and recipe (``annotator.json``); ``overwrite`` replaces only a saved annotator."""
+        spec, mode, recipe, fit summary, the fit data's identity (``fit_data``: its cell names' sha256 and
+        which cells fit learned from, so that :meth:`score` knows them) and the sha256 of every file
+        (``annotator.json``); ``overwrite`` replaces only a saved annotator."""
         module = self._require_fitted()
         settings = {
             "classes": self.classes,
@@ -582,6 +640,7 @@ class CellTypeAnnotator:
             "recipe": asdict(self.recipe),
             "base": self.base.source,
             "fit": None if self.summary is None else asdict(self.summary),
+            "fit_data": self._fit_data,
         }
         meta = {
             "source": "opencellplm CellTypeAnnotator (fine-tuned)" if self.pretrained else "trained from scratch",
@@ -593,19 +652,79 @@ class CellTypeAnnotator:
 
     @classmethod
     def load(cls, directory: str | Path, *, device: str = "cpu") -> CellTypeAnnotator:
-        """Read an annotator written by :meth:`save`; the label names come with it."""
+        """Read an annotator written by :meth:`save`; the label names come with it. Its checksums and every
+        setting are checked first: an edited or malformed ``annotator.json`` is refused, naming the file."""
+        directory = Path(directory)
         settings, module, genes, meta = read_task(directory, SETTINGS_FILE, FORMAT)
-        if module.config.annotation is None or module.config.annotation.n_classes != len(settings["classes"]):
-            raise ValueError(f"{directory} does not hold a head for the {len(settings['classes'])} classes")
+        path = directory / SETTINGS_FILE
+        classes = _saved_classes(path, settings, meta, directory / MODEL_DIR / "meta.json")
+        head = module.config.annotation
+        if head is None or head.n_classes != len(classes):
+            held = "no annotation head" if head is None else f"a head for {head.n_classes} classes"
+            raise ValueError(f"{directory / MODEL_DIR} holds {held}, but {path} lists {len(classes)} classes")
+        if settings.get("mode") not in ("inductive", "transductive"):
+            raise ValueError(f"{path}: 'mode' must be 'inductive' or 'transductive', not {settings.get('mode')!r}")
+        if not isinstance(settings.get("pretrained"), bool):
+            raise ValueError(f"{path}: 'pretrained' must be true or false, not {settings.get('pretrained')!r}")
+        recipe = settings_dataclass(path, settings, "recipe", AnnotationRecipe)
+        spec = settings_dataclass(path, settings, "spec", InputSpec)
         base = CellPLM(module, genes, meta=meta, source=settings.get("base"), device=device)
-        annotator = cls(base, pretrained=settings["pretrained"], recipe=AnnotationRecipe(**settings["recipe"]))
-        annotator.module, annotator.classes = base.module, list(settings["classes"])
-        annotator.spec, annotator.mode = InputSpec(**settings["spec"]), settings["mode"]
+        annotator = cls(base, pretrained=settings["pretrained"], recipe=recipe)
+        annotator.module, annotator.classes = base.module, classes
+        annotator.spec, annotator.mode = spec, settings["mode"]
+        annotator._fit_data = _saved_fit_data(path, settings.get("fit_data"))
         return annotator
 
 
 #: Why a folder is not a saved annotator holding nothing else (empty if it is).
 annotator_problems = recogniser(SETTINGS_FILE, FORMAT)
+
+
+def _names_sha256(names: pd.Index) -> str:
+    return hashlib.sha256("\n".join(map(str, names)).encode()).hexdigest()
+
+
+def _fingerprint(adata: AnnData, learned: np.ndarray) -> dict[str, Any]:
+    """The fit data's identity (its cell names' sha256) and which of its cells fit learned from (bits)."""
+    return {
+        "n_cells": int(adata.n_obs),
+        "cells_sha256": _names_sha256(adata.obs_names),
+        "learned": base64.b64encode(np.packbits(learned.astype(bool)).tobytes()).decode("ascii"),
+    }
+
+
+def _saved_fit_data(path: Path, value: Any) -> dict[str, Any] | None:
+    """The ``fit_data`` entry of ``path`` checked (None: saved before it was recorded)."""
+    if value is None:
+        return None
+    try:
+        n, bits = int(value["n_cells"]), base64.b64decode(value["learned"], validate=True)
+        ok = isinstance(value["cells_sha256"], str) and len(bits) == (n + 7) // 8
+    except (TypeError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{path}: 'fit_data' is not the record opencellplm writes; fit the annotator again")
+    return value
+
+
+def _saved_classes(path: Path, settings: dict[str, Any], meta: dict[str, Any], meta_path: Path) -> list[str]:
+    """The class names of ``path``, checked: distinct strings, the same as the two copies saved beside them."""
+    classes = settings.get("classes")
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
+        raise ValueError(f"{path}: 'classes' must be a list of at least two label names, not {classes!r}")
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    if repeated:
+        raise ValueError(f"{path}: 'classes' names {repeated} more than once")
+    fit = settings.get("fit")
+    copies = {f"'fit.classes' in {path.name}": fit.get("classes") if isinstance(fit, dict) else None}
+    copies[str(meta_path)] = meta.get("classes")
+    for where, other in copies.items():
+        if other is not None and other != classes:
+            raise ValueError(
+                f"{path} lists the classes {classes} but {where} lists {other}: the annotator was edited after it "
+                "was saved; fit it again"
+            )
+    return classes
 
 
 def _stratified_holdout(codes: np.ndarray, candidates: np.ndarray, fraction: float, seed: int) -> np.ndarray:

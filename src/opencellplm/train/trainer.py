@@ -60,11 +60,14 @@ class Objective:
     """What a run optimises; each task subclasses it.
 
     Subclasses define :meth:`global_batch`, :meth:`loss` and :meth:`evaluate`; ``monitor`` names the
-    metric of :meth:`evaluate` that selects the best state (``maximize`` for scores such as F1).
+    metric of :meth:`evaluate` that selects the best state (``maximize`` for scores such as F1), and
+    ``tiebreak`` (lower is better) breaks its ties: a coarse score such as F1 on a few validation cells
+    stays at its best while the validation loss still falls.
     """
 
     monitor: str = "val_loss"
     maximize: bool = False
+    tiebreak: str | None = None
     #: Name of ``LossOutput.objective`` in the metrics log.
     objective_name: str = "objective"
 
@@ -189,6 +192,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, config))
         self.dtype = autocast_dtype(config.precision, world.device)
         self.step, self.best, self.bad_evals, self.history = 0, math.inf, 0, []
+        self.best_tiebreak, self.best_step = math.inf, None  # the kept state's tie-breaking metric and step
         # With keep_best, the last good weights (best evaluated, else the starting ones) are restored at the end.
         self.best_state = copy.deepcopy(module.state_dict()) if keep_best else None
         self.stopped_by: str | None = None
@@ -295,6 +299,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.step, self.best, self.bad_evals = state["step"], state["best"], state["bad_evals"]
+        self.best_tiebreak, self.best_step = state.get("best_tiebreak", math.inf), state.get("best_step")
         self.history = list(state["history"])
         if self.world.main:  # drop the log lines written after the checkpoint (and a line cut by a crash)
             log = self.out / METRICS_FILE
@@ -363,6 +368,7 @@ class Trainer:
             "stopped_early": stopped_early,
             "stopped_by": self.stopped_by,
             f"best_{monitor}": self._best_value() if self.history else None,
+            "best_step": self.best_step,
             "val_history": self.history,
             "seconds": round(seconds, 2),
             "train_cells_per_s": round(cells_seen / step_seconds, 1) if step_seconds > 0 else None,
@@ -447,8 +453,10 @@ class Trainer:
         self.history.append({"step": self.step} | {k: record[k] for k in record if k.startswith("val_")})
         diverged = not all(math.isfinite(v) for k, v in record.items() if k.startswith("val_"))
         score = -value if self.objective.maximize else value  # lower is better from here on
-        if not diverged and score < self.best:
-            self.best, self.bad_evals = score, 0
+        tiebreak = record[self.objective.tiebreak] if self.objective.tiebreak else math.inf
+        improved = score < self.best or (score == self.best and tiebreak < self.best_tiebreak)
+        if not diverged and improved:
+            self.best, self.best_tiebreak, self.best_step, self.bad_evals = score, tiebreak, self.step, 0
             if self.keep_best:
                 self.best_state = copy.deepcopy(self.module.state_dict())
             if self.world.main:
@@ -472,6 +480,8 @@ class Trainer:
                     "scheduler": self.scheduler.state_dict(),
                     "rng": rng_state(),
                     "best": self.best,
+                    "best_tiebreak": self.best_tiebreak,
+                    "best_step": self.best_step,
                     "bad_evals": self.bad_evals,
                     "history": self.history,
                     "config": self.settings(),

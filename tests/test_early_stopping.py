@@ -1,0 +1,66 @@
+"""Which state fine-tuning keeps: the best monitored score, ties broken by the objective's tie-breaking metric
+(e.g. a macro F1 of 1.0 reached early on a few validation cells, while the validation loss still falls)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from opencellplm.config import TrainConfig
+from opencellplm.module.losses import LossOutput
+from opencellplm.train import Distributed, Objective, Trainer
+
+
+class Scripted(Objective):
+    """Squared error of a linear map; evaluations return scripted scores and remember the weights they saw."""
+
+    monitor, maximize, objective_name = "val_f1", True, "mse"
+
+    def __init__(self, scores: list[tuple[float, float]], tiebreak: str | None):
+        self.scores, self.tiebreak, self.seen = list(scores), tiebreak, []
+
+    def global_batch(self, step):
+        return [0]
+
+    def loss(self, model, item, device, autocast):
+        x = torch.ones(4, 2, device=device)
+        error = ((model(x) - 1.0) ** 2).mean()
+        return LossOutput(total=error, latent=torch.zeros((), device=device), objective=error), 4
+
+    def evaluate(self, module, world, autocast):
+        self.seen.append({k: v.clone() for k, v in module.state_dict().items()})
+        f1, loss = self.scores.pop(0)
+        return {"val_f1": f1, "val_loss": loss}
+
+
+def fit(scores, tiebreak):
+    torch.manual_seed(0)
+    module = nn.Linear(2, 1)
+    objective = Scripted(scores, tiebreak)
+    config = TrainConfig(steps=len(scores), sets_per_step=1, lr=0.1, warmup_steps=0, eval_every=1, patience=2)
+    summary = Trainer(module, objective, config, Distributed.start("cpu"), keep_best=True).fit()
+    return module, objective, summary
+
+
+# F1 reaches 1.0 at step 2 and stays there while the validation loss falls until step 4.
+SCORES = [(0.5, 1.0), (1.0, 0.8), (1.0, 0.5), (1.0, 0.3), (1.0, 0.4), (1.0, 0.6)]
+
+
+def test_ties_of_the_monitored_score_are_broken_by_the_validation_loss():
+    module, objective, summary = fit(SCORES, "val_loss")
+    assert summary["best_step"] == 4 and summary["best_val_f1"] == 1.0
+    assert summary["steps"] == 6 and summary["stopped_early"]  # patience 2: steps 5 and 6 did not improve
+    for key, value in module.state_dict().items():
+        torch.testing.assert_close(value, objective.seen[3][key])  # the weights evaluated at step 4
+
+
+def test_without_a_tiebreak_the_first_best_state_is_kept():
+    module, objective, summary = fit(SCORES[:4], None)
+    assert summary["best_step"] == 2 and summary["stopped_early"]
+    for key, value in module.state_dict().items():
+        torch.testing.assert_close(value, objective.seen[1][key])
+
+
+def test_a_better_score_wins_over_a_lower_loss():
+    _, _, summary = fit([(0.5, 1.0), (0.9, 2.0), (0.8, 0.1)], "val_loss")
+    assert summary["best_step"] == 2 and summary["best_val_f1"] == 0.9

@@ -1,0 +1,73 @@
+"""Every saved task (annotator, denoiser, imputer, perturbation predictor) records the sha256 of its files and
+settings, checked on load: an edited one is refused naming the file; one saved before the checksums loads with a
+warning. (The annotator's own checks are in test_annotation.py.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from opencellplm import CellPLM, CellPLMModule, DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
+from opencellplm.tasks import Denoiser
+
+GENES = [f"GENE{i}" for i in range(40)]
+
+
+@pytest.fixture
+def saved(tmp_path):
+    config = ModelConfig(
+        n_genes=len(GENES),
+        hidden_dim=16,
+        encoder=EncoderConfig(n_layers=1, n_heads=2),
+        latent=LatentConfig(dim=8, n_clusters=4, hidden_dim=12),
+        decoder=DecoderConfig(hidden_dim=16),
+    )
+    torch.manual_seed(0)
+    Denoiser.from_pretrained(CellPLM(CellPLMModule(config), GENES)).save(tmp_path / "denoiser")
+    return tmp_path / "denoiser"
+
+
+def rewrite(path, change):
+    settings = json.loads(path.read_text())
+    change(settings)
+    path.write_text(json.dumps(settings, indent=2))
+
+
+def test_an_edited_denoiser_is_refused_naming_the_file(saved):
+    Denoiser.load(saved)  # as saved: loads
+    rewrite(saved / "denoiser.json", lambda s: s["spec"].__setitem__("max_cells", 7))
+    with pytest.raises(ValueError, match=r"denoiser\.json was changed after the denoiser was saved"):
+        Denoiser.load(saved)
+
+
+def test_a_denoiser_with_other_weights_is_refused_naming_the_file(saved):
+    (saved / "model" / "genes.txt").write_text("".join(f"{g}\n" for g in reversed(GENES)))
+    with pytest.raises(ValueError, match=r"model/genes\.txt was changed after the denoiser was saved"):
+        Denoiser.load(saved)
+
+
+def test_a_denoiser_saved_before_checksums_loads_with_a_warning(saved):
+    rewrite(saved / "denoiser.json", lambda s: s.pop("sha256"))
+    with pytest.warns(UserWarning, match=r"denoiser\.json records no checksums"):
+        Denoiser.load(saved)
+
+
+def test_a_malformed_checksum_record_is_refused(saved):
+    rewrite(saved / "denoiser.json", lambda s: s.__setitem__("sha256", "0" * 64))
+    with pytest.raises(ValueError, match=r"denoiser\.json: its 'sha256' entry is not the one opencellplm writes"):
+        Denoiser.load(saved)
+    rewrite(saved / "denoiser.json", lambda s: s.__setitem__("sha256", {"files": {"../x": "0"}, "settings": "0"}))
+    with pytest.raises(ValueError, match=r"denoiser\.json was changed after"):  # the record is covered too
+        Denoiser.load(saved)
+    from opencellplm.tasks._saved import _digest
+
+    def outside(settings):
+        settings.pop("sha256")
+        files = {"../elsewhere.txt": "0" * 64}
+        settings["sha256"] = {"files": files, "settings": _digest(settings, files)}
+
+    rewrite(saved / "denoiser.json", outside)
+    with pytest.raises(ValueError, match=r"denoiser\.json: '\.\./elsewhere\.txt' is not a file inside"):
+        Denoiser.load(saved)
