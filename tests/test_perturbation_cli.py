@@ -115,16 +115,27 @@ def test_a_pickle_payload_in_the_state_is_refused_as_untrusted_naming_the_file(f
     torch.save({"network": Payload(files / "ran.txt")}, state)
     caplog.set_level(logging.ERROR)
     out = files / "pickled.csv"
-    assert main(["perturb", "predict", str(files / "pickled"), "--labels", "GENE3", "--out", str(out)]) == 2
+    predict = ["perturb", "predict", str(files / "pickled"), "--labels", "GENE3", "--out", str(out)]
+    assert main(predict) == 2  # the checksum recorded at save time catches the change first
+    assert errors(caplog)[0].startswith(f"{state} was changed after the perturbation predictor was saved")
+    assert not (files / "ran.txt").exists() and not out.exists()
+    # A folder saved before checksums (or with them removed) reaches the loader's own refusal of pickles.
+    settings = files / "pickled" / "perturbation.json"
+    settings.write_text(json.dumps({k: v for k, v in json.loads(settings.read_text()).items() if k != "sha256"}))
+    caplog.clear()
+    with pytest.warns(UserWarning, match="records no checksums"):
+        assert main(predict) == 2
     (message,) = errors(caplog)
     assert message.startswith(f"{state} is not trusted: it holds pickled objects other than tensors (it calls io.open)")
     assert "weights_only" not in message and "\n" not in message
     assert not (files / "ran.txt").exists() and not out.exists()  # the payload never ran
     state.write_bytes(b"not a torch file")
-    assert main(["perturb", "predict", str(files / "pickled"), "--labels", "GENE3", "--out", str(out)]) == 2
+    with pytest.warns(UserWarning, match="records no checksums"):
+        assert main(predict) == 2
     assert errors(caplog)[0] == f"cannot read {state} as a perturbation predictor's state: it is not a torch file"
     torch.save({"network": {}}, state)
-    assert main(["perturb", "predict", str(files / "pickled"), "--labels", "GENE3", "--out", str(out)]) == 2
+    with pytest.warns(UserWarning, match="records no checksums"):
+        assert main(predict) == 2
     assert errors(caplog)[0].startswith(f"{state} is not a perturbation predictor's state: it lacks ['gene_index',")
 
 

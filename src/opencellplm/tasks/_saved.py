@@ -61,10 +61,10 @@ def save_task(
         document[CHECKSUMS] = {"files": files, "settings": _digest(document, files)}
         (folder / settings_file).write_text(json.dumps(document, indent=2) + "\n")
 
-    kind = fmt.removeprefix("opencellplm-")
+    kind = fmt.removeprefix("opencellplm-").replace("-", " ")
     recognise = recogniser(settings_file, fmt, extra=tuple(extra))
     write_directory(directory, fill, overwrite=overwrite, recognise=recognise, kind=kind)
-    logger.info("saved the %s to %s", fmt.removeprefix("opencellplm-"), directory)
+    logger.info("saved the %s to %s", kind, directory)
     return Path(directory)
 
 
@@ -87,7 +87,7 @@ def read_task(
     (``settings`` without them)."""
     directory = Path(directory)
     path = directory / settings_file
-    kind = fmt.removeprefix("opencellplm-")
+    kind = fmt.removeprefix("opencellplm-").replace("-", " ")
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; is {directory} a saved {kind}?")
     try:
