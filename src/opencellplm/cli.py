@@ -563,32 +563,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="torch device (default: this process's GPU if any, else cpu)")
     p.set_defaults(run=_pretrain)
 
-    p = commands.add_parser("annotate", help="cell type annotation: fit an annotator, predict labels, score")
-    p.add_argument("action", choices=["fit", "predict", "score"])
-    p.add_argument("input", help="h5ad file with raw counts")
-    p.add_argument("--labels-key", help="obs column of cell type labels (fit, score)")
-    p.add_argument("--out", help="fit: annotator folder to write; predict: h5ad file to write")
-    p.add_argument("--annotator", help="annotator folder written by annotate fit (predict, score)")
-    p.add_argument("--checkpoint", help=f"model to fine-tune (fit; default {DEFAULT_MODEL})")
-    p.add_argument("--scratch", action="store_true", help="fit: same architecture, weights trained from scratch")
-    p.add_argument("--mode", default="inductive", choices=["inductive", "transductive"], help="fit (default inductive)")
-    p.add_argument("--test-key", help="boolean obs column marking test cells (left out of fit; scored by score)")
-    p.add_argument("--reference", help="score: labelled h5ad the baselines learn from (default: no baselines)")
+    annotate = commands.add_parser(
+        "annotate",
+        help="cell type annotation: fit an annotator, predict labels, score",
+        description="Cell type annotation; `opencellplm annotate ACTION -h` lists an action's options.",
+    )
+    actions = annotate.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser("fit", help="fine-tune an annotator on labelled cells and save it to a folder")
+    p.add_argument("input", help="h5ad file with raw counts and cell type labels")
+    p.add_argument("--labels-key", help="obs column of cell type labels (required)")
+    p.add_argument("--out", help="annotator folder to write (required)")
+    p.add_argument("--checkpoint", help=f"model to fine-tune (default {DEFAULT_MODEL})")
+    p.add_argument("--scratch", action="store_true", help="same architecture, weights trained from scratch")
+    p.add_argument("--mode", default="inductive", choices=["inductive", "transductive"], help="(default inductive)")
+    p.add_argument("--test-key", help="boolean obs column marking test cells, left out of the fit")
+    p.add_argument("--steps", type=int, help="optimizer steps at most (default 300: AnnotationRecipe's)")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--layer", help="layer with raw counts (default: X); saved with the annotator")
+    p.add_argument("--gene-key", help="var column with gene ids (default: var_names); saved with the annotator")
+    p.add_argument("--sample-key", help="obs column grouping cells into sets; saved with the annotator")
+    p.add_argument("--overwrite", action="store_true", help="replace --out (only an annotator folder)")
+    p.set_defaults(run=_annotate)
+    # predict and score read the input with the layer, gene key and sample key saved by fit
+    saved_spec = {"layer": None, "gene_key": None, "sample_key": None}
+    p = actions.add_parser("predict", help="label cells with a saved annotator; writes a new h5ad")
+    p.add_argument("input", help="h5ad file with raw counts (read as the annotator's fit read its input)")
+    p.add_argument("--annotator", help="annotator folder written by annotate fit (required)")
+    p.add_argument("--out", help="h5ad file to write (required)")
+    p.add_argument("--key-added", default="cellplm_label", help="obs key to write (default cellplm_label)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=_annotate, **saved_spec)
+    p = actions.add_parser("score", help="score a saved annotator on labelled cells, beside baselines")
+    p.add_argument("input", help="h5ad file with raw counts and cell type labels")
+    p.add_argument("--annotator", help="annotator folder written by annotate fit (required)")
+    p.add_argument("--labels-key", help="obs column of cell type labels (required)")
+    p.add_argument(
+        "--test-key",
+        help="boolean obs column marking the test cells to score (default: all cells); "
+        "the other cells train the baselines unless --reference is given",
+    )
+    p.add_argument("--reference", help="labelled h5ad the baselines learn from (default: no baselines)")
     p.add_argument(
         "--baselines",
         nargs="*",
         default=["celltypist_style", "l1_logistic_cv", "knn_on_pca"],
-        help="score: baselines to run beside CellPLM",
+        help="baselines to run beside CellPLM",
     )
-    p.add_argument("--steps", type=int, help="fit: optimizer steps at most (default 300)")
-    p.add_argument("--seed", type=int, help="fit: seed (default 0)")
-    p.add_argument("--layer", help="layer with raw counts (default: X)")
-    p.add_argument("--gene-key", help="var column with gene ids (default: var_names)")
-    p.add_argument("--sample-key", help="obs column grouping cells into sets")
-    p.add_argument("--key-added", default="cellplm_label", help="predict: obs key to write (default cellplm_label)")
-    p.add_argument("--json", help="score: also write the scores as JSON here")
-    p.add_argument("--overwrite", action="store_true", help="replace --out (or --json) if it exists")
-    p.set_defaults(run=_annotate)
+    p.add_argument("--json", help="also write the scores as JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace --json if it exists")
+    p.set_defaults(run=_annotate, **saved_spec)
 
     p = commands.add_parser(
         "denoise", help="write CellPLM-denoised counts of an h5ad to a layer, or score denoising (--score)"
@@ -659,35 +682,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_impute)
 
-    p = commands.add_parser(
+    perturb = commands.add_parser(
         "perturb",
         help="perturbation prediction: fit a predictor on Perturb-seq counts, predict labels, score vs baselines",
+        description="Perturbation prediction; `opencellplm perturb ACTION -h` lists an action's options.",
     )
-    p.add_argument("action", choices=["fit", "predict", "score"])
-    p.add_argument("input", help="fit, score: h5ad with raw counts and perturbation labels; predict: predictor folder")
-    p.add_argument("--out", required=True, help="fit: predictor folder; predict: CSV of profiles; score: JSON result")
-    p.add_argument("--labels", nargs="+", help='predict: perturbation labels, e.g. "A+B" "C:up"')
-    p.add_argument("--labels-file", help="predict: file with one perturbation label per line")
-    p.add_argument(
-        "--checkpoint", help=f"model to fine-tune (fit, score; shipped name or folder; default {DEFAULT_MODEL})"
-    )
-    p.add_argument("--scratch", action="store_true", help="fit, score: same architecture with untrained weights")
-    p.add_argument("--from-scratch", action="store_true", help="score: add the row of CellPLM trained from scratch")
-    p.add_argument("--perturbation-key", default="perturbation", help="obs column of labels (default perturbation)")
-    p.add_argument("--control", default="ctrl", help="label of control cells (default ctrl)")
-    p.add_argument(
-        "--default-direction", default="down", choices=["down", "up"], help="direction of an unsuffixed gene"
-    )
-    p.add_argument("--extend-vocabulary", action="store_true", help="add perturbed genes outside the vocabulary")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="score: one split per seed (default 0 1 2)")
-    p.add_argument("--steps", type=int, help="fine-tuning steps at most (default: PerturbationRecipe's)")
-    p.add_argument("--layer", help="layer with raw counts (default: X)")
-    p.add_argument("--gene-key", help="var column with the vocabulary's gene ids (default: var_names)")
-    p.add_argument("--sample-key", help="obs column grouping control cells into sets (default: all one sample)")
+    actions = perturb.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fit = actions.add_parser("fit", help="fine-tune a perturbation predictor on Perturb-seq counts and save it")
+    fit.add_argument("input", help="h5ad file with raw counts and perturbation labels")
+    fit.add_argument("--out", required=True, help="predictor folder to write")
+    score = actions.add_parser("score", help="score CellPLM beside the baselines on held-out perturbations")
+    score.add_argument("input", help="h5ad file with raw counts and perturbation labels")
+    score.add_argument("--out", required=True, help="JSON file of the result to write")
+    score.add_argument("--from-scratch", action="store_true", help="add the row of CellPLM trained from scratch")
+    score.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one split per seed (default 0 1 2)")
+    for p in (fit, score):
+        p.add_argument("--checkpoint", help=f"model to fine-tune (shipped name or folder; default {DEFAULT_MODEL})")
+        p.add_argument("--scratch", action="store_true", help="same architecture with untrained weights")
+        p.add_argument("--perturbation-key", default="perturbation", help="obs column of labels (default perturbation)")
+        p.add_argument("--control", default="ctrl", help="label of control cells (default ctrl)")
+        p.add_argument(
+            "--default-direction", default="down", choices=["down", "up"], help="direction of an unsuffixed gene"
+        )
+        p.add_argument("--extend-vocabulary", action="store_true", help="add perturbed genes outside the vocabulary")
+        p.add_argument("--steps", type=int, help="fine-tuning steps at most (default: PerturbationRecipe's)")
+        p.add_argument("--layer", help="layer with raw counts (default: X)")
+        p.add_argument("--gene-key", help="var column with the vocabulary's gene ids (default: var_names)")
+        p.add_argument("--sample-key", help="obs column grouping control cells into sets (default: all one sample)")
+        p.add_argument("--device", help="torch device (default cpu)")
+        p.set_defaults(run=_perturb)
+    fit.add_argument("--overwrite", action="store_true", help="replace --out (only a predictor folder)")
+    score.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p = actions.add_parser("predict", help="predict the mean profiles of perturbations with a saved predictor")
+    p.add_argument("input", help="predictor folder written by perturb fit")
+    p.add_argument("--out", required=True, help="CSV file of the predicted profiles to write")
+    p.add_argument("--labels", nargs="+", help='perturbation labels, e.g. "A+B" "C:up"')
+    p.add_argument("--labels-file", help="file with one perturbation label per line")
     p.add_argument("--device", help="torch device (default cpu)")
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace --out (fit: only a predictor folder this package wrote)"
-    )
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_perturb)
 
     p = commands.add_parser(
