@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import os
+import subprocess
+import sys
 
+import anndata as ad
+import pytest
+import torch
+
+import opencellplm
+from opencellplm import CellPLM, CellPLMModule
+from opencellplm._threads import available_cpus
 from opencellplm.cli import main
+
+from .conftest import vocabulary
 
 
 def help_text(capsys, *argv: str) -> str:
@@ -33,3 +45,83 @@ def test_an_option_of_another_action_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:  # --layer was silently ignored by predict: the annotator's is used
         main(["annotate", "predict", "x.h5ad", "--annotator", "A", "--out", "p.h5ad", "--layer", "counts"])
     assert exit_.value.code == 2 and "unrecognized arguments: --layer counts" in capsys.readouterr().err
+
+
+@pytest.fixture
+def checkpoint(tmp_path, tiny_config):
+    CellPLM(CellPLMModule(tiny_config), vocabulary(tiny_config.n_genes)).save(tmp_path / "ckpt")
+    return str(tmp_path / "ckpt")
+
+
+@pytest.fixture
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    opencellplm.set_threads(threads)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"opencellplm {opencellplm.__version__}\n"
+
+
+def test_threads_reach_torch_given_before_or_after_the_command_and_are_recorded(
+    checkpoint, tmp_path, tiny_adata, keep_threads
+):
+    tiny_adata.write_h5ad(tmp_path / "in.h5ad")
+    embed = ["embed", str(tmp_path / "in.h5ad"), "--checkpoint", checkpoint, "--allow-low-overlap"]
+    assert main(["--threads", "2", *embed, "--out", str(tmp_path / "a.h5ad")]) == 0
+    assert torch.get_num_threads() == 2
+    assert ad.read_h5ad(tmp_path / "a.h5ad").uns["cellplm"]["X_cellplm"]["threads"]["torch_threads"] == 2
+    assert main([*embed, "--out", str(tmp_path / "b.h5ad"), "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
+    assert ad.read_h5ad(tmp_path / "b.h5ad").uns["cellplm"]["X_cellplm"]["threads"]["torch_threads"] == 1
+
+
+def test_a_bad_thread_count_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["info", "x", "--threads", "0"])
+    assert exit_.value.code == 2 and "--threads: '0' is not a whole number of at least 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="threads=0: give a whole number of at least 1"):
+        opencellplm.set_threads(0)
+
+
+def thread_settings_after(script: str) -> dict:
+    """``opencellplm.thread_settings()`` at the end of ``script``, run in a fresh interpreter (numba's pool
+    starts once per process), without OMP_NUM_THREADS or NUMBA_NUM_THREADS."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    script += "\nimport json, opencellplm\nprint(json.dumps(opencellplm.thread_settings()))\n"
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+NEEDS_TWO_CPUS = pytest.mark.skipif(available_cpus() < 2, reason="numba's default is one thread on one CPU")
+
+
+@NEEDS_TWO_CPUS
+def test_the_thread_count_survives_scanpy_neighbors():
+    """numba (scanpy's neighbours and UMAP) starts its OpenMP pool with every CPU, which reset torch's count."""
+    settings = thread_settings_after(
+        "import numpy as np, anndata as ad, opencellplm\n"
+        "opencellplm.set_threads(1)\n"  # before numba is imported, as the command line does
+        "import scanpy as sc\n"
+        "sc.pp.neighbors(ad.AnnData(np.random.default_rng(0).normal(size=(300, 20)).astype('float32')), use_rep='X')"
+    )
+    assert settings["torch_threads"] == 1 and settings["numba_threads"] == 1
+
+
+@NEEDS_TWO_CPUS
+def test_the_thread_count_survives_numba_imported_first():
+    settings = thread_settings_after(
+        "import numba, opencellplm\n"
+        "opencellplm.set_threads(1)\n"
+        "@numba.njit(parallel=True)\n"
+        "def total(n):\n"
+        "    s = 0\n"
+        "    for i in numba.prange(n):\n"
+        "        s += i\n"
+        "    return s\n"
+        "total(10)"  # the first parallel call starts numba's pool
+    )
+    assert settings["torch_threads"] == 1 and settings["numba_threads"] == 1

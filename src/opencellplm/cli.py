@@ -10,7 +10,9 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import __version__
 from ._files import check_output_file
+from ._threads import default_threads, set_threads
 from .config import ConfigError
 from .io import CheckpointError
 
@@ -471,8 +473,8 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opencellplm", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_global_options(parser, default=None)
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser(
@@ -747,7 +749,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out if an earlier demo wrote it")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.set_defaults(run=_demo)
+    for command in _leaf_parsers(parser):  # the global options also work after the subcommand
+        _add_global_options(command, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, default: object) -> None:
+    """-v, -q and --threads; a subcommand's copy sets nothing unless given (``default`` SUPPRESS), so that
+    ``opencellplm --threads 2 embed ...`` and ``opencellplm embed ... --threads 2`` both work."""
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="log debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="log warnings and errors only")
+    parser.add_argument(
+        "--threads",
+        type=_thread_count,
+        default=default,
+        help=f"CPU threads of torch and numba (default: $OMP_NUM_THREADS if set, else one fewer than the cores, "
+        f"at least 1: {default_threads()} here; a busy core slows every thread's work to its pace)",
+    )
+
+
+def _thread_count(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers that run a command (``annotate fit``, ``embed``, ...), below ``parser``."""
+    children = [
+        child
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for child in dict.fromkeys(action.choices.values())  # a parser once, whatever its aliases
+    ]
+    return [leaf for child in children for leaf in (_leaf_parsers(child) or [child])]
 
 
 def _setup_logging(level: int) -> None:
@@ -764,6 +799,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 for unusable input)."""
     args = build_parser().parse_args(argv)
     _setup_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
+    threads = set_threads(args.threads)  # before any work; held through scanpy's numba code
+    logger.debug("CPU threads: %d (%s)", threads, "--threads" if args.threads else "default")
     try:
         return args.run(args)
     except USER_ERRORS as err:

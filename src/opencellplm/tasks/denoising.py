@@ -31,6 +31,7 @@ from anndata import AnnData
 from torch import nn
 
 from .. import baselines as baseline_functions
+from .._threads import thread_settings
 from ..config import MaskingConfig, ModelConfig, TrainConfig
 from ..data.reader import counts_matrix, iter_row_blocks, read_rows
 from ..data.sets import CellSets, InputSpec
@@ -557,6 +558,7 @@ class Denoiser:
             "n_genes_denoised": n_matched,
             "n_genes_unchanged": n_vars - n_matched,
             "n_cells_left_out": sets.adata.n_obs - sets.n_cells,
+            "threads": thread_settings(),
         }
         if n_vars > n_matched:
             record["note"] = (

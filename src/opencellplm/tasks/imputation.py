@@ -41,6 +41,7 @@ from anndata import AnnData
 from torch import nn
 
 from .._memory import PeakMemory
+from .._threads import thread_settings
 from ..config import MaskingConfig, ModelConfig, TrainConfig
 from ..data.genes import normalise_gene_ids
 from ..data.reader import counts_matrix, read_rows
@@ -626,6 +627,7 @@ class SpatialImputer:
                     "checkpoint_sha256": str(source.get("sha256", "")),
                     "recipe": {k: v for k, v in asdict(self.recipe).items() if v is not None},
                 },
+                "threads": thread_settings(),
                 "note": "imputed genes are on the count scale of the spatial data (NB mean times each cell's size "
                 "factor over the panel); X holds only measured values",
             }
