@@ -173,13 +173,28 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from . import configs
     from .train import pretrain
+    from .train.pretrain import recorded_settings
 
-    model, train = configs.load(args.config)
     overrides = {"steps": args.steps, "seed": args.seed, "precision": args.precision}
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    pretrain(
-        args.corpus, args.out, model=model, train=replace(train, **overrides), resume=args.resume, device=args.device
-    )
+    if args.resume:  # the run's recorded settings: none need repeating, and none may change
+        model, train = recorded_settings(args.out)
+        if args.config is not None:
+            model = configs.load(args.config)[0]  # refused by the trainer unless it is the run's model
+        changed = [
+            f"--{k} {v} (the run's: {getattr(train, k)})" for k, v in overrides.items() if getattr(train, k) != v
+        ]
+        if changed:
+            raise ConfigError(
+                f"cannot resume {args.out} with {', '.join(changed)}: a resumed run keeps the settings it started "
+                "with; drop the option"
+            )
+    elif args.config is None:
+        raise ValueError("pretrain needs --config (a named configuration or a JSON file), or --resume")
+    else:
+        model, train = configs.load(args.config)
+        train = replace(train, **overrides)
+    pretrain(args.corpus, args.out, model=model, train=train, resume=args.resume, device=args.device)
     return 0
 
 
@@ -556,9 +571,16 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain", help="pretrain a model on a corpus (one process, or many under torchrun -m opencellplm)"
     )
     p.add_argument("--corpus", required=True, help="corpus directory (see prepare-corpus)")
-    p.add_argument("--config", required=True, help="a named configuration (tiny, small, cellplm-85m) or a JSON file")
+    p.add_argument(
+        "--config",
+        help="a named configuration (tiny, small, cellplm-85m) or a JSON file (required, except with --resume)",
+    )
     p.add_argument("--out", required=True, help="run directory: state.pt, metrics.jsonl, summary.json, model/")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint, with the settings it started with",
+    )
     p.add_argument("--steps", type=int, help="override the configuration's number of steps")
     p.add_argument("--seed", type=int, help="override the configuration's seed")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="override the configuration's precision")
