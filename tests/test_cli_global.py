@@ -125,3 +125,13 @@ def test_the_thread_count_survives_numba_imported_first():
         "total(10)"  # the first parallel call starts numba's pool
     )
     assert settings["torch_threads"] == 1 and settings["numba_threads"] == 1
+
+
+def test_benchmark_seeds_is_now_n_seeds_and_the_old_spelling_warns(monkeypatch, caplog):
+    from opencellplm import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_benchmark", lambda args: seen.append(args.seeds) or 0)
+    assert main(["benchmark", "--out", "b", "--n-seeds", "2"]) == 0 and seen == [2] and not caplog.records
+    assert main(["benchmark", "--out", "b", "--seeds", "3"]) == 0 and seen == [2, 3]
+    assert "--seeds is deprecated: use --n-seeds (a count; perturb score's --seeds lists the seeds" in caplog.text

@@ -754,7 +754,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write; a folder of an earlier run continues it")
     p.add_argument("--tasks", nargs="+", help="tasks to run (default: all)")
     p.add_argument("--datasets", nargs="+", help="data sets to run (default: every one that suits each task)")
-    p.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default: 1 with --quick, else 3)")
+    p.add_argument(
+        "--n-seeds",
+        dest="seeds",
+        type=int,
+        metavar="N",
+        help="number of seeds, 0..N-1 (default: 1 with --quick, else 3)",
+    )
+    renamed = "a count; perturb score's --seeds lists the seeds themselves"
+    p.add_argument(
+        "--seeds", dest="seeds", type=int, action=_Renamed, new="--n-seeds", why=renamed, help=argparse.SUPPRESS
+    )
     p.add_argument("--checkpoint", default="cellplm-small", help="shipped model name or checkpoint directory")
     p.add_argument("--quick", action="store_true", help="CI-sized run: one seed, small subsets, few steps")
     p.add_argument("--readme", help="also write the results tables into this README, between its markers")
@@ -774,6 +784,19 @@ def build_parser() -> argparse.ArgumentParser:
     for command in _leaf_parsers(parser):  # the global options also work after the subcommand
         _add_global_options(command, default=argparse.SUPPRESS)
     return parser
+
+
+class _Renamed(argparse.Action):
+    """An option's old spelling: still works, with a warning that names the new one."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, new: str, why: str, **kwargs):
+        self.new, self.why = new, why
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        notes = getattr(namespace, "deprecations", [])
+        namespace.deprecations = [*notes, f"{option_string} is deprecated: use {self.new} ({self.why})"]
 
 
 def _add_global_options(parser: argparse.ArgumentParser, *, default: object) -> None:
@@ -821,6 +844,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 for unusable input)."""
     args = build_parser().parse_args(argv)
     _setup_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
+    for note in getattr(args, "deprecations", []):
+        logger.warning("%s", note)
     threads = set_threads(args.threads)  # before any work; held through scanpy's numba code
     logger.debug("CPU threads: %d (%s)", threads, "--threads" if args.threads else "default")
     try:
