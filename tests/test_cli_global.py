@@ -135,3 +135,33 @@ def test_benchmark_seeds_is_now_n_seeds_and_the_old_spelling_warns(monkeypatch, 
     assert main(["benchmark", "--out", "b", "--n-seeds", "2"]) == 0 and seen == [2] and not caplog.records
     assert main(["benchmark", "--out", "b", "--seeds", "3"]) == 0 and seen == [2, 3]
     assert "--seeds is deprecated: use --n-seeds (a count; perturb score's --seeds lists the seeds" in caplog.text
+
+
+def test_library_argument_names_become_flags():
+    from opencellplm.cli import in_flag_words
+
+    flags = {"--overwrite", "--layer", "--precision", "--extend-vocabulary", "--gene-key"}
+    assert in_flag_words("x exists; pass overwrite=True (--overwrite) to replace it", flags) == (
+        "x exists; pass --overwrite to replace it"
+    )
+    assert in_flag_words("pass layer= naming them, or gene_key=... naming a column", flags) == (
+        "pass --layer naming them, or --gene-key naming a column"
+    )
+    assert in_flag_words("drop precision='bf16'; pass extend_vocabulary=True", flags) == (
+        "drop --precision bf16; pass --extend-vocabulary"
+    )
+    # not this command's flags: left in the library's words
+    assert in_flag_words("it needs official_compat=True, k=15", flags) == "it needs official_compat=True, k=15"
+
+
+def test_messages_shown_by_the_command_line_name_flags(checkpoint, tmp_path, tiny_adata, caplog, capsys):
+    tiny_adata.write_h5ad(tmp_path / "in.h5ad")
+    (tmp_path / "out.h5ad").write_text("the user's file")
+    embed = ["embed", str(tmp_path / "in.h5ad"), "--checkpoint", checkpoint, "--out", str(tmp_path / "out.h5ad")]
+    assert main(embed) == 2
+    assert "--overwrite" in caplog.text and "overwrite=True" not in caplog.text
+    tiny_adata.X = tiny_adata.X + 0.5  # not counts
+    tiny_adata.write_h5ad(tmp_path / "float.h5ad")
+    assert main(["validate", str(tmp_path / "float.h5ad"), "--require-counts"]) == 1
+    report = capsys.readouterr().out
+    assert "not raw counts; pass --layer naming a layer of raw counts" in report and "layer=" not in report

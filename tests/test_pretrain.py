@@ -441,6 +441,8 @@ def test_resume_takes_the_recorded_settings_and_refuses_a_different_one(corpus, 
     assert main([*command, "--resume"]) == 0  # the configuration is recorded too
     assert json.loads((run / "summary.json").read_text())["steps"] == 3
     caplog.clear()
+    assert main([*command, "--config", str(config)]) == 2  # in the command line's words, not resume=True
+    assert f"{run} holds an earlier run; pass --resume or another --out" in caplog.text
     assert main([*command, "--resume", "--steps", "5", "--seed", "0"]) == 2  # seed 0 is the run's: not listed
     assert f"cannot resume {run} with --steps 5 (the run's: 3): a resumed run keeps the settings" in caplog.text
     assert main([*command, "--out", str(tmp_path / "new"), "--resume"]) == 2

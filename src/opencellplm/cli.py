@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from . import __version__
@@ -117,7 +118,7 @@ def _validate(args: argparse.Namespace) -> int:
             allow_low_overlap=args.allow_low_overlap,
             **vocabulary,
         )
-    sys.stdout.write(f"{source}\n{report.to_text()}\n")
+    sys.stdout.write(f"{source}\n{in_flag_words(report.to_text(), args.cli_flags)}\n")
     return 0 if report.ok else 1
 
 
@@ -783,6 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_demo)
     for command in _leaf_parsers(parser):  # the global options also work after the subcommand
         _add_global_options(command, default=argparse.SUPPRESS)
+        # the command's flags, in whose words its messages are shown
+        command.set_defaults(cli_flags=frozenset(o for action in command._actions for o in action.option_strings))
     return parser
 
 
@@ -830,12 +833,51 @@ def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentPars
     return [leaf for child in children for leaf in (_leaf_parsers(child) or [child])]
 
 
+#: An API argument named in a library message (``layer=``, ``overwrite=True (--overwrite)``, ``precision='bf16'``).
+_API_ARGUMENT = re.compile(
+    r"(?<![\w-])([a-z][a-z0-9_]*)=(True\b|\.\.\.|'[^']*'|\"[^\"]*\"|[\w.]+)?(?: \((--[a-z0-9-]+)\))?"
+)
+
+
+def in_flag_words(text: str, flags: Collection[str]) -> str:
+    """``text`` with each API argument that is one of ``flags`` written as the flag: ``overwrite=True`` and
+    ``overwrite=True (--overwrite)`` become ``--overwrite``, ``layer=`` ``--layer``, ``precision='bf16'``
+    ``--precision bf16``; other arguments are left as they are. The library speaks to Python callers, the
+    command line to its users."""
+
+    quotes = "'\""
+
+    def flag(match: re.Match) -> str:
+        name, value, named = match.groups()
+        option = "--" + name.replace("_", "-")
+        if option not in flags or value == "False" or (named and named != option):
+            return match.group(0)
+        return option if value in (None, "True", "...") else f"{option} {value.strip(quotes)}"
+
+    return _API_ARGUMENT.sub(flag, text)
+
+
+class _FlagWords(logging.Filter):
+    """Writes the records shown by the command line in the flag words of the command that runs."""
+
+    flags: Collection[str] = ()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.flags:
+            record.msg, record.args = in_flag_words(record.getMessage(), self.flags), ()
+        return True
+
+
+_FLAG_WORDS = _FlagWords()
+
+
 def _setup_logging(level: int) -> None:
     """Show this package's log records on stderr (other loggers keep their configuration)."""
     logger.setLevel(level)
     if not any(getattr(h, "opencellplm_cli", False) for h in logger.handlers):
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handler.addFilter(_FLAG_WORDS)
         handler.opencellplm_cli = True
         logger.addHandler(handler)
 
@@ -848,12 +890,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.warning("%s", note)
     threads = set_threads(args.threads)  # before any work; held through scanpy's numba code
     logger.debug("CPU threads: %d (%s)", threads, "--threads" if args.threads else "default")
+    _FLAG_WORDS.flags = args.cli_flags
     try:
         return args.run(args)
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         logger.error("%s", message, exc_info=args.verbose)  # the traceback with -v
         return 2
+    finally:
+        _FLAG_WORDS.flags = ()
 
 
 if __name__ == "__main__":
