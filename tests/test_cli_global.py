@@ -165,3 +165,31 @@ def test_messages_shown_by_the_command_line_name_flags(checkpoint, tmp_path, tin
     assert main(["validate", str(tmp_path / "float.h5ad"), "--require-counts"]) == 1
     report = capsys.readouterr().out
     assert "not raw counts; pass --layer naming a layer of raw counts" in report and "layer=" not in report
+
+
+def test_step_and_cell_set_defaults_say_whose_they_are_and_match_it(capsys):
+    import re
+
+    from opencellplm.config import MaskingConfig
+    from opencellplm.tasks import AnnotationRecipe, DenoisingRecipe, PerturbationRecipe
+    from opencellplm.tasks.imputation import ImputationRecipe
+
+    def flag_help(command: list[str], flag: str) -> str:
+        text = " ".join(help_text(capsys, *command).split())
+        return text[text.index(f"{flag} {flag[2:].upper().replace('-', '_')} ") :][:400]
+
+    for command, recipe in [
+        (["annotate", "fit"], AnnotationRecipe),
+        (["denoise"], DenoisingRecipe),
+        (["impute"], ImputationRecipe),
+        (["perturb", "fit"], PerturbationRecipe),
+        (["perturb", "score"], PerturbationRecipe),
+    ]:
+        said = re.search(r"\(default (\d+), (\w+)'s: each task's recipe sets its own", flag_help(command, "--steps"))
+        assert said and (int(said[1]), said[2]) == (recipe().steps, recipe.__name__), command
+    for command in (["embed"], ["denoise"], ["prepare-corpus"]):
+        assert f"(default {MaskingConfig().max_cells}: the official pretraining cap)" in flag_help(
+            command, "--max-cells"
+        )
+    said = flag_help(["impute"], "--max-cells")
+    assert f"(default {ImputationRecipe().max_cells}, the recipe's; smaller than embed's 4000:" in said

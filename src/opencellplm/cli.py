@@ -22,6 +22,13 @@ logger = logging.getLogger("opencellplm")
 #: The model ``embed`` uses without ``--checkpoint``: it ships inside the package.
 DEFAULT_MODEL = "cellplm-small"
 ALLOW_LOW_OVERLAP_HELP = "go on when the genes in the vocabulary carry a negligible share of the counts"
+#: Why --steps defaults differ between commands: each is that task's recipe default (checked by a test).
+STEPS_HELP = (
+    "fine-tuning steps at most (default {steps}, {recipe}'s: each task's recipe sets its own, with its own "
+    "learning rate and early stopping, which may end a run sooner)"
+)
+#: Why --max-cells is 4000 in embed, denoise and prepare-corpus (impute says why its default is smaller).
+MAX_CELLS_HELP = "largest cell set; larger samples are split (default 4000: the official pretraining cap)"
 
 #: Errors that are the input's or the environment's, shown as one message with exit status 2.
 USER_ERRORS = (
@@ -513,9 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gene-key", help="var column with the vocabulary's gene ids (default: var_names)")
     p.add_argument("--sample-key", help="obs column grouping the cells embedded together (default: all cells)")
     p.add_argument("--spatial-key", default="spatial", help="obsm key of 2-D/3-D coordinates (default: spatial)")
-    p.add_argument(
-        "--max-cells", type=int, default=4000, help="largest cell set; larger samples are split (default 4000)"
-    )
+    p.add_argument("--max-cells", type=int, default=4000, help=MAX_CELLS_HELP)
     p.add_argument(
         "--partition",
         default="auto",
@@ -556,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-key", help="obs column of samples (cell sets never mix samples)")
     p.add_argument("--batch-key", help="obs column of batches (default: the sample, else the file)")
     p.add_argument("--spatial-key", default="spatial", help="obsm key of coordinates (default: spatial, optional)")
-    p.add_argument("--max-cells", type=int, default=4000, help="largest cell set (default 4000)")
+    p.add_argument("--max-cells", type=int, default=4000, help=MAX_CELLS_HELP)
     p.add_argument("--shard-cells", type=int, default=100_000, help="cells per shard (default 100000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random partition (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it is not empty")
@@ -602,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scratch", action="store_true", help="same architecture, weights trained from scratch")
     p.add_argument("--mode", default="inductive", choices=["inductive", "transductive"], help="(default inductive)")
     p.add_argument("--test-key", help="boolean obs column marking test cells, left out of the fit")
-    p.add_argument("--steps", type=int, help="optimizer steps at most (default 300: AnnotationRecipe's)")
+    p.add_argument("--steps", type=int, help=STEPS_HELP.format(steps=300, recipe="AnnotationRecipe"))
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.add_argument("--layer", help="layer with raw counts (default: X); saved with the annotator")
     p.add_argument("--gene-key", help="var column with gene ids (default: var_names); saved with the annotator")
@@ -648,11 +653,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"checkpoint directory (see convert-official) or shipped model name (default: {DEFAULT_MODEL})",
     )
     p.add_argument("--fine-tune", action="store_true", help="fine-tune on the input first (with --score: add the row)")
-    p.add_argument("--steps", type=int, help="fine-tuning steps at most (default: DenoisingRecipe's, 500)")
+    p.add_argument("--steps", type=int, help=STEPS_HELP.format(steps=500, recipe="DenoisingRecipe"))
     p.add_argument("--layer", help="layer with raw counts (default: X)")
     p.add_argument("--gene-key", help="var column with the vocabulary's gene ids (default: var_names)")
     p.add_argument("--sample-key", help="obs column grouping the cells denoised together (default: all cells)")
-    p.add_argument("--max-cells", type=int, default=4000, help="largest cell set (default 4000)")
+    p.add_argument("--max-cells", type=int, default=4000, help=MAX_CELLS_HELP)
     p.add_argument("--layer-added", default="cellplm_denoised", help="layer to write (default: cellplm_denoised)")
     p.add_argument("--score", action="store_true", help="score CellPLM and the baselines instead; prints a table")
     p.add_argument("--protocol", default="hidden", choices=["hidden", "mcv"], help="--score protocol (default hidden)")
@@ -688,9 +693,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         help=f"checkpoint directory (see convert-official) or shipped model name (default: {DEFAULT_MODEL})",
     )
-    p.add_argument("--steps", type=int, help="fine-tuning steps at most (default: ImputationRecipe's, 300)")
+    p.add_argument("--steps", type=int, help=STEPS_HELP.format(steps=300, recipe="ImputationRecipe"))
     p.add_argument("--no-positional", action="store_true", help="do not encode the coordinates (the official setting)")
-    p.add_argument("--max-cells", type=int, default=1000, help="largest cell set (spatial tiles) (default 1000)")
+    p.add_argument(
+        "--max-cells",
+        type=int,
+        default=1000,
+        help="largest cell set: spatial tiles, random groups of reference cells (default 1000, the recipe's; smaller "
+        "than embed's 4000: fine-tuning holds out whole sets to keep its best state, and each set's loss covers "
+        "every reference gene of every cell)",
+    )
     p.add_argument("--layer", help="layer of the spatial file with counts (default: X)")
     p.add_argument("--sample-key", help="obs column of the spatial samples / fields of view")
     p.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates (default: spatial)")
@@ -730,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--default-direction", default="down", choices=["down", "up"], help="direction of an unsuffixed gene"
         )
         p.add_argument("--extend-vocabulary", action="store_true", help="add perturbed genes outside the vocabulary")
-        p.add_argument("--steps", type=int, help="fine-tuning steps at most (default: PerturbationRecipe's)")
+        p.add_argument("--steps", type=int, help=STEPS_HELP.format(steps=300, recipe="PerturbationRecipe"))
         p.add_argument("--layer", help="layer with raw counts (default: X)")
         p.add_argument("--gene-key", help="var column with the vocabulary's gene ids (default: var_names)")
         p.add_argument("--sample-key", help="obs column grouping control cells into sets (default: all one sample)")
