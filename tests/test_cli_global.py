@@ -77,6 +77,9 @@ def test_threads_reach_torch_given_before_or_after_the_command_and_are_recorded(
     assert main([*embed, "--out", str(tmp_path / "b.h5ad"), "--threads", "1"]) == 0
     assert torch.get_num_threads() == 1
     assert ad.read_h5ad(tmp_path / "b.h5ad").uns["cellplm"]["X_cellplm"]["threads"]["torch_threads"] == 1
+    score = ["denoise", str(tmp_path / "in.h5ad"), "--checkpoint", checkpoint, "--score", "--baselines", "unchanged"]
+    assert main(["--threads", "2", *score, "--json", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["threads"]["torch_threads"] == 2
 
 
 def test_a_bad_thread_count_is_refused(capsys):

@@ -281,6 +281,7 @@ class DenoisingResult:
     spec: dict[str, Any]
     recipe: dict[str, Any]
     version: str
+    threads: dict[str, Any] = field(default_factory=thread_settings)  # the CPU threads in force when scored
 
     def __getitem__(self, method: str) -> MethodScore:
         for entry in self.methods:

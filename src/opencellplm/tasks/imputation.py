@@ -842,6 +842,7 @@ class ImputationResult:
     version: str
     values: str = "counts"
     example: dict[str, Any] | None = field(default=None, repr=False)
+    threads: dict[str, Any] = field(default_factory=thread_settings)  # the CPU threads in force when scored
 
     def per_fold(self) -> pd.DataFrame:
         """One row per fold and method."""
