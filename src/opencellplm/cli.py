@@ -497,7 +497,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opencellplm", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    _add_global_options(parser, default=None)
+    _add_global_options(parser, subcommand=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser(
@@ -795,7 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.set_defaults(run=_demo)
     for command in _leaf_parsers(parser):  # the global options also work after the subcommand
-        _add_global_options(command, default=argparse.SUPPRESS)
+        _add_global_options(command, subcommand=True)
         # the command's flags, in whose words its messages are shown
         command.set_defaults(cli_flags=frozenset(o for action in command._actions for o in action.option_strings))
     return parser
@@ -814,17 +814,18 @@ class _Renamed(argparse.Action):
         namespace.deprecations = [*notes, f"{option_string} is deprecated: use {self.new} ({self.why})"]
 
 
-def _add_global_options(parser: argparse.ArgumentParser, *, default: object) -> None:
-    """-v, -q and --threads; a subcommand's copy sets nothing unless given (``default`` SUPPRESS), so that
+def _add_global_options(parser: argparse.ArgumentParser, *, subcommand: bool) -> None:
+    """-v, -q and --threads; a subcommand's copy sets nothing unless given (its defaults are SUPPRESS), so that
     ``opencellplm --threads 2 embed ...`` and ``opencellplm embed ... --threads 2`` both work."""
-    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="log debug messages")
-    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="log warnings and errors only")
+    unset = {"default": argparse.SUPPRESS} if subcommand else {}
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages", **unset)
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only", **unset)
     parser.add_argument(
         "--threads",
         type=_thread_count,
-        default=default,
         help=f"CPU threads of torch and numba (default: $OMP_NUM_THREADS if set, else one fewer than the cores, "
         f"at least 1: {default_threads()} here; a busy core slows every thread's work to its pace)",
+        **unset,
     )
 
 
