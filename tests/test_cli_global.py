@@ -90,10 +90,10 @@ def test_a_bad_thread_count_is_refused(capsys):
         opencellplm.set_threads(0)
 
 
-def thread_settings_after(script: str) -> dict:
+def thread_settings_after(script: str, **variables: str) -> dict:
     """``opencellplm.thread_settings()`` at the end of ``script``, run in a fresh interpreter (numba's pool
-    starts once per process), without OMP_NUM_THREADS or NUMBA_NUM_THREADS."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    starts once per process), without OMP_NUM_THREADS or NUMBA_NUM_THREADS unless given in ``variables``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")} | variables
     script += "\nimport json, opencellplm\nprint(json.dumps(opencellplm.thread_settings()))\n"
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -114,19 +114,26 @@ def test_the_thread_count_survives_scanpy_neighbors():
     assert settings["torch_threads"] == 1 and settings["numba_threads"] == 1
 
 
+START_NUMBA_POOL = """
+@numba.njit(parallel=True)
+def total(n):
+    s = 0
+    for i in numba.prange(n):
+        s += i
+    return s
+total(10)
+"""  # the first parallel call starts numba's pool
+
+
 @NEEDS_TWO_CPUS
 def test_the_thread_count_survives_numba_imported_first():
-    settings = thread_settings_after(
-        "import numba, opencellplm\n"
-        "opencellplm.set_threads(1)\n"
-        "@numba.njit(parallel=True)\n"
-        "def total(n):\n"
-        "    s = 0\n"
-        "    for i in numba.prange(n):\n"
-        "        s += i\n"
-        "    return s\n"
-        "total(10)"  # the first parallel call starts numba's pool
-    )
+    settings = thread_settings_after("import numba, opencellplm\nopencellplm.set_threads(1)\n" + START_NUMBA_POOL)
+    assert settings["torch_threads"] == 1 and settings["numba_threads"] == 1
+
+
+@NEEDS_TWO_CPUS
+def test_omp_num_threads_holds_through_numba_when_opencellplm_comes_first():
+    settings = thread_settings_after("import opencellplm, numba\n" + START_NUMBA_POOL, OMP_NUM_THREADS="1")
     assert settings["torch_threads"] == 1 and settings["numba_threads"] == 1
 
 

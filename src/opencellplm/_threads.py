@@ -84,3 +84,15 @@ def thread_settings() -> dict[str, Any]:
         "numba_threads": numba_threads,
         "cpus_available": available_cpus(),
     }
+
+
+def _numba_follows_omp_num_threads() -> None:
+    """At import: an OMP_NUM_THREADS the user set holds for numba too, so that scanpy's numba code does not
+    raise torch's count to every CPU; possible only before numba is imported (scanpy imports it: after
+    ``import scanpy``, call :func:`set_threads`)."""
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) >= 1 and "NUMBA_NUM_THREADS" not in os.environ and "numba" not in sys.modules:
+        os.environ["NUMBA_NUM_THREADS"] = omp
+
+
+_numba_follows_omp_num_threads()

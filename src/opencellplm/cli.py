@@ -823,6 +823,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, subcommand: bool) ->
     parser.add_argument(
         "--threads",
         type=_thread_count,
+        metavar="N",
         help=f"CPU threads of torch and numba (default: $OMP_NUM_THREADS if set, else one fewer than the cores, "
         f"at least 1: {default_threads()} here; a busy core slows every thread's work to its pace)",
         **unset,
