@@ -57,9 +57,8 @@ def set_threads(n: int | None = None) -> int:
         n = default_threads()
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"threads={n!r}: give a whole number of at least 1")
-    if "numba" in sys.modules:
-        import numba
-
+    numba = sys.modules.get("numba")  # numba comes with scanpy; only an imported one needs telling
+    if numba is not None:
         # starts numba's pool now (if not yet started), so that its reset of the OpenMP count comes before ours
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     else:
@@ -71,12 +70,11 @@ def set_threads(n: int | None = None) -> int:
 def thread_settings() -> dict[str, Any]:
     """The thread counts in force, as recorded with every result (reading them changes nothing)."""
     numba_threads = os.cpu_count() or 1  # numba's own default, until numba is imported or NUMBA_NUM_THREADS set
-    if "numba" in sys.modules:
-        import numba
-        from numba.np.ufunc import parallel
-
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        started = sys.modules["numba.np.ufunc.parallel"]._is_initialized
         # get_num_threads() would start the pool (and reset torch's count): read the configured size until then
-        numba_threads = numba.get_num_threads() if parallel._is_initialized else numba.config.NUMBA_NUM_THREADS
+        numba_threads = numba.get_num_threads() if started else numba.config.NUMBA_NUM_THREADS
     elif os.environ.get("NUMBA_NUM_THREADS", "").isdigit():
         numba_threads = int(os.environ["NUMBA_NUM_THREADS"])
     return {
