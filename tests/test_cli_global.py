@@ -203,3 +203,11 @@ def test_step_and_cell_set_defaults_say_whose_they_are_and_match_it(capsys):
         )
     said = flag_help(["impute"], "--max-cells")
     assert f"(default {ImputationRecipe().max_cells}, the recipe's; smaller than embed's 4000:" in said
+
+
+def test_benchmark_results_record_the_thread_counts(keep_threads):
+    from opencellplm.benchmark.run import environment
+
+    opencellplm.set_threads(1)
+    recorded = environment()
+    assert recorded["torch_threads"] == 1 and recorded["numba_threads"] >= 1 and recorded["cpus_available"] >= 1
