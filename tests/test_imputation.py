@@ -179,7 +179,7 @@ def test_cli_impute_writes_a_new_file_and_never_replaces_one(spatial, reference,
     assert result.layers["cellplm_imputed"].shape == (300, 43)
     caplog.set_level(logging.ERROR)
     assert main([*args, "--out", str(out)]) == 2
-    assert "exists; pass overwrite=True (--overwrite)" in caplog.text
+    assert "exists; pass --overwrite" in caplog.text
     assert main([*args, "--out", str(tmp_path / "spatial.h5ad"), "--overwrite"]) == 2
     assert "is an input of this command" in caplog.text
     assert ad.read_h5ad(tmp_path / "spatial.h5ad").shape == (300, 40)

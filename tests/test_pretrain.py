@@ -428,3 +428,24 @@ def test_a_gene_embedding_table_from_the_corpus_pca_starts_the_run_and_is_part_o
         pretrain(corpus, tmp_path / "run", model=model, train=still, gene_embedding=table * 2, resume=True)
     with pytest.raises(ValueError, match=r"gene_embedding has shape \(40, 8\), the model needs \(40, 16\)"):
         pretrain(corpus, tmp_path / "run2", model=model, train=train, gene_embedding=table[:, :8])
+
+
+def test_resume_takes_the_recorded_settings_and_refuses_a_different_one(corpus, tmp_path, caplog):
+    from opencellplm.cli import main
+
+    config, run = _config_file(tmp_path / "cfg.json", steps=6), tmp_path / "run"
+    command = ["-q", "pretrain", "--corpus", str(corpus), "--out", str(run)]
+    assert main([*command, "--config", str(config), "--steps", "3"]) == 0
+    # as the README writes it: the run's --steps 3 is not repeated (it used to be refused: 6 != 3)
+    assert main([*command, "--config", str(config), "--resume"]) == 0
+    assert main([*command, "--resume"]) == 0  # the configuration is recorded too
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
+    caplog.clear()
+    assert main([*command, "--config", str(config)]) == 2  # in the command line's words, not resume=True
+    assert f"{run} holds an earlier run; pass --resume or another --out" in caplog.text
+    assert main([*command, "--resume", "--steps", "5", "--seed", "0"]) == 2  # seed 0 is the run's: not listed
+    assert f"cannot resume {run} with --steps 5 (the run's: 3): a resumed run keeps the settings" in caplog.text
+    assert main([*command, "--out", str(tmp_path / "new"), "--resume"]) == 2
+    assert "holds no run to resume: config.json not found" in caplog.text and not (tmp_path / "new").exists()
+    assert main(command[:-2] + ["--out", str(tmp_path / "new")]) == 2
+    assert "pretrain needs --config (a named configuration or a JSON file), or --resume" in caplog.text

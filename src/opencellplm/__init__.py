@@ -7,6 +7,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
+from ._threads import set_threads, thread_settings
 from .config import (
     AnnotationHeadConfig,
     ConfigError,
@@ -36,4 +37,6 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "__version__",
+    "set_threads",
+    "thread_settings",
 ]

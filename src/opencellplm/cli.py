@@ -6,12 +6,15 @@ import argparse
 import contextlib
 import json
 import logging
+import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
+from . import __version__
 from ._files import CannotWriteError, check_output_file
+from ._threads import default_threads, set_threads
 from .config import ConfigError
 from .io import CheckpointError
 
@@ -20,6 +23,13 @@ logger = logging.getLogger("opencellplm")
 #: The model ``embed`` uses without ``--checkpoint``: it ships inside the package.
 DEFAULT_MODEL = "cellplm-small"
 ALLOW_LOW_OVERLAP_HELP = "go on when the genes in the vocabulary carry a negligible share of the counts"
+#: Why --steps defaults differ between commands: each is that task's recipe default (checked by a test).
+STEPS_HELP = (
+    "fine-tuning steps at most (default {steps}, {recipe}'s: each task's recipe sets its own, with its own "
+    "learning rate and early stopping, which may end a run sooner)"
+)
+#: Why --max-cells is 4000 in embed, denoise and prepare-corpus (impute says why its default is smaller).
+MAX_CELLS_HELP = "largest cell set; larger samples are split (default 4000: the official pretraining cap)"
 
 #: Errors that are the input's or the environment's, shown as one message with exit status 2.
 USER_ERRORS = (
@@ -137,7 +147,7 @@ def _validate(args: argparse.Namespace) -> int:
             allow_low_overlap=args.allow_low_overlap,
             **vocabulary,
         )
-    sys.stdout.write(f"{source}\n{report.to_text()}\n")
+    sys.stdout.write(f"{source}\n{in_flag_words(report.to_text(), args.cli_flags)}\n")
     return 0 if report.ok else 1
 
 
@@ -193,13 +203,28 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from . import configs
     from .train import pretrain
+    from .train.pretrain import recorded_settings
 
-    model, train = configs.load(args.config)
     overrides = {"steps": args.steps, "seed": args.seed, "precision": args.precision}
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    pretrain(
-        args.corpus, args.out, model=model, train=replace(train, **overrides), resume=args.resume, device=args.device
-    )
+    if args.resume:  # the run's recorded settings: none need repeating, and none may change
+        model, train = recorded_settings(args.out)
+        if args.config is not None:
+            model = configs.load(args.config)[0]  # refused by the trainer unless it is the run's model
+        changed = [
+            f"--{k} {v} (the run's: {getattr(train, k)})" for k, v in overrides.items() if getattr(train, k) != v
+        ]
+        if changed:
+            raise ConfigError(
+                f"cannot resume {args.out} with {', '.join(changed)}: a resumed run keeps the settings it started "
+                "with; drop the option"
+            )
+    elif args.config is None:
+        raise ValueError("pretrain needs --config (a named configuration or a JSON file), or --resume")
+    else:
+        model, train = configs.load(args.config)
+        train = replace(train, **overrides)
+    pretrain(args.corpus, args.out, model=model, train=train, resume=args.resume, device=args.device)
     return 0
 
 
@@ -547,8 +572,8 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opencellplm", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_global_options(parser, subcommand=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser(
@@ -571,9 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gene-key", help="var column with the vocabulary's gene ids (default: var_names)")
     p.add_argument("--sample-key", help="obs column grouping the cells embedded together (default: all cells)")
     p.add_argument("--spatial-key", default="spatial", help="obsm key of 2-D/3-D coordinates (default: spatial)")
-    p.add_argument(
-        "--max-cells", type=int, default=4000, help="largest cell set; larger samples are split (default 4000)"
-    )
+    p.add_argument("--max-cells", type=int, default=4000, help=MAX_CELLS_HELP)
     p.add_argument(
         "--partition",
         default="auto",
@@ -614,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-key", help="obs column of samples (cell sets never mix samples)")
     p.add_argument("--batch-key", help="obs column of batches (default: the sample, else the file)")
     p.add_argument("--spatial-key", default="spatial", help="obsm key of coordinates (default: spatial, optional)")
-    p.add_argument("--max-cells", type=int, default=4000, help="largest cell set (default 4000)")
+    p.add_argument("--max-cells", type=int, default=4000, help=MAX_CELLS_HELP)
     p.add_argument("--shard-cells", type=int, default=100_000, help="cells per shard (default 100000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random partition (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it is not empty")
@@ -630,41 +653,71 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain", help="pretrain a model on a corpus (one process, or many under torchrun -m opencellplm)"
     )
     p.add_argument("--corpus", required=True, help="corpus directory (see prepare-corpus)")
-    p.add_argument("--config", required=True, help="a named configuration (tiny, small, cellplm-85m) or a JSON file")
+    p.add_argument(
+        "--config",
+        help="a named configuration (tiny, small, cellplm-85m) or a JSON file (required, except with --resume)",
+    )
     p.add_argument("--out", required=True, help="run directory: state.pt, metrics.jsonl, summary.json, model/")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint, with the settings it started with",
+    )
     p.add_argument("--steps", type=int, help="override the configuration's number of steps")
     p.add_argument("--seed", type=int, help="override the configuration's seed")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="override the configuration's precision")
     p.add_argument("--device", help="torch device (default: this process's GPU if any, else cpu)")
     p.set_defaults(run=_pretrain)
 
-    p = commands.add_parser("annotate", help="cell type annotation: fit an annotator, predict labels, score")
-    p.add_argument("action", choices=["fit", "predict", "score"])
-    p.add_argument("input", help="h5ad file with raw counts")
-    p.add_argument("--labels-key", help="obs column of cell type labels (fit, score)")
-    p.add_argument("--out", help="fit: annotator folder to write; predict: h5ad file to write")
-    p.add_argument("--annotator", help="annotator folder written by annotate fit (predict, score)")
-    p.add_argument("--checkpoint", help=f"model to fine-tune (fit; default {DEFAULT_MODEL})")
-    p.add_argument("--scratch", action="store_true", help="fit: same architecture, weights trained from scratch")
-    p.add_argument("--mode", default="inductive", choices=["inductive", "transductive"], help="fit (default inductive)")
-    p.add_argument("--test-key", help="boolean obs column marking test cells (left out of fit; scored by score)")
-    p.add_argument("--reference", help="score: labelled h5ad the baselines learn from (default: no baselines)")
+    annotate = commands.add_parser(
+        "annotate",
+        help="cell type annotation: fit an annotator, predict labels, score",
+        description="Cell type annotation; `opencellplm annotate ACTION -h` lists an action's options.",
+    )
+    actions = annotate.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser("fit", help="fine-tune an annotator on labelled cells and save it to a folder")
+    p.add_argument("input", help="h5ad file with raw counts and cell type labels")
+    p.add_argument("--labels-key", help="obs column of cell type labels (required)")
+    p.add_argument("--out", help="annotator folder to write (required)")
+    p.add_argument("--checkpoint", help=f"model to fine-tune (default {DEFAULT_MODEL})")
+    p.add_argument("--scratch", action="store_true", help="same architecture, weights trained from scratch")
+    p.add_argument("--mode", default="inductive", choices=["inductive", "transductive"], help="(default inductive)")
+    p.add_argument("--test-key", help="boolean obs column marking test cells, left out of the fit")
+    p.add_argument("--steps", type=int, help=STEPS_HELP.format(steps=300, recipe="AnnotationRecipe"))
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--layer", help="layer with raw counts (default: X); saved with the annotator")
+    p.add_argument("--gene-key", help="var column with gene ids (default: var_names); saved with the annotator")
+    p.add_argument("--sample-key", help="obs column grouping cells into sets; saved with the annotator")
+    p.add_argument("--overwrite", action="store_true", help="replace --out (only an annotator folder)")
+    p.set_defaults(run=_annotate)
+    # predict and score read the input with the layer, gene key and sample key saved by fit
+    saved_spec = {"layer": None, "gene_key": None, "sample_key": None}
+    p = actions.add_parser("predict", help="label cells with a saved annotator; writes a new h5ad")
+    p.add_argument("input", help="h5ad file with raw counts (read as the annotator's fit read its input)")
+    p.add_argument("--annotator", help="annotator folder written by annotate fit (required)")
+    p.add_argument("--out", help="h5ad file to write (required)")
+    p.add_argument("--key-added", default="cellplm_label", help="obs key to write (default cellplm_label)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=_annotate, **saved_spec)
+    p = actions.add_parser("score", help="score a saved annotator on labelled cells, beside baselines")
+    p.add_argument("input", help="h5ad file with raw counts and cell type labels")
+    p.add_argument("--annotator", help="annotator folder written by annotate fit (required)")
+    p.add_argument("--labels-key", help="obs column of cell type labels (required)")
+    p.add_argument(
+        "--test-key",
+        help="boolean obs column marking the test cells to score (default: all cells); "
+        "the other cells train the baselines unless --reference is given",
+    )
+    p.add_argument("--reference", help="labelled h5ad the baselines learn from (default: no baselines)")
     p.add_argument(
         "--baselines",
         nargs="*",
         default=["celltypist_style", "l1_logistic_cv", "knn_on_pca"],
-        help="score: baselines to run beside CellPLM",
+        help="baselines to run beside CellPLM",
     )
-    p.add_argument("--steps", type=int, help="fit: optimizer steps at most (default 300)")
-    p.add_argument("--seed", type=int, help="fit: seed (default 0)")
-    p.add_argument("--layer", help="layer with raw counts (default: X)")
-    p.add_argument("--gene-key", help="var column with gene ids (default: var_names)")
-    p.add_argument("--sample-key", help="obs column grouping cells into sets")
-    p.add_argument("--key-added", default="cellplm_label", help="predict: obs key to write (default cellplm_label)")
-    p.add_argument("--json", help="score: also write the scores as JSON here")
-    p.add_argument("--overwrite", action="store_true", help="replace --out (or --json) if it exists")
-    p.set_defaults(run=_annotate)
+    p.add_argument("--json", help="also write the scores as JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace --json if it exists")
+    p.set_defaults(run=_annotate, **saved_spec)
 
     p = commands.add_parser(
         "denoise", help="write CellPLM-denoised counts of an h5ad to a layer, or score denoising (--score)"
@@ -683,9 +736,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--steps",
         type=int,
-        help="with --fine-tune: optimizer steps at most (default 100, fewer than the other tasks' 300: each step "
-        "reads a whole cell set of up to --max-cells cells; on 700 PBMC cells the validation error levels off by "
-        "step 100, at about 0.6 s a step on one CPU thread)",
+        help="with --fine-tune: "
+        + STEPS_HELP.format(steps=100, recipe="DenoisingRecipe")
+        + "; fewer than the other tasks' 300, as each step reads a whole cell set of up to --max-cells cells: on "
+        "700 PBMC cells the validation error levels off by step 100, at about 0.6 s a step on one CPU thread",
     )
     p.add_argument(
         "--work",
@@ -701,7 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", help="layer with raw counts (default: X)")
     p.add_argument("--gene-key", help="var column with the vocabulary's gene ids (default: var_names)")
     p.add_argument("--sample-key", help="obs column grouping the cells denoised together (default: all cells)")
-    p.add_argument("--max-cells", type=int, default=4000, help="largest cell set (default 4000)")
+    p.add_argument("--max-cells", type=int, default=4000, help=MAX_CELLS_HELP)
     p.add_argument("--layer-added", default="cellplm_denoised", help="layer to write (default: cellplm_denoised)")
     p.add_argument("--score", action="store_true", help="score CellPLM and the baselines instead; prints a table")
     p.add_argument("--protocol", default="hidden", choices=["hidden", "mcv"], help="--score protocol (default hidden)")
@@ -737,9 +791,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         help=f"checkpoint directory (see convert-official) or shipped model name (default: {DEFAULT_MODEL})",
     )
-    p.add_argument("--steps", type=int, help="fine-tuning steps at most (default: ImputationRecipe's, 300)")
+    p.add_argument("--steps", type=int, help=STEPS_HELP.format(steps=300, recipe="ImputationRecipe"))
     p.add_argument("--no-positional", action="store_true", help="do not encode the coordinates (the official setting)")
-    p.add_argument("--max-cells", type=int, default=1000, help="largest cell set (spatial tiles) (default 1000)")
+    p.add_argument(
+        "--max-cells",
+        type=int,
+        default=1000,
+        help="largest cell set: spatial tiles, random groups of reference cells (default 1000, the recipe's; smaller "
+        "than embed's 4000: fine-tuning holds out whole sets to keep its best state, and each set's loss covers "
+        "every reference gene of every cell)",
+    )
     p.add_argument("--layer", help="layer of the spatial file with counts (default: X)")
     p.add_argument(
         "--gene-key", help="var column of the spatial file with the vocabulary's gene ids (default: var_names)"
@@ -764,35 +825,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_impute)
 
-    p = commands.add_parser(
+    perturb = commands.add_parser(
         "perturb",
         help="perturbation prediction: fit a predictor on Perturb-seq counts, predict labels, score vs baselines",
+        description="Perturbation prediction; `opencellplm perturb ACTION -h` lists an action's options.",
     )
-    p.add_argument("action", choices=["fit", "predict", "score"])
-    p.add_argument("input", help="fit, score: h5ad with raw counts and perturbation labels; predict: predictor folder")
-    p.add_argument("--out", required=True, help="fit: predictor folder; predict: CSV of profiles; score: JSON result")
-    p.add_argument("--labels", nargs="+", help='predict: perturbation labels, e.g. "A+B" "C:up"')
-    p.add_argument("--labels-file", help="predict: file with one perturbation label per line")
-    p.add_argument(
-        "--checkpoint", help=f"model to fine-tune (fit, score; shipped name or folder; default {DEFAULT_MODEL})"
-    )
-    p.add_argument("--scratch", action="store_true", help="fit, score: same architecture with untrained weights")
-    p.add_argument("--from-scratch", action="store_true", help="score: add the row of CellPLM trained from scratch")
-    p.add_argument("--perturbation-key", default="perturbation", help="obs column of labels (default perturbation)")
-    p.add_argument("--control", default="ctrl", help="label of control cells (default ctrl)")
-    p.add_argument(
-        "--default-direction", default="down", choices=["down", "up"], help="direction of an unsuffixed gene"
-    )
-    p.add_argument("--extend-vocabulary", action="store_true", help="add perturbed genes outside the vocabulary")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="score: one split per seed (default 0 1 2)")
-    p.add_argument("--steps", type=int, help="fine-tuning steps at most (default: PerturbationRecipe's)")
-    p.add_argument("--layer", help="layer with raw counts (default: X)")
-    p.add_argument("--gene-key", help="var column with the vocabulary's gene ids (default: var_names)")
-    p.add_argument("--sample-key", help="obs column grouping control cells into sets (default: all one sample)")
+    actions = perturb.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fit = actions.add_parser("fit", help="fine-tune a perturbation predictor on Perturb-seq counts and save it")
+    fit.add_argument("input", help="h5ad file with raw counts and perturbation labels")
+    fit.add_argument("--out", required=True, help="predictor folder to write")
+    score = actions.add_parser("score", help="score CellPLM beside the baselines on held-out perturbations")
+    score.add_argument("input", help="h5ad file with raw counts and perturbation labels")
+    score.add_argument("--out", required=True, help="JSON file of the result to write")
+    score.add_argument("--from-scratch", action="store_true", help="add the row of CellPLM trained from scratch")
+    score.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one split per seed (default 0 1 2)")
+    for p in (fit, score):
+        p.add_argument("--checkpoint", help=f"model to fine-tune (shipped name or folder; default {DEFAULT_MODEL})")
+        p.add_argument("--scratch", action="store_true", help="same architecture with untrained weights")
+        p.add_argument("--perturbation-key", default="perturbation", help="obs column of labels (default perturbation)")
+        p.add_argument("--control", default="ctrl", help="label of control cells (default ctrl)")
+        p.add_argument(
+            "--default-direction", default="down", choices=["down", "up"], help="direction of an unsuffixed gene"
+        )
+        p.add_argument("--extend-vocabulary", action="store_true", help="add perturbed genes outside the vocabulary")
+        p.add_argument("--steps", type=int, help=STEPS_HELP.format(steps=300, recipe="PerturbationRecipe"))
+        p.add_argument("--layer", help="layer with raw counts (default: X)")
+        p.add_argument("--gene-key", help="var column with the vocabulary's gene ids (default: var_names)")
+        p.add_argument("--sample-key", help="obs column grouping control cells into sets (default: all one sample)")
+        p.add_argument("--device", help="torch device (default cpu)")
+        p.set_defaults(run=_perturb)
+    fit.add_argument("--overwrite", action="store_true", help="replace --out (only a predictor folder)")
+    score.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p = actions.add_parser("predict", help="predict the mean profiles of perturbations with a saved predictor")
+    p.add_argument("input", help="predictor folder written by perturb fit")
+    p.add_argument("--out", required=True, help="CSV file of the predicted profiles to write")
+    p.add_argument("--labels", nargs="+", help='perturbation labels, e.g. "A+B" "C:up"')
+    p.add_argument("--labels-file", help="file with one perturbation label per line")
     p.add_argument("--device", help="torch device (default cpu)")
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace --out (fit: only a predictor folder this package wrote)"
-    )
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_perturb)
 
     p = commands.add_parser(
@@ -803,7 +873,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write; a folder of an earlier run continues it")
     p.add_argument("--tasks", nargs="+", help="tasks to run (default: all)")
     p.add_argument("--datasets", nargs="+", help="data sets to run (default: every one that suits each task)")
-    p.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default: 1 with --quick, else 3)")
+    p.add_argument(
+        "--n-seeds",
+        dest="seeds",
+        type=int,
+        metavar="N",
+        help="number of seeds, 0..N-1 (default: 1 with --quick, else 3)",
+    )
+    renamed = "a count; perturb score's --seeds lists the seeds themselves"
+    p.add_argument(
+        "--seeds", dest="seeds", type=int, action=_Renamed, new="--n-seeds", why=renamed, help=argparse.SUPPRESS
+    )
     p.add_argument("--checkpoint", default="cellplm-small", help="shipped model name or checkpoint directory")
     p.add_argument("--quick", action="store_true", help="CI-sized run: one seed, small subsets, few steps")
     p.add_argument("--readme", help="also write the results tables into this README, between its markers")
@@ -820,7 +900,95 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out if an earlier demo wrote it")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.set_defaults(run=_demo)
+    for command in _leaf_parsers(parser):  # the global options also work after the subcommand
+        _add_global_options(command, subcommand=True)
+        # the command's flags, in whose words its messages are shown
+        command.set_defaults(cli_flags=frozenset(o for action in command._actions for o in action.option_strings))
     return parser
+
+
+class _Renamed(argparse.Action):
+    """An option's old spelling: still works, with a warning that names the new one."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, new: str, why: str, **kwargs):
+        self.new, self.why = new, why
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        notes = getattr(namespace, "deprecations", [])
+        namespace.deprecations = [*notes, f"{option_string} is deprecated: use {self.new} ({self.why})"]
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, subcommand: bool) -> None:
+    """-v, -q and --threads; a subcommand's copy sets nothing unless given (its defaults are SUPPRESS), so that
+    ``opencellplm --threads 2 embed ...`` and ``opencellplm embed ... --threads 2`` both work."""
+    unset = {"default": argparse.SUPPRESS} if subcommand else {}
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages", **unset)
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only", **unset)
+    parser.add_argument(
+        "--threads",
+        type=_thread_count,
+        metavar="N",
+        help=f"CPU threads of torch and numba (default: $OMP_NUM_THREADS if set, else one fewer than the cores, "
+        f"at least 1: {default_threads()} here; a busy core slows every thread's work to its pace)",
+        **unset,
+    )
+
+
+def _thread_count(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers that run a command (``annotate fit``, ``embed``, ...), below ``parser``."""
+    children = [
+        child
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for child in dict.fromkeys(action.choices.values())  # a parser once, whatever its aliases
+    ]
+    return [leaf for child in children for leaf in (_leaf_parsers(child) or [child])]
+
+
+#: An API argument named in a library message (``layer=``, ``overwrite=True (--overwrite)``, ``precision='bf16'``).
+_API_ARGUMENT = re.compile(
+    r"(?<![\w-])([a-z][a-z0-9_]*)=(True\b|\.\.\.|'[^']*'|\"[^\"]*\"|[\w.]+)?(?: \((--[a-z0-9-]+)\))?"
+)
+
+
+def in_flag_words(text: str, flags: Collection[str]) -> str:
+    """``text`` with each API argument that is one of ``flags`` written as the flag: ``overwrite=True`` and
+    ``overwrite=True (--overwrite)`` become ``--overwrite``, ``layer=`` ``--layer``, ``precision='bf16'``
+    ``--precision bf16``; other arguments are left as they are. The library speaks to Python callers, the
+    command line to its users."""
+
+    quotes = "'\""
+
+    def flag(match: re.Match) -> str:
+        name, value, named = match.groups()
+        option = "--" + name.replace("_", "-")
+        if option not in flags or value == "False" or (named and named != option):
+            return match.group(0)
+        return option if value in (None, "True", "...") else f"{option} {value.strip(quotes)}"
+
+    return _API_ARGUMENT.sub(flag, text)
+
+
+class _FlagWords(logging.Filter):
+    """Writes the records shown by the command line in the flag words of the command that runs."""
+
+    flags: Collection[str] = ()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.flags:
+            record.msg, record.args = in_flag_words(record.getMessage(), self.flags), ()
+        return True
+
+
+_FLAG_WORDS = _FlagWords()
 
 
 def _setup_logging(level: int) -> None:
@@ -829,6 +997,7 @@ def _setup_logging(level: int) -> None:
     if not any(getattr(h, "opencellplm_cli", False) for h in logger.handlers):
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handler.addFilter(_FLAG_WORDS)
         handler.opencellplm_cli = True
         logger.addHandler(handler)
 
@@ -837,12 +1006,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 for unusable input)."""
     args = build_parser().parse_args(argv)
     _setup_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
+    for note in getattr(args, "deprecations", []):
+        logger.warning("%s", note)
+    threads = set_threads(args.threads)  # before any work; held through scanpy's numba code
+    logger.debug("CPU threads: %d (%s)", threads, "--threads" if args.threads else "default")
+    _FLAG_WORDS.flags = args.cli_flags
     try:
         return args.run(args)
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         logger.error("%s", message, exc_info=args.verbose)  # the traceback with -v
         return 2
+    finally:
+        _FLAG_WORDS.flags = ()
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from ._files import check_output_directory, marker_problems, write_directory
+from ._threads import thread_settings
 from .data.validate import require_anndata
 from .model import CellPLM
 from .module import CellPLMModule
@@ -493,7 +494,7 @@ def _results(run: _Run, timings: dict[str, float]) -> dict[str, Any]:
         "platform": {
             "machine": platform.machine(),
             "system": platform.system(),
-            "torch_threads": torch.get_num_threads(),
+            **thread_settings(),
         },
     }
 

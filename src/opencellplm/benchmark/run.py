@@ -21,6 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .._threads import thread_settings
 from .profiles import Profile, get_profile
 from .tasks import TASKS, RunContext, UnitResult
 
@@ -35,8 +36,6 @@ RESUME_KEYS = ("profile", "checkpoint", "checkpoint_sha256", "profile_settings")
 
 def environment() -> dict[str, Any]:
     """Package versions and the machine, recorded with every result."""
-    import torch
-
     versions = {}
     for package in ("opencellplm", "torch", "numpy", "scipy", "scanpy", "anndata", "scikit-learn", "pandas"):
         try:
@@ -46,7 +45,7 @@ def environment() -> dict[str, Any]:
     return versions | {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "torch_threads": torch.get_num_threads(),
+        **thread_settings(),
     }
 
 

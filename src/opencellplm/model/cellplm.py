@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .._files import sha256_of
 from .._precision import Precision, autocast_dtype
+from .._threads import thread_settings
 from ..data.cellsets import Partition
 from ..data.genes import GENE_ID_RULES, GeneIdRule
 from ..data.output import write_result_copy
@@ -310,6 +311,7 @@ class CellPLM:
             "n_genes_matched": sets.report.alignment.n_matched,
             "n_cell_sets": len(sets),
             "n_cells_left_out": adata.n_obs - sets.n_cells,
+            "threads": thread_settings(),
         }
         return out, record
 

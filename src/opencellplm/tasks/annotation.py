@@ -32,6 +32,7 @@ from anndata import AnnData
 from torch import nn
 
 from .. import baselines as _baselines
+from .._threads import thread_settings
 from ..config import AnnotationHeadConfig, MaskingConfig, ModelConfig, TrainConfig
 from ..data.sets import CellSets, InputSpec
 from ..data.validate import require_anndata
@@ -604,6 +605,7 @@ class CellTypeAnnotator:
                 "checkpoint": self.base.source,
                 "recipe": asdict(self.recipe),
                 "opencellplm_version": __version__,
+                "threads": thread_settings(),
             },
         )
 
@@ -623,6 +625,7 @@ class CellTypeAnnotator:
             "params": {k: v for k, v in self.spec.to_dict().items() if v is not None}
             | {"mode": self.mode, "pretrained": self.pretrained},
             "checkpoint": self.base.source,
+            "threads": thread_settings(),
         }
 
     # ----------------------------------------------------------------------------- save / load

@@ -34,6 +34,7 @@ from torch import nn
 
 from .. import baselines as baseline_functions
 from .._precision import autocast_dtype
+from .._threads import thread_settings
 from ..config import MaskingConfig, ModelConfig, TrainConfig
 from ..data.reader import _is_sparse, counts_matrix, iter_row_blocks, read_rows
 from ..data.sets import CellSets, InputSpec
@@ -308,6 +309,7 @@ class DenoisingResult:
     spec: dict[str, Any]
     recipe: dict[str, Any]
     version: str
+    threads: dict[str, Any] = field(default_factory=thread_settings)  # the CPU threads in force when scored
 
     def __getitem__(self, method: str) -> MethodScore:
         for entry in self.methods:
@@ -630,6 +632,7 @@ class Denoiser:
             "n_genes_unchanged": n_vars - n_matched,
             "genes_unchanged": np.asarray(_unchanged_genes(sets, var_names), dtype=object),
             "n_cells_left_out": sets.adata.n_obs - sets.n_cells,
+            "threads": thread_settings(),
         }
         if n_vars > n_matched:
             record["note"] = (

@@ -42,6 +42,7 @@ from anndata import AnnData
 from torch import nn
 
 from .._memory import PeakMemory
+from .._threads import thread_settings
 from ..config import MaskingConfig, ModelConfig, TrainConfig
 from ..data.genes import normalise_gene_ids
 from ..data.reader import counts_matrix, read_rows
@@ -678,6 +679,7 @@ class SpatialImputer:
                     "checkpoint_sha256": str(source.get("sha256", "")),
                     "recipe": {k: v for k, v in asdict(self.recipe).items() if v is not None},
                 },
+                "threads": thread_settings(),
                 "note": "imputed genes are on the count scale of the spatial data (NB mean times each cell's size "
                 "factor over the panel); X holds only measured values",
             }
@@ -896,6 +898,7 @@ class ImputationResult:
     version: str
     values: str = "counts"
     example: dict[str, Any] | None = field(default=None, repr=False)
+    threads: dict[str, Any] = field(default_factory=thread_settings)  # the CPU threads in force when scored
 
     def per_fold(self) -> pd.DataFrame:
         """One row per fold and method."""

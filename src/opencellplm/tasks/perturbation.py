@@ -90,6 +90,7 @@ from torch import nn
 
 from .._memory import PeakMemory
 from .._sparse import scipy_to_torch_csr
+from .._threads import thread_settings
 from ..config import TrainConfig
 from ..data.genes import normalise_gene_ids
 from ..data.reader import counts_matrix, read_rows
@@ -503,6 +504,7 @@ class PerturbationResult:
     n_genes: int
     control: str
     n_unlabelled_cells: int = 0
+    threads: dict[str, Any] = field(default_factory=thread_settings)  # the CPU threads in force when scored
 
     def to_frame(self) -> pd.DataFrame:
         """Per method and group (and ``"all"``): each metric's mean over seeds and its standard deviation
@@ -542,6 +544,7 @@ class PerturbationResult:
             "n_genes": self.n_genes,
             "control": self.control,
             "n_unlabelled_cells": self.n_unlabelled_cells,
+            "threads": self.threads,
         }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from ..module.losses import LossOutput
 from .plan import DataPlan, SetRef
 from .probe import NeighbourhoodProbe
 from .schedule import set_seed
-from .trainer import EVALUATION_STEP, MODEL_DIR, Autocast, Distributed, Objective, Trainer, unwrap
+from .trainer import CONFIG_FILE, EVALUATION_STEP, MODEL_DIR, Autocast, Distributed, Objective, Trainer, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +230,19 @@ def pretrain(
         return summary
     finally:
         world.stop()
+
+
+def recorded_settings(out: str | Path) -> tuple[dict[str, Any], TrainConfig]:
+    """The model settings and the training settings the run in ``out`` started with (its ``config.json``), so
+    that a resume needs no settings repeated."""
+    path = Path(out) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{out} holds no run to resume: {path.name} not found")
+    try:
+        saved = json.loads(path.read_text())
+        return dict(saved["model"]), TrainConfig.from_dict(saved["train"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: not the settings of a run ({type(err).__name__}: {err})") from None
 
 
 def gene_embedding_from_pca(corpus_dir: str | Path, dim: int, *, max_cells: int = 50_000, seed: int = 0) -> np.ndarray:

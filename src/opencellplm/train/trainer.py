@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._precision import autocast_dtype
+from .._threads import thread_settings
 from ..config import ConfigError, TrainConfig
 from ..module.losses import LossOutput
 from .schedule import lr_factor, set_seed
@@ -375,6 +376,7 @@ class Trainer:
             "processes": world.world_size,
             "device": str(world.device),
             "precision": "bf16" if self.dtype else "fp32",
+            "threads": thread_settings(),
         }
         if out is not None and world.main:
             (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
