@@ -401,7 +401,7 @@ def _annotate(args: argparse.Namespace) -> int:
         return 0
     if args.annotator is None:
         raise ValueError(f"annotate {args.action} needs --annotator, a folder written by annotate fit")
-    inputs = [source, args.annotator, args.reference]
+    inputs = [source, args.annotator, getattr(args, "reference", None)]  # predict has no --reference
     if args.action == "score" and args.reference is not None:
         if not Path(args.reference).is_file():
             raise FileNotFoundError(f"--reference file not found: {args.reference}")
