@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 from dataclasses import replace
 
@@ -101,20 +102,51 @@ def test_results_of_other_settings_are_never_mixed_or_overwritten(fake, tmp_path
     assert (tmp_path / "results.json").read_bytes() == before
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "results.json").write_text('{"something": "else"}')
-    with pytest.raises(ValueError, match="is not a results file of this benchmark"):
+    with pytest.raises(FileExistsError, match="that an earlier benchmark did not write"):
         run_benchmark(tmp_path / "other", progress=False)
     assert (tmp_path / "other" / "results.json").read_text() == '{"something": "else"}'
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "ours" / "results.json").write_text('{"format": "opencellplm-benchmark", "schema_version": 0}')
+    with pytest.raises(ValueError, match="is not a results file of this benchmark"):
+        run_benchmark(tmp_path / "ours", progress=False)
 
 
-def test_unknown_names_list_the_valid_ones(capsys, tmp_path):
+@pytest.mark.parametrize("mine", ["report.md", "figures/bars_clustering.png", "notes.txt"])
+def test_a_folder_an_earlier_run_did_not_write_is_refused_before_any_work(fake, tmp_path, caplog, mine):
+    out = tmp_path / "d"
+    (out / mine).parent.mkdir(parents=True)
+    (out / mine).write_text("mine")
+    with caplog.at_level(logging.ERROR):
+        assert main(["benchmark", "--quick", "--tasks", "fake", "--out", str(out)]) == 2
+    assert f"--out {out} is a folder that an earlier benchmark did not write (no results.json declaring" in caplog.text
+    assert "choose an empty or new folder" in caplog.text
+    assert (out / mine).read_text() == "mine" and sorted(p.name for p in out.iterdir()) == [mine.split("/")[0]]
+    assert fake == []  # nothing ran
+
+
+def test_an_empty_folder_is_used_and_a_finished_run_continues(fake, tmp_path):
+    (tmp_path / "d").mkdir()
+    first = run_benchmark(tmp_path / "d", datasets=["good"], progress=False)
+    assert first["format"] == "opencellplm-benchmark"
+    (tmp_path / "d" / "report.md").write_text("an earlier report")  # the run's own outputs stay replaceable
+    run_benchmark(tmp_path / "d", datasets=["good"], seeds=2, progress=False)
+    assert fake == [("good", 0), ("good", 1)]
+    legacy = json.loads((tmp_path / "d" / "results.json").read_text())
+    del legacy["format"]  # written before results.json declared its format: still continued
+    (tmp_path / "d" / "results.json").write_text(json.dumps(legacy))
+    assert len(run_benchmark(tmp_path / "d", datasets=["good"], seeds=2, progress=False)["records"]) == 6
+
+
+def test_unknown_names_list_the_valid_ones(caplog, tmp_path):
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['clusterin'\]; choose among \['clustering', "):
         resolve_names(["clusterin"], None)
     with pytest.raises(ValueError, match=r"unknown data set\(s\) \['pbmc'\]; choose among \['baron_human_pancreas', "):
         resolve_names(None, ["pbmc"])
     with pytest.raises(ValueError, match=r"no task runs on the data sets \['bdtnp'\]"):
         resolve_names(["clustering"], ["bdtnp"])
-    assert main(["benchmark", "--quick", "--tasks", "nope", "--out", str(tmp_path / "b")]) == 2
-    assert "unknown task(s) ['nope']; choose among" in capsys.readouterr().err
+    with caplog.at_level(logging.ERROR):  # the CLI's stderr handler may be bound to an earlier test's stream
+        assert main(["benchmark", "--quick", "--tasks", "nope", "--out", str(tmp_path / "b")]) == 2
+    assert "unknown task(s) ['nope']; choose among" in caplog.text
     assert not (tmp_path / "b").exists()
 
 

@@ -21,12 +21,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .._files import marker_problems
 from .profiles import Profile, get_profile
 from .tasks import TASKS, RunContext, UnitResult
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+#: Declared in results.json: the marker of a benchmark folder, the only kind of existing folder a run writes into.
+FORMAT = "opencellplm-benchmark"
 RESULTS_FILE = "results.json"
 ARTIFACTS_DIR = "artifacts"
 #: Settings that must match for a run to continue the records already in its folder.
@@ -84,8 +87,10 @@ def run_benchmark(
     Parameters
     ----------
     out
-        Output folder (created). If it holds a results.json of the same profile and checkpoint, its records
-        are kept and only the missing or failed units run; of another profile or checkpoint, ``ValueError``.
+        Output folder (created). An existing folder must be empty or hold this benchmark's results.json (any
+        other folder is refused before any work: the run writes report.md and figures there). A results.json of
+        the same profile and checkpoint is continued: its records are kept and only the missing or failed units
+        run; of another profile or checkpoint, ``ValueError``.
     tasks, datasets
         Names to run (default: every task, each on every data set that suits it).
     seeds
@@ -107,8 +112,7 @@ def run_benchmark(
     if n_seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {n_seeds}")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    check_benchmark_folder(out)
     source = CellPLM.from_pretrained(checkpoint).source  # a bad checkpoint fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
     (out / ARTIFACTS_DIR).mkdir(exist_ok=True)
@@ -218,6 +222,35 @@ def _ordered(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record[k] for k in _ORDER if k in record} | {k: v for k, v in record.items() if k not in _ORDER}
 
 
+def check_benchmark_folder(out: Path) -> None:
+    """Refuse ``out`` unless it is absent, an empty folder, or a folder an earlier run wrote (its results.json
+    declares :data:`FORMAT`): a run writes results.json, report.md and figures/ there, replacing files of those
+    names."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder; choose a folder for the benchmark")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    marker = out / RESULTS_FILE
+    problems = marker_problems(marker, FORMAT)
+    if problems and marker.is_file() and _legacy_results(marker):
+        return  # written before results.json declared its format
+    if problems:
+        raise FileExistsError(
+            f"--out {out} is a folder that an earlier benchmark did not write ({problems[0]}), and the run would "
+            f"replace files in it (results.json, report.md, figures/); choose an empty or new folder"
+        )
+
+
+def _legacy_results(path: Path) -> bool:
+    """Whether ``path`` is a results.json of this benchmark written before it declared its format."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    keys = {"schema_version", "settings", "environment", "records", "artifacts"}
+    return isinstance(results, dict) and results.get("schema_version") == SCHEMA_VERSION and keys <= set(results)
+
+
 def _load_or_start(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     path = out / RESULTS_FILE
     if path.exists():
@@ -239,10 +272,12 @@ def _load_or_start(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
                 "or choose another --out"
             )
         logger.info("continuing %s: %d records", path, len(results["records"]))
+        results = {"format": FORMAT} | results
         results["environment"] = environment()
         results["finished"] = None
         return results
     return {
+        "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
         "profile": settings["profile"],
         "settings": settings,
