@@ -225,3 +225,19 @@ def test_denoising_and_imputation_runners_turn_scores_into_records(tmp_path):
         assert example["truth"].shape == (100,) and example["coords"].shape[0] == 100
         assert {f"pred:{m}" for m in ("cellplm_fine_tuned", "spage_style")} <= set(example.files)
         assert str(example["gene"]) in set(genes[:80])
+
+
+@pytest.mark.parametrize(
+    ("readme", "message"),
+    [
+        ("missing/README.md", "--readme {path} does not exist; give the README whose benchmark markers to fill"),
+        ("plain.md", "{path}: the marker <!-- benchmark-results:start --> is missing; it must appear exactly once"),
+    ],
+)
+def test_a_wrong_readme_fails_before_any_work(fake, tmp_path, caplog, readme, message):
+    (tmp_path / "plain.md").write_text("# a README without the markers\n")
+    path = tmp_path / readme
+    with caplog.at_level(logging.ERROR):
+        code = main(["benchmark", "--quick", "--tasks", "fake", "--out", str(tmp_path / "b"), "--readme", str(path)])
+    assert code == 2 and message.format(path=path) in caplog.text
+    assert fake == [] and not (tmp_path / "b").exists()

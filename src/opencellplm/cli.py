@@ -447,8 +447,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _benchmark(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark
-    from .benchmark.report import update_readme, write_report
+    from .benchmark.report import check_readme, update_readme, write_report
 
+    if args.readme:
+        check_readme(args.readme)  # a wrong --readme fails now, not after the benchmark
     results = run_benchmark(
         args.out,
         tasks=args.tasks,

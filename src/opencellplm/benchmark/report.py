@@ -617,6 +617,34 @@ def _write_atomic(target: Path, write: Callable[[Path], None], *, like: Path | N
     write_new_file(target, write_with_mode, overwrite=True, log=False)
 
 
+def check_readme(readme_path: str | Path) -> str:
+    """The text of the README whose benchmark markers :func:`update_readme` fills; raises when it cannot.
+
+    Call it before a benchmark, so that a wrong ``--readme`` fails before the work, not after it.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the file (or its folder) does not exist.
+    ValueError
+        When either marker is missing or appears more than once, or the end marker comes first.
+    """
+    path = Path(readme_path)
+    if not path.is_file():
+        where = "is a folder" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"--readme {path} {where}; give the README whose benchmark markers to fill")
+    with open(path, encoding="utf-8", newline="") as handle:  # newline="": keep the file's line endings
+        text = handle.read()
+    for marker in (README_START, README_END):
+        count = text.count(marker)
+        if count != 1:
+            found = "is missing" if count == 0 else f"appears {count} times"
+            raise ValueError(f"{path}: the marker {marker} {found}; it must appear exactly once")
+    if text.index(README_END) < text.index(README_START):
+        raise ValueError(f"{path}: the marker {README_END} comes before {README_START}")
+    return text
+
+
 def update_readme(readme_path: str | Path, results: dict[str, Any]) -> Path:
     """Replace the text between the README's benchmark markers with :func:`readme_section`.
 
@@ -627,20 +655,13 @@ def update_readme(readme_path: str | Path, results: dict[str, Any]) -> Path:
     Raises
     ------
     ValueError
-        When either marker is missing or appears more than once, or the end marker comes first.
+        When either marker is missing or appears more than once, or the end marker comes first
+        (:func:`check_readme`).
     """
     path = Path(readme_path)
-    with open(path, encoding="utf-8", newline="") as handle:  # newline="": keep the file's line endings
-        text = handle.read()
-    for marker in (README_START, README_END):
-        count = text.count(marker)
-        if count != 1:
-            found = "is missing" if count == 0 else f"appears {count} times"
-            raise ValueError(f"{path}: the marker {marker} {found}; it must appear exactly once")
+    text = check_readme(path)
     start = text.index(README_START) + len(README_START)
     end = text.index(README_END)
-    if end < start:
-        raise ValueError(f"{path}: the marker {README_END} comes before {README_START}")
     new = text[:start] + "\n" + readme_section(results) + text[end:]
     _write_atomic(path, lambda p: p.write_bytes(new.encode("utf-8")), like=path)
     logger.info("updated the benchmark results in %s", path)
