@@ -25,7 +25,8 @@ def _fake_task(calls: list, *, fail_seed: int | None = None) -> TaskSpec:
             raise RuntimeError("the fit diverged")
         records = [
             {"method": "cellplm_fine_tuned", "family": "cellplm", "status": "ok", "reason": None,
-             "metrics": {"score": 0.5 + seed}, "wall_s": 1.0, "peak_mb": 10.0},
+             "metrics": {"score": 0.5 + seed}, "wall_s": 1.0, "peak_mb": 10.0,
+             "protocol": {"steps": 10, "steps_run": 7 + seed}},
             {"method": "pca", "family": "baseline", "status": "ok", "reason": None,
              "metrics": {"score": 0.4}, "wall_s": 0.1, "peak_mb": 1.0},
             {"method": "scvi", "family": "baseline", "status": "skipped", "reason": "needs the scvi extra",
@@ -241,3 +242,26 @@ def test_a_wrong_readme_fails_before_any_work(fake, tmp_path, caplog, readme, me
         code = main(["benchmark", "--quick", "--tasks", "fake", "--out", str(tmp_path / "b"), "--readme", str(path)])
     assert code == 2 and message.format(path=path) in caplog.text
     assert fake == [] and not (tmp_path / "b").exists()
+
+
+def test_the_quick_report_says_it_is_a_smoke_run_and_the_last_line_counts_failed_units(fake, tmp_path, capsys):
+    out = tmp_path / "b"
+    assert main(["-q", "benchmark", "--quick", "--tasks", "fake", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == (
+        "1 of 2 units (task, data set, seed) failed: see the report; quick profile: a smoke run, its scores mean "
+        "nothing"
+    )
+    report = (out / "report.md").read_text()
+    top = report.split("## ", 1)[0]
+    assert "**Smoke run (quick profile): these scores mean nothing.**" in top
+    assert "at most 300 cells per data set, 1 seed(s), and 5-10 fine-tuning steps per fit" in top
+    assert "Fine-tuning: at most 10 steps per fit; steps run (per seed): `cellplm_fine_tuned` 7." in report
+
+
+def test_exit_status_is_1_when_cellplm_gave_no_result_in_any_unit(fake, tmp_path, capsys):
+    assert main(["-q", "benchmark", "--quick", "--datasets", "broken", "--out", str(tmp_path / "b")]) == 1
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(
+        "CellPLM gave no result in any of the 1 units (task, data set, seed), 1 failed: see the report"
+    )

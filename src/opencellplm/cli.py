@@ -448,6 +448,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _benchmark(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark
     from .benchmark.report import check_readme, update_readme, write_report
+    from .benchmark.run import unit_outcomes
 
     if args.readme:
         check_readme(args.readme)  # a wrong --readme fails now, not after the benchmark
@@ -460,15 +461,25 @@ def _benchmark(args: argparse.Namespace) -> int:
         profile="quick" if args.quick else "full",
     )
     report = write_report(args.out, results)
-    failed = sum(r["status"] == "failed" for r in results["records"])
     if args.readme:
         if results["profile"] != "full":
             logger.warning(
                 "the README's results come from the full profile; writing the %s profile's", results["profile"]
             )
         update_readme(args.readme, results)
-    sys.stdout.write(f"report: {report}\n" + (f"{failed} runs failed: see the report\n" if failed else ""))
-    return 0
+    outcome = unit_outcomes(results)
+    units, failed = outcome["units"], outcome["failed"]
+    if units and outcome["cellplm_failed"] == units:
+        last = f"CellPLM gave no result in any of the {units} units (task, data set, seed), {failed} failed: "
+        last += "see the report"
+    elif failed:
+        last = f"{failed} of {units} units (task, data set, seed) failed: see the report"
+    else:
+        last = f"all {units} units (task, data set, seed) ran"
+    if results["profile"] == "quick":
+        last += "; quick profile: a smoke run, its scores mean nothing"
+    sys.stdout.write(f"report: {report}\n{last}\n")
+    return 1 if units and outcome["cellplm_failed"] == units else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

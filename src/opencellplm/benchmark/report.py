@@ -443,6 +443,9 @@ def _pair_section(
         out += [_protocol(task), ""]
     if not frame.empty:
         out += [_table(frame, task), ""]
+    steps = _steps_line(pair)
+    if steps:
+        out += [steps, ""]
     out += [_verdict(frame, task, simulated=pair.simulated), ""]
     not_run = _not_run(pair)
     if not_run:
@@ -582,8 +585,45 @@ def _provenance(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _smoke_warning(results: dict[str, Any]) -> list[str]:
+    """The quick profile's warning, for the top of the report: its scores say nothing about the model."""
+    if results.get("profile") != "quick":
+        return []
+    sizes = (results.get("settings") or {}).get("profile_settings") or {}
+    steps = [sizes.get(f"{task}_steps") for task in ("annotation", "denoising", "imputation", "perturbation")]
+    steps = [s for s in steps if isinstance(s, int)]
+    span = f"{min(steps)}-{max(steps)}" if steps and min(steps) != max(steps) else str(steps[0]) if steps else "a few"
+    return [
+        "> **Smoke run (quick profile): these scores mean nothing.** The quick profile only checks that every "
+        f"task runs end to end: at most {sizes.get('max_cells', '?')} cells per data set, "
+        f"{sizes.get('seeds', '?')} seed(s), and {span} fine-tuning steps per fit, far too few for a "
+        "fine-tuned model to learn (a fine-tuned score near chance, or a perturbation prediction equal to "
+        '"no change", is expected here). For results, run the full profile (without `--quick`).',
+        "",
+    ]
+
+
+def _steps_line(pair: _Pair) -> str:
+    """What each fit of the pair ran: the steps at most, and the steps run where the task records them."""
+    limits = {
+        r["protocol"]["steps"] for r in pair.records if isinstance(r.get("protocol"), dict) and "steps" in r["protocol"]
+    }
+    if not limits:
+        return ""
+    run: dict[str, list[str]] = {}
+    for record in pair.records:
+        ran = (record.get("protocol") or {}).get("steps_run")
+        if ran is not None:
+            run.setdefault(_method(record), []).append(str(ran))
+    text = f"Fine-tuning: at most {', '.join(map(str, sorted(limits)))} steps per fit"
+    if run:
+        text += "; steps run (per seed): " + "; ".join(f"`{m}` {', '.join(v)}" for m, v in run.items())
+    return text + "."
+
+
 def _report_markdown(results: dict[str, Any], figures: _Figures) -> str:
-    lines = ["# opencellplm benchmark report", ""] + _provenance(results) + [""] + _body(results, 2, figures)
+    lines = ["# opencellplm benchmark report", ""] + _smoke_warning(results) + _provenance(results) + [""]
+    lines += _body(results, 2, figures)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -594,7 +634,7 @@ def readme_section(results: dict[str, Any]) -> str:
     between the ``<!-- benchmark-results:start -->`` and ``<!-- benchmark-results:end -->`` markers.
     """
     _check_results(results)
-    head = [
+    head = _smoke_warning(results) + [
         f"Profile {results.get('profile', '?')}, started {results.get('started', '?')}, checkpoint "
         f"{_checkpoints(results)}; records: {_counts(results)}. Versions: {_versions(results)}. The figures are in "
         f"the run folder's {REPORT_FILE}.",

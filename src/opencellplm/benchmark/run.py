@@ -175,6 +175,18 @@ def run_benchmark(
     return results
 
 
+def unit_outcomes(results: dict[str, Any]) -> dict[str, int]:
+    """How the units (task, data set, seed) of ``results`` went: ``units``, ``failed`` (a unit that raised or
+    whose data set failed to load) and ``cellplm_failed`` (no CellPLM method gave a result, failed units
+    included)."""
+    units: dict[tuple, list[dict[str, Any]]] = {}
+    for record in results.get("records", []):
+        units.setdefault((record.get("task"), record.get("dataset"), record.get("seed")), []).append(record)
+    failed = sum(any(r.get("status") == "failed" for r in rs) for rs in units.values())
+    cellplm_ok = sum(any(r.get("status") == "ok" and r.get("family") == "cellplm" for r in rs) for rs in units.values())
+    return {"units": len(units), "failed": failed, "cellplm_failed": len(units) - cellplm_ok}
+
+
 def _run_unit(ctx: RunContext, task: str, dataset: str, seed: int, case, loaded: dict) -> UnitResult:
     spec = TASKS[task]
     key = (task, dataset)

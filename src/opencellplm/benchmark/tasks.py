@@ -191,7 +191,10 @@ def run_annotation(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResul
             wall = (entry.get("fit_seconds") or 0.0) + (entry.get("predict_seconds") or 0.0)
             metrics = {"macro_f1": s.macro_f1, "macro_precision": s.macro_precision, "accuracy": s.accuracy}
             protocol = {"split": "stratified 80/20", "n_test": scores.n_test, "mode": scores.mode}
-            protocol |= {"steps": recipe.steps}
+            protocol |= {
+                "steps": recipe.steps,
+                "steps_run": annotator.summary.steps if method.startswith("cellplm") else None,
+            }
             family = "cellplm" if method.startswith("cellplm") else "baseline"
             records.append(_record(method, family=family, metrics=metrics, wall_s=wall, protocol=protocol))
     return UnitResult(records)
