@@ -265,3 +265,22 @@ def test_exit_status_is_1_when_cellplm_gave_no_result_in_any_unit(fake, tmp_path
     assert last.startswith(
         "CellPLM gave no result in any of the 1 units (task, data set, seed), 1 failed: see the report"
     )
+
+
+def test_a_checkpoint_of_ensembl_ids_is_refused_at_once_for_data_sets_of_symbols(tmp_path, tiny_config, caplog):
+    from opencellplm import CellPLM, CellPLMModule
+
+    from .conftest import vocabulary
+
+    checkpoint = tmp_path / "ensembl"
+    CellPLM(CellPLMModule(tiny_config), vocabulary(tiny_config.n_genes)).save(checkpoint)
+    out = tmp_path / "b"
+    argv = ["benchmark", "--quick", "--checkpoint", str(checkpoint), "--out", str(out), "--tasks", "clustering"]
+    with caplog.at_level(logging.ERROR):
+        assert main([*argv, "--datasets", "pbmc68k_reduced"]) == 2
+    assert (
+        f"--checkpoint {checkpoint} names genes by Ensembl id (e.g. ['ENSG00000000000', 'ENSG00000000001']), but the "
+        "data sets of clustering / pbmc68k_reduced name them by symbol, so CellPLM would match none of their genes"
+    ) in caplog.text
+    assert "(--datasets bdtnp perturbseq_simulated)" in caplog.text
+    assert not out.exists()

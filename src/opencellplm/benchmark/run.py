@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .._files import marker_problems
 from .profiles import Profile, get_profile
-from .tasks import TASKS, RunContext, UnitResult
+from .tasks import SYMBOLS, TASKS, RunContext, UnitResult
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,9 @@ def run_benchmark(
         raise ValueError(f"seeds must be at least 1, got {n_seeds}")
     out = Path(out)
     check_benchmark_folder(out)
-    source = CellPLM.from_pretrained(checkpoint).source  # a bad checkpoint fails before anything is written
+    model = CellPLM.from_pretrained(checkpoint)  # a bad checkpoint fails before anything is written
+    check_gene_ids(model, checkpoint, pairs)
+    source = model.source
     out.mkdir(parents=True, exist_ok=True)
     (out / ARTIFACTS_DIR).mkdir(exist_ok=True)
     settings = {
@@ -232,6 +234,26 @@ _ORDER = (
 
 def _ordered(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record[k] for k in _ORDER if k in record} | {k: v for k, v in record.items() if k not in _ORDER}
+
+
+def check_gene_ids(model: Any, checkpoint: str | Path, pairs: Sequence[tuple[str, str]]) -> None:
+    """Refuse a checkpoint whose vocabulary is Ensembl ids for data sets that name genes by symbol: CellPLM would
+    match none of their genes and every CellPLM unit would fail."""
+    from ..data.genes import _looks_like_ensembl
+
+    if not _looks_like_ensembl(model.genes):
+        return
+    by_symbol = [(t, d) for t, d in pairs if TASKS[t].datasets[d].genes == SYMBOLS]
+    if not by_symbol:
+        return
+    others = sorted({d for t, spec in TASKS.items() for d, case in spec.datasets.items() if case.genes != SYMBOLS})
+    raise ValueError(
+        f"--checkpoint {checkpoint} names genes by Ensembl id (e.g. {list(model.genes[:2])}), but the data sets of "
+        f"{', '.join(f'{t} / {d}' for t, d in by_symbol)} name them by symbol, so CellPLM would match none of their "
+        "genes and every CellPLM run would fail. Benchmark those with a checkpoint whose vocabulary is gene symbols "
+        f"(e.g. cellplm-small); with this one, only the data sets whose genes follow the checkpoint can run "
+        f"(--datasets {' '.join(others)})"
+    )
 
 
 def check_benchmark_folder(out: Path) -> None:

@@ -40,13 +40,20 @@ class UnitResult:
     artifacts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
+#: How a data set names its genes: by symbol (matched to the checkpoint's vocabulary), or by ids that follow
+#: the checkpoint whatever its vocabulary (simulated from the vocabulary, or prefixed and added to it).
+SYMBOLS, FOLLOWS_CHECKPOINT = "symbols", "follows the checkpoint"
+
+
 @dataclass(frozen=True)
 class DatasetCase:
-    """One data set of a task: how to load it (``load(profile) -> data``) and whether it is simulated."""
+    """One data set of a task: how to load it (``load(profile) -> data``), whether it is simulated, and how it
+    names genes (:data:`SYMBOLS` or :data:`FOLLOWS_CHECKPOINT`)."""
 
     load: Callable[[Profile], Any]
     simulated: bool = False
     note: str = ""
+    genes: str = SYMBOLS
 
 
 @dataclass(frozen=True)
@@ -504,6 +511,7 @@ TASKS: dict[str, TaskSpec] = {
             "bdtnp": DatasetCase(
                 lambda profile: bdtnp_pair(profile.imputation_max_cells),
                 note="BDTNP atlas (3-D) with the Drosophila Drop-seq reference",
+                genes=FOLLOWS_CHECKPOINT,  # fly ids, prefixed and added to the vocabulary
             ),
             "merfish": DatasetCase(
                 lambda profile: (
@@ -529,7 +537,7 @@ TASKS: dict[str, TaskSpec] = {
             "direction_accuracy_top20": {"label": "direction top-20", "better": HIGHER},
         },
         primary="rmse_top20",
-        datasets={"perturbseq_simulated": DatasetCase(_load_perturbseq, simulated=True)},
+        datasets={"perturbseq_simulated": DatasetCase(_load_perturbseq, simulated=True, genes=FOLLOWS_CHECKPOINT)},
         run=run_perturbation,
     ),
 }
