@@ -10,7 +10,8 @@ The report is meant to let a reader decide whether CellPLM beats simple baseline
 * every cell is the mean over the seeds that succeeded, with the sample sd, and a row says how many seeds it holds;
 * the best mean of each metric column is bold, ties (at the shown precision) all bold;
 * one computed sentence per data set compares the best CellPLM-family method with the best baseline, metric by
-  metric, and says when the gap is within the seeds' sd;
+  metric: a win or a loss only when the gap exceeds the combined sd over seeds, else a tie within sd (with one
+  seed no spread is measured, and the sentence says so instead of calling a win);
 * failed and skipped runs are listed with their reason under the table of their data set;
 * simulated data sets are reported apart, in a section labelled as such.
 
@@ -295,20 +296,32 @@ class _Comparison:
 
     @property
     def outcome(self) -> str:
+        """``"win"`` or ``"loss"`` only beyond the seeds' spread; ``"tie"`` within it (or equal as shown);
+        ``"ahead"`` or ``"behind"`` when no spread was measured (one seed); ``"missing"`` without both sides."""
         if self.cellplm is None or self.baseline is None:
             return "missing"
         mine, theirs = _shown(self.cellplm[1]), _shown(self.baseline[1])
-        if mine == theirs:
+        if mine == theirs or self.within_sd:
             return "tie"
-        return "win" if (mine > theirs) == (self.metric.better == "higher") else "loss"
+        better = (mine > theirs) == (self.metric.better == "higher")
+        if self.spread is None:
+            return "ahead" if better else "behind"
+        return "win" if better else "loss"
+
+    @property
+    def spread(self) -> float | None:
+        """The combined seed sd of the two sides (``sqrt(sd1**2 + sd2**2)`` of those measured); None when
+        neither was measured (one seed each)."""
+        if self.cellplm is None or self.baseline is None:
+            return None
+        spreads = [sd for sd in (self.cellplm[2], self.baseline[2]) if math.isfinite(sd)]
+        return float(np.hypot(*spreads)) if len(spreads) == 2 else (spreads[0] if spreads else None)
 
     @property
     def within_sd(self) -> bool:
-        """Whether the gap is no larger than the larger seed sd of the two (a gap the seeds alone could make)."""
-        if self.cellplm is None or self.baseline is None:
-            return False
-        spreads = [sd for sd in (self.cellplm[2], self.baseline[2]) if math.isfinite(sd)]
-        return bool(spreads) and abs(self.cellplm[1] - self.baseline[1]) <= max(spreads)
+        """Whether the gap is no larger than the combined seed sd (a gap the seeds alone could make)."""
+        spread = self.spread
+        return spread is not None and abs(self.cellplm[1] - self.baseline[1]) <= spread
 
 
 def _best_of(frame: pd.DataFrame, family: str, metric: _Metric) -> tuple[str, float, float] | None:
@@ -364,15 +377,24 @@ def _verdict(frame: pd.DataFrame, task: _Task, *, simulated: bool) -> str:
                 text = f"{c.metric.label} ({mine} vs {theirs}, {c.baseline[0]}"
             else:
                 text = f"{c.metric.label} ({c.cellplm[0]} {mine} vs {c.baseline[0]} {theirs}"
-            text += "; within the seeds' sd)" if c.within_sd else ")"
+            text += "; within the seeds' sd)" if c.within_sd else "; one seed)" if c.spread is None else ")"
         clauses.setdefault(c.outcome, []).append(text)
     first = {
         "win": "beats the best baseline on",
         "loss": "loses to the best baseline on",
         "tie": "ties with the best baseline on",
+        "ahead": "is ahead of the best baseline, with no spread measured to tell a win, on",
+        "behind": "is behind the best baseline, with no spread measured to tell a loss, on",
         "missing": "cannot be compared with the baselines on",
     }
-    later = {"win": "beats it on", "loss": "loses on", "tie": "ties on", "missing": "cannot be compared on"}
+    later = {
+        "win": "beats it on",
+        "loss": "loses on",
+        "tie": "ties on",
+        "ahead": "is ahead, with no spread measured, on",
+        "behind": "is behind, with no spread measured, on",
+        "missing": "cannot be compared on",
+    }
     parts = [f"{(first if i == 0 else later)[o]} {_join(texts)}" for i, (o, texts) in enumerate(clauses.items())]
     subject = f"CellPLM ({next(iter(leaders))})" if one_leader else "CellPLM"
     joined = _join(parts) if len(parts) < 3 else ", ".join(parts[:-1]) + ", and " + parts[-1]
@@ -390,7 +412,13 @@ def _glance_row(pair: _Pair, frame: pd.DataFrame, task: _Task) -> str:
     if c is None or c.outcome == "missing":
         result = "not compared"
     else:
-        result = {"win": "CellPLM ahead", "loss": "baseline ahead", "tie": "tie"}[c.outcome]
+        result = {
+            "win": "CellPLM ahead",
+            "loss": "baseline ahead",
+            "tie": "tie",
+            "ahead": "CellPLM ahead on one seed (no spread measured)",
+            "behind": "baseline ahead on one seed (no spread measured)",
+        }[c.outcome]
         result += " (within sd)" if c.within_sd else ""
     return f"| {_escape(task.title)} | {name} | {_escape(primary.label)} | {mine} | {theirs} | {result} |"
 
@@ -492,8 +520,9 @@ def _body(results: dict[str, Any], level: int, figures: _Figures | None) -> list
         out += [
             f"{h} At a glance",
             "",
-            "Each task's primary metric: the best CellPLM-family method against the best "
-            'baseline. "Within sd": the gap is no larger than the seeds\' sd.',
+            "Each task's primary metric: the best CellPLM-family method against the best baseline. A method is "
+            'ahead only when the gap exceeds the combined sd over seeds (sqrt(sd1² + sd2²)); "tie (within sd)": '
+            "the seeds alone could make the gap. With one seed no spread is measured, and no gap is a win.",
             "",
         ]
         out += [
