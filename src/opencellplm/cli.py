@@ -439,8 +439,11 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import RESULTS_FILE, run_demo, verdict_lines
 
     report = run_demo(args.out, overwrite=args.overwrite, seed=args.seed)
-    verdict = verdict_lines(json.loads((report.parent / RESULTS_FILE).read_text()))
-    lines = [f"{kind}: {line}" for kind in ("wins", "losses", "ties") for line in verdict[kind]]
+    results = json.loads((report.parent / RESULTS_FILE).read_text())
+    verdict = verdict_lines(results)
+    truth = results.get("data", {}).get("ground_truth")
+    lines = [f"ground truth: {truth}"] if truth else []
+    lines += [f"{kind}: {line}" for kind in ("wins", "losses", "ties within sd") for line in verdict[kind.split()[0]]]
     sys.stdout.write("".join(f"{line}\n" for line in lines) + f"report: {report}\n")
     return 0
 

@@ -444,7 +444,9 @@ TASKS: dict[str, TaskSpec] = {
         },
         primary="ari_best",
         datasets={
-            "pbmc68k_reduced": DatasetCase(_load_pbmc68k, note="bulk-sorted labels, 10 types"),
+            "pbmc68k_reduced": DatasetCase(
+                _load_pbmc68k, note="10 types, assigned by correlation with bulk-sorted references"
+            ),
             "baron_human_pancreas": DatasetCase(
                 _load_baron("human"), note="Baron et al. 2016, 13 types; held out of pretraining and of model choice"
             ),
@@ -470,7 +472,9 @@ TASKS: dict[str, TaskSpec] = {
         },
         primary="macro_f1",
         datasets={
-            "pbmc68k_reduced": DatasetCase(_load_pbmc68k, note="bulk-sorted labels, 10 types"),
+            "pbmc68k_reduced": DatasetCase(
+                _load_pbmc68k, note="10 types, assigned by correlation with bulk-sorted references"
+            ),
             "baron_human_pancreas": DatasetCase(
                 _load_baron("human", min_cells_per_type=MIN_CELLS_PER_TYPE),
                 note=f"Baron et al. 2016; the types with >= {MIN_CELLS_PER_TYPE} cells in the subset",
