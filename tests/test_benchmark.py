@@ -284,3 +284,31 @@ def test_a_checkpoint_of_ensembl_ids_is_refused_at_once_for_data_sets_of_symbols
     ) in caplog.text
     assert "(--datasets bdtnp perturbseq_simulated)" in caplog.text
     assert not out.exists()
+
+
+def test_the_spatial_map_shows_the_held_out_gene_measured_in_the_most_cells():
+    """The example gene of the imputation figure has spread: not one held-out gene of nearly all zeros."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from opencellplm import CellPLM
+    from opencellplm.tasks.imputation import SpatialImputer
+    from opencellplm.testing import synthetic_adata
+
+    genes = CellPLM.from_pretrained("cellplm-small").genes[:60]
+    spatial = synthetic_adata(80, 60, gene_names=genes, spatial=True, seed=2)
+    counts = spatial.X.toarray()
+    counts[:, ::2] = 0  # every other gene nearly all zeros: one count in one cell
+    counts[0, ::2] = 1
+    spatial.X = sp.csr_matrix(counts)
+    reference = synthetic_adata(60, 60, gene_names=genes, seed=3)
+    imputer = SpatialImputer.from_pretrained("cellplm-small")
+    result = imputer.score(
+        spatial, reference, n_folds=2, folds=[0], variants=(), baselines=("reference_mean",), keep_example=True
+    )
+    held = result.folds[0]
+    cells = {g: int((spatial[:, g].X > 0).sum()) for g in held}
+    assert result.example["gene"] == max(held, key=lambda g: (cells[g], -held.index(g)))
+    assert cells[result.example["gene"]] > 1
+    measured = spatial[:, result.example["gene"]].X.toarray().ravel()
+    np.testing.assert_array_equal(result.example["truth"], measured)

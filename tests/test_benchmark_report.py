@@ -370,3 +370,60 @@ def test_a_time_under_a_millisecond_is_labelled_on_a_log_axis(monkeypatch, tmp_p
     ax = drawn[0].axes[0]
     assert ax.get_xscale() == "log"
     assert [t.get_text() for t in ax.texts] == [" < 1 ms"]
+
+
+def test_one_seed_figures_say_so_and_a_log_time_axis_labels_only_powers_of_ten(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from opencellplm.benchmark import report
+
+    drawn = []
+    monkeypatch.setattr(report, "_save", lambda fig, target: drawn.append(fig))
+    frame = pd.DataFrame(
+        {
+            "wall_s_mean": [1.4, 2.5, 12.0, 35.0],  # 1.4 decades: matplotlib labelled the minor ticks, overlapping
+            "wall_s_sd": [np.nan] * 4,
+            "n_seeds": [1] * 4,
+            "family": ["cellplm", "baseline", "baseline", "baseline"],
+        },
+        index=["cellplm_fine_tuned", "celltypist_style", "l1_logistic_cv", "knn_on_pca"],
+    )
+    task = SimpleNamespace(title="Cell type annotation", key="annotation", metrics=[])
+    pair = SimpleNamespace(dataset="pbmc68k_reduced", simulated=False)
+    report._time_figure(task, [(pair, frame), (pair, frame)], tmp_path / "t.png")
+    fig = drawn[0]
+    assert "one seed (no sd)" in fig._suptitle.get_text() and "±" not in fig._suptitle.get_text()
+    FigureCanvasAgg(fig).draw()
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert not [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
+    assert {t.get_text() for t in ax.get_xticklabels()} >= {"10"}
+    assert not ax.containers[0].errorbar  # one seed: no error bars
+
+
+def _lab(colours) -> np.ndarray:
+    from matplotlib.colors import to_rgb
+
+    rgb = np.array([to_rgb(c) for c in colours])
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
+    xyz /= [0.95047, 1.0, 1.08883]
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], axis=1)
+
+
+@pytest.mark.parametrize("n", [2, 5, 10, 13, 20])
+def test_cell_type_colours_stay_apart_up_to_20_types(n):
+    """The UMAPs of the report and the demo colour up to 20 types so that any two differ clearly (CIE76 delta E
+    above 30: tab10's and tab20's neighbours, e.g. monocyte and dendritic, stellate and beta, came closer)."""
+    from opencellplm import demo
+    from opencellplm.benchmark import report
+
+    assert demo.category_colours is report.category_colours  # one palette for every picture
+    lab = _lab(report.category_colours(n))
+    distances = np.linalg.norm(lab[:, None] - lab[None], axis=2) + np.eye(n) * 1e9
+    assert distances.min() > 30
+    assert (lab[:, 0] < 85).all()  # no colour too pale to see on white

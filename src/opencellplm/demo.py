@@ -37,6 +37,7 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from ._files import check_output_directory, marker_problems, write_directory
+from ._palette import category_colours
 from .data.validate import require_anndata
 from .model import CellPLM
 from .module import CellPLMModule
@@ -385,16 +386,6 @@ def _umaps(run: _Run) -> None:
 
 
 # --------------------------------------------------------------------------------------------- pictures
-def _colours(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    if n <= 10:
-        return [colormaps["tab10"](i) for i in range(n)]
-    if n <= 20:
-        return [colormaps["tab20"](i) for i in range(n)]
-    return [colormaps["gist_ncar"](i / n) for i in range(n)]
-
-
 def _draw(run: _Run, key: str, path: Path) -> None:
     """A scatter of the UMAP coloured by cell type, the scores in the title and the legend outside the axes."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state is touched
@@ -404,7 +395,7 @@ def _draw(run: _Run, key: str, path: Path) -> None:
     categories = list(run.data["label_counts"])
     fig = Figure(figsize=(8.5, 5.5), layout="constrained")
     ax = fig.subplots()
-    for category, colour in zip(sorted(categories), _colours(len(categories))):
+    for category, colour in zip(sorted(categories), category_colours(len(categories))):
         rows = (labels == category) & np.isfinite(coordinates).all(1)
         ax.scatter(*coordinates[rows].T, s=6, color=colour, label=f"{category} ({int(rows.sum())})", linewidths=0)
     missing = np.array([v is None for v in labels]) & np.isfinite(coordinates).all(1)

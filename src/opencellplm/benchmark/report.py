@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._palette import category_colours
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -856,9 +858,10 @@ def _hbars(ax: Any, frame: pd.DataFrame, key: str, *, labels: bool) -> None:
     """One horizontal bar per method (first method on top), sd as error bars, coloured by family."""
     y = np.arange(len(frame))[::-1]
     means = frame[f"{key}_mean"].to_numpy(float)
-    sds = np.nan_to_num(frame[f"{key}_sd"].to_numpy(float))
+    sds = frame[f"{key}_sd"].to_numpy(float)
     colours = [FAMILY_COLOURS[f] for f in frame["family"]]
-    ax.barh(y, np.nan_to_num(means), xerr=sds, color=colours, capsize=3, error_kw={"elinewidth": 1})
+    spread = np.nan_to_num(sds) if np.isfinite(sds).any() else None  # one seed: no error bars, not zero-width ones
+    ax.barh(y, np.nan_to_num(means), xerr=spread, color=colours, capsize=3, error_kw={"elinewidth": 1})
     for yi, mean in zip(y, means):
         if not math.isfinite(mean):
             ax.text(0, yi, " no value", va="center", fontsize=8, color="0.4")
@@ -879,10 +882,26 @@ def _bars_figure(task: _Task, panels: list[tuple[_Pair, pd.DataFrame]], target: 
             _hbars(ax, frame, metric.key, labels=col == 0)
             direction = f" ({metric.better} is better)" if metric.better else ""
             ax.set_title(f"{pair.dataset}{_suffix(pair.simulated)}\n{metric.label}{direction}", fontsize=10)
-    fig.suptitle(f"{task.title} ({task.key}): mean ± sd over seeds", fontsize=12)
+    fig.suptitle(f"{task.title} ({task.key}): {_seeds_note(panels)}", fontsize=12)
     _family_legend(fig)
     _save(fig, target)
     return target
+
+
+def _seeds_note(panels: list[tuple[_Pair, pd.DataFrame]]) -> str:
+    """What the bars show: a mean ± sd only where some method has several seeds."""
+    counts = [frame["n_seeds"].max() for _, frame in panels if "n_seeds" in frame and not frame.empty]
+    return "one seed (no sd)" if counts and max(counts) == 1 else "mean ± sd over seeds"
+
+
+def _decade_ticks(axis: Any) -> None:
+    """Labels at powers of ten only, written plainly (0.1, 1, 10): the default also labels minor ticks within a
+    decade, whose labels overlap on a narrow panel."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _time_figure(task: _Task, panels: list[tuple[_Pair, pd.DataFrame]], target: Path) -> Path:
@@ -897,13 +916,14 @@ def _time_figure(task: _Task, panels: list[tuple[_Pair, pd.DataFrame]], target: 
         log = values.size > 1 and values.max() / values.min() > LOG_TIME_RATIO
         if log:  # a wide range: on a linear axis the fast methods would vanish
             ax.set_xscale("log")
+            _decade_ticks(ax.xaxis)
             # a time recorded as 0 (under the records' 1 ms rounding) has no bar on a log axis: say so
             for yi, mean in zip(np.arange(len(frame))[::-1], frame["wall_s_mean"].to_numpy(float)):
                 if mean == 0:
                     ax.text(values.min(), yi, " < 1 ms", va="center", fontsize=8, color="0.4")
         ax.set_xlabel("wall time per run, s" + (" (log scale)" if log else ""))
         ax.set_title(f"{pair.dataset}{_suffix(pair.simulated)}", fontsize=10)
-    fig.suptitle(f"{task.title} ({task.key})\nwall time per method, mean ± sd over seeds", fontsize=12)
+    fig.suptitle(f"{task.title} ({task.key})\nwall time per method, {_seeds_note(panels)}", fontsize=12)
     _family_legend(fig)
     _save(fig, target)
     return target
@@ -918,16 +938,6 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 def _natural(text: str) -> list[Any]:
     """Sort key that puts "type 2" before "type 10"."""
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
-
-
-def _palette(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    if n <= 10:
-        return [colormaps["tab10"](i) for i in range(n)]
-    if n <= 20:
-        return [colormaps["tab20"](i) for i in range(n)]
-    return [colormaps["turbo"](i / max(n - 1, 1)) for i in range(n)]
 
 
 def _grid(fig: Any, n: int, max_cols: int) -> tuple[list[Any], int]:
@@ -958,8 +968,10 @@ def _umap_figure(path: Path, task: _Task, entry: dict[str, Any], simulated: bool
     if not data:
         raise ValueError(f"{path.name} holds no representation besides 'labels'")
     categories = sorted(set(labels.tolist()), key=_natural)
-    colour_of = dict(zip(categories, _palette(len(categories))))
-    fig = _figure(3.6 * min(len(data), 3) + 1.6 + 1.2 * (len(categories) > 20), 3.8 * -(-len(data) // 3) + 0.6)
+    colour_of = dict(zip(categories, category_colours(len(categories))))
+    longest = max(len(c) for c in categories)  # the legend sits right of the panels, beside the title's end
+    width = 3.6 * min(len(data), 3) + 0.8 + 0.075 * longest + 1.2 * (len(categories) > 20)
+    fig = _figure(max(width, 7.5), 3.8 * -(-len(data) // 3) + 0.9)
     axes, _ = _grid(fig, len(data), 3)
     for ax, (method, rep) in zip(axes, data.items()):
         ax.set_xticks([])
@@ -988,7 +1000,7 @@ def _umap_figure(path: Path, task: _Task, entry: dict[str, Any], simulated: bool
     handles = [Line2D([], [], marker="o", linestyle="", color=colour_of[c], label=c) for c in categories]
     fig.legend(handles=handles, loc="outside right upper", title="label", fontsize=8, ncols=1 + len(categories) // 25)
     fig.suptitle(
-        f"{task.title} / {entry.get('dataset')}{_suffix(simulated)}: UMAP per representation, coloured by label "
+        f"{task.title} / {entry.get('dataset')}{_suffix(simulated)}\nUMAP per representation, coloured by label "
         f"(seed {entry.get('seed')})",
         fontsize=11,
     )
@@ -1011,8 +1023,10 @@ def _spatial_figure(path: Path, task: _Task, entry: dict[str, Any], simulated: b
         if values.shape != (coords.shape[0],):
             raise ValueError(f"{path.name}: {name} has shape {values.shape}; expected ({coords.shape[0]},)")
     finite = np.concatenate([v[np.isfinite(v)] for _, v in panels])
-    # One colour scale for every panel, robust to a few extreme cells.
+    # One colour scale for every panel, clipped at percentiles so that a few extreme cells do not set it.
     low, high = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
+    if high <= low and (finite > low).any():  # mostly one value (zeros): scale the cells above it
+        high = float(np.percentile(finite[finite > low], 99))
     if high <= low:
         low, high = low - 0.5, high + 0.5
     x, y = coords[:, 0], coords[:, 1]
