@@ -581,6 +581,9 @@ def _annotation_summary(run: _Run) -> dict[str, dict[str, dict[str, Any]]]:
         out[method] = {}
         for column in frames[0].columns:
             values = [float(frame.at[method, column]) for frame in frames]
+            if not np.isfinite(values).all():  # a figure the method does not measure (a baseline's predict time)
+                out[method][column] = {"mean": None, "sd": None, "values": [None] * len(values)}
+                continue
             out[method][column] = {"mean": float(np.mean(values)), "sd": _spread(values), "values": values}
     return out
 
@@ -607,6 +610,8 @@ def _report(run: _Run, results: dict[str, Any]) -> str:
     summary = results["annotation_summary"]
 
     def cell(entry: dict[str, Any], digits: int = 3) -> str:
+        if entry["mean"] is None:  # a figure the method does not measure
+            return "—"
         return f"{_number(entry['mean'], digits)} ± {_number(entry['sd'], digits)}"
 
     annotation_rows = [

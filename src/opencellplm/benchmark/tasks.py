@@ -131,14 +131,12 @@ def _load_baron(species: str, *, min_cells_per_type: int = 0, donor: str | None 
 
 
 def run_clustering(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResult:
-    import torch
-
-    from .. import CellPLM, CellPLMModule
+    from .. import CellPLM
+    from ..demo import untrained_copy
     from ..tasks.clustering import score_clustering
 
     trained = CellPLM.from_pretrained(ctx.checkpoint)
-    torch.manual_seed(seed)
-    untrained = CellPLM(CellPLMModule(trained.config), trained.genes, meta={"gene_id_rule": trained.gene_id_rule})
+    untrained = untrained_copy(trained, seed)  # the same vocabulary and gene-id rule
     embeddings, seconds = {}, {}
     for name, model in (("cellplm_zero_shot", trained), ("cellplm_untrained", untrained)):
         tic = time.perf_counter()
