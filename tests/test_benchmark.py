@@ -175,6 +175,9 @@ def test_quick_profile_end_to_end_on_the_data_that_ship_offline(tmp_path, capsys
         assert scvi and all(r["status"] == "skipped" and "scvi" in r["reason"] for r in scvi)
     report = (out / "report.md").read_text()
     assert "Zero-shot clustering" in report and "Cell type annotation" in report
+    assert "**Smoke run (quick profile): these scores mean nothing.**" in report.split("## ", 1)[0]
+    assert "Fine-tuning: at most 10 steps per fit; steps run (per seed): `cellplm_fine_tuned` " in report
+    assert "Fine-tuning: at most 5 steps per fit." in report  # perturbation: the limit (steps run not recorded)
     real, simulated = report.split("## Simulated data", 1)  # simulated data in their own section, after the real
     assert "### Perturbation prediction: perturbseq_simulated (simulated)" in simulated
     assert "| `additive` |" in simulated and "| `additive` |" not in real

@@ -2,30 +2,31 @@
 
 from __future__ import annotations
 
-#: Picked greedily from tab10, Kelly's colours of maximum contrast and scanpy's ``godsnot_102`` so that the first n,
-#: for every n, lie as far apart as possible in CIELAB: any two of the 20 differ by a CIE76 delta E above 30 (tab10's
-#: purple and pink: 28; tab20 pairs a dark and a light shade of each hue). Lightness 25-82: visible on white.
+#: Picked greedily from tab10, Kelly's colours of maximum contrast and scanpy's ``godsnot_102`` (greys and colours
+#: too pale or too dark on white left out) so that the first n, for every n, lie as far apart as they can by CIEDE2000:
+#: any two of the first 10 differ by a delta E00 above 22, of all 20 above 17 (tab10's closest pair: 16, tab20 pairs a
+#: dark and a light shade of each hue).
 CATEGORY_COLOURS = (
     "#1f77b4",
-    "#f3c300",
-    "#ff34ff",
-    "#be0032",
-    "#008941",
-    "#3b5dff",
-    "#654522",
-    "#ff90c9",
-    "#4fc601",
-    "#d16100",
-    "#004d43",
-    "#c2b280",
-    "#17becf",
-    "#9467bd",
-    "#6b7900",
-    "#4a3b53",
-    "#f99379",
-    "#a30059",
-    "#809693",
+    "#bcbd22",
+    "#ff4a46",
     "#b903aa",
+    "#654522",
+    "#008856",
+    "#17becf",
+    "#ff90c9",
+    "#f38400",
+    "#8fb0ff",
+    "#6b7900",
+    "#ba0900",
+    "#a1c299",
+    "#a079bf",
+    "#ffaa92",
+    "#604e97",
+    "#4fc601",
+    "#ff34ff",
+    "#ff2f80",
+    "#b79762",
 )
 
 
