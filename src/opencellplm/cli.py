@@ -443,7 +443,7 @@ def _demo(args: argparse.Namespace) -> int:
     verdict = verdict_lines(results)
     truth = results.get("data", {}).get("ground_truth")
     lines = [f"ground truth: {truth}"] if truth else []
-    lines += [f"{kind}: {line}" for kind in ("wins", "losses", "ties within sd") for line in verdict[kind.split()[0]]]
+    lines += [f"{kind}: {line}" for kind in ("wins", "losses", "ties") for line in verdict[kind]]
     sys.stdout.write("".join(f"{line}\n" for line in lines) + f"report: {report}\n")
     return 0
 
@@ -711,7 +711,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="every task on every real data set that suits it, CellPLM beside every baseline: results.json, "
         "report.md and plots (resumable)",
     )
-    p.add_argument("--out", required=True, help="folder to write; a folder of an earlier run continues it")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder to write (new or empty); a folder of an earlier run continues it, any other is refused",
+    )
     p.add_argument("--tasks", nargs="+", help="tasks to run (default: all)")
     p.add_argument("--datasets", nargs="+", help="data sets to run (default: every one that suits each task)")
     p.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default: 1 with --quick, else 3)")
