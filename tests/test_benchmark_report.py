@@ -467,3 +467,19 @@ def test_cell_type_colours_stay_apart_up_to_20_types(n):
     closest = min(_delta_e2000(lab[i], lab[j]) for i in range(n) for j in range(i + 1, n))
     assert closest > (22 if n <= 10 else 17)
     assert (lab[:, 0] < 85).all()  # no colour too pale to see on white
+
+
+def test_cellplm_rows_equal_to_no_change_are_said_to_have_learnt_nothing():
+    results = _results()
+    for seed in (0, 1):  # a baseline that predicts no change, scoring exactly as the CellPLM imputer
+        metrics = {"rmse": [0.30, 0.32][seed], "pearson": [0.60, 0.62][seed]}
+        results["records"].append(
+            _record("imputation", "sim_spatial", "no_change", seed, "baseline", simulated=True, metrics=metrics)
+        )
+    section = readme_section(results)
+    assert (
+        "`cellplm_imputer` scores exactly as `no_change`, the prediction of no change: the fit left it there (a fit "
+        "keeps its starting state when it never beats it on validation), so this row says nothing about what CellPLM "
+        "can learn here."
+    ) in section
+    assert "exactly as" not in readme_section(_results())

@@ -476,6 +476,9 @@ def _pair_section(
     steps = _steps_line(pair)
     if steps:
         out += [steps, ""]
+    unchanged = _same_as_no_change(frame, task)
+    if unchanged:
+        out += [unchanged, ""]
     out += [_verdict(frame, task, simulated=pair.simulated), ""]
     not_run = _not_run(pair)
     if not_run:
@@ -632,6 +635,35 @@ def _smoke_warning(results: dict[str, Any]) -> list[str]:
         '"no change", is expected here). For results, run the full profile (without `--quick`).',
         "",
     ]
+
+
+#: Baselines that predict no change (the input, or the control profile): a CellPLM row equal to one learnt nothing.
+NO_CHANGE = ("no_change", "unchanged")
+
+
+def _same_as_no_change(frame: pd.DataFrame, task: _Task) -> str:
+    """A sentence naming the CellPLM rows that score exactly as a no-change baseline, at the shown precision."""
+    if frame.empty:
+        return ""
+    keys = [m.key for m in task.metrics]
+    for null in (m for m in NO_CHANGE if m in frame.index):
+        same = [
+            method
+            for method in frame.index[frame["family"] == CELLPLM]
+            if all(
+                _shown(frame.at[method, f"{k}_mean"]) == _shown(frame.at[null, f"{k}_mean"])
+                or not (math.isfinite(frame.at[method, f"{k}_mean"]) or math.isfinite(frame.at[null, f"{k}_mean"]))
+                for k in keys
+            )
+        ]
+        if same:
+            names = _join([f"`{_escape(m)}`" for m in same])
+            return (
+                f"{names} {'scores' if len(same) == 1 else 'score'} exactly as `{null}`, the prediction of no change: "
+                "the fit left it there (a fit keeps its starting state when it never beats it on validation), so "
+                f"{'this row says' if len(same) == 1 else 'these rows say'} nothing about what CellPLM can learn here."
+            )
+    return ""
 
 
 def _steps_line(pair: _Pair) -> str:
