@@ -136,7 +136,9 @@ def run_demo(
         absent or empty, or (with ``overwrite``) a folder an earlier demo wrote that holds nothing else; it is
         checked before any work.
     model
-        A shipped model's name, a checkpoint directory or a loaded :class:`~opencellplm.CellPLM`.
+        A shipped model's name, a checkpoint directory or a loaded :class:`~opencellplm.CellPLM`. A model whose
+        vocabulary is Ensembl ids (a converted official checkpoint) is refused before any work when the data's
+        var_names are gene symbols, as is one that matches none of the data's genes.
     adata
         Cells with raw counts and labels in ``obs[labels_key]`` (never modified). Default: PBMC 68k reduced
         (:func:`opencellplm.datasets.pbmc68k_reduced`, the installed scanpy's copy).
