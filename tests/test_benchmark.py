@@ -177,7 +177,10 @@ def test_quick_profile_end_to_end_on_the_data_that_ship_offline(tmp_path, capsys
     assert "Zero-shot clustering" in report and "Cell type annotation" in report
     assert "**Smoke run (quick profile): these scores mean nothing.**" in report.split("## ", 1)[0]
     assert "Fine-tuning: at most 10 steps per fit; steps run (per seed): `cellplm_fine_tuned` " in report
-    assert "Fine-tuning: at most 5 steps per fit." in report  # perturbation: the limit (steps run not recorded)
+    assert (
+        "Fine-tuning: at most 5 steps per fit; steps run (per seed): `cellplm_fine_tuned` "
+        in report.split("## Simulated data")[1]
+    )  # perturbation
     real, simulated = report.split("## Simulated data", 1)  # simulated data in their own section, after the real
     assert "### Perturbation prediction: perturbseq_simulated (simulated)" in simulated
     assert "| `additive` |" in simulated and "| `additive` |" not in real
@@ -215,6 +218,8 @@ def test_denoising_and_imputation_runners_turn_scores_into_records(tmp_path):
     )
     assert set(methods["knn_smoothing"]["metrics"]) == {"rmse", "mae"}
     assert methods["cellplm_fine_tuned"]["family"] == "cellplm" and methods["unchanged"]["family"] == "baseline"
+    assert 1 <= methods["cellplm_fine_tuned"]["protocol"]["steps_run"] <= 5  # the quick profile's 5 at most
+    assert methods["unchanged"]["protocol"]["steps_run"] is None
 
     spatial = synthetic_adata(100, 120, gene_names=genes, spatial=True, seed=2)[:, :80].copy()
     reference = synthetic_adata(100, 120, gene_names=genes, seed=3)
@@ -224,6 +229,8 @@ def test_denoising_and_imputation_runners_turn_scores_into_records(tmp_path):
     assert {"cellplm_fine_tuned", "cellplm_from_scratch", "reference_mean", "spage_style"} <= set(methods)
     assert methods["tangram"]["status"] == "skipped" and methods["tangram"]["reason"]
     assert set(methods["spage_style"]["metrics"]) == {"pearson", "cosine", "rmse"}
+    assert 1 <= methods["cellplm_fine_tuned"]["protocol"]["steps_run"] <= 5
+    assert methods["spage_style"]["protocol"]["steps_run"] is None
     (entry,) = unit.artifacts["spatial_map"]
     with np.load(tmp_path / entry["path"]) as example:
         assert example["truth"].shape == (100,) and example["coords"].shape[0] == 100

@@ -237,7 +237,7 @@ def run_denoising(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResult
             family="cellplm" if m.method.startswith("cellplm") else "baseline",
             metrics={"rmse": m.scores.get("rmse"), "mae": m.scores.get("mae")},
             wall_s=m.seconds,
-            protocol=protocol,
+            protocol=protocol | {"steps_run": ((m.params or {}).get("fit") or {}).get("steps")},
         )
         for m in result.methods
     ]
@@ -349,14 +349,27 @@ def run_imputation(ctx: RunContext, dataset: str, data: dict, seed: int) -> Unit
         "held_out_genes": int(sum(len(result.folds[f]) for f in folds)),
         "steps": profile.imputation_steps,
     }
+    steps_run: dict[str, list[int]] = {}  # per fold, for the CellPLM variants (their fit summaries)
+    for row in result.rows:
+        if str(row["method"]).startswith("cellplm") and "steps" in (row.get("params") or {}):
+            steps_run.setdefault(row["method"], []).append(int(row["params"]["steps"]))
     records = []
     for method, rows in frame.groupby("method", sort=False):
         wall = (rows["fit_seconds"].fillna(0) + rows["predict_seconds"].fillna(0)).sum()
         metrics = {m: rows[m].mean() for m in ("pearson", "cosine", "rmse")}
         family = "cellplm" if str(method).startswith("cellplm") else "baseline"
         peak = rows["peak_memory_mb"].max()
+        ran = steps_run.get(str(method))
+        ran = None if ran is None else ran[0] if len(ran) == 1 else ", ".join(map(str, ran))  # one per fold
         records.append(
-            _record(str(method), family=family, metrics=metrics, wall_s=wall, peak_mb=peak, protocol=protocol)
+            _record(
+                str(method),
+                family=family,
+                metrics=metrics,
+                wall_s=wall,
+                peak_mb=peak,
+                protocol=protocol | {"steps_run": ran},
+            )
         )
     records += [_skipped(name, "baseline", why) for name, why in result.skipped.items()]
     artifacts = {}
@@ -417,7 +430,17 @@ def run_perturbation(ctx: RunContext, dataset: str, profile: Profile, seed: int)
         metrics = {m: row[m] for m in METRICS}
         family = "cellplm" if method.startswith("cellplm") else "baseline"
         peak = row.get("peak_rss_increase_mb")
-        records.append(_record(method, family=family, metrics=metrics, wall_s=wall, peak_mb=peak, protocol=protocol))
+        ran = result.fits.get(seed, {}).get(name, {}).get("steps")
+        records.append(
+            _record(
+                method,
+                family=family,
+                metrics=metrics,
+                wall_s=wall,
+                peak_mb=peak,
+                protocol=protocol | {"steps_run": ran},
+            )
+        )
     return UnitResult(records)
 
 
