@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 from dataclasses import replace
 
@@ -24,7 +25,8 @@ def _fake_task(calls: list, *, fail_seed: int | None = None) -> TaskSpec:
             raise RuntimeError("the fit diverged")
         records = [
             {"method": "cellplm_fine_tuned", "family": "cellplm", "status": "ok", "reason": None,
-             "metrics": {"score": 0.5 + seed}, "wall_s": 1.0, "peak_mb": 10.0},
+             "metrics": {"score": 0.5 + seed}, "wall_s": 1.0, "peak_mb": 10.0,
+             "protocol": {"steps": 10, "steps_run": 7 + seed}},
             {"method": "pca", "family": "baseline", "status": "ok", "reason": None,
              "metrics": {"score": 0.4}, "wall_s": 0.1, "peak_mb": 1.0},
             {"method": "scvi", "family": "baseline", "status": "skipped", "reason": "needs the scvi extra",
@@ -101,20 +103,51 @@ def test_results_of_other_settings_are_never_mixed_or_overwritten(fake, tmp_path
     assert (tmp_path / "results.json").read_bytes() == before
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "results.json").write_text('{"something": "else"}')
-    with pytest.raises(ValueError, match="is not a results file of this benchmark"):
+    with pytest.raises(FileExistsError, match="that an earlier benchmark did not write"):
         run_benchmark(tmp_path / "other", progress=False)
     assert (tmp_path / "other" / "results.json").read_text() == '{"something": "else"}'
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "ours" / "results.json").write_text('{"format": "opencellplm-benchmark", "schema_version": 0}')
+    with pytest.raises(ValueError, match="is not a results file of this benchmark"):
+        run_benchmark(tmp_path / "ours", progress=False)
 
 
-def test_unknown_names_list_the_valid_ones(capsys, tmp_path):
+@pytest.mark.parametrize("mine", ["report.md", "figures/bars_clustering.png", "notes.txt"])
+def test_a_folder_an_earlier_run_did_not_write_is_refused_before_any_work(fake, tmp_path, caplog, mine):
+    out = tmp_path / "d"
+    (out / mine).parent.mkdir(parents=True)
+    (out / mine).write_text("mine")
+    with caplog.at_level(logging.ERROR):
+        assert main(["benchmark", "--quick", "--tasks", "fake", "--out", str(out)]) == 2
+    assert f"--out {out} is a folder that an earlier benchmark did not write (no results.json declaring" in caplog.text
+    assert "choose an empty or new folder" in caplog.text
+    assert (out / mine).read_text() == "mine" and sorted(p.name for p in out.iterdir()) == [mine.split("/")[0]]
+    assert fake == []  # nothing ran
+
+
+def test_an_empty_folder_is_used_and_a_finished_run_continues(fake, tmp_path):
+    (tmp_path / "d").mkdir()
+    first = run_benchmark(tmp_path / "d", datasets=["good"], progress=False)
+    assert first["format"] == "opencellplm-benchmark"
+    (tmp_path / "d" / "report.md").write_text("an earlier report")  # the run's own outputs stay replaceable
+    run_benchmark(tmp_path / "d", datasets=["good"], seeds=2, progress=False)
+    assert fake == [("good", 0), ("good", 1)]
+    legacy = json.loads((tmp_path / "d" / "results.json").read_text())
+    del legacy["format"]  # written before results.json declared its format: still continued
+    (tmp_path / "d" / "results.json").write_text(json.dumps(legacy))
+    assert len(run_benchmark(tmp_path / "d", datasets=["good"], seeds=2, progress=False)["records"]) == 6
+
+
+def test_unknown_names_list_the_valid_ones(caplog, tmp_path):
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['clusterin'\]; choose among \['clustering', "):
         resolve_names(["clusterin"], None)
     with pytest.raises(ValueError, match=r"unknown data set\(s\) \['pbmc'\]; choose among \['baron_human_pancreas', "):
         resolve_names(None, ["pbmc"])
     with pytest.raises(ValueError, match=r"no task runs on the data sets \['bdtnp'\]"):
         resolve_names(["clustering"], ["bdtnp"])
-    assert main(["benchmark", "--quick", "--tasks", "nope", "--out", str(tmp_path / "b")]) == 2
-    assert "unknown task(s) ['nope']; choose among" in capsys.readouterr().err
+    with caplog.at_level(logging.ERROR):  # the CLI's stderr handler may be bound to an earlier test's stream
+        assert main(["benchmark", "--quick", "--tasks", "nope", "--out", str(tmp_path / "b")]) == 2
+    assert "unknown task(s) ['nope']; choose among" in caplog.text
     assert not (tmp_path / "b").exists()
 
 
@@ -142,6 +175,12 @@ def test_quick_profile_end_to_end_on_the_data_that_ship_offline(tmp_path, capsys
         assert scvi and all(r["status"] == "skipped" and "scvi" in r["reason"] for r in scvi)
     report = (out / "report.md").read_text()
     assert "Zero-shot clustering" in report and "Cell type annotation" in report
+    assert "**Smoke run (quick profile): these scores mean nothing.**" in report.split("## ", 1)[0]
+    assert "Fine-tuning: at most 10 steps per fit; steps run (per seed): `cellplm_fine_tuned` " in report
+    assert (
+        "Fine-tuning: at most 5 steps per fit; steps run (per seed): `cellplm_fine_tuned` "
+        in report.split("## Simulated data")[1]
+    )  # perturbation
     real, simulated = report.split("## Simulated data", 1)  # simulated data in their own section, after the real
     assert "### Perturbation prediction: perturbseq_simulated (simulated)" in simulated
     assert "| `additive` |" in simulated and "| `additive` |" not in real
@@ -179,6 +218,8 @@ def test_denoising_and_imputation_runners_turn_scores_into_records(tmp_path):
     )
     assert set(methods["knn_smoothing"]["metrics"]) == {"rmse", "mae"}
     assert methods["cellplm_fine_tuned"]["family"] == "cellplm" and methods["unchanged"]["family"] == "baseline"
+    assert 1 <= methods["cellplm_fine_tuned"]["protocol"]["steps_run"] <= 5  # the quick profile's 5 at most
+    assert methods["unchanged"]["protocol"]["steps_run"] is None
 
     spatial = synthetic_adata(100, 120, gene_names=genes, spatial=True, seed=2)[:, :80].copy()
     reference = synthetic_adata(100, 120, gene_names=genes, seed=3)
@@ -188,8 +229,96 @@ def test_denoising_and_imputation_runners_turn_scores_into_records(tmp_path):
     assert {"cellplm_fine_tuned", "cellplm_from_scratch", "reference_mean", "spage_style"} <= set(methods)
     assert methods["tangram"]["status"] == "skipped" and methods["tangram"]["reason"]
     assert set(methods["spage_style"]["metrics"]) == {"pearson", "cosine", "rmse"}
+    assert 1 <= methods["cellplm_fine_tuned"]["protocol"]["steps_run"] <= 5
+    assert methods["spage_style"]["protocol"]["steps_run"] is None
     (entry,) = unit.artifacts["spatial_map"]
     with np.load(tmp_path / entry["path"]) as example:
         assert example["truth"].shape == (100,) and example["coords"].shape[0] == 100
         assert {f"pred:{m}" for m in ("cellplm_fine_tuned", "spage_style")} <= set(example.files)
         assert str(example["gene"]) in set(genes[:80])
+
+
+@pytest.mark.parametrize(
+    ("readme", "message"),
+    [
+        ("missing/README.md", "--readme {path} does not exist; give the README whose benchmark markers to fill"),
+        ("plain.md", "{path}: the marker <!-- benchmark-results:start --> is missing; it must appear exactly once"),
+    ],
+)
+def test_a_wrong_readme_fails_before_any_work(fake, tmp_path, caplog, readme, message):
+    (tmp_path / "plain.md").write_text("# a README without the markers\n")
+    path = tmp_path / readme
+    with caplog.at_level(logging.ERROR):
+        code = main(["benchmark", "--quick", "--tasks", "fake", "--out", str(tmp_path / "b"), "--readme", str(path)])
+    assert code == 2 and message.format(path=path) in caplog.text
+    assert fake == [] and not (tmp_path / "b").exists()
+
+
+def test_the_quick_report_says_it_is_a_smoke_run_and_the_last_line_counts_failed_units(fake, tmp_path, capsys):
+    out = tmp_path / "b"
+    assert main(["-q", "benchmark", "--quick", "--tasks", "fake", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == (
+        "1 of 2 units (task, data set, seed) failed: see the report; quick profile: a smoke run, its scores mean "
+        "nothing"
+    )
+    report = (out / "report.md").read_text()
+    top = report.split("## ", 1)[0]
+    assert "**Smoke run (quick profile): these scores mean nothing.**" in top
+    assert "at most 300 cells per data set, 1 seed(s), and 5-10 fine-tuning steps per fit" in top
+    assert "Fine-tuning: at most 10 steps per fit; steps run (per seed): `cellplm_fine_tuned` 7." in report
+
+
+def test_exit_status_is_1_when_cellplm_gave_no_result_in_any_unit(fake, tmp_path, capsys):
+    assert main(["-q", "benchmark", "--quick", "--datasets", "broken", "--out", str(tmp_path / "b")]) == 1
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(
+        "CellPLM gave no result in any of the 1 units (task, data set, seed), 1 failed: see the report"
+    )
+
+
+def test_a_checkpoint_of_ensembl_ids_is_refused_at_once_for_data_sets_of_symbols(tmp_path, tiny_config, caplog):
+    from opencellplm import CellPLM, CellPLMModule
+
+    from .conftest import vocabulary
+
+    checkpoint = tmp_path / "ensembl"
+    CellPLM(CellPLMModule(tiny_config), vocabulary(tiny_config.n_genes)).save(checkpoint)
+    out = tmp_path / "b"
+    argv = ["benchmark", "--quick", "--checkpoint", str(checkpoint), "--out", str(out), "--tasks", "clustering"]
+    with caplog.at_level(logging.ERROR):
+        assert main([*argv, "--datasets", "pbmc68k_reduced"]) == 2
+    assert (
+        f"--checkpoint {checkpoint} names genes by Ensembl id (e.g. ['ENSG00000000000', 'ENSG00000000001']), but the "
+        "data sets of clustering / pbmc68k_reduced name them by symbol, so CellPLM would match none of their genes"
+    ) in caplog.text
+    assert "(--datasets bdtnp perturbseq_simulated)" in caplog.text
+    assert not out.exists()
+
+
+def test_the_spatial_map_shows_the_held_out_gene_measured_in_the_most_cells():
+    """The example gene of the imputation figure has spread: not one held-out gene of nearly all zeros."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from opencellplm import CellPLM
+    from opencellplm.tasks.imputation import SpatialImputer
+    from opencellplm.testing import synthetic_adata
+
+    genes = CellPLM.from_pretrained("cellplm-small").genes[:60]
+    spatial = synthetic_adata(80, 60, gene_names=genes, spatial=True, seed=2)
+    counts = spatial.X.toarray()
+    counts[:, ::2] = 0  # every other gene nearly all zeros: one count in one cell
+    counts[0, ::2] = 1
+    spatial.X = sp.csr_matrix(counts)
+    reference = synthetic_adata(60, 60, gene_names=genes, seed=3)
+    imputer = SpatialImputer.from_pretrained("cellplm-small")
+    result = imputer.score(
+        spatial, reference, n_folds=2, folds=[0], variants=(), baselines=("reference_mean",), keep_example=True
+    )
+    held = result.folds[0]
+    cells = {g: int((spatial[:, g].X > 0).sum()) for g in held}
+    assert result.example["gene"] == max(held, key=lambda g: (cells[g], -held.index(g)))
+    assert cells[result.example["gene"]] > 1
+    measured = spatial[:, result.example["gene"]].X.toarray().ravel()
+    np.testing.assert_array_equal(result.example["truth"], measured)

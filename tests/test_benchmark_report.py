@@ -289,10 +289,29 @@ def test_gap_within_the_seeds_sd_is_said():
         if record["method"] == "pca":  # NMI 0.540 ± 0.085 against CellPLM's 0.550 ± 0.014
             record["metrics"]["nmi"] = [0.48, 0.60][record["seed"]]
     section = readme_section(results)
-    assert "knn_on_pca) and NMI (0.550 vs 0.540, pca; within the seeds' sd)." in section
     assert (
-        "CellPLM (cellplm_zero_shot) beats the best baseline on ARI (best over resolutions) (0.610 vs 0.520" in section
+        "CellPLM (cellplm_zero_shot) beats the best baseline on ARI (best over resolutions) (0.610 vs 0.520, "
+        "knn_on_pca) and ties on NMI (0.550 vs 0.540, pca; within the seeds' sd)." in section
     )
+    assert "| Zero-shot clustering | pbmc_tiny | ARI (best over resolutions) |" in section
+
+
+def test_a_gap_is_a_win_only_beyond_the_combined_sd_and_one_seed_wins_nothing():
+    results = _results()
+    for record in results["records"]:
+        if record["method"] == "knn_on_pca":  # ARI 0.595 ± 0.064 against CellPLM's 0.610 ± 0.014: larger sd
+            record["metrics"]["ari_best"] = [0.55, 0.64][record["seed"]]
+    section = readme_section(results)
+    assert "ties with the best baseline on ARI (best over resolutions) (0.610 vs 0.595" in section
+    assert "| tie (within sd) |" in section
+    results["records"] = [r for r in _results()["records"] if r["seed"] == 0]
+    section = readme_section(results)
+    assert (
+        "CellPLM (cellplm_zero_shot) is ahead of the best baseline, with no spread measured to tell a win, on ARI "
+        "(best over resolutions) (0.600 vs 0.510, knn_on_pca; one seed)" in section
+    )
+    assert "| CellPLM ahead on one seed (no spread measured) |" in section
+    assert " beats " not in section
 
 
 def test_update_readme_replaces_only_between_markers(tmp_path):
@@ -351,3 +370,116 @@ def test_a_time_under_a_millisecond_is_labelled_on_a_log_axis(monkeypatch, tmp_p
     ax = drawn[0].axes[0]
     assert ax.get_xscale() == "log"
     assert [t.get_text() for t in ax.texts] == [" < 1 ms"]
+
+
+def test_one_seed_figures_say_so_and_a_log_time_axis_labels_only_powers_of_ten(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from opencellplm.benchmark import report
+
+    drawn = []
+    monkeypatch.setattr(report, "_save", lambda fig, target: drawn.append(fig))
+    frame = pd.DataFrame(
+        {
+            "wall_s_mean": [1.4, 2.5, 12.0, 35.0],  # 1.4 decades: matplotlib labelled the minor ticks, overlapping
+            "wall_s_sd": [np.nan] * 4,
+            "n_seeds": [1] * 4,
+            "family": ["cellplm", "baseline", "baseline", "baseline"],
+        },
+        index=["cellplm_fine_tuned", "celltypist_style", "l1_logistic_cv", "knn_on_pca"],
+    )
+    task = SimpleNamespace(title="Cell type annotation", key="annotation", metrics=[])
+    pair = SimpleNamespace(dataset="pbmc68k_reduced", simulated=False)
+    report._time_figure(task, [(pair, frame), (pair, frame)], tmp_path / "t.png")
+    fig = drawn[0]
+    assert "one seed (no sd)" in fig._suptitle.get_text() and "±" not in fig._suptitle.get_text()
+    FigureCanvasAgg(fig).draw()
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert not [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
+    assert {t.get_text() for t in ax.get_xticklabels()} >= {"10"}
+    assert not ax.containers[0].errorbar  # one seed: no error bars
+
+
+def _lab(colours) -> np.ndarray:
+    from matplotlib.colors import to_rgb
+
+    rgb = np.array([to_rgb(c) for c in colours])
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
+    xyz /= [0.95047, 1.0, 1.08883]
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], axis=1)
+
+
+def _delta_e2000(lab1: np.ndarray, lab2: np.ndarray) -> float:
+    """CIEDE2000 colour difference of two CIELAB colours (Sharma, Wu and Dalal 2005)."""
+    (l1, a1, b1), (l2, a2, b2) = lab1, lab2
+    c_mean = (np.hypot(a1, b1) + np.hypot(a2, b2)) / 2
+    g = 0.5 * (1 - np.sqrt(c_mean**7 / (c_mean**7 + 25**7)))
+    a1, a2 = (1 + g) * a1, (1 + g) * a2
+    c1, c2 = np.hypot(a1, b1), np.hypot(a2, b2)
+    h1, h2 = np.degrees(np.arctan2(b1, a1)) % 360, np.degrees(np.arctan2(b2, a2)) % 360
+    dh = 0.0 if c1 * c2 == 0 else (h2 - h1 + 180) % 360 - 180
+    d_hue = 2 * np.sqrt(c1 * c2) * np.sin(np.radians(dh / 2))
+    l_mean, c_mean = (l1 + l2) / 2, (c1 + c2) / 2
+    h_mean = h1 + h2 if c1 * c2 == 0 else (h1 + h2) / 2 + (180 if abs(h1 - h2) > 180 else 0)
+    t = (
+        1
+        - 0.17 * np.cos(np.radians(h_mean - 30))
+        + 0.24 * np.cos(np.radians(2 * h_mean))
+        + 0.32 * np.cos(np.radians(3 * h_mean + 6))
+        - 0.20 * np.cos(np.radians(4 * h_mean - 63))
+    )
+    s_l = 1 + 0.015 * (l_mean - 50) ** 2 / np.sqrt(20 + (l_mean - 50) ** 2)
+    s_c, s_h = 1 + 0.045 * c_mean, 1 + 0.015 * c_mean * t
+    r_t = (
+        -np.sin(np.radians(60 * np.exp(-((((h_mean % 360) - 275) / 25) ** 2))))
+        * 2
+        * np.sqrt(c_mean**7 / (c_mean**7 + 25**7))
+    )
+    terms = ((l2 - l1) / s_l, (c2 - c1) / s_c, d_hue / s_h)
+    return float(np.sqrt(sum(x**2 for x in terms) + r_t * terms[1] * terms[2]))
+
+
+def test_delta_e2000_matches_the_published_test_pairs():
+    # pairs 1, 7 and 17 of Sharma, Wu and Dalal's test data
+    assert _delta_e2000(np.array([50, 2.6772, -79.7751]), np.array([50, 0, -82.7485])) == pytest.approx(
+        2.0425, abs=1e-4
+    )
+    assert _delta_e2000(np.array([50, 0, 0]), np.array([50, -1, 2])) == pytest.approx(2.3669, abs=1e-4)
+    assert _delta_e2000(np.array([50, 2.5, 0]), np.array([73, 25, -18])) == pytest.approx(27.1492, abs=1e-4)
+
+
+@pytest.mark.parametrize("n", [2, 5, 10, 13, 20])
+def test_cell_type_colours_stay_apart_up_to_20_types(n):
+    """The UMAPs of the report and the demo colour up to 20 types so that any two differ clearly: CIEDE2000 above
+    22 for up to 10 types, 17 for up to 20 (tab10's blue and cyan, monocyte and dendritic, and tab20's shades of
+    one hue, stellate and beta, came closer)."""
+    from opencellplm import demo
+    from opencellplm.benchmark import report
+
+    assert demo.category_colours is report.category_colours  # one palette for every picture
+    lab = _lab(report.category_colours(n))
+    closest = min(_delta_e2000(lab[i], lab[j]) for i in range(n) for j in range(i + 1, n))
+    assert closest > (22 if n <= 10 else 17)
+    assert (lab[:, 0] < 85).all()  # no colour too pale to see on white
+
+
+def test_cellplm_rows_equal_to_no_change_are_said_to_have_learnt_nothing():
+    results = _results()
+    for seed in (0, 1):  # a baseline that predicts no change, scoring exactly as the CellPLM imputer
+        metrics = {"rmse": [0.30, 0.32][seed], "pearson": [0.60, 0.62][seed]}
+        results["records"].append(
+            _record("imputation", "sim_spatial", "no_change", seed, "baseline", simulated=True, metrics=metrics)
+        )
+    section = readme_section(results)
+    assert (
+        "`cellplm_imputer` scores exactly as `no_change`, the prediction of no change: the fit left it there (a fit "
+        "keeps its starting state when it never beats it on validation), so this row says nothing about what CellPLM "
+        "can learn here."
+    ) in section
+    assert "exactly as" not in readme_section(_results())

@@ -56,7 +56,9 @@ def test_demo_writes_report_pictures_and_results_and_replaces_only_its_own_folde
     for method in ("cellplm", "celltypist_style", "l1_logistic_cv", "knn_on_pca"):
         assert f"| `{method}` |" in text  # a row of the annotation table
     assert "| method (inductive) | macro F1 |" in text and "**40 test cells**" in text  # 20% of 200
-    assert "## Where CellPLM wins and where it loses" in text and " beats " in text
+    assert "## Where CellPLM wins and where it loses" in text
+    assert "Ground truth: `obs['cell_type']` of the given cells." in text
+    assert "mean ± sd over 3 seeded splits (seeds [0, 1, 2])" in text
     for picture in demo.PICTURES.values():
         assert f"]({picture})" in text
         data = (out / picture).read_bytes()
@@ -64,10 +66,18 @@ def test_demo_writes_report_pictures_and_results_and_replaces_only_its_own_folde
 
     results = json.loads((out / "results.json").read_text())
     assert results["format"] == demo.FORMAT and results["seed"] == 0
-    assert results["annotation"]["mode"] == "inductive" and results["annotation"]["n_test"] == 40
-    assert results["annotation_split"]["n_train"] == 160
-    assert set(results["annotation"]["methods"]) == {"cellplm", "celltypist_style", "l1_logistic_cv", "knn_on_pca"}
-    assert len(results["clustering"]["scores"]) == 3 and results["clustering"]["settings"]["seeds"] == [0, 1, 2]
+    assert [a["mode"] for a in results["annotation"]] == ["inductive"] * 3
+    assert [a["n_test"] for a in results["annotation"]] == [40] * 3
+    assert [s["n_train"] for s in results["annotation_splits"]] == [160] * 3
+    assert [s["seed"] for s in results["annotation_splits"]] == [0, 1, 2]
+    assert set(results["annotation"][0]["methods"]) == {"cellplm", "celltypist_style", "l1_logistic_cv", "knn_on_pca"}
+    assert results["annotation_summary"]["knn_on_pca"]["predict_seconds"]["mean"] is None  # not measured
+    assert "| `knn_on_pca` |" in text and "— ± —" not in text
+    f1 = results["annotation_summary"]["cellplm"]["macro_f1"]
+    assert len(f1["values"]) == 3 and f1["mean"] == pytest.approx(np.mean(f1["values"]))
+    assert f1["sd"] == pytest.approx(np.std(f1["values"], ddof=1))
+    # pretrained, three untrained initialisations, PCA
+    assert len(results["clustering"]["scores"]) == 5 and results["clustering"]["settings"]["seeds"] == [0, 1, 2]
     assert results["model"]["n_genes_matched"] == 60 and results["model"]["n_cells_left_out"] == 0
     assert results["model"]["name"] == "tiny-test-model" and results["data"]["label_counts"]["type_0"] > 0
     assert set(results["timings_seconds"]) >= {"data", "embed", "cluster", "annotate", "pictures"}
@@ -136,7 +146,8 @@ def test_cli_demo(tmp_path, monkeypatch, capsys):
             {"task": "clustering", "model": "m", "other": "PCA", "wins": [], "ties": [], "losses": [
                 {"figure": "best ARI", "difference": -0.26}]},
         ]  # fmt: skip
-        (folder / "results.json").write_text(json.dumps({"format": demo.FORMAT, "verdict": verdict}))
+        data = {"ground_truth": "the labels"}
+        (folder / "results.json").write_text(json.dumps({"format": demo.FORMAT, "verdict": verdict, "data": data}))
         return folder / "report.md"
 
     monkeypatch.setattr(demo, "run_demo", fake_run_demo)
@@ -144,6 +155,7 @@ def test_cli_demo(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--seed", "2"]) == 0
     assert calls == [("opencellplm-demo", False, 2)]
     lines = capsys.readouterr().out.splitlines()
+    assert lines[-3] == "ground truth: the labels"
     assert lines[-2] == "losses: PCA beats m (clustering) on best ARI by 0.260."
     assert lines[-1] == f"report: {tmp_path.resolve() / 'opencellplm-demo' / 'report.md'}"
 
@@ -155,3 +167,54 @@ def test_cli_demo_refuses_an_existing_folder(tmp_path, caplog):
         assert main(["demo", "--out", str(tmp_path / "out"), "--overwrite"]) == 2
     assert "not a demo folder" in caplog.text
     assert (tmp_path / "out" / "data.h5ad").read_text() == "precious"
+
+
+def test_a_win_is_a_difference_beyond_the_combined_sd_of_the_seeds():
+    # 0.001 ahead on average, but the splits alone move macro F1 by 0.02: a tie within sd, not a win
+    close = demo._compare("cellplm", "knn", {"macro F1": ([0.651, 0.630, 0.672], [0.650, 0.640, 0.660])})
+    assert close["wins"] == [] and close["losses"] == []
+    (tie,) = close["ties"]
+    assert tie["difference"] == pytest.approx(0.001) and tie["sd"] == pytest.approx(0.023, abs=1e-3)
+    clear = demo._compare("cellplm", "knn", {"macro F1": ([0.80, 0.82, 0.81], [0.60, 0.62, 0.61])})
+    assert [w["figure"] for w in clear["wins"]] == ["macro F1"] and clear["wins"][0]["sd"] == pytest.approx(
+        0.014, abs=1e-3
+    )
+    line = demo.verdict_lines(
+        {"verdict": [close | {"task": "annotation", "model": "m, fine-tuned,", "other": "`knn`"}]}
+    )
+    assert line["ties"] == ["m, fine-tuned and `knn` tie within sd (annotation) on macro F1 (+0.001, sd 0.023)."]
+
+
+def test_the_untrained_architecture_matches_genes_by_the_same_rule_and_its_recipe_says_so(tmp_path, tiny, cells):
+    upper = CellPLM(tiny.module, [g.upper() for g in GENES], meta={"gene_id_rule": "upper"}, source={"name": "up"})
+    cells.var_names = [g.lower() for g in GENES]  # matched only through the "upper" rule
+    report = _run(tmp_path / "demo", upper, cells)
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert results["model"]["n_genes_matched"] == results["model"]["n_genes_matched_untrained"] == 60
+    text = report.read_text()
+    assert "meta={'gene_id_rule': model.gene_id_rule})`, the same vocabulary and gene-id rule" in text
+    assert "(60 of the data's 60 matched, 60 by the untrained architecture)" in text
+    assert all(abs(w["difference"]) > w["sd"] for c in results["verdict"] for w in c["wins"] + c["losses"])
+    assert len(results["representations"]) == 5  # pretrained, three untrained initialisations, PCA
+
+
+def test_a_model_of_ensembl_ids_is_refused_before_any_work_on_data_of_symbols(tmp_path, tiny):
+    from .conftest import vocabulary
+
+    ensembl = CellPLM(tiny.module, vocabulary(len(GENES)), source={"name": "converted-official"})
+    symbols = synthetic_adata(50, 60, n_types=2, seed=0)
+    symbols.var_names = [f"CD{i}" for i in range(60)]
+    with pytest.raises(ValueError) as caught:
+        demo.run_demo(tmp_path / "out", model=ensembl, adata=symbols, annotation_steps=4)
+    assert str(caught.value).startswith(
+        "converted-official names genes by Ensembl id (e.g. ['ENSG00000000000', 'ENSG00000000001']), but the "
+        "var_names of the given cells are gene symbols (e.g. ['CD0', 'CD1']): none would match"
+    )
+    assert "pass run_demo(adata=...) cells whose var_names are the model's Ensembl ids" in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_default_data_say_how_their_labels_were_made():
+    _, data = demo._data(None, "cell_type")
+    assert "assigned by correlating its expression with bulk-sorted reference populations" in data["ground_truth"]
+    assert "not measured by sorting the cell itself" in data["ground_truth"]

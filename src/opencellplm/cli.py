@@ -540,16 +540,22 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import RESULTS_FILE, run_demo, verdict_lines
 
     report = run_demo(args.out, overwrite=args.overwrite, seed=args.seed)
-    verdict = verdict_lines(json.loads((report.parent / RESULTS_FILE).read_text()))
-    lines = [f"{kind}: {line}" for kind in ("wins", "losses", "ties") for line in verdict[kind]]
+    results = json.loads((report.parent / RESULTS_FILE).read_text())
+    verdict = verdict_lines(results)
+    truth = results.get("data", {}).get("ground_truth")
+    lines = [f"ground truth: {truth}"] if truth else []
+    lines += [f"{kind}: {line}" for kind in ("wins", "losses", "ties") for line in verdict[kind]]
     sys.stdout.write("".join(f"{line}\n" for line in lines) + f"report: {report}\n")
     return 0
 
 
 def _benchmark(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark
-    from .benchmark.report import update_readme, write_report
+    from .benchmark.report import check_readme, update_readme, write_report
+    from .benchmark.run import unit_outcomes
 
+    if args.readme:
+        check_readme(args.readme)  # a wrong --readme fails now, not after the benchmark
     results = run_benchmark(
         args.out,
         tasks=args.tasks,
@@ -559,15 +565,25 @@ def _benchmark(args: argparse.Namespace) -> int:
         profile="quick" if args.quick else "full",
     )
     report = write_report(args.out, results)
-    failed = sum(r["status"] == "failed" for r in results["records"])
     if args.readme:
         if results["profile"] != "full":
             logger.warning(
                 "the README's results come from the full profile; writing the %s profile's", results["profile"]
             )
         update_readme(args.readme, results)
-    sys.stdout.write(f"report: {report}\n" + (f"{failed} runs failed: see the report\n" if failed else ""))
-    return 0
+    outcome = unit_outcomes(results)
+    units, failed = outcome["units"], outcome["failed"]
+    if units and outcome["cellplm_failed"] == units:
+        last = f"CellPLM gave no result in any of the {units} units (task, data set, seed), {failed} failed: "
+        last += "see the report"
+    elif failed:
+        last = f"{failed} of {units} units (task, data set, seed) failed: see the report"
+    else:
+        last = f"all {units} units (task, data set, seed) ran"
+    if results["profile"] == "quick":
+        last += "; quick profile: a smoke run, its scores mean nothing"
+    sys.stdout.write(f"report: {report}\n{last}\n")
+    return 1 if units and outcome["cellplm_failed"] == units else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -870,7 +886,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="every task on every real data set that suits it, CellPLM beside every baseline: results.json, "
         "report.md and plots (resumable)",
     )
-    p.add_argument("--out", required=True, help="folder to write; a folder of an earlier run continues it")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder to write (new or empty); a folder of an earlier run continues it, any other is refused",
+    )
     p.add_argument("--tasks", nargs="+", help="tasks to run (default: all)")
     p.add_argument("--datasets", nargs="+", help="data sets to run (default: every one that suits each task)")
     p.add_argument(

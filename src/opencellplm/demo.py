@@ -1,17 +1,18 @@
 """``opencellplm demo``: the shipped model on data that ships with the install, end to end, in a few minutes.
 
-:func:`run_demo` takes PBMC 68k reduced (700 cells, 10 bulk-sorted cell types; the installed scanpy's copy,
-no download) and the shipped ``cellplm-small``, then
+:func:`run_demo` takes PBMC 68k reduced (700 cells, 10 cell types assigned by correlation with bulk-sorted
+reference profiles; the installed scanpy's copy, no download) and the shipped ``cellplm-small``, then
 
-1. embeds the cells with the pretrained model and with the same architecture untrained (random weights), to
-   show what pretraining adds;
+1. embeds the cells with the pretrained model and with the same architecture untrained (random weights, three
+   initialisations), to show what pretraining adds;
 2. scores Leiden clustering of each embedding beside PCA (:func:`opencellplm.tasks.score_clustering`);
-3. fine-tunes a cell type annotator on a stratified 80% of the cells (inductive: the other 20% are never seen
-   in training) and scores it beside the logistic-regression and kNN baselines on the same split
-   (:class:`opencellplm.tasks.CellTypeAnnotator`);
+3. on each of three seeded stratified 80/20 splits, fine-tunes a cell type annotator on the 80% (inductive:
+   the other 20% are never seen in training) and scores it beside the logistic-regression and kNN baselines on
+   the same split (:class:`opencellplm.tasks.CellTypeAnnotator`);
 4. draws a UMAP of each representation, coloured by cell type;
 5. writes ``report.md`` (what was run, the tables, the pictures, where CellPLM wins and loses, computed from
-   the numbers) and ``results.json`` (everything) into one folder.
+   the numbers: a difference is a win or a loss only beyond the spread the seeds show) and ``results.json``
+   (everything) into one folder.
 
 The folder is written whole (:func:`opencellplm._files.write_directory`); ``overwrite`` replaces only a folder
 that an earlier demo wrote and that holds nothing else.
@@ -36,6 +37,7 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from ._files import check_output_directory, marker_problems, write_directory
+from ._palette import category_colours
 from ._threads import thread_settings
 from .data.validate import require_anndata
 from .model import CellPLM
@@ -59,8 +61,18 @@ DEFAULT_ANNOTATION_STEPS = 150
 TEST_FRACTION = 0.2
 N_NEIGHBORS = 15
 FIXED_RESOLUTION = 1.0
-#: Differences smaller than this (after rounding to 3 decimals) are ties.
+#: Seeded annotation splits, and random initialisations of the untrained architecture: a verdict is a win or a
+#: loss only when the difference exceeds the combined sd over them (one split, one initialisation cannot say).
+N_SPLITS = 3
+N_UNTRAINED = 3
+#: Differences smaller than this (after rounding to 3 decimals) are ties whatever the spread.
 TIE = 0.0005
+#: What the default data's labels are: the ground truth every verdict is scored against.
+PBMC68K_GROUND_TRUTH = (
+    "`obs['cell_type']` of PBMC 68k reduced (scanpy's `bulk_labels`): each cell's type was assigned by "
+    "correlating its expression with bulk-sorted reference populations (Zheng et al. 2017), not measured by "
+    "sorting the cell itself, so the labels are a computational annotation with errors of their own"
+)
 #: Figures compared in the verdict: clustering (ClusteringScores attributes) and annotation (ClassificationScores).
 CLUSTERING_FIGURES = {
     "best_ari": "best ARI",
@@ -94,11 +106,16 @@ class _Run:
     representations: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     clustering: Any = None
-    annotation: Any = None
+    annotations: list[Any] = field(default_factory=list)  # one AnnotationScores per split
     matched: dict[str, int] = field(default_factory=dict)
-    fit: dict[str, Any] = field(default_factory=dict)
-    split: dict[str, Any] = field(default_factory=dict)
+    fits: list[dict[str, Any]] = field(default_factory=list)
+    splits: list[dict[str, Any]] = field(default_factory=list)
     umap: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def untrained(self) -> list[str]:
+        """The keys of the untrained initialisations (the first is pictured)."""
+        return [key for key in self.representations if key.startswith("untrained")]
 
 
 def run_demo(
@@ -120,15 +137,18 @@ def run_demo(
         absent or empty, or (with ``overwrite``) a folder an earlier demo wrote that holds nothing else; it is
         checked before any work.
     model
-        A shipped model's name, a checkpoint directory or a loaded :class:`~opencellplm.CellPLM`.
+        A shipped model's name, a checkpoint directory or a loaded :class:`~opencellplm.CellPLM`. A model whose
+        vocabulary is Ensembl ids (a converted official checkpoint) is refused before any work when the data's
+        var_names are gene symbols, as is one that matches none of the data's genes.
     adata
         Cells with raw counts and labels in ``obs[labels_key]`` (never modified). Default: PBMC 68k reduced
         (:func:`opencellplm.datasets.pbmc68k_reduced`, the installed scanpy's copy).
     labels_key
         ``obs`` column of the cell type labels.
     seed
-        Seeds everything: the untrained weights, the Leiden runs (``seed``, ``seed + 1``, ``seed + 2``), the
-        train/test split, the fine-tuning, the baselines and the UMAPs.
+        Seeds everything: the untrained weights (``seed`` .. ``seed + 2``, one per initialisation), the Leiden
+        runs (``seed`` .. ``seed + 2``), the train/test splits and their fine-tuning and baselines (``seed`` ..
+        ``seed + 2``, one per split) and the UMAPs.
     overwrite
         Replace ``out`` if it is a previous demo folder.
     annotation_steps
@@ -142,6 +162,7 @@ def run_demo(
     if annotation_steps < 1:
         raise ValueError(f"annotation_steps={annotation_steps}; give at least 1")
     target = check_output_directory(out, overwrite=overwrite, recognise=demo_problems, kind="demo folder")
+    loaded = _load(model)
     started = time.perf_counter()
     seconds: dict[str, float] = {}
 
@@ -157,9 +178,10 @@ def run_demo(
     # Seeding inside fork_rng leaves the caller's torch generator as it was.
     with tqdm(total=len(STEPS), desc="opencellplm demo", unit="step", disable=None) as bar, torch.random.fork_rng([]):
         adata, data = step("data", lambda: _data(adata, labels_key))
+        _check_genes(loaded, adata, data)  # before any work: a model that matches no gene is refused here
 
         def embed() -> _Run:
-            run = _Run(_load(model), "", data, labels_key, seed)
+            run = _Run(loaded, "", data, labels_key, seed)
             name = str(run.model.source.get("name", "in memory"))
             run.model_name = "the given model" if name == "in memory" else name
             values = adata.obs[labels_key]
@@ -200,6 +222,9 @@ def _data(adata: AnnData | None, labels_key: str) -> tuple[AnnData, dict[str, An
         require_anndata(adata)
         adata = adata.to_memory() if adata.isbacked else adata.copy()
         source = "the AnnData given to run_demo"
+    ground_truth = (
+        PBMC68K_GROUND_TRUTH if source.startswith("opencellplm.") else f"`obs['{labels_key}']` of the given cells"
+    )
     if labels_key not in adata.obs:
         raise KeyError(f"obs column {labels_key!r} not found; adata.obs has {list(adata.obs.columns)}")
     labels = adata.obs[labels_key]
@@ -216,6 +241,7 @@ def _data(adata: AnnData | None, labels_key: str) -> tuple[AnnData, dict[str, An
         "n_labelled": int(counts.sum()),
         "label_counts": {str(k): int(v) for k, v in counts.items()},
         "provenance": provenance,
+        "ground_truth": ground_truth,
     }
     logger.info("demo data: %s, %d cells x %d genes, %d cell types", data["name"], *adata.shape, len(counts))
     return adata, data
@@ -225,6 +251,23 @@ def _load(model: str | Path | CellPLM) -> CellPLM:
     return model if isinstance(model, CellPLM) else CellPLM.from_pretrained(model)
 
 
+def _check_genes(model: CellPLM, adata: AnnData, data: dict[str, Any]) -> None:
+    """Refuse, before any work, data whose genes the model cannot match (ids against symbols, or none shared)."""
+    from .data.genes import _looks_like_ensembl, align_genes
+
+    name = model.source.get("name", "the given model")
+    if _looks_like_ensembl(model.genes) and not _looks_like_ensembl(adata.var_names):
+        raise ValueError(
+            f"{name} names genes by Ensembl id (e.g. {list(model.genes[:2])}), but the var_names of {data['name']} "
+            f"are gene symbols (e.g. {list(adata.var_names[:2])}): none would match, and every CellPLM step would "
+            "fail. Run the demo with a model whose vocabulary is gene symbols (cellplm-small), or pass "
+            "run_demo(adata=...) cells whose var_names are the model's Ensembl ids"
+        )
+    align_genes(
+        list(map(str, adata.var_names)), model.genes, source=f"the var_names of {data['name']}", rule=model.gene_id_rule
+    )
+
+
 def _embed(run: _Run, adata: AnnData) -> None:
     model = run.model
     begun = time.perf_counter()
@@ -232,15 +275,25 @@ def _embed(run: _Run, adata: AnnData) -> None:
     run.names["pretrained"] = f"{run.model_name} (pretrained)"
     run.representations["pretrained"] = adata.obsm["X_cellplm"]
     run.seconds["pretrained"] = round(time.perf_counter() - begun, 2)
-    begun = time.perf_counter()
-    torch.manual_seed(run.seed)  # inside run_demo's fork_rng: the caller's generator is left as it was
-    module = CellPLMModule(model.config)
-    untrained = CellPLM(module, model.genes, meta={"gene_id_rule": model.gene_id_rule}, device=model.device)
-    run.names["untrained"] = f"{run.model_name} architecture, untrained (random weights, seed {run.seed})"
-    run.representations["untrained"] = untrained.get_latent_representation(adata)
-    run.seconds["untrained"] = round(time.perf_counter() - begun, 2)
     record = adata.uns["cellplm"]["X_cellplm"]
     run.matched = {k: int(record[k]) for k in ("n_genes_matched", "n_cells_left_out")}
+    for i in range(N_UNTRAINED):
+        key, seed = "untrained" if i == 0 else f"untrained_{i}", run.seed + i
+        begun = time.perf_counter()
+        untrained = untrained_copy(model, seed)
+        run.names[key] = f"{run.model_name} architecture, untrained (random weights, seed {seed})"
+        untrained.embed(adata, key_added=f"X_{key}")
+        run.representations[key] = adata.obsm[f"X_{key}"]
+        run.seconds[key] = round(time.perf_counter() - begun, 2)
+    run.matched["n_genes_matched_untrained"] = int(adata.uns["cellplm"]["X_untrained"]["n_genes_matched"])
+
+
+def untrained_copy(model: CellPLM, seed: int) -> CellPLM:
+    """The architecture of ``model`` with random weights (``torch.manual_seed(seed)``), matching genes by the same
+    vocabulary and gene-id rule (inside run_demo's fork_rng: the caller's generator is left as it was)."""
+    torch.manual_seed(seed)
+    meta = {"gene_id_rule": model.gene_id_rule}
+    return CellPLM(CellPLMModule(model.config), model.genes, meta=meta, device=model.device)
 
 
 def _cluster(run: _Run, adata: AnnData) -> None:
@@ -259,14 +312,14 @@ def _cluster(run: _Run, adata: AnnData) -> None:
     result = score_clustering(
         adata,
         run.labels_key,
-        embeddings={run.names[key]: run.representations[key] for key in PICTURES},
+        embeddings={run.names[key]: run.representations[key] for key in run.representations},
         embedding_key=None,
         baselines_run=(),
         seeds=tuple(run.seed + i for i in range(3)),
         fixed_resolution=FIXED_RESOLUTION,
         n_neighbors=N_NEIGHBORS,
     )
-    result.seconds = {run.names[key]: run.seconds[key] for key in PICTURES}
+    result.seconds = {run.names[key]: run.seconds[key] for key in run.representations}
     run.clustering = result
 
 
@@ -300,20 +353,23 @@ def _split(labels: Any, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def _annotate(run: _Run, adata: AnnData, steps: int) -> None:
+    """One fine-tuning and scoring per seeded split (seeds ``seed`` .. ``seed + N_SPLITS - 1``)."""
     from .tasks import AnnotationRecipe, CellTypeAnnotator
 
     labels = adata.obs[run.labels_key]
-    test, run.split = _split(labels, run.seed)
-    train = labels.notna().to_numpy() & ~test
-    recipe = AnnotationRecipe(
-        steps=steps, eval_every=max(1, min(10, steps // 5)), warmup_steps=min(15, steps // 10), seed=run.seed
-    )
-    annotator = CellTypeAnnotator.from_pretrained(run.model, recipe=recipe)
-    annotator.fit(adata, run.labels_key, mode="inductive", train_cells=train)
-    run.annotation = annotator.score(adata, run.labels_key, test_cells=test, seed=run.seed)
-    summary = asdict(annotator.summary)
-    summary.pop("history", None)
-    run.fit = {"annotator": summary, "history": annotator.summary.history, "recipe": asdict(recipe)}
+    for seed in range(run.seed, run.seed + N_SPLITS):
+        test, split = _split(labels, seed)
+        train = labels.notna().to_numpy() & ~test
+        recipe = AnnotationRecipe(
+            steps=steps, eval_every=max(1, min(10, steps // 5)), warmup_steps=min(15, steps // 10), seed=seed
+        )
+        annotator = CellTypeAnnotator.from_pretrained(run.model, recipe=recipe)
+        annotator.fit(adata, run.labels_key, mode="inductive", train_cells=train)
+        run.annotations.append(annotator.score(adata, run.labels_key, test_cells=test, seed=seed))
+        summary = asdict(annotator.summary)
+        summary.pop("history", None)
+        run.splits.append(split | {"seed": seed})
+        run.fits.append({"annotator": summary, "history": annotator.summary.history, "recipe": asdict(recipe)})
 
 
 def _umaps(run: _Run) -> None:
@@ -333,16 +389,6 @@ def _umaps(run: _Run) -> None:
 
 
 # --------------------------------------------------------------------------------------------- pictures
-def _colours(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    if n <= 10:
-        return [colormaps["tab10"](i) for i in range(n)]
-    if n <= 20:
-        return [colormaps["tab20"](i) for i in range(n)]
-    return [colormaps["gist_ncar"](i / n) for i in range(n)]
-
-
 def _draw(run: _Run, key: str, path: Path) -> None:
     """A scatter of the UMAP coloured by cell type, the scores in the title and the legend outside the axes."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state is touched
@@ -352,7 +398,7 @@ def _draw(run: _Run, key: str, path: Path) -> None:
     categories = list(run.data["label_counts"])
     fig = Figure(figsize=(8.5, 5.5), layout="constrained")
     ax = fig.subplots()
-    for category, colour in zip(sorted(categories), _colours(len(categories))):
+    for category, colour in zip(sorted(categories), category_colours(len(categories))):
         rows = (labels == category) & np.isfinite(coordinates).all(1)
         ax.scatter(*coordinates[rows].T, s=6, color=colour, label=f"{category} ({int(rows.sum())})", linewidths=0)
     missing = np.array([v is None for v in labels]) & np.isfinite(coordinates).all(1)
@@ -390,55 +436,82 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _compare(ours: str, theirs: str, values: dict[str, tuple[float, float]]) -> dict[str, list[dict[str, Any]]]:
-    """Each figure of ``values`` (label -> (ours, theirs)) sorted into wins, losses and ties of ``ours``."""
+def _spread(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _compare(ours: str, theirs: str, values: dict[str, tuple[list[float], list[float]]]) -> dict[str, Any]:
+    """Each figure of ``values`` (label -> (our values, their values) over seeds) sorted into wins, losses and ties
+    of ``ours``: a win or a loss only when the difference of the means exceeds the combined sd
+    (``sqrt(sd_ours**2 + sd_theirs**2)``) and :data:`TIE`, else a tie within sd."""
     out: dict[str, list[dict[str, Any]]] = {"wins": [], "losses": [], "ties": []}
     for label, (a, b) in values.items():
-        difference = round(float(a) - float(b), 3)
-        kind = "ties" if abs(difference) < TIE else "wins" if difference > 0 else "losses"
-        out[kind].append({"figure": label, "ours": float(a), "theirs": float(b), "difference": difference})
+        difference = round(float(np.mean(a)) - float(np.mean(b)), 3)
+        sd = round(float(np.hypot(_spread(a), _spread(b))), 3)
+        kind = "ties" if abs(difference) <= max(sd, TIE) else "wins" if difference > 0 else "losses"
+        entry = {"figure": label, "ours": float(np.mean(a)), "theirs": float(np.mean(b)), "difference": difference}
+        out[kind].append(entry | {"sd": sd, "n_ours": len(a), "n_theirs": len(b)})
     return {"ours": ours, "theirs": theirs} | out
 
 
 def _verdict(run: _Run) -> list[dict[str, Any]]:
-    """CellPLM (pretrained) against every other row of both tables, figure by figure."""
+    """CellPLM (pretrained) against every other row of both tables, figure by figure, beyond the seeds' spread."""
     scores = run.clustering.scores
 
-    def mean(name: str, attribute: str) -> float:
-        return float(np.mean([getattr(s, attribute) for s in scores[name]]))
+    def values(keys: list[str], attribute: str) -> list[float]:
+        return [float(getattr(s, attribute)) for key in keys for s in scores[run.names[key]]]
 
     ours = run.names["pretrained"]
-    short = {"untrained": f"the untrained {run.model_name} architecture", "pca": "PCA"}
+    leiden = f"{len(run.clustering.settings['seeds'])} Leiden seeds"
+    others = {
+        "untrained": (
+            run.untrained,
+            f"the untrained {run.model_name} architecture",
+            f"{leiden}; {len(run.untrained)} random initialisations of the untrained architecture",
+        ),
+        "pca": (["pca"], "PCA", leiden),
+    }
     comparisons = []
-    for key in ("untrained", "pca"):
-        theirs = run.names[key]
-        values = {label: (mean(ours, a), mean(theirs, a)) for a, label in CLUSTERING_FIGURES.items()}
+    for key, (keys, short, spread) in others.items():
+        figures = {label: (values(["pretrained"], a), values(keys, a)) for a, label in CLUSTERING_FIGURES.items()}
         comparisons.append(
-            _compare(ours, theirs, values) | {"task": "clustering", "model": run.model_name, "other": short[key]}
+            _compare(ours, run.names[key], figures)
+            | {"task": "clustering", "model": run.model_name, "other": short, "spread": spread}
         )
-    methods = run.annotation.methods
+    methods = run.annotations[0].methods
     mine = "cellplm" if "cellplm" in methods else next(iter(methods))
-    for name, method in methods.items():
+    for name in methods:
         if name == mine:
             continue
-        values = {
-            label: (getattr(methods[mine]["scores"], a), getattr(method["scores"], a))
-            for a, label in ANNOTATION_FIGURES.items()
+        figures = {
+            label: (
+                [float(getattr(a.methods[mine]["scores"], attr)) for a in run.annotations],
+                [float(getattr(a.methods[name]["scores"], attr)) for a in run.annotations],
+            )
+            for attr, label in ANNOTATION_FIGURES.items()
         }
         comparisons.append(
-            _compare(mine, name, values)
-            | {"task": "annotation", "model": f"{run.model_name}, fine-tuned,", "other": f"`{name}`"}
+            _compare(mine, name, figures)
+            | {
+                "task": "annotation",
+                "model": f"{run.model_name}, fine-tuned,",
+                "other": f"`{name}`",
+                "spread": f"{len(run.annotations)} seeded splits",
+            }
         )
     return comparisons
 
 
 def _by(items: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{i['figure']} by {abs(i['difference']):.3f}" for i in items)
+    return ", ".join(
+        f"{i['figure']} by {abs(i['difference']):.3f}" + (f" (sd {i['sd']:.3f})" if "sd" in i else "") for i in items
+    )
 
 
 def verdict_lines(results: dict[str, Any]) -> dict[str, list[str]]:
-    """Plain sentences from a demo's ``results.json``: where CellPLM wins, loses and ties (``"wins"``,
-    ``"losses"``, ``"ties"``), e.g. "PCA beats cellplm-small (clustering) on best ARI by 0.263"."""
+    """Plain sentences from a demo's ``results.json``: where CellPLM wins, loses and ties within sd (``"wins"``,
+    ``"losses"``, ``"ties"``), e.g. "PCA beats cellplm-small (clustering) on best ARI by 0.263 (sd 0.012)": a
+    win or a loss is a difference beyond the combined sd of the two sides over seeds."""
     out: dict[str, list[str]] = {"wins": [], "losses": [], "ties": []}
     for c in results["verdict"]:
         model, other, task = c["model"], c["other"], c["task"]
@@ -449,8 +522,11 @@ def verdict_lines(results: dict[str, Any]) -> dict[str, list[str]]:
                 f"{other[0].upper() + other[1:]} beats {model.rstrip(',')} ({task}) on {_by(c['losses'])}."
             )
         if c["ties"]:
-            figures = ", ".join(i["figure"] for i in c["ties"])
-            out["ties"].append(f"{model.rstrip(',')} and {other} tie ({task}) on {figures}.")
+            figures = ", ".join(
+                f"{i['figure']} ({i['difference']:+.3f}" + (f", sd {i['sd']:.3f})" if "sd" in i else ")")
+                for i in c["ties"]
+            )
+            out["ties"].append(f"{model.rstrip(',')} and {other} tie within sd ({task}) on {figures}.")
     return out
 
 
@@ -474,19 +550,20 @@ def _results(run: _Run, timings: dict[str, float]) -> dict[str, Any]:
         "data": run.data,
         "seed": run.seed,
         "seeds": {
-            "untrained_weights": f"torch.manual_seed({run.seed})",
+            "untrained_weights": [f"torch.manual_seed({run.seed + i})" for i in range(len(run.untrained))],
             "leiden": list(run.clustering.settings["seeds"]),
-            "split": run.seed,
-            "fine_tuning": run.seed,
-            "baselines": run.seed,
+            "splits": [split["seed"] for split in run.splits],
+            "fine_tuning": "the split's seed",
+            "baselines": "the split's seed",
             "umap": run.seed,
         },
-        "representations": {key: run.names[key] for key in PICTURES},
-        "embedding_seconds": {run.names[key]: run.seconds[key] for key in PICTURES},
+        "representations": {key: run.names[key] for key in run.representations},
+        "embedding_seconds": {run.names[key]: run.seconds[key] for key in run.representations},
         "clustering": run.clustering.to_dict(),
-        "annotation": run.annotation.to_dict(),
-        "annotation_split": run.split,
-        "annotation_fit": run.fit,
+        "annotation": [scores.to_dict() for scores in run.annotations],
+        "annotation_summary": _annotation_summary(run),
+        "annotation_splits": run.splits,
+        "annotation_fits": run.fits,
         "pictures": {run.names[key]: name for key, name in PICTURES.items()},
         "verdict": _verdict(run),
         "timings_seconds": timings,
@@ -497,6 +574,21 @@ def _results(run: _Run, timings: dict[str, float]) -> dict[str, Any]:
             **thread_settings(),
         },
     }
+
+
+def _annotation_summary(run: _Run) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per method and figure: the values over the splits, their mean and sd (ddof 1)."""
+    frames = [scores.to_frame() for scores in run.annotations]
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for method in frames[0].index:
+        out[method] = {}
+        for column in frames[0].columns:
+            values = [float(frame.at[method, column]) for frame in frames]
+            if not np.isfinite(values).all():  # a figure the method does not measure (a baseline's predict time)
+                out[method][column] = {"mean": None, "sd": None, "values": [None] * len(values)}
+                continue
+            out[method][column] = {"mean": float(np.mean(values)), "sd": _spread(values), "values": values}
+    return out
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -510,31 +602,35 @@ def _number(value: Any, digits: int = 3) -> str:
 
 
 def _report(run: _Run, results: dict[str, Any]) -> str:
-    model, data, split = results["model"], results["data"], run.split
+    model, data = results["model"], results["data"]
     provenance = data["provenance"]
     if provenance.get("origin"):
         shas = provenance.get("member_sha256") or {provenance.get("archive"): provenance.get("archive_sha256")}
         origin = f"{provenance['origin']}; " + "; ".join(f"`{k}` sha256 `{v}`" for k, v in shas.items())
     else:
         origin = data["source"]
-    annotation, fit = run.annotation, run.fit["annotator"]
-    frame = annotation.to_frame()
+    annotation = run.annotations[0]
+    summary = results["annotation_summary"]
+
+    def cell(entry: dict[str, Any], digits: int = 3) -> str:
+        if entry["mean"] is None:  # a figure the method does not measure
+            return "—"
+        return f"{_number(entry['mean'], digits)} ± {_number(entry['sd'], digits)}"
+
     annotation_rows = [
-        [
-            f"`{name}`",
-            _number(row["macro_f1"]),
-            _number(row["macro_precision"]),
-            _number(row["accuracy"]),
-            _number(row["fit_seconds"], 1),
-            _number(row["predict_seconds"], 2),
-        ]
-        for name, row in frame.iterrows()
+        [f"`{name}`"]
+        + [cell(row[k]) for k in ("macro_f1", "macro_precision", "accuracy")]
+        + [cell(row["fit_seconds"], 1), cell(row["predict_seconds"], 2)]
+        for name, row in summary.items()
     ]
+    fits = [fit["annotator"] for fit in run.fits]
+    split = run.splits[0]
     verdict = verdict_lines(results)
     wins, losses, ties = verdict["wins"], verdict["losses"], verdict["ties"]
     timings = results["timings_seconds"]
-    recipe = run.fit["recipe"]
+    recipe = run.fits[0]["recipe"]
     seeds = results["seeds"]
+    n_splits, n_untrained = len(run.splits), len(run.untrained)
     lines = [
         f"# opencellplm demo: {model['name']} on {data['name']}",
         "",
@@ -543,7 +639,13 @@ def _report(run: _Run, results: dict[str, Any]) -> str:
         "",
         "## Where CellPLM wins and where it loses",
         "",
-        "Computed from the tables below (clustering: mean over Leiden seeds; annotation: the held-out test cells).",
+        f"Ground truth: {data['ground_truth']}.",
+        "",
+        "Computed from the tables below (clustering: mean over Leiden seeds, and for the untrained architecture over "
+        f"{n_untrained} random initialisations too; annotation: mean over {n_splits} seeded splits, each scored on "
+        "its held-out test cells). A difference is a win or a loss only when it exceeds the combined sd of the two "
+        "sides over those seeds (sqrt(sd1² + sd2²)); a smaller one is a tie within sd, since the seeds alone move "
+        "the figures that much.",
         "",
         "**Wins**" + ("" if wins else ": none."),
         "",
@@ -553,28 +655,38 @@ def _report(run: _Run, results: dict[str, Any]) -> str:
         "",
         *[f"- {line}" for line in losses],
         *([""] if losses else []),
-        *([f"**Ties** (within {TIE})", "", *[f"- {line}" for line in ties], ""] if ties else []),
+        *(
+            ["**Ties within sd** (difference of the means, combined sd)", "", *[f"- {line}" for line in ties], ""]
+            if ties
+            else []
+        ),
         "## What was run",
         "",
         f"- **Model**: `{model['name']}`, {model['n_parameters']:,} parameters, {model['n_genes_vocabulary']:,} genes "
-        f"in its vocabulary ({model['n_genes_matched']} of the data's {data['n_genes']} matched); weights "
+        f"in its vocabulary ({model['n_genes_matched']} of the data's {data['n_genes']} matched, "
+        f"{model['n_genes_matched_untrained']} by the untrained architecture); weights "
         f"`{model['source'].get('path', 'in memory')}`, sha256 `{model['weights_sha256'] or 'n/a (in memory)'}`.",
         f"- **Data**: `{data['name']}`, {data['n_cells']} cells x {data['n_genes']} genes, raw counts, labels "
         f"`obs['{run.labels_key}']` ({len(data['label_counts'])} cell types, {data['n_labelled']} labelled cells). "
         f"Source: {origin}.",
-        f"- **Representations**: {run.names['pretrained']}; the same architecture with random weights "
-        f"(`CellPLM(CellPLMModule(model.config), model.genes)` after `{seeds['untrained_weights']}`), to show what "
-        f"pretraining adds; {run.names['pca']} (`opencellplm.baselines.pca_embedding`, seed {run.seed}).",
+        f"- **Representations**: {run.names['pretrained']}; the same architecture with random weights, "
+        f"{n_untrained} initialisations (`opencellplm.demo.untrained_copy(model, seed)`, i.e. "
+        "`torch.manual_seed(seed)` then `CellPLM(CellPLMModule(model.config), model.genes, "
+        "meta={'gene_id_rule': model.gene_id_rule})`, the same vocabulary and gene-id rule as the pretrained "
+        f"model, seeds {run.seed}..{run.seed + n_untrained - 1}), to show what pretraining adds; "
+        f"{run.names['pca']} (`opencellplm.baselines.pca_embedding`, seed {run.seed}).",
         f"- **Clustering** (`opencellplm.tasks.score_clustering`): {N_NEIGHBORS}-nearest-neighbour graph, Leiden at "
         f"resolutions {', '.join(f'{r:g}' for r in run.clustering.scores[run.names['pca']][0].resolutions)}, seeds "
         f"{seeds['leiden']}; ARI and NMI against the labels.",
-        f"- **Annotation** (`opencellplm.tasks.CellTypeAnnotator`, {annotation.mode}): stratified split "
-        f"`{split['method']}`: {split['n_train']} training cells (of which {fit['n_validation']} held out for "
-        f"validation), **{annotation.n_test} test cells**, never seen in fine-tuning. Fine-tuned from {model['name']} "
-        f"for at most {recipe['steps']} steps ({fit['steps']} run; best validation macro F1 "
-        f"{_number(fit['best_val_f1'])} kept), lr {recipe['lr']:g}, evaluation every {recipe['eval_every']} steps. "
-        "The baselines (`celltypist_style`, `l1_logistic_cv`, `knn_on_pca`) learn from the same training cells "
-        "and predict the same test cells.",
+        f"- **Annotation** (`opencellplm.tasks.CellTypeAnnotator`, {annotation.mode}): {n_splits} stratified splits "
+        f"(`train_test_split(test_size={TEST_FRACTION}, stratify=labels, random_state=seed)`, seeds "
+        f"{seeds['splits']}), each {split['n_train']} training cells (of which {fits[0]['n_validation']} held out "
+        f"for validation) and **{split['n_test']} test cells**, never seen in fine-tuning. Fine-tuned from "
+        f"{model['name']} on each for at most {recipe['steps']} steps (steps run: "
+        f"{', '.join(str(f['steps']) for f in fits)}; the state of best validation macro F1 kept: "
+        f"{', '.join(_number(f['best_val_f1']) for f in fits)}), lr {recipe['lr']:g}, evaluation every "
+        f"{recipe['eval_every']} steps. The baselines (`celltypist_style`, `l1_logistic_cv`, `knn_on_pca`) learn "
+        "from the same training cells and predict the same test cells.",
         "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
         "- **Wall time** (s): "
         + ", ".join(f"{k} {v:.1f}" for k, v in timings.items() if k != "total_before_report")
@@ -589,7 +701,8 @@ def _report(run: _Run, results: dict[str, Any]) -> str:
         "",
         "## Cell type annotation",
         "",
-        f"Mode: **{annotation.mode}**; scored on **{annotation.n_test} test cells**"
+        f"Mode: **{annotation.mode}**; mean ± sd over {n_splits} seeded splits (seeds {seeds['splits']}), each "
+        f"scored on its **{split['n_test']} test cells**"
         + (f"; test labels never seen in training: {annotation.unseen_labels}" if annotation.unseen_labels else "")
         + ". Fit seconds include fine-tuning (CellPLM) or the whole baseline.",
         "",

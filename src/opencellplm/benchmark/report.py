@@ -10,7 +10,8 @@ The report is meant to let a reader decide whether CellPLM beats simple baseline
 * every cell is the mean over the seeds that succeeded, with the sample sd, and a row says how many seeds it holds;
 * the best mean of each metric column is bold, ties (at the shown precision) all bold;
 * one computed sentence per data set compares the best CellPLM-family method with the best baseline, metric by
-  metric, and says when the gap is within the seeds' sd;
+  metric: a win or a loss only when the gap exceeds the combined sd over seeds, else a tie within sd (with one
+  seed no spread is measured, and the sentence says so instead of calling a win);
 * failed and skipped runs are listed with their reason under the table of their data set;
 * simulated data sets are reported apart, in a section labelled as such.
 
@@ -32,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .._palette import category_colours
 
 logger = logging.getLogger(__name__)
 
@@ -295,20 +298,32 @@ class _Comparison:
 
     @property
     def outcome(self) -> str:
+        """``"win"`` or ``"loss"`` only beyond the seeds' spread; ``"tie"`` within it (or equal as shown);
+        ``"ahead"`` or ``"behind"`` when no spread was measured (one seed); ``"missing"`` without both sides."""
         if self.cellplm is None or self.baseline is None:
             return "missing"
         mine, theirs = _shown(self.cellplm[1]), _shown(self.baseline[1])
-        if mine == theirs:
+        if mine == theirs or self.within_sd:
             return "tie"
-        return "win" if (mine > theirs) == (self.metric.better == "higher") else "loss"
+        better = (mine > theirs) == (self.metric.better == "higher")
+        if self.spread is None:
+            return "ahead" if better else "behind"
+        return "win" if better else "loss"
+
+    @property
+    def spread(self) -> float | None:
+        """The combined seed sd of the two sides (``sqrt(sd1**2 + sd2**2)`` of those measured); None when
+        neither was measured (one seed each)."""
+        if self.cellplm is None or self.baseline is None:
+            return None
+        spreads = [sd for sd in (self.cellplm[2], self.baseline[2]) if math.isfinite(sd)]
+        return float(np.hypot(*spreads)) if len(spreads) == 2 else (spreads[0] if spreads else None)
 
     @property
     def within_sd(self) -> bool:
-        """Whether the gap is no larger than the larger seed sd of the two (a gap the seeds alone could make)."""
-        if self.cellplm is None or self.baseline is None:
-            return False
-        spreads = [sd for sd in (self.cellplm[2], self.baseline[2]) if math.isfinite(sd)]
-        return bool(spreads) and abs(self.cellplm[1] - self.baseline[1]) <= max(spreads)
+        """Whether the gap is no larger than the combined seed sd (a gap the seeds alone could make)."""
+        spread = self.spread
+        return spread is not None and abs(self.cellplm[1] - self.baseline[1]) <= spread
 
 
 def _best_of(frame: pd.DataFrame, family: str, metric: _Metric) -> tuple[str, float, float] | None:
@@ -364,15 +379,24 @@ def _verdict(frame: pd.DataFrame, task: _Task, *, simulated: bool) -> str:
                 text = f"{c.metric.label} ({mine} vs {theirs}, {c.baseline[0]}"
             else:
                 text = f"{c.metric.label} ({c.cellplm[0]} {mine} vs {c.baseline[0]} {theirs}"
-            text += "; within the seeds' sd)" if c.within_sd else ")"
+            text += "; within the seeds' sd)" if c.within_sd else "; one seed)" if c.spread is None else ")"
         clauses.setdefault(c.outcome, []).append(text)
     first = {
         "win": "beats the best baseline on",
         "loss": "loses to the best baseline on",
         "tie": "ties with the best baseline on",
+        "ahead": "is ahead of the best baseline, with no spread measured to tell a win, on",
+        "behind": "is behind the best baseline, with no spread measured to tell a loss, on",
         "missing": "cannot be compared with the baselines on",
     }
-    later = {"win": "beats it on", "loss": "loses on", "tie": "ties on", "missing": "cannot be compared on"}
+    later = {
+        "win": "beats it on",
+        "loss": "loses on",
+        "tie": "ties on",
+        "ahead": "is ahead, with no spread measured, on",
+        "behind": "is behind, with no spread measured, on",
+        "missing": "cannot be compared on",
+    }
     parts = [f"{(first if i == 0 else later)[o]} {_join(texts)}" for i, (o, texts) in enumerate(clauses.items())]
     subject = f"CellPLM ({next(iter(leaders))})" if one_leader else "CellPLM"
     joined = _join(parts) if len(parts) < 3 else ", ".join(parts[:-1]) + ", and " + parts[-1]
@@ -390,7 +414,13 @@ def _glance_row(pair: _Pair, frame: pd.DataFrame, task: _Task) -> str:
     if c is None or c.outcome == "missing":
         result = "not compared"
     else:
-        result = {"win": "CellPLM ahead", "loss": "baseline ahead", "tie": "tie"}[c.outcome]
+        result = {
+            "win": "CellPLM ahead",
+            "loss": "baseline ahead",
+            "tie": "tie",
+            "ahead": "CellPLM ahead on one seed (no spread measured)",
+            "behind": "baseline ahead on one seed (no spread measured)",
+        }[c.outcome]
         result += " (within sd)" if c.within_sd else ""
     return f"| {_escape(task.title)} | {name} | {_escape(primary.label)} | {mine} | {theirs} | {result} |"
 
@@ -443,6 +473,12 @@ def _pair_section(
         out += [_protocol(task), ""]
     if not frame.empty:
         out += [_table(frame, task), ""]
+    steps = _steps_line(pair)
+    if steps:
+        out += [steps, ""]
+    unchanged = _same_as_no_change(frame, task)
+    if unchanged:
+        out += [unchanged, ""]
     out += [_verdict(frame, task, simulated=pair.simulated), ""]
     not_run = _not_run(pair)
     if not_run:
@@ -489,8 +525,9 @@ def _body(results: dict[str, Any], level: int, figures: _Figures | None) -> list
         out += [
             f"{h} At a glance",
             "",
-            "Each task's primary metric: the best CellPLM-family method against the best "
-            'baseline. "Within sd": the gap is no larger than the seeds\' sd.',
+            "Each task's primary metric: the best CellPLM-family method against the best baseline. A method is "
+            'ahead only when the gap exceeds the combined sd over seeds (sqrt(sd1² + sd2²)); "tie (within sd)": '
+            "the seeds alone could make the gap. With one seed no spread is measured, and no gap is a win.",
             "",
         ]
         out += [
@@ -582,8 +619,74 @@ def _provenance(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _smoke_warning(results: dict[str, Any]) -> list[str]:
+    """The quick profile's warning, for the top of the report: its scores say nothing about the model."""
+    if results.get("profile") != "quick":
+        return []
+    sizes = (results.get("settings") or {}).get("profile_settings") or {}
+    steps = [sizes.get(f"{task}_steps") for task in ("annotation", "denoising", "imputation", "perturbation")]
+    steps = [s for s in steps if isinstance(s, int)]
+    span = f"{min(steps)}-{max(steps)}" if steps and min(steps) != max(steps) else str(steps[0]) if steps else "a few"
+    return [
+        "> **Smoke run (quick profile): these scores mean nothing.** The quick profile only checks that every "
+        f"task runs end to end: at most {sizes.get('max_cells', '?')} cells per data set, "
+        f"{sizes.get('seeds', '?')} seed(s), and {span} fine-tuning steps per fit, far too few for a "
+        "fine-tuned model to learn (a fine-tuned score near chance, or a perturbation prediction equal to "
+        '"no change", is expected here). For results, run the full profile (without `--quick`).',
+        "",
+    ]
+
+
+#: Baselines that predict no change (the input, or the control profile): a CellPLM row equal to one learnt nothing.
+NO_CHANGE = ("no_change", "unchanged")
+
+
+def _same_as_no_change(frame: pd.DataFrame, task: _Task) -> str:
+    """A sentence naming the CellPLM rows that score exactly as a no-change baseline, at the shown precision."""
+    if frame.empty:
+        return ""
+    keys = [m.key for m in task.metrics]
+    for null in (m for m in NO_CHANGE if m in frame.index):
+        same = [
+            method
+            for method in frame.index[frame["family"] == CELLPLM]
+            if all(
+                _shown(frame.at[method, f"{k}_mean"]) == _shown(frame.at[null, f"{k}_mean"])
+                or not (math.isfinite(frame.at[method, f"{k}_mean"]) or math.isfinite(frame.at[null, f"{k}_mean"]))
+                for k in keys
+            )
+        ]
+        if same:
+            names = _join([f"`{_escape(m)}`" for m in same])
+            return (
+                f"{names} {'scores' if len(same) == 1 else 'score'} exactly as `{null}`, the prediction of no change: "
+                "the fit left it there (a fit keeps its starting state when it never beats it on validation), so "
+                f"{'this row says' if len(same) == 1 else 'these rows say'} nothing about what CellPLM can learn here."
+            )
+    return ""
+
+
+def _steps_line(pair: _Pair) -> str:
+    """What each fit of the pair ran: the steps at most, and the steps run where the task records them."""
+    limits = {
+        r["protocol"]["steps"] for r in pair.records if isinstance(r.get("protocol"), dict) and "steps" in r["protocol"]
+    }
+    if not limits:
+        return ""
+    run: dict[str, list[str]] = {}
+    for record in pair.records:
+        ran = (record.get("protocol") or {}).get("steps_run")
+        if ran is not None:
+            run.setdefault(_method(record), []).append(str(ran))
+    text = f"Fine-tuning: at most {', '.join(map(str, sorted(limits)))} steps per fit"
+    if run:
+        text += "; steps run (per seed): " + "; ".join(f"`{m}` {', '.join(v)}" for m, v in run.items())
+    return text + "."
+
+
 def _report_markdown(results: dict[str, Any], figures: _Figures) -> str:
-    lines = ["# opencellplm benchmark report", ""] + _provenance(results) + [""] + _body(results, 2, figures)
+    lines = ["# opencellplm benchmark report", ""] + _smoke_warning(results) + _provenance(results) + [""]
+    lines += _body(results, 2, figures)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -594,7 +697,7 @@ def readme_section(results: dict[str, Any]) -> str:
     between the ``<!-- benchmark-results:start -->`` and ``<!-- benchmark-results:end -->`` markers.
     """
     _check_results(results)
-    head = [
+    head = _smoke_warning(results) + [
         f"Profile {results.get('profile', '?')}, started {results.get('started', '?')}, checkpoint "
         f"{_checkpoints(results)}; records: {_counts(results)}. Versions: {_versions(results)}. The figures are in "
         f"the run folder's {REPORT_FILE}.",
@@ -617,6 +720,34 @@ def _write_atomic(target: Path, write: Callable[[Path], None], *, like: Path | N
     write_new_file(target, write_with_mode, overwrite=True, log=False, recognise=None)  # the caller's own file
 
 
+def check_readme(readme_path: str | Path) -> str:
+    """The text of the README whose benchmark markers :func:`update_readme` fills; raises when it cannot.
+
+    Call it before a benchmark, so that a wrong ``--readme`` fails before the work, not after it.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the file (or its folder) does not exist.
+    ValueError
+        When either marker is missing or appears more than once, or the end marker comes first.
+    """
+    path = Path(readme_path)
+    if not path.is_file():
+        where = "is a folder" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"--readme {path} {where}; give the README whose benchmark markers to fill")
+    with open(path, encoding="utf-8", newline="") as handle:  # newline="": keep the file's line endings
+        text = handle.read()
+    for marker in (README_START, README_END):
+        count = text.count(marker)
+        if count != 1:
+            found = "is missing" if count == 0 else f"appears {count} times"
+            raise ValueError(f"{path}: the marker {marker} {found}; it must appear exactly once")
+    if text.index(README_END) < text.index(README_START):
+        raise ValueError(f"{path}: the marker {README_END} comes before {README_START}")
+    return text
+
+
 def update_readme(readme_path: str | Path, results: dict[str, Any]) -> Path:
     """Replace the text between the README's benchmark markers with :func:`readme_section`.
 
@@ -627,20 +758,13 @@ def update_readme(readme_path: str | Path, results: dict[str, Any]) -> Path:
     Raises
     ------
     ValueError
-        When either marker is missing or appears more than once, or the end marker comes first.
+        When either marker is missing or appears more than once, or the end marker comes first
+        (:func:`check_readme`).
     """
     path = Path(readme_path)
-    with open(path, encoding="utf-8", newline="") as handle:  # newline="": keep the file's line endings
-        text = handle.read()
-    for marker in (README_START, README_END):
-        count = text.count(marker)
-        if count != 1:
-            found = "is missing" if count == 0 else f"appears {count} times"
-            raise ValueError(f"{path}: the marker {marker} {found}; it must appear exactly once")
+    text = check_readme(path)
     start = text.index(README_START) + len(README_START)
     end = text.index(README_END)
-    if end < start:
-        raise ValueError(f"{path}: the marker {README_END} comes before {README_START}")
     new = text[:start] + "\n" + readme_section(results) + text[end:]
     _write_atomic(path, lambda p: p.write_bytes(new.encode("utf-8")), like=path)
     logger.info("updated the benchmark results in %s", path)
@@ -766,9 +890,10 @@ def _hbars(ax: Any, frame: pd.DataFrame, key: str, *, labels: bool) -> None:
     """One horizontal bar per method (first method on top), sd as error bars, coloured by family."""
     y = np.arange(len(frame))[::-1]
     means = frame[f"{key}_mean"].to_numpy(float)
-    sds = np.nan_to_num(frame[f"{key}_sd"].to_numpy(float))
+    sds = frame[f"{key}_sd"].to_numpy(float)
     colours = [FAMILY_COLOURS[f] for f in frame["family"]]
-    ax.barh(y, np.nan_to_num(means), xerr=sds, color=colours, capsize=3, error_kw={"elinewidth": 1})
+    spread = np.nan_to_num(sds) if np.isfinite(sds).any() else None  # one seed: no error bars, not zero-width ones
+    ax.barh(y, np.nan_to_num(means), xerr=spread, color=colours, capsize=3, error_kw={"elinewidth": 1})
     for yi, mean in zip(y, means):
         if not math.isfinite(mean):
             ax.text(0, yi, " no value", va="center", fontsize=8, color="0.4")
@@ -789,10 +914,26 @@ def _bars_figure(task: _Task, panels: list[tuple[_Pair, pd.DataFrame]], target: 
             _hbars(ax, frame, metric.key, labels=col == 0)
             direction = f" ({metric.better} is better)" if metric.better else ""
             ax.set_title(f"{pair.dataset}{_suffix(pair.simulated)}\n{metric.label}{direction}", fontsize=10)
-    fig.suptitle(f"{task.title} ({task.key}): mean ± sd over seeds", fontsize=12)
+    fig.suptitle(f"{task.title} ({task.key}): {_seeds_note(panels)}", fontsize=12)
     _family_legend(fig)
     _save(fig, target)
     return target
+
+
+def _seeds_note(panels: list[tuple[_Pair, pd.DataFrame]]) -> str:
+    """What the bars show: a mean ± sd only where some method has several seeds."""
+    counts = [frame["n_seeds"].max() for _, frame in panels if "n_seeds" in frame and not frame.empty]
+    return "one seed (no sd)" if counts and max(counts) == 1 else "mean ± sd over seeds"
+
+
+def _decade_ticks(axis: Any) -> None:
+    """Labels at powers of ten only, written plainly (0.1, 1, 10): the default also labels minor ticks within a
+    decade, whose labels overlap on a narrow panel."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _time_figure(task: _Task, panels: list[tuple[_Pair, pd.DataFrame]], target: Path) -> Path:
@@ -807,13 +948,14 @@ def _time_figure(task: _Task, panels: list[tuple[_Pair, pd.DataFrame]], target: 
         log = values.size > 1 and values.max() / values.min() > LOG_TIME_RATIO
         if log:  # a wide range: on a linear axis the fast methods would vanish
             ax.set_xscale("log")
+            _decade_ticks(ax.xaxis)
             # a time recorded as 0 (under the records' 1 ms rounding) has no bar on a log axis: say so
             for yi, mean in zip(np.arange(len(frame))[::-1], frame["wall_s_mean"].to_numpy(float)):
                 if mean == 0:
                     ax.text(values.min(), yi, " < 1 ms", va="center", fontsize=8, color="0.4")
         ax.set_xlabel("wall time per run, s" + (" (log scale)" if log else ""))
         ax.set_title(f"{pair.dataset}{_suffix(pair.simulated)}", fontsize=10)
-    fig.suptitle(f"{task.title} ({task.key})\nwall time per method, mean ± sd over seeds", fontsize=12)
+    fig.suptitle(f"{task.title} ({task.key})\nwall time per method, {_seeds_note(panels)}", fontsize=12)
     _family_legend(fig)
     _save(fig, target)
     return target
@@ -828,16 +970,6 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 def _natural(text: str) -> list[Any]:
     """Sort key that puts "type 2" before "type 10"."""
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
-
-
-def _palette(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    if n <= 10:
-        return [colormaps["tab10"](i) for i in range(n)]
-    if n <= 20:
-        return [colormaps["tab20"](i) for i in range(n)]
-    return [colormaps["turbo"](i / max(n - 1, 1)) for i in range(n)]
 
 
 def _grid(fig: Any, n: int, max_cols: int) -> tuple[list[Any], int]:
@@ -868,8 +1000,10 @@ def _umap_figure(path: Path, task: _Task, entry: dict[str, Any], simulated: bool
     if not data:
         raise ValueError(f"{path.name} holds no representation besides 'labels'")
     categories = sorted(set(labels.tolist()), key=_natural)
-    colour_of = dict(zip(categories, _palette(len(categories))))
-    fig = _figure(3.6 * min(len(data), 3) + 1.6 + 1.2 * (len(categories) > 20), 3.8 * -(-len(data) // 3) + 0.6)
+    colour_of = dict(zip(categories, category_colours(len(categories))))
+    longest = max(len(c) for c in categories)  # the legend sits right of the panels, beside the title's end
+    width = 3.6 * min(len(data), 3) + 0.8 + 0.075 * longest + 1.2 * (len(categories) > 20)
+    fig = _figure(max(width, 7.5), 3.8 * -(-len(data) // 3) + 0.9)
     axes, _ = _grid(fig, len(data), 3)
     for ax, (method, rep) in zip(axes, data.items()):
         ax.set_xticks([])
@@ -898,7 +1032,7 @@ def _umap_figure(path: Path, task: _Task, entry: dict[str, Any], simulated: bool
     handles = [Line2D([], [], marker="o", linestyle="", color=colour_of[c], label=c) for c in categories]
     fig.legend(handles=handles, loc="outside right upper", title="label", fontsize=8, ncols=1 + len(categories) // 25)
     fig.suptitle(
-        f"{task.title} / {entry.get('dataset')}{_suffix(simulated)}: UMAP per representation, coloured by label "
+        f"{task.title} / {entry.get('dataset')}{_suffix(simulated)}\nUMAP per representation, coloured by label "
         f"(seed {entry.get('seed')})",
         fontsize=11,
     )
@@ -921,8 +1055,10 @@ def _spatial_figure(path: Path, task: _Task, entry: dict[str, Any], simulated: b
         if values.shape != (coords.shape[0],):
             raise ValueError(f"{path.name}: {name} has shape {values.shape}; expected ({coords.shape[0]},)")
     finite = np.concatenate([v[np.isfinite(v)] for _, v in panels])
-    # One colour scale for every panel, robust to a few extreme cells.
+    # One colour scale for every panel, clipped at percentiles so that a few extreme cells do not set it.
     low, high = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
+    if high <= low and (finite > low).any():  # mostly one value (zeros): scale the cells above it
+        high = float(np.percentile(finite[finite > low], 99))
     if high <= low:
         low, high = low - 0.5, high + 0.5
     x, y = coords[:, 0], coords[:, 1]

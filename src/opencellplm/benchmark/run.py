@@ -21,13 +21,16 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .._files import marker_problems
 from .._threads import thread_settings
 from .profiles import Profile, get_profile
-from .tasks import TASKS, RunContext, UnitResult
+from .tasks import SYMBOLS, TASKS, RunContext, UnitResult
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+#: Declared in results.json: the marker of a benchmark folder, the only kind of existing folder a run writes into.
+FORMAT = "opencellplm-benchmark"
 RESULTS_FILE = "results.json"
 ARTIFACTS_DIR = "artifacts"
 #: Settings that must match for a run to continue the records already in its folder.
@@ -83,8 +86,10 @@ def run_benchmark(
     Parameters
     ----------
     out
-        Output folder (created). If it holds a results.json of the same profile and checkpoint, its records
-        are kept and only the missing or failed units run; of another profile or checkpoint, ``ValueError``.
+        Output folder (created). An existing folder must be empty or hold this benchmark's results.json (any
+        other folder is refused before any work: the run writes report.md and figures there). A results.json of
+        the same profile and checkpoint is continued: its records are kept and only the missing or failed units
+        run; of another profile or checkpoint, ``ValueError``.
     tasks, datasets
         Names to run (default: every task, each on every data set that suits it).
     seeds
@@ -106,9 +111,10 @@ def run_benchmark(
     if n_seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {n_seeds}")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    source = CellPLM.from_pretrained(checkpoint).source  # a bad checkpoint fails before anything is written
+    check_benchmark_folder(out)
+    model = CellPLM.from_pretrained(checkpoint)  # a bad checkpoint fails before anything is written
+    check_gene_ids(model, checkpoint, pairs)
+    source = model.source
     out.mkdir(parents=True, exist_ok=True)
     (out / ARTIFACTS_DIR).mkdir(exist_ok=True)
     settings = {
@@ -170,6 +176,18 @@ def run_benchmark(
     return results
 
 
+def unit_outcomes(results: dict[str, Any]) -> dict[str, int]:
+    """How the units (task, data set, seed) of ``results`` went: ``units``, ``failed`` (a unit that raised or
+    whose data set failed to load) and ``cellplm_failed`` (no CellPLM method gave a result, failed units
+    included)."""
+    units: dict[tuple, list[dict[str, Any]]] = {}
+    for record in results.get("records", []):
+        units.setdefault((record.get("task"), record.get("dataset"), record.get("seed")), []).append(record)
+    failed = sum(any(r.get("status") == "failed" for r in rs) for rs in units.values())
+    cellplm_ok = sum(any(r.get("status") == "ok" and r.get("family") == "cellplm" for r in rs) for rs in units.values())
+    return {"units": len(units), "failed": failed, "cellplm_failed": len(units) - cellplm_ok}
+
+
 def _run_unit(ctx: RunContext, task: str, dataset: str, seed: int, case, loaded: dict) -> UnitResult:
     spec = TASKS[task]
     key = (task, dataset)
@@ -217,6 +235,55 @@ def _ordered(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record[k] for k in _ORDER if k in record} | {k: v for k, v in record.items() if k not in _ORDER}
 
 
+def check_gene_ids(model: Any, checkpoint: str | Path, pairs: Sequence[tuple[str, str]]) -> None:
+    """Refuse a checkpoint whose vocabulary is Ensembl ids for data sets that name genes by symbol: CellPLM would
+    match none of their genes and every CellPLM unit would fail."""
+    from ..data.genes import _looks_like_ensembl
+
+    if not _looks_like_ensembl(model.genes):
+        return
+    by_symbol = [(t, d) for t, d in pairs if TASKS[t].datasets[d].genes == SYMBOLS]
+    if not by_symbol:
+        return
+    others = sorted({d for t, spec in TASKS.items() for d, case in spec.datasets.items() if case.genes != SYMBOLS})
+    raise ValueError(
+        f"--checkpoint {checkpoint} names genes by Ensembl id (e.g. {list(model.genes[:2])}), but the data sets of "
+        f"{', '.join(f'{t} / {d}' for t, d in by_symbol)} name them by symbol, so CellPLM would match none of their "
+        "genes and every CellPLM run would fail. Benchmark those with a checkpoint whose vocabulary is gene symbols "
+        f"(e.g. cellplm-small); with this one, only the data sets whose genes follow the checkpoint can run "
+        f"(--datasets {' '.join(others)})"
+    )
+
+
+def check_benchmark_folder(out: Path) -> None:
+    """Refuse ``out`` unless it is absent, an empty folder, or a folder an earlier run wrote (its results.json
+    declares :data:`FORMAT`): a run writes results.json, report.md and figures/ there, replacing files of those
+    names."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder; choose a folder for the benchmark")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    marker = out / RESULTS_FILE
+    problems = marker_problems(marker, FORMAT)
+    if problems and marker.is_file() and _legacy_results(marker):
+        return  # written before results.json declared its format
+    if problems:
+        raise FileExistsError(
+            f"--out {out} is a folder that an earlier benchmark did not write ({problems[0]}), and the run would "
+            f"replace files in it (results.json, report.md, figures/); choose an empty or new folder"
+        )
+
+
+def _legacy_results(path: Path) -> bool:
+    """Whether ``path`` is a results.json of this benchmark written before it declared its format."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    keys = {"schema_version", "settings", "environment", "records", "artifacts"}
+    return isinstance(results, dict) and results.get("schema_version") == SCHEMA_VERSION and keys <= set(results)
+
+
 def _load_or_start(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     path = out / RESULTS_FILE
     if path.exists():
@@ -238,10 +305,12 @@ def _load_or_start(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
                 "or choose another --out"
             )
         logger.info("continuing %s: %d records", path, len(results["records"]))
+        results = {"format": FORMAT} | results
         results["environment"] = environment()
         results["finished"] = None
         return results
     return {
+        "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
         "profile": settings["profile"],
         "settings": settings,

@@ -40,13 +40,20 @@ class UnitResult:
     artifacts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
+#: How a data set names its genes: by symbol (matched to the checkpoint's vocabulary), or by ids that follow
+#: the checkpoint whatever its vocabulary (simulated from the vocabulary, or prefixed and added to it).
+SYMBOLS, FOLLOWS_CHECKPOINT = "symbols", "follows the checkpoint"
+
+
 @dataclass(frozen=True)
 class DatasetCase:
-    """One data set of a task: how to load it (``load(profile) -> data``) and whether it is simulated."""
+    """One data set of a task: how to load it (``load(profile) -> data``), whether it is simulated, and how it
+    names genes (:data:`SYMBOLS` or :data:`FOLLOWS_CHECKPOINT`)."""
 
     load: Callable[[Profile], Any]
     simulated: bool = False
     note: str = ""
+    genes: str = SYMBOLS
 
 
 @dataclass(frozen=True)
@@ -124,14 +131,12 @@ def _load_baron(species: str, *, min_cells_per_type: int = 0, donor: str | None 
 
 
 def run_clustering(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResult:
-    import torch
-
-    from .. import CellPLM, CellPLMModule
+    from .. import CellPLM
+    from ..demo import untrained_copy
     from ..tasks.clustering import score_clustering
 
     trained = CellPLM.from_pretrained(ctx.checkpoint)
-    torch.manual_seed(seed)
-    untrained = CellPLM(CellPLMModule(trained.config), trained.genes, meta={"gene_id_rule": trained.gene_id_rule})
+    untrained = untrained_copy(trained, seed)  # the same vocabulary and gene-id rule
     embeddings, seconds = {}, {}
     for name, model in (("cellplm_zero_shot", trained), ("cellplm_untrained", untrained)):
         tic = time.perf_counter()
@@ -191,7 +196,10 @@ def run_annotation(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResul
             wall = (entry.get("fit_seconds") or 0.0) + (entry.get("predict_seconds") or 0.0)
             metrics = {"macro_f1": s.macro_f1, "macro_precision": s.macro_precision, "accuracy": s.accuracy}
             protocol = {"split": "stratified 80/20", "n_test": scores.n_test, "mode": scores.mode}
-            protocol |= {"steps": recipe.steps}
+            protocol |= {
+                "steps": recipe.steps,
+                "steps_run": annotator.summary.steps if method.startswith("cellplm") else None,
+            }
             family = "cellplm" if method.startswith("cellplm") else "baseline"
             records.append(_record(method, family=family, metrics=metrics, wall_s=wall, protocol=protocol))
     return UnitResult(records)
@@ -229,7 +237,7 @@ def run_denoising(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResult
             family="cellplm" if m.method.startswith("cellplm") else "baseline",
             metrics={"rmse": m.scores.get("rmse"), "mae": m.scores.get("mae")},
             wall_s=m.seconds,
-            protocol=protocol,
+            protocol=protocol | {"steps_run": ((m.params or {}).get("fit") or {}).get("steps")},
         )
         for m in result.methods
     ]
@@ -341,14 +349,27 @@ def run_imputation(ctx: RunContext, dataset: str, data: dict, seed: int) -> Unit
         "held_out_genes": int(sum(len(result.folds[f]) for f in folds)),
         "steps": profile.imputation_steps,
     }
+    steps_run: dict[str, list[int]] = {}  # per fold, for the CellPLM variants (their fit summaries)
+    for row in result.rows:
+        if str(row["method"]).startswith("cellplm") and "steps" in (row.get("params") or {}):
+            steps_run.setdefault(row["method"], []).append(int(row["params"]["steps"]))
     records = []
     for method, rows in frame.groupby("method", sort=False):
         wall = (rows["fit_seconds"].fillna(0) + rows["predict_seconds"].fillna(0)).sum()
         metrics = {m: rows[m].mean() for m in ("pearson", "cosine", "rmse")}
         family = "cellplm" if str(method).startswith("cellplm") else "baseline"
         peak = rows["peak_memory_mb"].max()
+        ran = steps_run.get(str(method))
+        ran = None if ran is None else ran[0] if len(ran) == 1 else ", ".join(map(str, ran))  # one per fold
         records.append(
-            _record(str(method), family=family, metrics=metrics, wall_s=wall, peak_mb=peak, protocol=protocol)
+            _record(
+                str(method),
+                family=family,
+                metrics=metrics,
+                wall_s=wall,
+                peak_mb=peak,
+                protocol=protocol | {"steps_run": ran},
+            )
         )
     records += [_skipped(name, "baseline", why) for name, why in result.skipped.items()]
     artifacts = {}
@@ -409,7 +430,17 @@ def run_perturbation(ctx: RunContext, dataset: str, profile: Profile, seed: int)
         metrics = {m: row[m] for m in METRICS}
         family = "cellplm" if method.startswith("cellplm") else "baseline"
         peak = row.get("peak_rss_increase_mb")
-        records.append(_record(method, family=family, metrics=metrics, wall_s=wall, peak_mb=peak, protocol=protocol))
+        ran = result.fits.get(seed, {}).get(name, {}).get("steps")
+        records.append(
+            _record(
+                method,
+                family=family,
+                metrics=metrics,
+                wall_s=wall,
+                peak_mb=peak,
+                protocol=protocol | {"steps_run": ran},
+            )
+        )
     return UnitResult(records)
 
 
@@ -434,7 +465,9 @@ TASKS: dict[str, TaskSpec] = {
         },
         primary="ari_best",
         datasets={
-            "pbmc68k_reduced": DatasetCase(_load_pbmc68k, note="bulk-sorted labels, 10 types"),
+            "pbmc68k_reduced": DatasetCase(
+                _load_pbmc68k, note="10 types, assigned by correlation with bulk-sorted references"
+            ),
             "baron_human_pancreas": DatasetCase(
                 _load_baron("human"), note="Baron et al. 2016, 13 types; held out of pretraining and of model choice"
             ),
@@ -460,7 +493,9 @@ TASKS: dict[str, TaskSpec] = {
         },
         primary="macro_f1",
         datasets={
-            "pbmc68k_reduced": DatasetCase(_load_pbmc68k, note="bulk-sorted labels, 10 types"),
+            "pbmc68k_reduced": DatasetCase(
+                _load_pbmc68k, note="10 types, assigned by correlation with bulk-sorted references"
+            ),
             "baron_human_pancreas": DatasetCase(
                 _load_baron("human", min_cells_per_type=MIN_CELLS_PER_TYPE),
                 note=f"Baron et al. 2016; the types with >= {MIN_CELLS_PER_TYPE} cells in the subset",
@@ -501,6 +536,7 @@ TASKS: dict[str, TaskSpec] = {
             "bdtnp": DatasetCase(
                 lambda profile: bdtnp_pair(profile.imputation_max_cells),
                 note="BDTNP atlas (3-D) with the Drosophila Drop-seq reference",
+                genes=FOLLOWS_CHECKPOINT,  # fly ids, prefixed and added to the vocabulary
             ),
             "merfish": DatasetCase(
                 lambda profile: (
@@ -526,7 +562,7 @@ TASKS: dict[str, TaskSpec] = {
             "direction_accuracy_top20": {"label": "direction top-20", "better": HIGHER},
         },
         primary="rmse_top20",
-        datasets={"perturbseq_simulated": DatasetCase(_load_perturbseq, simulated=True)},
+        datasets={"perturbseq_simulated": DatasetCase(_load_perturbseq, simulated=True, genes=FOLLOWS_CHECKPOINT)},
         run=run_perturbation,
     ),
 }

@@ -765,7 +765,15 @@ class SpatialImputer:
             logger.info("fold %d: %d held-out genes", fold, len(held))
 
             if keep_example and example is None:
-                example = {"gene": held[0], "fold": fold, "truth": truth[:, 0].toarray().ravel(), "predictions": {}}
+                # the held-out gene measured in the most cells: a map with spread, not one of nearly all zeros
+                column = int(np.argmax(truth.getnnz(axis=0)))
+                example = {
+                    "gene": held[column],
+                    "column": column,
+                    "fold": fold,
+                    "truth": truth[:, column].toarray().ravel(),
+                    "predictions": {},
+                }
             shown = example if example is not None and example["fold"] == fold else None
 
             def record(
@@ -782,7 +790,7 @@ class SpatialImputer:
             ):
                 prediction = np.asarray(prediction)
                 if shown is not None:
-                    shown["predictions"][method] = prediction[:, 0].astype(np.float32)
+                    shown["predictions"][method] = prediction[:, shown["column"]].astype(np.float32)
                 scores = imputation_scores(truth, prediction, genes=held)
                 rows.append(
                     {"fold": fold, "method": method}
@@ -882,8 +890,9 @@ class ImputationResult:
     ``n_genes``, ``n_undefined_pearson``, ``fit_seconds`` (None for baselines, timed as one call),
     ``predict_seconds``, ``peak_memory_mb`` (rise of resident memory, or CUDA peak), ``params``. ``values`` says
     what the spatial values are (e.g. pseudo counts), as every figure from them must. ``example`` (with
-    ``score(keep_example=True)``): one held-out gene's ``gene`` name, measured ``truth`` (spatial cells) and
-    ``predictions`` per method, on the count scale of the input; not part of :meth:`to_dict`.
+    ``score(keep_example=True)``): the held-out gene of the first scored fold measured in the most cells: its
+    ``gene`` name, measured ``truth`` (spatial cells) and ``predictions`` per method, on the count scale of the
+    input; not part of :meth:`to_dict`.
     """
 
     folds: list[list[str]]
