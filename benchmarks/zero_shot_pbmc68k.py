@@ -5,7 +5,8 @@ Usage: python benchmarks/zero_shot_pbmc68k.py [--model cellplm-small] [--seeds 0
 
 Procedure, the same for every representation (:func:`opencellplm.metrics.clustering_scores`): 15-nearest-
 neighbour graph (scanpy), Leiden at resolutions 0.1, 0.2, ..., 1.4 (the CellPLM paper's sweep); ARI and NMI
-against ``obs['cell_type']`` (the bulk-sorted labels). Three figures per representation:
+against ``obs['cell_type']`` (types assigned by correlation with bulk-sorted references). Three figures per
+representation:
 
 - best over resolutions: the best ARI and the best NMI, each taken independently over the sweep (the official
   protocol; optimistic);

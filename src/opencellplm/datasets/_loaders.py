@@ -35,7 +35,8 @@ def pbmc68k_reduced(*, cache_dir: PathLike | None = None, refresh: bool = False)
     download, no cache; ``uns['dataset']`` names scanpy's version and the file's sha256), else the file in
     scanpy 1.11.5's wheel, fetched and cached as the other data sets. The counts are recovered from the
     shipped ``.raw`` as ``rint(expm1(raw.X) * obs['n_counts'] / 1e4)``; every value lies within 0.1 of an
-    integer before rounding. ``obs['cell_type']`` holds the bulk-sorted labels (``bulk_labels``);
+    integer before rounding. ``obs['cell_type']`` holds ``bulk_labels`` (types assigned by correlation with
+    bulk-sorted references);
     ``obs['louvain']`` and ``obs['phase']`` are kept. ``obs['n_counts']`` is each cell's total over all genes of
     the original matrix, not over the 765 kept here.
 

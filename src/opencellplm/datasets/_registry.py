@@ -75,7 +75,8 @@ DATASETS: dict[str, DatasetSource] = {
             {"h5ad": "scanpy/datasets/10x_pbmc68k_reduced.h5ad"},
             convert.convert_pbmc68k_reduced,
             "Homo sapiens",
-            "700 PBMCs from 10x Genomics' 68k PBMC data, 765 genes, bulk-sorted cell type labels (scanpy's example)",
+            "700 PBMCs from 10x Genomics' 68k PBMC data, 765 genes, cell type labels assigned by correlation "
+            "with bulk-sorted references (scanpy's example)",
             installed="scanpy",
         ),
         DatasetSource(
