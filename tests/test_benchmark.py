@@ -125,6 +125,20 @@ def test_a_folder_an_earlier_run_did_not_write_is_refused_before_any_work(fake, 
     assert fake == []  # nothing ran
 
 
+def test_the_benchmark_folder_never_lies_inside_the_checkpoint_it_reads(fake, tmp_path, caplog, tiny_config):
+    from opencellplm import CellPLM, CellPLMModule
+
+    from .conftest import vocabulary
+
+    CellPLM(CellPLMModule(tiny_config), vocabulary(tiny_config.n_genes)).save(tmp_path / "ck")
+    before = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    with caplog.at_level(logging.ERROR):
+        argv = ["benchmark", "--quick", "--tasks", "fake", "--checkpoint", str(tmp_path / "ck")]
+        assert main([*argv, "--out", str(tmp_path / "ck" / "bench")]) == 2
+    assert f"lies inside {tmp_path / 'ck'}, an input of this command" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == before and fake == []
+
+
 def test_an_empty_folder_is_used_and_a_finished_run_continues(fake, tmp_path):
     (tmp_path / "d").mkdir()
     first = run_benchmark(tmp_path / "d", datasets=["good"], progress=False)

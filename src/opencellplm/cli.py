@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from . import __version__
-from ._files import CannotWriteError, check_output_file
+from ._files import CannotWriteError, check_output_file, refuse_inputs
 from ._threads import default_threads, set_threads
 from .config import ConfigError
 from .io import CheckpointError
@@ -556,6 +556,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     if args.readme:
         check_readme(args.readme)  # a wrong --readme fails now, not after the benchmark
+    refuse_inputs(args.out, [_model_path(args.checkpoint)], kind="benchmark folder")
     results = run_benchmark(
         args.out,
         tasks=args.tasks,
