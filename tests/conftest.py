@@ -8,8 +8,9 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from opencellplm import DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
+from opencellplm import CellPLM, CellPLMModule, DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
 from opencellplm.testing.official_fixtures import FIXTURE_ENV, official_fixture_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,6 +27,19 @@ def official_dir() -> Path:
 
 def vocabulary(n: int) -> list[str]:
     return [f"ENSG{i:011d}" for i in range(n)]
+
+
+def small_model(genes: list[str], **kwargs) -> CellPLM:
+    """A one-layer model over ``genes`` with seeded weights (0), for task tests; ``kwargs`` go to ``CellPLM``."""
+    config = ModelConfig(
+        n_genes=len(genes),
+        hidden_dim=16,
+        encoder=EncoderConfig(n_layers=1, n_heads=2),
+        latent=LatentConfig(dim=8, n_clusters=4, hidden_dim=12),
+        decoder=DecoderConfig(hidden_dim=16),
+    )
+    torch.manual_seed(0)
+    return CellPLM(CellPLMModule(config), genes, **kwargs)
 
 
 @pytest.fixture

@@ -13,10 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from opencellplm import CellPLM, CellPLMModule, DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
+from opencellplm import CellPLM
 from opencellplm.cli import main
 from opencellplm.tasks import AnnotationRecipe, CellTypeAnnotator
 from opencellplm.testing import synthetic_adata
+
+from .conftest import small_model
 
 GENES = [f"GENE{i}" for i in range(60)]
 QUICK = AnnotationRecipe(steps=12, eval_every=3, warmup_steps=2, patience=0, precision="fp32")
@@ -24,15 +26,7 @@ QUICK = AnnotationRecipe(steps=12, eval_every=3, warmup_steps=2, patience=0, pre
 
 @pytest.fixture
 def base() -> CellPLM:
-    config = ModelConfig(
-        n_genes=len(GENES),
-        hidden_dim=16,
-        encoder=EncoderConfig(n_layers=1, n_heads=2),
-        latent=LatentConfig(dim=8, n_clusters=4, hidden_dim=12),
-        decoder=DecoderConfig(hidden_dim=16),
-    )
-    torch.manual_seed(0)
-    return CellPLM(CellPLMModule(config), GENES)
+    return small_model(GENES)
 
 
 @pytest.fixture

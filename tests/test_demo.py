@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from opencellplm import CellPLM, CellPLMModule, DecoderConfig, EncoderConfig, LatentConfig, ModelConfig, demo
+from opencellplm import CellPLM, demo
 from opencellplm.cli import main
 from opencellplm.testing import synthetic_adata
+
+from .conftest import small_model
 
 GENES = [f"GENE{i}" for i in range(60)]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -22,15 +24,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture
 def tiny() -> CellPLM:
-    config = ModelConfig(
-        n_genes=len(GENES),
-        hidden_dim=16,
-        encoder=EncoderConfig(n_layers=1, n_heads=2),
-        latent=LatentConfig(dim=8, n_clusters=4, hidden_dim=12),
-        decoder=DecoderConfig(hidden_dim=16),
-    )
-    torch.manual_seed(0)
-    return CellPLM(CellPLMModule(config), GENES, source={"name": "tiny-test-model"})
+    return small_model(GENES, source={"name": "tiny-test-model"})
 
 
 @pytest.fixture

@@ -7,25 +7,17 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from opencellplm import CellPLM, CellPLMModule, DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
 from opencellplm.tasks import Denoiser
+
+from .conftest import small_model
 
 GENES = [f"GENE{i}" for i in range(40)]
 
 
 @pytest.fixture
 def saved(tmp_path):
-    config = ModelConfig(
-        n_genes=len(GENES),
-        hidden_dim=16,
-        encoder=EncoderConfig(n_layers=1, n_heads=2),
-        latent=LatentConfig(dim=8, n_clusters=4, hidden_dim=12),
-        decoder=DecoderConfig(hidden_dim=16),
-    )
-    torch.manual_seed(0)
-    Denoiser.from_pretrained(CellPLM(CellPLMModule(config), GENES)).save(tmp_path / "denoiser")
+    Denoiser.from_pretrained(small_model(GENES)).save(tmp_path / "denoiser")
     return tmp_path / "denoiser"
 
 
