@@ -262,6 +262,27 @@ def test_a_second_run_into_an_output_being_written_fails_at_once(files, caplog, 
     assert not (files / ".out.h5ad.lock").exists()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["annotate", "fit", "IN", "--labels-key", "cell_type", "--checkpoint", "CK", "--out", "OUT"],
+        ["perturb", "fit", "IN", "--checkpoint", "CK", "--out", "OUT"],
+        ["denoise", "IN", "--checkpoint", "CK", "--fine-tune", "--out", "OUT"],
+        ["benchmark", "--quick", "--checkpoint", "CK", "--out", "OUT"],
+    ],
+    ids=["annotate fit", "perturb fit", "denoise", "benchmark"],
+)
+def test_a_second_run_into_an_output_fails_before_any_work(files, caplog, monkeypatch, held_elsewhere, command):
+    from opencellplm.model import CellPLM as Model
+
+    held_elsewhere(files / "busy")
+    monkeypatch.setattr(Model, "from_pretrained", lambda *a, **k: pytest.fail("loaded the model first"))
+    names = {"IN": str(files / "in.h5ad"), "CK": str(files / "ck"), "OUT": str(files / "busy")}
+    assert main([names.get(word, word) for word in command]) == 2
+    assert "busy is being written by another run" in error_lines(caplog)
+    assert not (files / "busy").exists()
+
+
 def test_prepare_corpus_into_a_folder_being_written_fails_before_its_checks(files, monkeypatch, caplog, held_elsewhere):
     from opencellplm.data import corpus
 

@@ -1023,6 +1023,18 @@ def _setup_logging(level: int) -> None:
         logger.addHandler(handler)
 
 
+def _command_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """The lock on the command's ``--out``, held from before any work to the end: a second run into the same
+    output fails at once, not after its fine-tuning (the writers take the same lock again, which a process may).
+    Not for ``pretrain``, whose processes share one run folder under a lock of its own."""
+    from ._files import output_lock
+
+    out = getattr(args, "out", None)
+    if out is None or args.run is _pretrain:
+        return contextlib.nullcontext()
+    return output_lock(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 for unusable input)."""
     args = build_parser().parse_args(argv)
@@ -1033,7 +1045,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.debug("CPU threads: %d (%s)", threads, "--threads" if args.threads else "default")
     _FLAG_WORDS.flags = args.cli_flags
     try:
-        return args.run(args)
+        with _command_lock(args):
+            return args.run(args)
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         logger.error("%s", message, exc_info=args.verbose)  # the traceback with -v
