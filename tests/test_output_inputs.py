@@ -218,6 +218,14 @@ def test_a_result_key_never_replaces_the_inputs_own_data(files, caplog):
     predict = ["annotate", "predict", str(files / "in.h5ad"), "--annotator", str(files / "A")]
     assert main([*predict, "--out", str(files / "p.h5ad"), "--key-added", "cell_type"]) == 2
     assert "the input already has obs['cell_type']" in error_lines(caplog) and not (files / "p.h5ad").exists()
+    # ... nor a column the prediction writes beside its labels (the probability of the label).
+    user = ad.read_h5ad(files / "in.h5ad")
+    user.obs["guess_probability"] = 0.5
+    user.write_h5ad(files / "user.h5ad")
+    predict = ["annotate", "predict", str(files / "user.h5ad"), "--annotator", str(files / "A")]
+    assert main([*predict, "--out", str(files / "p.h5ad"), "--key-added", "guess"]) == 2
+    assert "the input already has obs['guess_probability']" in error_lines(caplog) and not (files / "p.h5ad").exists()
+    assert main([*predict, "--out", str(files / "p.h5ad"), "--key-added", "cellplm_label"]) == 0
 
 
 # ------------------------------------------------------------------------------------- WEAK: two runs, one output

@@ -422,7 +422,10 @@ def _annotate(args: argparse.Namespace) -> int:
 
         def annotated() -> ad.AnnData:
             adata = ad.read_h5ad(source)
-            check_result_key(adata, "obs", args.key_added)
+            key = args.key_added
+            check_result_key(
+                adata, "obs", key, companions=[("obs", f"{key}_probability"), ("obsm", f"{key}_probabilities")]
+            )
             annotator.predict(adata, key_added=args.key_added)
             return adata
 

@@ -76,27 +76,37 @@ def write_result_copy(
     return target
 
 
-def check_result_key(source: str | Path | AnnData, group: str, key: str, *, reads: Iterable[str | None] = ()) -> None:
+def check_result_key(
+    source: str | Path | AnnData,
+    group: str,
+    key: str,
+    *,
+    reads: Iterable[str | None] = (),
+    companions: Iterable[tuple[str, str]] = (),
+) -> None:
     """Refuse to write ``group[key]`` (``obs``, ``obsm`` or ``layers``) into a copy of ``source`` (an h5ad file
     or an AnnData) where that would replace the input's own data: a key the command reads (``reads``, e.g. the
     counts layer or the coordinates), or an existing key that this package did not write (no
-    ``uns['cellplm'][key]`` record)."""
+    ``uns['cellplm'][key]`` record). ``companions``: further ``(group, key)`` entries written with ``key``
+    under its record (e.g. an annotation's ``obs[key + '_probability']``), refused on the same terms."""
     option = _KEY_OPTION.get(group, "the key")
     if key in set(reads) - {None}:
         raise ValueError(
             f"{group}[{key!r}] is read by this command as input; writing the result there would replace it. "
             f"Choose another {option}"
         )
+    entries = [(group, key), *companions]
     if isinstance(source, AnnData):
-        exists = key in getattr(source, group).keys()
+        existing = [(g, k) for g, k in entries if k in getattr(source, g).keys()]
         ours = key in (source.uns.get("cellplm") or {})
     else:
         with open_hdf5(source) as f:
-            exists = group in f and key in f[group]
+            existing = [(g, k) for g, k in entries if g in f and k in f[g]]
             ours = "uns/cellplm" in f and key in f["uns/cellplm"]
-    if exists and not ours:
+    if existing and not ours:
+        g, k = existing[0]
         raise ValueError(
-            f"the input already has {group}[{key!r}], which opencellplm did not write; writing the result there "
+            f"the input already has {g}[{k!r}], which opencellplm did not write; writing the result there "
             f"would replace it. Choose another {option}"
         )
 
