@@ -28,8 +28,8 @@ from .official_files import official_config, write_official
 
 
 def snapshot(folder):
-    """Every file under ``folder`` with its bytes."""
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file under ``folder`` with its bytes, and every folder (``None``): a command may add neither."""
+    return {p.relative_to(folder): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
 
 
 def error_lines(caplog) -> str:
@@ -107,7 +107,7 @@ def test_overwrite_replaces_only_files_this_package_marked(tmp_path):
 def test_embed_never_writes_into_the_checkpoint_it_reads(files, caplog):
     before = snapshot(files / "ck")
     embed = ["embed", str(files / "in.h5ad"), "--checkpoint", str(files / "ck")]
-    for out in ("model.safetensors", "new.h5ad"):
+    for out in ("model.safetensors", "new.h5ad", "sub/deep/new.h5ad"):
         assert main([*embed, "--out", str(files / "ck" / out), "--overwrite"]) == 2
         assert f"lies inside {files / 'ck'}, an input of this command" in error_lines(caplog)
     assert snapshot(files / "ck") == before
@@ -251,6 +251,11 @@ def held_elsewhere():
     for child in children:
         child.kill()
         child.wait()
+
+
+def test_a_refused_command_makes_no_folder(files, caplog):
+    assert main(["embed", str(files / "missing.h5ad"), "--out", str(files / "new" / "a" / "x.h5ad")]) == 2
+    assert "input file not found" in error_lines(caplog) and not (files / "new").exists()
 
 
 def test_a_second_run_into_an_output_being_written_fails_at_once(files, caplog, monkeypatch, held_elsewhere):

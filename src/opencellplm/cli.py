@@ -1029,11 +1029,13 @@ def _setup_logging(level: int) -> None:
 def _command_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     """The lock on the command's ``--out``, held from before any work to the end: a second run into the same
     output fails at once, not after its fine-tuning (the writers take the same lock again, which a process may).
-    Not for ``pretrain``, whose processes share one run folder under a lock of its own."""
+    Not for ``pretrain``, whose processes share one run folder under a lock of its own, nor where ``--out``'s
+    folder does not exist yet (the writers lock once they have made it)."""
     from ._files import output_lock
 
     out = getattr(args, "out", None)
-    if out is None or args.run is _pretrain:
+    # A new folder is made by the writers, after their checks: the lock creates none (nor inside an input).
+    if out is None or args.run is _pretrain or not Path(out).expanduser().resolve().parent.is_dir():
         return contextlib.nullcontext()
     return output_lock(out)
 

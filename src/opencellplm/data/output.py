@@ -60,19 +60,17 @@ def write_result_copy(
     inputs = [source, *inputs]
     check_output_file(target, overwrite=overwrite, inputs=inputs)
     check_result_key(source, group, key, reads=reads)
-    with output_lock(target):
-        target = check_output_file(target, overwrite=overwrite, inputs=inputs)  # again, now that it is ours
-        partial = _reserve_partial(target)
-        try:
-            with open_h5ad(source) as adata:
-                value, record = compute(adata)
-            _write_into_copy(source, partial, group, key, value, record)
-            mark_h5ad(partial)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        partial.replace(target)
-    logger.info("wrote %s with %s[%r] of shape %s", target, group, key, getattr(value, "shape", None))
+    shape = []
+
+    def write(partial: Path) -> None:
+        with open_h5ad(source) as adata:
+            value, record = compute(adata)
+        _write_into_copy(source, partial, group, key, value, record)
+        mark_h5ad(partial)
+        shape.append(getattr(value, "shape", None))
+
+    target = write_new_file(target, write, overwrite=overwrite, inputs=inputs, log=False)
+    logger.info("wrote %s with %s[%r] of shape %s", target, group, key, shape[0])
     return target
 
 
@@ -182,10 +180,10 @@ def write_new_file(
         partial = _reserve_partial(target)
         try:
             write(partial)
+            partial.replace(target)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        partial.replace(target)
     if log:
         logger.info("wrote %s", target)
     return target
