@@ -426,6 +426,39 @@ def test_cli_refuses_fine_tuning_flags_without_fine_tune(model, adata, tmp_path,
     assert not (tmp_path / "out.h5ad").exists() and not (tmp_path / "w").exists()
 
 
+def test_cli_refuses_score_options_without_score(model, adata, tmp_path, caplog):
+    model.save(tmp_path / "ckpt")
+    adata.write_h5ad(tmp_path / "in.h5ad")
+    args = ["denoise", str(tmp_path / "in.h5ad"), "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "o")]
+    with caplog.at_level(logging.ERROR):
+        assert main([*args, "--json", str(tmp_path / "o.json"), "--protocol", "mcv"]) == 2
+    assert "--protocol, --json set up --score, and denoising into --out does not score; drop them" in caplog.text
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.json").exists()
+
+
+def test_cli_work_folder_is_never_over_an_input_nor_the_output(model, adata, tmp_path, caplog):
+    model.save(tmp_path / "ckpt")
+    adata.write_h5ad(tmp_path / "in.h5ad")
+    before = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    args = ["denoise", str(tmp_path / "in.h5ad"), "--checkpoint", str(tmp_path / "ckpt"), "--fine-tune"]
+    cases = {
+        (str(tmp_path / "ckpt" / "ft"), str(tmp_path / "o.h5ad")): "lies inside",
+        (str(tmp_path / "d.h5ad"), str(tmp_path / "d.h5ad")): "is an input of this command",
+        (str(tmp_path / "w"), str(tmp_path / "w" / "o.h5ad")): "lies inside",
+    }
+    for (work, out), message in cases.items():
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert main([*args, "--steps", "2", "--work", work, "--out", out]) == 2
+        assert message in caplog.text
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "in.h5ad"]
+    with pytest.raises(ValueError, match="lies inside"):  # the library call alike
+        Denoiser.from_pretrained(CellPLM.from_pretrained(tmp_path / "ckpt")).denoise_file(
+            tmp_path / "in.h5ad", tmp_path / "o.h5ad", fine_tune=True, work=tmp_path / "ckpt" / "ft"
+        )
+
+
 def test_cli_score_prints_every_row_and_names_those_not_run(model, adata, tmp_path, capsys):
     model.save(tmp_path / "ckpt")
     adata.write_h5ad(tmp_path / "in.h5ad")

@@ -230,6 +230,14 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 #: The CellPLM rows of ``denoise --score`` that run only when asked for, and the flag that asks.
 _SCORE_ROW_FLAGS = {"cellplm_fine_tuned": "--fine-tune", "cellplm_from_scratch": "--from-scratch"}
+#: ``denoise``'s options that only ``--score`` uses, with their defaults there.
+_SCORE_OPTIONS = {
+    "protocol": "hidden",
+    "fraction": 0.1,
+    "seed": 0,
+    "baselines": "unchanged,knn_smoothing,magic,scvi",
+    "json": None,
+}
 
 
 def _denoise(args: argparse.Namespace) -> int:
@@ -253,6 +261,14 @@ def _denoise(args: argparse.Namespace) -> int:
                 f"{flag} sets up fine-tuning, which runs only with --fine-tune (without it denoise is zero-shot); "
                 f"add --fine-tune, or drop {flag}"
             )
+    score_only = [f"--{name}" for name in _SCORE_OPTIONS if getattr(args, name) is not None]
+    if score_only and not args.score:
+        raise ValueError(f"{', '.join(score_only)} set up --score, and denoising into --out does not score; drop them")
+    for name, default in _SCORE_OPTIONS.items():
+        setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
+    if args.work is not None:  # an output folder as well: never over an input, nor around --out
+        refuse_inputs(args.work, inputs, kind="work folder")
+        refuse_inputs(args.out, [args.work])
     if args.out is not None:
         check_output_file(args.out, overwrite=args.overwrite, inputs=inputs)
     if args.json is not None:
@@ -778,12 +794,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cells", type=int, default=4000, help=MAX_CELLS_HELP)
     p.add_argument("--layer-added", default="cellplm_denoised", help="layer to write (default: cellplm_denoised)")
     p.add_argument("--score", action="store_true", help="score CellPLM and the baselines instead; prints a table")
-    p.add_argument("--protocol", default="hidden", choices=["hidden", "mcv"], help="--score protocol (default hidden)")
-    p.add_argument("--fraction", type=float, default=0.1, help="--score: share hidden or held out (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="--score: seed of the corruption (default 0)")
+    p.add_argument("--protocol", choices=["hidden", "mcv"], help="--score protocol (default hidden)")
+    p.add_argument("--fraction", type=float, help="--score: share hidden or held out (default 0.1)")
+    p.add_argument("--seed", type=int, help="--score: seed of the corruption (default 0)")
     p.add_argument(
         "--baselines",
-        default="unchanged,knn_smoothing,magic,scvi",
         help="--score: comma-separated baselines (default: all four; magic and scvi need their extras)",
     )
     p.add_argument("--json", help="--score: also write the full result to this JSON file")

@@ -33,6 +33,7 @@ from anndata import AnnData
 from torch import nn
 
 from .. import baselines as baseline_functions
+from .._files import refuse_inputs
 from .._precision import autocast_dtype
 from .._threads import thread_settings
 from ..config import MaskingConfig, ModelConfig, TrainConfig
@@ -833,6 +834,10 @@ class Denoiser:
 
         if work is not None and not fine_tune:
             raise ValueError("work is the fine-tuning run's folder; pass fine_tune=True (--fine-tune) or drop it")
+        model_folder = self.base.source.get("path")
+        if work is not None:  # an output folder as well: never over an input, nor around target
+            refuse_inputs(work, [source, model_folder], kind="work folder")
+            refuse_inputs(target, [work])
 
         def denoise(adata: AnnData) -> tuple[np.ndarray | sp.csr_matrix, dict[str, Any]]:
             if fine_tune:
@@ -846,7 +851,7 @@ class Denoiser:
             layer_added,
             denoise,
             overwrite=overwrite,
-            inputs=[self.base.source.get("path")],  # the model's folder
+            inputs=[model_folder],
             reads=[spec.get("layer")],  # the counts
         )
 
