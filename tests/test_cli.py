@@ -63,7 +63,7 @@ def test_embed_refuses_to_overwrite(tmp_path, tiny_adata, caplog):
                 str(tmp_path / "out.h5ad"),
             ]
         )
-    assert code == 2 and "was not written by opencellplm" in caplog.text  # nor with --overwrite
+    assert code == 2 and "is not a marked opencellplm output" in caplog.text  # nor with --overwrite
     assert (tmp_path / "out.h5ad").read_text() == "keep me"
 
 

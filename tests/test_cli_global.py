@@ -160,8 +160,12 @@ def test_library_argument_names_become_flags():
     assert in_flag_words("drop precision='bf16'; pass extend_vocabulary=True", flags) == (
         "drop --precision bf16; pass --extend-vocabulary"
     )
+    assert in_flag_words("choose another key_added (--key-added)", flags | {"--key-added"}) == (
+        "choose another --key-added"
+    )
     # not this command's flags: left in the library's words
     assert in_flag_words("it needs official_compat=True, k=15", flags) == "it needs official_compat=True, k=15"
+    assert in_flag_words("choose another key_added (--key-added)", flags) == "choose another key_added (--key-added)"
 
 
 def test_messages_shown_by_the_command_line_name_flags(checkpoint, tmp_path, tiny_adata, caplog, capsys):

@@ -266,7 +266,7 @@ def test_cli_writes_the_layer_and_refuses_an_existing_output(model, adata, tmp_p
     (tmp_path / "taken.h5ad").write_text("keep me")
     with caplog.at_level(logging.ERROR):
         assert main([*args, "--out", str(tmp_path / "taken.h5ad"), "--overwrite"]) == 2
-    assert "was not written by opencellplm" in caplog.text  # so never replaced
+    assert "is not a marked opencellplm output" in caplog.text  # so never replaced
     assert (tmp_path / "taken.h5ad").read_text() == "keep me"
 
     tuned = [*args, "--out", str(tmp_path / "tuned.h5ad"), "--fine-tune", "--steps", "2", "--layer-added", "tuned"]

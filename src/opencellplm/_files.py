@@ -323,8 +323,9 @@ def check_output_file(
     problems = [] if recognise is None else recognise(target)
     if problems:
         raise FileExistsError(
-            f"{target} exists and was not written by opencellplm ({'; '.join(problems[:3])}), so it is never "
-            "replaced, even with overwrite (--overwrite); remove it yourself or choose another file"
+            f"{target} exists and is not a marked opencellplm output ({'; '.join(problems[:3])}): another program "
+            "wrote it, or an opencellplm version that did not yet mark its outputs, so it is never replaced, even "
+            "with overwrite=True (--overwrite); remove it yourself or choose another file"
         )
     if not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")

@@ -996,13 +996,14 @@ def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentPars
 _API_ARGUMENT = re.compile(
     r"(?<![\w-])([a-z][a-z0-9_]*)=(True\b|\.\.\.|'[^']*'|\"[^\"]*\"|[\w.]+)?(?: \((--[a-z0-9-]+)\))?"
 )
+_API_NAME = re.compile(r"(?<![\w-])([a-z][a-z0-9_]*) \((--[a-z0-9-]+)\)")
 
 
 def in_flag_words(text: str, flags: Collection[str]) -> str:
     """``text`` with each API argument that is one of ``flags`` written as the flag: ``overwrite=True`` and
     ``overwrite=True (--overwrite)`` become ``--overwrite``, ``layer=`` ``--layer``, ``precision='bf16'``
-    ``--precision bf16``; other arguments are left as they are. The library speaks to Python callers, the
-    command line to its users."""
+    ``--precision bf16``, ``key_added (--key-added)`` ``--key-added``; other arguments are left as they are.
+    The library speaks to Python callers, the command line to its users."""
 
     quotes = "'\""
 
@@ -1013,7 +1014,11 @@ def in_flag_words(text: str, flags: Collection[str]) -> str:
             return match.group(0)
         return option if value in (None, "True", "...") else f"{option} {value.strip(quotes)}"
 
-    return _API_ARGUMENT.sub(flag, text)
+    def named(match: re.Match) -> str:  # "key_added (--key-added)": the name, then its flag
+        name, option = match.groups()
+        return option if option == "--" + name.replace("_", "-") and option in flags else match.group(0)
+
+    return _API_NAME.sub(named, _API_ARGUMENT.sub(flag, text))
 
 
 class _FlagWords(logging.Filter):
