@@ -58,9 +58,22 @@ def test_open_h5ad_refuses_files_that_are_not_h5ad(tmp_path, tiny_adata, kind):
 def test_cli_exits_2_on_files_that_are_not_h5ad(tmp_path, tiny_adata, model, caplog, kind):
     path, message = _not_h5ad(kind, tmp_path, tiny_adata)
     model.save(tmp_path / "ckpt")
+    tiny_adata.write_h5ad(tmp_path / "good.h5ad")
+    model_args = ["--checkpoint", str(tmp_path / "ckpt")]
     commands = {
-        "embed": ["embed", str(path), "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out.h5ad")],
+        "embed": ["embed", str(path), *model_args, "--out", str(tmp_path / "out.h5ad")],
         "prepare-corpus": ["prepare-corpus", str(path), "--out", str(tmp_path / "corpus")],
+        "annotate fit": ["annotate", "fit", str(path), "--labels-key", "t", *model_args, "--out", str(tmp_path / "A")],
+        "perturb fit": ["perturb", "fit", str(path), *model_args, "--out", str(tmp_path / "P")],
+        "impute": [
+            "impute",
+            str(path),
+            "--reference",
+            str(tmp_path / "good.h5ad"),
+            *model_args,
+            "--out",
+            str(tmp_path / "i.h5ad"),
+        ],
     }
     for name, argv in commands.items():
         caplog.clear()
@@ -69,6 +82,7 @@ def test_cli_exits_2_on_files_that_are_not_h5ad(tmp_path, tiny_adata, model, cap
         assert caplog.records[-1].levelno == logging.ERROR
         assert str(path) in caplog.text and re.search(message, caplog.text), name
     assert not (tmp_path / "out.h5ad").exists() and not (tmp_path / "corpus").exists()
+    assert not any((tmp_path / name).exists() for name in ("A", "P", "i.h5ad"))
 
 
 @pytest.mark.parametrize("kind", ["text", "truncated", "no obs", "missing", "folder"])

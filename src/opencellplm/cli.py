@@ -320,6 +320,7 @@ def _impute(args: argparse.Namespace) -> int:
     import anndata as ad
 
     from .data.output import write_new_h5ad
+    from .data.reader import read_h5ad
     from .model import CellPLM
     from .tasks.imputation import ImputationRecipe, SpatialImputer
 
@@ -339,7 +340,7 @@ def _impute(args: argparse.Namespace) -> int:
     if args.steps is not None:
         changes["steps"] = args.steps
     imputer = SpatialImputer.from_pretrained(model, recipe=ImputationRecipe(**changes))
-    spatial, reference = ad.read_h5ad(args.spatial), ad.read_h5ad(args.reference)
+    spatial, reference = read_h5ad(args.spatial), read_h5ad(args.reference)
     genes = None
     if args.genes:
         genes = [g for item in args.genes for g in item.split(",") if g]
@@ -384,6 +385,7 @@ def _annotate(args: argparse.Namespace) -> int:
     import anndata as ad
 
     from .data.output import check_result_key, write_json, write_new_h5ad
+    from .data.reader import read_h5ad
     from .tasks import AnnotationRecipe, CellTypeAnnotator
 
     source = Path(args.input)
@@ -405,7 +407,7 @@ def _annotate(args: argparse.Namespace) -> int:
             kind="annotator",
             inputs=[source, _model_path(args.checkpoint)],
         )
-        adata = ad.read_h5ad(source)
+        adata = read_h5ad(source)
         make = CellTypeAnnotator.from_scratch if args.scratch else CellTypeAnnotator.from_pretrained
         recipe = AnnotationRecipe(
             **{k: v for k, v in {"steps": args.steps, "seed": args.seed}.items() if v is not None}
@@ -437,7 +439,7 @@ def _annotate(args: argparse.Namespace) -> int:
     if args.action == "predict":
 
         def annotated() -> ad.AnnData:
-            adata = ad.read_h5ad(source)
+            adata = read_h5ad(source)
             key = args.key_added
             check_result_key(
                 adata, "obs", key, companions=[("obs", f"{key}_probability"), ("obsm", f"{key}_probabilities")]
@@ -448,10 +450,10 @@ def _annotate(args: argparse.Namespace) -> int:
         write_new_h5ad(args.out, annotated, overwrite=args.overwrite, inputs=inputs)
         logger.info("wrote %s with obs[%r]", args.out, args.key_added)
         return 0
-    adata = ad.read_h5ad(source)
+    adata = read_h5ad(source)
     test_cells = None if args.test_key is None else _flag(adata, args.test_key)
     if args.reference is not None:
-        reference = ad.read_h5ad(args.reference)
+        reference = read_h5ad(args.reference)
     elif test_cells is not None:  # the baselines learn from the cells that are not test cells
         reference = adata[~test_cells].copy()
     else:
@@ -472,6 +474,7 @@ def _annotate(args: argparse.Namespace) -> int:
 
 def _perturb(args: argparse.Namespace) -> int:
     from .data.output import write_json
+    from .data.reader import read_h5ad
     from .tasks import PerturbationPredictor, PerturbationRecipe
 
     if args.action == "predict":
@@ -504,9 +507,8 @@ def _perturb(args: argparse.Namespace) -> int:
         )
     else:
         check_output_file(args.out, overwrite=args.overwrite, inputs=inputs)
-    import anndata as ad
 
-    adata = ad.read_h5ad(source)
+    adata = read_h5ad(source)
     make = PerturbationPredictor.from_scratch if args.scratch else PerturbationPredictor.from_pretrained
     predictor = make(args.checkpoint or DEFAULT_MODEL, recipe=recipe, device=args.device or "cpu")
     if args.action == "fit":

@@ -49,12 +49,7 @@ def open_h5ad(path: str | Path) -> Iterator[AnnData]:
         return element if isinstance(element, h5py.Dataset) else sparse_dataset(element)
 
     with open_hdf5(path) as f:
-        missing = [name for name in ("obs", "var") if name not in f]
-        if missing:
-            raise ValueError(
-                f"{path} is an HDF5 file but not an AnnData h5ad: it has no {' or '.join(missing)} "
-                f"(top-level entries: {sorted(f.keys())}); write it with anndata (adata.write_h5ad(...))"
-            )
+        _require_anndata(f, path)
         obs, var = read_elem(f["obs"]), read_elem(f["var"])
         layers = {name: lazy(f["layers"][name]) for name in f["layers"]} if "layers" in f else {}
         yield AnnData(
@@ -63,6 +58,28 @@ def open_h5ad(path: str | Path) -> Iterator[AnnData]:
             var=var,
             obsm=read_elem(f["obsm"]) if "obsm" in f else None,
             layers=layers,
+        )
+
+
+def read_h5ad(path: str | Path) -> AnnData:
+    """``anndata.read_h5ad(path)`` (everything in memory), with :func:`open_h5ad`'s errors naming ``path`` for a
+    file that is missing, not HDF5 or not an AnnData."""
+    import anndata
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file not found: {path}")
+    with open_hdf5(path) as f:
+        _require_anndata(f, path)
+    return anndata.read_h5ad(path)
+
+
+def _require_anndata(f, path: Path) -> None:
+    missing = [name for name in ("obs", "var") if name not in f]
+    if missing:
+        raise ValueError(
+            f"{path} is an HDF5 file but not an AnnData h5ad: it has no {' or '.join(missing)} "
+            f"(top-level entries: {sorted(f.keys())}); write it with anndata (adata.write_h5ad(...))"
         )
 
 
