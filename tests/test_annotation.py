@@ -328,7 +328,7 @@ def test_changed_weights_are_refused_naming_the_file(saved):
 def test_an_annotator_saved_before_checksums_loads_with_a_warning(saved, cells):
     first = CellTypeAnnotator.load(saved).get_predictions(cells)
     edit(saved, lambda s: s.pop("fit_data", None), drop_checksums=True)  # what earlier versions wrote
-    with pytest.warns(UserWarning, match=r"annotator\.json records no checksums .* save it again to add them"):
+    with pytest.warns(UserWarning, match=r"annotator\.json records no checksums .* to add them, fit it again"):
         again = CellTypeAnnotator.load(saved)
     np.testing.assert_array_equal(again.get_predictions(cells).labels, first.labels)
     edit(saved, swap_classes)  # and an edited one of that age is still refused: its copies disagree

@@ -148,7 +148,7 @@ def _verify(directory: Path, path: Path, settings: dict[str, Any], kind: str) ->
     if recorded is None:
         warnings.warn(
             f"{path} records no checksums (it was saved by an earlier opencellplm), so changes made to the {kind} "
-            f"since cannot be detected; save it again to add them",
+            f"since cannot be detected; to add them, fit it again, or load it in Python and save it to a new folder",
             UserWarning,
             stacklevel=4,
         )
