@@ -393,7 +393,7 @@ def test_a_work_folder_of_something_else_is_refused(model, adata, tmp_path):
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"] and not denoiser.fitted
     # a run killed before its first checkpoint left only its config and lock: it starts again
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.json").write_text("{}")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"model": {}, "train": {}}))  # a run's settings
     (tmp_path / "run" / ".lock").write_text("")
     denoiser.fit(adata, work=tmp_path / "run")
     assert (tmp_path / "run" / "state.pt").exists()

@@ -179,6 +179,20 @@ def test_pretrain_never_writes_into_its_corpus(files, caplog):
     assert snapshot(files / "corpus") == before and not (files / "corpus" / "run").exists()
 
 
+def test_pretrain_never_writes_into_a_folder_that_is_not_a_run(files, caplog):
+    from opencellplm.data.corpus import prepare_corpus
+
+    prepare_corpus([files / "in.h5ad"], files / "corpus")
+    (files / "mine").mkdir()
+    (files / "mine" / "config.json").write_text('{"mine": 1}')
+    pretrain = ["pretrain", "--corpus", str(files / "corpus"), "--config", "tiny", "--steps", "1", "--out"]
+    for folder in ("ck", "mine"):  # a checkpoint (its config.json), a user's folder
+        before = snapshot(files / folder)
+        assert main([*pretrain, str(files / folder)]) == 2
+        assert "holds files that are not a training run's" in error_lines(caplog)
+        assert snapshot(files / folder) == before and not (files / folder / ".lock").exists()
+
+
 def test_embed_overwrite_replaces_its_own_output_but_never_a_users_file(files, caplog):
     embed = ["embed", str(files / "in.h5ad"), "--checkpoint", str(files / "ck")]
     (files / "user.h5ad").write_bytes((files / "in.h5ad").read_bytes())  # an h5ad the user wrote

@@ -31,7 +31,17 @@ from ..module.losses import LossOutput
 from .plan import DataPlan, SetRef
 from .probe import NeighbourhoodProbe
 from .schedule import set_seed
-from .trainer import CONFIG_FILE, EVALUATION_STEP, MODEL_DIR, Autocast, Distributed, Objective, Trainer, unwrap
+from .trainer import (
+    CONFIG_FILE,
+    EVALUATION_STEP,
+    MODEL_DIR,
+    Autocast,
+    Distributed,
+    Objective,
+    Trainer,
+    check_run_folder,
+    unwrap,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +212,7 @@ def pretrain(
         :func:`gene_embedding_from_pca`); default: the random initialisation.
     """
     out = refuse_inputs(out, [corpus_dir], kind="run folder")  # before any process starts
+    check_run_folder(out, resume=resume)
     world = Distributed.start(device)
     try:
         corpus = Corpus(corpus_dir, cache_shards=train.shuffle_window)

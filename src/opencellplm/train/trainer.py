@@ -37,7 +37,7 @@ from .._threads import thread_settings
 from ..config import ConfigError, TrainConfig
 from ..module.losses import LossOutput
 from .schedule import lr_factor, set_seed
-from .state import RunInUseError, load_state, lock_run_dir, rng_state, save_state, set_rng_state
+from .state import LOCK_FILE, STATE_FILE, RunInUseError, load_state, lock_run_dir, rng_state, save_state, set_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +150,33 @@ class Distributed:
             dist.destroy_process_group()
 
 
+def check_run_folder(out: Path, *, resume: bool) -> None:
+    """Refuse to start a run in ``out`` (``resume`` False) unless it is absent, empty, or holds only what a run
+    killed before its first checkpoint leaves (its lock and ``config.json``): an earlier run needs ``resume``,
+    and a folder of anything else (a checkpoint, a corpus, a user's files) is not a run folder to write into."""
+    if resume or not out.is_dir():
+        return
+    present = {path.name for path in out.iterdir()}
+    if present & {STATE_FILE, METRICS_FILE, MODEL_DIR, SUMMARY_FILE}:
+        raise FileExistsError(f"{out} holds an earlier run; pass resume=True (--resume) or another --out")
+    others = present - {LOCK_FILE, CONFIG_FILE}
+    if CONFIG_FILE in present and not _is_run_config(out / CONFIG_FILE):
+        others.add(CONFIG_FILE)
+    if others:
+        raise FileExistsError(
+            f"{out} holds files that are not a training run's ({sorted(others)[:5]}), which a run would mix with "
+            f"its own ({CONFIG_FILE}, {STATE_FILE}, {METRICS_FILE}, {MODEL_DIR}/); choose a new or empty folder"
+        )
+
+
+def _is_run_config(path: Path) -> bool:
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(settings, dict) and isinstance(settings.get("train"), dict) and "model" in settings
+
+
 class Trainer:
     """Train ``module`` on ``objective``.
 
@@ -199,6 +226,7 @@ class Trainer:
         self.stopped_by: str | None = None
         self._lock: IO[str] | None = None
         if out is not None:
+            check_run_folder(Path(out), resume=resume)  # before the lock file goes into a folder that is not ours
             self._lock = self._lock_out()  # before anything in out is read or written
         try:
             if out is not None:
@@ -274,8 +302,7 @@ class Trainer:
             self._lock = None
 
     def _prepare_out(self, resume: bool) -> None:
-        if not resume and any((self.out / f).exists() for f in ("state.pt", METRICS_FILE, MODEL_DIR)):
-            raise FileExistsError(f"{self.out} holds an earlier run; pass resume=True (--resume) or another --out")
+        check_run_folder(self.out, resume=resume)
         if self.world.main:
             self.out.mkdir(parents=True, exist_ok=True)
             if not resume:
