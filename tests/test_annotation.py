@@ -128,7 +128,7 @@ def test_missing_labels_are_left_out_and_counted_or_refused_when_none(base, cell
     cells.obs.loc[cells.obs_names[:30], "cell_type"] = None
     with caplog.at_level(logging.WARNING):
         annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(cells, "cell_type")
-    assert "30 cells have no 'cell_type' label; they are left out of the training loss" in caplog.text
+    assert "30 cells have no 'cell_type' label (NaN, None, empty or the text of a missing value" in caplog.text
     assert annotator.summary.n_unlabelled_left_out == 30
     assert annotator.summary.n_train + annotator.summary.n_validation == 210
     cells.obs["cell_type"] = None
@@ -387,6 +387,24 @@ def test_labels_of_one_type_are_accepted(base, cells):
     numbered.obs["code"] = numbered.obs["cell_type"].str[-1].astype(int)  # int64 codes 0, 1, 2
     annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(numbered, "code")
     assert annotator.classes == ["0", "1", "2"]
+
+
+def test_the_text_of_a_missing_label_is_no_cell_type(base, cells, caplog):
+    texts = cells.copy()
+    labels = texts.obs["cell_type"].to_numpy(dtype=object)
+    labels[:12] = ["nan", "NaN", "", " None "] * 3  # what astype(str) and spreadsheets leave for a missing label
+    labels[12] = np.nan
+    texts.obs["cell_type"] = labels.astype(str)  # the NaN becomes "nan" too
+    with caplog.at_level(logging.WARNING):
+        annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(texts, "cell_type")
+    assert annotator.classes == sorted(cells.obs["cell_type"].unique())
+    assert annotator.summary.n_unlabelled_left_out == 13
+    assert "13 cells have no 'cell_type' label (NaN, None, empty or the text of a missing value" in caplog.text
+    query = synthetic_adata(240, 60, n_types=3, seed=1)
+    query.obs_names = [f"query{i}" for i in range(query.n_obs)]
+    query.obs["cell_type"] = np.where(np.arange(query.n_obs) < 5, "nan", query.obs["cell_type"].astype(str))
+    scores = annotator.score(query, "cell_type", baselines=("knn_on_pca",), reference=texts)
+    assert scores.n_test == query.n_obs - 5  # unlabelled cells are not scored, nor learned by the baselines
 
 
 # ------------------------------------------------------------------------------------------------- score

@@ -16,7 +16,7 @@ from opencellplm.data import (
     perturbation_genes,
     perturbation_label,
 )
-from opencellplm.data.perturbations import label_values
+from opencellplm.data.labels import label_values
 
 EXPECTED = r'expected "ctrl" or genes joined by "\+", each optionally suffixed ":down" or ":up"'
 

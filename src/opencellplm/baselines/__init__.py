@@ -30,6 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from ..data.labels import has_label
 from ..data.reader import check_readable, counts_matrix, iter_row_blocks, on_disk
 
 __all__ = [
@@ -722,7 +723,7 @@ def _annotation_inputs(train: AnnData, test: AnnData, *, labels_key: str, layer:
         if not data.var_names.is_unique:
             raise ValueError(f"{name}.var_names has repeated gene names; make them unique (var_names_make_unique())")
     labels = train.obs[labels_key]
-    labelled = ~labels.isna().to_numpy()
+    labelled = has_label(labels)
     if not labelled.all():
         logger.info("%d training cells without a label in %r are left out", int((~labelled).sum()), labels_key)
     y = label_strings(labels, labels_key).to_numpy()[labelled]

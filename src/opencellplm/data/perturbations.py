@@ -36,10 +36,12 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
+
+from .labels import MISSING_TEXTS
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +52,6 @@ CONTROL = "ctrl"
 SPLIT_GROUPS: tuple[str, ...] = ("single_unseen", "combo_seen0", "combo_seen1", "combo_seen2")
 _DIRECTIONS: tuple[str, ...] = get_args(Direction)
 _SHOWN = 5
-#: Texts of a missing value (compared stripped and lower-cased): how pandas and R write NaN, None and NA as strings.
-MISSING_TEXTS = frozenset({"", "nan", "none", "na", "<na>", "null"})
 
 
 @dataclass(frozen=True, order=True)
@@ -197,32 +197,6 @@ def parse_labels(
         more = f" (showing {_SHOWN})" if len(bad) > _SHOWN else ""
         raise PerturbationLabelError(f"{len(bad)} bad perturbation label(s){more}: {shown}. {_expected(control)}")
     return parsed
-
-
-def is_missing_label(value: Any) -> bool:
-    """Whether a label is missing: None, NaN, ``pd.NA``, or a string that is blank or the text of a missing value
-    (:data:`MISSING_TEXTS`, e.g. ``"nan"`` left by ``astype(str)``)."""
-    if isinstance(value, str):
-        return value.strip().lower() in MISSING_TEXTS
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):  # array-like values are not missing labels (and are refused by the parser)
-        return False
-
-
-def label_values(column: pd.Series | np.ndarray | Sequence) -> tuple[np.ndarray, np.ndarray]:
-    """The labels of one ``obs`` column (categorical or not) as strings, and the mask of missing ones.
-
-    Returns
-    -------
-    values, missing
-        ``values`` (object array of ``str``): each label as text, ``""`` where it is missing; ``missing`` (bool):
-        the cells whose label is missing (:func:`is_missing_label`), which are never parsed as a gene.
-    """
-    raw = column.to_numpy(dtype=object) if isinstance(column, pd.Series | pd.Index) else np.asarray(column, object)
-    missing = np.fromiter((is_missing_label(v) for v in raw), dtype=bool, count=raw.size)
-    values = np.asarray(["" if m else str(v) for v, m in zip(raw, missing)], dtype=object)
-    return values, missing
 
 
 def perturbation_label(genes: Sequence[GenePerturbation], *, control: str = CONTROL) -> str:

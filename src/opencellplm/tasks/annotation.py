@@ -34,6 +34,7 @@ from torch import nn
 from .. import baselines as _baselines
 from .._threads import thread_settings
 from ..config import AnnotationHeadConfig, MaskingConfig, ModelConfig, TrainConfig
+from ..data.labels import has_label
 from ..data.sets import CellSets, InputSpec
 from ..data.validate import require_anndata
 from ..model import CellPLM
@@ -356,14 +357,17 @@ class CellTypeAnnotator:
         started = time.perf_counter()
         recipe, self.spec, self.mode = self.recipe, InputSpec(**spec), mode
         labels = adata.obs[labels_key]
-        labelled = labels.notna().to_numpy()
+        labelled = has_label(labels)  # NaN, and texts such as "nan" that astype(str) leaves, are no cell type
         candidates = labelled if train_cells is None else labelled & np.asarray(train_cells, dtype=bool)
         n_unlabelled = int((~labelled).sum() if train_cells is None else (np.asarray(train_cells) & ~labelled).sum())
         if not candidates.any():
             raise ValueError(f"no cell has a {labels_key!r} label to learn from")
         if n_unlabelled:
             logger.warning(
-                "%d cells have no %r label; they are left out of the training loss", n_unlabelled, labels_key
+                "%d cells have no %r label (NaN, None, empty or the text of a missing value such as 'nan'); they are "
+                "left out of the training loss",
+                n_unlabelled,
+                labels_key,
             )
         names = _baselines.label_strings(labels, labels_key)[candidates]
         self.classes = sorted(names.unique())
@@ -525,7 +529,7 @@ class CellTypeAnnotator:
                 "the reference is the data being scored: the baselines would learn the test cells' labels; give "
                 "labelled cells kept apart from the test cells"
             )
-        labelled = adata.obs[labels_key].notna().to_numpy()
+        labelled = has_label(adata.obs[labels_key])
         names = _baselines.label_strings(adata.obs[labels_key], labels_key).to_numpy()
         learned = self._learned_cells(adata)
         if test_cells is None:
@@ -578,7 +582,7 @@ class CellTypeAnnotator:
                     columns = list(reference.obs.columns)
                     raise KeyError(f"the reference has no obs column {labels_key!r}; it has {columns}")
                 _baselines.label_strings(reference.obs[labels_key], labels_key)  # refuses mixed label types
-                train = reference[reference.obs[labels_key].notna().to_numpy()].copy()
+                train = reference[has_label(reference.obs[labels_key])].copy()
                 shared = train.obs_names.isin(adata.obs_names[test_cells])
                 if shared.any():
                     logger.warning(

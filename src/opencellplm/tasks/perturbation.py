@@ -769,7 +769,8 @@ class PerturbationPredictor:
         pandas.DataFrame
             Index: the labels as given; columns: the training data's genes that are in the model's vocabulary.
         """
-        from ..data.perturbations import PerturbationLabelError, is_missing_label, parse_labels
+        from ..data.labels import is_missing_label
+        from ..data.perturbations import PerturbationLabelError, parse_labels
 
         module = self._require_fitted()
         labels = [labels] if isinstance(labels, str) else list(labels)
@@ -1181,7 +1182,7 @@ class _Measured:
 def _label_column(adata: AnnData, key: str) -> tuple[np.ndarray, int]:
     """The labels of ``obs[key]`` as text, ``""`` for cells whose label is missing (NaN, None, empty, ``"nan"``):
     those cells are left out (neither perturbed nor control), counted and logged, never parsed as a gene."""
-    from ..data.perturbations import label_values
+    from ..data.labels import label_values
 
     values, missing = label_values(adata.obs[key])
     n_missing = int(missing.sum())
