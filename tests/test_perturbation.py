@@ -3,6 +3,7 @@ baseline and group, and the input errors."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 
@@ -216,3 +217,20 @@ def test_a_loaded_predictor_is_not_scored(fitted, adata, tmp_path):
     fitted.save(tmp_path / "predictor")
     with pytest.raises(ValueError, match="loaded with a fine-tuned backbone"):
         PerturbationPredictor.load(tmp_path / "predictor").score(adata, seeds=(0,))
+
+
+def test_an_edited_predictor_is_one_error_naming_its_settings_file(fitted, tmp_path):
+    fitted.save(tmp_path / "predictor")
+    path = tmp_path / "predictor" / "perturbation.json"
+    settings = json.loads(path.read_text())
+    settings.pop("sha256")  # as an earlier version saved it: the settings themselves are still checked
+    settings["recipe"]["bogus"] = 1
+    path.write_text(json.dumps(settings))
+    with pytest.warns(UserWarning, match="records no checksums"), pytest.raises(ValueError) as err:
+        PerturbationPredictor.load(tmp_path / "predictor")
+    assert str(err.value).startswith(f"{path}: 'recipe' has unknown settings ['bogus']")
+    del settings["recipe"]["bogus"], settings["control"]
+    path.write_text(json.dumps(settings))
+    with pytest.warns(UserWarning, match="records no checksums"), pytest.raises(ValueError) as err:
+        PerturbationPredictor.load(tmp_path / "predictor")
+    assert str(err.value).startswith(f"{path} does not hold the settings opencellplm writes (KeyError: 'control')")

@@ -5,6 +5,7 @@ warning. (The annotator's own checks are in test_annotation.py.)"""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -63,3 +64,21 @@ def test_a_malformed_checksum_record_is_refused(saved):
     rewrite(saved / "denoiser.json", outside)
     with pytest.raises(ValueError, match=r"denoiser\.json: '\.\./elsewhere\.txt' is not a file inside"):
         Denoiser.load(saved)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s["recipe"].__setitem__("bogus", 1), r"'recipe' has unknown settings \['bogus'\]"),
+        (lambda s: s.pop("pretrained"), r"the setting 'pretrained' is missing"),
+        (lambda s: s.__setitem__("fine_tuned", "no"), r"'fine_tuned' has a value of the wrong type: 'no'"),
+        (lambda s: s.__setitem__("spec", "abc"), r"'spec' must be an object of settings, not 'abc'"),
+    ],
+    ids=["unknown recipe key", "missing key", "wrong type", "spec not an object"],
+)
+def test_a_malformed_denoiser_is_refused_naming_the_file(saved, change, message):
+    """Checksums removed (as an earlier version wrote them): each setting is still checked, naming the file."""
+    rewrite(saved / "denoiser.json", lambda s: (s.pop("sha256"), change(s)))
+    with pytest.warns(UserWarning, match="records no checksums"), pytest.raises(ValueError) as err:
+        Denoiser.load(saved)
+    assert str(err.value).startswith(str(saved / "denoiser.json")) and re.search(message, str(err.value))

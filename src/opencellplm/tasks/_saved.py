@@ -15,7 +15,8 @@ import logging
 import types
 import typing
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -117,6 +118,29 @@ def settings_dataclass(path: Path, settings: dict[str, Any], key: str, cls: type
     if wrong:
         raise ValueError(f"{path}: {key!r} has values of the wrong type: {', '.join(wrong)}")
     return cls(**value)
+
+
+def setting(path: Path, settings: dict[str, Any], key: str, hint: Any) -> Any:
+    """``settings[key]``, or a ValueError naming ``path`` when it is missing or not of type ``hint`` (checked as
+    :func:`settings_dataclass` checks fields)."""
+    if key not in settings:
+        raise ValueError(f"{path}: the setting {key!r} is missing; the file was edited or damaged: save the task again")
+    if not _fits(settings[key], hint):
+        raise ValueError(f"{path}: {key!r} has a value of the wrong type: {settings[key]!r}")
+    return settings[key]
+
+
+@contextmanager
+def reading_settings(path: Path) -> Iterator[None]:
+    """Turn what a malformed settings file raises while a task is rebuilt from it (a missing key, a value of
+    another shape) into one ValueError naming ``path``: the last guard behind the checks of each setting."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ValueError(
+            f"{path} does not hold the settings opencellplm writes ({type(err).__name__}: {err}); the file was "
+            "edited or damaged: save the task again"
+        ) from None
 
 
 def _fits(value: Any, hint: Any) -> bool:

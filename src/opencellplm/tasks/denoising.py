@@ -50,7 +50,7 @@ from ..train.plan import shuffled_batch
 from ..train.state import LOCK_FILE, STATE_FILE
 from ..train.trainer import CONFIG_FILE, Autocast, unwrap
 from ._recipe import fine_tuning_config
-from ._saved import read_task, save_task
+from ._saved import read_task, reading_settings, save_task, setting, settings_dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -804,11 +804,15 @@ class Denoiser:
     def load(cls, directory: str | Path, *, device: str = "cpu") -> Denoiser:
         """Read a denoiser written by :meth:`save`."""
         settings, module, genes, meta = read_task(directory, SETTINGS_FILE, FORMAT)
-        base = CellPLM(module, genes, meta=meta, source=settings.get("base"), device=device)
-        denoiser = cls(base, pretrained=True, recipe=DenoisingRecipe(**settings["recipe"]))
-        denoiser.pretrained = settings["pretrained"]
-        denoiser.module = base.module if settings["fine_tuned"] else None
-        denoiser.spec = InputSpec(**settings["spec"])
+        path = Path(directory) / SETTINGS_FILE
+        recipe = settings_dataclass(path, settings, "recipe", DenoisingRecipe)
+        spec = settings_dataclass(path, settings, "spec", InputSpec)
+        with reading_settings(path):
+            base = CellPLM(module, genes, meta=meta, source=settings.get("base"), device=device)
+            denoiser = cls(base, pretrained=True, recipe=recipe)
+            denoiser.pretrained = setting(path, settings, "pretrained", bool)
+            denoiser.module = base.module if setting(path, settings, "fine_tuned", bool) else None
+            denoiser.spec = spec
         denoiser._loaded = True
         return denoiser
 

@@ -56,7 +56,7 @@ from ..train.plan import shuffled_batch
 from ..train.schedule import set_seed
 from ..train.trainer import EVALUATION_STEP, Autocast, unwrap
 from ._recipe import fine_tuning_config
-from ._saved import read_task, save_task
+from ._saved import read_task, reading_settings, save_task, setting, settings_dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -868,17 +868,21 @@ class SpatialImputer:
     def load(cls, directory: str | Path, *, device: str = "cpu") -> SpatialImputer:
         """Read an imputer written by :meth:`save`."""
         settings, module, genes, meta = read_task(directory, SETTINGS_FILE, FORMAT)
-        base = CellPLM(module, genes, meta=meta, source=settings.get("base"), device=device)
-        imputer = cls(base, pretrained=settings["pretrained"], recipe=ImputationRecipe(**settings["recipe"]))
-        imputer._loaded_weights = True
-        if settings["fine_tuned"]:
-            imputer.module = base.module.eval()
-            imputer.summary = ImputationFitSummary(**settings["fit"]) if settings.get("fit") else None
-        imputer.panel_genes = list(settings["panel_genes"])
-        imputer.reference_genes = list(settings["reference_genes"])
-        imputer.reference_names = dict(settings.get("reference_names") or {})
-        imputer.spatial_spec = InputSpec(**settings["spatial_spec"])
-        imputer.spatial_input = dict(settings["spatial_input"])
+        path = Path(directory) / SETTINGS_FILE
+        recipe = settings_dataclass(path, settings, "recipe", ImputationRecipe)
+        spatial_spec = settings_dataclass(path, settings, "spatial_spec", InputSpec)
+        with reading_settings(path):
+            base = CellPLM(module, genes, meta=meta, source=settings.get("base"), device=device)
+            imputer = cls(base, pretrained=setting(path, settings, "pretrained", bool), recipe=recipe)
+            imputer._loaded_weights = True
+            if setting(path, settings, "fine_tuned", bool):
+                imputer.module = base.module.eval()
+                imputer.summary = ImputationFitSummary(**settings["fit"]) if settings.get("fit") else None
+            imputer.panel_genes = list(settings["panel_genes"])
+            imputer.reference_genes = list(settings["reference_genes"])
+            imputer.reference_names = dict(settings.get("reference_names") or {})
+            imputer.spatial_spec = spatial_spec
+            imputer.spatial_input = dict(settings["spatial_input"])
         return imputer
 
 

@@ -104,7 +104,7 @@ from ..module.losses import LossOutput
 from ..train import Distributed, Objective, Trainer
 from ..train.trainer import Autocast, ParamGroup, unwrap
 from ._recipe import fine_tuning_config
-from ._saved import read_task, recogniser, save_task
+from ._saved import read_task, reading_settings, recogniser, save_task, setting, settings_dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -1028,31 +1028,33 @@ class PerturbationPredictor:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found; is {directory} a saved perturbation predictor?")
         state = _read_state(path)
-        base = CellPLM(backbone, genes, meta=meta, source=settings.get("base"), device=device)
-        recipe = PerturbationRecipe(**settings["recipe"])
-        predictor = cls(base, pretrained=settings["pretrained"], recipe=recipe)
-        module = PerturbationModule(base.module, hidden_dim=recipe.hidden_dim)
-        missing, unexpected = module.load_state_dict(state["network"], strict=False)
-        missing = [k for k in missing if not k.startswith("backbone.")]
-        if missing or unexpected:
-            raise ValueError(
-                f"{path} does not fit the perturbation network: missing {missing}, unexpected {unexpected}"
-            )
-        shape = tuple(int(v) for v in state["control_shape"])
-        counts = sp.csr_matrix(
-            (state["control_data"].numpy(), state["control_indices"].numpy(), state["control_indptr"].numpy()), shape
-        )
-        sets = np.split(state["set_rows"].numpy(), np.cumsum(state["set_sizes"].numpy())[:-1])
-        predictor.module = module.to(base.device).eval()
-        predictor.control_cells = ControlCells(counts, list(sets), state["control_mean"].numpy())
-        predictor.gene_index = state["gene_index"]
-        predictor.var_names = list(settings["var_names"])
-        predictor.control = settings["control"]
-        predictor.default_direction = settings["default_direction"]
-        predictor.perturbation_key = settings["perturbation_key"]
-        predictor.spec = InputSpec(**settings["spec"])
-        if settings.get("fit"):
-            predictor.summary = PerturbationFitSummary(**settings["fit"])
+        settings_path = Path(directory) / SETTINGS_FILE
+        recipe = settings_dataclass(settings_path, settings, "recipe", PerturbationRecipe)
+        spec = settings_dataclass(settings_path, settings, "spec", InputSpec)
+        with reading_settings(settings_path):
+            base = CellPLM(backbone, genes, meta=meta, source=settings.get("base"), device=device)
+            predictor = cls(base, pretrained=setting(settings_path, settings, "pretrained", bool), recipe=recipe)
+            module = PerturbationModule(base.module, hidden_dim=recipe.hidden_dim)
+            missing, unexpected = module.load_state_dict(state["network"], strict=False)
+            missing = [k for k in missing if not k.startswith("backbone.")]
+            if missing or unexpected:
+                raise ValueError(
+                    f"{path} does not fit the perturbation network: missing {missing}, unexpected {unexpected}"
+                )
+            shape = tuple(int(v) for v in state["control_shape"])
+            arrays = (state["control_data"], state["control_indices"], state["control_indptr"])
+            counts = sp.csr_matrix(tuple(a.numpy() for a in arrays), shape)
+            sets = np.split(state["set_rows"].numpy(), np.cumsum(state["set_sizes"].numpy())[:-1])
+            predictor.module = module.to(base.device).eval()
+            predictor.control_cells = ControlCells(counts, list(sets), state["control_mean"].numpy())
+            predictor.gene_index = state["gene_index"]
+            predictor.var_names = list(settings["var_names"])
+            predictor.control = settings["control"]
+            predictor.default_direction = settings["default_direction"]
+            predictor.perturbation_key = settings["perturbation_key"]
+            predictor.spec = spec
+            if settings.get("fit"):
+                predictor.summary = PerturbationFitSummary(**settings["fit"])
         predictor._loaded = True
         return predictor
 
