@@ -72,14 +72,19 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def json_object(path: str | Path) -> dict | None:
+    """The JSON object in ``path``, or None where it is missing, unreadable or not a JSON object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def marker_problems(marker: Path, fmt: str) -> list[str]:
     """``[]`` when the JSON file ``marker`` declares ``"format": fmt`` (what this package writes into each
     directory it makes), else the reason: the recognisers of :func:`write_directory` start here."""
-    try:
-        declared = json.loads(marker.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        declared = None
-    if isinstance(declared, dict) and declared.get("format") == fmt:
+    if (json_object(marker) or {}).get("format") == fmt:
         return []
     return [f"no {marker.name} declaring format {fmt!r}"]
 
@@ -117,13 +122,8 @@ def written_file_problems(path: Path) -> list[str]:
         except OSError:
             return ["an HDF5 file that cannot be opened"]
         return [f"an HDF5 file without opencellplm's {H5AD_MARK!r} mark (saving a file again elsewhere removes it)"]
-    if head.lstrip()[:1] == b"{":
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            data = None
-        if isinstance(data, dict) and str(data.get(JSON_MARK, "")).startswith("opencellplm"):
-            return []
+    if head.lstrip()[:1] == b"{" and str((json_object(path) or {}).get(JSON_MARK, "")).startswith("opencellplm"):
+        return []
     return ["it carries no opencellplm mark"]
 
 

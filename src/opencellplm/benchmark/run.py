@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .._files import marker_problems
+from .._files import json_object, marker_problems
 from .._threads import thread_settings
 from .profiles import Profile, get_profile
 from .tasks import SYMBOLS, TASKS, RunContext, UnitResult
@@ -276,12 +276,9 @@ def check_benchmark_folder(out: Path) -> None:
 
 def _legacy_results(path: Path) -> bool:
     """Whether ``path`` is a results.json of this benchmark written before it declared its format."""
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
+    results = json_object(path) or {}
     keys = {"schema_version", "settings", "environment", "records", "artifacts"}
-    return isinstance(results, dict) and results.get("schema_version") == SCHEMA_VERSION and keys <= set(results)
+    return results.get("schema_version") == SCHEMA_VERSION and keys <= set(results)
 
 
 def _load_or_start(out: Path, settings: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._files import json_object
 from .._precision import autocast_dtype
 from .._threads import thread_settings
 from ..config import ConfigError, TrainConfig
@@ -170,11 +171,8 @@ def check_run_folder(out: Path, *, resume: bool) -> None:
 
 
 def _is_run_config(path: Path) -> bool:
-    try:
-        settings = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(settings, dict) and isinstance(settings.get("train"), dict) and "model" in settings
+    settings = json_object(path) or {}
+    return isinstance(settings.get("train"), dict) and "model" in settings
 
 
 class Trainer:
