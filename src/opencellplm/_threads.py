@@ -75,7 +75,7 @@ def thread_settings() -> dict[str, Any]:
     numba_threads = os.cpu_count() or 1  # numba's own default, until numba is imported or NUMBA_NUM_THREADS set
     numba = sys.modules.get("numba")
     if numba is not None:
-        started = sys.modules["numba.np.ufunc.parallel"]._is_initialized
+        started = getattr(sys.modules.get("numba.np.ufunc.parallel"), "_is_initialized", False)  # numba's own flag
         # get_num_threads() would start the pool (and reset torch's count): read the configured size until then
         numba_threads = numba.get_num_threads() if started else numba.config.NUMBA_NUM_THREADS
     elif os.environ.get("NUMBA_NUM_THREADS", "").isdigit():
