@@ -325,16 +325,19 @@ def test_output_lock_is_reentrant_and_removed(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_overwrite_replaces_a_profile_table_but_no_other_csv(tmp_path):
-    import pandas as pd
-
-    table = pd.DataFrame([[0.5, 1.0]], index=pd.Index(["A+B"], name="perturbation"), columns=["G1", "G2"])
-    table.to_csv(tmp_path / "ours.csv")
-    assert output_module.profile_table_problems(tmp_path / "ours.csv") == []
-    (tmp_path / "notes.csv").write_text("perturbation,comment\nA+B,looks good\n")
-    (tmp_path / "other.csv").write_text("gene,score\nG1,0.5\n")
-    for name in ("notes.csv", "other.csv"):
-        assert output_module.profile_table_problems(tmp_path / name)
+def test_overwrite_replaces_a_table_it_marked_but_no_other_csv(tmp_path):
+    ours, copy, theirs = tmp_path / "ours.csv", tmp_path / "copy.csv", tmp_path / "truth.csv"
+    table = "perturbation,G1,G2\nA+B,0.5,1.0\n"  # the shape perturb predict writes
+    ours.write_text(table)
+    files_module.mark_by_attribute(ours)
+    if files_module.attribute_mark_problems(ours):
+        pytest.skip("this file system takes no extended attributes (an unmarked table is never replaced)")
+    copy.write_bytes(ours.read_bytes())  # a copy without its attributes: the user's now
+    theirs.write_text(table)  # the user's table, in the same shape
+    for path in (copy, theirs):
+        assert "carries no opencellplm mark" in files_module.attribute_mark_problems(path)[0]
+        with pytest.raises(FileExistsError, match="not a marked opencellplm output"):
+            files_module.check_output_file(path, overwrite=True, recognise=files_module.attribute_mark_problems)
 
 
 # ------------------------------------------------------------------------------------ WEAK: the current folder

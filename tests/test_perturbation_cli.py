@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from opencellplm._files import attribute_mark_problems
 from opencellplm.cli import main
 from opencellplm.tasks import PerturbationPredictor
 
@@ -71,6 +72,14 @@ def test_fit_predict_score(files, capsys, caplog):
         == 0
     )
     assert list(pd.read_csv(out2, index_col=0).index) == ["GENE4", "ctrl"]
+    # --overwrite replaces the table it wrote (marked), never the user's table of the same shape
+    again = ["perturb", "predict", str(files / "predictor"), "--labels", "GENE4", "--overwrite", "--out"]
+    if not attribute_mark_problems(out2):  # marked (where the file system takes extended attributes)
+        assert main([*again, str(out2)]) == 0 and list(pd.read_csv(out2, index_col=0).index) == ["GENE4"]
+    (files / "truth.csv").write_bytes(out2.read_bytes())  # a plain copy: no mark
+    with caplog.at_level(logging.ERROR):
+        assert main([*again, str(files / "truth.csv")]) == 2
+    assert "not a marked opencellplm output" in errors(caplog)[0]
 
     result = files / "result.json"
     score = ["perturb", "score", str(files / "data.h5ad"), "--checkpoint", str(files / "ckpt"), "--steps", "2"]

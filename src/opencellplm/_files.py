@@ -135,6 +135,30 @@ def mark_h5ad(path: Path) -> None:
         f.attrs[H5AD_MARK] = written_mark()
 
 
+#: Extended attribute that marks a file with no room for a mark of its own (a CSV table) as this package's.
+XATTR_MARK = "user.opencellplm"
+
+
+def mark_by_attribute(path: Path) -> None:
+    """Mark ``path`` with the extended attribute :data:`XATTR_MARK`; where the file system (or the platform)
+    takes none, the file stays unmarked, and so is never replaced (the safe side)."""
+    try:
+        os.setxattr(path, XATTR_MARK, written_mark().encode())
+    except (AttributeError, OSError):
+        logger.debug("%s: no extended attributes here, so --overwrite will not replace it", path)
+
+
+def attribute_mark_problems(path: Path) -> list[str]:
+    """``[]`` when ``path`` carries :data:`XATTR_MARK` (see :func:`mark_by_attribute`), else why it counts as
+    another program's file. Copies made without their attributes (``cp`` without ``-a``) count as such."""
+    try:
+        if os.getxattr(path, XATTR_MARK).decode(errors="replace").startswith("opencellplm"):
+            return []
+    except (AttributeError, OSError):
+        pass
+    return ["it carries no opencellplm mark (the extended attribute this package sets on the tables it writes)"]
+
+
 def refuse_inputs(target: str | Path, inputs: Iterable[str | Path | None], *, kind: str = "output") -> Path:
     """Refuse ``target`` when it is an input of the command, lies inside an input folder, or holds an
     input (a folder that a replacement would delete). Returns ``target`` resolved; ``None`` inputs are skipped."""

@@ -524,7 +524,8 @@ def _perturb(args: argparse.Namespace) -> int:
 
 
 def _perturb_predict(args: argparse.Namespace) -> int:
-    from .data.output import profile_table_problems, write_new_file
+    from ._files import attribute_mark_problems, mark_by_attribute
+    from .data.output import write_new_file
     from .tasks import PerturbationPredictor
 
     if (args.labels is None) == (args.labels_file is None):
@@ -537,12 +538,15 @@ def _perturb_predict(args: argparse.Namespace) -> int:
     if not labels:
         raise ValueError("no perturbation labels given")
     inputs = [args.input, args.labels_file]
-    check_output_file(args.out, overwrite=args.overwrite, inputs=inputs, recognise=profile_table_problems)
+    check_output_file(args.out, overwrite=args.overwrite, inputs=inputs, recognise=attribute_mark_problems)
     predictor = PerturbationPredictor.load(args.input, device=args.device or "cpu")
     prediction = predictor.predict(labels)
-    write_new_file(
-        args.out, prediction.to_csv, overwrite=args.overwrite, inputs=inputs, recognise=profile_table_problems
-    )
+
+    def write(path: Path) -> None:
+        prediction.to_csv(path)
+        mark_by_attribute(path)  # a CSV has no room for a mark of its own
+
+    write_new_file(args.out, write, overwrite=args.overwrite, inputs=inputs, recognise=attribute_mark_problems)
     logger.info("wrote the predicted mean profiles of %d perturbations to %s", len(labels), args.out)
     return 0
 

@@ -135,29 +135,6 @@ def write_json(
     return write_new_file(target, lambda path: path.write_text(text), overwrite=overwrite, inputs=inputs)
 
 
-def profile_table_problems(path: Path) -> list[str]:
-    """``[]`` when ``path`` reads as a table of predicted profiles that ``perturb predict`` writes (CSV: a header
-    ``perturbation,GENE,...``, then one row of numbers per label), else why not. CSV has no room for a mark, so
-    the shape is the recognition: a file of any other shape is never replaced."""
-    import csv
-
-    try:
-        with open(path, newline="") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        return [f"it cannot be read as CSV: {err}"]
-    if not rows or len(rows[0]) < 2 or rows[0][0] != "perturbation":
-        return ["it is not a table of predicted profiles (no header 'perturbation,GENE,...')"]
-    for number, row in enumerate(rows[1:], start=2):
-        try:
-            if len(row) != len(rows[0]):
-                raise ValueError
-            [float(value) for value in row[1:]]
-        except ValueError:
-            return [f"line {number} is not a row of predicted profiles"]
-    return []
-
-
 def write_new_file(
     target: str | Path,
     write: Callable[[Path], Any],
