@@ -457,7 +457,7 @@ def test_delta_e2000_matches_the_published_test_pairs():
 @pytest.mark.parametrize("n", [2, 5, 10, 13, 20])
 def test_cell_type_colours_stay_apart_up_to_20_types(n):
     """The UMAPs of the report and the demo colour up to 20 types so that any two differ clearly: CIEDE2000 above
-    22 for up to 10 types, 17 for up to 20 (tab10's blue and cyan, monocyte and dendritic, and tab20's shades of
+    24 for up to 10 types, 17 for up to 20 (tab10's blue and cyan, monocyte and dendritic, and tab20's shades of
     one hue, stellate and beta, came closer)."""
     from opencellplm import demo
     from opencellplm.benchmark import report
@@ -465,7 +465,7 @@ def test_cell_type_colours_stay_apart_up_to_20_types(n):
     assert demo.category_colours is report.category_colours  # one palette for every picture
     lab = _lab(report.category_colours(n))
     closest = min(_delta_e2000(lab[i], lab[j]) for i in range(n) for j in range(i + 1, n))
-    assert closest > (22 if n <= 10 else 17)
+    assert closest > (24 if n <= 10 else 17)
     assert (lab[:, 0] < 85).all()  # no colour too pale to see on white
 
 
