@@ -12,8 +12,9 @@ Usage: python scripts/pretrain_shipped_model.py [--work DIR] [--steps N] [--no-i
    ``CD3E``), which matches the human ortholog's symbol for most one-to-one orthologs; duplicated
    symbols are summed. Genes detected in fewer than ``MIN_CELLS`` cells of the corpus are dropped,
    which keeps the shipped file under 25 MB.
-3. Prepares the corpus (cell sets of at most 500 cells; spatial tiles for MERFISH), starts the gene
-   embeddings at the corpus's principal axes (log1p counts per 10k), pretrains the ``small``
+3. Prepares the corpus (cell sets of at most 500 cells; spatial tiles for MERFISH; imaging control probes such as
+   MERFISH ``Blank-`` left out), starts the gene embeddings at the corpus's principal axes (log1p counts per 10k)
+   and the NB decoder's output bias at the log of the corpus's mean gene shares, pretrains the ``small``
    configuration for 600 steps with half of each cell set's cells binomially thinned to a new depth
    (augmentation, ``THIN_RATE``), and every 100 steps scores the zero-shot embedding: the class-balanced kNN
    label agreement of the validation donor's pancreas cells, and how well it keeps the PCA
@@ -22,11 +23,13 @@ Usage: python scripts/pretrain_shipped_model.py [--work DIR] [--steps N] [--no-i
    lowest validation loss) and installs it into ``src/opencellplm/pretrained/cellplm-small`` with its data,
    size, training time and validation curve in ``meta.json``. Run it with ``OMP_NUM_THREADS=1`` to reproduce
    the shipped weights bit for bit (the thread count changes float rounding). ``--resume`` continues a stopped
-   run in ``--work``, and installs a finished one without training again.
+   run in ``--work``, and installs a finished one without training again. The run keeps the weights of every
+   evaluated step in ``--work/run/steps/``: ``python benchmarks/pretraining_diagnostics.py WORK/run`` scores them.
 
-``--thin-rate``, ``--mask-gene-rate``, ``--mask-cell-rate``, ``--n-clusters``, ``--input-scaling`` and
-``--corpus-pancreas none`` (the previous recipe's corpus and validation) change the recipe for experiments
-(the command line is recorded in ``meta.json``).
+``--thin-rate``, ``--mask-gene-rate``, ``--mask-cell-rate``, ``--n-clusters``, ``--input-scaling``,
+``--decoder-block-norm model`` with ``--init-decoder-bias random`` (the first recipe's decoder, which collapsed) and
+``--corpus-pancreas none`` (the first recipe's corpus and validation) change the recipe for experiments (the command
+line is recorded in ``meta.json``).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ import scipy.sparse as sp
 from opencellplm import CellPLM, configs, datasets
 from opencellplm.data.corpus import prepare_corpus
 from opencellplm.train import NeighbourhoodProbe, pretrain
-from opencellplm.train.pretrain import gene_embedding_from_pca
+from opencellplm.train.pretrain import decoder_bias_from_corpus, gene_embedding_from_pca
 
 DATASETS = ("pbmc3k", "celltypist_sample", "merfish_u2os", "mouse_10k_subset", "palantir_marrow", "zeisel_brain_subset")
 #: Scored by the label-free checkpoint probe (--select-by agreement); PBMC 68k stays out: it is the test set.
@@ -156,6 +159,19 @@ def main() -> int:
         "(gene_embedding_from_pca)",
     )
     parser.add_argument(
+        "--init-decoder-bias",
+        choices=["random", "corpus"],
+        default="corpus",
+        help="start the NB decoder's output bias at random, or (the default) at the log of the corpus's mean gene "
+        "shares (decoder_bias_from_corpus)",
+    )
+    parser.add_argument(
+        "--decoder-block-norm",
+        choices=["model", "cellset", "cellset_keep_mean"],
+        help="override the configuration's decoder.block_norm ('model': the model's per-cell norm, as the official "
+        "decoder; 'small' uses 'cellset')",
+    )
+    parser.add_argument(
         "--input-scaling",
         choices=["log1p", "log1p_cp10k"],
         help="override the configuration's input scaling (log1p of raw counts, or of counts per 10k)",
@@ -213,6 +229,9 @@ def main() -> int:
     model["masking"] = model.get("masking", {}) | {k: v for k, v in masking.items() if v is not None}
     if args.n_clusters:
         model["latent"] = model.get("latent", {}) | {"n_clusters": args.n_clusters}
+    if args.decoder_block_norm:
+        block_norm = None if args.decoder_block_norm == "model" else args.decoder_block_norm
+        model["decoder"] = model.get("decoder", {}) | {"block_norm": block_norm}
     if args.steps:
         train = replace(train, steps=args.steps)
     run = work / "run"
@@ -230,11 +249,20 @@ def main() -> int:
     table = None
     if args.init_gene_embedding == "pca":
         table = gene_embedding_from_pca(work / "corpus", int(model.get("hidden_dim", 1024)), seed=train.seed)
+    bias = decoder_bias_from_corpus(work / "corpus", seed=train.seed) if args.init_decoder_bias == "corpus" else None
     summary = finished_run(run, model, train) if args.resume else None
     if summary is None:
         resume = args.resume and (run / "state.pt").exists()
         summary = pretrain(
-            work / "corpus", run, model=model, train=train, probe=probe, gene_embedding=table, resume=resume
+            work / "corpus",
+            run,
+            model=model,
+            train=train,
+            probe=probe,
+            gene_embedding=table,
+            decoder_bias=bias,
+            resume=resume,
+            keep_steps=True,  # every evaluated step's weights, for benchmarks/pretraining_diagnostics.py
         )
     minutes = summary["seconds"] / 60  # pretraining's own clock (a resumed run: its last leg)
     monitor = "val_loss" if probe is None else probe.select
@@ -270,6 +298,7 @@ def main() -> int:
         },
         "input_scaling": trained.config.input_scaling,
         "gene_embedding_init": args.init_gene_embedding,
+        "decoder_bias_init": args.init_decoder_bias,
         "validation": {
             "selected_by": monitor,
             "probe": None if probe is None else probe.settings(),

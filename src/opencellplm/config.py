@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_type_hints
 
 NormName = Literal["groupnorm", "layernorm", "batchnorm", "rmsnorm"]
+BlockNormName = Literal["cellset", "cellset_keep_mean"]
 LatentKind = Literal["gmvae", "ae"]
 PositionalEncoding = Literal["none", "sinusoidal"]
 InputScaling = Literal["log1p", "log1p_cp10k"]
@@ -129,6 +130,11 @@ class DecoderConfig:
         Width of the ReLU layer before the NB mean (128, not exposed by the official config).
     n_batches, n_datasets, n_platforms
         Rows of each covariate embedding table; 0 disables that covariate.
+    block_norm
+        Normalisation of the hidden blocks: ``None`` (the model's ``norm``, as the official decoder), ``"cellset"``
+        (each feature standardised over the cells of the set, :class:`~opencellplm.nn.norm.CellSetNorm`) or
+        ``"cellset_keep_mean"`` (only the spread standardised, the set's mean kept). Models of our own use a
+        cell-set norm: with a per-cell norm the decoder learns to ignore the cell in short pretraining runs.
     """
 
     hidden_dim: int = 1024
@@ -137,6 +143,7 @@ class DecoderConfig:
     n_batches: int = 0
     n_datasets: int = 0
     n_platforms: int = 0
+    block_norm: BlockNormName | None = None
 
     def __post_init__(self) -> None:
         _check_positive("decoder.hidden_dim", self.hidden_dim)
@@ -147,6 +154,8 @@ class DecoderConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"decoder.{name} must be a non-negative integer, got {value!r}")
+        if self.block_norm is not None:
+            _check_choice("decoder.block_norm", self.block_norm, get_args(BlockNormName))
 
     @property
     def covariate_sizes(self) -> dict[str, int]:

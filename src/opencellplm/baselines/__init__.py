@@ -34,6 +34,7 @@ from ..data.labels import has_label
 from ..data.reader import check_readable, counts_matrix, iter_row_blocks, on_disk
 
 __all__ = [
+    "mean_profile",
     "BaselineResult",
     "celltypist_style",
     "CLIP",
@@ -424,6 +425,38 @@ def unchanged(corrupted: AnnData, *, layer: str | None = None) -> BaselineResult
     logger.info("unchanged: %d cells x %d genes as they are", *prediction.shape)
     return BaselineResult(
         name="unchanged", prediction=prediction, seconds=time.perf_counter() - start, params={"layer": layer}
+    )
+
+
+def mean_profile(corrupted: AnnData, *, layer: str | None = None) -> BaselineResult:
+    """Every cell gets the data set's mean expression profile at its own library size: what a decoder that ignores
+    the cell predicts.
+
+    The profile is the mean over cells of each cell's counts divided by its total (cells without counts left
+    out); a cell's prediction is that profile times its total count.
+
+    Parameters
+    ----------
+    corrupted
+        Counts in ``X`` or ``layers[layer]``; never modified.
+    layer
+        Layer holding the counts; ``None`` for ``X``.
+
+    Returns
+    -------
+    BaselineResult
+        ``prediction``: ``(n_cells, n_genes)`` dense float32.
+    """
+    start = time.perf_counter()
+    counts = _counts(corrupted, layer)
+    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    counted = totals > 0
+    shares = sp.diags(np.divide(1.0, totals, out=np.zeros_like(totals), where=counted)) @ counts
+    profile = np.asarray(shares.sum(axis=0), dtype=np.float64).ravel() / max(int(counted.sum()), 1)
+    prediction = np.asarray(totals[:, None] * profile[None, :], dtype=np.float32)
+    logger.info("mean_profile: %d cells x %d genes", *counts.shape)
+    return BaselineResult(
+        name="mean_profile", prediction=prediction, seconds=time.perf_counter() - start, params={"layer": layer}
     )
 
 

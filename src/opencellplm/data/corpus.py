@@ -33,8 +33,8 @@ from .._files import check_output_directory, marker_problems, output_lock, sha25
 from .._sparse import scipy_to_torch_csr
 from ..module import CellBatch
 from .cellsets import cell_sets, normalize_coordinates
-from .genes import gene_list_problems
-from .reader import counts_matrix, open_h5ad, read_rows
+from .genes import gene_list_problems, is_control_probe
+from .reader import counts_matrix, iter_row_blocks, open_h5ad, read_rows
 from .validate import coordinates, empty_cells_note, validate
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,15 @@ class _Set:
     batch: np.ndarray  # (n,) corpus-wide batch ids
     coords: np.ndarray | None  # (n, 2 or 3), raw units
     rows: np.ndarray  # rows in the source file
+
+
+def _has_counts(matrix, columns: np.ndarray) -> np.ndarray:
+    """Per cell, whether any of ``columns`` holds a count."""
+    n_rows, n_cols = matrix.shape
+    out = np.zeros(n_rows, dtype=bool)
+    for start, block in iter_row_blocks(matrix, n_rows, n_cols):
+        out[start : start + block.shape[0]] = np.asarray(block[:, columns].sum(axis=1)).ravel() > 0
+    return out
 
 
 def prepare_corpus(
@@ -127,6 +136,10 @@ def prepare_corpus(
                     unstorable = gene_list_problems([str(g) for g in adata.var_names], first_line=0)
                     if unstorable:
                         problems.append("var_names: " + "; ".join(unstorable[:3]).replace("line", "gene"))
+                if adata.n_vars and all(is_control_probe(g) for g in adata.var_names):
+                    problems.append(
+                        f"every gene is a control probe (e.g. {list(adata.var_names[:2])}), which the corpus leaves out"
+                    )
                 if batch_key is not None and batch_key not in adata.obs:
                     problems.append(f"obs column {batch_key!r} not found; adata.obs has {list(adata.obs.columns)}")
                 if problems:
@@ -181,7 +194,11 @@ def _write_corpus(
     for dataset_id, path in enumerate(files):
         with open_h5ad(path) as adata:
             report = validate(adata, require_counts=True, **settings)
-            genes = [str(g) for g in adata.var_names]
+            all_genes = [str(g) for g in adata.var_names]
+            columns = np.array([i for i, g in enumerate(all_genes) if not is_control_probe(g)], dtype=np.int64)
+            genes = [all_genes[i] for i in columns]  # control probes measure background: not in the vocabulary
+            if len(genes) < len(all_genes):
+                logger.info("%s: %d control probes left out", path.name, len(all_genes) - len(genes))
             for g in genes:
                 vocabulary.setdefault(g, len(vocabulary))
             genes_file = out / "datasets" / f"{dataset_id}.genes.txt"
@@ -192,13 +209,17 @@ def _write_corpus(
             # Batch ids are corpus-wide; files with the same name in different folders stay apart.
             batch_ids = np.array([batches.setdefault(f"{dataset_id}:{path.name}/{b}", len(batches)) for b in labels])
             coords = coordinates(adata, settings["spatial_key"]) if report.spatial_dims else None
+            matrix = counts_matrix(adata, settings["layer"])
             keep = np.ones(adata.n_obs, dtype=bool)
             keep[report.empty_cells] = False
+            if len(columns) < len(all_genes):  # cells whose only counts were control probes are empty too
+                keep &= _has_counts(matrix, columns)
+            n_probes = len(all_genes) - len(columns)
             sets = cell_sets(samples, adata.n_obs, max_cells, coords=coords, keep=keep, seed=seed)
-            matrix = counts_matrix(adata, settings["layer"])
             for rows in tqdm(sets, desc=path.name, unit="set", disable=None):
                 coords_rows = None if coords is None else coords[rows]
-                buffer.append(_Set(read_rows(matrix, rows), dataset_id, batch_ids[rows], coords_rows, rows))
+                counts = read_rows(matrix, rows, columns if n_probes else None)
+                buffer.append(_Set(counts, dataset_id, batch_ids[rows], coords_rows, rows))
                 if sum(s.counts.shape[0] for s in buffer) >= shard_cells:
                     shards.append(_write_shard(out, len(shards), buffer))
                     buffer = []
@@ -207,7 +228,8 @@ def _write_corpus(
                     "id": dataset_id,
                     "file": path.name,
                     "n_cells": int(keep.sum()),
-                    "n_empty_cells_left_out": len(report.empty_cells),
+                    "n_empty_cells_left_out": int(adata.n_obs - keep.sum()),
+                    "n_control_probes_left_out": n_probes,
                     "n_genes": len(genes),
                     "genes_file": f"datasets/{dataset_id}.genes.txt",
                     "genes_sha256": sha256_of(genes_file),

@@ -24,6 +24,25 @@ GeneIdRule = Literal["exact", "upper"]
 GENE_ID_RULES: tuple[str, ...] = ("exact", "upper")
 
 
+#: Prefixes (any case) of the control probes and codewords that imaging panels list beside their genes: MERFISH
+#: ``Blank-``, Xenium ``NegControlProbe_`` / ``NegControlCodeword_`` / ``UnassignedCodeword_`` / ``BLANK_`` /
+#: ``DeprecatedCodeword_``, CosMx ``NegPrb`` / ``SystemControl``. They measure background, not a gene.
+CONTROL_PROBE_PREFIXES: tuple[str, ...] = (
+    "blank-",
+    "blank_",
+    "negcontrol",
+    "negprb",
+    "systemcontrol",
+    "unassignedcodeword",
+    "deprecatedcodeword",
+)
+
+
+def is_control_probe(gene: str) -> bool:
+    """Whether ``gene`` names an imaging panel's control probe or codeword (:data:`CONTROL_PROBE_PREFIXES`)."""
+    return str(gene).lower().startswith(CONTROL_PROBE_PREFIXES)
+
+
 def normalise_gene_ids(genes: Sequence[str], rule: GeneIdRule) -> list[str]:
     """``genes`` as the vocabulary of a checkpoint with ``rule`` sees them."""
     if rule == "exact":

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -435,11 +436,15 @@ class DenoisingScores:
         Root mean squared and mean absolute error over the hidden entries.
     n_hidden
         Entries scored.
+    pearson
+        Pearson r between the normalised, log1p truth and prediction over the hidden entries (NaN when either is
+        constant there).
     """
 
     rmse: float
     mae: float
     n_hidden: int
+    pearson: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict."""
@@ -539,8 +544,12 @@ def denoising_scores(truth_counts, predicted_counts, hidden_mask) -> DenoisingSc
     truth = _log_normalized_at(truth_counts, rows, cols, shape, "truth_counts")
     pred = _log_normalized_at(predicted_counts, rows, cols, shape, "predicted_counts")
     error = pred - truth
+    constant = np.ptp(truth) == 0 or np.ptp(pred) == 0
     return DenoisingScores(
-        rmse=float(np.sqrt(np.mean(error**2))), mae=float(np.mean(np.abs(error))), n_hidden=int(len(rows))
+        rmse=float(np.sqrt(np.mean(error**2))),
+        mae=float(np.mean(np.abs(error))),
+        n_hidden=int(len(rows)),
+        pearson=math.nan if constant else float(np.corrcoef(truth, pred)[0, 1]),
     )
 
 

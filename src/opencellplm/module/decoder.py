@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DecoderConfig
-from ..nn.norm import make_norm
+from ..nn.norm import CellSetNorm, make_norm
 from .outputs import CellBatch, NBOutput
 
 MEAN_RANGE = (1e-5, 1e6)
@@ -41,12 +41,26 @@ class CovariateEmbedding(nn.Module):
 class DecoderBlock(nn.Module):
     """``Norm(Dropout(PReLU(Linear(x))))`` plus one :class:`CovariateEmbedding` per covariate."""
 
-    def __init__(self, in_dim: int, dim: int, covariate_sizes: dict[str, int], *, dropout: float, norm: str):
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        covariate_sizes: dict[str, int],
+        *,
+        dropout: float,
+        norm: str,
+        block_norm: str | None = None,
+    ):
         super().__init__()
         self.linear = nn.Linear(in_dim, dim)
         self.act = nn.PReLU()
         self.dropout = nn.Dropout(dropout)
-        self.norm = make_norm(norm, dim)
+        # the covariates keep the model's norm: every cell of a set shares its ids, which a cell-set norm would erase
+        self.norm = (
+            make_norm(norm, dim)
+            if block_norm is None
+            else CellSetNorm(dim, keep_mean=block_norm == "cellset_keep_mean")
+        )
         self.covariates = nn.ModuleDict({name: CovariateEmbedding(n, dim, norm) for name, n in covariate_sizes.items()})
 
     def forward(self, x: torch.Tensor, batch: CellBatch, *, missing: str) -> torch.Tensor:
@@ -63,7 +77,14 @@ class NBDecoder(nn.Module):
         super().__init__()
         h = config.hidden_dim
         self.blocks = nn.ModuleList(
-            DecoderBlock(in_dim if i == 0 else h, h, config.covariate_sizes, dropout=dropout, norm=norm)
+            DecoderBlock(
+                in_dim if i == 0 else h,
+                h,
+                config.covariate_sizes,
+                dropout=dropout,
+                norm=norm,
+                block_norm=config.block_norm,
+            )
             for i in range(config.n_hidden_layers)
         )
         self.bottleneck = nn.Linear(h if config.n_hidden_layers else in_dim, config.bottleneck_dim)

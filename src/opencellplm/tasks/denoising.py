@@ -61,6 +61,7 @@ SETTINGS_FILE = "denoiser.json"
 BASELINES: dict[str, Callable[..., baseline_functions.BaselineResult]] = {
     "unchanged": lambda corrupted, seed: baseline_functions.unchanged(corrupted),
     "knn_smoothing": lambda corrupted, seed: baseline_functions.knn_smoothing(corrupted, seed=seed),
+    "mean_profile": lambda corrupted, seed: baseline_functions.mean_profile(corrupted),
     "magic": lambda corrupted, seed: baseline_functions.magic(corrupted, seed=seed),
     "scvi": lambda corrupted, seed: baseline_functions.scvi_denoise(corrupted, seed=seed),
 }

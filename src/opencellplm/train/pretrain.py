@@ -35,6 +35,7 @@ from .trainer import (
     CONFIG_FILE,
     EVALUATION_STEP,
     MODEL_DIR,
+    STEPS_DIR,
     Autocast,
     Distributed,
     Objective,
@@ -92,6 +93,8 @@ class PretrainObjective(Objective):
         masking: MaskingConfig,
         probe: NeighbourhoodProbe | None = None,
         gene_embedding: np.ndarray | None = None,
+        keep_steps: bool = False,
+        decoder_bias: np.ndarray | None = None,
     ):
         if not isinstance(masking, MaskingConfig):
             raise TypeError(f"masking must be a MaskingConfig, got {type(masking).__name__}")
@@ -101,10 +104,13 @@ class PretrainObjective(Objective):
             raise ConfigError("pretraining needs the NB decoder (decoder must not be null)")
         self.corpus, self.config, self.train, self.masking = corpus, config, train, masking
         self.probe = probe
-        # a resumed run must start from the same table: its fingerprint is part of the settings
-        self.gene_embedding_sha256 = (
-            None if gene_embedding is None else hashlib.sha256(np.ascontiguousarray(gene_embedding)).hexdigest()
-        )
+        self.keep_steps = keep_steps
+        # a resumed run must start from the same tables: their fingerprints are part of the settings
+        self.init_sha256 = {
+            f"{name}_sha256": hashlib.sha256(np.ascontiguousarray(table)).hexdigest()
+            for name, table in (("gene_embedding", gene_embedding), ("decoder_bias", decoder_bias))
+            if table is not None
+        }
         if probe is not None:  # the best state is the one whose zero-shot embedding scores best
             self.monitor, self.maximize = probe.select, True
         self.plan = DataPlan(
@@ -149,16 +155,23 @@ class PretrainObjective(Objective):
         # ModelConfig): a resume with another masking is refused like one with another architecture.
         model = self.config.to_dict() | {"masking": dataclasses.asdict(self.masking)}
         extra = {"probe": self.probe.settings()} if self.probe else {}
-        if self.gene_embedding_sha256:
-            extra["init"] = {"gene_embedding_sha256": self.gene_embedding_sha256}
+        if self.init_sha256:
+            extra["init"] = dict(self.init_sha256)
         return {"model": model, "corpus": corpus} | extra
 
     def on_improved(self, module: nn.Module, step: int, history: list[dict[str, Any]], out: Path | None) -> None:
+        self._save(module, step, history, out / MODEL_DIR)
+
+    def on_evaluated(self, module: nn.Module, step: int, history: list[dict[str, Any]], out: Path | None) -> None:
+        if self.keep_steps and out is not None:
+            self._save(module, step, history, out / STEPS_DIR / f"step-{step:07d}")
+
+    def _save(self, module: nn.Module, step: int, history: list[dict[str, Any]], folder: Path) -> None:
         manifest = self.corpus.manifest
         meta = {
             "source": "opencellplm pretrain",
             "step": step,
-            "val_loss": history[-1]["val_loss"],
+            "val_loss": history[-1]["val_loss"] if history else None,
             "selected_by": self.monitor,
             "val_history": history,
             "corpus": {
@@ -169,7 +182,7 @@ class PretrainObjective(Objective):
             "train": self.train.to_dict(),
             "masking": dataclasses.asdict(self.masking),
         }
-        save_checkpoint(out / MODEL_DIR, module, self.corpus.vocabulary, meta=meta, overwrite=True)
+        save_checkpoint(folder, module, self.corpus.vocabulary, meta=meta, overwrite=True)
 
 
 def pretrain(
@@ -182,6 +195,8 @@ def pretrain(
     device: str | None = None,
     probe: NeighbourhoodProbe | None = None,
     gene_embedding: np.ndarray | None = None,
+    keep_steps: bool = False,
+    decoder_bias: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Pretrain a CellPLM model on a prepared corpus; returns the run summary.
 
@@ -210,6 +225,12 @@ def pretrain(
     gene_embedding
         Initial gene-embedding table, (vocabulary size, hidden_dim) in the corpus vocabulary's order (e.g. from
         :func:`gene_embedding_from_pca`); default: the random initialisation.
+    decoder_bias
+        Initial output bias of the NB decoder, (vocabulary size,) in the corpus vocabulary's order (e.g. from
+        :func:`decoder_bias_from_corpus`); default: the random initialisation.
+    keep_steps
+        Also keep the weights of every evaluated step, in ``out/steps/step-NNNNNNN/`` (our checkpoint format), for
+        ``benchmarks/pretraining_diagnostics.py``.
     """
     out = refuse_inputs(out, [corpus_dir], kind="run folder")  # before any process starts
     check_run_folder(out, resume=resume)
@@ -218,7 +239,16 @@ def pretrain(
         corpus = Corpus(corpus_dir, cache_shards=train.shuffle_window)
         model, masking = split_masking(model)
         config = model_config_for(corpus, model)
-        objective = PretrainObjective(corpus, config, train, masking, probe=probe, gene_embedding=gene_embedding)
+        objective = PretrainObjective(
+            corpus,
+            config,
+            train,
+            masking,
+            probe=probe,
+            gene_embedding=gene_embedding,
+            keep_steps=keep_steps,
+            decoder_bias=decoder_bias,
+        )
         torch.manual_seed(train.seed)  # the same initial weights in every process
         module = CellPLMModule(config)
         if gene_embedding is not None:
@@ -226,8 +256,15 @@ def pretrain(
             if tuple(gene_embedding.shape) != expected:
                 raise ValueError(f"gene_embedding has shape {tuple(gene_embedding.shape)}, the model needs {expected}")
             module.embedder.gene_embedding.data.copy_(torch.as_tensor(gene_embedding, dtype=torch.float32))
+        if decoder_bias is not None:
+            expected = tuple(module.decoder.mean.bias.shape)
+            if tuple(np.shape(decoder_bias)) != expected:
+                raise ValueError(f"decoder_bias has shape {tuple(np.shape(decoder_bias))}, the model needs {expected}")
+            module.decoder.mean.bias.data.copy_(torch.as_tensor(decoder_bias, dtype=torch.float32))
         with cannot_write(out, "the run folder"):  # a read-only or full disk: one line naming the folder
             trainer = Trainer(module, objective, train, world, out=out, resume=resume)
+            if keep_steps and not resume and world.main:  # the initial weights, the first point of the diagnostics
+                objective.on_evaluated(module, 0, [], out)
             if world.main:
                 logger.info(
                     "pretraining %s parameters on %d processes, %s, precision %s",
@@ -289,4 +326,50 @@ def gene_embedding_from_pca(corpus_dir: str | Path, dim: int, *, max_cells: int 
     return table * (0.005 / table.std())
 
 
-__all__ = ["PretrainObjective", "gene_embedding_from_pca", "model_config_for", "pretrain", "split_masking"]
+def decoder_bias_from_corpus(corpus_dir: str | Path, *, max_cells: int = 50_000, seed: int = 0) -> np.ndarray:
+    """A (vocabulary,) start for the NB decoder's output bias: the log of each gene's mean share of a cell's
+    counts over the corpus (cells of up to ``max_cells``, in seeded random sets; a gene's mean over the cells whose
+    set measures it), genes never counted at the smallest share seen.
+
+    Why: a decoder's gene shares are ``softmax(W a + b)``. Started at the usual small ``b``, every gene begins
+    with the same share (1 / vocabulary size), while the corpus's mean shares span about six orders of magnitude.
+    Adam moves a parameter by at most about the learning rate per step, so ``b`` cannot cover those ~15 nats in
+    a short run: the mean profile is then carried by ``W a`` on a constant ``a``, which every cell must share,
+    and the decoder ignores the cell (the collapse of the first ``cellplm-small``; see
+    ``benchmarks/pretraining_diagnostics.py``). Started here, the mean profile is given and ``W a`` is free to
+    model how cells differ.
+    """
+    corpus = Corpus(corpus_dir)
+    n_genes = len(corpus.vocabulary)
+    rng = np.random.default_rng(seed)
+    refs = [(shard, position) for shard, info in enumerate(corpus.shards) for position in range(info["n_sets"])]
+    shares, measured, total = np.zeros(n_genes), np.zeros(n_genes), 0
+    for index in rng.permutation(len(refs)):
+        batch = corpus.cell_set(*refs[index])
+        csr = batch.counts
+        x = sp.csr_matrix(
+            (csr.values().numpy().astype(np.float64), csr.col_indices().numpy(), csr.crow_indices().numpy()),
+            shape=tuple(csr.shape),
+        )
+        depth = np.asarray(x.sum(1)).ravel()
+        counted = depth > 0
+        rows = sp.diags(1.0 / depth[counted]) @ x[counted]
+        genes = batch.gene_index.numpy()
+        shares[genes] += np.asarray(rows.sum(0)).ravel()
+        measured[genes] += int(counted.sum())
+        total += int(counted.sum())
+        if total >= max_cells:
+            break
+    mean = np.divide(shares, measured, out=np.zeros(n_genes), where=measured > 0)
+    floor = mean[mean > 0].min() if (mean > 0).any() else 1.0 / n_genes
+    return np.log(np.maximum(mean, floor)).astype(np.float32)
+
+
+__all__ = [
+    "PretrainObjective",
+    "decoder_bias_from_corpus",
+    "gene_embedding_from_pca",
+    "model_config_for",
+    "pretrain",
+    "split_masking",
+]

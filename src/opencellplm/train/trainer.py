@@ -43,6 +43,8 @@ from .state import LOCK_FILE, STATE_FILE, RunInUseError, load_state, lock_run_di
 logger = logging.getLogger(__name__)
 
 METRICS_FILE, SUMMARY_FILE, MODEL_DIR, CONFIG_FILE = "metrics.jsonl", "summary.json", "model", "config.json"
+#: Weights of every evaluated step, kept by runs that ask for them (``pretrain(keep_steps=True)``).
+STEPS_DIR = "steps"
 #: The step index that seeds evaluation draws, so that every evaluation draws the same masks.
 EVALUATION_STEP = -1 + 2**31
 
@@ -101,6 +103,10 @@ class Objective:
     def on_improved(self, module: nn.Module, step: int, history: list[dict[str, Any]], out: Path | None) -> None:
         """Called on the main process when the monitored metric improves (e.g. to save the model)."""
 
+    def on_evaluated(self, module: nn.Module, step: int, history: list[dict[str, Any]], out: Path | None) -> None:
+        """Called on the main process after every evaluation, once the best state is tracked (e.g. to keep
+        the weights of every evaluated step)."""
+
 
 class Distributed:
     """Rank, world size and device of this process; starts the process group under torchrun."""
@@ -153,16 +159,19 @@ class Distributed:
 
 def check_run_folder(out: Path, *, resume: bool) -> None:
     """Refuse to start a run in ``out`` (``resume`` False) unless it is absent, empty, or holds only what a run
-    killed before its first checkpoint leaves (its lock and ``config.json``): an earlier run needs ``resume``,
+    killed before its first checkpoint leaves (its lock, ``config.json`` and the initial weights in ``steps/``): an
+    earlier run needs ``resume``,
     and a folder of anything else (a checkpoint, a corpus, a user's files) is not a run folder to write into."""
     if resume or not out.is_dir():
         return
     present = {path.name for path in out.iterdir()}
     if present & {STATE_FILE, METRICS_FILE, MODEL_DIR, SUMMARY_FILE}:
         raise FileExistsError(f"{out} holds an earlier run; pass resume=True (--resume) or another --out")
-    others = present - {LOCK_FILE, CONFIG_FILE}
+    others = present - {LOCK_FILE, CONFIG_FILE, STEPS_DIR}
     if CONFIG_FILE in present and not _is_run_config(out / CONFIG_FILE):
         others.add(CONFIG_FILE)
+    if STEPS_DIR in present and CONFIG_FILE not in present - others:  # a folder named steps, not a run's
+        others.add(STEPS_DIR)
     if others:
         raise FileExistsError(
             f"{out} holds files that are not a training run's ({sorted(others)[:5]}), which a run would mix with "
@@ -490,6 +499,8 @@ class Trainer:
                 self.objective.on_improved(self.module, self.step, self.history, self.out)
         else:
             self.bad_evals += 1
+        if self.world.main:
+            self.objective.on_evaluated(self.module, self.step, self.history, self.out)
         if diverged and self.keep_best:  # fine-tuning: stop, keep the last good state
             self.stopped_by = f"non-finite validation metrics at step {self.step}"
             logger.error("%s; training stopped, the last good weights are kept", self.stopped_by)
