@@ -10,7 +10,8 @@ On data never trained on (PBMC 68k reduced and the Baron et al. human pancreas, 
 gets:
 
 - decoder dependence: the spread across cells of the decoded gene shares over the observed spread (ratio: 1 is
-  as cell-specific as the data), and the mean per-gene Pearson r of decoded vs observed shares;
+  as cell-specific as the data), and the mean per-gene Pearson r of decoded vs observed shares; beside them, a
+  reference decoder that gives each cell its labelled cell type's mean observed profile (``cell_type_mean``);
 - masked-gene reconstruction: 25% of each cell's non-zero counts hidden and predicted from the rest (zero-shot);
   RMSE and Pearson on the normalised log1p hidden entries, beside (a) each cell's library size times the data
   set's mean profile and (b) kNN smoothing over the visible counts;
@@ -125,6 +126,7 @@ class Scorer:
                 loss=diagnostics.loss_terms(model, adata, _masking(model), seed=self.seed),
             )
             row |= self._masked(name, model, adata) | self._clustering(name, model, adata)
+            self._reference(name, model, adata)
             rows[name] = row
         embedding = model.get_latent_representation(self.data["probe"], precision="fp32")
         labels = self.data["probe"].obs["cell_type"].to_numpy()
@@ -132,6 +134,14 @@ class Scorer:
         for row in rows.values():
             row["probe_label_agreement"] = agreement
         return rows
+
+    def _reference(self, name: str, model: CellPLM, adata) -> None:
+        if f"{name}:cell_type_mean" not in self.baselines:
+            reference = diagnostics.label_mean_dependence(model, adata, "cell_type", seed=self.seed)
+            self.baselines[f"{name}:cell_type_mean"] = {
+                "decoder_gene_r": reference.gene_r,
+                "decoder_spread_ratio": reference.spread_ratio,
+            }
 
     def _masked(self, name: str, model: CellPLM, adata) -> dict[str, float]:
         first = name not in self.baselines
@@ -207,8 +217,11 @@ def _table(name: str, results: dict, untrained: dict, baselines: dict) -> str:
     for method, scores in baselines.get(name, {}).items():
         cells = [_cell(scores.get(k.removeprefix("masked_"))) if k.startswith("masked_") else "-" for k, _ in COLUMNS]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    pca = baselines.get(f"{name}:pca", {})
-    lines.append("| pca | " + " | ".join(_cell(pca.get(k)) if k in pca else "-" for k, _ in COLUMNS) + " |")
+    for method in ("cell_type_mean", "pca"):
+        scores = baselines.get(f"{name}:{method}", {})
+        lines.append(
+            f"| {method} | " + " | ".join(_cell(scores.get(k)) if k in scores else "-" for k, _ in COLUMNS) + " |"
+        )
     return "\n".join(lines)
 
 

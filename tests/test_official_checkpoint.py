@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,11 @@ def test_weights_land_in_the_right_layers(tmp_path):
         out = model.module(batch)
     torch.testing.assert_close(out.embedding, torch.arange(8.0).expand(5, 8))  # posterior mean = mu bias
     torch.testing.assert_close(out.nb.dispersion, torch.full((5, 40), 0.5).exp())
+
+
+def test_a_decoder_with_a_cell_set_norm_is_not_exported_as_official():
+    """The official decoder normalises each cell alone: a cell-set norm has no official counterpart."""
+    config, _ = config_from_official(official_config())
+    config = config.replace(decoder=replace(config.decoder, block_norm="cellset"))
+    with pytest.raises(ConfigError, match="decoder.block_norm='cellset' cannot be exported"):
+        official_state_dict_from(CellPLMModule(config))

@@ -217,3 +217,13 @@ def test_control_probes_stay_out_of_the_corpus_and_its_vocabulary(tmp_path):
     with pytest.raises(ValueError, match="every gene is a control probe"):
         prepare_corpus([tmp_path / "blank.h5ad"], tmp_path / "corpus2", max_cells=10)
     assert not (tmp_path / "corpus2").exists()
+
+
+def test_the_cell_type_mean_reference_knows_the_two_kinds_of_cells(cells):
+    cells.obs["kind"] = np.repeat(["a", "b"], 30)
+    model = small_model(vocabulary(40))
+    reference = diagnostics.label_mean_dependence(model, cells, "kind")
+    blind = diagnostics.decoder_dependence(_blind(small_model(vocabulary(40))), cells)
+    assert reference.gene_r > 0.5 > blind.gene_r  # the marker genes follow the kind
+    assert reference.spread_observed == pytest.approx(blind.spread_observed)  # the same cells and genes
+    assert reference.spread_ratio < 10 < blind.spread_ratio

@@ -297,6 +297,11 @@ def official_state_dict_from(module: CellPLMModule) -> dict[str, torch.Tensor]:
             f"the official model takes log1p of raw counts; a model with input_scaling={module.config.input_scaling!r} "
             "cannot be exported"
         )
+    if module.config.decoder is not None and module.config.decoder.block_norm is not None:
+        raise ConfigError(
+            f"the official decoder normalises each cell on its own; a model with decoder.block_norm="
+            f"{module.config.decoder.block_norm!r} cannot be exported"
+        )
     ours = module.state_dict()
     out = {off: ours[key].detach().clone() for key, off in official_key_map(module).items()}
     d = module.config.hidden_dim

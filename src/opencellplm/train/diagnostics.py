@@ -91,12 +91,33 @@ def decoder_dependence(model: CellPLM, adata: AnnData, *, max_cells: int = 3000,
     with the observed ones (see :class:`DecoderDependence`)."""
     batch, _ = _one_set(model, adata, max_cells, seed)
     module = model.module.eval()
-    nb = module(batch, decode_genes=batch.gene_index).nb
-    decoded = nb.mean.double()
-    decoded = decoded / decoded.sum(1, keepdim=True)
+    decoded = module(batch, decode_genes=batch.gene_index).nb.mean.double()
+    return _dependence(decoded, batch.dense_counts().double())
+
+
+def label_mean_dependence(
+    model: CellPLM, adata: AnnData, labels_key: str, *, max_cells: int = 3000, seed: int = 0
+) -> DecoderDependence:
+    """The figures of :func:`decoder_dependence` for a reference decoder that gives each cell the mean observed
+    profile of its labelled cell type (the same cells and genes): what knowing the type alone reaches. The observed
+    shares carry counting noise no decoder can predict, so this is a yardstick for the per-gene r, not a ceiling."""
+    batch, rows = _one_set(model, adata, max_cells, seed)
     counts = batch.dense_counts().double()
+    shares = counts / counts.sum(1, keepdim=True).clamp_min(1.0)
+    labels = np.asarray(adata.obs[labels_key].astype(str))[rows]
+    decoded = torch.zeros_like(shares)
+    for label in np.unique(labels):
+        cells = torch.as_tensor(labels == label)
+        decoded[cells] = shares[cells].mean(0)
+    return _dependence(decoded, counts)
+
+
+def _dependence(decoded: torch.Tensor, counts: torch.Tensor) -> DecoderDependence:
+    """Spread and per-gene r of decoded means (any scale per cell) against observed counts, over the genes detected
+    in at least one cell."""
     keep = (counts > 0).any(0)
     counts, decoded = counts[:, keep], decoded[:, keep]
+    decoded = decoded / decoded.sum(1, keepdim=True).clamp_min(1e-300)
     observed = counts / counts.sum(1, keepdim=True).clamp_min(1.0)
 
     def spread(shares: torch.Tensor) -> float:
@@ -104,8 +125,7 @@ def decoder_dependence(model: CellPLM, adata: AnnData, *, max_cells: int = 3000,
 
     dc, oc = decoded - decoded.mean(0), observed - observed.mean(0)
     denominator = dc.norm(dim=0) * oc.norm(dim=0)
-    r = (dc * oc).sum(0) / denominator
-    r = r[denominator > 0]
+    r = (dc * oc).sum(0)[denominator > 0] / denominator[denominator > 0]
     spread_decoded, spread_observed = spread(decoded), spread(observed)
     return DecoderDependence(
         spread_decoded=spread_decoded,
