@@ -1,10 +1,13 @@
 """What pretraining taught a model, step by step, beside the same architecture untrained.
 
 Usage: python benchmarks/pretraining_diagnostics.py MODEL_OR_RUN [--seeds 5] [--json FILE] [--max-cells N]
+           [--gene-id-rule upper]
 
 MODEL_OR_RUN is a shipped model name, a checkpoint folder, or a pretraining run folder: a run trained with
 ``keep_steps`` (``scripts/pretrain_shipped_model.py`` keeps them) is scored at every saved step, from the
-initial weights (step 0) on, and at its selected weights (``model/``).
+initial weights (step 0) on, and at its selected weights (``model/``). A run of the shipped recipe matches genes
+by upper-cased symbols (its corpus did; the installed model records it, the run's weights do not): pass
+``--gene-id-rule upper``.
 
 On data never trained on (PBMC 68k reduced and the Baron et al. human pancreas, as in the benchmark), each model
 gets:
@@ -89,8 +92,16 @@ def _data(max_cells: int) -> dict:
     return {"eval": out, "probe": probe}
 
 
-def _models(source: str) -> list[tuple[str, CellPLM]]:
+def _models(source: str, gene_id_rule: str | None = None) -> list[tuple[str, CellPLM]]:
     """(label, model) for a checkpoint, or for every saved step of a run and its selected weights."""
+    models = _load_models(source)
+    if gene_id_rule is not None:
+        for _, model in models:
+            model.meta["gene_id_rule"] = gene_id_rule
+    return models
+
+
+def _load_models(source: str) -> list[tuple[str, CellPLM]]:
     path = Path(source)
     if (path / STEPS_DIR).is_dir():
         steps = sorted((path / STEPS_DIR).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -231,13 +242,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="untrained initialisations (default 5)")
     parser.add_argument("--max-cells", type=int, default=4000, help="cells per evaluation data set (default 4000)")
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
+    parser.add_argument(
+        "--gene-id-rule",
+        choices=["exact", "upper"],
+        help="match genes by this rule instead of the checkpoint's ('upper' for runs of the shipped recipe)",
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore")
     tic = time.perf_counter()
-    models = _models(args.source)
+    models = _models(args.source, args.gene_id_rule)
     scorer = Scorer(_data(args.max_cells))
     results = {}
     for label, model in models:
