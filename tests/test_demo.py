@@ -133,7 +133,7 @@ def test_zero_shot_denoising_is_compared_with_the_untrained_architecture_over_it
 
     text = report.read_text()
     table = text.split("## Zero-shot denoising", 1)[1].split("## ", 1)[0]
-    assert "| method (zero-shot) | RMSE | MAE | Pearson r | values |" in table
+    assert "| method (zero-shot) | RMSE | MAE | Pearson r | sd over |" in table
     row = "| tiny-test-model architecture, untrained (random weights), zero-shot |"
     assert f"{row} {rmse['mean']:.3f} ± {rmse['sd']:.3f} |" in table
     assert "| 5 initialisations × 3 corruptions |" in table

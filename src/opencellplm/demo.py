@@ -766,6 +766,8 @@ def _report(run: _Run, results: dict[str, Any]) -> str:
         for method, row in denoising_summary.items()
     ]
     n_hidden = [c["pretrained"]["methods"][0]["scores"]["n_hidden"] for c in denoising["corruptions"]]
+    # the number hidden per cell follows its non-zero count, so every corruption hides as many (other) entries
+    hidden = f"{n_hidden[0]:,} entries each" if len(set(n_hidden)) == 1 else f"{', '.join(map(str, n_hidden))} entries"
     lines = [
         f"# opencellplm demo: {model['name']} on {data['name']}",
         "",
@@ -817,7 +819,7 @@ def _report(run: _Run, results: dict[str, Any]) -> str:
         f"- **Denoising** (`opencellplm.tasks.Denoiser.score(protocol='hidden', fraction={denoising['fraction']:g}, "
         f"fine_tune=False)`, zero-shot, the paper's protocol): on each of {n_corruptions} seeded corruptions (seeds "
         f"{seeds['denoising_corruptions']}), {denoising['fraction']:.0%} of each cell's non-zero counts are hidden "
-        f"({', '.join(map(str, n_hidden))} entries); every method denoises the same corrupted matrix, scored on "
+        f"({hidden}); every method denoises the same corrupted matrix, scored on "
         "the hidden entries after normalising to 1e4 per cell and log1p, over the "
         f"{denoising['n_genes']} genes in the model's vocabulary. The pretrained model and the {n_untrained} "
         "untrained initialisations (the same weights as above) predict through their NB decoder without any "
@@ -850,7 +852,7 @@ def _report(run: _Run, results: dict[str, Any]) -> str:
         f"(seeds {seeds['denoising_corruptions']}), and for the untrained architecture over its {n_untrained} "
         "initialisations on each of them.",
         "",
-        _markdown_table(["method (zero-shot)", "RMSE", "MAE", "Pearson r", "values"], denoising_rows),
+        _markdown_table(["method (zero-shot)", "RMSE", "MAE", "Pearson r", "sd over"], denoising_rows),
         "",
         "## Cell type annotation",
         "",
