@@ -193,7 +193,8 @@ def test_quick_profile_end_to_end_on_the_data_that_ship_offline(tmp_path, capsys
     report = (out / "report.md").read_text()
     assert "Zero-shot clustering" in report and "Cell type annotation" in report
     assert "| `cellplm_untrained` | CellPLM | 1 × 5 inits |" in report
-    assert "Pretraining: `cellplm_zero_shot` " in report and "5 random initialisations, 5 per seed" in report
+    assert "Pretraining: `cellplm_zero_shot` " in report
+    assert "the untrained architecture (`cellplm_untrained`: 5 random initialisations) on " in report
     glance = report.split("## At a glance", 1)[1].split("\n## ", 1)[0]
     assert "| task | data set | metric | `cellplm_zero_shot` | `cellplm_untrained` | result | all metrics |" in glance
     assert glance.count("| Zero-shot clustering | pbmc68k_reduced | ARI (best over res.) | ") == 2  # both tables

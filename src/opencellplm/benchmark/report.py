@@ -457,8 +457,10 @@ def _verdict(frame: pd.DataFrame, task: _Task, *, simulated: bool) -> str:
 
 def _untrained_note(frame: pd.DataFrame) -> str:
     seeds, runs = int(frame.at[UNTRAINED, "n_seeds"]), int(frame.at[UNTRAINED, "n_runs"])
-    per_seed = f"{runs // seeds} per seed" if runs % seeds == 0 else f"over {seeds} seeds"
-    return f"{runs} random initialisation{'s' if runs > 1 else ''}, {per_seed}"
+    text = f"{runs} random initialisation{'s' if runs > 1 else ''}"
+    if seeds == 1:
+        return text
+    return text + (f", {runs // seeds} per seed" if runs % seeds == 0 else f" over {seeds} seeds")
 
 
 def _untrained_verdict(frame: pd.DataFrame, task: _Task, *, simulated: bool) -> str:
