@@ -176,6 +176,9 @@ def test_quick_profile_end_to_end_on_the_data_that_ship_offline(tmp_path, capsys
     assert set(results["tasks"]) == set(tasks)
     grid = {(r["task"], r["dataset"], r["method"]) for r in results["records"]}
     assert ("clustering", "pbmc68k_reduced", "cellplm_zero_shot") in grid
+    untrained = [r for r in results["records"] if r["method"] == "cellplm_untrained"]
+    assert [(r["seed"], r["init"]) for r in untrained] == [(0, i) for i in range(5)]  # five initialisations
+    assert len({r["metrics"]["ari_best"] for r in untrained}) > 1 and all(r["family"] == "cellplm" for r in untrained)
     assert ("clustering", "pbmc68k_reduced", "pca") in grid
     assert {("annotation", "pbmc68k_reduced", m) for m in ("cellplm_fine_tuned", "cellplm_from_scratch")} <= grid
     assert ("annotation", "pbmc68k_reduced", "celltypist_style") in grid
@@ -189,6 +192,12 @@ def test_quick_profile_end_to_end_on_the_data_that_ship_offline(tmp_path, capsys
         assert scvi and all(r["status"] == "skipped" and "scvi" in r["reason"] for r in scvi)
     report = (out / "report.md").read_text()
     assert "Zero-shot clustering" in report and "Cell type annotation" in report
+    assert "| `cellplm_untrained` | CellPLM | 1 × 5 inits |" in report
+    assert "Pretraining: `cellplm_zero_shot` " in report
+    assert "the untrained architecture (`cellplm_untrained`: 5 random initialisations) on " in report
+    glance = report.split("## At a glance", 1)[1].split("\n## ", 1)[0]
+    assert "| task | data set | metric | `cellplm_zero_shot` | `cellplm_untrained` | result | all metrics |" in glance
+    assert glance.count("| Zero-shot clustering | pbmc68k_reduced | ARI (best over res.) | ") == 2  # both tables
     assert "**Smoke run (quick profile): these scores mean nothing.**" in report.split("## ", 1)[0]
     assert "Fine-tuning: at most 10 steps per fit; steps run (per seed): `cellplm_fine_tuned` " in report
     assert (
@@ -225,12 +234,18 @@ def test_denoising_and_imputation_runners_turn_scores_into_records(tmp_path):
     genes = CellPLM.from_pretrained("cellplm-small").genes[:120]
     ctx = RunContext("cellplm-small", PROFILES["quick"], tmp_path)
     cells = synthetic_adata(120, 120, gene_names=genes, seed=1)
-    denoising = run_denoising(ctx, "synthetic", cells, 0).records
+    denoising = run_denoising(ctx, "synthetic", cells, 1).records
     methods = {r["method"]: r for r in denoising}
     assert {"cellplm_zero_shot", "cellplm_fine_tuned", "cellplm_from_scratch", "unchanged", "knn_smoothing"} <= set(
         methods
     )
-    assert set(methods["knn_smoothing"]["metrics"]) == {"rmse", "mae"}
+    assert {"mean_profile", "cellplm_untrained"} <= set(methods)
+    assert set(methods["knn_smoothing"]["metrics"]) == {"rmse", "mae", "pearson"}
+    # the untrained architecture zero-shot: five initialisations of their own (5 * seed + i), one record each
+    untrained = [r for r in denoising if r["method"] == "cellplm_untrained"]
+    assert [r["init"] for r in untrained] == [5, 6, 7, 8, 9] and all(r["family"] == "cellplm" for r in untrained)
+    assert len({r["metrics"]["rmse"] for r in untrained}) == 5
+    assert all(r["protocol"] == methods["cellplm_zero_shot"]["protocol"] for r in untrained)
     assert methods["cellplm_fine_tuned"]["family"] == "cellplm" and methods["unchanged"]["family"] == "baseline"
     assert 1 <= methods["cellplm_fine_tuned"]["protocol"]["steps_run"] <= 5  # the quick profile's 5 at most
     assert methods["unchanged"]["protocol"]["steps_run"] is None

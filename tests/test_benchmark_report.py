@@ -314,6 +314,55 @@ def test_a_gap_is_a_win_only_beyond_the_combined_sd_and_one_seed_wins_nothing():
     assert " beats " not in section
 
 
+def _with_untrained(ari: list[float], nmi: list[float]) -> dict:
+    """The results with the untrained architecture on pbmc_tiny: per seed one record per initialisation (``init``),
+    the values of ``ari`` / ``nmi`` (one per initialisation), a little higher on seed 1."""
+    results = _results()
+    for seed in (0, 1):
+        for i, (a, n) in enumerate(zip(ari, nmi)):
+            metrics = {"ari_best": a + 0.01 * seed, "nmi": n + 0.01 * seed}
+            record = _record("clustering", "pbmc_tiny", "cellplm_untrained", seed, "cellplm", metrics=metrics)
+            results["records"].append(record | {"init": 5 * seed + i})
+    return results
+
+
+def test_the_untrained_architecture_is_aggregated_over_its_initialisations_and_compared_with_the_zero_shot_rows(
+    caplog,
+):
+    ari, nmi = [0.30, 0.32, 0.34, 0.36, 0.38], [0.48, 0.53, 0.58, 0.63, 0.68]  # NMI above the zero-shot row's
+    results = _with_untrained(ari, nmi)
+    with caplog.at_level("WARNING"):
+        frame = summary_tables(results)[("clustering", "pbmc_tiny")]
+        section = readme_section(results)
+    assert "share a seed" not in caplog.text  # ten records over two seeds: one per initialisation
+    ari_values = ari + [a + 0.01 for a in ari]
+    nmi_values = nmi + [n + 0.01 for n in nmi]
+    assert frame.at["cellplm_untrained", "n_seeds"] == 2 and frame.at["cellplm_untrained", "n_runs"] == 10
+    assert frame.at["cellplm_untrained", "ari_best_mean"] == pytest.approx(np.mean(ari_values))
+    assert frame.at["cellplm_untrained", "ari_best_sd"] == pytest.approx(np.std(ari_values, ddof=1))
+    ari_sd, nmi_sd = np.std(ari_values, ddof=1), np.std(nmi_values, ddof=1)
+    assert f"| `cellplm_untrained` | CellPLM | 2 × 5 inits | 0.345 ± {ari_sd:.3f} | 0.585 ± {nmi_sd:.3f} |" in section
+    # the untrained architecture is a reference, never CellPLM's best against the baselines (its NMI is higher)
+    assert (
+        "CellPLM (cellplm_zero_shot) beats the best baseline on ARI (best over resolutions) "
+        "(0.610 vs 0.520, knn_on_pca) and loses on NMI (0.550 vs 0.600, pca)." in section
+    )
+    # the zero-shot rows against the untrained distribution: ahead only beyond the combined sd
+    assert (
+        "Pretraining: `cellplm_zero_shot` beats the untrained architecture (`cellplm_untrained`: 10 random "
+        f"initialisations, 5 per seed) on ARI (best over resolutions) (0.610 vs 0.345 ± {ari_sd:.3f}) and ties on "
+        f"NMI (0.550 vs 0.585 ± {nmi_sd:.3f}; within sd)." in section
+    )
+    glance = _section(section, "### At a glance")
+    assert (
+        "| Zero-shot clustering | pbmc_tiny | ARI (best over resolutions) | 0.610 | 0.345 ± "
+        f"{ari_sd:.3f} (10 random initialisations, 5 per seed) | pretrained ahead | ahead 1, tie 1 (of 2) |" in glance
+    )
+    # an untrained architecture as good as the pretrained model: no win
+    close = readme_section(_with_untrained([0.50, 0.55, 0.60, 0.65, 0.70], nmi))
+    assert "| pretrained ahead |" not in close and "| tie (within sd) | tie 2 (of 2) |" in close
+
+
 def test_update_readme_replaces_only_between_markers(tmp_path):
     readme = tmp_path / "README.md"
     before, after = "# Project\n\nIntro text.\n\n", "\n\n## Licence\n\nBSD.\n"

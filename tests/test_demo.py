@@ -70,12 +70,22 @@ def test_demo_writes_report_pictures_and_results_and_replaces_only_its_own_folde
     f1 = results["annotation_summary"]["cellplm"]["macro_f1"]
     assert len(f1["values"]) == 3 and f1["mean"] == pytest.approx(np.mean(f1["values"]))
     assert f1["sd"] == pytest.approx(np.std(f1["values"], ddof=1))
-    # pretrained, three untrained initialisations, PCA
-    assert len(results["clustering"]["scores"]) == 5 and results["clustering"]["settings"]["seeds"] == [0, 1, 2]
+    # pretrained, five untrained initialisations, PCA
+    assert len(results["clustering"]["scores"]) == 7 and results["clustering"]["settings"]["seeds"] == [0, 1, 2]
+    assert results["seeds"]["untrained_weights"] == [f"torch.manual_seed({i})" for i in range(5)]
     assert results["model"]["n_genes_matched"] == 60 and results["model"]["n_cells_left_out"] == 0
     assert results["model"]["name"] == "tiny-test-model" and results["data"]["label_counts"]["type_0"] > 0
-    assert set(results["timings_seconds"]) >= {"data", "embed", "cluster", "annotate", "pictures"}
-    assert len(results["verdict"]) == 2 + 3  # against the untrained model and PCA, then each baseline
+    assert set(results["timings_seconds"]) >= {"data", "embed", "cluster", "denoise", "annotate", "pictures"}
+    # clustering against the untrained model and PCA; denoising against the untrained model, kNN smoothing and the
+    # mean profile; annotation against each baseline
+    assert [(c["task"], c["theirs"]) for c in results["verdict"]][:5] == [
+        ("clustering", "tiny-test-model architecture, untrained (random weights, seed 0)"),
+        ("clustering", results["representations"]["pca"]),
+        ("denoising", "cellplm_untrained"),
+        ("denoising", "knn_smoothing"),
+        ("denoising", "mean_profile"),
+    ]
+    assert len(results["verdict"]) == 2 + 3 + 3
     lines = demo.verdict_lines(results)
     assert sum(map(len, lines.values())) == sum(bool(c[k]) for c in results["verdict"] for k in lines)
     # the caller's data and torch generator are untouched
@@ -92,6 +102,54 @@ def test_demo_writes_report_pictures_and_results_and_replaces_only_its_own_folde
     with pytest.raises(FileExistsError, match="not a demo folder written by opencellplm"):
         _run(out, tiny, cells, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_zero_shot_denoising_is_compared_with_the_untrained_architecture_over_its_initialisations(
+    tmp_path, tiny, cells
+):
+    report = _run(tmp_path / "demo", tiny, cells)
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    denoising = results["denoising"]
+    assert denoising["protocol"] == "hidden" and denoising["fraction"] == 0.1 and denoising["n_genes"] == 60
+    assert [c["seed"] for c in denoising["corruptions"]] == results["seeds"]["denoising_corruptions"] == [0, 1, 2]
+    for corruption in denoising["corruptions"]:
+        methods = [m["method"] for m in corruption["pretrained"]["methods"]]
+        assert methods == ["cellplm_zero_shot", "knn_smoothing", "mean_profile"]
+        assert corruption["pretrained"]["seed"] == corruption["seed"]  # each corruption has its own matrix
+        untrained = corruption["untrained"]
+        assert [u["weights_seed"] for u in untrained] == [0, 1, 2, 3, 4]
+        assert {u["scores"]["n_hidden"] for u in untrained} == {
+            corruption["pretrained"]["methods"][0]["scores"]["n_hidden"]
+        }
+        assert len({u["scores"]["rmse"] for u in untrained}) == 5  # five different networks
+
+    summary = results["denoising_summary"]
+    assert list(summary) == ["cellplm_zero_shot", "cellplm_untrained", "knn_smoothing", "mean_profile"]
+    rmse = summary["cellplm_untrained"]["rmse"]
+    values = [u["scores"]["rmse"] for c in denoising["corruptions"] for u in c["untrained"]]
+    assert rmse["values"] == values and len(values) == 5 * 3
+    assert rmse["mean"] == pytest.approx(np.mean(values)) and rmse["sd"] == pytest.approx(np.std(values, ddof=1))
+    assert len(summary["knn_smoothing"]["pearson"]["values"]) == 3
+
+    text = report.read_text()
+    table = text.split("## Zero-shot denoising", 1)[1].split("## ", 1)[0]
+    assert "| method (zero-shot) | RMSE | MAE | Pearson r | sd over |" in table
+    row = "| tiny-test-model architecture, untrained (random weights), zero-shot |"
+    assert f"{row} {rmse['mean']:.3f} ± {rmse['sd']:.3f} |" in table
+    assert "| 5 initialisations × 3 corruptions |" in table
+    assert "| `knn_smoothing` |" in table and "| `mean_profile` |" in table
+    assert "zero-shot denoising: mean over 3 seeded corruptions" in text
+
+    (against_untrained,) = [
+        c for c in results["verdict"] if c["task"] == "denoising" and c["theirs"] == "cellplm_untrained"
+    ]
+    assert against_untrained["spread"] == "3 corruption seeds; 5 random initialisations of the untrained architecture"
+    compared = against_untrained["wins"] + against_untrained["losses"] + against_untrained["ties"]
+    assert {c["figure"]: c["n_theirs"] for c in compared} == {"RMSE": 15, "MAE": 15, "Pearson r": 15}
+    lines = demo.verdict_lines(results)
+    said = [line for kind in lines.values() for line in kind if "(denoising)" in line and "untrained" in line]
+    assert said and all("tiny-test-model" in line and "architecture" in line for line in said)
+    assert any(line in text for line in said)
 
 
 def test_a_folder_the_demo_did_not_write_is_never_replaced(tmp_path, tiny, cells):
@@ -179,6 +237,33 @@ def test_a_win_is_a_difference_beyond_the_combined_sd_of_the_seeds():
     assert line["ties"] == ["m, fine-tuned and `knn` tie within sd (annotation) on macro F1 (+0.001, sd 0.023)."]
 
 
+def test_a_lower_error_is_a_win_beyond_the_spread_of_the_untrained_initialisations():
+    # one pretrained value against five random networks: RMSE lower by 0.2 with the networks spread by 0.016
+    untrained = [1.10, 1.12, 1.09, 1.13, 1.11]
+    values = {
+        "RMSE": ([0.91], untrained),
+        "MAE": ([0.90], [0.70, 0.71, 0.69, 0.72, 0.70]),
+        "Pearson r": ([0.5], [0.49, 0.52, 0.48, 0.51, 0.50]),
+    }
+    compared = demo._compare("cellplm_zero_shot", "cellplm_untrained", values, lower=("RMSE", "MAE"))
+    assert [w["figure"] for w in compared["wins"]] == ["RMSE"] and compared["wins"][0]["better"] == "lower"
+    assert compared["wins"][0]["sd"] == pytest.approx(np.std(untrained, ddof=1), abs=1e-3)
+    assert [w["figure"] for w in compared["losses"]] == ["MAE"]  # a higher error loses
+    assert [w["figure"] for w in compared["ties"]] == ["Pearson r"]  # within the networks' spread
+    line = demo.verdict_lines(
+        {
+            "verdict": [
+                compared | {"task": "denoising", "model": "m, zero-shot,", "other": "the untrained m architecture"}
+            ]
+        }
+    )
+    assert line["wins"] == ["m, zero-shot, beats the untrained m architecture (denoising) on RMSE by 0.200 (sd 0.016)."]
+    assert line["losses"] == ["The untrained m architecture beats m, zero-shot (denoising) on MAE by 0.196 (sd 0.011)."]
+    # a Pearson r that is not finite (a constant prediction) is left out, not counted as a loss
+    nan = demo._compare("a", "b", {"Pearson r": ([float("nan")], [0.1, 0.2])})
+    assert nan["wins"] == nan["losses"] == nan["ties"] == []
+
+
 def test_the_untrained_architecture_matches_genes_by_the_same_rule_and_its_recipe_says_so(tmp_path, tiny, cells):
     upper = CellPLM(tiny.module, [g.upper() for g in GENES], meta={"gene_id_rule": "upper"}, source={"name": "up"})
     cells.var_names = [g.lower() for g in GENES]  # matched only through the "upper" rule
@@ -189,7 +274,7 @@ def test_the_untrained_architecture_matches_genes_by_the_same_rule_and_its_recip
     assert "meta={'gene_id_rule': model.gene_id_rule})`, the same vocabulary and gene-id rule" in text
     assert "(60 of the data's 60 matched, 60 by the untrained architecture)" in text
     assert all(abs(w["difference"]) > w["sd"] for c in results["verdict"] for w in c["wins"] + c["losses"])
-    assert len(results["representations"]) == 5  # pretrained, three untrained initialisations, PCA
+    assert len(results["representations"]) == 7  # pretrained, five untrained initialisations, PCA
 
 
 def test_a_model_of_ensembl_ids_is_refused_before_any_work_on_data_of_symbols(tmp_path, tiny):

@@ -939,7 +939,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_info)
 
     p = commands.add_parser(
-        "demo", help="the shipped model on PBMC 68k reduced (ships with scanpy): clustering, annotation, UMAPs, report"
+        "demo",
+        help="the shipped model on PBMC 68k reduced (ships with scanpy): clustering, denoising, annotation, UMAPs, "
+        "report",
     )
     p.add_argument("--out", default="opencellplm-demo", help="folder to write (default: opencellplm-demo)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if an earlier demo wrote it")

@@ -3,14 +3,17 @@
 :func:`run_demo` takes PBMC 68k reduced (700 cells, 10 cell types assigned by correlation with bulk-sorted
 reference profiles; the installed scanpy's copy, no download) and the shipped ``cellplm-small``, then
 
-1. embeds the cells with the pretrained model and with the same architecture untrained (random weights, three
-   initialisations), to show what pretraining adds;
+1. embeds the cells with the pretrained model and with the same architecture untrained (random weights, five
+   initialisations), to show what pretraining adds: a comparison with the spread of random networks, not one draw;
 2. scores Leiden clustering of each embedding beside PCA (:func:`opencellplm.tasks.score_clustering`);
-3. on each of three seeded stratified 80/20 splits, fine-tunes a cell type annotator on the 80% (inductive:
+3. denoises zero-shot by the paper's hidden-entry protocol, on three seeded corruptions (10% of each cell's
+   non-zero counts hidden): the pretrained model, the five untrained initialisations, kNN smoothing and the
+   data set's mean profile, each on the same corrupted matrix (:meth:`opencellplm.tasks.Denoiser.score`);
+4. on each of three seeded stratified 80/20 splits, fine-tunes a cell type annotator on the 80% (inductive:
    the other 20% are never seen in training) and scores it beside the logistic-regression and kNN baselines on
    the same split (:class:`opencellplm.tasks.CellTypeAnnotator`);
-4. draws a UMAP of each representation, coloured by cell type;
-5. writes ``report.md`` (what was run, the tables, the pictures, where CellPLM wins and loses, computed from
+5. draws a UMAP of each representation, coloured by cell type;
+6. writes ``report.md`` (what was run, the tables, the pictures, where CellPLM wins and loses, computed from
    the numbers: a difference is a win or a loss only beyond the spread the seeds show) and ``results.json``
    (everything) into one folder.
 
@@ -25,7 +28,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,16 +58,23 @@ PICTURES = {
     "pca": "umap_pca.png",
 }
 DEMO_FILES = (REPORT_FILE, RESULTS_FILE, *PICTURES.values())
-STEPS = ("data", "embed", "cluster", "annotate", "pictures", "report")
+STEPS = ("data", "embed", "cluster", "denoise", "annotate", "pictures", "report")
 #: Fine-tuning steps of the annotator: about 10-20 s of the small model on a 2-core CPU with the machine to itself.
 DEFAULT_ANNOTATION_STEPS = 150
 TEST_FRACTION = 0.2
 N_NEIGHBORS = 15
 FIXED_RESOLUTION = 1.0
-#: Seeded annotation splits, and random initialisations of the untrained architecture: a verdict is a win or a
-#: loss only when the difference exceeds the combined sd over them (one split, one initialisation cannot say).
+#: Seeded annotation splits, seeded denoising corruptions, and random initialisations of the untrained
+#: architecture: a verdict is a win or a loss only when the difference exceeds the combined sd over them (one
+#: split, one corruption, one initialisation cannot say).
 N_SPLITS = 3
-N_UNTRAINED = 3
+N_CORRUPTIONS = 3
+N_UNTRAINED = 5
+#: Zero-shot denoising (the paper's hidden protocol): the share of each cell's non-zero counts hidden, and the
+#: baselines scored on the same corrupted matrix (kNN smoothing, and the mean profile: what a decoder that
+#: ignores the cell predicts).
+DENOISING_FRACTION = 0.1
+DENOISING_BASELINES = ("knn_smoothing", "mean_profile")
 #: Differences smaller than this (after rounding to 3 decimals) are ties whatever the spread.
 TIE = 0.0005
 #: What the default data's labels are: the ground truth every verdict is scored against.
@@ -82,6 +92,8 @@ CLUSTERING_FIGURES = {
     "ari_at_nmi_choice": "ARI at the NMI-chosen resolution",
 }
 ANNOTATION_FIGURES = {"macro_f1": "macro F1", "accuracy": "accuracy"}
+#: Denoising figures (DenoisingScores fields), with the direction that is better.
+DENOISING_FIGURES = {"rmse": ("RMSE", "lower"), "mae": ("MAE", "lower"), "pearson": ("Pearson r", "higher")}
 VERSIONS = ("opencellplm", "torch", "numpy", "scipy", "pandas", "anndata", "scanpy", "scikit-learn", "leidenalg")
 VERSIONS += ("umap-learn", "matplotlib")
 
@@ -107,6 +119,7 @@ class _Run:
     seconds: dict[str, float] = field(default_factory=dict)
     clustering: Any = None
     annotations: list[Any] = field(default_factory=list)  # one AnnotationScores per split
+    denoising: list[dict[str, Any]] = field(default_factory=list)  # per corruption: seed, pretrained, untrained
     matched: dict[str, int] = field(default_factory=dict)
     fits: list[dict[str, Any]] = field(default_factory=list)
     splits: list[dict[str, Any]] = field(default_factory=list)
@@ -146,9 +159,9 @@ def run_demo(
     labels_key
         ``obs`` column of the cell type labels.
     seed
-        Seeds everything: the untrained weights (``seed`` .. ``seed + 2``, one per initialisation), the Leiden
-        runs (``seed`` .. ``seed + 2``), the train/test splits and their fine-tuning and baselines (``seed`` ..
-        ``seed + 2``, one per split) and the UMAPs.
+        Seeds everything: the untrained weights (``seed`` .. ``seed + 4``, one per initialisation), the Leiden
+        runs (``seed`` .. ``seed + 2``), the denoising corruptions (``seed`` .. ``seed + 2``), the train/test
+        splits and their fine-tuning and baselines (``seed`` .. ``seed + 2``, one per split) and the UMAPs.
     overwrite
         Replace ``out`` if it is a previous demo folder.
     annotation_steps
@@ -191,6 +204,7 @@ def run_demo(
 
         run = step("embed", embed)
         step("cluster", lambda: _cluster(run, adata))
+        step("denoise", lambda: _denoise(run, adata))
         step("annotate", lambda: _annotate(run, adata, annotation_steps))
         step("pictures", lambda: _umaps(run))
 
@@ -290,10 +304,12 @@ def _embed(run: _Run, adata: AnnData) -> None:
 
 def untrained_copy(model: CellPLM, seed: int) -> CellPLM:
     """The architecture of ``model`` with random weights (``torch.manual_seed(seed)``), matching genes by the same
-    vocabulary and gene-id rule (inside run_demo's fork_rng: the caller's generator is left as it was)."""
-    torch.manual_seed(seed)
+    vocabulary and gene-id rule. The weights are drawn in a forked generator: the caller's is left as it was."""
+    with torch.random.fork_rng([]):
+        torch.manual_seed(seed)
+        module = CellPLMModule(model.config)
     meta = {"gene_id_rule": model.gene_id_rule}
-    return CellPLM(CellPLMModule(model.config), model.genes, meta=meta, device=model.device)
+    return CellPLM(module, model.genes, meta=meta, device=model.device)
 
 
 def _cluster(run: _Run, adata: AnnData) -> None:
@@ -321,6 +337,20 @@ def _cluster(run: _Run, adata: AnnData) -> None:
     )
     result.seconds = {run.names[key]: run.seconds[key] for key in run.representations}
     run.clustering = result
+
+
+def _denoise(run: _Run, adata: AnnData) -> None:
+    """Zero-shot denoising, the paper's hidden protocol, on each seeded corruption (seeds ``seed`` ..
+    ``seed + N_CORRUPTIONS - 1``): the pretrained model with the baselines, then each untrained initialisation
+    (the same weights as the embedding step's), all on the same corrupted matrix (the corruption seed)."""
+    from .tasks import Denoiser
+
+    untrained = [untrained_copy(run.model, run.seed + i) for i in range(N_UNTRAINED)]
+    for seed in range(run.seed, run.seed + N_CORRUPTIONS):
+        common = {"protocol": "hidden", "fraction": DENOISING_FRACTION, "seed": seed, "fine_tune": False}
+        pretrained = Denoiser.from_pretrained(run.model).score(adata, baselines=DENOISING_BASELINES, **common)
+        random_weights = [Denoiser.from_pretrained(model).score(adata, baselines=(), **common) for model in untrained]
+        run.denoising.append({"seed": seed, "pretrained": pretrained, "untrained": random_weights})
 
 
 def _split(labels: Any, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -440,22 +470,48 @@ def _spread(values: list[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def _compare(ours: str, theirs: str, values: dict[str, tuple[list[float], list[float]]]) -> dict[str, Any]:
+def _compare(
+    ours: str, theirs: str, values: dict[str, tuple[list[float], list[float]]], *, lower: Collection[str] = ()
+) -> dict[str, Any]:
     """Each figure of ``values`` (label -> (our values, their values) over seeds) sorted into wins, losses and ties
     of ``ours``: a win or a loss only when the difference of the means exceeds the combined sd
-    (``sqrt(sd_ours**2 + sd_theirs**2)``) and :data:`TIE`, else a tie within sd."""
+    (``sqrt(sd_ours**2 + sd_theirs**2)``) and :data:`TIE`, else a tie within sd. Higher is better, except for
+    the figures named in ``lower``. Values that are not finite (a Pearson r of a constant prediction) are left out,
+    and a figure without a value on either side is not compared."""
     out: dict[str, list[dict[str, Any]]] = {"wins": [], "losses": [], "ties": []}
     for label, (a, b) in values.items():
+        a, b = [v for v in a if np.isfinite(v)], [v for v in b if np.isfinite(v)]
+        if not a or not b:
+            continue
         difference = round(float(np.mean(a)) - float(np.mean(b)), 3)
         sd = round(float(np.hypot(_spread(a), _spread(b))), 3)
-        kind = "ties" if abs(difference) <= max(sd, TIE) else "wins" if difference > 0 else "losses"
+        better = "lower" if label in lower else "higher"
+        ahead = difference < 0 if better == "lower" else difference > 0
+        kind = "ties" if abs(difference) <= max(sd, TIE) else "wins" if ahead else "losses"
         entry = {"figure": label, "ours": float(np.mean(a)), "theirs": float(np.mean(b)), "difference": difference}
-        out[kind].append(entry | {"sd": sd, "n_ours": len(a), "n_theirs": len(b)})
+        out[kind].append(entry | {"sd": sd, "n_ours": len(a), "n_theirs": len(b), "better": better})
     return {"ours": ours, "theirs": theirs} | out
 
 
+def _denoising_values(run: _Run) -> dict[str, dict[str, list[float]]]:
+    """Per method (``cellplm_zero_shot``, ``cellplm_untrained``, then the baselines) and figure: its values over
+    the corruptions (the untrained architecture's over its initialisations on each corruption)."""
+    scores: dict[str, list[dict[str, float]]] = {"cellplm_zero_shot": [], "cellplm_untrained": []}
+    scores |= {name: [] for name in DENOISING_BASELINES}
+    for corruption in run.denoising:
+        for method in corruption["pretrained"].methods:
+            scores[method.method].append(method.scores)
+        scores["cellplm_untrained"] += [result["cellplm_zero_shot"].scores for result in corruption["untrained"]]
+    return {
+        method: {key: [float(s.get(key, np.nan)) for s in entries] for key in DENOISING_FIGURES}
+        for method, entries in scores.items()
+        if entries
+    }
+
+
 def _verdict(run: _Run) -> list[dict[str, Any]]:
-    """CellPLM (pretrained) against every other row of both tables, figure by figure, beyond the seeds' spread."""
+    """CellPLM (pretrained) against every other row of the three tables, figure by figure, beyond the seeds'
+    spread: clustering and zero-shot denoising against the untrained architecture's initialisations too."""
     scores = run.clustering.scores
 
     def values(keys: list[str], attribute: str) -> list[float]:
@@ -477,6 +533,26 @@ def _verdict(run: _Run) -> list[dict[str, Any]]:
         comparisons.append(
             _compare(ours, run.names[key], figures)
             | {"task": "clustering", "model": run.model_name, "other": short, "spread": spread}
+        )
+    denoising = _denoising_values(run)
+    n_corruptions = len(run.denoising)
+    corruptions = f"{n_corruptions} corruption seeds"
+    others = {
+        "cellplm_untrained": (
+            f"the untrained {run.model_name} architecture",
+            f"{corruptions}; {len(run.untrained)} random initialisations of the untrained architecture",
+        ),
+    }
+    others |= {name: (f"`{name}`", corruptions) for name in DENOISING_BASELINES if name in denoising}
+    lower = [label for label, better in DENOISING_FIGURES.values() if better == "lower"]
+    for name, (short, spread) in others.items():
+        figures = {
+            label: (denoising["cellplm_zero_shot"][key], denoising[name][key])
+            for key, (label, _) in DENOISING_FIGURES.items()
+        }
+        comparisons.append(
+            _compare("cellplm_zero_shot", name, figures, lower=lower)
+            | {"task": "denoising", "model": f"{run.model_name}, zero-shot,", "other": short, "spread": spread}
         )
     methods = run.annotations[0].methods
     mine = "cellplm" if "cellplm" in methods else next(iter(methods))
@@ -552,6 +628,7 @@ def _results(run: _Run, timings: dict[str, float]) -> dict[str, Any]:
         "seeds": {
             "untrained_weights": [f"torch.manual_seed({run.seed + i})" for i in range(len(run.untrained))],
             "leiden": list(run.clustering.settings["seeds"]),
+            "denoising_corruptions": [corruption["seed"] for corruption in run.denoising],
             "splits": [split["seed"] for split in run.splits],
             "fine_tuning": "the split's seed",
             "baselines": "the split's seed",
@@ -560,6 +637,8 @@ def _results(run: _Run, timings: dict[str, float]) -> dict[str, Any]:
         "representations": {key: run.names[key] for key in run.representations},
         "embedding_seconds": {run.names[key]: run.seconds[key] for key in run.representations},
         "clustering": run.clustering.to_dict(),
+        "denoising": _denoising_results(run),
+        "denoising_summary": _denoising_summary(run),
         "annotation": [scores.to_dict() for scores in run.annotations],
         "annotation_summary": _annotation_summary(run),
         "annotation_splits": run.splits,
@@ -574,6 +653,47 @@ def _results(run: _Run, timings: dict[str, float]) -> dict[str, Any]:
             **thread_settings(),
         },
     }
+
+
+def _denoising_results(run: _Run) -> dict[str, Any]:
+    """Per corruption: the pretrained model's and the baselines' result, and each untrained initialisation's
+    scores on the same corrupted matrix."""
+    first = run.denoising[0]["pretrained"]
+    return {
+        "protocol": first.protocol,
+        "fraction": first.fraction,
+        "n_cells": first.n_cells,
+        "n_genes": first.n_genes,
+        "n_genes_not_in_vocabulary": first.n_genes_not_in_vocabulary,
+        "baselines": list(DENOISING_BASELINES),
+        "corruptions": [
+            {
+                "seed": corruption["seed"],
+                "pretrained": corruption["pretrained"].to_dict(),
+                "untrained": [
+                    {"weights_seed": run.seed + i}
+                    | asdict(result["cellplm_zero_shot"])
+                    | {"method": "cellplm_untrained"}
+                    for i, result in enumerate(corruption["untrained"])
+                ],
+            }
+            for corruption in run.denoising
+        ],
+    }
+
+
+def _denoising_summary(run: _Run) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per method and figure: the values (over corruptions, and initialisations for the untrained architecture),
+    their mean and sd (ddof 1); None where no value is finite."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for method, figures in _denoising_values(run).items():
+        out[method] = {}
+        for key, values in figures.items():
+            finite = [v for v in values if np.isfinite(v)]
+            mean = float(np.mean(finite)) if finite else None
+            shown = [v if np.isfinite(v) else None for v in values]
+            out[method][key] = {"mean": mean, "sd": _spread(finite) if finite else None, "values": shown}
+    return out
 
 
 def _annotation_summary(run: _Run) -> dict[str, dict[str, dict[str, Any]]]:
@@ -631,6 +751,23 @@ def _report(run: _Run, results: dict[str, Any]) -> str:
     recipe = run.fits[0]["recipe"]
     seeds = results["seeds"]
     n_splits, n_untrained = len(run.splits), len(run.untrained)
+    denoising, n_corruptions = results["denoising"], len(run.denoising)
+    denoising_summary = results["denoising_summary"]
+    runs = {
+        "cellplm_zero_shot": (f"{run.names['pretrained']}, zero-shot", f"{n_corruptions} corruptions"),
+        "cellplm_untrained": (
+            f"{run.model_name} architecture, untrained (random weights), zero-shot",
+            f"{n_untrained} initialisations × {n_corruptions} corruptions",
+        ),
+    }
+    runs |= {name: (f"`{name}`", f"{n_corruptions} corruptions") for name in DENOISING_BASELINES}
+    denoising_rows = [
+        [runs[method][0]] + [cell(row[key]) for key in DENOISING_FIGURES] + [runs[method][1]]
+        for method, row in denoising_summary.items()
+    ]
+    n_hidden = [c["pretrained"]["methods"][0]["scores"]["n_hidden"] for c in denoising["corruptions"]]
+    # the number hidden per cell follows its non-zero count, so every corruption hides as many (other) entries
+    hidden = f"{n_hidden[0]:,} entries each" if len(set(n_hidden)) == 1 else f"{', '.join(map(str, n_hidden))} entries"
     lines = [
         f"# opencellplm demo: {model['name']} on {data['name']}",
         "",
@@ -642,10 +779,11 @@ def _report(run: _Run, results: dict[str, Any]) -> str:
         f"Ground truth: {data['ground_truth']}.",
         "",
         "Computed from the tables below (clustering: mean over Leiden seeds, and for the untrained architecture over "
-        f"{n_untrained} random initialisations too; annotation: mean over {n_splits} seeded splits, each scored on "
-        "its held-out test cells). A difference is a win or a loss only when it exceeds the combined sd of the two "
-        "sides over those seeds (sqrt(sd1² + sd2²)); a smaller one is a tie within sd, since the seeds alone move "
-        "the figures that much.",
+        f"{n_untrained} random initialisations too; zero-shot denoising: mean over {n_corruptions} seeded "
+        f"corruptions, and for the untrained architecture over its {n_untrained} initialisations too; annotation: "
+        f"mean over {n_splits} seeded splits, each scored on its held-out test cells). A difference is a win or a "
+        "loss only when it exceeds the combined sd of the two sides over those seeds (sqrt(sd1² + sd2²)); a smaller "
+        "one is a tie within sd, since the seeds alone move the figures that much.",
         "",
         "**Wins**" + ("" if wins else ": none."),
         "",
@@ -678,6 +816,15 @@ def _report(run: _Run, results: dict[str, Any]) -> str:
         f"- **Clustering** (`opencellplm.tasks.score_clustering`): {N_NEIGHBORS}-nearest-neighbour graph, Leiden at "
         f"resolutions {', '.join(f'{r:g}' for r in run.clustering.scores[run.names['pca']][0].resolutions)}, seeds "
         f"{seeds['leiden']}; ARI and NMI against the labels.",
+        f"- **Denoising** (`opencellplm.tasks.Denoiser.score(protocol='hidden', fraction={denoising['fraction']:g}, "
+        f"fine_tune=False)`, zero-shot, the paper's protocol): on each of {n_corruptions} seeded corruptions (seeds "
+        f"{seeds['denoising_corruptions']}), {denoising['fraction']:.0%} of each cell's non-zero counts are hidden "
+        f"({hidden}); every method denoises the same corrupted matrix, scored on "
+        "the hidden entries after normalising to 1e4 per cell and log1p, over the "
+        f"{denoising['n_genes']} genes in the model's vocabulary. The pretrained model and the {n_untrained} "
+        "untrained initialisations (the same weights as above) predict through their NB decoder without any "
+        "fitting; `knn_smoothing` smooths each cell's counts over its nearest neighbours, `mean_profile` gives every "
+        "cell the data set's mean profile at its own library size (what a decoder that ignores the cell predicts).",
         f"- **Annotation** (`opencellplm.tasks.CellTypeAnnotator`, {annotation.mode}): {n_splits} stratified splits "
         f"(`train_test_split(test_size={TEST_FRACTION}, stratify=labels, random_state=seed)`, seeds "
         f"{seeds['splits']}), each {split['n_train']} training cells (of which {fits[0]['n_validation']} held out "
@@ -698,6 +845,14 @@ def _report(run: _Run, results: dict[str, Any]) -> str:
         "official protocol, optimistic); the fixed resolution and the NMI-chosen one are label-free choices.",
         "",
         run.clustering.to_markdown(),
+        "",
+        "## Zero-shot denoising",
+        "",
+        f"Hidden-entry errors (lower is better) and Pearson r (higher is better): mean ± sd over the corruptions "
+        f"(seeds {seeds['denoising_corruptions']}), and for the untrained architecture over its {n_untrained} "
+        "initialisations on each of them.",
+        "",
+        _markdown_table(["method (zero-shot)", "RMSE", "MAE", "Pearson r", "sd over"], denoising_rows),
         "",
         "## Cell type annotation",
         "",

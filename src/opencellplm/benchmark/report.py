@@ -7,11 +7,15 @@ README's ``<!-- benchmark-results:start -->`` and ``<!-- benchmark-results:end -
 
 The report is meant to let a reader decide whether CellPLM beats simple baselines, so it hides nothing:
 
-* every cell is the mean over the seeds that succeeded, with the sample sd, and a row says how many seeds it holds;
+* every cell is the mean over the seeds that succeeded, with the sample sd, and a row says how many seeds it holds
+  (the untrained architecture, ``cellplm_untrained``, has one record per random initialisation, several per seed:
+  its cells are the mean and sd over all of them);
 * the best mean of each metric column is bold, ties (at the shown precision) all bold;
 * one computed sentence per data set compares the best CellPLM-family method with the best baseline, metric by
   metric: a win or a loss only when the gap exceeds the combined sd over seeds, else a tie within sd (with one
-  seed no spread is measured, and the sentence says so instead of calling a win);
+  seed no spread is measured, and the sentence says so instead of calling a win); the untrained architecture is
+  not a candidate there: a second sentence (and a second glance table) compares the pretrained model zero-shot
+  with it, by the same rule, so that "pretraining helps" means ahead of the spread of random networks;
 * failed and skipped runs are listed with their reason under the table of their data set;
 * simulated data sets are reported apart, in a section labelled as such.
 
@@ -47,6 +51,10 @@ README_END = "<!-- benchmark-results:end -->"
 
 CELLPLM = "cellplm"
 BASELINE = "baseline"
+#: The pretrained model zero-shot, and the same architecture with random weights (records with an ``init``: one per
+#: initialisation, several per seed). The untrained rows are a reference, compared with the zero-shot rows alone.
+ZERO_SHOT = "cellplm_zero_shot"
+UNTRAINED = "cellplm_untrained"
 #: Family colours for the figures (colour-blind safe pair).
 FAMILY_COLOURS = {CELLPLM: "#d95f02", BASELINE: "#7570b3"}
 FAMILY_NAMES = {CELLPLM: "CellPLM", BASELINE: "baseline"}
@@ -182,7 +190,7 @@ def _method(record: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------ tables
 def _summary(pair: _Pair, task: _Task) -> pd.DataFrame:
     quantities = [m.key for m in task.metrics] + [key for key, _ in TIMINGS]
-    columns = ["family", "n_seeds"] + [f"{q}_{stat}" for q in quantities for stat in ("mean", "sd", "n")]
+    columns = ["family", "n_seeds", "n_runs"] + [f"{q}_{stat}" for q in quantities for stat in ("mean", "sd", "n")]
     ok = [r for r in pair.records if r.get("status") == "ok"]
     methods: dict[str, str] = {}
     for record in ok:
@@ -192,10 +200,11 @@ def _summary(pair: _Pair, task: _Task) -> pd.DataFrame:
     rows = []
     for method in ordered:
         mine = [r for r in ok if _method(r) == method]
-        seeds = [r.get("seed") for r in mine]
-        if len(set(map(str, seeds))) < len(seeds):
+        seeds = [str(r.get("seed")) for r in mine]
+        runs = [(seed, str(r.get("init"))) for seed, r in zip(seeds, mine)]  # an untrained row: an init per record
+        if len(set(runs)) < len(runs):
             logger.warning("%s / %s / %s: several ok records share a seed (%s)", pair.task, pair.dataset, method, seeds)
-        row: dict[str, Any] = {"family": methods[method], "n_seeds": len(mine)}
+        row: dict[str, Any] = {"family": methods[method], "n_seeds": len(set(seeds)), "n_runs": len(mine)}
         for q in quantities:
             timing = q in {key for key, _ in TIMINGS}
             values = np.array([_float(r.get(q) if timing else (r.get("metrics") or {}).get(q)) for r in mine])
@@ -223,7 +232,9 @@ def summary_tables(results: dict[str, Any]) -> SummaryTables:
         ``{(task, dataset): frame}`` in report order (tasks as in ``results["tasks"]``, data sets as they first
         appear). Each frame has one row per method with at least one ``"ok"`` record (index ``method``; CellPLM
         family first, then baselines), and the columns ``family`` (``"cellplm"`` or ``"baseline"``),
-        ``n_seeds`` (its ``"ok"`` records), then for each of the task's metrics (declared order) and for
+        ``n_seeds`` (the seeds of its ``"ok"`` records), ``n_runs`` (its ``"ok"`` records: more than its seeds for
+        the untrained architecture, whose records are one per random initialisation, several per seed; the mean
+        and sd are over all of them), then for each of the task's metrics (declared order) and for
         ``wall_s`` and ``peak_mb``: ``<key>_mean``, ``<key>_sd`` (sample sd, ddof 1; NaN with one value) and
         ``<key>_n`` (the seeds with a value: ``null`` values are left out). Only ``"ok"`` records count; a
         (task, data set) without any has an empty frame. ``frame.attrs`` holds ``task``, ``dataset`` and
@@ -256,9 +267,17 @@ def _cell(frame: pd.DataFrame, method: str, key: str, *, timing: bool = False) -
     if math.isfinite(mean) and n > 1 and math.isfinite(sd):
         decimals = len(text.split(".")[1]) if "." in text and "e" not in text else None
         text += f" ± {sd:.{decimals}f}" if decimals is not None else f" ± {_fmt(sd, timing=timing)}"  # as the mean
-    if 0 < n < frame.at[method, "n_seeds"]:
+    if 0 < n < frame.at[method, "n_runs"]:
         text += f" (n={n})"  # some seeds gave no value for this metric
     return text
+
+
+def _seeds_cell(frame: pd.DataFrame, method: str) -> str:
+    """The seeds of a row, and its random initialisations per seed where it has several (the untrained rows)."""
+    seeds, runs = int(frame.at[method, "n_seeds"]), int(frame.at[method, "n_runs"])
+    if runs == seeds:
+        return str(seeds)
+    return f"{seeds} × {runs // seeds} inits" if runs % seeds == 0 else f"{seeds} ({runs} inits)"
 
 
 def _best_methods(frame: pd.DataFrame, metric: _Metric) -> set[str]:
@@ -280,7 +299,7 @@ def _table(frame: pd.DataFrame, task: _Task) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
     best = {m.key: _best_methods(frame, m) for m in task.metrics}
     for method in frame.index:
-        cells = [f"`{_escape(method)}`", FAMILY_NAMES[frame.at[method, "family"]], str(frame.at[method, "n_seeds"])]
+        cells = [f"`{_escape(method)}`", FAMILY_NAMES[frame.at[method, "family"]], _seeds_cell(frame, method)]
         for metric in task.metrics:
             text = _cell(frame, method, metric.key)
             cells.append(f"**{text}**" if method in best[metric.key] else text)
@@ -327,18 +346,69 @@ class _Comparison:
 
 
 def _best_of(frame: pd.DataFrame, family: str, metric: _Metric) -> tuple[str, float, float] | None:
-    means = frame.loc[frame["family"] == family, f"{metric.key}_mean"].dropna()
+    """The best method of ``family`` on ``metric`` (method, mean, sd); the untrained architecture is a reference,
+    never CellPLM's best (it is compared with the zero-shot rows apart, :func:`_against_untrained`)."""
+    means = frame.loc[(frame["family"] == family) & (frame.index != UNTRAINED), f"{metric.key}_mean"].dropna()
     if means.empty:
         return None
     method = means.idxmax() if metric.better == "higher" else means.idxmin()
     return str(method), float(means[method]), float(frame.at[method, f"{metric.key}_sd"])
 
 
-def _comparisons(frame: pd.DataFrame, task: _Task) -> list[_Comparison]:
-    """One comparison per metric with a direction, the primary metric first."""
+def _directed(task: _Task) -> list[_Metric]:
+    """The metrics with a direction, the primary metric first."""
     metrics = [m for m in task.metrics if m.better]
     metrics.sort(key=lambda m: m.key != task.primary)  # stable: the others keep their order
-    return [_Comparison(m, _best_of(frame, CELLPLM, m), _best_of(frame, BASELINE, m)) for m in metrics]
+    return metrics
+
+
+def _comparisons(frame: pd.DataFrame, task: _Task) -> list[_Comparison]:
+    """One comparison per metric with a direction, the primary metric first."""
+    return [_Comparison(m, _best_of(frame, CELLPLM, m), _best_of(frame, BASELINE, m)) for m in _directed(task)]
+
+
+def _against_untrained(frame: pd.DataFrame, task: _Task) -> list[_Comparison]:
+    """The pretrained model zero-shot against the untrained architecture (mean and sd over every initialisation
+    of every seed), per metric with a direction, the primary first; empty unless both rows are there."""
+    if ZERO_SHOT not in frame.index or UNTRAINED not in frame.index:
+        return []
+
+    def side(method: str, metric: _Metric) -> tuple[str, float, float] | None:
+        mean = float(frame.at[method, f"{metric.key}_mean"])
+        return (method, mean, float(frame.at[method, f"{metric.key}_sd"])) if math.isfinite(mean) else None
+
+    return [_Comparison(m, side(ZERO_SHOT, m), side(UNTRAINED, m)) for m in _directed(task)]
+
+
+def _phrases(opponent: str, missing: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The verbs of a verdict sentence against ``opponent`` (``missing``: whom a metric without both values
+    cannot be compared with): for its first clause, and for the later ones."""
+    first = {
+        "win": f"beats {opponent} on",
+        "loss": f"loses to {opponent} on",
+        "tie": f"ties with {opponent} on",
+        "ahead": f"is ahead of {opponent}, with no spread measured to tell a win, on",
+        "behind": f"is behind {opponent}, with no spread measured to tell a loss, on",
+        "missing": f"cannot be compared with {missing} on",
+    }
+    later = {
+        "win": "beats it on",
+        "loss": "loses on",
+        "tie": "ties on",
+        "ahead": "is ahead, with no spread measured, on",
+        "behind": "is behind, with no spread measured, on",
+        "missing": "cannot be compared on",
+    }
+    return first, later
+
+
+def _clauses_sentence(
+    subject: str, opponent: str, clauses: dict[str, list[str]], prefix: str, *, missing: str | None = None
+) -> str:
+    first, later = _phrases(opponent, missing or opponent)
+    parts = [f"{(first if i == 0 else later)[o]} {_join(texts)}" for i, (o, texts) in enumerate(clauses.items())]
+    joined = _join(parts) if len(parts) < 3 else ", ".join(parts[:-1]) + ", and " + parts[-1]
+    return _sentence(prefix, f"{subject} {joined}")
 
 
 def _join(items: Sequence[str]) -> str:
@@ -381,26 +451,38 @@ def _verdict(frame: pd.DataFrame, task: _Task, *, simulated: bool) -> str:
                 text = f"{c.metric.label} ({c.cellplm[0]} {mine} vs {c.baseline[0]} {theirs}"
             text += "; within the seeds' sd)" if c.within_sd else "; one seed)" if c.spread is None else ")"
         clauses.setdefault(c.outcome, []).append(text)
-    first = {
-        "win": "beats the best baseline on",
-        "loss": "loses to the best baseline on",
-        "tie": "ties with the best baseline on",
-        "ahead": "is ahead of the best baseline, with no spread measured to tell a win, on",
-        "behind": "is behind the best baseline, with no spread measured to tell a loss, on",
-        "missing": "cannot be compared with the baselines on",
-    }
-    later = {
-        "win": "beats it on",
-        "loss": "loses on",
-        "tie": "ties on",
-        "ahead": "is ahead, with no spread measured, on",
-        "behind": "is behind, with no spread measured, on",
-        "missing": "cannot be compared on",
-    }
-    parts = [f"{(first if i == 0 else later)[o]} {_join(texts)}" for i, (o, texts) in enumerate(clauses.items())]
     subject = f"CellPLM ({next(iter(leaders))})" if one_leader else "CellPLM"
-    joined = _join(parts) if len(parts) < 3 else ", ".join(parts[:-1]) + ", and " + parts[-1]
-    return _sentence(prefix, f"{subject} {joined}")
+    return _clauses_sentence(subject, "the best baseline", clauses, prefix, missing="the baselines")
+
+
+def _untrained_note(frame: pd.DataFrame) -> str:
+    seeds, runs = int(frame.at[UNTRAINED, "n_seeds"]), int(frame.at[UNTRAINED, "n_runs"])
+    text = f"{runs} random initialisation{'s' if runs > 1 else ''}"
+    if seeds == 1:
+        return text
+    return text + (f", {runs // seeds} per seed" if runs % seeds == 0 else f" over {seeds} seeds")
+
+
+def _untrained_verdict(frame: pd.DataFrame, task: _Task, *, simulated: bool) -> str:
+    """The sentence on what pretraining adds: the zero-shot rows against the untrained architecture's mean, a
+    win or a loss only beyond the combined sd (mostly the spread of the random initialisations); "" without
+    both rows."""
+    comparisons = _against_untrained(frame, task)
+    if not comparisons:
+        return ""
+    clauses: dict[str, list[str]] = {}
+    for c in comparisons:
+        if c.outcome == "missing":
+            side = "the pretrained model" if c.cellplm is None else "the untrained architecture"
+            text = f"{c.metric.label} (no value for {side})"
+        else:
+            sd = f" ± {_fmt(c.baseline[2])}" if math.isfinite(c.baseline[2]) else ""
+            text = f"{c.metric.label} ({_fmt(c.cellplm[1])} vs {_fmt(c.baseline[1])}{sd}"
+            text += "; within sd)" if c.within_sd else "; no spread measured)" if c.spread is None else ")"
+        clauses.setdefault(c.outcome, []).append(text)
+    opponent = f"the untrained architecture (`{UNTRAINED}`: {_untrained_note(frame)})"
+    prefix = "on this simulated data set, " if simulated else ""
+    return _clauses_sentence(f"Pretraining: `{ZERO_SHOT}`", opponent, clauses, prefix)
 
 
 def _glance_row(pair: _Pair, frame: pd.DataFrame, task: _Task) -> str:
@@ -423,6 +505,47 @@ def _glance_row(pair: _Pair, frame: pd.DataFrame, task: _Task) -> str:
         }[c.outcome]
         result += " (within sd)" if c.within_sd else ""
     return f"| {_escape(task.title)} | {name} | {_escape(primary.label)} | {mine} | {theirs} | {result} |"
+
+
+#: How a comparison with the untrained architecture reads in the glance table: for the primary metric, and counted
+#: over all metrics.
+_UNTRAINED_RESULT = {
+    "win": "pretrained ahead",
+    "loss": "untrained ahead",
+    "tie": "tie",
+    "ahead": "pretrained ahead (no spread measured)",
+    "behind": "untrained ahead (no spread measured)",
+    "missing": "not compared",
+}
+_UNTRAINED_COUNT = {
+    "win": "ahead",
+    "tie": "tie",
+    "loss": "behind",
+    "ahead": "ahead, no spread",
+    "behind": "behind, no spread",
+    "missing": "not compared",
+}
+
+
+def _untrained_glance_row(pair: _Pair, frame: pd.DataFrame, task: _Task) -> str | None:
+    """A row of the glance table of the zero-shot rows against the untrained architecture (None without both)."""
+    comparisons = _against_untrained(frame, task)
+    if not comparisons:
+        return None
+    c = comparisons[0]  # the primary metric
+    name = f"{_escape(pair.dataset)} (simulated)" if pair.simulated else _escape(pair.dataset)
+    mine = _fmt(c.cellplm[1]) if c.cellplm else "—"
+    theirs = "—"
+    if c.baseline:
+        theirs = _fmt(c.baseline[1]) + (f" ± {_fmt(c.baseline[2])}" if math.isfinite(c.baseline[2]) else "")
+        theirs += f" ({_untrained_note(frame)})"
+    result = _UNTRAINED_RESULT[c.outcome] + (" (within sd)" if c.within_sd else "")
+    outcomes = [x.outcome for x in comparisons]
+    counts = ", ".join(f"{words} {outcomes.count(o)}" for o, words in _UNTRAINED_COUNT.items() if o in outcomes)
+    return (
+        f"| {_escape(task.title)} | {name} | {_escape(c.metric.label)} | {mine} | {theirs} | {result} | "
+        f"{counts} (of {len(comparisons)}) |"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ markdown
@@ -480,6 +603,9 @@ def _pair_section(
     if unchanged:
         out += [unchanged, ""]
     out += [_verdict(frame, task, simulated=pair.simulated), ""]
+    untrained = _untrained_verdict(frame, task, simulated=pair.simulated)
+    if untrained:
+        out += [untrained, ""]
     not_run = _not_run(pair)
     if not_run:
         out += [not_run, ""]
@@ -525,7 +651,8 @@ def _body(results: dict[str, Any], level: int, figures: _Figures | None) -> list
         out += [
             f"{h} At a glance",
             "",
-            "Each task's primary metric: the best CellPLM-family method against the best baseline. A method is "
+            "Each task's primary metric: the best CellPLM-family method (the untrained architecture aside: it is "
+            "compared with the pretrained model below) against the best baseline. A method is "
             'ahead only when the gap exceeds the combined sd over seeds (sqrt(sd1² + sd2²)); "tie (within sd)": '
             "the seeds alone could make the gap. With one seed no spread is measured, and no gap is a win.",
             "",
@@ -534,9 +661,24 @@ def _body(results: dict[str, Any], level: int, figures: _Figures | None) -> list
             "| task | data set | metric | best CellPLM | best baseline | result |",
             "|:---|:---|:---|---:|---:|:---|",
         ]
-        for pair in [p for p in pairs if not p.simulated] + [p for p in pairs if p.simulated]:
+        ordered = [p for p in pairs if not p.simulated] + [p for p in pairs if p.simulated]
+        for pair in ordered:
             out.append(_glance_row(pair, frames[(pair.task, pair.dataset)], tasks[pair.task]))
         out.append("")
+        untrained = [_untrained_glance_row(p, frames[(p.task, p.dataset)], tasks[p.task]) for p in ordered]
+        untrained = [row for row in untrained if row]
+        if untrained:
+            out += [
+                f"What pretraining adds: `{ZERO_SHOT}` (the pretrained model, no fitting) against `{UNTRAINED}` (the "
+                "same architecture with random weights, several initialisations per seed: mean ± sd over all of "
+                "them), on each task's primary metric; the last column counts the outcomes over all the task's "
+                "metrics. Pretrained ahead only beyond the combined sd, that is beyond the spread of random networks.",
+                "",
+                f"| task | data set | metric | `{ZERO_SHOT}` | `{UNTRAINED}` | result | all metrics |",
+                "|:---|:---|:---|---:|---:|:---|:---|",
+                *untrained,
+                "",
+            ]
     else:
         out += ["No records: the benchmark produced no result.", ""]
     for key, task in tasks.items():
@@ -922,7 +1064,11 @@ def _bars_figure(task: _Task, panels: list[tuple[_Pair, pd.DataFrame]], target: 
 
 def _seeds_note(panels: list[tuple[_Pair, pd.DataFrame]]) -> str:
     """What the bars show: a mean ± sd only where some method has several seeds."""
-    counts = [frame["n_seeds"].max() for _, frame in panels if "n_seeds" in frame and not frame.empty]
+    counts = [  # records: an untrained row has several (initialisations) per seed, and an sd
+        frame["n_runs" if "n_runs" in frame else "n_seeds"].max()
+        for _, frame in panels
+        if "n_seeds" in frame and not frame.empty
+    ]
     return "one seed (no sd)" if counts and max(counts) == 1 else "mean ± sd over seeds"
 
 

@@ -221,6 +221,7 @@ _ORDER = (
     "dataset",
     "method",
     "seed",
+    "init",
     "family",
     "simulated",
     "status",

@@ -130,16 +130,34 @@ def _load_baron(species: str, *, min_cells_per_type: int = 0, donor: str | None 
     return load
 
 
+#: The untrained architecture (random weights) in each zero-shot unit: this many initialisations, so that
+#: "pretraining helps" is a comparison with the spread of random networks, not with one draw.
+N_UNTRAINED = 5
+UNTRAINED = "cellplm_untrained"
+
+
+def untrained_seeds(seed: int) -> list[int]:
+    """The weight seeds of the untrained initialisations of unit ``seed``: ``5 * seed + i``, distinct across units."""
+    return [N_UNTRAINED * seed + i for i in range(N_UNTRAINED)]
+
+
+def _untrained_record(record: Record, weights_seed: int) -> Record:
+    """One initialisation's record: the method ``cellplm_untrained`` and its weight seed (``init``), so that the
+    report takes the mean and sd over every initialisation of every unit seed."""
+    return record | {"method": UNTRAINED, "init": weights_seed}
+
+
 def run_clustering(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResult:
     from .. import CellPLM
     from ..demo import untrained_copy
     from ..tasks.clustering import score_clustering
 
     trained = CellPLM.from_pretrained(ctx.checkpoint)
-    untrained = untrained_copy(trained, seed)  # the same vocabulary and gene-id rule
     embeddings, seconds = {}, {}
-    for name, model in (("cellplm_zero_shot", trained), ("cellplm_untrained", untrained)):
+    for name, weights in [("cellplm_zero_shot", None)] + [(f"{UNTRAINED}/{w}", w) for w in untrained_seeds(seed)]:
         tic = time.perf_counter()
+        # an untrained copy: the same vocabulary and gene-id rule, random weights (one at a time in memory)
+        model = trained if weights is None else untrained_copy(trained, weights)
         embeddings[name] = model.get_latent_representation(adata)
         seconds[name] = time.perf_counter() - tic
     result = score_clustering(
@@ -156,12 +174,16 @@ def run_clustering(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResul
         }
         family = "cellplm" if name.startswith("cellplm") else "baseline"
         wall = seconds.get(name, result.seconds.get(name))
-        records.append(_record(name, family=family, metrics=metrics, wall_s=wall, protocol=result.settings))
+        record = _record(name, family=family, metrics=metrics, wall_s=wall, protocol=result.settings)
+        untrained = name.startswith(f"{UNTRAINED}/")
+        records.append(_untrained_record(record, int(name.split("/")[1])) if untrained else record)
     records += [_skipped(name, "baseline", why) for name, why in result.skipped.items()]
     artifacts = {}
     if ctx.want_artifacts and seed == 0:
         path = ctx.artifacts_dir / f"umap_clustering_{dataset}.npz"
-        representations = dict(embeddings)
+        # the first initialisation pictures the untrained architecture
+        representations = {k: v for k, v in embeddings.items() if not k.startswith(f"{UNTRAINED}/")}
+        representations[UNTRAINED] = embeddings[f"{UNTRAINED}/{untrained_seeds(seed)[0]}"]
         from ..baselines import pca_embedding
 
         representations["pca"] = pca_embedding(adata, seed=0).prediction
@@ -216,6 +238,7 @@ def _loader(name: str):
 
 
 def run_denoising(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResult:
+    from ..demo import untrained_copy
     from ..tasks import Denoiser, DenoisingRecipe
 
     denoiser = Denoiser.from_pretrained(
@@ -227,20 +250,29 @@ def run_denoising(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResult
         seed=seed,
         fine_tune=True,
         from_scratch=True,
-        baselines=("unchanged", "knn_smoothing", "magic", "scvi"),
+        baselines=("unchanged", "knn_smoothing", "mean_profile", "magic", "scvi"),
     )
+    # Each untrained initialisation zero-shot, on the same corrupted matrix (the corruption follows the seed).
+    untrained = {
+        w: Denoiser.from_pretrained(untrained_copy(denoiser.base, w)).score(
+            adata, protocol="hidden", seed=seed, fine_tune=False, baselines=()
+        )["cellplm_zero_shot"]
+        for w in untrained_seeds(seed)
+    }
     protocol = {"protocol": "hidden", "fraction": result.fraction, "n_cells": result.n_cells, "n_genes": result.n_genes}
     protocol |= {"steps": ctx.profile.denoising_steps}
-    records = [
-        _record(
+
+    def record(m) -> Record:
+        return _record(
             m.method,
             family="cellplm" if m.method.startswith("cellplm") else "baseline",
-            metrics={"rmse": m.scores.get("rmse"), "mae": m.scores.get("mae")},
+            metrics={key: m.scores.get(key) for key in ("rmse", "mae", "pearson")},
             wall_s=m.seconds,
             protocol=protocol | {"steps_run": ((m.params or {}).get("fit") or {}).get("steps")},
         )
-        for m in result.methods
-    ]
+
+    records = [record(m) for m in result.methods]
+    records += [_untrained_record(record(m), w) for w, m in untrained.items()]
     records += [_skipped(name, "baseline", why) for name, why in result.skipped.items()]
     return UnitResult(records)
 
@@ -454,7 +486,8 @@ TASKS: dict[str, TaskSpec] = {
         protocol=(
             "Embeddings clustered by Leiden on a 15-NN graph at resolutions 0.1-1.4 (seeded), scored against the "
             "labels by ARI / NMI.\nBest over resolutions (the paper's, optimistic), at resolution 1.0, and ARI at "
-            "the NMI-chosen resolution; CellPLM pretrained vs the same architecture untrained vs PCA (and scVI)."
+            "the NMI-chosen resolution; CellPLM pretrained vs the same architecture untrained (5 random "
+            "initialisations per seed) vs PCA (and scVI)."
         ),
         metrics={
             "ari_best": {"label": "ARI (best over res.)", "better": HIGHER},
@@ -506,11 +539,15 @@ TASKS: dict[str, TaskSpec] = {
     "denoising": TaskSpec(
         title="Denoising",
         protocol=(
-            "10% of each cell's non-zero counts hidden (seeded); every method denoises the corrupted matrix.\n"
-            "RMSE / MAE at the hidden entries on log1p of counts normalised to 1e4 per cell (genes in the model's "
-            "vocabulary)."
+            "10% of each cell's non-zero counts hidden (seeded); every method denoises the corrupted matrix, the "
+            "untrained architecture zero-shot with 5 random initialisations per seed.\nRMSE / MAE / Pearson r at the "
+            "hidden entries on log1p of counts normalised to 1e4 per cell (genes in the model's vocabulary)."
         ),
-        metrics={"rmse": {"label": "RMSE", "better": LOWER}, "mae": {"label": "MAE", "better": LOWER}},
+        metrics={
+            "rmse": {"label": "RMSE", "better": LOWER},
+            "mae": {"label": "MAE", "better": LOWER},
+            "pearson": {"label": "Pearson r", "better": HIGHER},
+        },
         primary="rmse",
         datasets={
             "pbmc3k": DatasetCase(_loader("pbmc3k")),
