@@ -449,3 +449,26 @@ def test_resume_takes_the_recorded_settings_and_refuses_a_different_one(corpus, 
     assert "holds no run to resume: config.json not found" in caplog.text and not (tmp_path / "new").exists()
     assert main(command[:-2] + ["--out", str(tmp_path / "new")]) == 2
     assert "pretrain needs --config (a named configuration or a JSON file), or --resume" in caplog.text
+
+
+def test_the_cli_starts_the_decoder_bias_at_the_corpus_mean_shares_and_a_resume_keeps_its_start(
+    corpus, tmp_path, caplog
+):
+    from opencellplm.cli import main
+    from opencellplm.train.pretrain import decoder_bias_from_corpus
+
+    config = _config_file(tmp_path / "cfg.json", steps=1, lr=1e-9, warmup_steps=1, eval_every=1, checkpoint_every=1)
+    expected = decoder_bias_from_corpus(corpus)
+    starts = {}
+    for choice in ("corpus", "random"):
+        run = tmp_path / choice
+        flags = [] if choice == "corpus" else ["--init-decoder-bias", "random"]  # corpus is the default
+        assert main(["pretrain", "--corpus", str(corpus), "--config", str(config), "--out", str(run), *flags]) == 0
+        starts[choice] = _final_weights(run)["decoder.mean.bias"].numpy()
+    np.testing.assert_allclose(starts["corpus"], expected, atol=1e-5)
+    assert np.abs(starts["random"] - expected).max() > 1.0
+    # a resume keeps the run's start, and refuses another
+    assert main(["pretrain", "--corpus", str(corpus), "--out", str(tmp_path / "corpus"), "--resume"]) == 0
+    resume = ["pretrain", "--corpus", str(corpus), "--out", str(tmp_path / "random"), "--resume"]
+    assert main([*resume, "--init-decoder-bias", "corpus"]) != 0
+    assert "with --init-decoder-bias corpus: the run started with random; drop the option" in caplog.text

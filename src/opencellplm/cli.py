@@ -203,7 +203,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from . import configs
     from .train import pretrain
-    from .train.pretrain import recorded_settings
+    from .train.pretrain import decoder_bias_from_corpus, recorded_init, recorded_settings
 
     overrides = {"steps": args.steps, "seed": args.seed, "precision": args.precision}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -224,7 +224,17 @@ def _pretrain(args: argparse.Namespace) -> int:
     else:
         model, train = configs.load(args.config)
         train = replace(train, **overrides)
-    pretrain(args.corpus, args.out, model=model, train=train, resume=args.resume, device=args.device)
+    bias_from_corpus = args.init_decoder_bias != "random"
+    if args.resume:  # the start the run had (recorded by its fingerprint)
+        started = "corpus" if "decoder_bias_sha256" in recorded_init(args.out) else "random"
+        if args.init_decoder_bias not in (None, started):
+            raise ConfigError(
+                f"cannot resume {args.out} with --init-decoder-bias {args.init_decoder_bias}: the run started with "
+                f"{started}; drop the option"
+            )
+        bias_from_corpus = started == "corpus"
+    bias = decoder_bias_from_corpus(args.corpus, seed=train.seed) if bias_from_corpus else None
+    pretrain(args.corpus, args.out, model=model, train=train, resume=args.resume, device=args.device, decoder_bias=bias)
     return 0
 
 
@@ -709,6 +719,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="override the configuration's seed")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="override the configuration's precision")
     p.add_argument("--device", help="torch device (default: this process's GPU if any, else cpu)")
+    p.add_argument(
+        "--init-decoder-bias",
+        choices=["corpus", "random"],
+        help="start the NB decoder's output bias at the log of the corpus's mean gene shares ('corpus', the default "
+        "of a new run) or at random (the official initialisation); a resumed run keeps its own",
+    )
     p.set_defaults(run=_pretrain)
 
     annotate = commands.add_parser(

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from .._files import cannot_write, refuse_inputs
+from .._files import cannot_write, json_object, refuse_inputs
 from ..config import ConfigError, MaskingConfig, ModelConfig, TrainConfig
 from ..data.corpus import Corpus
 from ..io import save_checkpoint
@@ -291,6 +291,16 @@ def recorded_settings(out: str | Path) -> tuple[dict[str, Any], TrainConfig]:
         return dict(saved["model"]), TrainConfig.from_dict(saved["train"])
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ConfigError(f"{path}: not the settings of a run ({type(err).__name__}: {err})") from None
+
+
+def recorded_init(out: str | Path) -> dict[str, str]:
+    """The fingerprints of the tables the run in ``out`` started from (``gene_embedding_sha256``,
+    ``decoder_bias_sha256``; empty when it started at random)."""
+    path = Path(out) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{out} holds no run to resume: {path.name} not found")
+    init = (json_object(path) or {}).get("init")
+    return dict(init) if isinstance(init, dict) else {}
 
 
 def gene_embedding_from_pca(corpus_dir: str | Path, dim: int, *, max_cells: int = 50_000, seed: int = 0) -> np.ndarray:
