@@ -33,6 +33,12 @@ def test_shipped_model_loads_by_name_and_records_its_recipe():
     assert not held_out & corpus and set(data["held_out_for_evaluation"]) == held_out
     assert model.config.positional_encoding == "sinusoidal"
     assert "CD3E" in model.genes  # upper-cased symbols
+    from opencellplm.data.genes import is_control_probe
+
+    assert not [g for g in model.genes if is_control_probe(g)]  # MERFISH Blank- probes are not genes
+    # the decoder that does not collapse: a cell-set norm in its blocks, its bias started at the corpus's profile
+    assert model.config.decoder.block_norm == "cellset_keep_mean" and meta["decoder_bias_init"] == "corpus"
+    assert meta["step"] > curve[0]["step"]  # chosen after the first evaluation: pretraining improved on it
 
 
 def test_shipped_model_embeds_cells():
