@@ -351,3 +351,25 @@ def test_the_spatial_map_shows_the_held_out_gene_measured_in_the_most_cells():
     assert cells[result.example["gene"]] > 1
     measured = spatial[:, result.example["gene"]].X.toarray().ravel()
     np.testing.assert_array_equal(result.example["truth"], measured)
+
+
+def test_the_merfish_pair_leaves_the_panels_control_probes_out(monkeypatch):
+    """Control probes are not genes: never imputed, never scored (the retrained vocabulary has none)."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from opencellplm import datasets
+    from opencellplm.benchmark.tasks import merfish_pair
+
+    rng = np.random.default_rng(0)
+    genes = [f"GENE{i}" for i in range(30)] + ["Blank-1", "BLANK-0310", "Blank-7"]
+    merfish = ad.AnnData(
+        rng.poisson(3.0, size=(90, len(genes))).astype(np.float32),
+        obs=pd.DataFrame({"sample": np.repeat(["sample_1", "sample_2", "sample_3"], 30)}),
+        var=pd.DataFrame(index=genes),
+    )
+    monkeypatch.setattr(datasets, "merfish_u2os", lambda: merfish)
+    pair = merfish_pair()
+    for part in ("spatial", "reference"):
+        assert pair[part].n_vars > 0 and not [g for g in pair[part].var_names if "lank" in g.lower()]

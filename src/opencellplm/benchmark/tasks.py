@@ -318,10 +318,12 @@ def bdtnp_pair(max_cells: int | None = None) -> dict[str, Any]:
 
 def merfish_pair(max_cells: int | None = None, n_genes: int = 2000) -> dict[str, Any]:
     """MERFISH U-2 OS: sample 1 as the spatial data, samples 2-3 as the reference, raw counts of the ``n_genes``
-    most variable genes of the reference (expressed in both). ``max_cells``: a seeded subset of each."""
+    most variable genes of the reference (expressed in both; the panel's control probes left out). ``max_cells``: a
+    seeded subset of each."""
     import scanpy as sc
 
     from .. import datasets
+    from ..data.genes import is_control_probe
 
     merfish = datasets.merfish_u2os()
     spatial = merfish[merfish.obs["sample"] == "sample_1"].copy()
@@ -329,6 +331,7 @@ def merfish_pair(max_cells: int | None = None, n_genes: int = 2000) -> dict[str,
     spatial = _subset(spatial, max_cells)
     reference = _subset(reference, max_cells)
     expressed = (np.asarray((spatial.X > 0).sum(0)).ravel() > 0) & (np.asarray((reference.X > 0).sum(0)).ravel() > 0)
+    expressed &= ~np.array([is_control_probe(g) for g in merfish.var_names])  # Blank- probes are not genes
     spatial, reference = spatial[:, expressed].copy(), reference[:, expressed].copy()
     log = reference.copy()
     sc.pp.normalize_total(log, target_sum=1e4)
