@@ -172,6 +172,11 @@ def main() -> int:
         "decoder; 'small' uses 'cellset')",
     )
     parser.add_argument(
+        "--keep-control-probes",
+        action="store_true",
+        help="keep the MERFISH Blank- control probes in the corpus and vocabulary, as the first recipes did",
+    )
+    parser.add_argument(
         "--input-scaling",
         choices=["log1p", "log1p_cp10k"],
         help="override the configuration's input scaling (log1p of raw counts, or of counts per 10k)",
@@ -219,7 +224,13 @@ def main() -> int:
         files.append(work / "data" / f"{name}.h5ad")
     if not (args.resume and (work / "corpus" / "manifest.json").exists()):
         prepare_corpus(
-            files, work / "corpus", sample_key="sample", max_cells=MAX_CELLS, shard_cells=5000, overwrite=True
+            files,
+            work / "corpus",
+            sample_key="sample",
+            max_cells=MAX_CELLS,
+            shard_cells=5000,
+            overwrite=True,
+            keep_control_probes=args.keep_control_probes,
         )
 
     model, train = configs.load("small")

@@ -227,3 +227,11 @@ def test_the_cell_type_mean_reference_knows_the_two_kinds_of_cells(cells):
     assert reference.gene_r > 0.5 > blind.gene_r  # the marker genes follow the kind
     assert reference.spread_observed == pytest.approx(blind.spread_observed)  # the same cells and genes
     assert reference.spread_ratio < 10 < blind.spread_ratio
+
+
+def test_a_corpus_of_an_earlier_version_can_keep_its_control_probes(tmp_path):
+    genes = ["GAPDH", "Blank-1", "ACTB"]
+    x = np.array([[3, 1, 2], [0, 2, 1]], dtype=np.float32)
+    ad.AnnData(x, var=pd.DataFrame(index=genes)).write_h5ad(tmp_path / "panel.h5ad")
+    prepare_corpus([tmp_path / "panel.h5ad"], tmp_path / "corpus", max_cells=10, keep_control_probes=True)
+    assert (tmp_path / "corpus" / "genes.txt").read_text().split() == genes

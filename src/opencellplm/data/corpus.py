@@ -92,6 +92,7 @@ def prepare_corpus(
     shard_cells: int = 100_000,
     seed: int = 0,
     overwrite: bool = False,
+    keep_control_probes: bool = False,
 ) -> Path:
     """Write a corpus directory from h5ad files; returns the path of its manifest.
 
@@ -115,6 +116,9 @@ def prepare_corpus(
     overwrite
         Replace ``out`` if it is a corpus this package wrote that holds nothing else (never a folder
         with other files, nor one holding an input).
+    keep_control_probes
+        Keep imaging panels' control probes as if they were genes (:func:`~opencellplm.data.genes.is_control_probe`;
+        by default they are left out: they measure background). Only to rebuild a corpus of an earlier version.
     """
     files = [Path(f) for f in files]
     if not files:
@@ -136,7 +140,7 @@ def prepare_corpus(
                     unstorable = gene_list_problems([str(g) for g in adata.var_names], first_line=0)
                     if unstorable:
                         problems.append("var_names: " + "; ".join(unstorable[:3]).replace("line", "gene"))
-                if adata.n_vars and all(is_control_probe(g) for g in adata.var_names):
+                if not keep_control_probes and adata.n_vars and all(is_control_probe(g) for g in adata.var_names):
                     problems.append(
                         f"every gene is a control probe (e.g. {list(adata.var_names[:2])}), which the corpus leaves out"
                     )
@@ -150,7 +154,9 @@ def prepare_corpus(
 
         manifest = write_directory(
             out,
-            lambda folder: _write_corpus(files, folder, settings, batch_key, max_cells, shard_cells, seed),
+            lambda folder: _write_corpus(
+                files, folder, settings, batch_key, max_cells, shard_cells, seed, keep_control_probes
+            ),
             **target,
         )
     logger.info(
@@ -184,6 +190,7 @@ def _write_corpus(
     max_cells: int,
     shard_cells: int,
     seed: int,
+    keep_control_probes: bool = False,
 ) -> dict[str, Any]:
     (out / "shards").mkdir()
     (out / "datasets").mkdir()
@@ -195,7 +202,9 @@ def _write_corpus(
         with open_h5ad(path) as adata:
             report = validate(adata, require_counts=True, **settings)
             all_genes = [str(g) for g in adata.var_names]
-            columns = np.array([i for i, g in enumerate(all_genes) if not is_control_probe(g)], dtype=np.int64)
+            columns = np.array(
+                [i for i, g in enumerate(all_genes) if keep_control_probes or not is_control_probe(g)], dtype=np.int64
+            )
             genes = [all_genes[i] for i in columns]  # control probes measure background: not in the vocabulary
             if len(genes) < len(all_genes):
                 logger.info("%s: %d control probes left out", path.name, len(all_genes) - len(genes))
