@@ -75,18 +75,24 @@ class GMVAELatent(nn.Module):
         hard = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
         return (hard - soft).detach() + soft  # straight-through, as the official eval computes it
 
+    def gaussians(
+        self, h: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(z_mean, z_var, prior_mean, prior_var)``, each (N, D) in float32, of cells ``h`` given components ``y``."""
+        a = F.relu(self.hidden(torch.cat([h, y], dim=1)))  # (N, hidden)
+        z_mean, z_var = self.z_mean(a).float(), F.softplus(self.z_var(a).float())
+        return z_mean, z_var, self.prior_mean(y).float(), F.softplus(self.prior_var(y).float())
+
     def forward(self, h: torch.Tensor, *, official: bool = False, noise: GMVAENoise | None = None) -> LatentOutput:
         logits = self.cluster_logits(h).float()  # (N, K); densities and losses in float32 under autocast
         y = self._cluster(logits, official, noise)  # (N, K)
-        a = F.relu(self.hidden(torch.cat([h, y], dim=1)))  # (N, hidden)
-        z_mean, z_var = self.z_mean(a).float(), F.softplus(self.z_var(a).float())  # (N, D) each
+        z_mean, z_var, prior_mean, prior_var = self.gaussians(h, y)
         if self.training or official:
             eps = torch.randn_like(z_mean) if noise is None else noise.gaussian_eps.to(z_mean)
             _check_noise_shape("gaussian_eps", eps, z_mean)
             z = z_mean + eps * torch.sqrt(z_var + REPARAM_EPS)
         else:
             z = z_mean
-        prior_mean, prior_var = self.prior_mean(y).float(), F.softplus(self.prior_var(y).float())
         loss = gmvae_loss(z, z_mean, z_var, prior_mean, prior_var, logits, self.config)
         embedding = z if self.training else z_mean
         return LatentOutput(embedding=embedding, loss=loss, cluster_logits=logits, cluster=y)

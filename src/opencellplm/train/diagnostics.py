@@ -171,23 +171,17 @@ class LatentUsage:
 
 
 def _posterior(module, batch: CellBatch) -> dict[str, torch.Tensor]:
-    """The latent layer's posterior mean and variance (and prior variance and component probabilities for the
-    GMVAE) in eval mode."""
+    """The latent layer's posterior mean and variance (and the prior and the component probabilities of the GMVAE),
+    in eval mode: the most likely component of each cell."""
     h = module.embedder(batch.counts, batch.gene_index, batch.coords)
     h = module.pre_latent_norm(module.encoder(h))
     latent = module.latent
-    if not hasattr(latent, "cluster_logits"):  # the linear 'ae' latent: no noise, no prior
+    if not hasattr(latent, "gaussians"):  # the linear 'ae' latent: no noise, no prior
         return {"mean": latent(h).embedding.float()}
     logits = latent.cluster_logits(h).float()
     y = F.one_hot(logits.argmax(-1), logits.shape[-1]).to(h.dtype)
-    a = F.relu(latent.hidden(torch.cat([h, y], dim=1)))
-    return {
-        "mean": latent.z_mean(a).float(),
-        "var": F.softplus(latent.z_var(a).float()),
-        "prior_mean": latent.prior_mean(y).float(),
-        "prior_var": F.softplus(latent.prior_var(y).float()),
-        "prob": F.softmax(logits, dim=-1),
-    }
+    mean, var, prior_mean, prior_var = latent.gaussians(h, y)
+    return {"mean": mean, "var": var, "prior_mean": prior_mean, "prior_var": prior_var, "prob": F.softmax(logits, -1)}
 
 
 @torch.no_grad()
