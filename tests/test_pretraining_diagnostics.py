@@ -120,6 +120,8 @@ def test_a_run_keeps_the_weights_of_every_evaluated_step_from_the_start(tmp_path
     assert not torch.equal(first.module.decoder.mean.weight, last.module.decoder.mean.weight)
     without = pretrain(tmp_path / "corpus", tmp_path / "plain", model=model, train=train)
     assert without["steps"] == 4 and not (tmp_path / "plain" / "steps").exists()
+    with pytest.raises(ValueError, match=r"decoder_bias has shape \(3,\), the model needs \(20,\)"):
+        pretrain(tmp_path / "corpus", tmp_path / "bad", model=model, train=train, decoder_bias=np.zeros(3))
 
 
 # ------------------------------------------------------------------------------------------------ the fix
