@@ -153,10 +153,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--init-gene-embedding",
-        choices=["random", "pca"],
-        default="pca",
-        help="start the gene embeddings at random, or (the default) at the corpus's principal axes "
-        "(gene_embedding_from_pca)",
+        choices=["random", "pca", "pca_balanced"],
+        default="pca_balanced",
+        help="start the gene embeddings at random; at the corpus's pooled principal axes ('pca', the first "
+        "cellplm-small's start); or (the default) at the principal axes within data sets, every data set weighing "
+        "alike (gene_embedding_from_pca(balance_datasets=True))",
     )
     parser.add_argument(
         "--init-decoder-bias",
@@ -258,8 +259,13 @@ def main() -> int:
         select = "val_label_agreement" if args.select_by == "labels" else "val_agreement"
         probe = NeighbourhoodProbe.from_adatas(probe_data, labels_key="cell_type", select=select)
     table = None
-    if args.init_gene_embedding == "pca":
-        table = gene_embedding_from_pca(work / "corpus", int(model.get("hidden_dim", 1024)), seed=train.seed)
+    if args.init_gene_embedding != "random":
+        table = gene_embedding_from_pca(
+            work / "corpus",
+            int(model.get("hidden_dim", 1024)),
+            seed=train.seed,
+            balance_datasets=args.init_gene_embedding == "pca_balanced",
+        )
     bias = decoder_bias_from_corpus(work / "corpus", seed=train.seed) if args.init_decoder_bias == "corpus" else None
     summary = finished_run(run, model, train) if args.resume else None
     if summary is None:

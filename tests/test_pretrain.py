@@ -430,6 +430,39 @@ def test_a_gene_embedding_table_from_the_corpus_pca_starts_the_run_and_is_part_o
         pretrain(corpus, tmp_path / "run2", model=model, train=train, gene_embedding=table[:, :8])
 
 
+def test_balanced_pca_start_gives_a_small_data_sets_cell_types_an_axis_that_the_pooled_one_spends_elsewhere(tmp_path):
+    from opencellplm.train.pretrain import gene_embedding_from_pca
+
+    # A large data set whose two cell types differ in genes G0-G4, and a small one (20 cells, another depth)
+    # whose two types differ in genes G5-G9: the pooled, uncentred axes go to the mean, to the depth gap between
+    # the data sets and to the large set's types; the balanced axes (within data sets, equal weight) keep both.
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (n_cells, markers, depth) in enumerate([(400, range(0, 5), 20), (20, range(5, 10), 200)]):
+        mean = np.full((n_cells, 20), float(depth))
+        mean[: n_cells // 2, list(markers)] *= 8
+        counts = rng.poisson(mean).astype(np.float32)
+        logs = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)
+        axis = logs[: n_cells // 2].mean(0) - logs[n_cells // 2 :].mean(0)  # the types' difference, as PCA sees it
+        adata = ad.AnnData(counts)
+        adata.var_names = [f"G{j}" for j in range(20)]
+        adata.obs_names = [f"d{i}_{j}" for j in range(n_cells)]
+        adata.write_h5ad(tmp_path / f"{i}.h5ad")
+        paths.append(tmp_path / f"{i}.h5ad")
+    prepare_corpus(paths, tmp_path / "corpus", max_cells=50, shard_cells=100)
+
+    def share_of_small_sets_axis(table):  # how much of the small set's type difference the table's columns span
+        basis, _ = np.linalg.qr(table.astype(np.float64))
+        return float(np.linalg.norm(basis.T @ axis) / np.linalg.norm(axis))
+
+    pooled = gene_embedding_from_pca(tmp_path / "corpus", 2)
+    balanced = gene_embedding_from_pca(tmp_path / "corpus", 2, balance_datasets=True)
+    assert balanced.shape == (20, 2) and np.isclose(balanced.std(), 0.005)
+    assert share_of_small_sets_axis(balanced) > 0.99 and share_of_small_sets_axis(pooled) < 0.7  # 1.00 and 0.58
+    again = gene_embedding_from_pca(tmp_path / "corpus", 2, balance_datasets=True)
+    np.testing.assert_array_equal(again, balanced)  # seeded: the same table, signs included
+
+
 def test_resume_takes_the_recorded_settings_and_refuses_a_different_one(corpus, tmp_path, caplog):
     from opencellplm.cli import main
 

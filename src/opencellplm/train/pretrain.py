@@ -303,37 +303,87 @@ def recorded_init(out: str | Path) -> dict[str, str]:
     return dict(init) if isinstance(init, dict) else {}
 
 
-def gene_embedding_from_pca(corpus_dir: str | Path, dim: int, *, max_cells: int = 50_000, seed: int = 0) -> np.ndarray:
+def gene_embedding_from_pca(
+    corpus_dir: str | Path, dim: int, *, max_cells: int = 50_000, seed: int = 0, balance_datasets: bool = False
+) -> np.ndarray:
     """A (vocabulary, ``dim``) gene-embedding table from the corpus: the top ``dim`` right singular vectors of
     its log1p counts per 10,000 (randomized SVD of up to ``max_cells`` cells), scaled to the random
     initialisation's standard deviation (0.005).
 
     With ``input_scaling="log1p_cp10k"`` a cell's gene sum then starts as its projection on the corpus's
     principal axes: the standard PCA view of the cells, which pretraining refines instead of rediscovering.
-    """
-    from sklearn.utils.extmath import randomized_svd
 
+    ``balance_datasets``: centre each data set's cells on that data set's mean and give every data set the same
+    total weight (its rows scaled by ``1 / sqrt(its cells)``). Pooled and uncentred (the default, the first
+    ``cellplm-small``'s start), the axes spend themselves on the mean, on how data sets differ from each other and
+    on the largest data sets: on the recipe's corpus (pancreas 4% of the cells, blood 36%), a linear projection on
+    the pooled axes clusters a held-out pancreas donor at ARI 0.60 against 0.70 on the balanced ones, Baron human
+    0.41 against 0.59, PBMC 68k 0.61 on both (best Leiden ARI; own-data PCA: 0.87, 0.83-0.89, 0.53).
+    """
     corpus = Corpus(corpus_dir)
+    n_genes = len(corpus.vocabulary)
     rng = np.random.default_rng(seed)
     refs = [(shard, position) for shard, info in enumerate(corpus.shards) for position in range(info["n_sets"])]
-    rows, total = [], 0
+    rows, sources, total = [], [], 0
     for index in rng.permutation(len(refs)):
         batch = corpus.cell_set(*refs[index])  # CSR counts over the set's genes; gene_index: their vocabulary rows
         csr = batch.counts
         columns = batch.gene_index.numpy()[csr.col_indices().numpy()]
         x = sp.csr_matrix(
             (csr.values().numpy().astype(np.float64), columns, csr.crow_indices().numpy()),
-            shape=(csr.shape[0], len(corpus.vocabulary)),
+            shape=(csr.shape[0], n_genes),
         )
         x = sp.diags(1e4 / np.maximum(np.asarray(x.sum(1)).ravel(), 1.0)) @ x
         x.data = np.log1p(x.data)
         rows.append(x)
+        sources.append(batch.dataset.numpy())
         total += x.shape[0]
         if total >= max_cells:
             break
-    _, _, vt = randomized_svd(sp.vstack(rows).tocsr(), dim, random_state=seed)
+    x = sp.vstack(rows).tocsr()
+    if balance_datasets:
+        _, group = np.unique(np.concatenate(sources), return_inverse=True)
+        vt = _top_axes_within_groups(x, group, dim, seed=seed)
+    else:
+        from sklearn.utils.extmath import randomized_svd
+
+        _, _, vt = randomized_svd(x, dim, random_state=seed)
     table = vt.T.astype(np.float32)
     return table * (0.005 / table.std())
+
+
+def _top_axes_within_groups(
+    x: sp.csr_matrix, group: np.ndarray, k: int, *, seed: int, n_iter: int = 7, oversample: int = 10
+) -> np.ndarray:
+    """The top ``k`` right singular vectors (k, genes) of ``A = W (x - means[group])``: every row centred on its
+    group's mean, group ``j``'s rows weighted ``1 / sqrt(n_j)`` so that groups weigh alike.
+
+    A randomized SVD (Halko, Martinsson and Tropp 2011, with power iterations) that never forms ``A``: centring
+    would make the sparse ``x`` dense (50,000 cells x 20,000 genes: 4 GB in float32).
+    """
+    n_groups = int(group.max()) + 1
+    sizes = np.bincount(group, minlength=n_groups).astype(np.float64)
+    members = sp.csr_matrix((np.ones(len(group)), (group, np.arange(len(group)))), shape=(n_groups, len(group)))
+    means = (sp.diags(1.0 / sizes) @ members @ x).toarray()  # (groups, genes)
+    weight = (1.0 / np.sqrt(sizes))[group][:, None]
+
+    def times(v: np.ndarray) -> np.ndarray:  # A @ v
+        return weight * (x @ v - (means @ v)[group])
+
+    def transposed_times(u: np.ndarray) -> np.ndarray:  # A.T @ u
+        weighted = weight * u
+        per_group = np.zeros((n_groups, u.shape[1]))
+        np.add.at(per_group, group, weighted)
+        return x.T @ weighted - means.T @ per_group
+
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(times(rng.standard_normal((x.shape[1], min(k + oversample, *x.shape)))))
+    for _ in range(n_iter):
+        z, _ = np.linalg.qr(transposed_times(q))
+        q, _ = np.linalg.qr(times(z))
+    _, _, vt = np.linalg.svd(transposed_times(q).T, full_matrices=False)
+    vt = vt[:k]
+    return vt * np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])[:, None]  # a sign that does not depend on BLAS
 
 
 def decoder_bias_from_corpus(corpus_dir: str | Path, *, max_cells: int = 50_000, seed: int = 0) -> np.ndarray:
