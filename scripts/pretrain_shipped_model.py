@@ -189,6 +189,12 @@ def main() -> int:
         help="augmentation by binomial thinning: share of each set's cells given a new, lower depth "
         f"(masking.thin_rate; default {THIN_RATE})",
     )
+    parser.add_argument(
+        "--encoder-lr-ratio",
+        type=float,
+        help="learning rate of everything but the NB decoder as a share of the run's (train.encoder_lr_ratio; "
+        "default 1)",
+    )
     parser.add_argument("--mask-gene-rate", type=float, help="override masking.gene_rate")
     parser.add_argument("--mask-cell-rate", type=float, help="override masking.cell_rate")
     parser.add_argument("--n-clusters", type=int, help="override the mixture prior's number of components")
@@ -246,6 +252,8 @@ def main() -> int:
         model["decoder"] = model.get("decoder", {}) | {"block_norm": block_norm}
     if args.steps:
         train = replace(train, steps=args.steps)
+    if args.encoder_lr_ratio is not None:
+        train = replace(train, encoder_lr_ratio=args.encoder_lr_ratio)
     run = work / "run"
     if run.exists() and not args.resume:
         remove_earlier_run(run)

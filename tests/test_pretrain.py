@@ -463,6 +463,20 @@ def test_balanced_pca_start_gives_a_small_data_sets_cell_types_an_axis_that_the_
     np.testing.assert_array_equal(again, balanced)  # seeded: the same table, signs included
 
 
+def test_encoder_lr_ratio_trains_all_but_the_decoder_at_that_share_of_the_rate(corpus, tmp_path):
+    model, train = configs.load(_config_file(tmp_path / "cfg.json", steps=2))
+    pretrain(corpus, tmp_path / "run", model=model, train=replace(train, encoder_lr_ratio=0.25))
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    groups = {g["name"]: g for g in state["optimizer"]["param_groups"]}
+    assert set(groups) == {"decoder", "decoder (no decay)", "encoder", "encoder (no decay)"}
+    assert groups["encoder"]["lr"] == pytest.approx(0.25 * groups["decoder"]["lr"]) and groups["decoder"]["lr"] > 0
+    names = [name for name, _ in CellPLM.from_pretrained(tmp_path / "run" / "model").module.named_parameters()]
+    n_decoder = sum(name.startswith("decoder.") for name in names)
+    assert len(groups["decoder"]["params"]) + len(groups["decoder (no decay)"]["params"]) == n_decoder
+    with pytest.raises(ConfigError, match=r"train.encoder_lr_ratio must be in \[0, 1\], got 2"):
+        TrainConfig(encoder_lr_ratio=2)
+
+
 def test_resume_takes_the_recorded_settings_and_refuses_a_different_one(corpus, tmp_path, caplog):
     from opencellplm.cli import main
 

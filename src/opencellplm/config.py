@@ -368,6 +368,9 @@ class TrainConfig:
         Sets are shuffled within windows of this many shards (bounds the shards read per step).
     seed
         Seeds the data order, validation split, initialisation, masks and dropout.
+    encoder_lr_ratio
+        Pretraining: the learning rate of everything but the NB decoder (gene embeddings, encoder, latent), as a
+        share of ``lr``; below 1 the encoder stays nearer its start (e.g. the corpus PCA) while the decoder learns.
     """
 
     steps: int = 1000
@@ -385,6 +388,7 @@ class TrainConfig:
     precision: Precision = "auto"
     shuffle_window: int = 8
     seed: int = 0
+    encoder_lr_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "sets_per_step", "eval_every", "checkpoint_every", "log_every", "shuffle_window"):
@@ -399,6 +403,7 @@ class TrainConfig:
         _check_number("train.grad_clip", self.grad_clip, minimum=0.0)
         _check_rate("train.val_fraction", self.val_fraction)
         _check_choice("train.precision", self.precision, get_args(Precision))
+        _check_rate("train.encoder_lr_ratio", self.encoder_lr_ratio, upper_inclusive=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

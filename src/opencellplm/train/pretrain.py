@@ -39,6 +39,7 @@ from .trainer import (
     Autocast,
     Distributed,
     Objective,
+    ParamGroup,
     Trainer,
     check_run_folder,
     unwrap,
@@ -123,6 +124,16 @@ class PretrainObjective(Objective):
 
     def global_batch(self, step: int) -> list[SetRef]:
         return self.plan.global_batch(step)
+
+    def param_groups(self, module: nn.Module) -> list[ParamGroup]:
+        """One group at the run's rate; with ``train.encoder_lr_ratio < 1``, the NB decoder at the run's rate and
+        the rest at that share of it."""
+        if self.train.encoder_lr_ratio == 1.0:
+            return super().param_groups(module)
+        named = list(module.named_parameters())
+        decoder = [p for name, p in named if name.startswith("decoder.")]
+        encoder = [p for name, p in named if not name.startswith("decoder.")]
+        return [ParamGroup("decoder", decoder), ParamGroup("encoder", encoder, self.train.encoder_lr_ratio)]
 
     def loss(self, model: nn.Module, item: SetRef, device: torch.device, autocast: Autocast) -> tuple[LossOutput, int]:
         batch = self.corpus.cell_set(*item).to(device)
