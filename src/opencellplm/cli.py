@@ -136,7 +136,11 @@ def _validate(args: argparse.Namespace) -> int:
             from .model import CellPLM
 
             model = CellPLM.from_pretrained(args.checkpoint)
-            vocabulary = {"vocabulary": model.genes, "gene_id_rule": model.gene_id_rule}
+            vocabulary = {
+                "vocabulary": model.genes,
+                "gene_id_rule": model.gene_id_rule,
+                "gene_aliases": model.gene_aliases,
+            }
         report = validate(
             adata,
             layer=args.layer,

@@ -4,13 +4,18 @@ A vocabulary carries a *gene id rule*, recorded with its checkpoint, that says h
 normalised before matching: ``"exact"`` (as given; the official checkpoints) or ``"upper"``
 (upper-cased; vocabularies of symbols built from human and mouse data, where mouse ``Cd3e`` meets
 human ``CD3E``). Inference applies the checkpoint's rule, as the corpus that trained it did.
+
+A checkpoint may also carry *gene aliases*: normalised input id -> vocabulary id, applied after the rule (e.g.
+mouse ``Ins1`` and ``Ins2``, upper-cased, -> human ``INS``: the orthologs its corpus was mapped with, see
+:mod:`opencellplm.data.orthologs`). An alias never names a vocabulary id, so ids already in the vocabulary
+match as they would without aliases.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,13 +48,32 @@ def is_control_probe(gene: str) -> bool:
     return str(gene).lower().startswith(CONTROL_PROBE_PREFIXES)
 
 
-def normalise_gene_ids(genes: Sequence[str], rule: GeneIdRule) -> list[str]:
-    """``genes`` as the vocabulary of a checkpoint with ``rule`` sees them."""
+def normalise_gene_ids(genes: Sequence[str], rule: GeneIdRule, aliases: Mapping[str, str] | None = None) -> list[str]:
+    """``genes`` as the vocabulary of a checkpoint with ``rule`` (and gene ``aliases``) sees them."""
     if rule == "exact":
-        return [str(g) for g in genes]
-    if rule == "upper":
-        return [str(g).upper() for g in genes]
-    raise ValueError(f"unknown gene id rule {rule!r}; known: {list(GENE_ID_RULES)}")
+        ids = [str(g) for g in genes]
+    elif rule == "upper":
+        ids = [str(g).upper() for g in genes]
+    else:
+        raise ValueError(f"unknown gene id rule {rule!r}; known: {list(GENE_ID_RULES)}")
+    return [aliases.get(g, g) for g in ids] if aliases else ids
+
+
+def alias_problems(aliases: Mapping[str, str], vocabulary: Collection[str]) -> list[str]:
+    """Why ``aliases`` (input id -> vocabulary id) cannot go with ``vocabulary``: ids that are not non-blank
+    strings without whitespace, targets outside the vocabulary, and input ids that are vocabulary ids (an alias
+    would hide that gene)."""
+    known = vocabulary if isinstance(vocabulary, (set, frozenset)) else set(vocabulary)
+    problems = []
+    for source, target in aliases.items():
+        pair = f"{source!r} -> {target!r}"
+        if not all(isinstance(g, str) and g.strip() and g == "".join(g.split()) for g in (source, target)):
+            problems.append(f"{pair}: ids must be non-blank strings without whitespace")
+        elif target not in known:
+            problems.append(f"{pair}: {target!r} is not in the vocabulary")
+        elif source in known:
+            problems.append(f"{pair}: {source!r} is itself in the vocabulary, and an alias would hide it")
+    return problems
 
 
 def gene_list_problems(genes: Sequence[str], *, first_line: int = 1) -> list[str]:
@@ -107,6 +131,8 @@ class GeneAlignment:
         What looks wrong but does not stop the work (low overlap).
     rule
         How the input ids were normalised before matching.
+    n_via_aliases
+        Matched columns whose id reached the vocabulary through the checkpoint's gene aliases (orthologs).
     """
 
     columns: np.ndarray
@@ -115,6 +141,7 @@ class GeneAlignment:
     n_vocabulary: int
     warnings: tuple[str, ...] = ()
     rule: GeneIdRule = "exact"
+    n_via_aliases: int = 0
 
     @property
     def n_matched(self) -> int:
@@ -131,9 +158,15 @@ def _looks_like_ensembl(genes: Sequence[str]) -> bool:
 
 
 def align_genes(
-    input_genes: Sequence[str], vocabulary: Sequence[str], *, source: str = "var_names", rule: GeneIdRule = "exact"
+    input_genes: Sequence[str],
+    vocabulary: Sequence[str],
+    *,
+    source: str = "var_names",
+    rule: GeneIdRule = "exact",
+    aliases: Mapping[str, str] | None = None,
 ) -> GeneAlignment:
-    """Match ``input_genes``, normalised by ``rule``, to ``vocabulary`` by id.
+    """Match ``input_genes``, normalised by ``rule`` then ``aliases`` (normalised id -> vocabulary id), to
+    ``vocabulary`` by id.
 
     Raises
     ------
@@ -142,9 +175,12 @@ def align_genes(
         Fewer than half matching is reported in ``warnings`` of the result.
     """
     input_genes = normalise_gene_ids(input_genes, rule)
+    aliased = np.array([g in aliases for g in input_genes], dtype=bool) if aliases else None
+    input_genes = normalise_gene_ids(input_genes, "exact", aliases)
     position = {g: i for i, g in enumerate(vocabulary)}
     columns = np.array([j for j, g in enumerate(input_genes) if g in position], dtype=np.int64)
     gene_index = np.array([position[input_genes[j]] for j in columns], dtype=np.int64)
+    n_via_aliases = 0 if aliased is None else int(aliased[columns].sum())
     n_matched = len(columns)
     if n_matched == 0:
         hint = case_hint(input_genes, vocabulary)
@@ -169,19 +205,22 @@ def align_genes(
             f"the rest are ignored.{case_hint(input_genes, vocabulary)}"
         )
     repeated = [g for g, n in Counter(input_genes[j] for j in columns).items() if n > 1]
-    if repeated and rule != "exact":
+    if repeated and (rule != "exact" or aliases):
+        how = " and the checkpoint's gene aliases" if aliases else ""
         notes.append(
             f"{len(repeated)} vocabulary gene(s) are matched by several input genes once ids are normalised "
-            f"({rule}), e.g. {repeated[:5]}; each column is embedded separately (sum them first to merge them)"
+            f"({rule}{how}), e.g. {repeated[:5]}; each column is embedded separately (sum them first to merge "
+            "them)"
         )
     notes = tuple(notes)
-    alignment = GeneAlignment(columns, gene_index, len(input_genes), len(position), notes, rule)
+    alignment = GeneAlignment(columns, gene_index, len(input_genes), len(position), notes, rule, n_via_aliases)
     logger.info(
-        "%d of %d input genes (%.1f%%) are in the vocabulary of %d genes",
+        "%d of %d input genes (%.1f%%) are in the vocabulary of %d genes%s",
         n_matched,
         alignment.n_input,
         100 * share,
         alignment.n_vocabulary,
+        f" ({n_via_aliases} through the checkpoint's gene aliases)" if aliases else "",
     )
     return alignment
 

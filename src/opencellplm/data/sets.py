@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -101,8 +101,8 @@ class CellSets:
         Raw counts; in memory, backed, or opened with :func:`~opencellplm.data.open_h5ad`.
     spec
         Where the input is and how cells are grouped.
-    vocabulary, gene_id_rule
-        The model's genes and how input ids are normalised to match them.
+    vocabulary, gene_id_rule, gene_aliases
+        The model's genes and how input ids are normalised to match them (the rule, then the aliases).
     positional
         Whether the model encodes coordinates (they are then passed, scaled to [0, 1] per set).
     official_compat
@@ -130,6 +130,7 @@ class CellSets:
         *,
         vocabulary: Sequence[str],
         gene_id_rule: GeneIdRule = "exact",
+        gene_aliases: Mapping[str, str] | None = None,
         positional: bool = False,
         official_compat: bool = False,
         require_counts: bool = False,
@@ -147,6 +148,7 @@ class CellSets:
             gene_key=spec.gene_key,
             vocabulary=vocabulary,
             gene_id_rule=gene_id_rule,
+            gene_aliases=gene_aliases,
             require_counts=require_counts,
             allow_low_overlap=spec.allow_low_overlap,
         )

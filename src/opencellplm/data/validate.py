@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,6 +102,8 @@ class InputReport:
             a = self.alignment
             share = "" if self.share_of_counts is None else f", carrying {100 * self.share_of_counts:.1f}% of counts"
             rule = "" if a.rule == "exact" else f" (ids matched by the checkpoint's rule: {a.rule})"
+            if a.n_via_aliases:
+                rule += f"; {a.n_via_aliases:,} of them through the checkpoint's gene aliases (orthologs)"
             lines.append(
                 f"genes: {a.n_matched:,} of {a.n_input:,} ({100 * a.share_of_input:.1f}%) in the vocabulary "
                 f"of {a.n_vocabulary:,}{share}{rule}"
@@ -131,6 +133,7 @@ def validate(
     gene_key: str | None = None,
     vocabulary: Sequence[str] | None = None,
     gene_id_rule: GeneIdRule = "exact",
+    gene_aliases: Mapping[str, str] | None = None,
     require_counts: bool = False,
     allow_low_overlap: bool = False,
 ) -> InputReport:
@@ -152,6 +155,8 @@ def validate(
     gene_id_rule
         How the input ids are normalised before matching the vocabulary (the checkpoint's rule, see
         :mod:`opencellplm.data.genes`).
+    gene_aliases
+        The checkpoint's gene aliases (normalised input id -> vocabulary id), applied after the rule.
     require_counts
         Make non-integer values an error instead of a warning (tasks that model counts).
     allow_low_overlap
@@ -180,7 +185,7 @@ def validate(
         report.warnings.append(note)  # with a vocabulary, the alignment's warnings say it (and what it costs)
     if genes is not None and vocabulary is not None:
         try:
-            report.alignment = align_genes(genes, vocabulary, source=source, rule=gene_id_rule)
+            report.alignment = align_genes(genes, vocabulary, source=source, rule=gene_id_rule, aliases=gene_aliases)
             report.warnings += report.alignment.warnings
         except ValueError as err:
             report.errors.append(str(err))

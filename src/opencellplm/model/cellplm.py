@@ -17,7 +17,7 @@ from .._files import sha256_of
 from .._precision import Precision, autocast_dtype
 from .._threads import thread_settings
 from ..data.cellsets import Partition
-from ..data.genes import GENE_ID_RULES, GeneIdRule
+from ..data.genes import GENE_ID_RULES, GeneIdRule, alias_problems
 from ..data.output import write_result_copy
 from ..data.sets import CellSets, InputSpec
 from ..data.validate import InputReport, require_anndata, validate
@@ -41,7 +41,9 @@ class CellPLM:
         Gene ids, one per row of the gene embedding table.
     meta
         Provenance and metrics carried with the checkpoint; ``meta["gene_id_rule"]`` says how input
-        gene ids are normalised before matching ``genes`` (see :mod:`opencellplm.data.genes`).
+        gene ids are normalised before matching ``genes``, and the optional ``meta["gene_aliases"]``
+        (normalised input id -> vocabulary id, e.g. mouse symbols -> human orthologs) what they are then
+        mapped to (see :mod:`opencellplm.data.genes`; a checkpoint keeps them in ``gene_aliases.tsv``).
     source
         Where the weights were read from: ``name``, ``path`` and ``sha256`` of the weights file
         (recorded with every embedding). Set by the loaders.
@@ -70,6 +72,11 @@ class CellPLM:
         meta = dict(meta or {})
         if meta.get("gene_id_rule", "exact") not in GENE_ID_RULES:
             raise ValueError(f"meta['gene_id_rule'] is {meta['gene_id_rule']!r}; known rules: {list(GENE_ID_RULES)}")
+        aliases = meta.get("gene_aliases") or {}
+        problems = alias_problems(aliases, genes) if isinstance(aliases, dict) else ["it is not a dict"]
+        if problems:
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise ValueError("meta['gene_aliases'] cannot be used: " + "; ".join(problems[:5]) + more)
         self.device = _device(device)
         self.module = module.to(self.device).eval()
         self.genes = list(genes)
@@ -121,6 +128,12 @@ class CellPLM:
         """How input gene ids are normalised before matching :attr:`genes` (``"exact"`` or ``"upper"``)."""
         return self.meta.get("gene_id_rule", "exact")
 
+    @property
+    def gene_aliases(self) -> dict[str, str]:
+        """Input ids (after :attr:`gene_id_rule`) read as another vocabulary id, e.g. the mouse orthologs of the
+        corpus (``{"INS1": "INS"}``); empty for most checkpoints."""
+        return dict(self.meta.get("gene_aliases") or {})
+
     def __repr__(self) -> str:
         c = self.config
         return (
@@ -163,6 +176,7 @@ class CellPLM:
             gene_key=gene_key,
             vocabulary=self.genes,
             gene_id_rule=self.gene_id_rule,
+            gene_aliases=self.gene_aliases,
             require_counts=require_counts,
             allow_low_overlap=allow_low_overlap,
         )
@@ -313,6 +327,8 @@ class CellPLM:
             "n_cells_left_out": adata.n_obs - sets.n_cells,
             "threads": thread_settings(),
         }
+        if self.gene_aliases:  # checkpoints without aliases record what they always did
+            record["n_genes_matched_via_aliases"] = sets.report.alignment.n_via_aliases
         return out, record
 
     def cell_sets(self, adata: AnnData, spec: InputSpec, *, official_compat: bool = False, **options: Any) -> CellSets:
@@ -322,6 +338,7 @@ class CellPLM:
             spec,
             vocabulary=self.genes,
             gene_id_rule=self.gene_id_rule,
+            gene_aliases=self.gene_aliases,
             positional=self.config.positional_encoding != "none",
             official_compat=official_compat,
             **options,
