@@ -73,13 +73,26 @@ def test_aliases_travel_with_the_checkpoint_and_align_mouse_insulin_to_ins(tmp_p
     a = report.alignment
     assert [GENES[i] for i in a.gene_index] == ["INS", "INS", "CD3E", "ACTB", "CD8B1"] and a.n_via_aliases == 2
     assert "5 of 6 (83.3%) in the vocabulary" in report.to_text()
-    assert "2 of them through the checkpoint's gene aliases (orthologs)" in report.to_text()
+    assert "(ids matched by the checkpoint's rule: upper; 2 of them through the checkpoint's gene aliases)" in (
+        report.to_text()
+    )
     assert any("matched by several input genes" in w and "gene aliases" in w for w in report.warnings)
     cells = _mouse_cells()
     with pytest.warns(UserWarning, match="matched by several input genes"):
         model.embed(cells)
     assert np.isfinite(cells.obsm["X_cellplm"]).all()
     assert cells.uns["cellplm"]["X_cellplm"]["n_genes_matched_via_aliases"] == 2
+
+
+def test_cli_validate_counts_the_genes_matched_through_aliases(tmp_path, capsys):
+    from opencellplm.cli import main
+
+    _model(gene_aliases={"INS1": "INS", "INS2": "INS"}).save(tmp_path / "ckpt")
+    _mouse_cells().write_h5ad(tmp_path / "mouse.h5ad")
+    assert main(["validate", str(tmp_path / "mouse.h5ad"), "--checkpoint", str(tmp_path / "ckpt")]) == 0
+    out = capsys.readouterr().out
+    assert "genes: 5 of 6 (83.3%) in the vocabulary of 8" in out
+    assert "(ids matched by the checkpoint's rule: upper; 2 of them through the checkpoint's gene aliases)" in out
 
 
 def test_a_checkpoint_without_aliases_aligns_as_before(tmp_path):

@@ -101,9 +101,10 @@ class InputReport:
         if self.alignment is not None:
             a = self.alignment
             share = "" if self.share_of_counts is None else f", carrying {100 * self.share_of_counts:.1f}% of counts"
-            rule = "" if a.rule == "exact" else f" (ids matched by the checkpoint's rule: {a.rule})"
+            how = [] if a.rule == "exact" else [f"ids matched by the checkpoint's rule: {a.rule}"]
             if a.n_via_aliases:
-                rule += f"; {a.n_via_aliases:,} of them through the checkpoint's gene aliases (orthologs)"
+                how.append(f"{a.n_via_aliases:,} of them through the checkpoint's gene aliases")
+            rule = f" ({'; '.join(how)})" if how else ""
             lines.append(
                 f"genes: {a.n_matched:,} of {a.n_input:,} ({100 * a.share_of_input:.1f}%) in the vocabulary "
                 f"of {a.n_vocabulary:,}{share}{rule}"
