@@ -32,7 +32,8 @@ def _recipe():
 
 def vocabulary(recipe, orthologs) -> set[str]:
     """The recipe's vocabulary (its default --corpus-pancreas other-donor corpus)."""
-    parts = [recipe.load_by_symbol(name, orthologs) for name in recipe.DATASETS]
+    data, orthologs = recipe.load_corpus_data(recipe.DATASETS, orthologs)
+    parts = list(data.values())
     for name in recipe.LABELLED_VALIDATION:
         adata = recipe.load_by_symbol(name, orthologs)
         parts.append(adata[(adata.obs["sample"] != recipe.VALIDATION_DONOR).to_numpy()].copy())

