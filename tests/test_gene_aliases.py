@@ -197,3 +197,21 @@ def _recipe():
     from .test_shipped_model import _recipe as load
 
     return load()
+
+
+def test_perturbed_mouse_genes_are_read_through_the_aliases():
+    from opencellplm.tasks.perturbation import _check_vocabulary
+
+    _check_vocabulary(_model(gene_aliases={"INS1": "INS"}), ["Ins1", "Cd3e"], extend=False)
+    with pytest.raises(ValueError, match=r"perturbed genes not in the model's vocabulary .*\['Ins1'\]"):
+        _check_vocabulary(_model(), ["Ins1", "Cd3e"], extend=False)
+
+
+def test_a_gene_added_under_an_alias_id_drops_the_alias(tmp_path):
+    model = _model(gene_aliases={"INS1": "INS", "INS2": "INS"})
+    assert model.extend_vocabulary(["INS1"]) == ["INS1"]
+    assert model.gene_aliases == {"INS2": "INS"}
+    again = CellPLM.from_pretrained(model.save(tmp_path / "ckpt"))
+    assert again.gene_aliases == {"INS2": "INS"}
+    matched = [again.genes[i] for i in again.validate(_mouse_cells()).alignment.gene_index]
+    assert matched[:2] == ["INS1", "INS"]  # Ins1 meets its new row, Ins2 still INS

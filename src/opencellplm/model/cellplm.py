@@ -152,6 +152,9 @@ class CellPLM:
         if new:
             self.module = self.module.with_extra_genes(len(new)).to(self.device)
             self.genes += new
+            if hidden := [g for g in new if g in self.gene_aliases]:  # a gene added by its id is read as itself
+                self.meta["gene_aliases"] = {k: v for k, v in self.gene_aliases.items() if k not in hidden}
+                logger.info("%d gene alias(es) dropped: their input id is now a vocabulary gene", len(hidden))
             self.source["modified"] = f"{len(new)} genes added to the vocabulary"
             logger.info("added %d genes to the vocabulary (now %d)", len(new), len(self.genes))
         return new

@@ -1108,7 +1108,7 @@ def _copy(module: CellPLMModule) -> CellPLMModule:
 def _check_vocabulary(model: CellPLM, genes: Sequence[str], extend: bool) -> None:
     """Refuse (or, with ``extend``, add to ``model``) perturbed genes outside the vocabulary."""
     known = set(model.genes)
-    normalised = normalise_gene_ids(genes, model.gene_id_rule)
+    normalised = normalise_gene_ids(genes, model.gene_id_rule, model.gene_aliases)
     missing = [g for g, n in zip(genes, normalised) if n not in known]
     if not missing:
         return
@@ -1118,7 +1118,7 @@ def _check_vocabulary(model: CellPLM, genes: Sequence[str], extend: bool) -> Non
             len(missing),
             ", ".join(missing[:5]),
         )
-        model.extend_vocabulary(normalise_gene_ids(missing, model.gene_id_rule))
+        model.extend_vocabulary(normalise_gene_ids(missing, model.gene_id_rule, model.gene_aliases))
         return
     others = f" and {len(missing) - 5} others" if len(missing) > 5 else ""
     raise ValueError(
@@ -1131,7 +1131,9 @@ def _check_vocabulary(model: CellPLM, genes: Sequence[str], extend: bool) -> Non
 def _encode(model: CellPLM, perturbations: Sequence[Any], gene_index: torch.Tensor) -> Encoded:
     """Vocabulary rows, directions and the input columns to zero (knocked-down genes that are measured)."""
     row_of = {g: i for i, g in enumerate(model.genes)}
-    rows = [row_of[g] for g in normalise_gene_ids([p.gene for p in perturbations], model.gene_id_rule)]
+    rows = [
+        row_of[g] for g in normalise_gene_ids([p.gene for p in perturbations], model.gene_id_rule, model.gene_aliases)
+    ]
     directions = [0 if p.direction == "down" else 1 for p in perturbations]
     column_of = {int(r): c for c, r in enumerate(gene_index.tolist())}
     zero = [column_of[r] for r, d in zip(rows, directions) if d == 0 and r in column_of]
