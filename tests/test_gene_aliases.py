@@ -215,3 +215,11 @@ def test_a_gene_added_under_an_alias_id_drops_the_alias(tmp_path):
     assert again.gene_aliases == {"INS2": "INS"}
     matched = [again.genes[i] for i in again.validate(_mouse_cells()).alignment.gene_index]
     assert matched[:2] == ["INS1", "INS"]  # Ins1 meets its new row, Ins2 still INS
+
+
+def test_the_demos_untrained_comparison_reads_genes_through_the_same_aliases():
+    from opencellplm.demo import untrained_copy
+
+    untrained = untrained_copy(_model(gene_aliases={"INS1": "INS", "INS2": "INS"}), seed=0)
+    assert untrained.gene_aliases == {"INS1": "INS", "INS2": "INS"}
+    assert untrained.validate(_mouse_cells()).alignment.n_via_aliases == 2

@@ -304,11 +304,14 @@ def _embed(run: _Run, adata: AnnData) -> None:
 
 def untrained_copy(model: CellPLM, seed: int) -> CellPLM:
     """The architecture of ``model`` with random weights (``torch.manual_seed(seed)``), matching genes by the same
-    vocabulary and gene-id rule. The weights are drawn in a forked generator: the caller's is left as it was."""
+    vocabulary, gene-id rule and gene aliases. The weights are drawn in a forked generator: the caller's is left as
+    it was."""
     with torch.random.fork_rng([]):
         torch.manual_seed(seed)
         module = CellPLMModule(model.config)
     meta = {"gene_id_rule": model.gene_id_rule}
+    if model.gene_aliases:
+        meta["gene_aliases"] = dict(model.gene_aliases)
     return CellPLM(module, model.genes, meta=meta, device=model.device)
 
 
