@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from opencellplm import datasets
+from opencellplm.data.genes import is_control_probe
 
 RECIPE = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_shipped_model.py"
 
@@ -31,13 +32,14 @@ def _recipe():
 
 
 def vocabulary(recipe, orthologs) -> set[str]:
-    """The recipe's vocabulary (its default --corpus-pancreas other-donor corpus)."""
+    """The recipe's vocabulary (its default --corpus-pancreas other-donor corpus; control probes left out, as
+    prepare_corpus leaves them out)."""
     data, orthologs = recipe.load_corpus_data(recipe.DATASETS, orthologs)
     parts = list(data.values())
     for name in recipe.LABELLED_VALIDATION:
         adata = recipe.load_by_symbol(name, orthologs)
         parts.append(adata[(adata.obs["sample"] != recipe.VALIDATION_DONOR).to_numpy()].copy())
-    return recipe.corpus_genes(parts)
+    return {g for g in recipe.corpus_genes(parts) if not is_control_probe(g)}
 
 
 def main() -> None:
