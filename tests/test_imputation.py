@@ -369,3 +369,33 @@ def test_an_imputer_fitted_with_gene_keys_keeps_the_reference_names_when_saved(s
     with pytest.warns(UserWarning, match="1 requested gene.* measured by the panel"):
         result = loaded.predict(spatial, ["SYM70", "SYM5"])
     assert result.var_names[40:].tolist() == ["SYM70"]  # SYM5 is in the panel (by its id): kept, not added again
+
+
+
+def test_genes_added_to_the_vocabulary_start_at_the_data_profile_not_at_noise_that_differs_between_cells():
+    from opencellplm.module import CellBatch
+    from opencellplm.tasks.imputation import _start_added_genes_at_data_profile
+
+    from .conftest import small_model
+
+    model = small_model(["A", "B", "C"])
+    model.extend_vocabulary(["N1", "N2"])
+    module, rows = model.module.eval(), [3, 4]
+    rng = np.random.default_rng(0)
+    n2 = rng.poisson(8, 50) + 1
+    counts = np.column_stack([rng.poisson(20, 50), rng.poisson(5, 50), 2 * n2, n2]).astype(np.float32)
+    reference = ad.AnnData(counts)
+    reference.var_names = ["A", "B", "N1", "N2"]  # N1: twice N2's counts in every cell
+    batch = CellBatch(torch.as_tensor(counts).to_sparse_csr(), torch.as_tensor([0, 1, 3, 4]))
+
+    def added_shares():  # each added gene's share of the two, per cell
+        with torch.no_grad():
+            mean = module(batch).nb.mean[:, rows]
+        return mean / mean.sum(1, keepdim=True)
+
+    assert float(added_shares()[:, 0].std()) > 1e-4  # fresh rows: noise that differs between cells (3e-4 here)
+    _start_added_genes_at_data_profile(module, model.genes, ["N1", "N2"], (reference,))
+    assert torch.count_nonzero(module.decoder.mean.weight[rows]) == 0
+    bias = module.decoder.mean.bias.detach()
+    assert float(bias[3] - bias[4]) == pytest.approx(np.log(2.0), abs=1e-5)
+    np.testing.assert_allclose(added_shares().numpy(), np.tile([2 / 3, 1 / 3], (50, 1)), rtol=1e-5)
