@@ -175,7 +175,8 @@ def finished_run(run: Path, model: dict, train) -> dict | None:
         return None
     summary = json.loads((run / "summary.json").read_text())
     saved = json.loads((run / "config.json").read_text())
-    changed = _differences(saved["model"], model) + _differences(saved["train"], train.to_dict(), "train.")
+    saved_train = type(train)().to_dict() | saved["train"]  # settings added since the run: their defaults
+    changed = _differences(saved["model"], model) + _differences(saved_train, train.to_dict(), "train.")
     if changed:
         raise SystemExit(f"--resume: the run in {run} was trained with other settings ({', '.join(changed)})")
     return summary if summary["steps"] >= train.steps else None

@@ -477,6 +477,21 @@ def test_encoder_lr_ratio_trains_all_but_the_decoder_at_that_share_of_the_rate(c
         TrainConfig(encoder_lr_ratio=2)
 
 
+def test_a_run_saved_before_a_training_setting_existed_resumes_with_that_settings_default(corpus, tmp_path):
+    model, train = configs.load(_config_file(tmp_path / "cfg.json", steps=2))
+    run = tmp_path / "run"
+    pretrain(corpus, run, model=model, train=train)
+    state = torch.load(run / "state.pt", weights_only=False)
+    del state["config"]["train"]["encoder_lr_ratio"]  # as written before the setting was added
+    torch.save(state, run / "state.pt")
+    saved = json.loads((run / "config.json").read_text())
+    del saved["train"]["encoder_lr_ratio"]
+    (run / "config.json").write_text(json.dumps(saved))
+    assert pretrain(corpus, run, model=model, train=train, resume=True)["steps"] == 2
+    with pytest.raises(ConfigError, match=r"settings differ from the saved run's in \['train.encoder_lr_ratio'\]"):
+        pretrain(corpus, run, model=model, train=replace(train, encoder_lr_ratio=0.5), resume=True)
+
+
 def test_resume_takes_the_recorded_settings_and_refuses_a_different_one(corpus, tmp_path, caplog):
     from opencellplm.cli import main
 

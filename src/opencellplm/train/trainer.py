@@ -323,7 +323,9 @@ class Trainer:
 
     def _resume(self) -> None:
         state = load_state(self.out)
-        saved, current = state["config"], self.settings()
+        saved, current = dict(state["config"]), self.settings()
+        # a setting added since the run was saved reads as its default, the value the run trained with
+        saved["train"] = type(self.config)().to_dict() | saved.get("train", {})
         changed = sorted(
             f"{part}.{k}" for part in current for k in current[part] if saved.get(part, {}).get(k) != current[part][k]
         )
