@@ -223,3 +223,16 @@ def test_the_demos_untrained_comparison_reads_genes_through_the_same_aliases():
     untrained = untrained_copy(_model(gene_aliases={"INS1": "INS", "INS2": "INS"}), seed=0)
     assert untrained.gene_aliases == {"INS1": "INS", "INS2": "INS"}
     assert untrained.validate(_mouse_cells()).alignment.n_via_aliases == 2
+
+
+def test_imputation_reads_mouse_genes_through_the_aliases_and_sums_those_that_meet():
+    from opencellplm.tasks.imputation import _gene_ids, _id_rule, _working_copy
+
+    model = _model(gene_aliases={"INS1": "INS", "INS2": "INS"})
+    cells = _mouse_cells()
+    assert _gene_ids(cells, None, _id_rule(model))[:3] == ["INS", "INS", "CD3E"]
+    work = _working_copy(cells, None, None, _id_rule(model), ["INS", "CD3E"], None, None)
+    x = np.asarray(cells.X.toarray() if hasattr(cells.X, "toarray") else cells.X)
+    np.testing.assert_array_equal(work.X.toarray(), np.column_stack([x[:, 0] + x[:, 1], x[:, 2]]))
+    plain = _working_copy(cells, None, None, ("upper", {}), ["INS1", "CD3E"], None, None)  # no aliases: as before
+    np.testing.assert_array_equal(plain.X.toarray(), x[:, [0, 2]])

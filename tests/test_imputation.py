@@ -371,7 +371,6 @@ def test_an_imputer_fitted_with_gene_keys_keeps_the_reference_names_when_saved(s
     assert result.var_names[40:].tolist() == ["SYM70"]  # SYM5 is in the panel (by its id): kept, not added again
 
 
-
 def test_genes_added_to_the_vocabulary_start_at_the_data_profile_not_at_noise_that_differs_between_cells():
     from opencellplm.module import CellBatch
     from opencellplm.tasks.imputation import _start_added_genes_at_data_profile
@@ -396,6 +395,9 @@ def test_genes_added_to_the_vocabulary_start_at_the_data_profile_not_at_noise_th
     assert float(added_shares()[:, 0].std()) > 1e-4  # fresh rows: noise that differs between cells (3e-4 here)
     _start_added_genes_at_data_profile(module, model.genes, ["N1", "N2"], (reference,))
     assert torch.count_nonzero(module.decoder.mean.weight[rows]) == 0
-    bias = module.decoder.mean.bias.detach()
-    assert float(bias[3] - bias[4]) == pytest.approx(np.log(2.0), abs=1e-5)
+    bias = module.decoder.mean.bias.detach().numpy()
+    assert bias[3] - bias[4] == pytest.approx(np.log(2.0), abs=1e-5)
+    shares = (counts / counts.sum(1, keepdims=True)).mean(0)  # the known genes set the level: the median gap
+    gap = np.median(bias[[0, 1]] - np.log(shares[[0, 1]]))
+    assert bias[3] == pytest.approx(np.log(shares[2]) + gap, abs=1e-5)
     np.testing.assert_allclose(added_shares().numpy(), np.tile([2 / 3, 1 / 3], (50, 1)), rtol=1e-5)

@@ -534,3 +534,10 @@ def test_the_cli_starts_the_decoder_bias_at_the_corpus_mean_shares_and_a_resume_
     resume = ["pretrain", "--corpus", str(corpus), "--out", str(tmp_path / "random"), "--resume"]
     assert main([*resume, "--init-decoder-bias", "corpus"]) != 0
     assert "with --init-decoder-bias corpus: the run started with random; drop the option" in caplog.text
+
+
+def test_a_pca_start_wider_than_the_corpus_is_refused_with_its_sizes(corpus):
+    from opencellplm.train.pretrain import gene_embedding_from_pca
+
+    with pytest.raises(ValueError, match=r"the corpus gives \d+ cells over 40 genes: too few for 64 principal axes"):
+        gene_embedding_from_pca(corpus, 64, balance_datasets=True)

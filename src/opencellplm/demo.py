@@ -278,7 +278,11 @@ def _check_genes(model: CellPLM, adata: AnnData, data: dict[str, Any]) -> None:
             "run_demo(adata=...) cells whose var_names are the model's Ensembl ids"
         )
     align_genes(
-        list(map(str, adata.var_names)), model.genes, source=f"the var_names of {data['name']}", rule=model.gene_id_rule
+        list(map(str, adata.var_names)),
+        model.genes,
+        source=f"the var_names of {data['name']}",
+        rule=model.gene_id_rule,
+        aliases=model.gene_aliases,
     )
 
 

@@ -360,8 +360,8 @@ class SpatialImputer:
             )
         recipe = self.recipe
         base = self._fresh_base()
-        spatial_ids = _gene_ids(spatial, gene_key, base.gene_id_rule)
-        reference_ids = _gene_ids(reference, reference_gene_key, base.gene_id_rule)
+        spatial_ids = _gene_ids(spatial, gene_key, _id_rule(base))
+        reference_ids = _gene_ids(reference, reference_gene_key, _id_rule(base))
         shared = sorted(set(spatial_ids) & set(reference_ids))
         if not shared:
             raise ValueError(
@@ -377,7 +377,7 @@ class SpatialImputer:
         panel = [g for g in dict.fromkeys(spatial_ids) if g in vocabulary]
         ref_genes = [g for g in dict.fromkeys(reference_ids) if g in vocabulary]
         reference_names = {} if reference_gene_key is None else _names_of_ids(reference, reference_ids, ref_genes)
-        targets = _target_ids(genes or (), base.gene_id_rule, ref_genes, reference_names)
+        targets = _target_ids(genes or (), _id_rule(base), ref_genes, reference_names)
         measured = set(ref_genes)
         missing = [g for g in dict.fromkeys(targets) if g not in measured]
         if missing:
@@ -391,7 +391,7 @@ class SpatialImputer:
                 reference,
                 reference_layer,
                 reference_gene_key,
-                base.gene_id_rule,
+                _id_rule(base),
                 ref_genes,
                 [*panel, *targets],
                 recipe.max_reference_genes,
@@ -408,9 +408,9 @@ class SpatialImputer:
                 f"{names[1]} measures no gene beyond the panel of {names[0]} (in the model's vocabulary): there is "
                 "nothing to impute; give a reference that measures the genes to impute"
             )
-        spatial_work = _working_copy(spatial, layer, gene_key, base.gene_id_rule, panel, sample_key, spatial_key)
+        spatial_work = _working_copy(spatial, layer, gene_key, _id_rule(base), panel, sample_key, spatial_key)
         reference_work = _working_copy(
-            reference, reference_layer, reference_gene_key, base.gene_id_rule, ref_genes, reference_sample_key, None
+            reference, reference_layer, reference_gene_key, _id_rule(base), ref_genes, reference_sample_key, None
         )
         spatial_spec = self._spatial_spec(spatial_work, sample_key, spatial_key)
         reference_spec = InputSpec(
@@ -541,7 +541,7 @@ class SpatialImputer:
         raise ValueError("this imputer starts from scratch and is not fitted; call fit() first, or load() one")
 
     def _targets(self, genes: Sequence[str] | None, panel: Sequence[str]) -> list[str]:
-        rule = self.base.gene_id_rule
+        rule = _id_rule(self.base)
         if genes is None:
             if not self.fitted:
                 raise ValueError(
@@ -585,10 +585,10 @@ class SpatialImputer:
         module = self._require_module()
         spec_fields = self.spatial_input
         base = self.base
-        spatial_ids = _gene_ids(spatial, spec_fields["gene_key"], base.gene_id_rule)
+        spatial_ids = _gene_ids(spatial, spec_fields["gene_key"], _id_rule(base))
         vocabulary = set(base.genes)
         targets = self._targets(genes, [g for g in spatial_ids if g in vocabulary])
-        skip = set(targets) | set(normalise_gene_ids([str(g) for g in exclude], base.gene_id_rule))
+        skip = set(targets) | set(normalise_gene_ids([str(g) for g in exclude], *_id_rule(base)))
         panel = [g for g in dict.fromkeys(spatial_ids) if g in vocabulary and g not in skip]
         if not panel:
             raise ValueError("no gene of the spatial data is in the model's vocabulary (targets and exclude left out)")
@@ -597,7 +597,7 @@ class SpatialImputer:
             spatial,
             spec_fields["layer"],
             spec_fields["gene_key"],
-            base.gene_id_rule,
+            _id_rule(base),
             panel,
             spec_fields["sample_key"],
             spatial_key,
@@ -642,7 +642,7 @@ class SpatialImputer:
         """
         imputed = self.impute(spatial, genes)
         gene_key = self.spatial_input["gene_key"]
-        spatial_ids = _gene_ids(spatial, gene_key, self.base.gene_id_rule)
+        spatial_ids = _gene_ids(spatial, gene_key, _id_rule(self.base))
         panel_ids = set(spatial_ids)
         kept = [g for g in imputed.columns if g in panel_ids]
         if kept:
@@ -997,6 +997,11 @@ def _names_of_ids(adata: AnnData, ids: Sequence[str], kept: Sequence[str]) -> di
     return names
 
 
+def _id_rule(model: CellPLM) -> tuple[str, dict[str, str]]:
+    """How ``model`` reads input ids: its gene id rule, then its gene aliases (``normalise_gene_ids``'s arguments)."""
+    return model.gene_id_rule, model.gene_aliases
+
+
 def _target_ids(genes: Sequence[str], rule, known: Sequence[str], names: dict[str, str]) -> list[str]:
     """The model ids of the genes to impute, each given as a model id or as the reference's var_name."""
     ids_of_names = {}
@@ -1004,7 +1009,7 @@ def _target_ids(genes: Sequence[str], rule, known: Sequence[str], names: dict[st
         ids_of_names.setdefault(name, gene_id)
     known = set(known)
     given = [str(g) for g in genes]
-    normalised = normalise_gene_ids(given, rule)
+    normalised = normalise_gene_ids(given, *rule)
     return [n if n in known or g not in ids_of_names else ids_of_names[g] for g, n in zip(given, normalised)]
 
 
@@ -1012,7 +1017,7 @@ def _gene_ids(adata: AnnData, gene_key: str | None, rule) -> list[str]:
     if gene_key is not None and gene_key not in adata.var:
         raise KeyError(f"gene_key {gene_key!r} is not a column of var (columns: {list(adata.var.columns)[:10]})")
     ids = adata.var_names if gene_key is None else adata.var[gene_key].astype(str)
-    return normalise_gene_ids([str(g) for g in ids], rule)
+    return normalise_gene_ids([str(g) for g in ids], *rule)
 
 
 def _cap_reference_genes(
@@ -1058,6 +1063,7 @@ def _start_added_genes_at_data_profile(
     """
     row = {g: i for i, g in enumerate(vocabulary)}
     new, bias = set(added), module.decoder.mean.bias.detach()
+    known_bias = bias.float().cpu().numpy()  # read once (one device sync, not one per gene)
     start: dict[str, float] = {}
     for work in works:
         counts = sp.csr_matrix(work.X)
@@ -1068,7 +1074,7 @@ def _start_added_genes_at_data_profile(
         shares = np.asarray((sp.diags(1.0 / totals[counted]) @ counts[counted]).mean(axis=0)).ravel()
         genes = list(work.var_names)
         known = [j for j, g in enumerate(genes) if g not in new and shares[j] > 0]
-        gap = float(np.median([float(bias[row[genes[j]]]) - math.log(shares[j]) for j in known])) if known else 0.0
+        gap = float(np.median([known_bias[row[genes[j]]] - math.log(shares[j]) for j in known])) if known else 0.0
         floor = shares[shares > 0].min() if (shares > 0).any() else 1.0
         for j, gene in enumerate(genes):
             if gene in new:
@@ -1089,13 +1095,21 @@ def _working_copy(
     sample_key: str | None,
     spatial_key: str | None,
 ) -> AnnData:
-    """The counts of ``genes`` (model ids) in that order, with the sample labels and coordinates the sets need."""
+    """The counts of ``genes`` (model ids) in that order, with the sample labels and coordinates the sets need.
+
+    Input columns that reach one id through the checkpoint's gene aliases (mouse ``Ins1`` and ``Ins2`` -> ``INS``)
+    are summed, as the corpus that trained it summed them; ids repeated by the rule alone keep their first column.
+    """
     ids = _gene_ids(adata, gene_key, rule)
-    first = {}
+    sources: dict[str, list[int]] = {}
     for column, gene in enumerate(ids):
-        first.setdefault(gene, column)
-    columns = np.asarray([first[g] for g in genes], dtype=np.int64)
-    counts = read_rows(counts_matrix(adata, layer), np.arange(adata.n_obs), columns)
+        sources.setdefault(gene, []).append(column)
+    if not rule[1]:  # no aliases
+        sources = {gene: columns[:1] for gene, columns in sources.items()}
+    read = [column for g in genes for column in sources[g]]
+    owner = [j for j, g in enumerate(genes) for _ in sources[g]]
+    merge = sp.csr_matrix((np.ones(len(read)), (np.arange(len(read)), owner)), shape=(len(read), len(genes)))
+    counts = sp.csr_matrix(read_rows(counts_matrix(adata, layer), np.arange(adata.n_obs), np.asarray(read))) @ merge
     obs = pd.DataFrame(index=adata.obs_names.copy())
     if sample_key is not None:
         if sample_key not in adata.obs:

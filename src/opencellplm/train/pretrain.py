@@ -352,6 +352,11 @@ def gene_embedding_from_pca(
         if total >= max_cells:
             break
     x = sp.vstack(rows).tocsr()
+    if min(x.shape) < dim:
+        raise ValueError(
+            f"the corpus gives {x.shape[0]} cells over {x.shape[1]} genes: too few for {dim} principal axes "
+            "(the gene-embedding width); use a smaller hidden_dim or a larger corpus"
+        )
     if balance_datasets:
         _, group = np.unique(np.concatenate(sources), return_inverse=True)
         vt = _top_axes_within_groups(x, group, dim, seed=seed)
