@@ -16,8 +16,9 @@ gets:
   as cell-specific as the data), and the mean per-gene Pearson r of decoded vs observed shares; beside them, a
   reference decoder that gives each cell its labelled cell type's mean observed profile (``cell_type_mean``);
 - masked-gene reconstruction: 25% of each cell's non-zero counts hidden and predicted from the rest (zero-shot);
-  RMSE and Pearson on the normalised log1p hidden entries, beside (a) each cell's library size times the data
-  set's mean profile and (b) kNN smoothing over the visible counts;
+  RMSE and Pearson on the normalised log1p hidden entries with the gene levels fitted to the data (the
+  denoiser's default), and the RMSE with the decoder's own gene levels, beside (a) each cell's library size times
+  the data set's mean profile and (b) kNN smoothing over the visible counts;
 - latent use: the loss rise when each cell is decoded from another cell's latent, active latent dimensions,
   the posterior mean's spread over the posterior noise, the mixture components used;
 - the pretraining loss split into its terms (NB on hidden entries, NB on visible entries, the masked-entry term,
@@ -62,6 +63,7 @@ COLUMNS = (
     ("decoder_spread_ratio", "spread ratio"),
     ("masked_rmse", "hidden RMSE"),
     ("masked_pearson", "hidden r"),
+    ("masked_rmse_model_levels", "hidden RMSE, model levels"),
     ("latent_swap_nll_increase", "swap +nats"),
     ("latent_active_dims", "active dims"),
     ("latent_signal_to_noise", "SNR"),
@@ -171,7 +173,24 @@ class Scorer:
                 if not m.method.startswith("cellplm")
             }
         scores = result["cellplm_zero_shot"].scores
-        return {"masked_rmse": scores["rmse"], "masked_pearson": scores["pearson"]}
+        own = (
+            Denoiser.from_pretrained(model)
+            .score(
+                adata,
+                protocol="hidden",
+                fraction=HIDDEN_FRACTION,
+                seed=self.seed,
+                fine_tune=False,
+                baselines=(),
+                gene_levels="model",
+            )["cellplm_zero_shot"]
+            .scores
+        )
+        return {
+            "masked_rmse": scores["rmse"],
+            "masked_pearson": scores["pearson"],
+            "masked_rmse_model_levels": own["rmse"],
+        }
 
     def _clustering(self, name: str, model: CellPLM, adata) -> dict[str, float]:
         embedding = model.get_latent_representation(adata, precision="fp32")

@@ -20,6 +20,7 @@ from opencellplm.cli import main
 from opencellplm.config import ConfigError
 from opencellplm.metrics import denoising_scores, hide_counts, mcv_scores, molecular_split
 from opencellplm.tasks import Denoiser, DenoisingRecipe, DenoisingResult
+from opencellplm.tasks.denoising import fit_gene_levels, scaled_profiles
 from opencellplm.testing.synthetic import synthetic_adata
 
 VOCABULARY = [f"ENSG{i:011d}" for i in range(200)]
@@ -88,6 +89,97 @@ def test_predict_writes_a_count_scale_layer(model, partly_known):
     fresh = synthetic_adata(200, 150, gene_names=list(adata.var_names), seed=3)
     np.testing.assert_array_equal(denoiser.get_denoised(fresh, sample_key="sample"), layer)
     assert nothing_written(fresh)
+
+
+def test_gene_levels_are_fitted_to_the_data_s_gene_totals(model, partly_known):
+    """Default "data": each gene's denoised total over the cells is its input total, each cell keeps its library;
+    "model" keeps the decoder's own gene levels, which the input's totals do not constrain."""
+    adata, known = partly_known, np.arange(145)
+    x = adata.X.toarray()[:, known]
+    denoiser = Denoiser.from_pretrained(model)
+    fitted = denoiser.get_denoised(adata, sample_key="sample")[:, known]
+    own = denoiser.get_denoised(adata, sample_key="sample", gene_levels="model")[:, known]
+    for layer in (fitted, own):
+        np.testing.assert_allclose(layer.sum(1), x.sum(1), rtol=1e-4)
+    np.testing.assert_allclose(fitted.sum(0), x.sum(0), rtol=2e-3, atol=1e-3)
+    assert np.abs(own.sum(0) / x.sum(0) - 1).max() > 0.5  # the untrained decoder's levels are far off
+    assert np.abs(fitted - x).max() > 0.1  # fitted levels, not the input copied
+    # The factor is a gene's fitted level over the decoder's own: the same cell-to-cell pattern within each gene.
+    denoiser.predict(adata, sample_key="sample")
+    record = adata.uns["cellplm"]["cellplm_denoised"]
+    assert record["params"]["gene_levels"] == "data"
+    assert list(record["genes_denoised"]) == list(adata.var_names[known])
+    factors = record["gene_level_factors"]
+    ratio = fitted / own / factors  # per cell, one constant (the cell's renormalisation) over its genes
+    np.testing.assert_allclose(ratio, ratio[:, :1] * np.ones_like(ratio), rtol=1e-3)
+    del adata.uns["cellplm"], adata.layers["cellplm_denoised"]
+    denoiser.predict(adata, sample_key="sample", gene_levels="model")
+    record = adata.uns["cellplm"]["cellplm_denoised"]
+    assert record["params"]["gene_levels"] == "model" and "gene_level_factors" not in record
+    np.testing.assert_array_equal(adata.layers["cellplm_denoised"][:, known], own)
+
+
+def test_fit_gene_levels_recovers_the_levels_that_made_the_data():
+    """Counts whose expectation is the decoded shares times known gene levels give those levels back (relative to
+    the median gene), in a few iterations."""
+    rng = np.random.default_rng(0)
+    shares = rng.dirichlet(np.ones(40), size=300).astype(np.float32)
+    truth = np.exp(rng.normal(0.0, 1.5, 40))
+    library = rng.uniform(500, 5000, 300)
+    expected = shares * truth
+    expected = expected / expected.sum(1, keepdims=True) * library[:, None]
+    factors, iterations = fit_gene_levels(shares, library, expected.sum(0))
+    np.testing.assert_allclose(factors, truth / np.median(truth), rtol=5e-3)
+    assert np.median(factors) == pytest.approx(1.0) and iterations < 100
+    # A gene never observed gets factor 0, and so 0 in every denoised cell.
+    observed = expected.sum(0)
+    observed[3] = 0.0
+    factors, _ = fit_gene_levels(shares, library, observed)
+    assert factors[3] == 0.0
+    denoised = scaled_profiles(shares.copy(), factors, library)
+    assert (denoised[:, 3] == 0).all()
+    np.testing.assert_allclose(denoised.sum(1), library, rtol=1e-4)
+
+
+def test_gene_levels_fitted_on_few_cells_are_warned_about(model, adata, caplog):
+    """The cells' own counts take part in the fit: one cell comes back as its input, and a warning says so."""
+    one = adata[:1].copy()
+    with caplog.at_level(logging.WARNING, logger="opencellplm"):
+        denoised = Denoiser.from_pretrained(model).get_denoised(one)
+    np.testing.assert_allclose(denoised, one.X.toarray(), rtol=2e-3, atol=1e-3)
+    assert "gene levels fitted on 1 cells follow those cells' own counts (fewer than 50)" in caplog.text
+    assert "gene_levels='model' (--gene-levels model)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="opencellplm"):
+        Denoiser.from_pretrained(model).get_denoised(adata)  # 200 cells
+    assert "gene levels fitted" not in caplog.text
+
+
+def test_a_bad_gene_levels_value_is_refused(model, adata):
+    with pytest.raises(ValueError, match="gene_levels='both'; choose 'data' \\(fitted to the input\\) or 'model'"):
+        Denoiser.from_pretrained(model).predict(adata, gene_levels="both")
+    assert nothing_written(adata)
+    with pytest.raises(ValueError, match="gene_levels='both'"):
+        Denoiser.from_pretrained(model).score(adata, fine_tune=False, baselines=(), gene_levels="both")
+
+
+def test_cli_gene_levels_reaches_the_denoiser(model, adata, tmp_path, monkeypatch):
+    seen = []
+    real = Denoiser._denoise
+
+    def spy(self, adata, spec, gene_levels, **kwargs):
+        seen.append(gene_levels)
+        return real(self, adata, spec, gene_levels, **kwargs)
+
+    monkeypatch.setattr(Denoiser, "_denoise", spy)
+    model.save(tmp_path / "ckpt")
+    adata.write_h5ad(tmp_path / "in.h5ad")
+    args = ["denoise", str(tmp_path / "in.h5ad"), "--checkpoint", str(tmp_path / "ckpt")]
+    assert main([*args, "--out", str(tmp_path / "a.h5ad")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b.h5ad"), "--gene-levels", "model"]) == 0
+    assert main([*args, "--score", "--baselines", "unchanged", "--gene-levels", "model"]) == 0
+    assert seen == ["data", "model", "model"]
+    assert ad.read_h5ad(tmp_path / "b.h5ad").uns["cellplm"]["cellplm_denoised"]["params"]["gene_levels"] == "model"
 
 
 def test_predict_records_the_checkpoint_hash(model, adata, tmp_path):

@@ -297,6 +297,7 @@ def _denoise(args: argparse.Namespace) -> int:
             args.input,
             args.out,
             layer_added=args.layer_added,
+            gene_levels=args.gene_levels,
             overwrite=args.overwrite,
             fine_tune=args.fine_tune,
             work=args.work,
@@ -315,6 +316,7 @@ def _denoise(args: argparse.Namespace) -> int:
             from_scratch=args.from_scratch,
             baselines=baselines,
             device=args.device,
+            gene_levels=args.gene_levels,
             **spec,
         )
     table = result.to_frame().to_string(float_format=lambda v: f"{v:.4g}")
@@ -819,6 +821,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-key", help="obs column grouping the cells denoised together (default: all cells)")
     p.add_argument("--max-cells", type=int, default=4000, help=MAX_CELLS_HELP)
     p.add_argument("--layer-added", default="cellplm_denoised", help="layer to write (default: cellplm_denoised)")
+    p.add_argument(
+        "--gene-levels",
+        choices=["data", "model"],
+        default="data",
+        help="each gene's level in the output: fitted to the input's gene totals (data, the default) or the "
+        "decoder's own, learnt on its training data (model)",
+    )
     p.add_argument("--score", action="store_true", help="score CellPLM and the baselines instead; prints a table")
     p.add_argument("--protocol", choices=["hidden", "mcv"], help="--score protocol (default hidden)")
     p.add_argument("--fraction", type=float, help="--score: share hidden or held out (default 0.1)")
