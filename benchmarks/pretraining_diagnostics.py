@@ -20,7 +20,8 @@ gets:
   denoiser's default), and the RMSE with the decoder's own gene levels, beside (a) each cell's library size times
   the data set's mean profile and (b) kNN smoothing over the visible counts;
 - latent use: the loss rise when each cell is decoded from another cell's latent, active latent dimensions,
-  the posterior mean's spread over the posterior noise, the mixture components used;
+  the posterior mean's spread over the posterior noise, the mixture components used, the share of the latent's
+  variance that follows sequencing depth;
 - the pretraining loss split into its terms (NB on hidden entries, NB on visible entries, the masked-entry term,
   the Gaussian and categorical GMVAE terms before their floor, the latent loss after floors and weights);
 - zero-shot clustering (Leiden on the embedding; best ARI/NMI over resolutions, ARI at resolution 1.0 and at the
@@ -68,6 +69,7 @@ COLUMNS = (
     ("latent_active_dims", "active dims"),
     ("latent_signal_to_noise", "SNR"),
     ("latent_components_used", "components"),
+    ("latent_depth_share", "depth share"),
     ("loss_nb_masked_entries", "NB hidden"),
     ("loss_nb_visible_entries", "NB visible"),
     ("loss_nb_masked_term", "NB term"),

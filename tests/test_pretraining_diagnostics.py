@@ -65,6 +65,24 @@ def test_a_decoder_that_follows_the_cell_correlates_with_what_was_observed(cells
     assert usage.dim == 8 and 0 <= usage.active_dims <= 8 and usage.components_used >= 1
 
 
+def test_depth_share_follows_depth_in_the_input_not_the_cell_type():
+    """Two kinds of cells at depths spread a hundredfold: a model fed log1p of raw counts carries depth in its latent;
+    the same weights fed counts per 10k carry much less (what is left is the noise of shallow cells)."""
+    rng = np.random.default_rng(1)
+    profile = np.full((2, 40), 1.0)
+    profile[0, :10], profile[1, 10:20] = 20.0, 20.0
+    kind = np.repeat([0, 1], 40)
+    depth = np.tile(np.geomspace(100, 10000, 40), 2)
+    x = rng.poisson(profile[kind] / profile[kind].sum(1, keepdims=True) * depth[:, None]).astype(np.float32)
+    cells = ad.AnnData(x, var=pd.DataFrame(index=vocabulary(40)))
+    raw = small_model(vocabulary(40))
+    per_10k = CellPLM(raw.module.__class__(replace(raw.config, input_scaling="log1p_cp10k")), raw.genes)
+    per_10k.module.load_state_dict(raw.module.state_dict())
+    share_raw = diagnostics.latent_usage(raw, cells).depth_share
+    share_10k = diagnostics.latent_usage(per_10k, cells).depth_share
+    assert 0.5 < share_raw <= 1.0 and 0.0 <= share_10k < share_raw / 3
+
+
 def test_the_loss_terms_add_up_to_the_objective_of_the_same_forward(cells):
     model = small_model(vocabulary(40))
     masking = MaskingConfig(cell_rate=0.5, gene_rate=0.3, drop_cell_rate=0.0)

@@ -157,6 +157,10 @@ class LatentUsage:
     components_used, component_entropy
         Mixture components that are the most likely one for more than ``COMPONENT_SHARE`` of the cells, and the
         entropy (nats) of that assignment; None without a mixture.
+    depth_share
+        Share of the posterior mean's variance across cells that is linear in the log of each cell's total count
+        over the model's genes (variance-weighted R^2 over dimensions): sequencing depth, a nuisance for the
+        embedding's neighbourhoods, since the NB decoder rescales every cell to its own total anyway.
     dim
         Latent dimensions.
     """
@@ -167,6 +171,7 @@ class LatentUsage:
     signal_to_noise: float
     components_used: int | None
     component_entropy: float | None
+    depth_share: float
     dim: int
 
 
@@ -199,6 +204,10 @@ def latent_usage(model: CellPLM, adata: AnnData, *, max_cells: int = 3000, seed:
     nll_own = _per_cell_nll(counts, own.mean, own.dispersion).mean()
     nll_swapped = _per_cell_nll(counts, swapped.mean, swapped.dispersion).mean()
     spread = z.var(0)  # (D,) variance across cells of the posterior mean
+    depth = counts.sum(1).clamp_min(1).log()
+    centred, depth = z - z.mean(0), depth - depth.mean()
+    explained = (centred.T @ depth) ** 2 / (depth @ depth).clamp_min(1e-12) / (len(depth) - 1)  # (D,) variance
+    depth_share = float(explained.sum() / spread.sum().clamp_min(1e-12))
     if "var" in posterior:
         reference = posterior["prior_var"].mean()
         signal_to_noise = float((spread / posterior["var"].mean(0)).mean())
@@ -215,6 +224,7 @@ def latent_usage(model: CellPLM, adata: AnnData, *, max_cells: int = 3000, seed:
         signal_to_noise=signal_to_noise,
         components_used=used,
         component_entropy=entropy,
+        depth_share=depth_share,
         dim=int(z.shape[1]),
     )
 
