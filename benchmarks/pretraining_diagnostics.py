@@ -14,7 +14,8 @@ gets:
 
 - decoder dependence: the spread across cells of the decoded gene shares over the observed spread (ratio: 1 is
   as cell-specific as the data), and the mean per-gene Pearson r of decoded vs observed shares; beside them, a
-  reference decoder that gives each cell its labelled cell type's mean observed profile (``cell_type_mean``);
+  reference decoder that gives each cell its labelled cell type's mean observed profile (``cell_type_mean``, which
+  also scores the masked-gene reconstruction: how far a decoder of cell state can get there);
 - masked-gene reconstruction: 25% of each cell's non-zero counts hidden and predicted from the rest (zero-shot);
   RMSE and Pearson on the normalised log1p hidden entries with the gene levels fitted to the data (the
   denoiser's default), and the RMSE with the decoder's own gene levels, beside (a) each cell's library size times
@@ -46,11 +47,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from opencellplm import CellPLM, datasets
 from opencellplm.config import MaskingConfig
+from opencellplm.data import InputSpec
 from opencellplm.demo import untrained_copy
-from opencellplm.metrics import knn_label_agreement
+from opencellplm.metrics import denoising_scores, hide_counts, knn_label_agreement
 from opencellplm.tasks import Denoiser
 from opencellplm.tasks.clustering import score_clustering
 from opencellplm.train import diagnostics
@@ -156,7 +159,7 @@ class Scorer:
             self.baselines[f"{name}:cell_type_mean"] = {
                 "decoder_gene_r": reference.gene_r,
                 "decoder_spread_ratio": reference.spread_ratio,
-            }
+            } | _cell_type_mean_hidden(model, adata, self.seed)
 
     def _masked(self, name: str, model: CellPLM, adata) -> dict[str, float]:
         first = name not in self.baselines
@@ -217,6 +220,25 @@ class Scorer:
         if first:
             self.baselines[f"{name}:pca"] = figures(result.scores["pca"][0])
         return figures(result.scores["model"][0])
+
+
+def _cell_type_mean_hidden(model: CellPLM, adata, seed: int) -> dict[str, float]:
+    """Masked-gene reconstruction by a predictor that knows each cell's labelled type: the type's mean profile of
+    the corrupted counts at the cell's library size, on the entries the denoiser's protocol hides (same genes,
+    fraction and seed). How far a decoder of cell state can get in this metric."""
+    columns = model.cell_sets(adata, InputSpec()).report.alignment.columns
+    counts = sp.csr_matrix(adata.X, dtype=np.float64)[:, columns]
+    corrupted, hidden = hide_counts(counts, fraction=HIDDEN_FRACTION, seed=seed)
+    dense = corrupted.toarray()
+    library = dense.sum(1, keepdims=True)
+    shares = np.divide(dense, library, out=np.zeros_like(dense), where=library > 0)
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    prediction = np.zeros_like(dense)
+    for label in np.unique(labels):
+        cells = labels == label
+        prediction[cells] = shares[cells].mean(0) * library[cells]
+    scores = denoising_scores(counts, prediction, hidden)
+    return {"masked_rmse": scores.rmse, "masked_pearson": scores.pearson}
 
 
 def _summary(rows: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
