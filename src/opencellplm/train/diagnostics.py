@@ -159,8 +159,10 @@ class LatentUsage:
         entropy (nats) of that assignment; None without a mixture.
     depth_share
         Share of the posterior mean's variance across cells that is linear in the log of each cell's total count
-        over the model's genes (variance-weighted R^2 over dimensions): sequencing depth, a nuisance for the
-        embedding's neighbourhoods, since the NB decoder rescales every cell to its own total anyway.
+        over the model's genes (variance-weighted R^2 over dimensions). The NB decoder rescales every cell to its
+        own total, so depth is not needed for reconstruction; but where depth follows cell type (PBMC 68k reduced,
+        whose counts cover 765 variable genes) it is signal as well as nuisance: regressing it out of
+        ``cellplm-small``'s latent there lowered the best Leiden ARI from 0.56 to 0.35.
     dim
         Latent dimensions.
     """
