@@ -45,6 +45,10 @@ def test_shipped_model_loads_by_name_and_records_its_recipe():
     assert (model.config.decoder.block_norm is None) == ("--decoder-block-norm" in flags)
     assert meta.get("decoder_bias_init", "random") == ("random" if "--init-decoder-bias" in flags else "corpus")
     assert any(is_control_probe(g) for g in model.genes) == ("--keep-control-probes" in flags)
+    # Mouse symbols reach their human orthologs' rows through the aliases the recipe installs (Ins1, Ins2 -> INS).
+    assert bool(model.gene_aliases) == ("--mouse-orthologs" in flags)
+    if model.gene_aliases:
+        assert model.gene_aliases["INS1"] == model.gene_aliases["INS2"] == "INS" and "INS" in model.genes
 
 
 def test_shipped_model_embeds_cells():
