@@ -537,8 +537,9 @@ class Denoiser:
         the decoder keeps the cell-to-cell pattern it learnt and takes each gene's level from the data, not
         from its pretraining corpus. ``"model"`` keeps the decoder's own levels. Other genes, and cells without
         counts in the model's genes, keep their input values. The output is dense: it takes
-        ``4 * n_obs * n_vars`` bytes (4 GB for 100,000 cells x 10,000 genes), and fitting the gene levels
-        as much again while it runs; denoise large data in slices of cells that share no sample.
+        ``4 * n_obs * n_vars`` bytes (4 GB for 100,000 cells x 10,000 genes), and as much again while it runs
+        (a copy of the decoded shares over the model's genes); denoise large data in slices of cells that share
+        no sample.
 
         Parameters
         ----------
@@ -974,8 +975,11 @@ def fit_gene_levels(
 
 
 def scaled_profiles(shares: np.ndarray, factors: np.ndarray | None, library: np.ndarray) -> np.ndarray:
-    """``shares`` times ``factors`` (none: 1), renormalised to each cell's ``library`` (in place when it can)."""
-    profile = shares if factors is None else shares * factors.astype(shares.dtype)
+    """``shares`` times ``factors`` (none: 1), renormalised to each cell's ``library``; ``shares`` is overwritten
+    with the result (no second copy of the matrix) and returned."""
+    profile = shares
+    if factors is not None:
+        profile *= factors.astype(shares.dtype)
     total = profile.sum(1, dtype=np.float64)
     scale = np.divide(library, total, out=np.zeros_like(total), where=total > 0)
     profile *= scale.astype(profile.dtype)[:, None]
