@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -605,8 +605,7 @@ class Denoiser:
         stacklevel: int,
         layer_added: str | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        if gene_levels not in ("data", "model"):
-            raise ValueError(f"gene_levels={gene_levels!r}; choose 'data' (fitted to the input) or 'model'")
+        _check_gene_levels(gene_levels)
         module = self._require_module()
         require_anndata(adata)
         input_spec = self._spec(spec)
@@ -773,8 +772,7 @@ class Denoiser:
             raise ValueError(f"unknown baselines {unknown}; choose among {list(BASELINES)}")
         if not self.pretrained and not fine_tune:
             raise ValueError("a denoiser from scratch has nothing to score without fine_tune=True")
-        if gene_levels not in ("data", "model"):
-            raise ValueError(f"gene_levels={gene_levels!r}; choose 'data' (fitted to the input) or 'model'")
+        _check_gene_levels(gene_levels)
         input_spec = InputSpec(**spec)
         sets = self.base.cell_sets(adata, input_spec, require_counts=True, warn_stacklevel=3)
         columns = sets.report.alignment.columns
@@ -921,6 +919,11 @@ class Denoiser:
             inputs=[model_folder],
             reads=[spec.get("layer")],  # the counts
         )
+
+
+def _check_gene_levels(gene_levels: str) -> None:
+    if gene_levels not in get_args(GeneLevels):
+        raise ValueError(f"gene_levels={gene_levels!r}; choose 'data' (fitted to the input) or 'model'")
 
 
 def fit_gene_levels(
