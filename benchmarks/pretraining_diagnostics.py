@@ -25,8 +25,8 @@ gets:
   variance that follows sequencing depth;
 - the pretraining loss split into its terms (NB on hidden entries, NB on visible entries, the masked-entry term,
   the Gaussian and categorical GMVAE terms before their floor, the latent loss after floors and weights);
-- zero-shot clustering (Leiden on the embedding; best ARI/NMI over resolutions, ARI at resolution 1.0 and at the
-  NMI-chosen resolution), beside PCA;
+- zero-shot clustering (Leiden on the embedding, mean of 3 seeds; best ARI/NMI over resolutions, ARI at resolution
+  1.0 and at the NMI-chosen resolution), beside PCA;
 - the selection probe of the shipped recipe: kNN label agreement on the Baron mouse pancreas cells of donor
   ``mouse2`` (the recipe's labelled validation, never in its corpus).
 
@@ -60,6 +60,8 @@ from opencellplm.train import diagnostics
 from opencellplm.train.trainer import STEPS_DIR
 
 HIDDEN_FRACTION = 0.25
+#: Leiden seeds of the clustering figures (their mean): one seed moves Baron human's best ARI by about 0.1.
+LEIDEN_SEEDS = (0, 1, 2)
 PROBE_DONOR = "mouse2"
 #: Figures in the printed tables: (row key, header).
 COLUMNS = (
@@ -206,20 +208,21 @@ class Scorer:
             embeddings={"model": embedding},
             embedding_key=None,
             baselines_run=("pca",) if first else (),
-            seeds=(self.seed,),
+            seeds=LEIDEN_SEEDS,
         )
 
-        def figures(scores) -> dict[str, float]:
-            return {
-                "clustering_ari_best": scores.best_ari,
-                "clustering_nmi_best": scores.best_nmi,
-                "clustering_ari_fixed": scores.ari_fixed,
-                "clustering_ari_at_nmi_choice": scores.ari_at_nmi_choice,
+        def figures(per_seed) -> dict[str, float]:  # the mean over the Leiden seeds
+            fields = {
+                "clustering_ari_best": "best_ari",
+                "clustering_nmi_best": "best_nmi",
+                "clustering_ari_fixed": "ari_fixed",
+                "clustering_ari_at_nmi_choice": "ari_at_nmi_choice",
             }
+            return {key: float(np.mean([getattr(s, field) for s in per_seed])) for key, field in fields.items()}
 
         if first:
-            self.baselines[f"{name}:pca"] = figures(result.scores["pca"][0])
-        return figures(result.scores["model"][0])
+            self.baselines[f"{name}:pca"] = figures(result.scores["pca"])
+        return figures(result.scores["model"])
 
 
 def _cell_type_mean_hidden(model: CellPLM, adata, seed: int) -> dict[str, float]:
