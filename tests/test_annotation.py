@@ -49,6 +49,11 @@ def test_fit_predict_writes_label_strings_and_probabilities(base, cells):
     np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
     chosen = probabilities[np.arange(cells.n_obs), labels.cat.codes.to_numpy()]
     np.testing.assert_allclose(cells.obs["cellplm_label_probability"], chosen)
+    # key_added names every column the prediction writes, beside the default ones
+    annotator.predict(cells, key_added="mine")
+    assert (cells.obs["mine"] == labels).all() and "mine_probability" in cells.obs
+    np.testing.assert_allclose(cells.obsm["mine_probabilities"], probabilities)
+    assert set(cells.uns["cellplm"]) == {"cellplm_label", "mine"}
     record = cells.uns["cellplm"]["cellplm_label"]
     assert list(record["classes"]) == ["type_0", "type_1", "type_2"] and record["params"]["mode"] == "inductive"
     assert record["params"]["max_cells"] == 80
@@ -59,9 +64,10 @@ def test_fine_tuning_learns_separable_types(base, cells):
     recipe = AnnotationRecipe(steps=120, eval_every=10, warmup_steps=5, patience=0, precision="fp32")
     annotator = CellTypeAnnotator.from_pretrained(base, recipe=recipe)
     annotator.fit(cells, "cell_type", train_cells=~cells.obs["is_test"].to_numpy())
-    scores = annotator.score(cells, "cell_type", baselines=("knn_on_pca",))
+    scores = annotator.score(cells, "cell_type", baselines=("knn_on_pca",), seed=3)
     frame = scores.to_frame()
     assert scores.n_test == 60 and scores.mode == "inductive"
+    assert scores.methods["knn_on_pca"]["params"]["seed"] == 3 == scores.settings["seed"]  # the baseline got it
     assert frame.loc["cellplm", "accuracy"] > 0.8  # chance is 1/3
     assert set(frame.index) == {"cellplm", "knn_on_pca"}
     assert frame.loc["knn_on_pca", "accuracy"] > 0.6

@@ -245,7 +245,8 @@ class AnnotationScores:
     """Scores of the annotator and the baselines on the same test cells.
 
     ``methods[name]`` holds ``scores`` (:class:`~opencellplm.metrics.ClassificationScores`), ``fit_seconds``
-    and ``predict_seconds``; ``mode`` says whether CellPLM was fitted inductively or transductively.
+    and ``predict_seconds``, and for a baseline its ``params`` (its seed included); ``mode`` says whether CellPLM
+    was fitted inductively or transductively.
     """
 
     mode: Mode
@@ -597,6 +598,7 @@ class CellTypeAnnotator:
                     "scores": classification_scores(truth, result.prediction),
                     "fit_seconds": round(result.seconds, 2),
                     "predict_seconds": None,  # included in fit_seconds
+                    "params": result.params,  # the baseline's settings, its seed included
                 }
         return AnnotationScores(
             mode=self.mode,
