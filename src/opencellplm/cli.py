@@ -850,7 +850,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--genes",
         nargs="+",
-        help="genes to impute, space- or comma-separated (default: every reference gene not in the panel)",
+        action="extend",  # a repeated --genes adds to the list instead of replacing it
+        help="genes to impute, space- or comma-separated, and the flag may be repeated (default: every reference "
+        "gene not in the panel)",
     )
     p.add_argument(
         "--out",
