@@ -145,3 +145,40 @@ def test_every_impute_flag_reaches_the_api(files, monkeypatch):
     with pytest.raises(Recorded):
         main([a for a in args if a not in ("--reference-gene-key", "ref_ids")])
     assert seen["fit"]["reference_gene_key"] == "ids"
+
+
+def test_every_perturb_fit_and_score_flag_reaches_the_api(tmp_path, monkeypatch):
+    from opencellplm.tasks import PerturbationPredictor
+
+    from .test_perturbation import simulated, tiny_model
+
+    tiny_model().save(tmp_path / "ckpt")
+    simulated(n_single=4, n_combo=2, cells_per_perturbation=5).write_h5ad(tmp_path / "data.h5ad")
+    seen: dict = {}
+    _record(monkeypatch, PerturbationPredictor, "fit", seen)
+    _record(monkeypatch, PerturbationPredictor, "score", seen)
+    options = ["--checkpoint", str(tmp_path / "ckpt"), "--perturbation-key", "guide", "--control", "ctrl"]
+    options += ["--default-direction", "up", "--extend-vocabulary", "--steps", "8", "--layer", "counts"]
+    options += ["--gene-key", "ids", "--sample-key", "batch", "--device", "cpu"]
+    expected = {
+        "perturbation_key": "guide",
+        "control": "ctrl",
+        "default_direction": "up",
+        "extend_vocabulary": True,
+        "device": "cpu",
+        "layer": "counts",
+        "gene_key": "ids",
+        "sample_key": "batch",
+    }
+    data = str(tmp_path / "data.h5ad")
+    with pytest.raises(Recorded):
+        main(["perturb", "fit", data, "--out", str(tmp_path / "p"), *options, "--scratch"])
+    call = seen["fit"]
+    assert {k: call[k] for k in expected} == expected
+    assert call["self"].recipe.steps == 8 and call["self"].pretrained is False
+    with pytest.raises(Recorded):
+        main(["perturb", "score", data, "--out", str(tmp_path / "s.json"), *options, "--seeds", "3", "4",
+              "--from-scratch"])  # fmt: skip
+    call = seen["score"]
+    assert {k: call[k] for k in expected} == expected
+    assert list(call["seeds"]) == [3, 4] and call["from_scratch"] is True and call["self"].pretrained is True
