@@ -1,5 +1,6 @@
-"""Every flag of the task subcommands reaches the API: recorders stand in for the task methods, so nothing is
-trained, and each test fails if the command line drops or renames a flag on its way (REDESIGN.md, mutations M1-M5)."""
+"""Every flag of the task subcommands and of benchmark reaches the API: recorders stand in for the task methods,
+so nothing is trained, and each test fails if the command line drops or renames a flag on its way (REDESIGN.md,
+mutations M1-M5)."""
 
 from __future__ import annotations
 
@@ -182,3 +183,29 @@ def test_every_perturb_fit_and_score_flag_reaches_the_api(tmp_path, monkeypatch)
     call = seen["score"]
     assert {k: call[k] for k in expected} == expected
     assert list(call["seeds"]) == [3, 4] and call["from_scratch"] is True and call["self"].pretrained is True
+
+
+def test_every_benchmark_flag_reaches_the_api(tmp_path, monkeypatch):
+    import opencellplm.benchmark as benchmark
+
+    seen: dict = {}
+
+    def run_benchmark(out, **kwargs):
+        seen.update(out=out, **kwargs)
+        raise Recorded("run_benchmark")
+
+    monkeypatch.setattr(benchmark, "run_benchmark", run_benchmark)
+    args = ["benchmark", "--out", str(tmp_path / "b"), "--tasks", "denoising", "clustering", "--datasets", "pbmc3k"]
+    with pytest.raises(Recorded):
+        main([*args, "--n-seeds", "2", "--checkpoint", "cellplm-small", "--quick"])
+    assert seen == {
+        "out": str(tmp_path / "b"),
+        "tasks": ["denoising", "clustering"],
+        "datasets": ["pbmc3k"],
+        "seeds": 2,
+        "checkpoint": "cellplm-small",
+        "profile": "quick",
+    }
+    with pytest.raises(Recorded):
+        main(args)
+    assert seen["profile"] == "full" and seen["seeds"] is None
