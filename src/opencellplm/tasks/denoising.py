@@ -1,11 +1,13 @@
 """Denoising: the NB decoder's mean expression on the count scale, zero-shot or fine-tuned, and its score.
 
 A denoised cell is the NB mean of the model's decoder over the input's genes, rescaled to the cell's
-observed library size over those genes (TASKS.md §3). A pretrained model denoises right away (zero-shot);
-:meth:`Denoiser.fit` fine-tunes it with the pretraining objective (NB reconstruction of masked entries
-plus the GMVAE terms) on the user's cell sets. Model selection uses a seeded share of each cell's
-non-zero counts hidden from the training input: the state with the lowest denoising RMSE on those
-entries is kept (the starting weights when fine-tuning never beats them).
+observed library size over those genes (TASKS.md §3), with each gene's level fitted to the input's by
+default (:func:`fit_gene_levels`; ``gene_levels="model"`` keeps the decoder's). A pretrained model
+denoises right away (zero-shot); :meth:`Denoiser.fit` fine-tunes it with the pretraining objective (NB
+reconstruction of masked entries plus the GMVAE terms) on the user's cell sets. Model selection uses a
+seeded share of each cell's non-zero counts hidden from the training input: the state with the lowest
+denoising RMSE on those entries, scored with the decoder's own gene levels, is kept (the starting weights
+when fine-tuning never beats them).
 
 :meth:`Denoiser.score` runs the paper's protocol (hide 10% of each cell's non-zeros, denoise the
 corrupted matrix, RMSE and MAE on the hidden entries after log-normalisation) or molecular
@@ -563,9 +565,10 @@ class Denoiser:
     ) -> Denoiser:
         """Write the denoised counts (see :meth:`get_denoised`) to ``adata.layers[layer_added]``.
 
-        The layer is dense: the NB mean is above zero for every gene in the model's vocabulary. Only where the
-        input is sparse and fewer than half of the result's entries are non-zero (most genes outside the
-        vocabulary) is it CSR, which is then the smaller form. Genes outside the vocabulary keep their input
+        The layer is dense: the NB mean is above zero for every gene in the model's vocabulary (with
+        ``gene_levels="data"``, except the genes with no count in the input, which stay 0). Only where the input is
+        sparse and fewer than half of the result's entries are non-zero (most genes outside the vocabulary) is it
+        CSR, which is then the smaller form. Genes outside the vocabulary keep their input
         counts, with a logged warning (how many, their share of the counts, examples).
 
         Also writes ``adata.uns['cellplm'][layer_added]``: ``params`` (every effective input setting, the
