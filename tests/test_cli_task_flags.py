@@ -209,3 +209,18 @@ def test_every_benchmark_flag_reaches_the_api(tmp_path, monkeypatch):
     with pytest.raises(Recorded):
         main(args)
     assert seen["profile"] == "full" and seen["seeds"] is None
+
+
+def test_every_demo_flag_reaches_run_demo(tmp_path, monkeypatch):
+    import opencellplm.demo as demo
+
+    seen: dict = {}
+
+    def run_demo(out, **kwargs):
+        seen.update(out=out, **kwargs)
+        raise Recorded("run_demo")
+
+    monkeypatch.setattr(demo, "run_demo", run_demo)
+    with pytest.raises(Recorded):
+        main(["demo", "--out", str(tmp_path / "d"), "--seed", "7", "--overwrite"])
+    assert seen == {"out": str(tmp_path / "d"), "overwrite": True, "seed": 7}
