@@ -48,19 +48,45 @@ SCORES = [(0.5, 1.0), (1.0, 0.8), (1.0, 0.5), (1.0, 0.3), (1.0, 0.4), (1.0, 0.6)
 
 def test_ties_of_the_monitored_score_are_broken_by_the_validation_loss():
     module, objective, summary = fit(SCORES, "val_loss")
-    assert summary["best_step"] == 4 and summary["best_val_f1"] == 1.0
-    assert summary["steps"] == 6 and summary["stopped_early"]  # patience 2: steps 5 and 6 did not improve
+    assert summary.best_step == 4 and summary.best == 1.0
+    assert summary.steps == 6 and summary.stopped_early  # patience 2: steps 5 and 6 did not improve
     for key, value in module.state_dict().items():
         torch.testing.assert_close(value, objective.seen[3][key])  # the weights evaluated at step 4
 
 
 def test_without_a_tiebreak_the_first_best_state_is_kept():
     module, objective, summary = fit(SCORES[:4], None)
-    assert summary["best_step"] == 2 and summary["stopped_early"]
+    assert summary.best_step == 2 and summary.stopped_early
     for key, value in module.state_dict().items():
         torch.testing.assert_close(value, objective.seen[1][key])
 
 
 def test_a_better_score_wins_over_a_lower_loss():
     _, _, summary = fit([(0.5, 1.0), (0.9, 2.0), (0.8, 0.1)], "val_loss")
-    assert summary["best_step"] == 2 and summary["best_val_f1"] == 0.9
+    assert summary.best_step == 2 and summary.best == 0.9
+
+
+def compete(scores):
+    """A run with ``compete_with_start``: the first scripted score is the starting weights'."""
+    torch.manual_seed(0)
+    module = nn.Linear(2, 1)
+    start = {k: v.clone() for k, v in module.state_dict().items()}
+    objective = Scripted(scores, "val_loss")
+    config = TrainConfig(steps=len(scores) - 1, sets_per_step=1, lr=0.1, warmup_steps=0, eval_every=1, patience=0)
+    summary = Trainer(module, objective, config, Distributed.start("cpu"), compete_with_start=True).fit()
+    return module, start, objective, summary
+
+
+def test_the_starting_weights_are_kept_when_fine_tuning_never_beats_them():
+    module, start, _, summary = compete([(0.9, 0.5), (0.8, 0.1), (0.9, 0.4)])  # a tie on F1 does not beat it
+    assert summary.kept == "start" and summary.start == 0.9 and summary.best == 0.9
+    for key, value in module.state_dict().items():
+        torch.testing.assert_close(value, start[key])
+    assert summary.to_dict()["start_val_f1"] == 0.9 and summary.to_dict()["kept"] == "start"
+
+
+def test_fine_tuned_weights_that_beat_the_start_are_kept():
+    module, start, objective, summary = compete([(0.5, 0.5), (0.7, 0.4), (0.6, 0.3)])
+    assert summary.kept == "fine-tuned" and summary.start == 0.5 and summary.best == 0.7 and summary.best_step == 1
+    for key, value in module.state_dict().items():
+        torch.testing.assert_close(value, objective.seen[1][key])  # evaluated at step 1 (seen[0] is the start)

@@ -263,7 +263,7 @@ def no_fine_tuning(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("fine-tuning started before the input was refused")
 
-    monkeypatch.setattr("opencellplm.tasks.imputation.Trainer", refuse)
+    monkeypatch.setattr("opencellplm.tasks.base.Trainer", refuse)
 
 
 def impute_files(spatial, reference, tmp_path):

@@ -33,18 +33,18 @@ from torch import nn
 
 from .. import baselines as _baselines
 from .._threads import thread_settings
-from ..config import AnnotationHeadConfig, MaskingConfig, ModelConfig, TrainConfig
+from ..config import AnnotationHeadConfig, MaskingConfig, ModelConfig
 from ..data.labels import has_label
 from ..data.sets import CellSets, InputSpec
 from ..data.validate import require_anndata
 from ..model import CellPLM
 from ..module import CellPLMModule
 from ..module.losses import LossOutput
-from ..train import Distributed, Objective, ParamGroup, Trainer
+from ..train import Distributed, Objective, ParamGroup
 from ..train.plan import shuffled_batch
 from ..train.trainer import Autocast, unwrap
-from ._recipe import fine_tuning_config
-from ._saved import MODEL_DIR, read_task, recogniser, save_task, settings_dataclass
+from ._saved import MODEL_DIR, settings_dataclass
+from .base import FineTunedTask, FineTuneRecipe, Precision
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,9 @@ BASELINES = {
 
 
 @dataclass(frozen=True)
-class AnnotationRecipe:
-    """Fine-tuning settings (the official recipe, with CPU-sized step counts).
+class AnnotationRecipe(FineTuneRecipe):
+    """Fine-tuning settings (the official recipe, with CPU-sized step counts); the shared ones are
+    :class:`~opencellplm.tasks.base.FineTuneRecipe`'s.
 
     Attributes
     ----------
@@ -102,11 +103,8 @@ class AnnotationRecipe:
     mask_gene_rate: float = 0.25
     sets_per_step: int = 1
     validation_fraction: float = 0.1
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     seed: int = 0
-
-    def train_config(self) -> TrainConfig:
-        return fine_tuning_config(self)
 
     def masking(self) -> MaskingConfig:
         """The training-time corruption of the fine-tuning forward."""
@@ -279,7 +277,7 @@ class AnnotationScores:
         }
 
 
-class CellTypeAnnotator:
+class CellTypeAnnotator(FineTunedTask):
     """A CellPLM model fine-tuned to annotate cell types.
 
     Build one from a pretrained model (:meth:`from_pretrained`) or, to measure what pretraining adds,
@@ -293,29 +291,19 @@ class CellTypeAnnotator:
     >>> query.obs["cellplm_label"]                                                # doctest: +SKIP
     """
 
+    recipe_type = AnnotationRecipe
+    noun = "annotator"
+    settings_file, format = SETTINGS_FILE, FORMAT
+    recipe: AnnotationRecipe
+    summary: FitSummary | None
+
     def __init__(self, base: CellPLM, *, pretrained: bool, recipe: AnnotationRecipe | None = None):
-        self.base, self.pretrained = base, pretrained
-        self.recipe = recipe or AnnotationRecipe()
-        self.module: CellPLMModule | None = None
+        super().__init__(base, pretrained=pretrained, recipe=recipe)
         self.classes: list[str] = []
-        self.spec = InputSpec()
         self.mode: Mode = "inductive"
-        self.summary: FitSummary | None = None
         self._reference: tuple[AnnData, np.ndarray] | None = None  # fit data, for the baselines of score
         #: The fit data's cell names (sha256) and which cells fit learned from: saved, so that score knows them.
         self._fit_data: dict[str, Any] | None = None
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path | CellPLM, **kwargs: Any) -> CellTypeAnnotator:
-        """Fine-tune from a pretrained model (a shipped name, a checkpoint directory or a loaded :class:`CellPLM`)."""
-        base = name_or_dir if isinstance(name_or_dir, CellPLM) else CellPLM.from_pretrained(name_or_dir)
-        return cls(base, pretrained=True, **kwargs)
-
-    @classmethod
-    def from_scratch(cls, like: str | Path | CellPLM, **kwargs: Any) -> CellTypeAnnotator:
-        """The same architecture and vocabulary as ``like``, trained from freshly initialised weights."""
-        base = like if isinstance(like, CellPLM) else CellPLM.from_pretrained(like)
-        return cls(base, pretrained=False, **kwargs)
 
     # ------------------------------------------------------------------------------------ fit
     def fit(
@@ -407,11 +395,7 @@ class CellTypeAnnotator:
             seed=recipe.seed,
             masking=recipe.masking(),
         )
-        world = Distributed.start(device or base.device)
-        try:
-            summary = Trainer(module, objective, recipe.train_config(), world, keep_best=True).fit()
-        finally:
-            world.stop()
+        summary = self._fine_tune(module, objective, device=device)
         self.module = module.eval()
         self._reference = (adata, in_loss | in_validation)
         self._fit_data = _fingerprint(adata, in_loss | in_validation)
@@ -421,12 +405,12 @@ class CellTypeAnnotator:
             n_validation=int(objective.in_validation.sum()),
             n_unlabelled_left_out=n_unlabelled,
             classes=self.classes,
-            steps=summary["steps"],
-            best_val_f1=summary["best_val_f1"],
+            steps=summary.steps,
+            best_val_f1=summary.best,
             seconds=round(time.perf_counter() - started, 2),
-            train_cells_per_s=summary["train_cells_per_s"],
-            history=summary["val_history"],
-            best_step=summary["best_step"],
+            train_cells_per_s=summary.train_cells_per_s,
+            history=summary.history,
+            best_step=summary.best_step,
         )
         logger.info(
             "annotator fitted (%s, %s): %d classes; kept the weights of step %s of %d run (best validation "
@@ -434,23 +418,18 @@ class CellTypeAnnotator:
             mode,
             "pretrained" if self.pretrained else "from scratch",
             len(self.classes),
-            summary["best_step"],
-            summary["steps"],
-            summary["best_val_f1"] or float("nan"),
+            summary.best_step,
+            summary.steps,
+            summary.best or float("nan"),
         )
         return self
 
     # -------------------------------------------------------------------------------- predict
-    def _require_fitted(self) -> CellPLMModule:
-        if self.module is None:
-            raise ValueError("this annotator is not fitted; call fit() first, or load() a saved one")
-        return self.module
-
     @torch.inference_mode()
     def get_predictions(self, adata: AnnData) -> AnnotationResult:
         """Label strings, the probability of each chosen label and all class probabilities, in ``obs_names``
         order; writes nothing. Cells without counts in the model's genes get no label."""
-        module = self._require_fitted()
+        module = self._require_module()
         require_anndata(adata)
         model = CellPLM(module, self.base.genes, meta=self.base.meta, device=self.base.device)
         sets = model.cell_sets(adata, self.spec, left_out="they get no label", warn_stacklevel=3)
@@ -477,13 +456,12 @@ class CellTypeAnnotator:
         ``obsm[key_added + '_probabilities']`` (columns in ``uns['cellplm'][key_added]['classes']`` order)
         and the settings to ``uns['cellplm'][key_added]``; returns ``self``."""
         require_anndata(adata)
-        if adata.is_view:
-            raise ValueError("adata is a view; call adata.copy() first, or use get_predictions()")
+        self._refuse_view(adata, "get_predictions()")
         result = self.get_predictions(adata)
         adata.obs[key_added] = pd.Categorical(result.labels, categories=result.classes)
         adata.obs[f"{key_added}_probability"] = result.probability
         adata.obsm[f"{key_added}_probabilities"] = result.probabilities
-        adata.uns.setdefault("cellplm", {})[key_added] = self._record()
+        self._write_record(adata, key_added, self._record())
         return self
 
     # ---------------------------------------------------------------------------------- score
@@ -518,7 +496,7 @@ class CellTypeAnnotator:
         from .. import __version__
         from ..metrics import classification_scores
 
-        self._require_fitted()
+        self._require_module()
         require_anndata(adata)
         if labels_key not in adata.obs:
             raise KeyError(f"obs column {labels_key!r} not found; adata.obs has {list(adata.obs.columns)}")
@@ -635,36 +613,22 @@ class CellTypeAnnotator:
         }
 
     # ----------------------------------------------------------------------------- save / load
-    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the fine-tuned model (our checkpoint format, in ``model/``) with the class names, input
-        spec, mode, recipe, fit summary, the fit data's identity (``fit_data``: its cell names' sha256 and
-        which cells fit learned from, so that :meth:`score` knows them) and the sha256 of every file
-        (``annotator.json``); ``overwrite`` replaces only a saved annotator."""
-        module = self._require_fitted()
-        settings = {
-            "classes": self.classes,
-            "mode": self.mode,
-            "pretrained": self.pretrained,
-            "spec": self.spec.to_dict(),
-            "recipe": asdict(self.recipe),
-            "base": self.base.source,
-            "fit": None if self.summary is None else asdict(self.summary),
-            "fit_data": self._fit_data,
-        }
-        meta = {
+    # save() writes the fine-tuned model (our checkpoint format, in ``model/``) with the class names, input spec,
+    # mode, recipe, fit summary, the fit data's identity (``fit_data``: its cell names' sha256 and which cells fit
+    # learned from, so that score knows them) and the sha256 of every file (``annotator.json``).
+    def _settings(self) -> dict[str, Any]:
+        return {"classes": self.classes, "mode": self.mode, "spec": self.spec.to_dict(), "fit_data": self._fit_data}
+
+    def _meta(self) -> dict[str, Any]:
+        return {
             "source": "opencellplm CellTypeAnnotator (fine-tuned)" if self.pretrained else "trained from scratch",
             "gene_id_rule": self.base.gene_id_rule,
             "base": self.base.source,
             "classes": self.classes,
         }
-        return save_task(directory, SETTINGS_FILE, FORMAT, settings, module, self.base.genes, meta, overwrite=overwrite)
 
     @classmethod
-    def load(cls, directory: str | Path, *, device: str = "cpu") -> CellTypeAnnotator:
-        """Read an annotator written by :meth:`save`; the label names come with it. Its checksums and every
-        setting are checked first: an edited or malformed ``annotator.json`` is refused, naming the file."""
-        directory = Path(directory)
-        settings, module, genes, meta = read_task(directory, SETTINGS_FILE, FORMAT)
+    def _check_saved(cls, directory: Path, settings: dict[str, Any], module: CellPLMModule, meta: dict) -> None:
         path = directory / SETTINGS_FILE
         classes = _saved_classes(path, settings, meta, directory / MODEL_DIR / "meta.json")
         head = module.config.annotation
@@ -675,18 +639,16 @@ class CellTypeAnnotator:
             raise ValueError(f"{path}: 'mode' must be 'inductive' or 'transductive', not {settings.get('mode')!r}")
         if not isinstance(settings.get("pretrained"), bool):
             raise ValueError(f"{path}: 'pretrained' must be true or false, not {settings.get('pretrained')!r}")
-        recipe = settings_dataclass(path, settings, "recipe", AnnotationRecipe)
-        spec = settings_dataclass(path, settings, "spec", InputSpec)
-        base = CellPLM(module, genes, meta=meta, source=settings.get("base"), device=device)
-        annotator = cls(base, pretrained=settings["pretrained"], recipe=recipe)
-        annotator.module, annotator.classes = base.module, classes
-        annotator.spec, annotator.mode = spec, settings["mode"]
-        annotator._fit_data = _saved_fit_data(path, settings.get("fit_data"))
-        return annotator
+
+    def _restore(self, directory: Path, settings: dict[str, Any]) -> None:
+        path = directory / SETTINGS_FILE
+        self.spec = settings_dataclass(path, settings, "spec", InputSpec)
+        self.module, self.classes, self.mode = self.base.module, list(settings["classes"]), settings["mode"]
+        self._fit_data = _saved_fit_data(path, settings.get("fit_data"))
 
 
 #: Why a folder is not a saved annotator holding nothing else (empty if it is).
-annotator_problems = recogniser(SETTINGS_FILE, FORMAT)
+annotator_problems = CellTypeAnnotator.problems
 
 
 def _names_sha256(names: pd.Index) -> str:

@@ -22,7 +22,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -36,9 +35,8 @@ from torch import nn
 
 from .. import baselines as baseline_functions
 from .._files import refuse_inputs
-from .._precision import autocast_dtype
 from .._threads import thread_settings
-from ..config import MaskingConfig, ModelConfig, TrainConfig
+from ..config import MaskingConfig, ModelConfig
 from ..data.reader import _is_sparse, counts_matrix, iter_row_blocks, read_rows
 from ..data.sets import CellSets, InputSpec
 from ..data.validate import require_anndata
@@ -47,12 +45,12 @@ from ..metrics import TARGET_SUM, denoising_scores, hide_counts, mcv_scores, mol
 from ..model import CellPLM
 from ..module import CellPLMModule
 from ..module.losses import LossOutput
-from ..train import Distributed, Objective, Trainer
+from ..train import Distributed, Objective
 from ..train.plan import shuffled_batch
 from ..train.state import LOCK_FILE, STATE_FILE
 from ..train.trainer import CONFIG_FILE, Autocast, unwrap
-from ._recipe import fine_tuning_config
-from ._saved import read_task, reading_settings, save_task, setting, settings_dataclass
+from ._saved import setting, settings_dataclass
+from .base import FineTunedTask, FineTuneRecipe, Precision
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +77,9 @@ GENE_COLUMN = "cellplm_gene_id"
 
 
 @dataclass(frozen=True)
-class DenoisingRecipe:
-    """Fine-tuning settings: the pretraining objective on the user's cell sets.
+class DenoisingRecipe(FineTuneRecipe):
+    """Fine-tuning settings: the pretraining objective on the user's cell sets (the shared settings are
+    :class:`~opencellplm.tasks.base.FineTuneRecipe`'s).
 
     Attributes
     ----------
@@ -118,15 +117,13 @@ class DenoisingRecipe:
     mask_gene_rate: float | None = None
     drop_cell_rate: float | None = None
     dropout: float | None = None
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction!r}")
-
-    def train_config(self) -> TrainConfig:
-        return fine_tuning_config(self)
 
     def masking(self) -> MaskingConfig:
         """The training-time corruption of the fine-tuning forward: this recipe's rates (None: the defaults)."""
@@ -340,7 +337,7 @@ class DenoisingResult:
         return asdict(self)
 
 
-class Denoiser:
+class Denoiser(FineTunedTask):
     """A CellPLM model that denoises counts through its NB decoder, zero-shot or fine-tuned.
 
     Build one from a pretrained model (:meth:`from_pretrained`, ready to use) or, to measure what
@@ -355,36 +352,17 @@ class Denoiser:
     >>> denoiser.score(adata, sample_key="sample").to_frame()                   # doctest: +SKIP
     """
 
+    recipe_type = DenoisingRecipe
+    noun = "denoiser"
+    settings_file, format = SETTINGS_FILE, FORMAT
+    zero_shot = True
+    needs_decoder = "denoise"
+    recipe: DenoisingRecipe
+    summary: DenoisingFitSummary | None
+
     def __init__(self, base: CellPLM, *, pretrained: bool, recipe: DenoisingRecipe | None = None):
-        if base.config.decoder is None:
-            raise ValueError(
-                f"the model {base.source.get('name', '')!r} has no NB decoder (config.decoder is None, e.g. an "
-                "annotation model), so it cannot denoise; use a pretrained CellPLM checkpoint such as 'cellplm-small'"
-            )
-        self.base, self.pretrained = base, pretrained
-        self.recipe = recipe or DenoisingRecipe()
-        self.module: CellPLMModule | None = None  # fine-tuned weights (None: the base's, when pretrained)
-        self.spec = InputSpec()
-        self.summary: DenoisingFitSummary | None = None
+        super().__init__(base, pretrained=pretrained, recipe=recipe)
         self._loaded = False  # the base weights came from a saved (possibly fine-tuned) denoiser
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path | CellPLM, **kwargs: Any) -> Denoiser:
-        """Denoise with a pretrained model (a shipped name, a checkpoint directory or a loaded :class:`CellPLM`);
-        it works zero-shot, and :meth:`fit` fine-tunes it."""
-        base = name_or_dir if isinstance(name_or_dir, CellPLM) else CellPLM.from_pretrained(name_or_dir)
-        return cls(base, pretrained=True, **kwargs)
-
-    @classmethod
-    def from_scratch(cls, like: str | Path | CellPLM, **kwargs: Any) -> Denoiser:
-        """The same architecture and vocabulary as ``like`` with freshly initialised weights; call :meth:`fit`."""
-        base = like if isinstance(like, CellPLM) else CellPLM.from_pretrained(like)
-        return cls(base, pretrained=False, **kwargs)
-
-    @property
-    def fitted(self) -> bool:
-        """Whether :meth:`fit` ran (or a fitted denoiser was loaded)."""
-        return self.module is not None
 
     # ------------------------------------------------------------------------------------ fit
     def fit(
@@ -463,72 +441,44 @@ class Denoiser:
             },
         )
         resume = work_dir is not None and (work_dir / STATE_FILE).exists()
-        world = Distributed.start(device or self.base.device)
-        try:
-            module.to(world.device).eval()
-            start_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            dtype = autocast_dtype(recipe.precision, world.device)  # as the trainer's evaluations
-
-            def autocast() -> AbstractContextManager:
-                return nullcontext() if dtype is None else torch.autocast(world.device.type, dtype=dtype)
-
-            with torch.no_grad():  # before a resumed run loads its own weights
-                start_metrics = objective.evaluate(module, world, autocast)
-            logger.info("validation RMSE of the starting weights: %.4f", start_metrics["val_rmse"])
+        summary = self._fine_tune(
+            module,
+            objective,
+            device=device,
             # With --work, a checkpoint at every evaluation: a kill loses at most eval_every steps.
-            train_config = replace(recipe.train_config(), checkpoint_every=recipe.eval_every)
-            trainer = Trainer(module, objective, train_config, world, out=work_dir, resume=resume, keep_best=True)
-            if resume and (work_dir / BEST_FILE).exists():
-                trainer.best_state = _read_weights(work_dir / BEST_FILE)
-            summary = trainer.fit()
-            if work_dir is not None and (work_dir / BEST_FILE).exists():  # a finished run read back
-                module.load_state_dict(_read_weights(work_dir / BEST_FILE))
-        finally:
-            world.stop()
-        best = summary["best_val_rmse"]
-        kept: Literal["fine-tuned", "start"] = "fine-tuned"
-        if best is None or not best < start_metrics["val_rmse"]:
-            module.load_state_dict(start_state)
-            kept = "start"
-            logger.warning(
-                "fine-tuning did not lower the validation RMSE below the starting weights' %.4f (best %s); "
-                "the starting weights are kept",
-                start_metrics["val_rmse"],
-                "none" if best is None else f"{best:.4f}",
-            )
+            config=replace(recipe.train_config(), checkpoint_every=recipe.eval_every),
+            out=work_dir,
+            resume=resume,
+            compete_with_start=True,  # evaluated before a resumed run loads its own weights
+            best_state=_read_weights(work_dir / BEST_FILE) if resume and (work_dir / BEST_FILE).exists() else None,
+        )
+        best = summary.best
         self.module, self.spec = module.eval(), input_spec
         self.summary = DenoisingFitSummary(
             pretrained=self.pretrained,
             n_cells=train.n_cells,
             n_genes=len(columns),
             n_validation_entries=int(hidden.nnz),
-            steps=summary["steps"],
-            start_val_rmse=start_metrics["val_rmse"],
+            steps=summary.steps,
+            start_val_rmse=summary.start,
             best_val_rmse=best,
-            kept=kept,
+            kept=summary.kept,
             seconds=round(time.perf_counter() - started, 2),
-            train_cells_per_s=summary["train_cells_per_s"],
-            stopped_by=summary["stopped_by"],
-            history=summary["val_history"],
+            train_cells_per_s=summary.train_cells_per_s,
+            stopped_by=summary.stopped_by,
+            history=summary.history,
         )
         logger.info(
             "denoiser fitted (%s): validation RMSE %.4f at the start, best %s after %d steps; kept the %s weights",
             "pretrained" if self.pretrained else "from scratch",
-            start_metrics["val_rmse"],
+            summary.start,
             "none" if best is None else f"{best:.4f}",
-            summary["steps"],
-            kept,
+            summary.steps,
+            summary.kept,
         )
         return self
 
     # -------------------------------------------------------------------------------- predict
-    def _require_module(self) -> CellPLMModule:
-        if self.module is not None:
-            return self.module
-        if self.pretrained:
-            return self.base.module
-        raise ValueError("this denoiser starts from scratch and is not fitted; call fit() first, or load() one")
-
     def get_denoised(self, adata: AnnData, *, gene_levels: GeneLevels = "data", **spec: Any) -> np.ndarray:
         """The denoised counts, ``(n_obs, n_vars)`` dense float32 in ``adata``'s order; writes nothing.
 
@@ -579,11 +529,10 @@ class Denoiser:
         ``self``.
         """
         require_anndata(adata)
-        if adata.is_view:
-            raise ValueError("adata is a view; call adata.copy() first, or use get_denoised()")
+        self._refuse_view(adata, "get_denoised()")
         layer, record = self._denoised_layer(adata, spec, layer_added, gene_levels, stacklevel=4)
         adata.layers[layer_added] = layer
-        adata.uns.setdefault("cellplm", {})[layer_added] = record
+        self._write_record(adata, layer_added, record)
         return self
 
     def _denoised_layer(
@@ -846,38 +795,16 @@ class Denoiser:
         )
 
     # ----------------------------------------------------------------------------- save / load
-    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the weights in use (our checkpoint format, in ``model/``) with the input spec, the recipe and
-        the base checkpoint's identity (``denoiser.json``)."""
-        module = self._require_module()
-        settings = {
-            "pretrained": self.pretrained,
-            "fine_tuned": self.fitted,
-            "spec": self.spec.to_dict(),
-            "recipe": asdict(self.recipe),
-            "base": self.base.source,
-            "fit": None if self.summary is None else asdict(self.summary),
-        }
+    # save() writes the weights in use (our checkpoint format, in ``model/``) with the input spec, the recipe and
+    # the base checkpoint's identity (``denoiser.json``).
+    def _settings(self) -> dict[str, Any]:
+        return {"fine_tuned": self.fitted, "spec": self.spec.to_dict()}
 
-        return save_task(
-            directory, SETTINGS_FILE, FORMAT, settings, module, self.base.genes, self.base.meta, overwrite=overwrite
-        )
-
-    @classmethod
-    def load(cls, directory: str | Path, *, device: str = "cpu") -> Denoiser:
-        """Read a denoiser written by :meth:`save`."""
-        settings, module, genes, meta = read_task(directory, SETTINGS_FILE, FORMAT)
-        path = Path(directory) / SETTINGS_FILE
-        recipe = settings_dataclass(path, settings, "recipe", DenoisingRecipe)
-        spec = settings_dataclass(path, settings, "spec", InputSpec)
-        with reading_settings(path):
-            base = CellPLM(module, genes, meta=meta, source=settings.get("base"), device=device)
-            denoiser = cls(base, pretrained=True, recipe=recipe)
-            denoiser.pretrained = setting(path, settings, "pretrained", bool)
-            denoiser.module = base.module if setting(path, settings, "fine_tuned", bool) else None
-            denoiser.spec = spec
-        denoiser._loaded = True
-        return denoiser
+    def _restore(self, directory: Path, settings: dict[str, Any]) -> None:
+        path = directory / SETTINGS_FILE
+        self.spec = settings_dataclass(path, settings, "spec", InputSpec)
+        self.module = self.base.module if setting(path, settings, "fine_tuned", bool) else None
+        self._loaded = True
 
     # ------------------------------------------------------------------------------------ files
     def denoise_file(

@@ -43,7 +43,7 @@ from torch import nn
 
 from .._memory import PeakMemory
 from .._threads import thread_settings
-from ..config import MaskingConfig, ModelConfig, TrainConfig
+from ..config import MaskingConfig, ModelConfig
 from ..data.genes import normalise_gene_ids
 from ..data.reader import counts_matrix, read_rows
 from ..data.sets import CellSets, InputSpec
@@ -51,12 +51,12 @@ from ..data.validate import require_anndata, validate
 from ..model import CellPLM
 from ..module import CellPLMModule
 from ..module.losses import LossOutput
-from ..train import Distributed, Objective, Trainer
+from ..train import Distributed, Objective
 from ..train.plan import shuffled_batch
 from ..train.schedule import set_seed
 from ..train.trainer import EVALUATION_STEP, Autocast, unwrap
-from ._recipe import fine_tuning_config
-from ._saved import read_task, reading_settings, save_task, setting, settings_dataclass
+from ._saved import setting, settings_dataclass
+from .base import FineTunedTask, FineTuneRecipe, Precision
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,9 @@ DEFAULT_VARIANTS = ("fine_tuned", "no_positional", "chunks", "from_scratch")
 
 
 @dataclass(frozen=True)
-class ImputationRecipe:
-    """Fine-tuning settings (defaults: the official imputation settings of TASKS.md §5, in steps).
+class ImputationRecipe(FineTuneRecipe):
+    """Fine-tuning settings (defaults: the official imputation settings of TASKS.md §5, in steps; the shared
+    settings are :class:`~opencellplm.tasks.base.FineTuneRecipe`'s).
 
     Attributes
     ----------
@@ -137,19 +138,17 @@ class ImputationRecipe:
     latent_weight: float = 1.0
     max_reference_genes: int | None = None
     dropout: float | None = None
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction!r}")
         if not 0.0 <= self.panel_rate <= 1.0:
             raise ValueError(f"panel_rate must lie in [0, 1], got {self.panel_rate!r}")
         if not (isinstance(self.max_cells, int) and self.max_cells >= 1):
             raise ValueError(f"max_cells must be a positive integer, got {self.max_cells!r}")
-
-    def train_config(self) -> TrainConfig:
-        return fine_tuning_config(self)
 
     def masking(self) -> MaskingConfig:
         return MaskingConfig(
@@ -247,7 +246,7 @@ class ImputationObjective(Objective):
         return metrics
 
 
-class SpatialImputer:
+class SpatialImputer(FineTunedTask):
     """Impute the genes a spatial panel did not measure with a CellPLM fine-tuned on it and an scRNA-seq reference.
 
     Examples
@@ -259,40 +258,24 @@ class SpatialImputer:
     >>> SpatialImputer.from_pretrained("cellplm-small").score(spatial, reference).to_frame()  # doctest: +SKIP
     """
 
+    recipe_type = ImputationRecipe
+    noun = "imputer"
+    settings_file, format = SETTINGS_FILE, FORMAT
+    zero_shot = True
+    needs_decoder = "impute genes"
+    recipe: ImputationRecipe
+    summary: ImputationFitSummary | None
+
     def __init__(self, base: CellPLM, *, pretrained: bool, recipe: ImputationRecipe | None = None):
-        if base.config.decoder is None:
-            raise ValueError(
-                f"the model {base.source.get('name', '')!r} has no NB decoder (config.decoder is None), so it cannot "
-                "impute genes; use a pretrained CellPLM checkpoint such as 'cellplm-small'"
-            )
-        self.base, self.pretrained = base, pretrained
-        self.recipe = recipe or ImputationRecipe()
-        self.module: CellPLMModule | None = None
+        super().__init__(base, pretrained=pretrained, recipe=recipe)
         self.reference_genes: list[str] = []  # model ids of the reference's genes (fit)
         self.panel_genes: list[str] = []  # model ids of the spatial panel's genes (fit)
         self.spatial_spec = InputSpec()
         self.spatial_input: dict[str, str | None] = {"layer": None, "gene_key": None, "sample_key": None}
         #: Model id -> the reference's var_name, for the reference genes named otherwise (a ``reference_gene_key``).
         self.reference_names: dict[str, str] = {}
-        self.summary: ImputationFitSummary | None = None
         self._loaded_weights = False  # set by load(): the base holds fitted weights to continue from
         self._inputs_checked = False  # set by score(), which checks its inputs once for all its fits
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path | CellPLM, **kwargs: Any) -> SpatialImputer:
-        """Start from a pretrained model (a shipped name, a checkpoint directory or a loaded :class:`CellPLM`)."""
-        base = name_or_dir if isinstance(name_or_dir, CellPLM) else CellPLM.from_pretrained(name_or_dir)
-        return cls(base, pretrained=True, **kwargs)
-
-    @classmethod
-    def from_scratch(cls, like: str | Path | CellPLM, **kwargs: Any) -> SpatialImputer:
-        """The architecture and vocabulary of ``like`` with freshly initialised weights; call :meth:`fit`."""
-        base = like if isinstance(like, CellPLM) else CellPLM.from_pretrained(like)
-        return cls(base, pretrained=False, **kwargs)
-
-    @property
-    def fitted(self) -> bool:
-        return self.module is not None
 
     # ------------------------------------------------------------------------------------ fit
     def fit(
@@ -448,11 +431,7 @@ class SpatialImputer:
             off_panel=torch.as_tensor(~np.isin(ref_genes, panel)),
             latent_weight=recipe.latent_weight,
         )
-        world = Distributed.start(device or base.device)
-        try:
-            summary = Trainer(module, objective, recipe.train_config(), world, keep_best=True).fit()
-        finally:
-            world.stop()
+        summary = self._fine_tune(module, objective, device=device or base.device)
         self.base, self.module = base, module.eval()
         self.panel_genes, self.reference_genes = panel, ref_genes
         self.reference_names = reference_names
@@ -468,18 +447,18 @@ class SpatialImputer:
             positional=sets["spatial"]._use_coords,
             spatial_sets=len(sets["spatial"]),
             reference_sets=len(sets["reference"]),
-            steps=summary["steps"],
-            best_val_loss=summary["best_val_loss"],
+            steps=summary.steps,
+            best_val_loss=summary.best,
             seconds=round(time.perf_counter() - started, 2),
-            stopped_by=summary["stopped_by"],
-            history=summary["val_history"],
+            stopped_by=summary.stopped_by,
+            history=summary.history,
         )
         logger.info(
             "imputer fitted (%s, positional encoding %s): best validation loss %s after %d steps",
             "pretrained" if self.pretrained else "from scratch",
             "on" if self.summary.positional else "off",
             self.summary.best_val_loss,
-            summary["steps"],
+            summary.steps,
         )
         return self
 
@@ -533,13 +512,6 @@ class SpatialImputer:
         )
 
     # -------------------------------------------------------------------------------- predict
-    def _require_module(self) -> CellPLMModule:
-        if self.module is not None:
-            return self.module
-        if self.pretrained:
-            return self.base.module
-        raise ValueError("this imputer starts from scratch and is not fitted; call fit() first, or load() one")
-
     def _targets(self, genes: Sequence[str] | None, panel: Sequence[str]) -> list[str]:
         rule = _id_rule(self.base)
         if genes is None:
@@ -846,46 +818,29 @@ class SpatialImputer:
         )
 
     # ----------------------------------------------------------------------------- save / load
-    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the weights (our checkpoint format, in ``model/``; an extended vocabulary included) with the
-        recipe, the genes of the fit and the base checkpoint's identity (``imputer.json``)."""
-        module = self._require_module()
-        settings = {
-            "pretrained": self.pretrained,
+    # save() writes the weights (our checkpoint format, in ``model/``; an extended vocabulary included) with the
+    # recipe, the genes of the fit and the base checkpoint's identity (``imputer.json``).
+    def _settings(self) -> dict[str, Any]:
+        return {
             "fine_tuned": self.fitted,
-            "recipe": asdict(self.recipe),
             "panel_genes": self.panel_genes,
             "reference_genes": self.reference_genes,
             "reference_names": self.reference_names,
             "spatial_spec": self.spatial_spec.to_dict(),
             "spatial_input": self.spatial_input,
-            "base": self.base.source,
-            "fit": None if self.summary is None else asdict(self.summary),
         }
-        return save_task(
-            directory, SETTINGS_FILE, FORMAT, settings, module, self.base.genes, self.base.meta, overwrite=overwrite
-        )
 
-    @classmethod
-    def load(cls, directory: str | Path, *, device: str = "cpu") -> SpatialImputer:
-        """Read an imputer written by :meth:`save`."""
-        settings, module, genes, meta = read_task(directory, SETTINGS_FILE, FORMAT)
-        path = Path(directory) / SETTINGS_FILE
-        recipe = settings_dataclass(path, settings, "recipe", ImputationRecipe)
-        spatial_spec = settings_dataclass(path, settings, "spatial_spec", InputSpec)
-        with reading_settings(path):
-            base = CellPLM(module, genes, meta=meta, source=settings.get("base"), device=device)
-            imputer = cls(base, pretrained=setting(path, settings, "pretrained", bool), recipe=recipe)
-            imputer._loaded_weights = True
-            if setting(path, settings, "fine_tuned", bool):
-                imputer.module = base.module.eval()
-                imputer.summary = ImputationFitSummary(**settings["fit"]) if settings.get("fit") else None
-            imputer.panel_genes = list(settings["panel_genes"])
-            imputer.reference_genes = list(settings["reference_genes"])
-            imputer.reference_names = dict(settings.get("reference_names") or {})
-            imputer.spatial_spec = spatial_spec
-            imputer.spatial_input = dict(settings["spatial_input"])
-        return imputer
+    def _restore(self, directory: Path, settings: dict[str, Any]) -> None:
+        path = directory / SETTINGS_FILE
+        self.spatial_spec = settings_dataclass(path, settings, "spatial_spec", InputSpec)
+        self._loaded_weights = True
+        if setting(path, settings, "fine_tuned", bool):
+            self.module = self.base.module.eval()
+            self.summary = ImputationFitSummary(**settings["fit"]) if settings.get("fit") else None
+        self.panel_genes = list(settings["panel_genes"])
+        self.reference_genes = list(settings["reference_genes"])
+        self.reference_names = dict(settings.get("reference_names") or {})
+        self.spatial_input = dict(settings["spatial_input"])
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ import pickle
 import re
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -91,7 +91,6 @@ from torch import nn
 from .._memory import PeakMemory
 from .._sparse import scipy_to_torch_csr
 from .._threads import thread_settings
-from ..config import TrainConfig
 from ..data.genes import normalise_gene_ids
 from ..data.reader import counts_matrix, read_rows
 from ..data.sets import InputSpec
@@ -101,10 +100,10 @@ from ..io import CheckpointError
 from ..model import CellPLM
 from ..module import CellBatch, CellPLMModule
 from ..module.losses import LossOutput
-from ..train import Distributed, Objective, Trainer
+from ..train import Distributed, Objective
 from ..train.trainer import Autocast, ParamGroup, unwrap
-from ._recipe import fine_tuning_config
-from ._saved import read_task, reading_settings, recogniser, save_task, setting, settings_dataclass
+from ._saved import settings_dataclass
+from .base import FineTunedTask, FineTuneRecipe, Precision
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +121,9 @@ LABEL_COLUMN = "perturbation"
 
 
 @dataclass(frozen=True)
-class PerturbationRecipe:
-    """Fine-tuning settings of a :class:`PerturbationPredictor`.
+class PerturbationRecipe(FineTuneRecipe):
+    """Fine-tuning settings of a :class:`PerturbationPredictor` (the shared ones are
+    :class:`~opencellplm.tasks.base.FineTuneRecipe`'s).
 
     Attributes
     ----------
@@ -170,18 +170,16 @@ class PerturbationRecipe:
     validation_fraction: float = 0.15
     validation_sets: int = 2
     hidden_dim: int = 128
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction!r}")
-        for name in ("steps", "sets_per_step", "max_cells", "max_control_cells", "validation_sets", "hidden_dim"):
+        for name in ("max_cells", "max_control_cells", "validation_sets", "hidden_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-
-    def train_config(self) -> TrainConfig:
-        return fine_tuning_config(self)
 
 
 # ------------------------------------------------------------------------------------------ the network
@@ -549,7 +547,7 @@ class PerturbationResult:
 
 
 # ---------------------------------------------------------------------------------------------- the task
-class PerturbationPredictor:
+class PerturbationPredictor(FineTunedTask):
     """Predict the mean expression profile of cells under genetic perturbations (see the module docstring).
 
     Build one from a pretrained model (:meth:`from_pretrained`) or the same architecture with fresh weights
@@ -565,43 +563,22 @@ class PerturbationPredictor:
     >>> predictor.score(adata, seeds=(0, 1, 2)).to_frame()                          # doctest: +SKIP
     """
 
+    recipe_type = PerturbationRecipe
+    noun = "predictor"
+    settings_file, format = SETTINGS_FILE, FORMAT
+    needs_decoder = "predict perturbations (they are decoded as expression)"
+    extra_file_names = (STATE_FILE,)
+    recipe: PerturbationRecipe
+    summary: PerturbationFitSummary | None
+    module: PerturbationModule | None
+
     def __init__(self, base: CellPLM, *, pretrained: bool, recipe: PerturbationRecipe | None = None):
-        if base.config.decoder is None:
-            raise ValueError(
-                f"the model {base.source.get('name', '')!r} has no NB decoder (config.decoder is None, e.g. an "
-                "annotation model); perturbation prediction decodes expression: use a pretrained CellPLM checkpoint"
-            )
-        self.base, self.pretrained = base, pretrained
-        self.recipe = recipe or PerturbationRecipe()
-        self.module: PerturbationModule | None = None
+        super().__init__(base, pretrained=pretrained, recipe=recipe)
         self.control_cells: ControlCells | None = None
         self.gene_index: torch.Tensor | None = None
         self.var_names: list[str] = []
         self.control, self.default_direction, self.perturbation_key = "ctrl", "down", LABEL_COLUMN
-        self.spec = InputSpec()
-        self.summary: PerturbationFitSummary | None = None
         self._loaded = False  # read by load(): its backbone may have seen any perturbation
-
-    @classmethod
-    def from_pretrained(
-        cls, model: str | Path | CellPLM, *, recipe: PerturbationRecipe | None = None, device: str = "cpu"
-    ) -> PerturbationPredictor:
-        """A predictor on a pretrained CellPLM (a shipped name such as ``"cellplm-small"``, a checkpoint folder,
-        or a :class:`~opencellplm.CellPLM`); call :meth:`fit`."""
-        base = model if isinstance(model, CellPLM) else CellPLM.from_pretrained(model, device=device)
-        return cls(base, pretrained=True, recipe=recipe)
-
-    @classmethod
-    def from_scratch(
-        cls, like: str | Path | CellPLM, *, recipe: PerturbationRecipe | None = None, device: str = "cpu"
-    ) -> PerturbationPredictor:
-        """The architecture and vocabulary of ``like`` with freshly initialised weights (what pretraining adds)."""
-        base = like if isinstance(like, CellPLM) else CellPLM.from_pretrained(like, device=device)
-        return cls(base, pretrained=False, recipe=recipe)
-
-    @property
-    def fitted(self) -> bool:
-        return self.module is not None
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(
@@ -704,24 +681,9 @@ class PerturbationPredictor:
         objective = PerturbationObjective(
             control_cells, gene_index, encoded, perturbed_counts, truth, train_labels, val_labels, recipe
         )
-        world = Distributed.start(device or base.device)
-        try:
-            trainer = Trainer(module, objective, recipe.train_config(), world, keep_best=True)
-            start_metrics = objective.evaluate(module, world, trainer.autocast)
-            start_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            result = trainer.fit()
-        finally:
-            world.stop()
-        best = result["best_val_mse"]
-        kept: Literal["fine-tuned", "start"] = "fine-tuned"
-        if best is None or not best < start_metrics["val_mse"]:
-            module.load_state_dict(start_state)
-            kept = "start"
-            logger.warning(
-                "fine-tuning did not lower the validation MSE below no change's %.5f (best %s); the start is kept",
-                start_metrics["val_mse"],
-                "none" if best is None else f"{best:.5f}",
-            )
+        # The start predicts no change (the network's last layer is zero): fine-tuning must beat that.
+        result = self._fine_tune(module, objective, device=device or base.device, compete_with_start=True)
+        best = result.best
         self.base = base
         self.module = module.eval()
         self.control_cells, self.gene_index = control_cells, gene_index
@@ -736,21 +698,21 @@ class PerturbationPredictor:
             train_labels=train_labels,
             validation_labels=val_labels,
             validation=validation,
-            steps=result["steps"],
-            start_val_mse=start_metrics["val_mse"],
+            steps=result.steps,
+            start_val_mse=result.start,
             best_val_mse=best,
-            kept=kept,
+            kept=result.kept,
             seconds=round(time.perf_counter() - started, 2),
-            stopped_by=result["stopped_by"],
+            stopped_by=result.stopped_by,
             n_unlabelled_cells=n_unlabelled,
-            history=result["val_history"],
+            history=result.history,
         )
         logger.info(
             "perturbation predictor fitted on %d perturbations: validation MSE %.5f (no change) -> best %s; kept %s",
             len(perturbed),
-            start_metrics["val_mse"],
+            result.start,
             "none" if best is None else f"{best:.5f}",
-            kept,
+            result.kept,
         )
         return self
 
@@ -772,7 +734,7 @@ class PerturbationPredictor:
         from ..data.labels import is_missing_label
         from ..data.perturbations import PerturbationLabelError, parse_labels
 
-        module = self._require_fitted()
+        module = self._require_module()
         labels = [labels] if isinstance(labels, str) else list(labels)
         missing = [label for label in labels if is_missing_label(label)]
         if missing:  # a row per label is asked for: a missing one cannot be left out quietly
@@ -789,7 +751,7 @@ class PerturbationPredictor:
         profiles = predict_profiles(module, control, self.gene_index, codes, range(len(control.sets)), device)
         return pd.DataFrame(profiles, index=pd.Index(labels, name="perturbation"), columns=self.var_names)
 
-    def _require_fitted(self) -> PerturbationModule:
+    def _require_module(self) -> PerturbationModule:
         if self.module is None or self.control_cells is None:
             raise ValueError("this predictor is not fitted; call fit() first, or load() a saved one")
         return self.module
@@ -980,22 +942,22 @@ class PerturbationPredictor:
         )
 
     # ------------------------------------------------------------------------------------- save / load
-    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the fitted predictor: the backbone (our checkpoint format, ``model/``), the perturbation network
-        and the control cells it predicts from (``perturbation_state.pt``) and its settings (``perturbation.json``)."""
-        module = self._require_fitted()
-        control = self.control_cells
-        settings = {
-            "pretrained": self.pretrained,
-            "recipe": asdict(self.recipe),
+    # save() writes the fitted predictor: the backbone (our checkpoint format, ``model/``), the perturbation network
+    # and the control cells it predicts from (``perturbation_state.pt``) and its settings (``perturbation.json``).
+    def _settings(self) -> dict[str, Any]:
+        return {
             "spec": self.spec.to_dict(),
             "control": self.control,
             "default_direction": self.default_direction,
             "perturbation_key": self.perturbation_key,
             "var_names": self.var_names,
-            "base": self.base.source,
-            "fit": None if self.summary is None else asdict(self.summary),
         }
+
+    def _saved_module(self) -> CellPLMModule:
+        return self._require_module().backbone
+
+    def _extra_files(self) -> dict[str, Callable[[Path], None]]:
+        module, control = self._require_module(), self.control_cells
         own = {k: v for k, v in module.state_dict().items() if not k.startswith("backbone.")}
         state = {
             "network": own,
@@ -1008,58 +970,43 @@ class PerturbationPredictor:
             "set_sizes": torch.as_tensor([len(s) for s in control.sets], dtype=torch.long),
             "set_rows": torch.as_tensor(np.concatenate(control.sets), dtype=torch.long),
         }
-        return save_task(
-            directory,
-            SETTINGS_FILE,
-            FORMAT,
-            settings,
-            module.backbone,
-            self.base.genes,
-            self.base.meta,
-            overwrite=overwrite,
-            extra={STATE_FILE: lambda path: torch.save(state, path)},
-        )
+        return {STATE_FILE: lambda path: torch.save(state, path)}
 
     @classmethod
-    def load(cls, directory: str | Path, *, device: str = "cpu") -> PerturbationPredictor:
-        """Read a predictor written by :meth:`save`."""
-        settings, backbone, genes, meta = read_task(directory, SETTINGS_FILE, FORMAT)
-        path = Path(directory) / STATE_FILE
+    def _check_saved(cls, directory: Path, settings: dict[str, Any], module: CellPLMModule, meta: dict) -> None:
+        path = directory / STATE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found; is {directory} a saved perturbation predictor?")
+
+    def _restore(self, directory: Path, settings: dict[str, Any]) -> None:
+        path, settings_path = directory / STATE_FILE, directory / SETTINGS_FILE
         state = _read_state(path)
-        settings_path = Path(directory) / SETTINGS_FILE
-        recipe = settings_dataclass(settings_path, settings, "recipe", PerturbationRecipe)
         spec = settings_dataclass(settings_path, settings, "spec", InputSpec)
-        with reading_settings(settings_path):
-            base = CellPLM(backbone, genes, meta=meta, source=settings.get("base"), device=device)
-            predictor = cls(base, pretrained=setting(settings_path, settings, "pretrained", bool), recipe=recipe)
-            module = PerturbationModule(base.module, hidden_dim=recipe.hidden_dim)
-            missing, unexpected = module.load_state_dict(state["network"], strict=False)
-            missing = [k for k in missing if not k.startswith("backbone.")]
-            if missing or unexpected:
-                raise ValueError(
-                    f"{path} does not fit the perturbation network: missing {missing}, unexpected {unexpected}"
-                )
-            shape = tuple(int(v) for v in state["control_shape"])
-            arrays = (state["control_data"], state["control_indices"], state["control_indptr"])
-            counts = sp.csr_matrix(tuple(a.numpy() for a in arrays), shape)
-            sets = np.split(state["set_rows"].numpy(), np.cumsum(state["set_sizes"].numpy())[:-1])
-            predictor.module = module.to(base.device).eval()
-            predictor.control_cells = ControlCells(counts, list(sets), state["control_mean"].numpy())
-            predictor.gene_index = state["gene_index"]
-            predictor.var_names = list(settings["var_names"])
-            predictor.control = settings["control"]
-            predictor.default_direction = settings["default_direction"]
-            predictor.perturbation_key = settings["perturbation_key"]
-            predictor.spec = spec
-            if settings.get("fit"):
-                predictor.summary = PerturbationFitSummary(**settings["fit"])
-        predictor._loaded = True
-        return predictor
+        module = PerturbationModule(self.base.module, hidden_dim=self.recipe.hidden_dim)
+        missing, unexpected = module.load_state_dict(state["network"], strict=False)
+        missing = [k for k in missing if not k.startswith("backbone.")]
+        if missing or unexpected:
+            raise ValueError(
+                f"{path} does not fit the perturbation network: missing {missing}, unexpected {unexpected}"
+            )
+        shape = tuple(int(v) for v in state["control_shape"])
+        arrays = (state["control_data"], state["control_indices"], state["control_indptr"])
+        counts = sp.csr_matrix(tuple(a.numpy() for a in arrays), shape)
+        sets = np.split(state["set_rows"].numpy(), np.cumsum(state["set_sizes"].numpy())[:-1])
+        self.module = module.to(self.base.device).eval()
+        self.control_cells = ControlCells(counts, list(sets), state["control_mean"].numpy())
+        self.gene_index = state["gene_index"]
+        self.var_names = list(settings["var_names"])
+        self.control = settings["control"]
+        self.default_direction = settings["default_direction"]
+        self.perturbation_key = settings["perturbation_key"]
+        self.spec = spec
+        if settings.get("fit"):
+            self.summary = PerturbationFitSummary(**settings["fit"])
+        self._loaded = True
 
 
-predictor_problems = recogniser(SETTINGS_FILE, FORMAT, extra=(STATE_FILE,))
+predictor_problems = PerturbationPredictor.problems
 
 
 # --------------------------------------------------------------------------------------------- helpers

@@ -2,6 +2,15 @@
 
 from .pretrain import PretrainObjective, pretrain
 from .probe import NeighbourhoodProbe
-from .trainer import Distributed, Objective, ParamGroup, Trainer
+from .trainer import Distributed, Objective, ParamGroup, Trainer, TrainSummary
 
-__all__ = ["Distributed", "NeighbourhoodProbe", "Objective", "ParamGroup", "PretrainObjective", "Trainer", "pretrain"]
+__all__ = [
+    "Distributed",
+    "NeighbourhoodProbe",
+    "Objective",
+    "ParamGroup",
+    "PretrainObjective",
+    "TrainSummary",
+    "Trainer",
+    "pretrain",
+]

@@ -209,7 +209,8 @@ def pretrain(
     keep_steps: bool = False,
     decoder_bias: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Pretrain a CellPLM model on a prepared corpus; returns the run summary.
+    """Pretrain a CellPLM model on a prepared corpus; returns the run summary (the content of ``summary.json``:
+    :meth:`TrainSummary.to_dict <opencellplm.train.trainer.TrainSummary.to_dict>`).
 
     Parameters
     ----------
@@ -284,7 +285,7 @@ def pretrain(
                     world.device,
                     "bf16" if trainer.dtype else "fp32",
                 )
-            summary = trainer.fit()
+            summary = trainer.fit().to_dict()
         world.barrier()  # no process tears the group down while another still talks to it
         return summary
     finally:

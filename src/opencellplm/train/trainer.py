@@ -23,9 +23,9 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -58,6 +58,75 @@ class ParamGroup:
     name: str
     params: Sequence[nn.Parameter]
     lr_scale: float = 1.0
+
+
+@dataclass
+class TrainSummary:
+    """What :meth:`Trainer.fit` did.
+
+    ``best`` is the best value of the monitored metric over the evaluated steps (None when none was evaluated),
+    reached at ``best_step``; ``history`` holds every evaluation (``{"step": ..., "val_*": ...}``). With
+    ``compete_with_start``, ``start`` is the monitored value of the starting weights and ``kept`` says whether the
+    fine-tuned weights beat them (``"fine-tuned"``) or the starting ones were put back (``"start"``).
+    :meth:`to_dict` is the run's ``summary.json``.
+    """
+
+    monitor: str
+    steps: int
+    stopped_early: bool
+    stopped_by: str | None
+    best: float | None
+    best_step: int | None
+    history: list[dict[str, Any]]
+    seconds: float
+    train_cells_per_s: float | None
+    processes: int
+    device: str
+    precision: str
+    threads: dict[str, Any] = field(default_factory=dict)
+    start: float | None = None
+    kept: Literal["fine-tuned", "start"] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``summary.json`` form: the best value under ``best_{monitor}``, the evaluations under ``val_history``."""
+        out = {
+            "steps": self.steps,
+            "stopped_early": self.stopped_early,
+            "stopped_by": self.stopped_by,
+            f"best_{self.monitor}": self.best,
+            "best_step": self.best_step,
+            "val_history": self.history,
+            "seconds": self.seconds,
+            "train_cells_per_s": self.train_cells_per_s,
+            "processes": self.processes,
+            "device": self.device,
+            "precision": self.precision,
+            "threads": self.threads,
+        }
+        if self.kept is not None:
+            out |= {f"start_{self.monitor}": self.start, "kept": self.kept}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], monitor: str) -> TrainSummary:
+        """Read back :meth:`to_dict` (a finished run's ``summary.json``)."""
+        return cls(
+            monitor=monitor,
+            steps=data["steps"],
+            stopped_early=data["stopped_early"],
+            stopped_by=data.get("stopped_by"),
+            best=data.get(f"best_{monitor}"),
+            best_step=data.get("best_step"),
+            history=list(data.get("val_history", [])),
+            seconds=data.get("seconds", 0.0),
+            train_cells_per_s=data.get("train_cells_per_s"),
+            processes=data.get("processes", 1),
+            device=data.get("device", ""),
+            precision=data.get("precision", ""),
+            threads=data.get("threads", {}),
+            start=data.get(f"start_{monitor}"),
+            kept=data.get("kept"),
+        )
 
 
 class Objective:
@@ -205,6 +274,10 @@ class Trainer:
         Continue from ``out/state.pt``.
     keep_best
         Load the best evaluated weights into ``module`` when the run ends (fine-tuning).
+    compete_with_start
+        Evaluate the starting weights before the first step (before a resumed run loads its own) and put them
+        back at the end when no evaluated step beat them (fine-tuning: a pretrained model that fine-tuning
+        only worsens is kept as it was); :attr:`TrainSummary.kept` says which. Implies ``keep_best``.
     """
 
     def __init__(
@@ -217,9 +290,11 @@ class Trainer:
         out: Path | None = None,
         resume: bool = False,
         keep_best: bool = False,
+        compete_with_start: bool = False,
     ):
         if resume and out is None:
             raise ValueError("resume needs a run folder (out)")
+        keep_best = keep_best or compete_with_start
         self.module, self.objective, self.config, self.world = module.to(world.device), objective, config, world
         self.out, self.keep_best = out, keep_best
         self.positions = self._positions()  # refused early when the world size does not divide the step
@@ -231,6 +306,14 @@ class Trainer:
         # With keep_best, the last good weights (best evaluated, else the starting ones) are restored at the end.
         self.best_state = copy.deepcopy(module.state_dict()) if keep_best else None
         self.stopped_by: str | None = None
+        #: The starting weights and their monitored value (with ``compete_with_start``).
+        self.start_state: dict[str, torch.Tensor] | None = None
+        self.start_value: float | None = None
+        if compete_with_start:
+            self.start_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            self.start_value = self._evaluate()[objective.monitor]
+            if world.main:
+                logger.info("%s of the starting weights: %.4f", objective.monitor, self.start_value)
         self._lock: IO[str] | None = None
         if out is not None:
             check_run_folder(Path(out), resume=resume)  # before the lock file goes into a folder that is not ours
@@ -348,21 +431,42 @@ class Trainer:
             logger.info("resuming at step %d", self.step)
 
     # -------------------------------------------------------------------------------- loop
-    def fit(self) -> dict[str, Any]:
+    def fit(self) -> TrainSummary:
         """Train until ``config.steps`` or early stopping; returns the run summary."""
         try:
-            return self._fit()
+            summary = self._fit()
         finally:
             self.close()
+        if self.start_state is not None:
+            self._compete_with_start(summary)
+        return summary
 
-    def _fit(self) -> dict[str, Any]:
+    def _compete_with_start(self, summary: TrainSummary) -> None:
+        """Put the starting weights back unless an evaluated step beat them (strictly)."""
+        best, start, monitor = summary.best, self.start_value, self.objective.monitor
+        beat = best is not None and (best > start if self.objective.maximize else best < start)
+        summary.start, summary.kept = start, "fine-tuned" if beat else "start"
+        if not beat:
+            self.module.load_state_dict(self.start_state)
+            if self.world.main:
+                logger.warning(
+                    "fine-tuning did not improve %s on the starting weights' %.5g (best %s); the starting weights "
+                    "are kept",
+                    monitor,
+                    start,
+                    "none" if best is None else f"{best:.5g}",
+                )
+
+    def _fit(self) -> TrainSummary:
         config, world, out = self.config, self.world, self.out
         start_time = time.perf_counter()
         cells_seen = 0
         stopped_early = config.patience > 0 and self.bad_evals >= config.patience  # a resumed, stopped run
         if out is not None and (self.step >= config.steps or stopped_early) and (out / SUMMARY_FILE).exists():
             logger.info("the run in %s has already finished", out)
-            return json.loads((out / SUMMARY_FILE).read_text())
+            if self.keep_best and self.best_state is not None:
+                self.module.load_state_dict(self.best_state)
+            return TrainSummary.from_dict(json.loads((out / SUMMARY_FILE).read_text()), self.objective.monitor)
         bar = tqdm(total=config.steps, initial=self.step, desc="training", unit="step", disable=not world.main or None)
         step_seconds = 0.0  # in optimizer steps only (not evaluation or checkpoints)
         while self.step < config.steps and not stopped_early:
@@ -399,25 +503,25 @@ class Trainer:
         if self.keep_best and self.best_state is not None:
             self.module.load_state_dict(self.best_state)
         seconds = time.perf_counter() - start_time
-        monitor = self.objective.monitor
-        summary = {
-            "steps": self.step,
-            "stopped_early": stopped_early,
-            "stopped_by": self.stopped_by,
-            f"best_{monitor}": self._best_value() if self.history else None,
-            "best_step": self.best_step,
-            "val_history": self.history,
-            "seconds": round(seconds, 2),
-            "train_cells_per_s": round(cells_seen / step_seconds, 1) if step_seconds > 0 else None,
-            "processes": world.world_size,
-            "device": str(world.device),
-            "precision": "bf16" if self.dtype else "fp32",
-            "threads": thread_settings(),
-        }
+        summary = TrainSummary(
+            monitor=self.objective.monitor,
+            steps=self.step,
+            stopped_early=stopped_early,
+            stopped_by=self.stopped_by,
+            best=self._best_value() if self.history else None,
+            best_step=self.best_step,
+            history=self.history,
+            seconds=round(seconds, 2),
+            train_cells_per_s=round(cells_seen / step_seconds, 1) if step_seconds > 0 else None,
+            processes=world.world_size,
+            device=str(world.device),
+            precision="bf16" if self.dtype else "fp32",
+            threads=thread_settings(),
+        )
         if out is not None and world.main:
-            (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+            (out / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
         if world.main:
-            logger.info("training done: %s", {k: v for k, v in summary.items() if k != "val_history"})
+            logger.info("training done: %s", {k: v for k, v in summary.to_dict().items() if k != "val_history"})
         world.barrier()
         return summary
 

@@ -1,0 +1,74 @@
+"""What the four task classes share through ``tasks/base.py``: the same constructors (``device=`` included), the
+shared recipe's checks, and the same refusal of an unfitted task."""
+
+from __future__ import annotations
+
+import pytest
+
+from opencellplm.config import ConfigError
+from opencellplm.tasks import CellTypeAnnotator, Denoiser, PerturbationPredictor
+from opencellplm.tasks.annotation import AnnotationRecipe
+from opencellplm.tasks.base import FineTunedTask, FineTuneRecipe
+from opencellplm.tasks.denoising import DenoisingRecipe
+from opencellplm.tasks.imputation import ImputationRecipe, SpatialImputer
+from opencellplm.tasks.perturbation import PerturbationRecipe
+
+from .conftest import small_model
+
+GENES = [f"GENE{i}" for i in range(40)]
+TASKS = [CellTypeAnnotator, Denoiser, SpatialImputer, PerturbationPredictor]
+RECIPES = [AnnotationRecipe, DenoisingRecipe, ImputationRecipe, PerturbationRecipe]
+
+
+@pytest.mark.parametrize("task", TASKS, ids=lambda t: t.__name__)
+def test_every_task_is_built_alike_and_takes_a_device(task, tmp_path):
+    model = small_model(GENES)
+    model.save(tmp_path / "model")
+    assert issubclass(task, FineTunedTask)
+    for build in (task.from_pretrained, task.from_scratch):
+        built = build(tmp_path / "model", device="cpu")
+        assert str(built.base.device) == "cpu" and isinstance(built.recipe, task.recipe_type)
+        assert not built.fitted
+    assert task.from_pretrained(model, device="cpu").base is model  # a loaded model on that device: used as is
+    with pytest.raises(ValueError, match=r"the model given is on cpu, not meta: move it first"):
+        task.from_pretrained(model, device="meta")
+
+
+@pytest.mark.parametrize("task, recipe", list(zip(TASKS, RECIPES)), ids=lambda t: getattr(t, "__name__", ""))
+def test_a_task_refuses_another_task_s_recipe(task, recipe):
+    other = AnnotationRecipe if recipe is not AnnotationRecipe else DenoisingRecipe
+    with pytest.raises(TypeError, match=rf"recipe must be a {recipe.__name__}, not {other.__name__}"):
+        task.from_pretrained(small_model(GENES), recipe=other())
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.__name__)
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"steps": 0}, r"\.steps must be a positive integer, got 0"),
+        ({"eval_every": 1.5}, r"\.eval_every must be a positive integer, got 1\.5"),
+        ({"patience": -1}, r"\.patience must be a non-negative integer, got -1"),
+        ({"lr": -1e-3}, r"\.lr must be a number >= 0, got -0\.001"),
+        ({"grad_clip": "big"}, r"\.grad_clip must be a number >= 0, got 'big'"),
+        ({"precision": "fp16"}, r"\.precision='fp16'; choose one of \['auto', 'fp32', 'bf16'\]"),
+    ],
+)
+def test_every_recipe_checks_the_shared_settings(recipe, change, message):
+    assert issubclass(recipe, FineTuneRecipe)
+    with pytest.raises(ConfigError, match=rf"{recipe.__name__}{message}"):
+        recipe(**change)
+
+
+def test_the_shared_settings_reach_the_trainer():
+    config = DenoisingRecipe(steps=7, warmup_steps=20, lr=1e-3, patience=2, eval_every=3, seed=5).train_config()
+    assert (config.steps, config.warmup_steps, config.lr, config.patience, config.eval_every) == (7, 6, 1e-3, 2, 3)
+    assert config.seed == 5 and config.min_lr_ratio == 0.1
+
+
+@pytest.mark.parametrize("task", [CellTypeAnnotator, PerturbationPredictor], ids=lambda t: t.__name__)
+def test_a_task_that_needs_fitting_says_so(task, tmp_path):
+    unfitted = task.from_pretrained(small_model(GENES))
+    message = rf"this {task.noun} is not fitted; call fit\(\) first, or load\(\) a saved one"
+    with pytest.raises(ValueError, match=message):
+        unfitted.save(tmp_path / "x")
+    assert not (tmp_path / "x").exists()
