@@ -138,10 +138,10 @@ def test_omp_num_threads_holds_through_numba_when_opencellplm_comes_first():
 
 
 def test_benchmark_seeds_is_now_n_seeds_and_the_old_spelling_warns(monkeypatch, caplog):
-    from opencellplm import cli
+    from opencellplm.cli import report
 
     seen = []
-    monkeypatch.setattr(cli, "_benchmark", lambda args: seen.append(args.seeds) or 0)
+    monkeypatch.setattr(report, "_benchmark", lambda args: seen.append(args.seeds) or 0)
     assert main(["benchmark", "--out", "b", "--n-seeds", "2"]) == 0 and seen == [2] and not caplog.records
     assert main(["benchmark", "--out", "b", "--seeds", "3"]) == 0 and seen == [2, 3]
     assert "--seeds is deprecated: use --n-seeds (a count; perturb score's --seeds lists the seeds" in caplog.text

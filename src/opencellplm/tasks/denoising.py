@@ -692,7 +692,8 @@ class Denoiser(FineTunedTask):
         fraction
             Share hidden (of each cell's non-zeros) or held out (of the molecules), in (0, 1).
         seed
-            Seed of the corruption and of the baselines.
+            Seed of the corruption, of the baselines and (unless ``spec`` gives its own) of the partition of large
+            samples.
         fine_tune
             Add the fine-tuned row.
         from_scratch
@@ -725,7 +726,7 @@ class Denoiser(FineTunedTask):
         if not self.pretrained and not fine_tune:
             raise ValueError("a denoiser from scratch has nothing to score without fine_tune=True")
         _check_gene_levels(gene_levels)
-        input_spec = InputSpec(**spec)
+        input_spec = InputSpec(**({"seed": seed} | spec))
         sets = self.base.cell_sets(adata, input_spec, require_counts=True, warn_stacklevel=3)
         columns = sets.report.alignment.columns
         counts = read_rows(counts_matrix(adata, input_spec.layer), np.arange(adata.n_obs), columns)
