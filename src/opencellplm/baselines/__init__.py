@@ -30,6 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._lognorm import TARGET_SUM, log_normalize
 from ..data.labels import has_label
 from ..data.reader import check_readable, counts_matrix, iter_row_blocks, on_disk
 
@@ -60,8 +61,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Counts per cell after normalisation (the usual log-normalisation: ``log1p(x / total * 1e4)``).
-TARGET_SUM = 1e4
 #: Standardised values are clipped to ``[-CLIP, CLIP]`` (CellTypist and ``scanpy.pp.scale(max_value=10)``).
 CLIP = 10.0
 #: Inverse regularisation strengths tried by :func:`l1_logistic_cv` (standardised genes).
@@ -687,11 +686,7 @@ def _counts(adata: AnnData, layer: str | None) -> sp.csr_matrix:
 
 def _log_normalized(counts: sp.csr_matrix) -> sp.csr_matrix:
     """``log1p(counts / total * 1e4)`` per cell, as a new float32 CSR matrix (a cell without counts stays 0)."""
-    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-    scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
-    out = sp.csr_matrix(sp.diags(scale) @ counts, dtype=np.float32)
-    np.log1p(out.data, out=out.data)
-    return out
+    return log_normalize(counts, dtype=np.float32)
 
 
 def _highly_variable(log_x: sp.csr_matrix, n_top_genes: int) -> np.ndarray:

@@ -38,6 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._lognorm import log_normalize
 from ..data.reader import check_readable, counts_matrix, iter_row_blocks, on_disk
 from . import BaselineResult, _counts
 
@@ -424,11 +425,7 @@ def _to_spatial_scale(profile: np.ndarray, data: _Inputs) -> np.ndarray:
 def _log_normalized(counts: sp.csr_matrix) -> np.ndarray:
     """Dense ``log1p(x / total * median(total))`` per cell (totals over the columns given; a cell without counts
     stays 0, and the median is over cells with counts)."""
-    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-    positive = totals > 0
-    scale = np.median(totals[positive]) if positive.any() else 1.0
-    factor = np.divide(scale, totals, out=np.zeros_like(totals), where=positive)
-    return np.log1p(np.asarray((sp.diags(factor) @ counts.astype(np.float64)).todense()))
+    return log_normalize(counts, target_sum=None).toarray()
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:

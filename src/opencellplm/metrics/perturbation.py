@@ -20,12 +20,11 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._lognorm import log_normalize
 from ..data.reader import check_readable, counts_matrix, iter_row_blocks
 
 logger = logging.getLogger(__name__)
 
-#: Counts per cell after normalisation.
-TARGET_SUM = 1e4
 #: Rows made dense at once when summing squared deviations.
 BLOCK_ROWS = 2048
 #: The per-perturbation metrics, in column order.
@@ -102,12 +101,7 @@ def _indicator(codes: np.ndarray, n_labels: int) -> sp.csr_matrix:
 
 def _log_normalized(block: sp.csr_matrix) -> sp.csr_matrix:
     """``log1p(x / total * 1e4)`` per row, float64 CSR (a row without counts stays 0)."""
-    block = sp.csr_matrix(block, dtype=np.float64)
-    totals = np.asarray(block.sum(axis=1)).ravel()
-    scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
-    out = sp.csr_matrix(sp.diags(scale) @ block)
-    np.log1p(out.data, out=out.data)
-    return out
+    return log_normalize(block)
 
 
 def _check_counts(block: sp.csr_matrix) -> None:

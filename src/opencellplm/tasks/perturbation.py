@@ -88,6 +88,7 @@ import torch
 from anndata import AnnData
 from torch import nn
 
+from .._lognorm import TARGET_SUM, log_normalize
 from .._memory import PeakMemory
 from .._sparse import scipy_to_torch_csr
 from .._threads import thread_settings
@@ -111,7 +112,6 @@ FORMAT = "opencellplm-perturbation-predictor"
 SETTINGS_FILE = "perturbation.json"
 #: Weights of the perturbation network and the control cells a saved predictor predicts from.
 STATE_FILE = "perturbation_state.pt"
-TARGET_SUM = 1e4
 Direction = Literal["down", "up"]
 #: Methods :meth:`PerturbationPredictor.score` runs beside CellPLM, by name.
 BASELINES = ("no_change", "training_mean", "additive", "linear")
@@ -306,12 +306,7 @@ class Encoded:
 
 def lognorm_mean(counts: sp.csr_matrix) -> np.ndarray:
     """Mean of ``log1p(counts / total * 1e4)`` over the rows (cells without counts count as zeros)."""
-    counts = sp.csr_matrix(counts, dtype=np.float64)
-    totals = np.asarray(counts.sum(1)).ravel()
-    scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
-    normalised = sp.diags(scale) @ counts
-    normalised.data = np.log1p(normalised.data)
-    return np.asarray(normalised.mean(0)).ravel()
+    return np.asarray(log_normalize(counts).mean(0)).ravel()
 
 
 class PerturbationObjective(Objective):
