@@ -40,7 +40,7 @@ from anndata import AnnData
 
 from .._lognorm import log_normalize
 from ..data.reader import check_readable, counts_matrix, iter_row_blocks, on_disk
-from . import BaselineResult, _counts
+from ._common import BaselineResult, _counts
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.perturbations import CONTROL, GenePerturbation
-from . import BaselineResult
+from ._common import BaselineResult
 
 logger = logging.getLogger(__name__)
 
