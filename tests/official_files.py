@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from opencellplm.io.official import config_from_official, official_state_dict_from
-from opencellplm.module import CellPLMModule
+from opencellplm.module.annotation import build_module
 
 
 def official_config(n_genes: int = 40, **overrides) -> dict:
@@ -28,8 +28,8 @@ def write_official(prefix: Path, raw_config: dict | None = None, state: dict | N
     raw_config = raw_config or official_config()
     if state is None:
         torch.manual_seed(0)
-        config, _ = config_from_official(raw_config)
-        state = official_state_dict_from(CellPLMModule(config))
+        config, _, head = config_from_official(raw_config)
+        state = official_state_dict_from(build_module(config, head))
     prefix.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{prefix}.config.json").write_text(json.dumps(raw_config))
     torch.save({"model_state_dict": state, "epoch": 3}, f"{prefix}.best.ckpt")

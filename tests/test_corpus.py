@@ -17,6 +17,7 @@ import torch
 
 from opencellplm.cli import main
 from opencellplm.data.corpus import Corpus, CorpusDataset, prepare_corpus
+from opencellplm.module.pretrain import reconstruction_loss
 
 
 @pytest.fixture
@@ -142,7 +143,7 @@ def test_model_vocabulary_and_a_training_step(tmp_path, corpus_files, tiny_confi
     module = CellPLMModule(config).train()
     for batch in CorpusDataset(tmp_path / "corpus", vocabulary=vocabulary):
         assert int(batch.gene_index.max()) < 10
-        loss = module.reconstruction_loss(module(batch, corrupt=MaskingConfig()), masked_term=True)
+        loss = reconstruction_loss(module(batch, corrupt=MaskingConfig()), masked_term=True)
         assert torch.isfinite(loss.total)
         loss.total.backward()
 

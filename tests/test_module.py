@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from opencellplm import AnnotationHeadConfig, CellBatch, CellPLMModule, GMVAENoise, LatentConfig, MaskingConfig
+from opencellplm.module.annotation import AnnotationModule, classification_loss
+from opencellplm.module.imputation import imputation_loss
 from opencellplm.module.latent import gmvae_loss
 from opencellplm.module.masking import gene_mask, hide_genes, thin_counts
+from opencellplm.module.pretrain import reconstruction_loss
 from opencellplm.nn.embedding import log1p_gene_sum
 
 
@@ -108,7 +111,7 @@ def test_training_step_masks_drops_and_reaches_all_parameters(tiny_config):
     out = module(batch, corrupt=masking)
     assert out.embedding.shape[0] == len(out.kept_cells) == int(40 * (1 - masking.drop_cell_rate))
     assert out.input_mask is not None and out.input_mask.any()
-    loss = module.reconstruction_loss(out, masked_term=masking.masked_term)
+    loss = reconstruction_loss(out, masked_term=masking.masked_term)
     assert torch.isfinite(loss.total)
     loss.total.backward()
     no_grad = [n for n, p in module.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -126,8 +129,8 @@ def test_only_a_given_masking_corrupts_in_train_or_eval_mode(tiny_config, traini
     out = module(batch, corrupt=masking)
     assert len(out.kept_cells) == int(40 * (1 - masking.drop_cell_rate))
     assert out.input_mask is not None and out.input_mask.any()
-    loss = module.reconstruction_loss(out, masked_term=True).objective
-    assert loss != module.reconstruction_loss(out, masked_term=False).objective
+    loss = reconstruction_loss(out, masked_term=True).objective
+    assert loss != reconstruction_loss(out, masked_term=False).objective
     assert module.training is training
     with pytest.raises(TypeError, match="corrupt must be a MaskingConfig"):
         module(batch, corrupt=True)
@@ -193,7 +196,7 @@ def test_training_on_tiny_sets_gives_a_finite_loss(tiny_config, n_cells):
     torch.manual_seed(0)
     module = CellPLMModule(tiny_config).train()
     out = module(make_batch(n_cells=n_cells), corrupt=MaskingConfig())
-    loss = module.reconstruction_loss(out, masked_term=True)
+    loss = reconstruction_loss(out, masked_term=True)
     assert torch.isfinite(loss.total)
     loss.total.backward()
 
@@ -229,20 +232,18 @@ def test_masked_term_matches_a_direct_computation_with_scipy():
 
 
 def test_annotation_labels_follow_dropped_cells_in_training(tiny_config):
-    config = tiny_config.replace(
-        decoder=None, latent=LatentConfig(kind="ae", dim=8), annotation=AnnotationHeadConfig(n_classes=3)
-    )
+    config = tiny_config.replace(decoder=None, latent=LatentConfig(kind="ae", dim=8))
     torch.manual_seed(4)
-    module = CellPLMModule(config).train()
+    module = AnnotationModule(config, AnnotationHeadConfig(n_classes=3)).train()
     labels = torch.randint(0, 3, (30,))
     mask = torch.arange(30) % 3 != 0
     out = module(make_batch(covariates=False), corrupt=MaskingConfig())
     assert len(out.kept_cells) == 21
-    loss = module.annotation_loss(out, labels, mask=mask)
+    loss = classification_loss(out, labels, mask=mask)
     kept = out.kept_cells
     expected = torch.nn.functional.cross_entropy(out.logits[mask[kept]], labels[kept][mask[kept]])
     torch.testing.assert_close(loss.total, expected)
-    nobody = module.annotation_loss(out, labels, mask=torch.zeros(30, dtype=torch.bool))
+    nobody = classification_loss(out, labels, mask=torch.zeros(30, dtype=torch.bool))
     assert nobody.total.item() == 0.0
 
 
@@ -281,21 +282,17 @@ def test_gmvae_loss_terms_match_direct_computation():
 
 
 def test_annotation_head_and_loss(tiny_config):
-    config = tiny_config.replace(
-        decoder=None,
-        latent=LatentConfig(kind="ae", dim=8),
-        annotation=AnnotationHeadConfig(n_classes=3, n_hidden_layers=1, hidden_dim=10),
-    )
-    module = CellPLMModule(config).eval()
+    config = tiny_config.replace(decoder=None, latent=LatentConfig(kind="ae", dim=8))
+    module = AnnotationModule(config, AnnotationHeadConfig(n_classes=3, n_hidden_layers=1, hidden_dim=10)).eval()
     batch = make_batch(covariates=False)
     labels = torch.randint(0, 3, (30,))
     mask = torch.arange(30) % 2 == 0
     out = module(batch)
-    loss = module.annotation_loss(out, labels, mask=mask)
+    loss = classification_loss(out, labels, mask=mask)
     expected = torch.nn.functional.cross_entropy(out.logits[mask], labels[mask])
     torch.testing.assert_close(loss.total, expected)
     with pytest.raises(ValueError, match="no NB decoder"):
-        module.reconstruction_loss(out)
+        reconstruction_loss(out)
 
 
 def test_reconstruction_aligns_columns_by_gene(tiny_config):
@@ -304,13 +301,13 @@ def test_reconstruction_aligns_columns_by_gene(tiny_config):
     batch = make_batch()
     with torch.inference_mode():
         out = module(batch)
-        by_gene = module.reconstruction_loss(out).objective
+        by_gene = reconstruction_loss(out).objective
         from opencellplm.module.losses import nb_reconstruction_loss
 
         truth = batch.counts.to_dense()
         cols = batch.gene_index
         expected = nb_reconstruction_loss(truth, out.nb.mean[:, cols], out.nb.dispersion[:, cols])
-        by_position = module.reconstruction_loss(out, alignment="position").objective
+        by_position = reconstruction_loss(out, alignment="position").objective
     torch.testing.assert_close(by_gene, expected)
     assert by_gene != by_position
 
@@ -320,7 +317,7 @@ def test_imputation_prediction_keeps_measured_totals(tiny_config):
     batch = make_batch()
     measured = torch.arange(20) < 15
     with torch.inference_mode():
-        loss = module.imputation_loss(module(batch), measured=measured)
+        loss = imputation_loss(module(batch), measured=measured)
     truth = batch.counts.to_dense()
     torch.testing.assert_close(loss.prediction[:, measured].sum(1), truth[:, measured].sum(1))
 
@@ -497,3 +494,29 @@ def test_depth_normalised_input_makes_a_cell_and_its_deeper_copy_one_token():
         official_state_dict_from(CellPLMModule(config))
     with pytest.raises(ValueError, match=r"input_scaling='raw' is not supported; choose one of \['log1p', "):
         ModelConfig(n_genes=50, hidden_dim=16, input_scaling="raw")
+
+
+def test_the_backbone_carries_no_head_and_takes_a_token_shift(tiny_config):
+    module = CellPLMModule(tiny_config).eval()
+    batch = make_batch(covariates=False)
+    assert module(batch).logits is None and not hasattr(module, "head")
+    plain = module.encode(batch).embedding
+    torch.testing.assert_close(module.encode(batch, token_shift=torch.zeros(tiny_config.hidden_dim)).embedding, plain)
+    shifted = module.encode(batch, token_shift=torch.linspace(-1, 1, tiny_config.hidden_dim)).embedding
+    assert not torch.allclose(shifted, plain)
+
+
+def test_a_model_config_holding_a_head_is_refused_and_a_checkpoint_keeps_it_beside_the_config(tiny_config):
+    from opencellplm.config import ConfigError, ModelConfig
+    from opencellplm.module.annotation import build_module, module_config, read_module_config
+
+    data = tiny_config.to_dict()
+    assert ModelConfig.from_dict(data | {"annotation": None}) == tiny_config  # what every config.json held
+    with pytest.raises(ConfigError, match="holds an annotation head, which is a task module's"):
+        ModelConfig.from_dict(data | {"annotation": {"n_classes": 3}})
+    head = AnnotationHeadConfig(n_classes=3)
+    written = module_config(build_module(tiny_config, head))
+    assert written["annotation"] == head.to_dict() and module_config(CellPLMModule(tiny_config))["annotation"] is None
+    assert read_module_config(written) == (tiny_config, head)
+    grown = build_module(tiny_config, head).with_extra_genes(2)
+    assert isinstance(grown, AnnotationModule) and grown.head_config == head

@@ -30,7 +30,7 @@ def test_round_trip_through_official_layout(tmp_path):
 
 def test_mask_beta_is_not_carried_over(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="opencellplm.io.official"):
-        config, _ = config_from_official(official_config(mask_beta=True))
+        config, _, _ = config_from_official(official_config(mask_beta=True))
     assert "mask_beta=True never took effect" in caplog.text  # the official code never switched it on
     assert "masking" not in config.to_dict()  # training-time masking is no part of the model config
 
@@ -53,7 +53,7 @@ CONFIG_85M = official_config(n_genes=19374) | {
 
 
 def test_85m_config_builds_with_official_element_count():
-    config, genes = config_from_official(CONFIG_85M)
+    config, genes, _ = config_from_official(CONFIG_85M)
     assert len(genes) == 19374
     module = CellPLMModule(config)
     official = official_state_dict_from(module)
@@ -232,7 +232,7 @@ def test_state_dict_mapping_is_strict_about_tensors(tmp_path):
 def test_config_without_positional_module(tmp_path):
     """pe_type null: the official model then has no missing_pe and no sinusoid table."""
     raw = official_config(pe_type=None)
-    config, _ = config_from_official(raw)
+    config, _, _ = config_from_official(raw)
     state = official_state_dict_from(CellPLMModule(config))
     del state["embedder.pe_enc.missing_pe"], state["embedder.pe_enc.pe_enc.weight"]
     prefix = write_official(tmp_path / "nope", raw, state=state)
@@ -259,7 +259,7 @@ def test_weights_land_in_the_right_layers(tmp_path):
 
 def test_a_decoder_with_a_cell_set_norm_is_not_exported_as_official():
     """The official decoder normalises each cell alone: a cell-set norm has no official counterpart."""
-    config, _ = config_from_official(official_config())
+    config, _, _ = config_from_official(official_config())
     config = config.replace(decoder=replace(config.decoder, block_norm="cellset"))
     with pytest.raises(ConfigError, match="decoder.block_norm='cellset' cannot be exported"):
         official_state_dict_from(CellPLMModule(config))

@@ -19,6 +19,7 @@ from opencellplm.config import MaskingConfig
 from opencellplm.data import InputSpec
 from opencellplm.data.corpus import prepare_corpus
 from opencellplm.metrics import denoising_scores, hide_counts
+from opencellplm.module.pretrain import reconstruction_loss
 from opencellplm.train import diagnostics, pretrain
 
 from .conftest import small_model, vocabulary
@@ -92,7 +93,7 @@ def test_the_loss_terms_add_up_to_the_objective_of_the_same_forward(cells):
     module = model.module.eval()
     with torch.no_grad():
         out = module(batch, corrupt=masking, decode_genes=batch.gene_index)
-        objective = module.reconstruction_loss(out, masked_term=True).objective
+        objective = reconstruction_loss(out, masked_term=True).objective
     assert terms.nb_masked_entries + terms.nb_visible_entries + terms.nb_masked_term == pytest.approx(
         float(objective), rel=1e-4
     )

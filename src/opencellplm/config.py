@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 #: The key under which older model configs held their :class:`MaskingConfig` (dropped on reading).
 LEGACY_MASKING_KEY = "masking"
+#: The key under which model configs held the annotation head (``null`` for every model but an annotator's);
+#: the head is a task module's now (:mod:`opencellplm.module.annotation` reads it from a checkpoint).
+LEGACY_ANNOTATION_KEY = "annotation"
 
 
 class ConfigError(ValueError):
@@ -166,7 +169,8 @@ class DecoderConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class AnnotationHeadConfig:
-    """Cell-type classifier on the cell embedding.
+    """Cell-type classifier on the cell embedding (a task module's part, not the backbone's: see
+    :class:`~opencellplm.module.annotation.AnnotationModule`).
 
     Attributes
     ----------
@@ -190,6 +194,14 @@ class AnnotationHeadConfig:
                 f"annotation.n_hidden_layers must be a non-negative integer, got {self.n_hidden_layers!r}"
             )
         _check_rate("annotation.dropout", self.dropout)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AnnotationHeadConfig:
+        """Build from a dictionary, raising :class:`ConfigError` on unknown or missing keys."""
+        return _from_dict(cls, data, path="annotation")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,8 +280,9 @@ class ModelConfig:
         of the cell's input genes (depth-normalised, for models of our own).
     decoder
         NB decoder, or ``None`` for an encoder-only model.
-    annotation
-        Cell-type head, or ``None``.
+
+    Architecture only: training settings belong to the objectives (:class:`MaskingConfig`, :class:`TrainConfig`)
+    and task heads to the task modules (:class:`AnnotationHeadConfig`).
     """
 
     n_genes: int
@@ -282,14 +295,12 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     latent: LatentConfig = field(default_factory=LatentConfig)
     decoder: DecoderConfig | None = field(default_factory=DecoderConfig)
-    annotation: AnnotationHeadConfig | None = None
 
     def __post_init__(self) -> None:
         sections = {
             "encoder": (EncoderConfig, False),
             "latent": (LatentConfig, False),
             "decoder": (DecoderConfig, True),
-            "annotation": (AnnotationHeadConfig, True),
         }
         for name, (section, optional) in sections.items():
             value = getattr(self, name)
@@ -320,11 +331,20 @@ class ModelConfig:
         """Build a config, raising :class:`ConfigError` on unknown or missing keys.
 
         A ``"masking"`` key (the training-time corruption that configs written before it moved to the
-        training objectives held) is dropped.
+        training objectives held) is dropped, and so is an ``"annotation"`` key of ``null`` (no head: every
+        config but an annotator's); a head is refused here, as it is no part of the backbone
+        (:func:`~opencellplm.module.annotation.read_module_config` reads a checkpoint's).
         """
         if isinstance(data, dict) and LEGACY_MASKING_KEY in data:
             logger.debug("ignoring the model config's %r (training settings, not architecture)", LEGACY_MASKING_KEY)
             data = {k: v for k, v in data.items() if k != LEGACY_MASKING_KEY}
+        if isinstance(data, dict) and LEGACY_ANNOTATION_KEY in data:
+            if data[LEGACY_ANNOTATION_KEY] is not None:
+                raise ConfigError(
+                    "the model config holds an annotation head, which is a task module's, not the backbone's: read "
+                    "it with opencellplm.module.annotation.read_module_config (load_checkpoint does)"
+                )
+            data = {k: v for k, v in data.items() if k != LEGACY_ANNOTATION_KEY}
         return _from_dict(cls, data, path="")
 
     def replace(self, **changes: Any) -> ModelConfig:

@@ -28,6 +28,7 @@ from .._files import check_output_directory, marker_problems, write_directory
 from ..config import ConfigError, ModelConfig
 from ..data.genes import GENE_ID_RULES, alias_problems, gene_list_problems
 from ..module import CellPLMModule
+from ..module.annotation import build_module, module_config, read_module_config
 from .errors import CheckpointError, key_mismatches, tensor_problems
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def save_checkpoint(
     }
 
     def fill(folder: Path) -> None:
-        (folder / CONFIG_FILE).write_text(json.dumps(module.config.to_dict(), indent=2) + "\n")
+        (folder / CONFIG_FILE).write_text(json.dumps(module_config(module), indent=2) + "\n")
         (folder / GENES_FILE).write_text("".join(f"{g}\n" for g in genes))
         state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
         save_file(state, str(folder / WEIGHTS_FILE))
@@ -112,7 +113,7 @@ def load_checkpoint(directory: str | Path) -> tuple[CellPLMModule, list[str], di
         present = sorted(p.name for p in directory.iterdir())
         raise CheckpointError(f"{directory} is not a checkpoint: missing {absent} (found {present})")
     try:
-        config = ModelConfig.from_dict(_read_json(directory / CONFIG_FILE))
+        config, head = read_module_config(_read_json(directory / CONFIG_FILE))
     except ConfigError as err:
         raise CheckpointError(f"{directory / CONFIG_FILE}: {err}") from None
     meta = _read_json(directory / META_FILE)
@@ -138,7 +139,7 @@ def load_checkpoint(directory: str | Path) -> tuple[CellPLMModule, list[str], di
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"cannot read {directory / WEIGHTS_FILE}: {err}") from None
     _check_vocabulary(genes, config, state, directory)
-    module = CellPLMModule(config)
+    module = build_module(config, head)  # with the cell-type head of an annotator
     _check_keys(module.state_dict(), state, directory / WEIGHTS_FILE)
     module.load_state_dict(state, strict=True)
     return module.eval(), genes, meta

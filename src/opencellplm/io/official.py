@@ -33,6 +33,7 @@ from ..config import (
 )
 from ..data.genes import gene_list_problems
 from ..module import CellPLMModule
+from ..module.annotation import AnnotationModule, build_module
 from ..nn.norm import make_norm
 from ..nn.positional import sinusoid_table
 from .errors import CheckpointError, key_mismatches, tensor_problems
@@ -59,8 +60,10 @@ _REQUIRED_KEYS = ("gene_list", "enc_mod", "enc_hid", "enc_layers", "post_latent_
 
 
 # --------------------------------------------------------------------------------------- config
-def config_from_official(raw: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
-    """Translate an official config dictionary into our config and the gene vocabulary.
+def config_from_official(raw: dict[str, Any]) -> tuple[ModelConfig, list[str], AnnotationHeadConfig | None]:
+    """Translate an official config dictionary into our config, the gene vocabulary and the settings of its
+    cell-type head (None unless it is an annotation model: build the module with
+    :func:`~opencellplm.module.annotation.build_module`).
 
     Raises
     ------
@@ -154,9 +157,8 @@ def config_from_official(raw: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
             categorical_weight=float(c["w_en"]),
         ),
         decoder=decoder,
-        annotation=annotation,
     )
-    return config, genes
+    return config, genes, annotation
 
 
 # ------------------------------------------------------------------------------------- key map
@@ -199,7 +201,7 @@ _RULES: list[_Rule] = [
 
 def official_key_map(module: CellPLMModule) -> dict[str, str]:
     """Our state-dict key -> official key, for every tensor of ``module``."""
-    if module.config.annotation is not None and module.config.annotation.dropout == 0:
+    if isinstance(module, AnnotationModule) and module.head_config.dropout == 0:
         raise ConfigError("an annotation head without dropout has a different official layout; not supported")
     mapping = {}
     for key in module.state_dict():
@@ -331,8 +333,8 @@ def load_official(prefix: str | Path) -> tuple[CellPLMModule, list[str]]:
     """Build our module from an official checkpoint pair and return it with its gene vocabulary."""
     config_path, weights_path = official_paths(prefix)
     raw = read_official_config(config_path)
-    config, genes = config_from_official(raw)
-    module = CellPLMModule(config)
+    config, genes, head = config_from_official(raw)
+    module = build_module(config, head)
     pe_table = raw.get("pe_type", "sin") is not None
     state = state_dict_from_official(module, read_official_weights(weights_path), pe_table=pe_table)
     module.load_state_dict(state, strict=True)

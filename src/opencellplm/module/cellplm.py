@@ -1,9 +1,14 @@
-"""CellPLMModule: embed -> encode across cells -> latent -> NB decoder and/or annotation head."""
+"""CellPLMModule, the backbone: embed -> encode across cells -> latent -> NB decoder.
+
+It carries no task: the losses of pretraining and imputation are functions of its output
+(:mod:`.pretrain`, :mod:`.imputation`), and task modules extend it (:mod:`.annotation` adds a cell-type
+head, :mod:`.perturbation` a perturbation network that enters through :meth:`CellPLMModule.encode`'s
+``token_shift``).
+"""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Literal
 
 import torch
 from torch import nn
@@ -12,9 +17,7 @@ from ..config import MaskingConfig, ModelConfig
 from ..nn.embedding import CellEmbedder
 from ..nn.flowformer import FlowformerEncoder
 from .decoder import NBDecoder
-from .heads import AnnotationHead
 from .latent import make_latent
-from .losses import LossOutput, annotation_loss, nb_imputation_loss, nb_reconstruction_loss
 from .masking import drop_cells, gene_mask, hide_genes, select_cells, thin_counts
 from .outputs import CellBatch, CellPLMOutput, GMVAENoise, LatentOutput
 
@@ -53,7 +56,6 @@ class CellPLMModule(nn.Module):
             if config.decoder is None
             else NBDecoder(config.latent.dim, config.n_genes, config.decoder, dropout=config.dropout, norm=config.norm)
         )
-        self.head = None if config.annotation is None else AnnotationHead(config.latent.dim, config.annotation)
 
     def forward(
         self,
@@ -102,15 +104,25 @@ class CellPLMModule(nn.Module):
         if self.decoder is not None:
             missing = "sum" if official else "mean"
             nb = self.decoder(latent.embedding, batch, missing_covariate=missing, genes=decode_genes)
-        logits = None if self.head is None else self.head(latent.embedding)
-        return CellPLMOutput(latent=latent, nb=nb, logits=logits, cells=batch, kept_cells=kept, input_mask=input_mask)
+        return CellPLMOutput(latent=latent, nb=nb, logits=None, cells=batch, kept_cells=kept, input_mask=input_mask)
 
-    def encode(self, batch: CellBatch, *, official: bool = False, noise: GMVAENoise | None = None) -> LatentOutput:
+    def encode(
+        self,
+        batch: CellBatch,
+        *,
+        official: bool = False,
+        noise: GMVAENoise | None = None,
+        token_shift: torch.Tensor | None = None,
+    ) -> LatentOutput:
         """The backbone: gene embedding -> encoder across the cells of the set -> latent (no corruption).
 
-        Task modules read the cell embedding here and put their own head on it.
+        ``token_shift`` ((d,) or (N, d)) is added to every cell's input token before the encoder: the input hook
+        through which a task module steers the cells (perturbation). Task modules read the cell embedding here
+        and put their own head on it.
         """
         h = self.embedder(batch.counts, batch.gene_index, batch.coords, use_positional=not official)  # (N, d)
+        if token_shift is not None:
+            h = h + token_shift.to(h.dtype)
         h = self.pre_latent_norm(self.encoder(h))  # (N, d)
         return self.latent(h, official=official, noise=noise)
 
@@ -122,7 +134,7 @@ class CellPLMModule(nn.Module):
         freshly initialised, every other weight is copied (and frozen parameters stay frozen)."""
         if n_new < 0:
             raise ValueError(f"n_new must be >= 0, got {n_new}")
-        grown = CellPLMModule(self.config.replace(n_genes=self.config.n_genes + n_new))
+        grown = self._like(self.config.replace(n_genes=self.config.n_genes + n_new))
         reference = next(self.parameters())
         grown = grown.to(device=reference.device, dtype=reference.dtype)
         state = grown.state_dict()
@@ -134,99 +146,10 @@ class CellPLMModule(nn.Module):
             p.requires_grad_(name not in frozen)
         return grown.train(self.training)
 
+    def _like(self, config: ModelConfig) -> CellPLMModule:
+        """A fresh module of this kind with ``config`` (task modules add their own parts)."""
+        return CellPLMModule(config)
+
     def n_parameters(self) -> int:
         """Number of parameters (the fixed sinusoid table is a buffer and not counted)."""
         return sum(p.numel() for p in self.parameters())
-
-    # ----------------------------------------------------------------------------------- losses
-    def reconstruction_loss(
-        self,
-        out: CellPLMOutput,
-        *,
-        measured: torch.Tensor | None = None,
-        alignment: Literal["gene", "position"] = "gene",
-        masked_term: bool = False,
-    ) -> LossOutput:
-        """Pretraining loss: GMVAE terms + NB reconstruction of the measured genes.
-
-        Parameters
-        ----------
-        out
-            Output of :meth:`forward` (in training, of its masked forward).
-        measured
-            Input columns with measured counts (bool mask or indices); default: all.
-        alignment
-            ``"gene"`` compares each input column with the decoder column of its gene.
-            ``"position"`` reproduces the official loss, which uses input positions as decoder
-            columns; that is only right when the input spans the whole vocabulary in order.
-        masked_term
-            Add the NB term on the masked entries (the ``masked_term`` of the masking the forward was
-            given); nothing to add when ``out`` has no masked entries.
-        """
-        nb = self._require_nb(out)
-        columns = _as_index(measured, out.cells.counts.shape[1], out.cells.counts.device)
-        decoder_columns = out.cells.gene_index[columns] if alignment == "gene" else columns
-        truth = (
-            out.cells.counts.to_dense()[:, columns] if out.cells.counts.is_sparse_csr else out.cells.counts[:, columns]
-        )
-        mask = None if out.input_mask is None else out.input_mask[:, columns]
-        mean, dispersion = nb.at(decoder_columns)
-        objective = nb_reconstruction_loss(
-            truth,
-            mean,
-            dispersion,
-            mask,
-            masked_term=masked_term and out.input_mask is not None,
-        )
-        return _total(out, objective)
-
-    def imputation_loss(self, out: CellPLMOutput, *, measured: torch.Tensor | None = None) -> LossOutput:
-        """GMVAE terms + NB loss on the measured input genes; ``prediction`` is the (N, G_in)
-        size-factor-scaled NB mean of every input gene (the imputed expression)."""
-        nb = self._require_nb(out)
-        columns = _as_index(measured, out.cells.counts.shape[1], out.cells.counts.device)
-        gene_index = out.cells.gene_index
-        truth = out.cells.dense_counts()
-        objective, prediction = nb_imputation_loss(truth, *nb.at(gene_index), columns)
-        return _total(out, objective, prediction)
-
-    def annotation_loss(
-        self, out: CellPLMOutput, labels: torch.Tensor, *, mask: torch.Tensor | None = None
-    ) -> LossOutput:
-        """Cross-entropy of the head's logits against ``labels`` (class ids of the input cells, before
-        any training-time cell dropping), over the cells selected by ``mask`` (default: all). Zero when
-        no selected cell survived dropping."""
-        if out.logits is None:
-            raise ValueError("this model has no annotation head (config.annotation is None)")
-        labels = torch.as_tensor(labels, device=out.logits.device)
-        if labels.ndim != 1 or labels.is_floating_point():
-            raise ValueError(
-                f"labels must be a 1-D tensor of integer class ids, got {labels.dtype} {tuple(labels.shape)}"
-            )
-        labels = labels[out.kept_cells]
-        logits = out.logits
-        if mask is not None:
-            mask = torch.as_tensor(mask, device=out.logits.device)[out.kept_cells]
-            logits, labels = logits[mask], labels[mask]
-        return _total(out, annotation_loss(logits, labels))
-
-    def _require_nb(self, out: CellPLMOutput):
-        if out.nb is None:
-            raise ValueError("this model has no NB decoder (config.decoder is None)")
-        return out.nb
-
-
-def _as_index(selection: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
-    if selection is None:
-        return torch.arange(n, device=device)
-    selection = torch.as_tensor(selection, device=device)
-    if selection.dtype == torch.bool:
-        if selection.shape != (n,):
-            raise ValueError(f"a boolean gene selection needs {n} entries, got {tuple(selection.shape)}")
-        return selection.nonzero().squeeze(1)
-    return selection.long()
-
-
-def _total(out: CellPLMOutput, objective: torch.Tensor, prediction: torch.Tensor | None = None) -> LossOutput:
-    latent = out.latent.loss
-    return LossOutput(total=latent + objective, latent=latent, objective=objective, prediction=prediction)

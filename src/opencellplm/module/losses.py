@@ -1,7 +1,8 @@
-"""Objectives: NB reconstruction (pretraining), NB imputation, cross-entropy (annotation).
+"""Objectives on tensors: NB reconstruction (pretraining), NB imputation, cross-entropy (annotation).
 
-Each takes dense, column-aligned tensors; :class:`~opencellplm.module.CellPLMModule` does the
-alignment. Operation order follows the official objectives so that their values are reproduced.
+Each takes dense, column-aligned tensors; the task-level losses (:func:`~.pretrain.reconstruction_loss`,
+:func:`~.imputation.imputation_loss`, :meth:`~.annotation.AnnotationModule.loss`) align a forward's output
+and add the latent terms. Operation order follows the official objectives so that their values are reproduced.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..distributions import nb_log_prob
+from .outputs import CellPLMOutput, NBOutput
 
 
 @dataclass(frozen=True)
@@ -81,3 +83,30 @@ def annotation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if labels.numel() == 0:
         return logits.sum() * 0.0
     return F.cross_entropy(logits, labels.long())
+
+
+def with_latent_terms(
+    out: CellPLMOutput, objective: torch.Tensor, prediction: torch.Tensor | None = None
+) -> LossOutput:
+    """A task's objective plus the forward's latent terms (GMVAE; 0 for a plain latent)."""
+    latent = out.latent.loss
+    return LossOutput(total=latent + objective, latent=latent, objective=objective, prediction=prediction)
+
+
+def require_nb(out: CellPLMOutput) -> NBOutput:
+    """The forward's NB output, or a ValueError for a model without a decoder."""
+    if out.nb is None:
+        raise ValueError("this model has no NB decoder (config.decoder is None)")
+    return out.nb
+
+
+def input_columns(selection: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+    """Indices of the selected input columns (a bool mask of ``n`` or indices; None: all ``n``)."""
+    if selection is None:
+        return torch.arange(n, device=device)
+    selection = torch.as_tensor(selection, device=device)
+    if selection.dtype == torch.bool:
+        if selection.shape != (n,):
+            raise ValueError(f"a boolean gene selection needs {n} entries, got {tuple(selection.shape)}")
+        return selection.nonzero().squeeze(1)
+    return selection.long()

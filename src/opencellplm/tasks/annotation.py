@@ -39,10 +39,11 @@ from ..data.sets import CellSets, InputSpec
 from ..data.validate import require_anndata
 from ..model import CellPLM
 from ..module import CellPLMModule
+from ..module.annotation import AnnotationModule, classification_loss
 from ..module.losses import LossOutput
 from ..train import Distributed, Objective, ParamGroup
 from ..train.plan import shuffled_batch
-from ..train.trainer import Autocast, unwrap
+from ..train.trainer import Autocast
 from ._saved import MODEL_DIR, settings_dataclass
 from .base import FineTunedTask, FineTuneRecipe, Precision
 
@@ -116,20 +117,21 @@ class AnnotationRecipe(FineTuneRecipe):
         )
 
 
-def annotation_config(backbone: ModelConfig, n_classes: int, recipe: AnnotationRecipe) -> ModelConfig:
-    """The backbone's architecture with a linear 'ae' latent and a linear head of ``n_classes``."""
-    return backbone.replace(
-        dropout=recipe.dropout,
-        latent=replace(backbone.latent, kind="ae"),
-        decoder=None,
-        annotation=AnnotationHeadConfig(n_classes=n_classes, n_hidden_layers=0, dropout=recipe.dropout),
-    )
+def annotation_config(
+    backbone: ModelConfig, n_classes: int, recipe: AnnotationRecipe
+) -> tuple[ModelConfig, AnnotationHeadConfig]:
+    """The backbone's architecture with a linear 'ae' latent and no decoder, and a linear head of ``n_classes``."""
+    config = backbone.replace(dropout=recipe.dropout, latent=replace(backbone.latent, kind="ae"), decoder=None)
+    return config, AnnotationHeadConfig(n_classes=n_classes, n_hidden_layers=0, dropout=recipe.dropout)
 
 
-def annotation_module(backbone: CellPLMModule | None, config: ModelConfig, *, seed: int) -> CellPLMModule:
-    """A module of ``config`` whose backbone weights come from ``backbone`` (None: all freshly initialised)."""
+def annotation_module(
+    backbone: CellPLMModule | None, config: ModelConfig, head: AnnotationHeadConfig, *, seed: int
+) -> AnnotationModule:
+    """A module of ``config`` and ``head`` whose backbone weights come from ``backbone`` (None: all freshly
+    initialised)."""
     torch.manual_seed(seed)
-    module = CellPLMModule(config)
+    module = AnnotationModule(config, head)
     if backbone is not None:
         ours, theirs = module.state_dict(), backbone.state_dict()
         keys = [k for k in ours if k.startswith(BACKBONE)]
@@ -176,10 +178,9 @@ class AnnotationObjective(Objective):
         cell_set = self.train.read(item, device)
         with autocast():
             out = model(cell_set.batch, corrupt=self.masking)
-        module = unwrap(model)
         labels = torch.as_tensor(self.labels[cell_set.rows], device=device)
         mask = torch.as_tensor(self.in_loss[cell_set.rows], device=device)
-        return module.annotation_loss(out, labels.clamp_min(0), mask=mask), int(mask[out.kept_cells].sum())
+        return classification_loss(out, labels.clamp_min(0), mask=mask), int(mask[out.kept_cells].sum())
 
     def evaluate(self, module: nn.Module, world: Distributed, autocast: Autocast) -> dict[str, float]:
         from sklearn.metrics import f1_score
@@ -375,8 +376,8 @@ class CellTypeAnnotator(FineTunedTask):
             raise ValueError("no labelled cell is left for training once the validation cells are held out")
 
         base = self.base
-        config = annotation_config(base.config, len(self.classes), recipe)
-        module = annotation_module(base.module if self.pretrained else None, config, seed=recipe.seed)
+        config, head = annotation_config(base.config, len(self.classes), recipe)
+        module = annotation_module(base.module if self.pretrained else None, config, head, seed=recipe.seed)
         annotated = CellPLM(module, base.genes, meta=base.meta, source=base.source, device=base.device)
         if mode == "transductive":
             train = annotated.cell_sets(adata, self.spec, require_counts=False)
@@ -631,7 +632,7 @@ class CellTypeAnnotator(FineTunedTask):
     def _check_saved(cls, directory: Path, settings: dict[str, Any], module: CellPLMModule, meta: dict) -> None:
         path = directory / SETTINGS_FILE
         classes = _saved_classes(path, settings, meta, directory / MODEL_DIR / "meta.json")
-        head = module.config.annotation
+        head = module.head_config if isinstance(module, AnnotationModule) else None
         if head is None or head.n_classes != len(classes):
             held = "no annotation head" if head is None else f"a head for {head.n_classes} classes"
             raise ValueError(f"{directory / MODEL_DIR} holds {held}, but {path} lists {len(classes)} classes")

@@ -45,10 +45,11 @@ from ..metrics import TARGET_SUM, denoising_scores, hide_counts, mcv_scores, mol
 from ..model import CellPLM
 from ..module import CellPLMModule
 from ..module.losses import LossOutput
+from ..module.pretrain import reconstruction_loss
 from ..train import Distributed, Objective
 from ..train.plan import shuffled_batch
 from ..train.state import LOCK_FILE, STATE_FILE
-from ..train.trainer import CONFIG_FILE, Autocast, unwrap
+from ..train.trainer import CONFIG_FILE, Autocast
 from ._saved import setting, settings_dataclass
 from .base import FineTunedTask, FineTuneRecipe, Precision
 
@@ -193,8 +194,7 @@ class DenoisingObjective(Objective):
         cell_set = self.train.read(item, device)
         with autocast():
             out = model(cell_set.batch, corrupt=self.masking)
-        module = unwrap(model)
-        return module.reconstruction_loss(out, masked_term=self.masking.masked_term), len(out.kept_cells)
+        return reconstruction_loss(out, masked_term=self.masking.masked_term), len(out.kept_cells)
 
     def evaluate(self, module: nn.Module, world: Distributed, autocast: Autocast) -> dict[str, float]:
         """RMSE and MAE of the log-normalised denoised values, and the mean NB negative log-likelihood, on the

@@ -50,11 +50,12 @@ from ..data.sets import CellSets, InputSpec
 from ..data.validate import require_anndata, validate
 from ..model import CellPLM
 from ..module import CellPLMModule
+from ..module.imputation import imputation_loss
 from ..module.losses import LossOutput
 from ..train import Distributed, Objective
 from ..train.plan import shuffled_batch
 from ..train.schedule import set_seed
-from ..train.trainer import EVALUATION_STEP, Autocast, unwrap
+from ..train.trainer import EVALUATION_STEP, Autocast
 from ._saved import setting, settings_dataclass
 from .base import FineTunedTask, FineTuneRecipe, Precision
 
@@ -217,7 +218,7 @@ class ImputationObjective(Objective):
             hide = self.off_panel  # the input cut to the panel, the loss on every reference gene
         with autocast():  # the loss reads the set's own genes only: decode those alone
             out = model(cell_set.batch, corrupt=self.masking, hide=hide, decode_genes=cell_set.batch.gene_index)
-        loss = unwrap(model).imputation_loss(out)
+        loss = imputation_loss(out)
         if self.latent_weight != 1.0:
             loss = replace(loss, total=loss.objective + self.latent_weight * loss.latent)
         return loss, len(out.kept_cells)
@@ -231,7 +232,7 @@ class ImputationObjective(Objective):
             torch.manual_seed(set_seed(self.seed, EVALUATION_STEP, position))
             with autocast():
                 out = module(cell_set.batch, corrupt=self.eval_masking, decode_genes=cell_set.batch.gene_index)
-            loss = module.imputation_loss(out)
+            loss = imputation_loss(out)
             n_cells, n_genes = cell_set.batch.counts.shape
             totals[role][0] += float(loss.objective) * n_cells
             totals[role][1] += n_cells * n_genes

@@ -21,6 +21,9 @@ import torch
 
 from ..io.official import config_from_official, state_dict_from_official
 from ..module import CellBatch, CellPLMModule, GMVAENoise
+from ..module.annotation import build_module, classification_loss
+from ..module.imputation import imputation_loss
+from ..module.pretrain import reconstruction_loss
 from ..nn.positional import sinusoid_table
 
 #: Names another folder of reference fixtures than the repository's ``tests/data/official``.
@@ -65,7 +68,7 @@ def load_fixture(path: str | Path) -> dict[str, Any]:
 
 def official_module(fixture: dict[str, Any], folder: Path) -> tuple[CellPLMModule, list[str]]:
     """Our module holding the fixture's weights, loaded through the strict official loader."""
-    config, genes = config_from_official(fixture["config"])
+    config, genes, head = config_from_official(fixture["config"])
     state, donor = fixture["state_dict"], fixture
     if isinstance(state, str):  # "identical to other.pt state_dict": weights shared with a sibling file
         match = re.search(r"([\w.-]+\.pt)", state)
@@ -82,7 +85,7 @@ def official_module(fixture: dict[str, Any], folder: Path) -> tuple[CellPLMModul
         if digest != omitted["sha256_float32_le_bytes"]:
             raise AssertionError(f"regenerated {omitted['key']} differs from the official table (sha256)")
         state[omitted["key"]] = table
-    module = CellPLMModule(config)
+    module = build_module(config, head)
     module.load_state_dict(state_dict_from_official(module, state), strict=True)
     return module.eval(), genes
 
@@ -156,15 +159,15 @@ def compare_fixture(path: str | Path, device: str | torch.device = "cpu") -> lis
             diffs["nb_dispersion"] = _diff(out.nb.dispersion, official["disp"])
         if kind == "decoder":
             # The official loss reads decoder columns by input position (exact for full-width input).
-            loss = module.reconstruction_loss(out, measured=_on(inputs["gene_mask"], device), alignment="position")
+            loss = reconstruction_loss(out, measured=_on(inputs["gene_mask"], device), alignment="position")
             diffs |= _losses(loss, official, result["loss"])
         elif kind == "imputation":
-            loss = module.imputation_loss(out, measured=_on(inputs["gene_mask"], device))
+            loss = imputation_loss(out, measured=_on(inputs["gene_mask"], device))
             diffs["prediction"] = _diff(loss.prediction, official["pred"])
             diffs |= _losses(loss, official, result["loss"])
         elif kind == "annotation":
             mask = _on(inputs["loss_mask"], device)
-            loss = module.annotation_loss(out, _on(inputs["label"], device), mask=mask)
+            loss = classification_loss(out, _on(inputs["label"], device), mask=mask)
             diffs["logits"] = _diff(out.logits[mask], result["logits"])
             predicted = out.logits[mask].argmax(1).cpu()
             diffs["prediction_mismatches"] = (float((predicted != official["pred"]).sum()), 0.0)

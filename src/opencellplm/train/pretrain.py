@@ -28,6 +28,7 @@ from ..data.corpus import Corpus
 from ..io import save_checkpoint
 from ..module import CellPLMModule
 from ..module.losses import LossOutput
+from ..module.pretrain import reconstruction_loss
 from .plan import DataPlan, SetRef
 from .probe import NeighbourhoodProbe
 from .schedule import set_seed
@@ -42,7 +43,6 @@ from .trainer import (
     ParamGroup,
     Trainer,
     check_run_folder,
-    unwrap,
 )
 
 logger = logging.getLogger(__name__)
@@ -139,8 +139,7 @@ class PretrainObjective(Objective):
         batch = self.corpus.cell_set(*item).to(device)
         with autocast():
             out = model(batch, corrupt=self.masking)
-        module = unwrap(model)
-        return module.reconstruction_loss(out, masked_term=self.masking.masked_term), len(out.kept_cells)
+        return reconstruction_loss(out, masked_term=self.masking.masked_term), len(out.kept_cells)
 
     def evaluate(self, module: nn.Module, world: Distributed, autocast: Autocast) -> dict[str, float]:
         """Mean masked-reconstruction loss over the held-out sets, with fixed masks and no dropout."""
@@ -151,7 +150,7 @@ class PretrainObjective(Objective):
             torch.manual_seed(set_seed(self.train.seed, EVALUATION_STEP, position))
             with autocast():
                 out = module(batch, corrupt=self.masking)
-            total += module.reconstruction_loss(out, masked_term=self.masking.masked_term).total.item()
+            total += reconstruction_loss(out, masked_term=self.masking.masked_term).total.item()
             count += 1
         total, count = world.sum([total, count])
         metrics = {"val_loss": total / count}
