@@ -170,3 +170,38 @@ def test_coordinates_are_scaled_per_set_keeping_the_shape():
     scaled = normalize_coordinates(coords)
     np.testing.assert_allclose(scaled, [[0.0, 0.0], [1.0, 0.0], [0.5, 0.5]])
     np.testing.assert_array_equal(normalize_coordinates(np.ones((2, 3))), np.zeros((2, 3)))
+
+
+def test_cell_sets_read_the_counts_once_and_the_same_sets_over_substituted_counts():
+    import torch
+
+    from opencellplm.data.sets import CellSets, InputSpec
+    from opencellplm.metrics import hide_counts
+    from opencellplm.testing import synthetic_adata
+
+    genes = vocabulary(50)
+    adata = synthetic_adata(90, 60, gene_names=[*genes[:45], *[f"other{i}" for i in range(15)]], spatial=True, seed=4)
+    spec = InputSpec(sample_key="sample", max_cells=20, seed=3)
+    sets = CellSets(adata, spec, vocabulary=genes, positional=True, require_counts=True)
+    columns = sets.report.alignment.columns
+    counts = sets.counts()
+    assert counts is sets.counts() and counts.shape == (90, 45)  # read once, the model's genes only
+    np.testing.assert_array_equal(counts.toarray(), adata.X[:, columns].toarray())
+    hidden_counts, _ = hide_counts(counts, fraction=0.2, seed=1)
+    hidden = sets.with_counts(hidden_counts)
+    # what a new AnnData of the substituted counts would read, cut by the same spec: the same sets, batches alike
+    work = ad.AnnData(
+        sp.csr_matrix(hidden_counts), obs=adata.obs[["sample"]].copy(), obsm={"spatial": adata.obsm["spatial"]}
+    )
+    work.var_names = np.asarray(adata.var_names)[columns]
+    again = CellSets(work, spec, vocabulary=genes, positional=True, require_counts=True)
+    assert [s.tolist() for s in hidden.sets] == [s.tolist() for s in again.sets]
+    for index in range(len(hidden)):
+        a, b = hidden.read(index), again.read(index)
+        assert torch.equal(a.batch.counts.to_dense(), b.batch.counts.to_dense())
+        assert torch.equal(a.batch.gene_index, b.batch.gene_index) and torch.equal(a.batch.coords, b.batch.coords)
+    for a, b in zip(hidden.iterate(), again.iterate()):
+        assert torch.equal(a.batch.counts.to_dense(), b.batch.counts.to_dense())
+    assert torch.equal(sets.read(0).batch.counts.to_dense(), torch.as_tensor(counts[sets.sets[0]].toarray()))
+    with pytest.raises(ValueError, match=r"the counts must have the shape of counts\(\) \(90, 45\), got \(90, 60\)"):
+        sets.with_counts(adata.X)

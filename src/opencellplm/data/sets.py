@@ -5,11 +5,14 @@ keywords every task takes); :class:`CellSets` applies it to one AnnData and a vo
 validates the input once (:func:`~opencellplm.data.validate`), builds the cell sets
 (:func:`~opencellplm.data.cell_sets`) and yields each set's rows with its
 :class:`~opencellplm.module.CellBatch`, reading a backed file in blocks of sets. Embedding and every
-task's ``fit`` / ``predict`` iterate it; per-cell targets (labels, masks) are indexed by the rows.
+task's ``fit`` / ``predict`` iterate it; per-cell targets (labels, masks) are indexed by the rows. A task that
+needs the counts themselves reads them here (:meth:`CellSets.counts`), and a task that trains on altered counts
+(entries hidden for validation) reads the same sets over them (:meth:`CellSets.with_counts`), checked and cut once.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -17,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
@@ -175,7 +179,31 @@ class CellSets:
         )
         self._use_coords = self.coords is not None and positional and not official_compat
         self._gene_index = torch.as_tensor(self.report.alignment.gene_index)
+        #: The aligned counts: read by counts(), or substituted by with_counts() (then the sets read them).
+        self._counts: sp.csr_matrix | None = None
+        self._substituted = False
         logger.info("%d cells in %d cell sets", self.n_cells, len(self.sets))
+
+    def counts(self) -> sp.csr_matrix:
+        r"""Every cell's counts in the model's genes (rows in ``adata`` order, cells outside the sets included;
+        columns in the alignment's order, :attr:`report`\ ``.alignment.columns``), float32 CSR. Read once and
+        kept: the whole matrix of those genes is held in memory."""
+        if self._counts is None:
+            matrix = counts_matrix(self.adata, self.spec.layer)
+            self._counts = read_rows(matrix, np.arange(self.adata.n_obs), self.report.alignment.columns)
+        return self._counts
+
+    def with_counts(self, counts) -> CellSets:
+        """The same sets (cells, partition, coordinates, genes) over other counts of :meth:`counts`' shape, e.g.
+        with entries hidden for validation: nothing is validated or partitioned again, and ``self`` is unchanged."""
+        shape = (self.adata.n_obs, len(self.report.alignment.columns))
+        if getattr(counts, "shape", None) != shape:
+            raise ValueError(
+                f"the counts must have the shape of counts() {shape}, got {getattr(counts, 'shape', None)}"
+            )
+        other = copy.copy(self)
+        other._counts, other._substituted = sp.csr_matrix(counts, dtype=np.float32), True
+        return other
 
     @property
     def n_cells(self) -> int:
@@ -198,7 +226,10 @@ class CellSets:
     def read(self, index: int, device: torch.device | str = "cpu") -> CellSet:
         """Set ``index`` alone (training reads sets in its own order, one at a time)."""
         rows = self.sets[index]
-        x = read_rows(counts_matrix(self.adata, self.spec.layer), rows, self.report.alignment.columns)
+        if self._substituted:
+            x = read_rows(self._counts, rows)
+        else:
+            x = read_rows(counts_matrix(self.adata, self.spec.layer), rows, self.report.alignment.columns)
         return CellSet(
             rows, CellBatch(scipy_to_torch_csr(x, device), self._gene_index.to(device), self._coords(rows, device))
         )
@@ -210,8 +241,8 @@ class CellSets:
 
     def iterate(self, device: torch.device | str = "cpu") -> Iterator[CellSet]:
         """Each set, in order, with its input on ``device``; the counts are read in blocks of sets."""
-        matrix = counts_matrix(self.adata, self.spec.layer)
-        columns = self.report.alignment.columns
+        matrix = self._counts if self._substituted else counts_matrix(self.adata, self.spec.layer)
+        columns = None if self._substituted else self.report.alignment.columns
         gene_index = self._gene_index.to(device)
         block_cells = block_rows(matrix, self.adata.n_vars, READ_BLOCK_CELLS)
         for rows_read, group, block in _read_in_blocks(matrix, self.sets, columns, block_cells):

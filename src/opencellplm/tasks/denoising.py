@@ -20,7 +20,6 @@ import hashlib
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,7 +36,7 @@ from .. import baselines as baseline_functions
 from .._files import refuse_inputs
 from .._threads import thread_settings
 from ..config import MaskingConfig, ModelConfig
-from ..data.reader import _is_sparse, counts_matrix, iter_row_blocks, read_rows
+from ..data.reader import _is_sparse, counts_matrix, iter_row_blocks
 from ..data.sets import CellSets, InputSpec
 from ..data.validate import require_anndata
 from ..distributions import nb_log_prob
@@ -400,7 +399,7 @@ class Denoiser(FineTunedTask):
         recipe, input_spec = self.recipe, InputSpec(**spec)
         sets = self.base.cell_sets(adata, input_spec, require_counts=True, warn_stacklevel=3)
         columns = sets.report.alignment.columns
-        counts = read_rows(counts_matrix(adata, input_spec.layer), np.arange(adata.n_obs), columns)
+        counts = sets.counts()
         val_seed = int(np.random.SeedSequence([recipe.seed, 5]).generate_state(1)[0])
         training_counts, mask = hide_counts(counts, fraction=recipe.validation_fraction, seed=val_seed)
         hidden = sp.csr_matrix(counts.multiply(mask), dtype=np.float32)
@@ -411,7 +410,7 @@ class Denoiser(FineTunedTask):
                 "genes; fine-tuning needs cells with several"
             )
         totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-        working, working_spec = _working_copy(adata, input_spec, columns, training_counts)
+        train = sets.with_counts(training_counts)  # the same sets, the validation entries hidden
 
         masking = recipe.masking()
         config = recipe.model_config(self.base.config)
@@ -425,9 +424,6 @@ class Denoiser(FineTunedTask):
         module = CellPLMModule(config)
         if start is not None:
             module.load_state_dict(start)
-        with warnings.catch_warnings():  # the input was checked (and warned about) above
-            warnings.simplefilter("ignore")
-            train = self.base.cell_sets(working, working_spec, require_counts=True)
         objective = DenoisingObjective(
             train,
             HiddenEntries(hidden, totals),
@@ -729,7 +725,7 @@ class Denoiser(FineTunedTask):
         input_spec = InputSpec(**({"seed": seed} | spec))
         sets = self.base.cell_sets(adata, input_spec, require_counts=True, warn_stacklevel=3)
         columns = sets.report.alignment.columns
-        counts = read_rows(counts_matrix(adata, input_spec.layer), np.arange(adata.n_obs), columns)
+        counts = sets.counts()
         if protocol == "hidden":
             corrupted, hidden = hide_counts(counts, fraction=fraction, seed=seed)
 
@@ -742,6 +738,7 @@ class Denoiser(FineTunedTask):
             def evaluate(prediction) -> dict[str, float]:
                 return mcv_scores(prediction, held_out, train_fraction=1.0 - fraction).to_dict()
 
+        # The baselines read an AnnData: a working copy of the corrupted counts, which CellPLM's rows read too.
         work, work_spec = _working_copy(adata, input_spec, columns, corrupted)
         spec_dict = work_spec.to_dict()
         methods: list[MethodScore] = []

@@ -93,7 +93,6 @@ from .._memory import PeakMemory
 from .._sparse import scipy_to_torch_csr
 from .._threads import thread_settings
 from ..data.genes import normalise_gene_ids
-from ..data.reader import counts_matrix, read_rows
 from ..data.sets import InputSpec
 from ..data.validate import require_anndata
 from ..distributions import nb_log_prob
@@ -567,7 +566,7 @@ class PerturbationPredictor(FineTunedTask):
         sets = base.cell_sets(adata, replace(input_spec, spatial_key=None), require_counts=True, warn_stacklevel=3)
         columns = sets.report.alignment.columns
         gene_index = torch.as_tensor(sets.report.alignment.gene_index, dtype=torch.long)
-        counts = read_rows(counts_matrix(adata, input_spec.layer), np.arange(adata.n_obs), columns)
+        counts = sets.counts()
         control_cells = _control_cells(counts, is_control, adata, input_spec, recipe)
         encoded = {label: _encode(base, parsed[label], gene_index) for label in perturbed}
         rows = {label: np.flatnonzero(values == label) for label in perturbed}
@@ -724,7 +723,7 @@ class PerturbationPredictor(FineTunedTask):
         input_spec = InputSpec(**spec)
         sets = self.base.cell_sets(adata, replace(input_spec, spatial_key=None), require_counts=True, warn_stacklevel=3)
         columns = sets.report.alignment.columns
-        counts = read_rows(counts_matrix(adata, input_spec.layer), np.arange(adata.n_obs), columns)
+        counts = sets.counts()
         values, n_unlabelled = _label_column(adata, perturbation_key)
         found = list(dict.fromkeys(values[values != ""]))
         parsed = parse_labels(found, control=control, default_direction=default_direction)
