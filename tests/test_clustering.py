@@ -35,12 +35,12 @@ def test_a_perfect_and_a_random_embedding_beside_pca(cells):
 
 
 def test_missing_scvi_is_skipped_saying_so(cells, monkeypatch):
-    from opencellplm import baselines
+    from opencellplm.baselines import embedding
 
     def absent(*args, **kwargs):
         raise ImportError("scVI needs the scvi extra: pip install 'opencellplm[scvi]'")
 
-    monkeypatch.setattr(baselines, "scvi_embedding", absent)
+    monkeypatch.setattr(embedding, "scvi_embedding", absent)
     result = score_clustering(cells, "cell_type", embeddings={"x": np.ones((200, 2))}, seeds=(0,))
     assert result.skipped == {"scvi": "scVI needs the scvi extra: pip install 'opencellplm[scvi]'"}
     assert "scvi" not in result.scores and "pca" in result.scores

@@ -280,7 +280,7 @@ def test_score_of_a_model_from_scratch_fits_it(model, adata):
     assert [m.method for m in result.methods] == ["cellplm_from_scratch"]
     with pytest.raises(ValueError, match="nothing to score without fine_tune=True"):
         Denoiser.from_scratch(model).score(adata, fine_tune=False)
-    with pytest.raises(ValueError, match="unknown baselines"):
+    with pytest.raises(ValueError, match=r"unknown baseline\(s\) \['dca'\] for denoising; choose among \['unchanged'"):
         Denoiser.from_pretrained(model).score(adata, baselines=("dca",))
 
 

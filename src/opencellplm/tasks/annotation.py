@@ -33,6 +33,7 @@ from torch import nn
 
 from .. import baselines as _baselines
 from .._threads import thread_settings
+from ..baselines.registry import REGISTRY, baselines_for
 from ..config import AnnotationHeadConfig, MaskingConfig, ModelConfig
 from ..data.labels import has_label
 from ..data.sets import CellSets, InputSpec
@@ -55,12 +56,8 @@ SETTINGS_FILE = "annotator.json"
 #: Backbone weights carried over from the pretrained model; the rest (latent, head) starts fresh.
 BACKBONE = ("embedder.", "encoder.", "pre_latent_norm.")
 UNLABELLED = -1
-#: The annotation baselines of TASKS §4, by name.
-BASELINES = {
-    "celltypist_style": _baselines.celltypist_style,
-    "l1_logistic_cv": _baselines.l1_logistic_cv,
-    "knn_on_pca": _baselines.knn_on_pca,
-}
+#: The annotation baselines of TASKS §4, by name (:mod:`opencellplm.baselines.registry`).
+BASELINES = tuple(REGISTRY["annotation"])
 
 
 @dataclass(frozen=True)
@@ -501,9 +498,7 @@ class CellTypeAnnotator(FineTunedTask):
         require_anndata(adata)
         if labels_key not in adata.obs:
             raise KeyError(f"obs column {labels_key!r} not found; adata.obs has {list(adata.obs.columns)}")
-        unknown = sorted(set(baselines) - set(BASELINES))
-        if unknown:
-            raise ValueError(f"unknown baseline(s) {unknown}; choose among {list(BASELINES)}")
+        chosen = baselines_for("annotation", baselines)
         if reference is adata:
             raise ValueError(
                 "the reference is the data being scored: the baselines would learn the test cells' labels; give "
@@ -571,8 +566,8 @@ class CellTypeAnnotator(FineTunedTask):
                         int(shared.sum()),
                     )
             test = adata[test_cells].copy()
-            for baseline in baselines:
-                result = BASELINES[baseline](train, test, labels_key=labels_key, layer=self.spec.layer, seed=seed)
+            for baseline, entry in chosen.items():
+                result = entry.run(train, test, labels_key=labels_key, layer=self.spec.layer, seed=seed)
                 methods[baseline] = {
                     "scores": classification_scores(truth, result.prediction),
                     "fit_seconds": round(result.seconds, 2),

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .. import baselines
+from ..baselines.registry import baselines_for
 from ..data.validate import require_anndata
 from ..metrics import clustering_scores
 
@@ -112,21 +112,15 @@ def score_clustering(
     require_anndata(adata)
     if labels_key not in adata.obs:
         raise KeyError(f"obs column {labels_key!r} not found; adata.obs has {list(adata.obs.columns)}")
-    unknown = sorted(set(baselines_run) - {"pca", "scvi"})
-    if unknown:
-        raise ValueError(f"unknown baseline(s) {unknown}; choose among ['pca', 'scvi']")
+    chosen = baselines_for("clustering", baselines_run)
     representations: dict[str, np.ndarray] = dict(embeddings or {})
     if embedding_key is not None and embedding_key in adata.obsm:
         representations.setdefault(embedding_key, np.asarray(adata.obsm[embedding_key]))
     seconds: dict[str, float | None] = {name: None for name in representations}
     skipped: dict[str, str] = {}
-    for name in baselines_run:
+    for name, baseline in chosen.items():
         try:
-            result = (
-                baselines.pca_embedding(adata, layer=layer)
-                if name == "pca"
-                else baselines.scvi_embedding(adata, layer=layer)
-            )
+            result = baseline.run(adata, layer=layer, seed=0)  # the seeds are Leiden's; the embeddings are fixed
         except ImportError as err:
             skipped[name] = str(err)
             logger.warning("skipped %s: %s", name, err)

@@ -20,7 +20,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -32,9 +32,9 @@ import torch
 from anndata import AnnData
 from torch import nn
 
-from .. import baselines as baseline_functions
 from .._files import refuse_inputs
 from .._threads import thread_settings
+from ..baselines.registry import REGISTRY, baselines_for
 from ..config import MaskingConfig, ModelConfig
 from ..data.reader import _is_sparse, counts_matrix, iter_row_blocks
 from ..data.sets import CellSets, InputSpec
@@ -58,13 +58,8 @@ Protocol = Literal["hidden", "mcv"]
 FORMAT = "opencellplm-denoiser"
 SETTINGS_FILE = "denoiser.json"
 #: Baselines :meth:`Denoiser.score` knows, by name (the optional ones need their extra).
-BASELINES: dict[str, Callable[..., baseline_functions.BaselineResult]] = {
-    "unchanged": lambda corrupted, seed: baseline_functions.unchanged(corrupted),
-    "knn_smoothing": lambda corrupted, seed: baseline_functions.knn_smoothing(corrupted, seed=seed),
-    "mean_profile": lambda corrupted, seed: baseline_functions.mean_profile(corrupted),
-    "magic": lambda corrupted, seed: baseline_functions.magic(corrupted, seed=seed),
-    "scvi": lambda corrupted, seed: baseline_functions.scvi_denoise(corrupted, seed=seed),
-}
+#: The denoising baselines, by name (:mod:`opencellplm.baselines.registry`).
+BASELINES = tuple(REGISTRY["denoising"])
 DEFAULT_BASELINES = ("unchanged", "knn_smoothing", "magic", "scvi")
 #: The best weights of a fine-tuning run in its --work folder (beside the trainer's state.pt).
 BEST_FILE = "best.pt"
@@ -716,9 +711,7 @@ class Denoiser(FineTunedTask):
             raise ValueError(f"protocol={protocol!r}; choose 'hidden' or 'mcv'")
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"fraction must lie in (0, 1), got {fraction!r}")
-        unknown = [name for name in baselines if name not in BASELINES]
-        if unknown:
-            raise ValueError(f"unknown baselines {unknown}; choose among {list(BASELINES)}")
+        chosen = baselines_for("denoising", baselines)
         if not self.pretrained and not fine_tune:
             raise ValueError("a denoiser from scratch has nothing to score without fine_tune=True")
         _check_gene_levels(gene_levels)
@@ -768,9 +761,9 @@ class Denoiser(FineTunedTask):
                 run_cellplm("cellplm_fine_tuned", tuned, fit=True)
         if fine_tune and (from_scratch or not self.pretrained):
             run_cellplm("cellplm_from_scratch", Denoiser(self.base, pretrained=False, recipe=self.recipe), fit=True)
-        for name in baselines:
+        for name, baseline in chosen.items():
             try:
-                result = BASELINES[name](work, seed)
+                result = baseline.run(work, layer=None, seed=seed)
             except ImportError as err:
                 skipped[name] = str(err)
                 logger.warning("baseline %s skipped: %s", name, err)

@@ -29,7 +29,7 @@ import math
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -697,7 +697,7 @@ class SpatialImputer(FineTunedTask):
         (:attr:`ImputationResult.example`, for maps); ``fit_kwargs`` go to :meth:`fit`.
         """
         from .. import __version__
-        from .. import baselines as baseline_functions
+        from ..baselines.registry import baselines_for
         from ..metrics.imputation import held_out_gene_folds, imputation_scores, zero_rates
 
         require_anndata(spatial)
@@ -713,10 +713,7 @@ class SpatialImputer(FineTunedTask):
         unknown = [v for v in variants if v not in VARIANTS]
         if unknown:
             raise ValueError(f"unknown variants {unknown}; choose among {list(VARIANTS)}")
-        known_baselines = {"reference_mean", "spage_style", "tangram", "gimvi"}
-        unknown = [b for b in baselines if b not in known_baselines]
-        if unknown:
-            raise ValueError(f"unknown baselines {unknown}; choose among {sorted(known_baselines)}")
+        chosen_baselines = baselines_for("imputation", baselines)
         layer = fit_kwargs.get("layer")
         reference_layer = fit_kwargs.get("reference_layer")
         in_reference = set(reference.var_names)
@@ -789,15 +786,11 @@ class SpatialImputer(FineTunedTask):
                     predict_s = time.perf_counter() - tic
                 summary = {k: v for k, v in asdict(imputer.summary).items() if k != "history"}
                 record(f"cellplm_{variant}", prediction.to_numpy(), fit_s, predict_s, peak.mb, summary)
-            for name in baselines:
-                function: Callable[..., Any] = getattr(baseline_functions, name, None)
+            for name, baseline in chosen_baselines.items():
                 try:
-                    if function is None:
-                        raise ImportError(f"baseline {name} is not available in this version")
                     with PeakMemory() as peak:
-                        seeded = {"seed": seed} if name == "spage_style" else {}
-                        result = function(
-                            spatial_in, reference, held, spatial_layer=layer, reference_layer=reference_layer, **seeded
+                        result = baseline.run(
+                            spatial_in, reference, held, spatial_layer=layer, reference_layer=reference_layer, seed=seed
                         )
                 except ImportError as err:
                     skipped[name] = str(err)

@@ -92,6 +92,7 @@ from .._lognorm import log_normalize
 from .._memory import PeakMemory
 from .._sparse import scipy_to_torch_csr
 from .._threads import thread_settings
+from ..baselines.registry import REGISTRY, baselines_for
 from ..data.genes import normalise_gene_ids
 from ..data.sets import InputSpec
 from ..data.validate import require_anndata
@@ -114,7 +115,8 @@ SETTINGS_FILE = "perturbation.json"
 STATE_FILE = "perturbation_state.pt"
 Direction = Literal["down", "up"]
 #: Methods :meth:`PerturbationPredictor.score` runs beside CellPLM, by name.
-BASELINES = ("no_change", "training_mean", "additive", "linear")
+#: The perturbation baselines, by name (:mod:`opencellplm.baselines.registry`).
+BASELINES = tuple(REGISTRY["perturbation"])
 METRICS = ("rmse", "rmse_top20", "pearson_delta", "pearson_delta_top20", "direction_accuracy_top20")
 GENE_COLUMN = "cellplm_gene_id"
 LABEL_COLUMN = "perturbation"
@@ -704,15 +706,12 @@ class PerturbationPredictor(FineTunedTask):
             Number of top differentially expressed genes (t-test against control) of the top-k metrics.
         """
         from .. import __version__
-        from ..baselines import perturbation as perturbation_baselines
         from ..data.perturbations import parse_labels
         from ..metrics import perturbation as perturbation_metrics
 
         require_anndata(adata)
         seeds = [int(seeds)] if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
-        unknown = [b for b in baselines if b not in BASELINES]
-        if unknown:
-            raise ValueError(f"unknown baselines {unknown}; choose among {list(BASELINES)}")
+        chosen = baselines_for("perturbation", baselines)
         if self._loaded:
             raise ValueError(
                 "this predictor was loaded with a fine-tuned backbone, which may have seen the perturbations score "
@@ -806,12 +805,10 @@ class PerturbationPredictor(FineTunedTask):
                 change = predicted.value.to_numpy() - predictor.control_cells.mean
                 prediction = pd.DataFrame(control_profile.to_numpy() + change, index=test, columns=means.columns)
                 outcomes.append((name, prediction, run))
-            for name in baselines:
-                function = getattr(perturbation_baselines, f"perturbation_{name}")
-                if name in ("additive", "linear"):
-                    measured = _measure(partial(function, train_means, perturbed_parsed, test, control=control))
-                else:
-                    measured = _measure(partial(function, train_means, test, control=control))
+            for name, baseline in chosen.items():
+                measured = _measure(
+                    partial(baseline.run, train_means, perturbed_parsed, test, control=control, seed=seed)
+                )
                 result = measured.value
                 params = dict(result.params)
                 run = MethodRun(seed, name, measured.seconds, None, measured.rss_mb, measured.gpu_mb, params)

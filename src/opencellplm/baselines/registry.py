@@ -1,0 +1,144 @@
+"""The baselines of each task, by name, each called with that task's one signature.
+
+Every task's ``score`` picks its baselines here (:func:`baselines_for`), so a name means the same everywhere, an
+unknown name gets the same message in every task, and a new baseline (a real package behind an extra) is one
+entry. The signatures, keyword arguments after the data:
+
+========================  =========================================================================================
+task                      call
+========================  =========================================================================================
+``"clustering"``          ``run(adata, *, layer, seed)``: an embedding (cells x dims)
+``"annotation"``          ``run(train, test, *, labels_key, layer, seed)``: a label per test cell
+``"denoising"``           ``run(corrupted, *, layer, seed)``: denoised counts (cells x genes)
+``"imputation"``          ``run(spatial, reference, genes, *, spatial_layer, reference_layer, seed)``: the genes'
+                          values in the spatial cells
+``"perturbation"``        ``run(train_means, parsed, test_labels, *, control, seed)``: mean log-normalised profiles
+========================  =========================================================================================
+
+Each returns a :class:`~opencellplm.baselines.BaselineResult` whose ``params`` hold its settings (its seed
+included, when it draws at random). A baseline whose optional package is missing raises ``ImportError`` naming
+the extra; the task records it as skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import annotation, denoising, embedding, imputation, perturbation
+from ._common import BaselineResult
+
+TASKS = ("clustering", "annotation", "denoising", "imputation", "perturbation")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A baseline of one task: its name, how to run it (the task's signature), and the extra it needs."""
+
+    name: str
+    task: str
+    run: Callable[..., BaselineResult]
+    extra: str | None = None
+
+
+def _entries() -> dict[str, dict[str, Baseline]]:
+    registry: dict[str, dict[str, Baseline]] = {task: {} for task in TASKS}
+
+    def add(task: str, name: str, run: Callable[..., BaselineResult], extra: str | None = None) -> None:
+        registry[task][name] = Baseline(name, task, run, extra)
+
+    add("clustering", "pca", lambda adata, *, layer, seed: embedding.pca_embedding(adata, layer=layer, seed=seed))
+    add(
+        "clustering",
+        "scvi",
+        lambda adata, *, layer, seed: embedding.scvi_embedding(adata, layer=layer, seed=seed),
+        extra="scvi",
+    )
+    for name, function in (
+        ("celltypist_style", annotation.celltypist_style),
+        ("l1_logistic_cv", annotation.l1_logistic_cv),
+        ("knn_on_pca", annotation.knn_on_pca),
+    ):
+        add(
+            "annotation",
+            name,
+            lambda train, test, *, labels_key, layer, seed, f=function: f(
+                train, test, labels_key=labels_key, layer=layer, seed=seed
+            ),
+        )
+    add("denoising", "unchanged", lambda corrupted, *, layer, seed: denoising.unchanged(corrupted, layer=layer))
+    add(
+        "denoising",
+        "knn_smoothing",
+        lambda corrupted, *, layer, seed: denoising.knn_smoothing(corrupted, layer=layer, seed=seed),
+    )
+    add("denoising", "mean_profile", lambda corrupted, *, layer, seed: denoising.mean_profile(corrupted, layer=layer))
+    add(
+        "denoising",
+        "magic",
+        lambda corrupted, *, layer, seed: denoising.magic(corrupted, layer=layer, seed=seed),
+        extra="magic",
+    )
+    add(
+        "denoising",
+        "scvi",
+        lambda corrupted, *, layer, seed: denoising.scvi_denoise(corrupted, layer=layer, seed=seed),
+        extra="scvi",
+    )
+    add(
+        "imputation",
+        "reference_mean",
+        lambda spatial, reference, genes, *, spatial_layer, reference_layer, seed: imputation.reference_mean(
+            spatial, reference, genes, spatial_layer=spatial_layer, reference_layer=reference_layer
+        ),
+    )
+    add(
+        "imputation",
+        "spage_style",
+        lambda spatial, reference, genes, *, spatial_layer, reference_layer, seed: imputation.spage_style(
+            spatial, reference, genes, spatial_layer=spatial_layer, reference_layer=reference_layer, seed=seed
+        ),
+    )
+    add(
+        "perturbation",
+        "no_change",
+        lambda means, parsed, test, *, control, seed: perturbation.perturbation_no_change(means, test, control=control),
+    )
+    add(
+        "perturbation",
+        "training_mean",
+        lambda means, parsed, test, *, control, seed: perturbation.perturbation_training_mean(
+            means, test, control=control
+        ),
+    )
+    add(
+        "perturbation",
+        "additive",
+        lambda means, parsed, test, *, control, seed: perturbation.perturbation_additive(
+            means, parsed, test, control=control
+        ),
+    )
+    add(
+        "perturbation",
+        "linear",
+        lambda means, parsed, test, *, control, seed: perturbation.perturbation_linear(
+            means, parsed, test, control=control
+        ),
+    )
+    return registry
+
+
+REGISTRY: dict[str, dict[str, Baseline]] = _entries()
+
+
+def baselines_for(task: str, names=None) -> dict[str, Baseline]:
+    """The baselines of ``task`` named in ``names`` (default: all of them), in that order; a ValueError names any
+    unknown one and the task's choices."""
+    if task not in REGISTRY:
+        raise ValueError(f"unknown task {task!r}; choose among {list(REGISTRY)}")
+    known = REGISTRY[task]
+    names = list(known) if names is None else list(names)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown} for {task}; choose among {list(known)}")
+    return {name: known[name] for name in names}
