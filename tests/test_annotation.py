@@ -67,7 +67,8 @@ def test_fine_tuning_learns_separable_types(base, cells):
     scores = annotator.score(cells, "cell_type", baselines=("knn_on_pca",), seed=3)
     frame = scores.to_frame()
     assert scores.n_test == 60 and scores.mode == "inductive"
-    assert scores.methods["knn_on_pca"]["params"]["seed"] == 3 == scores.settings["seed"]  # the baseline got it
+    assert scores["knn_on_pca"].params["seed"] == 3 == scores.settings["seed"]  # the baseline got it
+    assert [m.family for m in scores.methods] == ["cellplm", "baseline"] and scores.skipped == {}
     assert frame.loc["cellplm", "accuracy"] > 0.8  # chance is 1/3
     assert set(frame.index) == {"cellplm", "knn_on_pca"}
     assert frame.loc["knn_on_pca", "accuracy"] > 0.6
@@ -86,11 +87,9 @@ def test_from_scratch_differs_from_pretrained_and_is_named_so(base, cells):
     pretrained = CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(cells, "cell_type")
     ours = scratch.module.state_dict()["embedder.gene_embedding"]
     assert not torch.equal(ours, base.module.state_dict()["embedder.gene_embedding"])
-    assert (
-        "cellplm_from_scratch"
-        in scratch.score(cells, "cell_type", test_cells=cells.obs["is_test"], baselines=()).methods
-    )
-    assert "cellplm" in pretrained.score(cells, "cell_type", test_cells=cells.obs["is_test"], baselines=()).methods
+    for annotator, name in ((scratch, "cellplm_from_scratch"), (pretrained, "cellplm")):
+        result = annotator.score(cells, "cell_type", test_cells=cells.obs["is_test"], baselines=())
+        assert [m.method for m in result.methods] == [name]
 
 
 def test_save_load_round_trip_keeps_the_label_names(base, cells, tmp_path):
@@ -115,7 +114,7 @@ def test_unseen_test_labels_are_reported(base, cells, caplog):
         scores = annotator.score(cells, "cell_type", baselines=())
     assert scores.unseen_labels == ["type_new"]
     assert "test labels never seen in training: ['type_new'] (60 cells); they count as errors" in caplog.text
-    assert scores.methods["cellplm"]["scores"].accuracy == 0
+    assert scores["cellplm"].scores["accuracy"] == 0 == scores.classification["cellplm"].accuracy
 
 
 # ------------------------------------------------------------------------------------------------ bad input

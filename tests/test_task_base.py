@@ -72,3 +72,35 @@ def test_a_task_that_needs_fitting_says_so(task, tmp_path):
     with pytest.raises(ValueError, match=message):
         unfitted.save(tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_every_score_result_is_a_task_result_that_the_benchmark_reads_alike():
+    from opencellplm.tasks import AnnotationScores, DenoisingResult, PerturbationResult
+    from opencellplm.tasks.imputation import ImputationResult
+    from opencellplm.tasks.result import TaskResult
+
+    for result in (AnnotationScores, DenoisingResult, ImputationResult, PerturbationResult):
+        assert issubclass(result, TaskResult)
+    row = {"n_genes": 3, "n_undefined_pearson": 0, "peak_memory_mb": 5.0}
+    rows = [
+        {"fold": 0, "method": "cellplm_fine_tuned", "pearson": 0.2, "cosine": 0.5, "rmse": 1.0}
+        | row
+        | {"fit_seconds": 2.0, "predict_seconds": 1.0, "params": {"steps": 10}},
+        {"fold": 1, "method": "cellplm_fine_tuned", "pearson": 0.4, "cosine": 0.7, "rmse": 2.0}
+        | row
+        | {"fit_seconds": 3.0, "predict_seconds": 1.0, "peak_memory_mb": 9.0, "params": {"steps": 12}},
+        {"fold": 0, "method": "spage_style", "pearson": 0.5, "cosine": 0.6, "rmse": 0.5}
+        | row
+        | {"fit_seconds": None, "predict_seconds": 0.5, "params": {"seed": 0}},
+    ]
+    result = ImputationResult(
+        folds=[["a"], ["b"]], scored_folds=[0, 1], seed=0, rows=rows, skipped={"x": "why"}, n_spatial_cells=9,
+        n_shared_genes=2, checkpoint={}, recipe={}, version="0",
+    )  # fmt: skip
+    tuned, spage = result.methods
+    assert tuned.scores == pytest.approx({"pearson": 0.3, "cosine": 0.6, "rmse": 1.5})
+    assert (tuned.seconds, tuned.fit_seconds, tuned.peak_mb, tuned.params["steps"]) == (7.0, 5.0, 9.0, [10, 12])
+    assert spage.family == "baseline" and spage.fit_seconds is None and spage.seconds == 0.5
+    assert result["spage_style"] == spage and list(result.method_frame().index) == ["cellplm_fine_tuned", "spage_style"]
+    with pytest.raises(KeyError, match=r"no method 'tangram' in this result; it has \['cellplm_fine_tuned'"):
+        result["tangram"]

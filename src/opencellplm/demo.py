@@ -561,15 +561,15 @@ def _verdict(run: _Run) -> list[dict[str, Any]]:
             _compare("cellplm_zero_shot", name, figures, lower=lower)
             | {"task": "denoising", "model": f"{run.model_name}, zero-shot,", "other": short, "spread": spread}
         )
-    methods = run.annotations[0].methods
-    mine = "cellplm" if "cellplm" in methods else next(iter(methods))
+    methods = [m.method for m in run.annotations[0].methods]
+    mine = "cellplm" if "cellplm" in methods else methods[0]
     for name in methods:
         if name == mine:
             continue
         figures = {
             label: (
-                [float(getattr(a.methods[mine]["scores"], attr)) for a in run.annotations],
-                [float(getattr(a.methods[name]["scores"], attr)) for a in run.annotations],
+                [float(a[mine].scores[attr]) for a in run.annotations],
+                [float(a[name].scores[attr]) for a in run.annotations],
             )
             for attr, label in ANNOTATION_FIGURES.items()
         }

@@ -11,11 +11,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .profiles import Profile
+
+if TYPE_CHECKING:
+    from ..tasks.result import MethodScore, TaskResult
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +84,39 @@ def _record(method: str, *, family: str, metrics: dict[str, Any], wall_s=None, p
 
 def _skipped(method: str, family: str, reason: str) -> Record:
     return {"method": method, "family": family, "status": "skipped", "reason": reason, "metrics": {}}
+
+
+def method_record(
+    m: MethodScore, protocol: dict[str, Any], metrics: tuple[str, ...], name: str | None = None
+) -> Record:
+    """The record of one method of a task's ``score`` result: the task's ``metrics`` of its scores, its wall time
+    and peak memory, and the fine-tuning steps it ran (``steps_run``; None for a baseline)."""
+    steps = m.params.get("steps") if m.family == "cellplm" else None
+    if isinstance(steps, list):  # one fit per fold or seed
+        steps = steps[0] if len(steps) == 1 else ", ".join(map(str, steps))
+    return _record(
+        name or m.method,
+        family=m.family,
+        metrics={key: m.scores.get(key) for key in metrics},
+        wall_s=m.seconds,
+        peak_mb=m.peak_mb,
+        protocol=protocol | {"steps_run": steps},
+    )
+
+
+def method_records(
+    result: TaskResult,
+    protocol: dict[str, Any],
+    metrics: tuple[str, ...],
+    *,
+    rename: Callable[[str], str] | None = None,
+) -> list[Record]:
+    """The records of a task's ``score`` result: one per method (:func:`method_record`), then one per skipped
+    method with the reason."""
+    records = [
+        method_record(m, protocol, metrics, None if rename is None else rename(m.method)) for m in result.methods
+    ]
+    return records + [_skipped(name, "baseline", why) for name, why in result.skipped.items()]
 
 
 def _subset(adata, max_cells: int | None, seed: int = 0, *, stratify: str | None = None):
@@ -209,21 +245,13 @@ def run_annotation(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResul
         make = CellTypeAnnotator.from_pretrained if pretrained else CellTypeAnnotator.from_scratch
         annotator = make(ctx.checkpoint, recipe=recipe).fit(adata, "cell_type", train_cells=train_cells)
         baselines = ("celltypist_style", "l1_logistic_cv", "knn_on_pca") if pretrained else ()
-        scores = annotator.score(adata, "cell_type", test_cells=~train_cells, baselines=baselines, seed=seed)
-        for name, entry in scores.methods.items():
-            method = name
-            if name.startswith("cellplm"):
-                method = "cellplm_fine_tuned" if pretrained else "cellplm_from_scratch"
-            s = entry["scores"]
-            wall = (entry.get("fit_seconds") or 0.0) + (entry.get("predict_seconds") or 0.0)
-            metrics = {"macro_f1": s.macro_f1, "macro_precision": s.macro_precision, "accuracy": s.accuracy}
-            protocol = {"split": "stratified 80/20", "n_test": scores.n_test, "mode": scores.mode}
-            protocol |= {
-                "steps": recipe.steps,
-                "steps_run": annotator.summary.steps if method.startswith("cellplm") else None,
-            }
-            family = "cellplm" if method.startswith("cellplm") else "baseline"
-            records.append(_record(method, family=family, metrics=metrics, wall_s=wall, protocol=protocol))
+        result = annotator.score(adata, "cell_type", test_cells=~train_cells, baselines=baselines, seed=seed)
+        protocol = {"split": "stratified 80/20", "n_test": result.n_test, "mode": result.mode, "steps": recipe.steps}
+        ours = "cellplm_fine_tuned" if pretrained else "cellplm_from_scratch"
+        metrics = ("macro_f1", "macro_precision", "accuracy")
+        records += method_records(
+            result, protocol, metrics, rename=lambda m, ours=ours: ours if m.startswith("cellplm") else m
+        )
     return UnitResult(records)
 
 
@@ -261,19 +289,9 @@ def run_denoising(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResult
     }
     protocol = {"protocol": "hidden", "fraction": result.fraction, "n_cells": result.n_cells, "n_genes": result.n_genes}
     protocol |= {"steps": ctx.profile.denoising_steps}
-
-    def record(m) -> Record:
-        return _record(
-            m.method,
-            family="cellplm" if m.method.startswith("cellplm") else "baseline",
-            metrics={key: m.scores.get(key) for key in ("rmse", "mae", "pearson")},
-            wall_s=m.seconds,
-            protocol=protocol | {"steps_run": ((m.params or {}).get("fit") or {}).get("steps")},
-        )
-
-    records = [record(m) for m in result.methods]
-    records += [_untrained_record(record(m), w) for w, m in untrained.items()]
-    records += [_skipped(name, "baseline", why) for name, why in result.skipped.items()]
+    metrics = ("rmse", "mae", "pearson")
+    records = method_records(result, protocol, metrics)
+    records += [_untrained_record(method_record(m, protocol, metrics), w) for w, m in untrained.items()]
     return UnitResult(records)
 
 
@@ -376,7 +394,6 @@ def run_imputation(ctx: RunContext, dataset: str, data: dict, seed: int) -> Unit
         reference_sample_key=data.get("reference_sample_key"),
         keep_example=want_map,
     )
-    frame = result.per_fold().reset_index()
     protocol = {
         "values": result.values,
         "folds": folds,
@@ -384,29 +401,7 @@ def run_imputation(ctx: RunContext, dataset: str, data: dict, seed: int) -> Unit
         "held_out_genes": int(sum(len(result.folds[f]) for f in folds)),
         "steps": profile.imputation_steps,
     }
-    steps_run: dict[str, list[int]] = {}  # per fold, for the CellPLM variants (their fit summaries)
-    for row in result.rows:
-        if str(row["method"]).startswith("cellplm") and "steps" in (row.get("params") or {}):
-            steps_run.setdefault(row["method"], []).append(int(row["params"]["steps"]))
-    records = []
-    for method, rows in frame.groupby("method", sort=False):
-        wall = (rows["fit_seconds"].fillna(0) + rows["predict_seconds"].fillna(0)).sum()
-        metrics = {m: rows[m].mean() for m in ("pearson", "cosine", "rmse")}
-        family = "cellplm" if str(method).startswith("cellplm") else "baseline"
-        peak = rows["peak_memory_mb"].max()
-        ran = steps_run.get(str(method))
-        ran = None if ran is None else ran[0] if len(ran) == 1 else ", ".join(map(str, ran))  # one per fold
-        records.append(
-            _record(
-                str(method),
-                family=family,
-                metrics=metrics,
-                wall_s=wall,
-                peak_mb=peak,
-                protocol=protocol | {"steps_run": ran},
-            )
-        )
-    records += [_skipped(name, "baseline", why) for name, why in result.skipped.items()]
+    records = method_records(result, protocol, ("pearson", "cosine", "rmse"))
     artifacts = {}
     if want_map and result.example is not None:
         path = ctx.artifacts_dir / f"spatial_imputation_{dataset}.npz"
@@ -458,24 +453,9 @@ def run_perturbation(ctx: RunContext, dataset: str, profile: Profile, seed: int)
         "n_test_perturbations": int(table["n_perturbations"].iloc[0]),
         "steps": profile.perturbation_steps,
     }
-    records = []
-    for name, row in table.iterrows():
-        method = "cellplm_fine_tuned" if name == "cellplm" else str(name)  # one name across tasks
-        wall = float(np.nansum([row.get("fit_seconds", np.nan), row.get("predict_seconds", np.nan)]))
-        metrics = {m: row[m] for m in METRICS}
-        family = "cellplm" if method.startswith("cellplm") else "baseline"
-        peak = row.get("peak_rss_increase_mb")
-        ran = result.fits.get(seed, {}).get(name, {}).get("steps")
-        records.append(
-            _record(
-                method,
-                family=family,
-                metrics=metrics,
-                wall_s=wall,
-                peak_mb=peak,
-                protocol=protocol | {"steps_run": ran},
-            )
-        )
+    records = method_records(
+        result, protocol, METRICS, rename=lambda name: "cellplm_fine_tuned" if name == "cellplm" else name
+    )
     return UnitResult(records)
 
 

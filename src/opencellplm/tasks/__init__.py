@@ -1,9 +1,16 @@
-"""Downstream tasks on a CellPLM backbone, each with fit / predict / score / save / load."""
+"""Downstream tasks on a CellPLM backbone, each with fit / predict / score / save / load.
+
+Every fine-tuned task is a :class:`~.base.FineTunedTask` with a :class:`~.base.FineTuneRecipe`, and every ``score``
+returns a :class:`~.result.TaskResult` (one :class:`~.result.MethodScore` per method).
+"""
 
 from .annotation import AnnotationRecipe, AnnotationScores, CellTypeAnnotator
+from .base import FineTunedTask, FineTuneRecipe
 from .clustering import ClusteringResult, score_clustering
 from .denoising import Denoiser, DenoisingRecipe, DenoisingResult
+from .imputation import ImputationRecipe, ImputationResult, SpatialImputer
 from .perturbation import PerturbationPredictor, PerturbationRecipe, PerturbationResult
+from .result import MethodScore, TaskResult
 
 __all__ = [
     "AnnotationRecipe",
@@ -13,8 +20,15 @@ __all__ = [
     "Denoiser",
     "DenoisingRecipe",
     "DenoisingResult",
+    "FineTuneRecipe",
+    "FineTunedTask",
+    "ImputationRecipe",
+    "ImputationResult",
+    "MethodScore",
     "PerturbationPredictor",
     "PerturbationRecipe",
     "PerturbationResult",
+    "SpatialImputer",
+    "TaskResult",
     "score_clustering",
 ]

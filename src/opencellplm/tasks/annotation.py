@@ -38,6 +38,7 @@ from ..config import AnnotationHeadConfig, MaskingConfig, ModelConfig
 from ..data.labels import has_label
 from ..data.sets import CellSets, InputSpec
 from ..data.validate import require_anndata
+from ..metrics import ClassificationScores, classification_scores
 from ..model import CellPLM
 from ..module import CellPLMModule
 from ..module.annotation import AnnotationModule, classification_loss
@@ -47,6 +48,7 @@ from ..train.plan import shuffled_batch
 from ..train.trainer import Autocast
 from ._saved import MODEL_DIR, settings_dataclass
 from .base import FineTunedTask, FineTuneRecipe, Precision
+from .result import MethodScore, TaskResult
 
 logger = logging.getLogger(__name__)
 
@@ -237,31 +239,29 @@ class FitSummary:
 
 
 @dataclass
-class AnnotationScores:
-    """Scores of the annotator and the baselines on the same test cells.
+class AnnotationScores(TaskResult):
+    """Scores of the annotator and the baselines on the same test cells: a
+    :class:`~opencellplm.tasks.result.TaskResult`.
 
-    ``methods[name]`` holds ``scores`` (:class:`~opencellplm.metrics.ClassificationScores`), ``fit_seconds``
-    and ``predict_seconds``, and for a baseline its ``params`` (its seed included); ``mode`` says whether CellPLM
-    was fitted inductively or transductively.
+    ``methods`` holds one :class:`~opencellplm.tasks.result.MethodScore` per method (``macro_f1``,
+    ``macro_precision``, ``accuracy``; for a baseline its ``params``, its seed included), ``classification`` each
+    method's full :class:`~opencellplm.metrics.ClassificationScores` (per-class scores, confusion matrix); ``mode``
+    says whether CellPLM was fitted inductively or transductively.
     """
 
     mode: Mode
     n_test: int
     unseen_labels: list[str]
-    methods: dict[str, dict[str, Any]]
+    methods: list[MethodScore]
+    classification: dict[str, ClassificationScores]
     settings: dict[str, Any]
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per method: macro F1, macro precision, accuracy, fit and predict seconds."""
         rows = {
-            name: {
-                "macro_f1": m["scores"].macro_f1,
-                "macro_precision": m["scores"].macro_precision,
-                "accuracy": m["scores"].accuracy,
-                "fit_seconds": m["fit_seconds"],
-                "predict_seconds": m["predict_seconds"],
-            }
-            for name, m in self.methods.items()
+            m.method: m.scores | {"fit_seconds": m.fit_seconds, "predict_seconds": m.predict_seconds}
+            for m in self.methods
         }
         return pd.DataFrame.from_dict(rows, orient="index").rename_axis(f"method ({self.mode})")
 
@@ -270,7 +270,15 @@ class AnnotationScores:
             "mode": self.mode,
             "n_test": self.n_test,
             "unseen_labels": self.unseen_labels,
-            "methods": {name: m | {"scores": m["scores"].to_dict()} for name, m in self.methods.items()},
+            "methods": {
+                m.method: {
+                    "scores": self.classification[m.method].to_dict(),
+                    "fit_seconds": m.fit_seconds,
+                    "predict_seconds": m.predict_seconds,
+                }
+                | ({"params": m.params} if m.family == "baseline" else {})
+                for m in self.methods
+            },
             "settings": self.settings,
         }
 
@@ -492,7 +500,6 @@ class CellTypeAnnotator(FineTunedTask):
             Names among ``"celltypist_style"``, ``"l1_logistic_cv"``, ``"knn_on_pca"``.
         """
         from .. import __version__
-        from ..metrics import classification_scores
 
         self._require_module()
         require_anndata(adata)
@@ -534,16 +541,28 @@ class CellTypeAnnotator(FineTunedTask):
                 unseen,
                 int(np.isin(truth, unseen).sum()),
             )
-        methods: dict[str, dict[str, Any]] = {}
+        methods: list[MethodScore] = []
+        classification: dict[str, ClassificationScores] = {}
+
+        def add(name: str, scores: ClassificationScores, fit_seconds, predict_seconds, params) -> None:
+            classification[name] = scores
+            numbers = {"macro_f1": scores.macro_f1, "macro_precision": scores.macro_precision}
+            numbers["accuracy"] = scores.accuracy
+            seconds = (fit_seconds or 0.0) + (predict_seconds or 0.0)
+            methods.append(MethodScore(name, numbers, seconds, fit_seconds, predict_seconds, params))
+
         started = time.perf_counter()
         predicted = self.get_predictions(adata).labels[test_cells]
         predicted = np.where(predicted == None, "(no label)", predicted).astype(str)  # noqa: E711 (object array)
         name = "cellplm" if self.pretrained else "cellplm_from_scratch"
-        methods[name] = {
-            "scores": classification_scores(truth, predicted),
-            "fit_seconds": None if self.summary is None else self.summary.seconds,
-            "predict_seconds": round(time.perf_counter() - started, 2),
-        }
+        fitted = {} if self.summary is None else {"steps": self.summary.steps, "best_step": self.summary.best_step}
+        add(
+            name,
+            classification_scores(truth, predicted),
+            None if self.summary is None else self.summary.seconds,
+            round(time.perf_counter() - started, 2),
+            {"pretrained": self.pretrained, "mode": self.mode} | fitted,
+        )
         if baselines:
             if reference is None:
                 if learned is None and self._reference is None:
@@ -568,17 +587,20 @@ class CellTypeAnnotator(FineTunedTask):
             test = adata[test_cells].copy()
             for baseline, entry in chosen.items():
                 result = entry.run(train, test, labels_key=labels_key, layer=self.spec.layer, seed=seed)
-                methods[baseline] = {
-                    "scores": classification_scores(truth, result.prediction),
-                    "fit_seconds": round(result.seconds, 2),
-                    "predict_seconds": None,  # included in fit_seconds
-                    "params": result.params,  # the baseline's settings, its seed included
-                }
+                # one call, timed as fit_seconds; params: the baseline's settings, its seed included
+                add(
+                    baseline,
+                    classification_scores(truth, result.prediction),
+                    round(result.seconds, 2),
+                    None,
+                    result.params,
+                )
         return AnnotationScores(
             mode=self.mode,
             n_test=int(test_cells.sum()),
             unseen_labels=unseen,
             methods=methods,
+            classification=classification,
             settings={
                 "labels_key": labels_key,
                 "seed": seed,

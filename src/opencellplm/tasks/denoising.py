@@ -51,6 +51,7 @@ from ..train.state import LOCK_FILE, STATE_FILE
 from ..train.trainer import CONFIG_FILE, Autocast
 from ._saved import setting, settings_dataclass
 from .base import FineTunedTask, FineTuneRecipe, Precision
+from .result import MethodScore, TaskResult
 
 logger = logging.getLogger(__name__)
 
@@ -246,34 +247,9 @@ class DenoisingFitSummary:
 
 
 @dataclass(frozen=True)
-class MethodScore:
-    """One method's scores in a :class:`DenoisingResult`.
-
-    Attributes
-    ----------
-    method
-        ``"cellplm_zero_shot"``, ``"cellplm_fine_tuned"``, ``"cellplm_from_scratch"``, or a baseline's name.
-    scores
-        ``rmse``, ``mae``, ``n_hidden`` (hidden protocol) or ``mse``, ``mse_normalized``, ``poisson`` (mcv).
-    seconds
-        Wall time of the method (fit and predict).
-    fit_seconds, predict_seconds
-        The two parts, for CellPLM; None for baselines, which are timed as one call.
-    params
-        The method's settings (and, for fine-tuning, what the fit did).
-    """
-
-    method: str
-    scores: dict[str, float]
-    seconds: float
-    fit_seconds: float | None = None
-    predict_seconds: float | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DenoisingResult:
-    """The scores of CellPLM and the baselines on one corrupted matrix (see :meth:`Denoiser.score`).
+class DenoisingResult(TaskResult):
+    """The scores of CellPLM and the baselines on one corrupted matrix (see :meth:`Denoiser.score`): a
+    :class:`~opencellplm.tasks.result.TaskResult`.
 
     Attributes
     ----------
@@ -309,12 +285,6 @@ class DenoisingResult:
     recipe: dict[str, Any]
     version: str
     threads: dict[str, Any] = field(default_factory=thread_settings)  # the CPU threads in force when scored
-
-    def __getitem__(self, method: str) -> MethodScore:
-        for entry in self.methods:
-            if entry.method == method:
-                return entry
-        raise KeyError(f"no method {method!r} in this result; it has {[m.method for m in self.methods]}")
 
     def to_frame(self) -> pd.DataFrame:
         """One row per method: its scores, then ``seconds``, ``fit_seconds`` and ``predict_seconds``."""
@@ -749,6 +719,7 @@ class Denoiser(FineTunedTask):
             params = {"pretrained": denoiser.pretrained, "gene_levels": gene_levels}
             if denoiser.summary is not None and fit:
                 params["fit"] = {k: v for k, v in asdict(denoiser.summary).items() if k != "history"}
+                params["steps"] = denoiser.summary.steps
             seconds = (fit_seconds or 0.0) + predict_seconds
             methods.append(MethodScore(name, evaluate(prediction), seconds, fit_seconds, predict_seconds, params))
             logger.info("%s: %s", name, methods[-1].scores)

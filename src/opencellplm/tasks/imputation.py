@@ -58,6 +58,7 @@ from ..train.schedule import set_seed
 from ..train.trainer import EVALUATION_STEP, Autocast
 from ._saved import setting, settings_dataclass
 from .base import FineTunedTask, FineTuneRecipe, Precision
+from .result import MethodScore, TaskResult, plain
 
 logger = logging.getLogger(__name__)
 
@@ -838,8 +839,9 @@ class SpatialImputer(FineTunedTask):
 
 
 @dataclass(frozen=True)
-class ImputationResult:
-    """Scores of CellPLM and the baselines on held-out spatial genes (see :meth:`SpatialImputer.score`).
+class ImputationResult(TaskResult):
+    """Scores of CellPLM and the baselines on held-out spatial genes (see :meth:`SpatialImputer.score`): a
+    :class:`~opencellplm.tasks.result.TaskResult` whose :attr:`methods` average the folds.
 
     ``rows`` has one entry per fold and method: ``pearson``, ``cosine``, ``rmse`` (means over the fold's genes),
     ``n_genes``, ``n_undefined_pearson``, ``fit_seconds`` (None for baselines, timed as one call),
@@ -863,6 +865,29 @@ class ImputationResult:
     values: str = "counts"
     example: dict[str, Any] | None = field(default=None, repr=False)
     threads: dict[str, Any] = field(default_factory=thread_settings)  # the CPU threads in force when scored
+
+    @property
+    def methods(self) -> list[MethodScore]:
+        """Per method, over the scored folds: the mean ``pearson``, ``cosine`` and ``rmse``, the summed seconds, the
+        highest peak memory, and each fold's ``params`` (``folds``; with the fine-tuning ``steps`` of each)."""
+        frame = self.per_fold().reset_index()
+        out = []
+        for method, rows in frame.groupby("method", sort=False):
+            params = [row["params"] for row in self.rows if row["method"] == method]
+            steps = [int(p["steps"]) for p in params if p and "steps" in p]
+            fit, predict = rows["fit_seconds"], rows["predict_seconds"]
+            out.append(
+                MethodScore(
+                    str(method),
+                    {metric: plain(rows[metric].mean()) for metric in ("pearson", "cosine", "rmse")},
+                    seconds=plain((fit.fillna(0) + predict.fillna(0)).sum()),
+                    fit_seconds=None if fit.isna().all() else plain(fit.sum()),
+                    predict_seconds=None if predict.isna().all() else plain(predict.sum()),
+                    params={"folds": params} | ({"steps": steps} if steps else {}),
+                    peak_mb=plain(rows["peak_memory_mb"].max()),
+                )
+            )
+        return out
 
     def per_fold(self) -> pd.DataFrame:
         """One row per fold and method."""

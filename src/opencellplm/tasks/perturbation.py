@@ -106,6 +106,7 @@ from ..train import Distributed, Objective
 from ..train.trainer import Autocast, ParamGroup, unwrap
 from ._saved import settings_dataclass
 from .base import FineTunedTask, FineTuneRecipe, Precision
+from .result import MethodScore, TaskResult, plain
 
 logger = logging.getLogger(__name__)
 
@@ -368,8 +369,10 @@ class MethodRun:
 
 
 @dataclass(frozen=True)
-class PerturbationResult:
-    """CellPLM and the baselines on the same splits and seeds (see :meth:`PerturbationPredictor.score`).
+class PerturbationResult(TaskResult):
+    """CellPLM and the baselines on the same splits and seeds (see :meth:`PerturbationPredictor.score`): a
+    :class:`~opencellplm.tasks.result.TaskResult` whose :attr:`methods` hold every test perturbation's scores,
+    averaged per seed and then over the seeds.
 
     Attributes
     ----------
@@ -408,6 +411,32 @@ class PerturbationResult:
     control: str
     n_unlabelled_cells: int = 0
     threads: dict[str, Any] = field(default_factory=thread_settings)  # the CPU threads in force when scored
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[MethodScore]:
+        """Per method: the five metrics over every test perturbation (group ``"all"`` of :meth:`to_frame`), the
+        mean seconds and peak memory over seeds, and each seed's run ``params`` (``runs``; with CellPLM's fine-tuning
+        ``steps`` per seed)."""
+        table = self.to_frame().xs("all", level="group")
+        out = []
+        for name, row in table.iterrows():
+            name = str(name)
+            steps = [self.fits[seed][name]["steps"] for seed in self.seeds if name in self.fits.get(seed, {})]
+            fit, predict = plain(row.get("fit_seconds")), plain(row.get("predict_seconds"))
+            out.append(
+                MethodScore(
+                    name,
+                    {metric: plain(row[metric]) for metric in METRICS},
+                    seconds=float(np.nansum([row.get("fit_seconds", np.nan), row.get("predict_seconds", np.nan)])),
+                    fit_seconds=fit,
+                    predict_seconds=predict,
+                    params={"runs": [r.params for r in self.runs if r.method == name]}
+                    | ({"steps": steps} if steps else {}),
+                    peak_mb=plain(row.get("peak_rss_increase_mb")),
+                )
+            )
+        return out
 
     def to_frame(self) -> pd.DataFrame:
         """Per method and group (and ``"all"``): each metric's mean over seeds and its standard deviation
