@@ -90,3 +90,23 @@ def test_fine_tuned_weights_that_beat_the_start_are_kept():
     assert summary.kept == "fine-tuned" and summary.start == 0.5 and summary.best == 0.7 and summary.best_step == 1
     for key, value in module.state_dict().items():
         torch.testing.assert_close(value, objective.seen[1][key])  # evaluated at step 1 (seen[0] is the start)
+
+
+def test_a_loss_s_own_metrics_reach_the_training_log(tmp_path):
+    import json
+
+    class Logged(Scripted):
+        def global_batch(self, step):
+            return [0, 0]
+
+        def loss(self, model, item, device, autocast):
+            out, cells = super().loss(model, item, device, autocast)
+            return LossOutput(out.total, out.latent, out.objective, metrics={"share_kept": torch.tensor(0.25)}), cells
+
+    torch.manual_seed(0)
+    objective = Logged([(0.5, 1.0), (0.6, 0.9)], None)
+    config = TrainConfig(steps=2, sets_per_step=2, lr=0.1, warmup_steps=0, eval_every=1, log_every=1)
+    Trainer(nn.Linear(2, 1), objective, config, Distributed.start("cpu"), out=tmp_path / "run", keep_best=True).fit()
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["share_kept"] for line in lines] == [0.25, 0.25]  # summed over the step's two items, then averaged
+    assert all(line["cells"] == 8 and "mse" in line and "latent_loss" in line for line in lines)

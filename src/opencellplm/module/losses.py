@@ -7,7 +7,7 @@ and add the latent terms. Operation order follows the official objectives so tha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -18,12 +18,20 @@ from .outputs import CellPLMOutput, NBOutput
 
 @dataclass(frozen=True)
 class LossOutput:
-    """``total = latent + objective``; ``prediction`` is set by objectives that produce one."""
+    """``total = latent + objective``; ``prediction`` is set by objectives that produce one; ``metrics`` holds
+    further named scalars a task wants in the training log (summed over a step's items, then divided by them)."""
 
     total: torch.Tensor
     latent: torch.Tensor
     objective: torch.Tensor
     prediction: torch.Tensor | None = None
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def logged(self, objective_name: str) -> dict[str, float]:
+        """The scalars of the training log: ``loss``, ``latent_loss``, the objective under ``objective_name``, and
+        :attr:`metrics`."""
+        values = {"loss": self.total, "latent_loss": self.latent, objective_name: self.objective} | self.metrics
+        return {name: float(value.item()) for name, value in values.items()}
 
 
 def _rescale(mean: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

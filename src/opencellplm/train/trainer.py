@@ -554,7 +554,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         items = self.objective.global_batch(self.step)
         positions = self.positions
-        totals = [0.0, 0.0, 0.0, 0.0]  # loss, latent loss, objective (each summed over items), cells
+        totals: dict[str, float] = {}  # each logged scalar summed over the items, and their cells
         for i, position in enumerate(positions):
             torch.manual_seed(set_seed(self.config.seed, self.step, position))
             last = i == len(positions) - 1
@@ -567,17 +567,18 @@ class Trainer:
                     f"non-finite loss at step {self.step + 1} (item {items[position]}); lower train.lr or use "
                     "precision fp32" + (", then resume from the last checkpoint" if self.out is not None else "")
                 )
-            values = [loss.total.item(), loss.latent.item(), loss.objective.item(), n_cells]
-            totals = [a + b for a, b in zip(totals, values)]
+            values = loss.logged(self.objective.objective_name) | {"cells": n_cells}
+            totals = {name: totals.get(name, 0.0) + value for name, value in values.items()}
         grad_norm = 0.0
         if self.config.grad_clip > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip))
         self.optimizer.step()
         self.scheduler.step()
-        loss, latent, objective, cells = self.world.sum(totals)
+        names = list(totals)  # the same on every process: the objective's loss names them
+        summed = dict(zip(names, self.world.sum([totals[name] for name in names])))
         n = self.config.sets_per_step
-        metrics = {"loss": loss / n, "latent_loss": latent / n, self.objective.objective_name: objective / n}
-        metrics["cells"] = int(cells)
+        metrics = {name: value / n for name, value in summed.items() if name != "cells"}
+        metrics["cells"] = int(summed["cells"])
         return metrics | ({"grad_norm": grad_norm} if self.config.grad_clip > 0 else {})
 
     @torch.no_grad()
