@@ -104,3 +104,26 @@ def test_every_score_result_is_a_task_result_that_the_benchmark_reads_alike():
     assert result["spage_style"] == spage and list(result.method_frame().index) == ["cellplm_fine_tuned", "spage_style"]
     with pytest.raises(KeyError, match=r"no method 'tangram' in this result; it has \['cellplm_fine_tuned'"):
         result["tangram"]
+
+
+def test_every_task_call_takes_an_input_spec_and_or_its_fields():
+    import numpy as np
+
+    from opencellplm.data import InputSpec
+    from opencellplm.tasks.base import resolve_spec
+    from opencellplm.testing import synthetic_adata
+
+    saved = InputSpec(layer="counts", max_cells=50)
+    assert resolve_spec(None, {}, saved) is saved  # nothing given: the fit's
+    assert resolve_spec(saved, {"max_cells": 9}) == InputSpec(layer="counts", max_cells=9)  # keywords win
+    assert resolve_spec(None, {"sample_key": "s"}) == InputSpec(sample_key="s")
+    with pytest.raises(TypeError, match=r"unknown input setting\(s\) \['layers'\]; the InputSpec fields are"):
+        resolve_spec(None, {"layers": "counts"})
+    with pytest.raises(TypeError, match="spec must be an InputSpec or None, not dict"):
+        resolve_spec({"layer": "counts"}, {})
+    adata = synthetic_adata(60, 40, gene_names=GENES, seed=1)
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = adata.X * 0  # only the layer holds counts: a spec that misses it would fail or differ
+    denoiser = Denoiser.from_pretrained(small_model(GENES))
+    by_spec = denoiser.get_denoised(adata, spec=InputSpec(layer="counts", sample_key="sample"))
+    np.testing.assert_array_equal(by_spec, denoiser.get_denoised(adata, layer="counts", sample_key="sample"))

@@ -47,7 +47,7 @@ from ..train import Distributed, Objective, ParamGroup
 from ..train.plan import shuffled_batch
 from ..train.trainer import Autocast
 from ._saved import MODEL_DIR, settings_dataclass
-from .base import FineTunedTask, FineTuneRecipe, Precision
+from .base import FineTunedTask, FineTuneRecipe, Precision, resolve_spec
 from .result import MethodScore, TaskResult
 
 logger = logging.getLogger(__name__)
@@ -320,7 +320,8 @@ class CellTypeAnnotator(FineTunedTask):
         mode: Mode = "inductive",
         train_cells: np.ndarray | None = None,
         device: str | None = None,
-        **spec: Any,
+        spec: InputSpec | None = None,
+        **spec_fields: Any,
     ) -> CellTypeAnnotator:
         """Fine-tune on the labelled cells of ``adata``.
 
@@ -340,9 +341,9 @@ class CellTypeAnnotator(FineTunedTask):
             cells to annotate (transductive) or are ignored (inductive).
         device
             Torch device (default: the model's).
-        **spec
-            Where the input is and how cells are grouped (:class:`~opencellplm.data.InputSpec` fields:
-            ``layer``, ``gene_key``, ``sample_key``, ``max_cells``, ...).
+        spec, **spec_fields
+            Where the input is and how cells are grouped: an :class:`~opencellplm.data.InputSpec`, and/or its fields
+            as keywords (``layer``, ``gene_key``, ``sample_key``, ``max_cells``, ...; they replace the spec's).
         """
         require_anndata(adata)
         if mode not in ("inductive", "transductive"):
@@ -350,7 +351,7 @@ class CellTypeAnnotator(FineTunedTask):
         if labels_key not in adata.obs:
             raise KeyError(f"obs column {labels_key!r} not found; adata.obs has {list(adata.obs.columns)}")
         started = time.perf_counter()
-        recipe, self.spec, self.mode = self.recipe, InputSpec(**spec), mode
+        recipe, self.spec, self.mode = self.recipe, resolve_spec(spec, spec_fields), mode
         labels = adata.obs[labels_key]
         labelled = has_label(labels)  # NaN, and texts such as "nan" that astype(str) leaves, are no cell type
         candidates = labelled if train_cells is None else labelled & np.asarray(train_cells, dtype=bool)

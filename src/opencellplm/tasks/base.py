@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from dataclasses import fields as fields_of
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, get_args
 
@@ -282,6 +283,20 @@ class FineTunedTask:
     def problems(cls, folder: Path) -> list[str]:
         """Why ``folder`` is not a saved task of this kind holding nothing else (empty if it is)."""
         return recogniser(cls.settings_file, cls.format, extra=cls.extra_file_names)(folder)
+
+
+def resolve_spec(spec: InputSpec | None, fields: dict[str, Any], default: InputSpec | None = None) -> InputSpec:
+    """The input settings of a task call: ``spec`` (an :class:`~opencellplm.data.InputSpec`) with the keyword
+    ``fields`` replacing its values, or ``default`` (else the defaults) when neither is given."""
+    if spec is not None and not isinstance(spec, InputSpec):
+        raise TypeError(f"spec must be an InputSpec or None, not {type(spec).__name__}")
+    known = {f.name for f in fields_of(InputSpec)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise TypeError(f"unknown input setting(s) {unknown}; the InputSpec fields are {sorted(known)}")
+    if spec is None and not fields:
+        return default or InputSpec()
+    return replace(spec or InputSpec(), **fields)
 
 
 def _base_model(name_or_model: str | Path | CellPLM, device: Any) -> CellPLM:

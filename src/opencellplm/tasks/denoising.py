@@ -50,7 +50,7 @@ from ..train.plan import shuffled_batch
 from ..train.state import LOCK_FILE, STATE_FILE
 from ..train.trainer import CONFIG_FILE, Autocast
 from ._saved import setting, settings_dataclass
-from .base import FineTunedTask, FineTuneRecipe, Precision
+from .base import FineTunedTask, FineTuneRecipe, Precision, resolve_spec
 from .result import MethodScore, TaskResult
 
 logger = logging.getLogger(__name__)
@@ -330,7 +330,13 @@ class Denoiser(FineTunedTask):
 
     # ------------------------------------------------------------------------------------ fit
     def fit(
-        self, adata: AnnData, *, device: str | None = None, work: str | Path | None = None, **spec: Any
+        self,
+        adata: AnnData,
+        *,
+        device: str | None = None,
+        work: str | Path | None = None,
+        spec: InputSpec | None = None,
+        **spec_fields: Any,
     ) -> Denoiser:
         """Fine-tune on the counts of ``adata``: the pretraining objective on its cell sets.
 
@@ -349,9 +355,10 @@ class Denoiser(FineTunedTask):
             Folder for the run's checkpoints (``state.pt`` every ``checkpoint_every`` steps, the best weights in
             ``best.pt``): a fit killed part-way continues there when called again with the same data and recipe
             (a finished one is read back); refused when it holds anything else. None keeps the run in memory.
-        **spec
-            Where the input is and how cells are grouped (:class:`~opencellplm.data.InputSpec` fields:
-            ``layer``, ``gene_key``, ``sample_key``, ``max_cells``, ...); :meth:`predict` reuses them.
+        spec, **spec_fields
+            Where the input is and how cells are grouped: an :class:`~opencellplm.data.InputSpec`, and/or its fields
+            as keywords (``layer``, ``gene_key``, ``sample_key``, ``max_cells``, ...; they replace the spec's);
+            :meth:`predict` reuses them.
 
         Returns
         -------
@@ -361,7 +368,7 @@ class Denoiser(FineTunedTask):
         require_anndata(adata)
         work_dir = None if work is None else _work_folder(work)
         started = time.perf_counter()
-        recipe, input_spec = self.recipe, InputSpec(**spec)
+        recipe, input_spec = self.recipe, resolve_spec(spec, spec_fields)
         sets = self.base.cell_sets(adata, input_spec, require_counts=True, warn_stacklevel=3)
         columns = sets.report.alignment.columns
         counts = sets.counts()
@@ -440,7 +447,14 @@ class Denoiser(FineTunedTask):
         return self
 
     # -------------------------------------------------------------------------------- predict
-    def get_denoised(self, adata: AnnData, *, gene_levels: GeneLevels = "data", **spec: Any) -> np.ndarray:
+    def get_denoised(
+        self,
+        adata: AnnData,
+        *,
+        gene_levels: GeneLevels = "data",
+        spec: InputSpec | None = None,
+        **spec_fields: Any,
+    ) -> np.ndarray:
         """The denoised counts, ``(n_obs, n_vars)`` dense float32 in ``adata``'s order; writes nothing.
 
         For the genes in the model's vocabulary: the NB mean (eval mode, per cell set), rescaled to each
@@ -460,10 +474,10 @@ class Denoiser(FineTunedTask):
             Raw counts (integers), in memory or backed.
         gene_levels
             ``"data"`` or ``"model"`` (see above).
-        **spec
-            :class:`~opencellplm.data.InputSpec` fields; default: those given to :meth:`fit`.
+        spec, **spec_fields
+            An :class:`~opencellplm.data.InputSpec` and/or its fields as keywords; default: those given to :meth:`fit`.
         """
-        denoised, _ = self._denoise(adata, spec, gene_levels, stacklevel=4)
+        denoised, _ = self._denoise(adata, resolve_spec(spec, spec_fields, self.spec), gene_levels, stacklevel=4)
         return denoised
 
     def predict(
@@ -472,7 +486,8 @@ class Denoiser(FineTunedTask):
         *,
         layer_added: str = "cellplm_denoised",
         gene_levels: GeneLevels = "data",
-        **spec: Any,
+        spec: InputSpec | None = None,
+        **spec_fields: Any,
     ) -> Denoiser:
         """Write the denoised counts (see :meth:`get_denoised`) to ``adata.layers[layer_added]``.
 
@@ -491,28 +506,26 @@ class Denoiser(FineTunedTask):
         """
         require_anndata(adata)
         self._refuse_view(adata, "get_denoised()")
-        layer, record = self._denoised_layer(adata, spec, layer_added, gene_levels, stacklevel=4)
+        input_spec = resolve_spec(spec, spec_fields, self.spec)
+        layer, record = self._denoised_layer(adata, input_spec, layer_added, gene_levels, stacklevel=4)
         adata.layers[layer_added] = layer
         self._write_record(adata, layer_added, record)
         return self
 
     def _denoised_layer(
-        self, adata: AnnData, spec: dict[str, Any], layer_added: str, gene_levels: GeneLevels, *, stacklevel: int
+        self, adata: AnnData, spec: InputSpec, layer_added: str, gene_levels: GeneLevels, *, stacklevel: int
     ) -> tuple[np.ndarray | sp.csr_matrix, dict[str, Any]]:
         """The layer :meth:`predict` writes: the denoised counts, CSR where the input is sparse and the result
         is sparse enough to be smaller so, else dense (see :func:`_compact`); and its record."""
         denoised, record = self._denoise(adata, spec, gene_levels, stacklevel=stacklevel + 1, layer_added=layer_added)
-        input_sparse = _is_sparse(counts_matrix(adata, self._spec(spec).layer))  # in memory or on disk
+        input_sparse = _is_sparse(counts_matrix(adata, spec.layer))  # in memory or on disk
         return _compact(denoised, input_sparse, layer_added), record
-
-    def _spec(self, spec: dict[str, Any]) -> InputSpec:
-        return InputSpec(**spec) if spec else self.spec
 
     @torch.inference_mode()
     def _denoise(
         self,
         adata: AnnData,
-        spec: dict[str, Any],
+        spec: InputSpec,
         gene_levels: GeneLevels,
         *,
         stacklevel: int,
@@ -521,7 +534,7 @@ class Denoiser(FineTunedTask):
         _check_gene_levels(gene_levels)
         module = self._require_module()
         require_anndata(adata)
-        input_spec = self._spec(spec)
+        input_spec = spec
         model = CellPLM(module, self.base.genes, meta=self.base.meta, source=self.base.source, device=self.base.device)
         sets = model.cell_sets(
             adata,
@@ -623,7 +636,8 @@ class Denoiser(FineTunedTask):
         baselines: Sequence[str] = DEFAULT_BASELINES,
         device: str | None = None,
         gene_levels: GeneLevels = "data",
-        **spec: Any,
+        spec: InputSpec | None = None,
+        **spec_fields: Any,
     ) -> DenoisingResult:
         """Score CellPLM against the baselines, all on the same corrupted matrix (TASKS.md §3).
 
@@ -667,8 +681,9 @@ class Denoiser(FineTunedTask):
         gene_levels
             The CellPLM rows' gene levels, as in :meth:`get_denoised`: fitted to the corrupted matrix (``"data"``)
             or the decoder's own (``"model"``).
-        **spec
-            :class:`~opencellplm.data.InputSpec` fields.
+        spec, **spec_fields
+            An :class:`~opencellplm.data.InputSpec` and/or its fields as keywords (its ``seed``, unless set: this
+            call's).
 
         Returns
         -------
@@ -685,7 +700,7 @@ class Denoiser(FineTunedTask):
         if not self.pretrained and not fine_tune:
             raise ValueError("a denoiser from scratch has nothing to score without fine_tune=True")
         _check_gene_levels(gene_levels)
-        input_spec = InputSpec(**({"seed": seed} | spec))
+        input_spec = resolve_spec(spec, {"seed": seed} | spec_fields if spec is None else spec_fields)
         sets = self.base.cell_sets(adata, input_spec, require_counts=True, warn_stacklevel=3)
         columns = sets.report.alignment.columns
         counts = sets.counts()
@@ -703,7 +718,6 @@ class Denoiser(FineTunedTask):
 
         # The baselines read an AnnData: a working copy of the corrupted counts, which CellPLM's rows read too.
         work, work_spec = _working_copy(adata, input_spec, columns, corrupted)
-        spec_dict = work_spec.to_dict()
         methods: list[MethodScore] = []
         skipped: dict[str, str] = {}
 
@@ -711,10 +725,10 @@ class Denoiser(FineTunedTask):
             fit_seconds = None
             tic = time.perf_counter()
             if fit:
-                denoiser.fit(work, device=device, **spec_dict)
+                denoiser.fit(work, device=device, spec=work_spec)
                 fit_seconds = time.perf_counter() - tic
             tac = time.perf_counter()
-            prediction = denoiser.get_denoised(work, gene_levels=gene_levels, **spec_dict)
+            prediction = denoiser.get_denoised(work, gene_levels=gene_levels, spec=work_spec)
             predict_seconds = time.perf_counter() - tac
             params = {"pretrained": denoiser.pretrained, "gene_levels": gene_levels}
             if denoiser.summary is not None and fit:
@@ -780,7 +794,8 @@ class Denoiser(FineTunedTask):
         fine_tune: bool = False,
         work: str | Path | None = None,
         device: str | None = None,
-        **spec: Any,
+        spec: InputSpec | None = None,
+        **spec_fields: Any,
     ) -> Path:
         """Denoise an h5ad file into a new one: ``target`` is a copy of ``source`` with ``layers[layer_added]``
         and ``uns['cellplm'][layer_added]`` added (see :meth:`predict`); with ``fine_tune``, :meth:`fit` on it
@@ -798,8 +813,9 @@ class Denoiser(FineTunedTask):
 
         def denoise(adata: AnnData) -> tuple[np.ndarray | sp.csr_matrix, dict[str, Any]]:
             if fine_tune:
-                self.fit(adata, device=device, work=work, **spec)
-            return self._denoised_layer(adata, spec, layer_added, gene_levels, stacklevel=6)
+                self.fit(adata, device=device, work=work, spec=spec, **spec_fields)
+            input_spec = resolve_spec(spec, spec_fields, self.spec)
+            return self._denoised_layer(adata, input_spec, layer_added, gene_levels, stacklevel=6)
 
         return write_result_copy(
             source,
@@ -809,7 +825,7 @@ class Denoiser(FineTunedTask):
             denoise,
             overwrite=overwrite,
             inputs=[model_folder],
-            reads=[spec.get("layer")],  # the counts
+            reads=[resolve_spec(spec, spec_fields, self.spec).layer],  # the counts
         )
 
 

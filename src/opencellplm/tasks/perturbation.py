@@ -105,7 +105,7 @@ from ..module.perturbation import PerturbationModule, predicted_change
 from ..train import Distributed, Objective
 from ..train.trainer import Autocast, ParamGroup, unwrap
 from ._saved import settings_dataclass
-from .base import FineTunedTask, FineTuneRecipe, Precision
+from .base import FineTunedTask, FineTuneRecipe, Precision, resolve_spec
 from .result import MethodScore, TaskResult, plain
 
 logger = logging.getLogger(__name__)
@@ -525,7 +525,8 @@ class PerturbationPredictor(FineTunedTask):
         labels: Sequence[str] | None = None,
         extend_vocabulary: bool = False,
         device: str | None = None,
-        **spec: Any,
+        spec: InputSpec | None = None,
+        **spec_fields: Any,
     ) -> PerturbationPredictor:
         """Fine-tune on the perturbed and control cells of ``adata`` (from the base weights each time).
 
@@ -549,9 +550,9 @@ class PerturbationPredictor(FineTunedTask):
             naming them).
         device
             Torch device (default: the model's).
-        **spec
-            :class:`~opencellplm.data.InputSpec` fields (``layer``, ``gene_key``, ``sample_key``: control cells
-            of one sample form the sets).
+        spec, **spec_fields
+            An :class:`~opencellplm.data.InputSpec` and/or its fields as keywords (``layer``, ``gene_key``,
+            ``sample_key``: control cells of one sample form the sets).
 
         Returns
         -------
@@ -593,7 +594,7 @@ class PerturbationPredictor(FineTunedTask):
         )
         genes_needed = sorted({p.gene for label in perturbed for p in parsed[label]})
         _check_vocabulary(base, genes_needed, extend_vocabulary)
-        input_spec = InputSpec(**spec)
+        input_spec = resolve_spec(spec, spec_fields)
         sets = base.cell_sets(adata, replace(input_spec, spatial_key=None), require_counts=True, warn_stacklevel=3)
         columns = sets.report.alignment.columns
         gene_index = torch.as_tensor(sets.report.alignment.gene_index, dtype=torch.long)
@@ -704,7 +705,8 @@ class PerturbationPredictor(FineTunedTask):
         extend_vocabulary: bool = False,
         n_top: int = 20,
         device: str | None = None,
-        **spec: Any,
+        spec: InputSpec | None = None,
+        **spec_fields: Any,
     ) -> PerturbationResult:
         """CellPLM against the baselines on GEARS-style splits (TASKS.md §6), one per seed.
 
@@ -733,6 +735,8 @@ class PerturbationPredictor(FineTunedTask):
             ``cellplm``; a predictor made by :meth:`from_scratch` scores only ``cellplm_from_scratch``).
         n_top
             Number of top differentially expressed genes (t-test against control) of the top-k metrics.
+        spec, **spec_fields
+            An :class:`~opencellplm.data.InputSpec` and/or its fields as keywords, as in :meth:`fit`.
         """
         from .. import __version__
         from ..data.perturbations import parse_labels
@@ -748,7 +752,7 @@ class PerturbationPredictor(FineTunedTask):
             )
         if perturbation_key not in adata.obs:
             raise KeyError(f"obs column {perturbation_key!r} not found; adata.obs has {list(adata.obs.columns)}")
-        input_spec = InputSpec(**spec)
+        input_spec = resolve_spec(spec, spec_fields)
         sets = self.base.cell_sets(adata, replace(input_spec, spatial_key=None), require_counts=True, warn_stacklevel=3)
         columns = sets.report.alignment.columns
         counts = sets.counts()
