@@ -62,3 +62,13 @@ def tiny_adata() -> ad.AnnData:
     genes = vocabulary(25)[::-1] + [f"NOTAGENE{i}" for i in range(5)]
     obs = pd.DataFrame({"sample": np.repeat(["s2", "s1"], 20)}, index=[f"cell{i}" for i in range(40)])
     return ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=genes))
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: on tiny matrices one thread is several times faster than two on a shared
+    CPU (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -24,13 +24,7 @@ QUICK = PerturbationRecipe(steps=30, eval_every=5, lr=3e-2, precision="fp32", ma
 SHORT = replace(QUICK, steps=4, eval_every=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is several times faster than two on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model() -> CellPLM:

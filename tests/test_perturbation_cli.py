@@ -16,13 +16,7 @@ from opencellplm.tasks import PerturbationPredictor
 
 from .test_perturbation import VOCABULARY, simulated, tiny_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

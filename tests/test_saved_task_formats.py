@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from opencellplm.tasks import CellTypeAnnotator, Denoiser, PerturbationPredictor
 from opencellplm.tasks.imputation import SpatialImputer
@@ -39,12 +38,7 @@ def expected():
     return dict(np.load(SAVED / "expected.npz"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loaded(made, data):
