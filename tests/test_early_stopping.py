@@ -110,3 +110,17 @@ def test_a_loss_s_own_metrics_reach_the_training_log(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [line["share_kept"] for line in lines] == [0.25, 0.25]  # summed over the step's two items, then averaged
     assert all(line["cells"] == 8 and "mse" in line and "latent_loss" in line for line in lines)
+
+
+def test_a_run_folder_s_summary_says_which_weights_were_kept(tmp_path):
+    import json
+
+    torch.manual_seed(0)
+    objective = Scripted([(0.9, 0.5), (0.8, 0.1), (0.7, 0.4)], "val_loss")
+    config = TrainConfig(steps=2, sets_per_step=1, lr=0.1, warmup_steps=0, eval_every=1, patience=0)
+    trainer = Trainer(
+        nn.Linear(2, 1), objective, config, Distributed.start("cpu"), out=tmp_path / "run", compete_with_start=True
+    )
+    assert trainer.fit().kept == "start"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["kept"] == "start" and summary["start_val_f1"] == 0.9 and summary["best_val_f1"] == 0.8

@@ -66,3 +66,14 @@ def test_a_loaded_task_saves_again_and_reloads_the_same(made, data, expected, tm
     now = made.predictions(*again, data)
     for name, values in expected.items():
         np.testing.assert_allclose(now[name], values, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_info_describes_a_saved_annotator_s_head(capsys):
+    import json
+
+    from opencellplm.cli import main
+
+    assert main(["info", str(SAVED / "annotator" / "model")]) == 0
+    config = json.loads(capsys.readouterr().out)["config"]
+    assert config["annotation"]["n_classes"] == len(CellTypeAnnotator.load(SAVED / "annotator").classes)
+    assert config["decoder"] is None and config["latent"]["kind"] == "ae"

@@ -8,7 +8,7 @@ import pytest
 from opencellplm.config import ConfigError
 from opencellplm.tasks import CellTypeAnnotator, Denoiser, PerturbationPredictor
 from opencellplm.tasks.annotation import AnnotationRecipe
-from opencellplm.tasks.base import FineTunedTask, FineTuneRecipe
+from opencellplm.tasks.base import FineTunedTask, FineTuneRecipe, _device
 from opencellplm.tasks.denoising import DenoisingRecipe
 from opencellplm.tasks.imputation import ImputationRecipe, SpatialImputer
 from opencellplm.tasks.perturbation import PerturbationRecipe
@@ -30,6 +30,7 @@ def test_every_task_is_built_alike_and_takes_a_device(task, tmp_path):
         assert str(built.base.device) == "cpu" and isinstance(built.recipe, task.recipe_type)
         assert not built.fitted
     assert task.from_pretrained(model, device="cpu").base is model  # a loaded model on that device: used as is
+    assert _device("cuda") == _device("cuda:0") != _device("cpu")  # one GPU under its two names
     with pytest.raises(ValueError, match=r"the model given is on cpu, not meta: move it first"):
         task.from_pretrained(model, device="meta")
 

@@ -25,9 +25,9 @@ def size_factors(totals: np.ndarray, target_sum: float | None = TARGET_SUM) -> n
 
 def log_normalize(counts, *, target_sum: float | None = TARGET_SUM, dtype=np.float64) -> sp.csr_matrix:
     """``log1p(counts / total * target_sum)`` per cell (row), as a new CSR matrix of ``dtype``; the totals are
-    over the columns given, in float64, and a cell without counts stays 0 (``target_sum=None``: the median
-    total)."""
-    counts = sp.csr_matrix(counts, dtype=np.float64)
+    over the columns given, summed in the input's dtype (give float64 input for float64 sums), and a cell without
+    counts stays 0 (``target_sum=None``: the median total)."""
+    counts = sp.csr_matrix(counts)
     scale = size_factors(counts.sum(axis=1), target_sum)
     out = sp.csr_matrix(sp.diags(scale) @ counts, dtype=dtype)
     np.log1p(out.data, out=out.data)

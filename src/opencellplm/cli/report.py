@@ -110,12 +110,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from ..model import CellPLM
+    from ..module.annotation import module_config
 
     model = CellPLM.from_pretrained(args.checkpoint)
     report = {
         "model": repr(model),
         "genes": {"n": len(model.genes), "first": model.genes[:3]},
-        "config": model.config.to_dict(),
+        "config": module_config(model.module),  # with an annotator's head
         "meta": model.meta,
     }
     sys.stdout.write(json.dumps(report, indent=2) + "\n")

@@ -101,7 +101,7 @@ def _indicator(codes: np.ndarray, n_labels: int) -> sp.csr_matrix:
 
 def _log_normalized(block: sp.csr_matrix) -> sp.csr_matrix:
     """``log1p(x / total * 1e4)`` per row, float64 CSR (a row without counts stays 0)."""
-    return log_normalize(block)
+    return log_normalize(sp.csr_matrix(block, dtype=np.float64))
 
 
 def _check_counts(block: sp.csr_matrix) -> None:

@@ -1,7 +1,7 @@
 """Objectives on tensors: NB reconstruction (pretraining), NB imputation, cross-entropy (annotation).
 
 Each takes dense, column-aligned tensors; the task-level losses (:func:`~.pretrain.reconstruction_loss`,
-:func:`~.imputation.imputation_loss`, :meth:`~.annotation.AnnotationModule.loss`) align a forward's output
+:func:`~.imputation.imputation_loss`, :func:`~.annotation.classification_loss`) align a forward's output
 and add the latent terms. Operation order follows the official objectives so that their values are reproduced.
 """
 

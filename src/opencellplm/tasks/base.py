@@ -299,9 +299,18 @@ def resolve_spec(spec: InputSpec | None, fields: dict[str, Any], default: InputS
     return replace(spec or InputSpec(), **fields)
 
 
+def _device(device: Any) -> torch.device:
+    """``device`` with a CUDA index filled in (``"cuda"`` is the current GPU), so that names of one device compare
+    equal."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    return device
+
+
 def _base_model(name_or_model: str | Path | CellPLM, device: Any) -> CellPLM:
     if isinstance(name_or_model, CellPLM):
-        if device is not None and torch.device(device) != name_or_model.device:
+        if device is not None and _device(device) != _device(name_or_model.device):
             raise ValueError(
                 f"the model given is on {name_or_model.device}, not {device}: move it first "
                 f"(CellPLM.from_pretrained(..., device={str(device)!r})), or leave device out"

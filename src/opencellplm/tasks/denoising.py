@@ -58,7 +58,6 @@ logger = logging.getLogger(__name__)
 Protocol = Literal["hidden", "mcv"]
 FORMAT = "opencellplm-denoiser"
 SETTINGS_FILE = "denoiser.json"
-#: Baselines :meth:`Denoiser.score` knows, by name (the optional ones need their extra).
 #: The denoising baselines, by name (:mod:`opencellplm.baselines.registry`).
 BASELINES = tuple(REGISTRY["denoising"])
 DEFAULT_BASELINES = ("unchanged", "knn_smoothing", "magic", "scvi")
@@ -825,7 +824,8 @@ class Denoiser(FineTunedTask):
             denoise,
             overwrite=overwrite,
             inputs=[model_folder],
-            reads=[resolve_spec(spec, spec_fields, self.spec).layer],  # the counts
+            # the counts: fine-tuning reads them as given (else the defaults), denoising alone as fit read them
+            reads=[resolve_spec(spec, spec_fields, None if fine_tune else self.spec).layer],
         )
 
 

@@ -115,7 +115,6 @@ SETTINGS_FILE = "perturbation.json"
 #: Weights of the perturbation network and the control cells a saved predictor predicts from.
 STATE_FILE = "perturbation_state.pt"
 Direction = Literal["down", "up"]
-#: Methods :meth:`PerturbationPredictor.score` runs beside CellPLM, by name.
 #: The perturbation baselines, by name (:mod:`opencellplm.baselines.registry`).
 BASELINES = tuple(REGISTRY["perturbation"])
 METRICS = ("rmse", "rmse_top20", "pearson_delta", "pearson_delta_top20", "direction_accuracy_top20")
@@ -217,7 +216,7 @@ class Encoded:
 
 def lognorm_mean(counts: sp.csr_matrix) -> np.ndarray:
     """Mean of ``log1p(counts / total * 1e4)`` over the rows (cells without counts count as zeros)."""
-    return np.asarray(log_normalize(counts).mean(0)).ravel()
+    return np.asarray(log_normalize(sp.csr_matrix(counts, dtype=np.float64)).mean(0)).ravel()
 
 
 class PerturbationObjective(Objective):

@@ -439,6 +439,8 @@ class Trainer:
             self.close()
         if self.start_state is not None:
             self._compete_with_start(summary)
+            if self.out is not None and self.world.main:  # with which weights were kept
+                (self.out / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
         return summary
 
     def _compete_with_start(self, summary: TrainSummary) -> None:
