@@ -28,7 +28,7 @@ from .._sparse import scipy_to_torch_csr
 from ..module import CellBatch
 from .cellsets import Partition, cell_sets, normalize_coordinates
 from .genes import GeneIdRule
-from .reader import block_rows, counts_matrix, read_rows
+from .reader import _is_sparse, block_rows, counts_matrix, iter_row_blocks, read_rows
 from .validate import InputReport, coordinates, empty_cells_note, validate
 
 logger = logging.getLogger(__name__)
@@ -192,6 +192,20 @@ class CellSets:
             matrix = counts_matrix(self.adata, self.spec.layer)
             self._counts = read_rows(matrix, np.arange(self.adata.n_obs), self.report.alignment.columns)
         return self._counts
+
+    @property
+    def input_is_sparse(self) -> bool:
+        """Whether the input counts are stored sparse (in memory or on disk)."""
+        return _is_sparse(counts_matrix(self.adata, self.spec.layer))
+
+    def dense_input(self) -> np.ndarray:
+        """Every input column (all genes, not only the model's) of every cell, dense float32 in ``adata``'s order,
+        read in blocks of rows: ``4 * n_obs * n_vars`` bytes."""
+        matrix = counts_matrix(self.adata, self.spec.layer)
+        out = np.empty(self.adata.shape, dtype=np.float32)
+        for start, block in iter_row_blocks(matrix, self.adata.n_obs, self.adata.n_vars):
+            out[start : start + block.shape[0]] = block.toarray()
+        return out
 
     def with_counts(self, counts) -> CellSets:
         """The same sets (cells, partition, coordinates, genes) over other counts of :meth:`counts`' shape, e.g.

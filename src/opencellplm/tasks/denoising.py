@@ -36,7 +36,6 @@ from .._files import refuse_inputs
 from .._threads import thread_settings
 from ..baselines.registry import REGISTRY, baselines_for
 from ..config import MaskingConfig, ModelConfig
-from ..data.reader import _is_sparse, counts_matrix, iter_row_blocks
 from ..data.sets import CellSets, InputSpec
 from ..data.validate import require_anndata
 from ..distributions import nb_log_prob
@@ -476,7 +475,7 @@ class Denoiser(FineTunedTask):
         spec, **spec_fields
             An :class:`~opencellplm.data.InputSpec` and/or its fields as keywords; default: those given to :meth:`fit`.
         """
-        denoised, _ = self._denoise(adata, resolve_spec(spec, spec_fields, self.spec), gene_levels, stacklevel=4)
+        denoised, _, _ = self._denoise(adata, resolve_spec(spec, spec_fields, self.spec), gene_levels, stacklevel=4)
         return denoised
 
     def predict(
@@ -516,8 +515,9 @@ class Denoiser(FineTunedTask):
     ) -> tuple[np.ndarray | sp.csr_matrix, dict[str, Any]]:
         """The layer :meth:`predict` writes: the denoised counts, CSR where the input is sparse and the result
         is sparse enough to be smaller so, else dense (see :func:`_compact`); and its record."""
-        denoised, record = self._denoise(adata, spec, gene_levels, stacklevel=stacklevel + 1, layer_added=layer_added)
-        input_sparse = _is_sparse(counts_matrix(adata, spec.layer))  # in memory or on disk
+        denoised, record, input_sparse = self._denoise(
+            adata, spec, gene_levels, stacklevel=stacklevel + 1, layer_added=layer_added
+        )
         return _compact(denoised, input_sparse, layer_added), record
 
     @torch.inference_mode()
@@ -529,7 +529,8 @@ class Denoiser(FineTunedTask):
         *,
         stacklevel: int,
         layer_added: str | None = None,
-    ) -> tuple[np.ndarray, dict[str, Any]]:
+    ) -> tuple[np.ndarray, dict[str, Any], bool]:
+        """The denoised counts (every input column), their record, and whether the input is stored sparse."""
         _check_gene_levels(gene_levels)
         module = self._require_module()
         require_anndata(adata)
@@ -543,10 +544,7 @@ class Denoiser(FineTunedTask):
             warn_stacklevel=stacklevel + 1,  # the inference_mode decorator adds a frame
         )
         columns = sets.report.alignment.columns
-        matrix = counts_matrix(adata, input_spec.layer)
-        out = np.empty(adata.shape, dtype=np.float32)
-        for start, block in iter_row_blocks(matrix, adata.n_obs, adata.n_vars):
-            out[start : start + block.shape[0]] = block.toarray()
+        out = sets.dense_input()  # genes outside the vocabulary keep their input values
         rows: list[np.ndarray] = []
         libraries: list[np.ndarray] = []
         observed = np.zeros(len(columns))  # each gene's input total over the denoised cells
@@ -588,7 +586,7 @@ class Denoiser(FineTunedTask):
             out[where] = scaled_profiles(shares, factors, library)
         record = self._record(sets, adata.var_names, gene_levels, factors)
         _warn_unchanged_genes(sets, adata.var_names, layer_added)
-        return out, record
+        return out, record, sets.input_is_sparse
 
     def _record(
         self, sets: CellSets, var_names: pd.Index, gene_levels: GeneLevels, factors: np.ndarray | None
