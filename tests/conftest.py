@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from opencellplm import CellPLM, CellPLMModule, DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
+from opencellplm import CellPLM, DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
+from opencellplm.testing import tiny_model
 from opencellplm.testing.official_fixtures import FIXTURE_ENV, official_fixture_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,15 +32,8 @@ def vocabulary(n: int) -> list[str]:
 
 def small_model(genes: list[str], **kwargs) -> CellPLM:
     """A one-layer model over ``genes`` with seeded weights (0), for task tests; ``kwargs`` go to ``CellPLM``."""
-    config = ModelConfig(
-        n_genes=len(genes),
-        hidden_dim=16,
-        encoder=EncoderConfig(n_layers=1, n_heads=2),
-        latent=LatentConfig(dim=8, n_clusters=4, hidden_dim=12),
-        decoder=DecoderConfig(hidden_dim=16),
-    )
-    torch.manual_seed(0)
-    return CellPLM(CellPLMModule(config), genes, **kwargs)
+    model = tiny_model(genes)
+    return model if not kwargs else CellPLM(model.module, list(genes), **kwargs)
 
 
 @pytest.fixture

@@ -12,9 +12,8 @@ import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp
-import torch
 
-from opencellplm import CellPLM, CellPLMModule, DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
+from opencellplm import CellPLM, testing
 from opencellplm.baselines import knn_smoothing
 from opencellplm.cli import main
 from opencellplm.config import ConfigError
@@ -31,16 +30,8 @@ SHORT = replace(QUICK, steps=3)
 
 
 def tiny_model(*, decoder: bool = True) -> CellPLM:
-    config = ModelConfig(
-        n_genes=len(VOCABULARY),
-        hidden_dim=16,
-        dropout=0.1,
-        encoder=EncoderConfig(n_layers=1, n_heads=4),
-        latent=LatentConfig(dim=8, n_clusters=4, hidden_dim=12),
-        decoder=DecoderConfig(hidden_dim=16, n_batches=3, n_datasets=2) if decoder else None,
-    )
-    torch.manual_seed(1234)  # not the recipe's seed: a model from scratch starts elsewhere
-    return CellPLM(CellPLMModule(config), VOCABULARY)
+    # seed 1234, not the recipe's: a model from scratch starts elsewhere
+    return testing.tiny_model(VOCABULARY, seed=1234, dropout=0.1, n_heads=4, decoder=decoder, n_batches=3, n_datasets=2)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from opencellplm import CellPLM, CellPLMModule, DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
+from opencellplm import CellPLM, testing
 from opencellplm.cli import main
 from opencellplm.data import InputSpec
 from opencellplm.tasks.imputation import ImputationRecipe, SpatialImputer
@@ -23,17 +23,7 @@ QUICK = ImputationRecipe(steps=12, eval_every=4, warmup_steps=2, lr=5e-3, max_ce
 
 
 def tiny_model() -> CellPLM:
-    config = ModelConfig(
-        n_genes=len(VOCABULARY),
-        hidden_dim=16,
-        dropout=0.1,
-        positional_encoding="sinusoidal",
-        encoder=EncoderConfig(n_layers=1, n_heads=4),
-        latent=LatentConfig(dim=8, n_clusters=4, hidden_dim=12),
-        decoder=DecoderConfig(hidden_dim=16, n_batches=3, n_datasets=2),
-    )
-    torch.manual_seed(1234)
-    return CellPLM(CellPLMModule(config), VOCABULARY)
+    return testing.tiny_model(VOCABULARY, seed=1234, dropout=0.1, n_heads=4, positional=True, n_batches=3, n_datasets=2)
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from opencellplm import CellPLM, CellPLMModule, DecoderConfig, EncoderConfig, LatentConfig, ModelConfig
+from opencellplm import CellPLM, testing
 from opencellplm.data.perturbations import PerturbationLabelError, parse_labels
 from opencellplm.datasets.perturbseq_simulator import simulate_perturbseq
 from opencellplm.tasks import PerturbationPredictor, PerturbationRecipe, PerturbationResult
@@ -28,16 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model() -> CellPLM:
-    config = ModelConfig(
-        n_genes=len(VOCABULARY),
-        hidden_dim=16,
-        dropout=0.1,
-        encoder=EncoderConfig(n_layers=1, n_heads=4),
-        latent=LatentConfig(dim=8, n_clusters=4, hidden_dim=12),
-        decoder=DecoderConfig(hidden_dim=16, n_batches=3, n_datasets=2),
-    )
-    torch.manual_seed(0)
-    return CellPLM(CellPLMModule(config), VOCABULARY)
+    return testing.tiny_model(VOCABULARY, dropout=0.1, n_heads=4, n_batches=3, n_datasets=2)
 
 
 @pytest.fixture(scope="module")
