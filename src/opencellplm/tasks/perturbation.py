@@ -103,7 +103,7 @@ from ..module import CellBatch, CellPLMModule
 from ..module.losses import LossOutput
 from ..module.perturbation import PerturbationModule, predicted_change
 from ..train import Distributed, Objective
-from ..train.trainer import Autocast, ParamGroup, unwrap
+from ..train.trainer import Autocast, ParamGroup
 from ._saved import settings_dataclass
 from .base import FineTunedTask, FineTuneRecipe, Precision, resolve_spec
 from .result import MethodScore, TaskResult, plain
@@ -272,12 +272,11 @@ class PerturbationObjective(Objective):
     def evaluate(self, module: nn.Module, world: Distributed, autocast: Autocast) -> dict[str, float]:
         sets = list(range(min(self.recipe.validation_sets, len(self.control.sets))))
         codes = [self.encoded[label] for label in self.val_labels]
-        predicted = predict_profiles(unwrap(module), self.control, self.gene_index, codes, sets, world.device)
+        predicted = predict_profiles(module, self.control, self.gene_index, codes, sets, world.device)
         truth = np.stack([self.truth[label].numpy() for label in self.val_labels])
         return {"val_mse": float(((predicted - truth) ** 2).mean())}
 
     def param_groups(self, module: nn.Module) -> list[ParamGroup]:
-        module = unwrap(module)
         backbone = list(module.backbone.parameters())
         own = [p for name, p in module.named_parameters() if not name.startswith("backbone.")]
         groups = [ParamGroup("perturbation", own)]

@@ -149,19 +149,23 @@ class Objective:
         raise NotImplementedError
 
     def loss(self, model: nn.Module, item: Any, device: torch.device, autocast: Autocast) -> tuple[LossOutput, int]:
-        """Forward one item through ``model`` (under ``autocast()``) and return its loss and its number of cells.
+        """Forward one item through ``model`` (under ``autocast()``; under torchrun, the DistributedDataParallel
+        wrapper of the module) and return its loss and its number of cells: the loss functions take the forward's
+        output, so an objective never needs the module behind the wrapper.
 
         The random draws are already seeded for this item.
         """
         raise NotImplementedError
 
     def evaluate(self, module: nn.Module, world: Distributed, autocast: Autocast) -> dict[str, float]:
-        """Validation metrics named ``val_*``, ``monitor`` among them (module in eval mode, no gradients). Seed
-        any random draw with ``set_seed(seed, EVALUATION_STEP, position)`` so every evaluation is alike."""
+        """Validation metrics named ``val_*``, ``monitor`` among them (the module itself, never a wrapper, in eval
+        mode, no gradients). Seed any random draw with ``set_seed(seed, EVALUATION_STEP, position)`` so every
+        evaluation is alike."""
         raise NotImplementedError
 
     def param_groups(self, module: nn.Module) -> list[ParamGroup]:
-        """Learning-rate groups (default: every parameter at the run's rate)."""
+        """Learning-rate groups of the module (itself, never a wrapper; default: every parameter at the run's
+        rate)."""
         return [ParamGroup("all", list(module.parameters()))]
 
     def settings(self) -> dict[str, Any]:
@@ -635,11 +639,6 @@ class Trainer:
                 },
             )
         self.world.barrier()
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def _step_of(line: str) -> int | None:
