@@ -8,6 +8,7 @@ Writes OUT_DIR/tiny.config.json, OUT_DIR/tiny.best.ckpt (official layout) and OU
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -23,7 +24,9 @@ from opencellplm.io.official import config_from_official, official_state_dict_fr
 
 
 def main() -> int:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "example")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default="example", help="folder to write (default: example)")
+    out = Path(parser.parse_args().out)
     out.mkdir(parents=True, exist_ok=True)
     genes = [f"ENSG{i:011d}" for i in range(500)]
     raw = {  # the shape of the released 85M config, scaled down
