@@ -337,7 +337,7 @@ def test_every_convert_official_flag_reaches_the_api(tmp_path, monkeypatch):
     assert seen["prefix"] == "ckpt/x" and seen["out"] == str(tmp_path / "m") and seen["overwrite"] is True
 
 
-def test_every_verify_corpus_and_info_argument_reaches_the_api(tmp_path, monkeypatch, capsys):
+def test_every_verify_corpus_and_info_flag_reaches_the_api(tmp_path, monkeypatch, capsys):
     import opencellplm.data.corpus as corpus
 
     seen: dict = {}
@@ -366,7 +366,7 @@ FLAG_TESTS = {
     "embed": "test_cli.py::test_every_embed_flag_reaches_the_api",
     "validate": "test_cli.py::test_validate_prints_the_report_and_exits_by_usability",
     "prepare-corpus": "test_cli.py::test_every_prepare_corpus_flag_reaches_the_api",
-    "verify-corpus": "test_every_verify_corpus_and_info_argument_reaches_the_api",
+    "verify-corpus": "test_every_verify_corpus_and_info_flag_reaches_the_api",
     "convert-official": "test_every_convert_official_flag_reaches_the_api",
     "pretrain": "test_every_pretrain_flag_reaches_the_api",
     "annotate fit": "test_every_annotate_fit_and_predict_flag_reaches_the_api",
@@ -379,7 +379,7 @@ FLAG_TESTS = {
     "perturb predict": "test_every_perturb_predict_flag_reaches_the_api",
     "benchmark": "test_every_benchmark_flag_reaches_the_api",
     "demo": "test_every_demo_flag_reaches_run_demo",
-    "info": "test_every_verify_corpus_and_info_argument_reaches_the_api",
+    "info": "test_every_verify_corpus_and_info_flag_reaches_the_api",
 }
 
 
