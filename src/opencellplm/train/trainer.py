@@ -396,8 +396,10 @@ class Trainer:
             self._lock = None
 
     def _prepare_out(self, resume: bool) -> None:
-        check_run_folder(self.out, resume=resume)
+        # Every rank checked the folder before the lock (whose all-reduce waits for them all); only the writer checks
+        # again here: another rank would race with its config.json and could read it half written.
         if self.world.main:
+            check_run_folder(self.out, resume=resume)
             self.out.mkdir(parents=True, exist_ok=True)
             if not resume:
                 (self.out / CONFIG_FILE).write_text(json.dumps(self.settings(), indent=2) + "\n")
