@@ -446,3 +446,15 @@ def test_scoring_a_copy_of_data_fit_learned_entirely_from_is_refused(base, cells
     annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(cells, "cell_type")  # every labelled cell
     with pytest.raises(ValueError, match="this is the data the annotator was fitted on, and fit learned from every"):
         annotator.score(cells.copy(), "cell_type", baselines=())  # a copy: known by its cell names
+
+
+def test_a_baseline_package_that_is_not_installed_is_a_skipped_row_saying_so(base, cells, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "celltypist", None)  # as if the baselines extra were not installed
+    train = ~cells.obs["is_test"].to_numpy()
+    annotator = CellTypeAnnotator.from_pretrained(base, recipe=QUICK).fit(cells, "cell_type", train_cells=train)
+    scores = annotator.score(cells, "cell_type", baselines=("knn_on_pca", "celltypist"))
+    assert [m.method for m in scores.methods] == ["cellplm", "knn_on_pca"]
+    assert "CellTypist needs the baselines extra: pip install 'opencellplm[baselines]'" in scores.skipped["celltypist"]
+    assert scores.to_dict()["skipped"] == scores.skipped

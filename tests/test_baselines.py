@@ -180,6 +180,11 @@ def test_knn_smoothing_with_one_neighbour_is_the_input():
             "magic",
             r"MAGIC needs the magic extra: pip install 'opencellplm\[magic\]' .*pip install -e '\.\[magic\]'",
         ),
+        (
+            lambda a: baselines.celltypist(a, a, labels_key="cell_type"),
+            "celltypist",
+            r"CellTypist needs the baselines extra: pip install 'opencellplm\[baselines\]'",
+        ),
     ],
 )
 def test_optional_baselines_name_their_extra(monkeypatch, call, module, message):
@@ -225,3 +230,21 @@ def test_annotation_baselines_refuse_labels_of_mixed_types(split):
     train.obs["mixed"] = pd.Series([[1, "1", True][i % 3] for i in range(train.n_obs)], index=train.obs_names)
     with pytest.raises(ValueError, match=r"obs column 'mixed' mixes label types \(bool: True; int: 1; str: '1'\)"):
         baselines.knn_on_pca(train, test, labels_key="mixed")
+
+
+@pytest.mark.baselines
+def test_celltypist_itself_learns_the_training_labels():
+    """Needs the baselines extra (pip install -e '.[baselines]'; run with pytest -m baselines)."""
+    pytest.importorskip("celltypist", reason="the baselines extra is not installed (pip install -e '.[baselines]')")
+    adata = synthetic_adata(240, 120, n_types=3, seed=5)
+    train, test = adata[:180].copy(), adata[180:].copy()
+    import logging
+
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    result = baselines.celltypist(train, test, labels_key="cell_type")
+    assert (list(root.handlers), root.level) == before  # celltypist's basicConfig(level=INFO) is undone
+    truth = test.obs["cell_type"].astype(str).to_numpy()
+    assert set(result.prediction) <= set(result.classes) == set(adata.obs["cell_type"].astype(str))
+    assert (result.prediction == truth).mean() > 0.8  # chance is 1/3: the types are separable
+    assert result.probabilities.shape == (60, 3) and result.params["package"].startswith("celltypist ")

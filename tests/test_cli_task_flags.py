@@ -118,10 +118,12 @@ def test_every_annotate_fit_and_predict_flag_reaches_the_api(files, monkeypatch)
     assert seen["predict"] == "my_types" and "my_types" in ad.read_h5ad(out).obs
 
 
-def test_every_annotate_score_flag_reaches_the_api(files, monkeypatch):
+def test_every_annotate_score_flag_reaches_the_api(files, monkeypatch, capsys):
     seen: dict = {}
 
     class Scores:
+        skipped = {"celltypist": "CellTypist needs the baselines extra"}
+
         def to_frame(self):
             import pandas as pd
 
@@ -143,6 +145,7 @@ def test_every_annotate_score_flag_reaches_the_api(files, monkeypatch):
     args += ["cell_type", "--test-key", "held_out", "--reference", str(files / "ref.h5ad"), "--baselines"]
     args += ["knn_on_pca", "--seed", "6", "--json", str(files / "s.json")]
     assert main(args) == 0
+    assert "skipped celltypist: CellTypist needs the baselines extra" in capsys.readouterr().out
     held_out = ad.read_h5ad(files / "in.h5ad").obs["held_out"].to_numpy()
     assert seen["labels_key"] == "cell_type" and seen["baselines"] == ("knn_on_pca",) and seen["seed"] == 6
     np.testing.assert_array_equal(seen["test_cells"], held_out)

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Import names whose distribution is named differently.
 DISTRIBUTION = {"sklearn": "scikit_learn", "scvi": "scvi_tools", "magic": "magic_impute"}
 #: Imported lazily where used, from an extra (``pip install 'opencellplm[scvi]'``).
-OPTIONAL = {"scvi", "magic"}
+OPTIONAL = {"scvi", "magic", "celltypist"}
 
 
 def _name(requirement: str) -> str:

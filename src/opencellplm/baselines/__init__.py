@@ -2,7 +2,7 @@
 
 - embeddings (zero-shot clustering): :func:`pca_embedding`, :func:`scvi_embedding` (extra ``scvi``);
 - cell type annotation, trained on one AnnData and predicting another: :func:`celltypist_style`,
-  :func:`l1_logistic_cv`, :func:`knn_on_pca`;
+  :func:`l1_logistic_cv`, :func:`knn_on_pca`, and CellTypist itself, :func:`celltypist` (extra ``baselines``);
 - denoising, on the corrupted counts: :func:`unchanged`, :func:`knn_smoothing`, :func:`magic` (extra ``magic``),
   :func:`scvi_denoise` (extra ``scvi``);
 - spatial imputation, from a spatial panel and an scRNA-seq reference (module :mod:`.imputation`):
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from .._lognorm import TARGET_SUM
 from ._common import CLIP, BaselineResult
-from .annotation import L1_CS, celltypist_style, knn_on_pca, l1_logistic_cv, label_strings
+from .annotation import L1_CS, celltypist, celltypist_style, knn_on_pca, l1_logistic_cv, label_strings
 from .denoising import knn_smoothing, magic, mean_profile, scvi_denoise, unchanged
 from .embedding import pca_embedding, scvi_embedding
 from .imputation import reference_mean, shared_genes, spage_style
@@ -36,6 +36,7 @@ from .perturbation import (
 __all__ = [
     "mean_profile",
     "BaselineResult",
+    "celltypist",
     "celltypist_style",
     "CLIP",
     "knn_on_pca",

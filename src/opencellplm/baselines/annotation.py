@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from ..data.labels import has_label
-from ._common import CLIP, BaselineResult, _counts, _highly_variable, _log_normalized
+from ._common import CLIP, BaselineResult, _counts, _highly_variable, _log_normalized, install_hint
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,81 @@ def celltypist_style(
     return _annotation_result(
         "celltypist_style", model, x_test, start, {"layer": layer, "n_genes": len(genes), "C": 1.0, "seed": seed}
     )
+
+
+def celltypist(
+    train: AnnData, test: AnnData, *, labels_key: str, layer: str | None = None, seed: int = 0
+) -> BaselineResult:
+    """CellTypist itself (the ``celltypist`` package, extra ``baselines``): a model trained on the training cells
+    with its own ``celltypist.train`` and applied with its own ``celltypist.annotate`` (``best match``, no majority
+    voting), at the package's defaults but one: ``use_SGD=True``.
+
+    CellTypist's default classifier (``LogisticRegression(multi_class="ovr")``) no longer exists in scikit-learn 1.8
+    and later, which this package requires; its documented alternative, stochastic gradient descent (a logistic loss,
+    one-vs-rest, the recipe its published models were trained with), still runs. ``seed`` is its ``random_state``.
+
+    Each set is given as CellTypist expects it: counts normalised to 1e4 per cell over all of its genes, then
+    ``log1p``; CellTypist matches the genes of the two by name itself.
+
+    Parameters
+    ----------
+    train, test, labels_key, layer
+        As for :func:`celltypist_style`.
+
+    Returns
+    -------
+    BaselineResult
+        ``prediction``: a label string per test cell; ``probabilities`` and ``classes`` (CellTypist's
+        ``probability_matrix``, one-vs-rest, so rows need not sum to 1).
+    """
+    celltypist_module = _import_celltypist()
+    start = time.perf_counter()
+    if labels_key not in train.obs:
+        raise KeyError(f"labels_key {labels_key!r} is not a column of train.obs; it has {list(train.obs.columns)}")
+    labelled = has_label(train.obs[labels_key])
+    y = label_strings(train.obs[labels_key], labels_key).to_numpy()[labelled]
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"train.obs[{labels_key!r}] has {len(np.unique(y))} class(es); a classifier needs at least 2")
+    if len(train.var_names.intersection(test.var_names)) == 0:
+        raise ValueError("train and test share no gene names (var_names); use the same gene identifiers in both")
+    reference = AnnData(_log_normalized(_counts(train, layer))[labelled])
+    reference.var_names = train.var_names.astype(str)
+    query = AnnData(_log_normalized(_counts(test, layer)))
+    query.var_names = test.var_names.astype(str)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # celltypist's own imports of scanpy internals
+        model = celltypist_module.train(reference, labels=y, n_jobs=1, use_SGD=True, random_state=seed)
+        result = celltypist_module.annotate(query, model=model, majority_voting=False)
+    probabilities = result.probability_matrix
+    classes = tuple(str(c) for c in probabilities.columns)
+    prediction = result.predicted_labels["predicted_labels"].astype(str).to_numpy()
+    logger.info("celltypist: predicted %d test cells", len(prediction))
+    version = getattr(celltypist_module, "__version__", "unknown")
+    return BaselineResult(
+        name="celltypist",
+        prediction=prediction,
+        seconds=time.perf_counter() - start,
+        probabilities=probabilities.to_numpy(dtype=np.float64),
+        classes=classes,
+        params={"layer": layer, "package": f"celltypist {version}", "use_SGD": True, "seed": seed},
+    )
+
+
+def _import_celltypist():
+    # celltypist's import calls logging.basicConfig(level=INFO): the root logger's handlers and level are put back,
+    # so that it neither prints every library's INFO records nor doubles this package's.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            import celltypist as celltypist_module
+    except ImportError as err:
+        raise ImportError(f"CellTypist needs the baselines extra: {install_hint('baselines')}") from err
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return celltypist_module
 
 
 def l1_logistic_cv(

@@ -54,10 +54,11 @@ def _entries() -> dict[str, dict[str, Baseline]]:
         lambda adata, *, layer, seed: embedding.scvi_embedding(adata, layer=layer, seed=seed),
         extra="scvi",
     )
-    for name, function in (
-        ("celltypist_style", annotation.celltypist_style),
-        ("l1_logistic_cv", annotation.l1_logistic_cv),
-        ("knn_on_pca", annotation.knn_on_pca),
+    for name, function, extra in (
+        ("celltypist_style", annotation.celltypist_style, None),
+        ("l1_logistic_cv", annotation.l1_logistic_cv, None),
+        ("knn_on_pca", annotation.knn_on_pca, None),
+        ("celltypist", annotation.celltypist, "baselines"),
     ):
         add(
             "annotation",
@@ -65,6 +66,7 @@ def _entries() -> dict[str, dict[str, Baseline]]:
             lambda train, test, *, labels_key, layer, seed, f=function: f(
                 train, test, labels_key=labels_key, layer=layer, seed=seed
             ),
+            extra=extra,
         )
     add("denoising", "unchanged", lambda corrupted, *, layer, seed: denoising.unchanged(corrupted, layer=layer))
     add(

@@ -74,8 +74,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--baselines",
         nargs="*",
-        default=["celltypist_style", "l1_logistic_cv", "knn_on_pca"],
-        help="baselines to run beside CellPLM",
+        default=["celltypist_style", "l1_logistic_cv", "knn_on_pca", "celltypist"],
+        help="baselines to run beside CellPLM (celltypist, the package itself, needs the baselines extra; without "
+        "it the row is skipped, saying so)",
     )
     add_seed(p, help="seed of the baselines (default 0)")
     p.add_argument("--json", help="also write the scores as JSON here")
@@ -167,7 +168,8 @@ def _annotate(args: argparse.Namespace) -> int:
         baselines=() if reference is None else tuple(args.baselines),
         seed=args.seed,
     )
-    sys.stdout.write(scores.to_frame().round(4).to_string() + "\n")
+    skipped = "".join(f"skipped {name}: {reason}\n" for name, reason in scores.skipped.items())
+    sys.stdout.write(scores.to_frame().round(4).to_string() + "\n" + skipped)
     if args.json:
         write_json(args.json, scores.to_dict(), overwrite=args.overwrite, inputs=inputs)
     return 0

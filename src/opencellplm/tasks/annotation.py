@@ -279,6 +279,7 @@ class AnnotationScores(TaskResult):
                 | ({"params": m.params} if m.family == "baseline" else {})
                 for m in self.methods
             },
+            "skipped": self.skipped,
             "settings": self.settings,
         }
 
@@ -498,7 +499,8 @@ class CellTypeAnnotator(FineTunedTask):
             test cells the baselines would learn. Default: the cells :meth:`fit` learned from (training and
             validation).
         baselines
-            Names among ``"celltypist_style"``, ``"l1_logistic_cv"``, ``"knn_on_pca"``.
+            Names among ``"celltypist_style"``, ``"l1_logistic_cv"``, ``"knn_on_pca"`` and ``"celltypist"`` (the
+            CellTypist package, extra ``baselines``: without it, the row is skipped and ``skipped`` says why).
         """
         from .. import __version__
 
@@ -544,6 +546,7 @@ class CellTypeAnnotator(FineTunedTask):
             )
         methods: list[MethodScore] = []
         classification: dict[str, ClassificationScores] = {}
+        skipped: dict[str, str] = {}
 
         def add(name: str, scores: ClassificationScores, fit_seconds, predict_seconds, params) -> None:
             classification[name] = scores
@@ -587,7 +590,12 @@ class CellTypeAnnotator(FineTunedTask):
                     )
             test = adata[test_cells].copy()
             for baseline, entry in chosen.items():
-                result = entry.run(train, test, labels_key=labels_key, layer=self.spec.layer, seed=seed)
+                try:
+                    result = entry.run(train, test, labels_key=labels_key, layer=self.spec.layer, seed=seed)
+                except ImportError as err:  # an optional package missing: a skipped row, saying why
+                    skipped[baseline] = str(err)
+                    logger.warning("baseline %s skipped: %s", baseline, err)
+                    continue
                 # one call, timed as fit_seconds; params: the baseline's settings, its seed included
                 add(
                     baseline,
@@ -602,6 +610,7 @@ class CellTypeAnnotator(FineTunedTask):
             unseen_labels=unseen,
             methods=methods,
             classification=classification,
+            skipped=skipped,
             settings={
                 "labels_key": labels_key,
                 "seed": seed,
