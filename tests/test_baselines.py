@@ -185,6 +185,11 @@ def test_knn_smoothing_with_one_neighbour_is_the_input():
             "celltypist",
             r"CellTypist needs the baselines extra: pip install 'opencellplm\[baselines\]'",
         ),
+        (
+            lambda a: baselines.imputation.tangram(a, a, list(a.var_names[:2])),
+            "tangram",
+            r"Tangram needs the baselines extra: pip install 'opencellplm\[baselines\]'",
+        ),
     ],
 )
 def test_optional_baselines_name_their_extra(monkeypatch, call, module, message):
@@ -248,3 +253,31 @@ def test_celltypist_itself_learns_the_training_labels():
     assert set(result.prediction) <= set(result.classes) == set(adata.obs["cell_type"].astype(str))
     assert (result.prediction == truth).mean() > 0.8  # chance is 1/3: the types are separable
     assert result.probabilities.shape == (60, 3) and result.params["package"].startswith("celltypist ")
+
+
+@pytest.mark.baselines
+def test_tangram_itself_maps_the_reference_onto_the_spatial_cells():
+    """Needs the baselines extra (pip install -e '.[baselines]'; run with pytest -m baselines)."""
+    pytest.importorskip("tangram", reason="the baselines extra is not installed (pip install -e '.[baselines]')")
+    import logging
+
+    reference = synthetic_adata(200, 80, seed=1)
+    spatial = synthetic_adata(120, 80, spatial=True, seed=2)[:, :60].copy()
+    genes = list(reference.var_names[60:70])
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    result = baselines.imputation.tangram(spatial, reference, genes, num_epochs=100)
+    assert (list(root.handlers), root.level) == before  # tangram's INFO set-up of the root logger is undone
+    assert result.prediction.shape == (120, 10) and np.isfinite(result.prediction).all()
+    assert (result.prediction >= 0).all() and result.params["package"].startswith("tangram-sc ")
+
+
+@pytest.mark.baselines
+def test_scvi_and_magic_run_with_the_installed_packages():
+    """Needs the baselines extra (pip install -e '.[baselines]'; run with pytest -m baselines)."""
+    pytest.importorskip("scvi", reason="the baselines extra is not installed (pip install -e '.[baselines]')")
+    pytest.importorskip("magic", reason="the baselines extra is not installed (pip install -e '.[baselines]')")
+    adata = synthetic_adata(150, 60, seed=3)
+    assert baselines.scvi_embedding(adata, max_epochs=3).prediction.shape == (150, 10)
+    for result in (baselines.scvi_denoise(adata, max_epochs=3), baselines.magic(adata)):
+        assert result.prediction.shape == (150, 60) and np.isfinite(result.prediction).all()

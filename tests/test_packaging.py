@@ -10,9 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Import names whose distribution is named differently.
-DISTRIBUTION = {"sklearn": "scikit_learn", "scvi": "scvi_tools", "magic": "magic_impute"}
+DISTRIBUTION = {"sklearn": "scikit_learn", "scvi": "scvi_tools", "magic": "magic_impute", "tangram": "tangram_sc"}
 #: Imported lazily where used, from an extra (``pip install 'opencellplm[scvi]'``).
-OPTIONAL = {"scvi", "magic", "celltypist"}
+OPTIONAL = {"scvi", "magic", "celltypist", "tangram"}
 
 
 def _name(requirement: str) -> str:

@@ -4,6 +4,9 @@ the optional extras (scvi-tools, MAGIC)."""
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +58,35 @@ def install_hint(extra: str) -> str:
     """How to install an optional extra, from a registry and from a clone (where ``opencellplm[...]`` finds
     no package to add the extra to)."""
     return f"pip install 'opencellplm[{extra}]' (in a clone of the repository: pip install -e '.[{extra}]')"
+
+
+@contextmanager
+def root_logging_kept() -> Iterator[None]:
+    """Put the root logger's handlers and level back as they were when the block ends.
+
+    Some baseline packages set up the root logger (``celltypist`` calls ``basicConfig(level=INFO)`` when imported,
+    ``tangram`` sets the root level to INFO and logs through ``logging.info``, which adds a handler), and would make
+    every library's INFO records print, and this package's twice.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def import_package(module: str, what: str, extra: str):
+    """Import an optional baseline package, or an ImportError naming ``extra`` (``what`` names the method)."""
+    import importlib
+
+    try:
+        with root_logging_kept(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # their own imports of scanpy internals
+            return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{what} needs the {extra} extra: {install_hint(extra)}") from err
 
 
 def _import_scvi():

@@ -16,7 +16,15 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from ..data.labels import has_label
-from ._common import CLIP, BaselineResult, _counts, _highly_variable, _log_normalized, install_hint
+from ._common import (
+    CLIP,
+    BaselineResult,
+    _counts,
+    _highly_variable,
+    _log_normalized,
+    import_package,
+    root_logging_kept,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +101,7 @@ def celltypist(
         ``prediction``: a label string per test cell; ``probabilities`` and ``classes`` (CellTypist's
         ``probability_matrix``, one-vs-rest, so rows need not sum to 1).
     """
-    celltypist_module = _import_celltypist()
+    celltypist_module = import_package("celltypist", "CellTypist", "baselines")
     start = time.perf_counter()
     if labels_key not in train.obs:
         raise KeyError(f"labels_key {labels_key!r} is not a column of train.obs; it has {list(train.obs.columns)}")
@@ -107,7 +115,7 @@ def celltypist(
     reference.var_names = train.var_names.astype(str)
     query = AnnData(_log_normalized(_counts(test, layer)))
     query.var_names = test.var_names.astype(str)
-    with warnings.catch_warnings():
+    with root_logging_kept(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # celltypist's own imports of scanpy internals
         model = celltypist_module.train(reference, labels=y, n_jobs=1, use_SGD=True, random_state=seed)
         result = celltypist_module.annotate(query, model=model, majority_voting=False)
@@ -124,23 +132,6 @@ def celltypist(
         classes=classes,
         params={"layer": layer, "package": f"celltypist {version}", "use_SGD": True, "seed": seed},
     )
-
-
-def _import_celltypist():
-    # celltypist's import calls logging.basicConfig(level=INFO): the root logger's handlers and level are put back,
-    # so that it neither prints every library's INFO records nor doubles this package's.
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            import celltypist as celltypist_module
-    except ImportError as err:
-        raise ImportError(f"CellTypist needs the baselines extra: {install_hint('baselines')}") from err
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    return celltypist_module
 
 
 def l1_logistic_cv(

@@ -3,7 +3,8 @@
 - :func:`reference_mean`: every spatial cell gets the reference's mean expression profile, at its own depth;
 - :func:`spage_style`: SpaGE (Abdelaal et al. 2020) in spirit: align the two data sets by principal vectors
   (PRECISE, Mourragui et al. 2019) on the shared genes, then each spatial cell takes the weighted mean profile of
-  its cosine-nearest reference cells.
+  its cosine-nearest reference cells;
+- :func:`tangram`: Tangram itself (the ``tangram-sc`` package, extra ``baselines``). gimVI is not wrapped yet.
 
 Every function takes ``spatial`` (counts of the spatial panel), ``reference`` (scRNA-seq counts) and ``genes`` (the
 target genes: all must be in the reference; some may be in the spatial panel too, as held-out genes are) and
@@ -22,9 +23,6 @@ prediction, so that the comparison is fair:
 
 The rule needs non-negative values only, not integer counts. The inputs are read from ``X`` or
 ``layers[spatial_layer]`` / ``layers[reference_layer]`` (dense, sparse or backed) and never modified.
-
-Tangram and gimVI (Li et al. 2022's strongest methods beside SpaGE) are not wrapped here: neither library is
-installed in this project's environment, so a wrapper could not be run once, let alone checked.
 """
 
 from __future__ import annotations
@@ -40,7 +38,7 @@ from anndata import AnnData
 
 from .._lognorm import log_normalize
 from ..data.reader import check_readable, counts_matrix, iter_row_blocks, on_disk
-from ._common import BaselineResult, _counts
+from ._common import BaselineResult, _counts, import_package, root_logging_kept
 
 logger = logging.getLogger(__name__)
 
@@ -269,6 +267,57 @@ def spage_style(
         n_cells_without_close_neighbours=n_fallback,
     )
     return BaselineResult(name="spage_style", prediction=prediction, seconds=time.perf_counter() - start, params=params)
+
+
+def tangram(
+    spatial: AnnData,
+    reference: AnnData,
+    genes: Sequence[str],
+    *,
+    seed: int = 0,
+    spatial_layer: str | None = None,
+    reference_layer: str | None = None,
+    num_epochs: int = 1000,
+    device: str = "cpu",
+) -> BaselineResult:
+    """Tangram (the ``tangram-sc`` package, extra ``baselines``; Biancalani et al. 2021): the reference cells
+    mapped onto the spatial cells by its own ``pp_adatas`` and ``map_cells_to_space``, at its defaults (mode
+    ``"cells"``, ``num_epochs`` 1000 at learning rate 0.1, the RNA-count-based density prior); ``seed`` is its
+    ``random_state``.
+
+    The mapping is learnt on the shared genes, each data set log-normalised there (``log1p(x / t * median(t))``, ``t``
+    each cell's total over those genes, as step 1 of :func:`spage_style`). As Tangram's ``project_genes``, each
+    spatial cell's profile is the mapping's weighted sum of the reference cells' normalised profiles; it is brought
+    to the spatial cell's depth by the size-factor rule of this module.
+
+    Parameters
+    ----------
+    spatial, reference, genes, spatial_layer, reference_layer
+        As in :func:`reference_mean`.
+    num_epochs, device
+        Tangram's training length and torch device.
+    """
+    tangram_module = import_package("tangram", "Tangram", "baselines")
+    start = time.perf_counter()
+    data = _imputation_inputs(spatial, reference, genes, spatial_layer, reference_layer, min_shared=2)
+    single_cells = AnnData(_log_normalized(data.reference_shared))
+    spots = AnnData(_log_normalized(data.spatial))
+    for mapped in (single_cells, spots):
+        mapped.var_names = list(data.shared)
+    with root_logging_kept():  # tangram logs each step through the root logger
+        logging.getLogger().setLevel(logging.WARNING)
+        tangram_module.pp_adatas(single_cells, spots, genes=list(data.shared))
+        mapping = tangram_module.map_cells_to_space(
+            single_cells, spots, mode="cells", device=device, num_epochs=num_epochs, random_state=seed, verbose=False
+        )
+    weights = np.asarray(mapping.X, dtype=np.float64).T  # (spatial cells, reference cells)
+    profile = np.asarray(data.profiles.T.dot(weights.T).T)  # the weighted sum of the reference profiles
+    prediction = _to_spatial_scale(profile, data)
+    logger.info("tangram: %d spatial cells, %d target genes", data.spatial.shape[0], len(data.genes))
+    version = getattr(tangram_module, "__version__", "unknown")
+    params = data.params(spatial_layer, reference_layer)
+    params |= {"package": f"tangram-sc {version}", "mode": "cells", "num_epochs": num_epochs, "seed": seed}
+    return BaselineResult(name="tangram", prediction=prediction, seconds=time.perf_counter() - start, params=params)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -102,6 +102,14 @@ def _entries() -> dict[str, dict[str, Baseline]]:
         ),
     )
     add(
+        "imputation",
+        "tangram",
+        lambda spatial, reference, genes, *, spatial_layer, reference_layer, seed: imputation.tangram(
+            spatial, reference, genes, spatial_layer=spatial_layer, reference_layer=reference_layer, seed=seed
+        ),
+        extra="baselines",
+    )
+    add(
         "perturbation",
         "no_change",
         lambda means, parsed, test, *, control, seed: perturbation.perturbation_no_change(means, test, control=control),
