@@ -186,6 +186,11 @@ def test_knn_smoothing_with_one_neighbour_is_the_input():
             r"CellTypist needs the baselines extra: pip install 'opencellplm\[baselines\]'",
         ),
         (
+            lambda a: baselines.scanvi(a, a, labels_key="cell_type"),
+            "scvi",
+            r"scANVI needs the scvi extra: pip install 'opencellplm\[scvi\]'",
+        ),
+        (
             lambda a: baselines.imputation.tangram(a, a, list(a.var_names[:2])),
             "tangram",
             r"Tangram needs the baselines extra: pip install 'opencellplm\[baselines\]'",
@@ -281,3 +286,15 @@ def test_scvi_and_magic_run_with_the_installed_packages():
     assert baselines.scvi_embedding(adata, max_epochs=3).prediction.shape == (150, 10)
     for result in (baselines.scvi_denoise(adata, max_epochs=3), baselines.magic(adata)):
         assert result.prediction.shape == (150, 60) and np.isfinite(result.prediction).all()
+
+
+@pytest.mark.baselines
+def test_scanvi_labels_cells_it_never_saw():
+    """Needs the scvi or baselines extra (pip install -e '.[baselines]'; run with pytest -m baselines)."""
+    pytest.importorskip("scvi", reason="the baselines extra is not installed (pip install -e '.[baselines]')")
+    adata = synthetic_adata(240, 120, n_types=3, seed=5)
+    train, test = adata[:180].copy(), adata[180:].copy()
+    result = baselines.scanvi(train, test, labels_key="cell_type", max_epochs=20)
+    truth = test.obs["cell_type"].astype(str).to_numpy()
+    assert (result.prediction == truth).mean() > 0.6  # chance is 1/3: the types are separable
+    assert result.probabilities.shape == (60, 3) and result.params["seed"] == 0

@@ -2,7 +2,8 @@
 
 - embeddings (zero-shot clustering): :func:`pca_embedding`, :func:`scvi_embedding` (extra ``scvi``);
 - cell type annotation, trained on one AnnData and predicting another: :func:`celltypist_style`,
-  :func:`l1_logistic_cv`, :func:`knn_on_pca`, and CellTypist itself, :func:`celltypist` (extra ``baselines``);
+  :func:`l1_logistic_cv`, :func:`knn_on_pca`, CellTypist itself, :func:`celltypist` (extra ``baselines``), and
+  scANVI, :func:`scanvi` (extra ``scvi``);
 - denoising, on the corrupted counts: :func:`unchanged`, :func:`knn_smoothing`, :func:`magic` (extra ``magic``),
   :func:`scvi_denoise` (extra ``scvi``);
 - spatial imputation, from a spatial panel and an scRNA-seq reference (module :mod:`.imputation`):
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from .._lognorm import TARGET_SUM
 from ._common import CLIP, BaselineResult
-from .annotation import L1_CS, celltypist, celltypist_style, knn_on_pca, l1_logistic_cv, label_strings
+from .annotation import L1_CS, celltypist, celltypist_style, knn_on_pca, l1_logistic_cv, label_strings, scanvi
 from .denoising import knn_smoothing, magic, mean_profile, scvi_denoise, unchanged
 from .embedding import pca_embedding, scvi_embedding
 from .imputation import reference_mean, shared_genes, spage_style
@@ -51,6 +52,7 @@ __all__ = [
     "perturbation_no_change",
     "perturbation_training_mean",
     "reference_mean",
+    "scanvi",
     "scvi_denoise",
     "scvi_embedding",
     "shared_genes",

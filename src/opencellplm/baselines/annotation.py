@@ -134,6 +134,66 @@ def celltypist(
     )
 
 
+def scanvi(
+    train: AnnData,
+    test: AnnData,
+    *,
+    labels_key: str,
+    layer: str | None = None,
+    seed: int = 0,
+    max_epochs: int | None = None,
+) -> BaselineResult:
+    """scANVI (scvi-tools, extra ``scvi`` or ``baselines``; Xu et al. 2021) at scvi-tools' defaults: an scVI model
+    trained on the training cells' counts (its default epochs), turned into scANVI with their labels
+    (``from_scvi_model``, its default epochs), which then labels the test cells it never saw (``predict``).
+
+    Both sets are read on the genes they share, as raw counts; ``seed`` is ``scvi.settings.seed``. ``max_epochs``
+    caps both trainings (None: scvi-tools' defaults).
+
+    Parameters
+    ----------
+    train, test, labels_key, layer, seed
+        As for :func:`celltypist_style`.
+    """
+    scvi_module = import_package("scvi", "scANVI", "scvi")
+    start = time.perf_counter()
+    if labels_key not in train.obs:
+        raise KeyError(f"labels_key {labels_key!r} is not a column of train.obs; it has {list(train.obs.columns)}")
+    labelled = has_label(train.obs[labels_key])
+    y = label_strings(train.obs[labels_key], labels_key).to_numpy()[labelled]
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"train.obs[{labels_key!r}] has {len(np.unique(y))} class(es); a classifier needs at least 2")
+    shared = train.var_names.intersection(test.var_names, sort=False)
+    if len(shared) == 0:
+        raise ValueError("train and test share no gene names (var_names); use the same gene identifiers in both")
+    unknown = "(no label)"
+    reference = AnnData(_counts(train, layer)[labelled][:, train.var_names.get_indexer(shared)])
+    reference.var_names, reference.obs["label"] = list(shared), y
+    query = AnnData(_counts(test, layer)[:, test.var_names.get_indexer(shared)])
+    query.var_names, query.obs["label"] = list(shared), unknown
+    scvi_module.settings.seed = seed
+    epochs = {} if max_epochs is None else {"max_epochs": max_epochs}
+    with root_logging_kept(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scvi-tools' and Lightning's advice on settings and hardware
+        scvi_module.model.SCVI.setup_anndata(reference, labels_key="label")
+        vae = scvi_module.model.SCVI(reference)
+        vae.train(accelerator="cpu", enable_progress_bar=False, **epochs)
+        model = scvi_module.model.SCANVI.from_scvi_model(vae, unlabeled_category=unknown)
+        model.train(accelerator="cpu", enable_progress_bar=False, **epochs)
+        prediction = np.asarray(model.predict(query)).astype(str)
+        probabilities = model.predict(query, soft=True)
+    logger.info("scanvi: predicted %d test cells", len(prediction))
+    version = getattr(scvi_module, "__version__", "unknown")
+    return BaselineResult(
+        name="scanvi",
+        prediction=prediction,
+        seconds=time.perf_counter() - start,
+        probabilities=probabilities.to_numpy(dtype=np.float64),
+        classes=tuple(str(c) for c in probabilities.columns),
+        params={"layer": layer, "package": f"scvi-tools {version}", "max_epochs": max_epochs, "seed": seed},
+    )
+
+
 def l1_logistic_cv(
     train: AnnData,
     test: AnnData,

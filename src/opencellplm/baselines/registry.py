@@ -59,6 +59,7 @@ def _entries() -> dict[str, dict[str, Baseline]]:
         ("l1_logistic_cv", annotation.l1_logistic_cv, None),
         ("knn_on_pca", annotation.knn_on_pca, None),
         ("celltypist", annotation.celltypist, "baselines"),
+        ("scanvi", annotation.scanvi, "scvi"),
     ):
         add(
             "annotation",

@@ -244,7 +244,7 @@ def run_annotation(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResul
     for pretrained in (True, False):
         make = CellTypeAnnotator.from_pretrained if pretrained else CellTypeAnnotator.from_scratch
         annotator = make(ctx.checkpoint, recipe=recipe).fit(adata, "cell_type", train_cells=train_cells)
-        baselines = ("celltypist_style", "l1_logistic_cv", "knn_on_pca", "celltypist") if pretrained else ()
+        baselines = ("celltypist_style", "l1_logistic_cv", "knn_on_pca", "celltypist", "scanvi") if pretrained else ()
         result = annotator.score(adata, "cell_type", test_cells=~train_cells, baselines=baselines, seed=seed)
         protocol = {"split": "stratified 80/20", "n_test": result.n_test, "mode": result.mode, "steps": recipe.steps}
         ours = "cellplm_fine_tuned" if pretrained else "cellplm_from_scratch"
