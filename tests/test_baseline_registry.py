@@ -29,9 +29,9 @@ def test_every_baseline_of_a_task_takes_that_task_s_one_signature(task):
 
 
 def test_names_resolve_to_baselines_or_are_refused_naming_the_choices():
-    assert list(baselines_for("imputation")) == ["reference_mean", "spage_style", "tangram"]
+    assert list(baselines_for("imputation")) == ["reference_mean", "spage_style", "tangram", "gimvi"]
     assert list(baselines_for("denoising", ["scvi", "unchanged"])) == ["scvi", "unchanged"]  # in the order asked
-    with pytest.raises(ValueError, match=r"unknown baseline\(s\) \['gimvi'\] for imputation; choose among"):
-        baselines_for("imputation", ["spage_style", "gimvi"])  # not in this version: refused, not a skipped row
+    with pytest.raises(ValueError, match=r"unknown baseline\(s\) \['stplus'\] for imputation; choose among"):
+        baselines_for("imputation", ["spage_style", "stplus"])  # not in this version: refused, not a skipped row
     with pytest.raises(ValueError, match=r"unknown task 'integration'"):
         baselines_for("integration")

@@ -191,6 +191,11 @@ def test_knn_smoothing_with_one_neighbour_is_the_input():
             r"scANVI needs the scvi extra: pip install 'opencellplm\[scvi\]'",
         ),
         (
+            lambda a: baselines.imputation.gimvi(a, a, list(a.var_names[:2])),
+            "scvi",
+            r"gimVI needs the scvi extra: pip install 'opencellplm\[scvi\]'",
+        ),
+        (
             lambda a: baselines.imputation.tangram(a, a, list(a.var_names[:2])),
             "tangram",
             r"Tangram needs the baselines extra: pip install 'opencellplm\[baselines\]'",
@@ -298,3 +303,15 @@ def test_scanvi_labels_cells_it_never_saw():
     truth = test.obs["cell_type"].astype(str).to_numpy()
     assert (result.prediction == truth).mean() > 0.6  # chance is 1/3: the types are separable
     assert result.probabilities.shape == (60, 3) and result.params["seed"] == 0
+
+
+@pytest.mark.baselines
+def test_gimvi_imputes_the_reference_genes_in_the_spatial_cells():
+    """Needs the scvi or baselines extra (pip install -e '.[baselines]'; run with pytest -m baselines)."""
+    pytest.importorskip("scvi", reason="the baselines extra is not installed (pip install -e '.[baselines]')")
+    reference = synthetic_adata(200, 80, seed=1)
+    spatial = synthetic_adata(120, 80, spatial=True, seed=2)[:, :60].copy()
+    genes = list(reference.var_names[60:70])
+    result = baselines.imputation.gimvi(spatial, reference, genes, max_epochs=10)
+    assert result.prediction.shape == (120, 10) and np.isfinite(result.prediction).all()
+    assert (result.prediction >= 0).all() and result.params["max_epochs"] == 10

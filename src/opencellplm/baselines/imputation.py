@@ -4,7 +4,8 @@
 - :func:`spage_style`: SpaGE (Abdelaal et al. 2020) in spirit: align the two data sets by principal vectors
   (PRECISE, Mourragui et al. 2019) on the shared genes, then each spatial cell takes the weighted mean profile of
   its cosine-nearest reference cells;
-- :func:`tangram`: Tangram itself (the ``tangram-sc`` package, extra ``baselines``). gimVI is not wrapped yet.
+- :func:`tangram`: Tangram itself (the ``tangram-sc`` package, extra ``baselines``);
+- :func:`gimvi`: gimVI (scvi-tools, extra ``scvi`` or ``baselines``).
 
 Every function takes ``spatial`` (counts of the spatial panel), ``reference`` (scRNA-seq counts) and ``genes`` (the
 target genes: all must be in the reference; some may be in the spatial panel too, as held-out genes are) and
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -320,6 +322,52 @@ def tangram(
     return BaselineResult(name="tangram", prediction=prediction, seconds=time.perf_counter() - start, params=params)
 
 
+def gimvi(
+    spatial: AnnData,
+    reference: AnnData,
+    genes: Sequence[str],
+    *,
+    seed: int = 0,
+    spatial_layer: str | None = None,
+    reference_layer: str | None = None,
+    max_epochs: int = 200,
+) -> BaselineResult:
+    """gimVI (scvi-tools' ``external.GIMVI``, extra ``scvi`` or ``baselines``; Lopez et al. 2019) at its defaults:
+    one model of the reference's counts (the shared and target genes) and the spatial counts (the shared genes),
+    trained for ``max_epochs`` (its default 200); each spatial cell's profile is its decoded normalised expression
+    over the reference genes (``get_imputed_values(normalized=True)``), brought to the cell's depth by the
+    size-factor rule of this module. ``seed`` is ``scvi.settings.seed``.
+
+    Parameters
+    ----------
+    spatial, reference, genes, spatial_layer, reference_layer
+        As in :func:`reference_mean`.
+    max_epochs
+        gimVI's training length.
+    """
+    scvi_module = import_package("scvi", "gimVI", "scvi")
+    start = time.perf_counter()
+    data = _imputation_inputs(spatial, reference, genes, spatial_layer, reference_layer)
+    sequenced = AnnData(sp.csr_matrix(data.reference_counts, dtype=np.float32))
+    sequenced.var_names = [*data.shared, *data.genes]
+    measured = AnnData(sp.csr_matrix(data.spatial, dtype=np.float32))
+    measured.var_names = list(data.shared)
+    scvi_module.settings.seed = seed
+    with root_logging_kept(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scvi-tools' and Lightning's advice on settings and hardware
+        scvi_module.external.GIMVI.setup_anndata(sequenced)
+        scvi_module.external.GIMVI.setup_anndata(measured)
+        model = scvi_module.external.GIMVI(sequenced, measured)
+        model.train(max_epochs=max_epochs, accelerator="cpu", enable_progress_bar=False)
+        _, imputed = model.get_imputed_values(normalized=True)
+    prediction = _to_spatial_scale(np.asarray(imputed, dtype=np.float64), data)
+    logger.info("gimvi: %d spatial cells, %d target genes", data.spatial.shape[0], len(data.genes))
+    version = getattr(scvi_module, "__version__", "unknown")
+    params = data.params(spatial_layer, reference_layer)
+    params |= {"package": f"scvi-tools {version}", "max_epochs": max_epochs, "seed": seed}
+    return BaselineResult(name="gimvi", prediction=prediction, seconds=time.perf_counter() - start, params=params)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
 
@@ -333,7 +381,12 @@ class _Inputs:
     genes: list[str]
     spatial: sp.csr_matrix  # (n_spatial, n_shared) float32 counts
     profiles: sp.csr_matrix  # (n_reference_with_counts, n_shared + n_genes) float64, counts / total over all genes
-    reference_shared: sp.csr_matrix  # (n_reference_with_counts, n_shared) float32 counts
+    reference_counts: sp.csr_matrix  # (n_reference_with_counts, n_shared + n_genes) counts
+
+    @property
+    def reference_shared(self) -> sp.csr_matrix:
+        """(n_reference_with_counts, n_shared) float32 counts."""
+        return sp.csr_matrix(self.reference_counts[:, : len(self.shared)], dtype=np.float32)
 
     def params(self, spatial_layer, reference_layer) -> dict:
         return {
@@ -431,7 +484,7 @@ def _imputation_inputs(
         genes=targets,
         spatial=spatial_counts,
         profiles=profiles,
-        reference_shared=sp.csr_matrix(kept[:, columns[: len(shared)]]),
+        reference_counts=sp.csr_matrix(kept[:, columns]),
     )
 
 

@@ -111,6 +111,14 @@ def _entries() -> dict[str, dict[str, Baseline]]:
         extra="baselines",
     )
     add(
+        "imputation",
+        "gimvi",
+        lambda spatial, reference, genes, *, spatial_layer, reference_layer, seed: imputation.gimvi(
+            spatial, reference, genes, spatial_layer=spatial_layer, reference_layer=reference_layer, seed=seed
+        ),
+        extra="scvi",
+    )
+    add(
         "perturbation",
         "no_change",
         lambda means, parsed, test, *, control, seed: perturbation.perturbation_no_change(means, test, control=control),

@@ -388,7 +388,7 @@ def run_imputation(ctx: RunContext, dataset: str, data: dict, seed: int) -> Unit
         folds=folds,
         seed=seed,
         variants=profile.imputation_variants,
-        baselines=("reference_mean", "spage_style", "tangram"),
+        baselines=("reference_mean", "spage_style", "tangram", "gimvi"),
         values=data["values"],
         extend_vocabulary=data["extend"],
         reference_sample_key=data.get("reference_sample_key"),

@@ -673,7 +673,7 @@ class SpatialImputer(FineTunedTask):
         folds: Sequence[int] | None = None,
         seed: int = 0,
         variants: Sequence[str] = DEFAULT_VARIANTS,
-        baselines: Sequence[str] = ("reference_mean", "spage_style", "tangram"),
+        baselines: Sequence[str] = ("reference_mean", "spage_style", "tangram", "gimvi"),
         values: str = "counts",
         device: str | None = None,
         keep_example: bool = False,
