@@ -35,3 +35,21 @@ def test_names_resolve_to_baselines_or_are_refused_naming_the_choices():
         baselines_for("imputation", ["spage_style", "stplus"])  # not in this version: refused, not a skipped row
     with pytest.raises(ValueError, match=r"unknown task 'integration'"):
         baselines_for("integration")
+
+
+def test_a_baseline_package_that_fails_on_the_data_is_a_row_saying_so_and_ours_raise():
+    from opencellplm.baselines.registry import Baseline, run_baseline
+
+    def diverges(*args, **kwargs):
+        raise ValueError(
+            "Expected parameter loc to satisfy the constraint Real(), but found invalid values:\ntensor(...)"
+        )
+
+    result, why = run_baseline(Baseline("gimvi", "imputation", diverges, extra="scvi"))
+    assert (
+        result is None
+        and why
+        == "failed: ValueError: Expected parameter loc to satisfy the constraint Real(), but found invalid values:"
+    )
+    with pytest.raises(ValueError, match="Expected parameter loc"):  # a baseline of this package: its error stands
+        run_baseline(Baseline("spage_style", "imputation", diverges))

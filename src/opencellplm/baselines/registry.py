@@ -150,6 +150,22 @@ def _entries() -> dict[str, dict[str, Baseline]]:
 REGISTRY: dict[str, dict[str, Baseline]] = _entries()
 
 
+def run_baseline(baseline: Baseline, *args, **kwargs) -> tuple[BaselineResult | None, str | None]:
+    """``(result, None)``, or ``(None, why)`` for a row the task records as skipped: the optional package is not
+    installed (its ``ImportError`` names the extra), or a baseline package failed on these data (``"failed: ..."``,
+    the error's first line; a score never loses its other rows to another package's error). Errors of the
+    baselines written here are raised: they are this package's to fix, or the input's."""
+    try:
+        return baseline.run(*args, **kwargs), None
+    except ImportError as err:
+        return None, str(err)
+    except Exception as err:
+        if baseline.extra is None:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return None, f"failed: {type(err).__name__}: {first[:300]}"
+
+
 def baselines_for(task: str, names=None) -> dict[str, Baseline]:
     """The baselines of ``task`` named in ``names`` (default: all of them), in that order; a ValueError names any
     unknown one and the task's choices."""

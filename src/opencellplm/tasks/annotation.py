@@ -33,7 +33,7 @@ from torch import nn
 
 from .. import baselines as _baselines
 from .._threads import thread_settings
-from ..baselines.registry import REGISTRY, baselines_for
+from ..baselines.registry import REGISTRY, baselines_for, run_baseline
 from ..config import AnnotationHeadConfig, MaskingConfig, ModelConfig
 from ..data.labels import has_label
 from ..data.sets import CellSets, InputSpec
@@ -590,11 +590,10 @@ class CellTypeAnnotator(FineTunedTask):
                     )
             test = adata[test_cells].copy()
             for baseline, entry in chosen.items():
-                try:
-                    result = entry.run(train, test, labels_key=labels_key, layer=self.spec.layer, seed=seed)
-                except ImportError as err:  # an optional package missing: a skipped row, saying why
-                    skipped[baseline] = str(err)
-                    logger.warning("baseline %s skipped: %s", baseline, err)
+                result, why = run_baseline(entry, train, test, labels_key=labels_key, layer=self.spec.layer, seed=seed)
+                if why is not None:  # a package missing, or failing on these data: a skipped row, saying why
+                    skipped[baseline] = why
+                    logger.warning("baseline %s skipped: %s", baseline, why)
                     continue
                 # one call, timed as fit_seconds; params: the baseline's settings, its seed included
                 add(

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ..baselines.registry import baselines_for
+from ..baselines.registry import baselines_for, run_baseline
 from ..data.validate import require_anndata
 from ..metrics import clustering_scores
 
@@ -119,11 +119,10 @@ def score_clustering(
     seconds: dict[str, float | None] = {name: None for name in representations}
     skipped: dict[str, str] = {}
     for name, baseline in chosen.items():
-        try:
-            result = baseline.run(adata, layer=layer, seed=0)  # the seeds are Leiden's; the embeddings are fixed
-        except ImportError as err:
-            skipped[name] = str(err)
-            logger.warning("skipped %s: %s", name, err)
+        result, why = run_baseline(baseline, adata, layer=layer, seed=0)  # the seeds are Leiden's, not the embeddings'
+        if why is not None:
+            skipped[name] = why
+            logger.warning("skipped %s: %s", name, why)
             continue
         representations[name] = result.prediction
         seconds[name] = round(result.seconds, 2)

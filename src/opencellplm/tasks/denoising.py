@@ -34,7 +34,7 @@ from torch import nn
 
 from .._files import refuse_inputs
 from .._threads import thread_settings
-from ..baselines.registry import REGISTRY, baselines_for
+from ..baselines.registry import REGISTRY, baselines_for, run_baseline
 from ..config import MaskingConfig, ModelConfig
 from ..data.sets import CellSets, InputSpec
 from ..data.validate import require_anndata
@@ -744,11 +744,10 @@ class Denoiser(FineTunedTask):
         if fine_tune and (from_scratch or not self.pretrained):
             run_cellplm("cellplm_from_scratch", Denoiser(self.base, pretrained=False, recipe=self.recipe), fit=True)
         for name, baseline in chosen.items():
-            try:
-                result = baseline.run(work, layer=None, seed=seed)
-            except ImportError as err:
-                skipped[name] = str(err)
-                logger.warning("baseline %s skipped: %s", name, err)
+            result, why = run_baseline(baseline, work, layer=None, seed=seed)
+            if why is not None:
+                skipped[name] = why
+                logger.warning("baseline %s skipped: %s", name, why)
                 continue
             methods.append(MethodScore(name, evaluate(result.prediction), result.seconds, params=result.params))
             logger.info("%s: %s", name, methods[-1].scores)

@@ -698,7 +698,7 @@ class SpatialImputer(FineTunedTask):
         (:attr:`ImputationResult.example`, for maps); ``fit_kwargs`` go to :meth:`fit`.
         """
         from .. import __version__
-        from ..baselines.registry import baselines_for
+        from ..baselines.registry import baselines_for, run_baseline
         from ..metrics.imputation import held_out_gene_folds, imputation_scores, zero_rates
 
         require_anndata(spatial)
@@ -788,13 +788,19 @@ class SpatialImputer(FineTunedTask):
                 summary = {k: v for k, v in asdict(imputer.summary).items() if k != "history"}
                 record(f"cellplm_{variant}", prediction.to_numpy(), fit_s, predict_s, peak.mb, summary)
             for name, baseline in chosen_baselines.items():
-                try:
-                    with PeakMemory() as peak:
-                        result = baseline.run(
-                            spatial_in, reference, held, spatial_layer=layer, reference_layer=reference_layer, seed=seed
-                        )
-                except ImportError as err:
-                    skipped[name] = str(err)
+                with PeakMemory() as peak:
+                    result, why = run_baseline(
+                        baseline,
+                        spatial_in,
+                        reference,
+                        held,
+                        spatial_layer=layer,
+                        reference_layer=reference_layer,
+                        seed=seed,
+                    )
+                if why is not None:
+                    skipped[name] = why
+                    logger.warning("baseline %s skipped: %s", name, why)
                     continue
                 record(name, result.prediction, None, result.seconds, peak.mb, result.params)
         return ImputationResult(
