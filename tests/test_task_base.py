@@ -128,3 +128,13 @@ def test_every_task_call_takes_an_input_spec_and_or_its_fields():
     denoiser = Denoiser.from_pretrained(small_model(GENES))
     by_spec = denoiser.get_denoised(adata, spec=InputSpec(layer="counts", sample_key="sample"))
     np.testing.assert_array_equal(by_spec, denoiser.get_denoised(adata, layer="counts", sample_key="sample"))
+
+
+def test_an_imputation_result_whose_every_method_was_skipped_still_reads():
+    from opencellplm.tasks.imputation import ImputationResult
+
+    result = ImputationResult(
+        folds=[["a"]], scored_folds=[0], seed=0, rows=[], skipped={"gimvi": "failed: ValueError: NaN"},
+        n_spatial_cells=3, n_shared_genes=2, checkpoint={}, recipe={}, version="0",
+    )  # fmt: skip
+    assert result.methods == [] and result.to_frame().empty and result.per_fold().empty

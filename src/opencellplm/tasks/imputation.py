@@ -877,7 +877,7 @@ class ImputationResult(TaskResult):
         """Per method, over the scored folds: the mean ``pearson``, ``cosine`` and ``rmse``, the summed seconds, the
         highest peak memory, and each fold's ``params`` (``folds``; with the fine-tuning ``steps`` of each)."""
         frame = self.per_fold().reset_index()
-        out = []
+        out: list[MethodScore] = []
         for method, rows in frame.groupby("method", sort=False):
             params = [row["params"] for row in self.rows if row["method"] == method]
             steps = [int(p["steps"]) for p in params if p and "steps" in p]
@@ -896,13 +896,17 @@ class ImputationResult(TaskResult):
         return out
 
     def per_fold(self) -> pd.DataFrame:
-        """One row per fold and method."""
-        frame = pd.DataFrame([{k: v for k, v in row.items() if k != "params"} for row in self.rows])
+        """One row per fold and method (none when no method ran: every one was skipped)."""
+        columns = ["method", "fold", "pearson", "cosine", "rmse", "fit_seconds", "predict_seconds", "peak_memory_mb"]
+        rows = [{k: v for k, v in row.items() if k != "params"} for row in self.rows]
+        frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
         return frame.set_index(["method", "fold"])
 
     def to_frame(self) -> pd.DataFrame:
         """Per method: the mean and standard deviation over folds of each score, and the mean times and memory."""
         frame = self.per_fold().reset_index()
+        if frame.empty:  # every method was skipped
+            return pd.DataFrame(index=pd.Index([], name="method"))
         grouped = frame.groupby("method", sort=False)
         out = pd.DataFrame(index=pd.Index(frame["method"].unique(), name="method"))
         for metric in ("pearson", "cosine", "rmse"):
