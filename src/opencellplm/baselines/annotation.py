@@ -103,14 +103,7 @@ def celltypist(
     """
     celltypist_module = import_package("celltypist", "CellTypist", "baselines")
     start = time.perf_counter()
-    if labels_key not in train.obs:
-        raise KeyError(f"labels_key {labels_key!r} is not a column of train.obs; it has {list(train.obs.columns)}")
-    labelled = has_label(train.obs[labels_key])
-    y = label_strings(train.obs[labels_key], labels_key).to_numpy()[labelled]
-    if len(np.unique(y)) < 2:
-        raise ValueError(f"train.obs[{labels_key!r}] has {len(np.unique(y))} class(es); a classifier needs at least 2")
-    if len(train.var_names.intersection(test.var_names)) == 0:
-        raise ValueError("train and test share no gene names (var_names); use the same gene identifiers in both")
+    labelled, y, _ = _labels_and_shared_genes(train, test, labels_key)
     reference = AnnData(_log_normalized(_counts(train, layer))[labelled])
     reference.var_names = train.var_names.astype(str)
     query = AnnData(_log_normalized(_counts(test, layer)))
@@ -157,15 +150,7 @@ def scanvi(
     """
     scvi_module = import_package("scvi", "scANVI", "scvi")
     start = time.perf_counter()
-    if labels_key not in train.obs:
-        raise KeyError(f"labels_key {labels_key!r} is not a column of train.obs; it has {list(train.obs.columns)}")
-    labelled = has_label(train.obs[labels_key])
-    y = label_strings(train.obs[labels_key], labels_key).to_numpy()[labelled]
-    if len(np.unique(y)) < 2:
-        raise ValueError(f"train.obs[{labels_key!r}] has {len(np.unique(y))} class(es); a classifier needs at least 2")
-    shared = train.var_names.intersection(test.var_names, sort=False)
-    if len(shared) == 0:
-        raise ValueError("train and test share no gene names (var_names); use the same gene identifiers in both")
+    labelled, y, shared = _labels_and_shared_genes(train, test, labels_key)
     unknown = "(no label)"
     reference = AnnData(_counts(train, layer)[labelled][:, train.var_names.get_indexer(shared)])
     reference.var_names, reference.obs["label"] = list(shared), y
@@ -373,8 +358,10 @@ def _kind(value: Any) -> str:
     return "str" if isinstance(value, str) else type(value).__name__
 
 
-def _annotation_inputs(train: AnnData, test: AnnData, *, labels_key: str, layer: str | None):
-    """Log-normalised training and test matrices on the shared genes, and the training labels as strings."""
+def _labels_and_shared_genes(train: AnnData, test: AnnData, labels_key: str):
+    """``(labelled, y, shared)``: which training cells have a label, their labels as strings, and the gene names of
+    both sets; each annotation baseline's input checks (a label column, unique gene names, two classes, a shared
+    gene)."""
     if labels_key not in train.obs:
         raise KeyError(f"labels_key {labels_key!r} is not a column of train.obs; it has {list(train.obs.columns)}")
     for name, data in (("train", train), ("test", test)):
@@ -390,6 +377,12 @@ def _annotation_inputs(train: AnnData, test: AnnData, *, labels_key: str, layer:
     shared = train.var_names.intersection(test.var_names, sort=False)
     if len(shared) == 0:
         raise ValueError("train and test share no gene names (var_names); use the same gene identifiers in both")
+    return labelled, y, shared
+
+
+def _annotation_inputs(train: AnnData, test: AnnData, *, labels_key: str, layer: str | None):
+    """Log-normalised training and test matrices on the shared genes, and the training labels as strings."""
+    labelled, y, shared = _labels_and_shared_genes(train, test, labels_key)
     if len(shared) < train.n_vars or len(shared) < test.n_vars:
         logger.info(
             "annotation: %d shared genes (train has %d, test %d); the others are ignored",
