@@ -38,12 +38,19 @@ class BaselineResult:
         :func:`unchanged` of sparse input).
     seconds
         Wall time of the whole call, preprocessing included.
+    fit_seconds
+        The part of ``seconds`` spent before predicting (reading the data and fitting), where a baseline has the
+        two apart (annotation, imputation); None for a method that is one transductive call (embeddings,
+        denoising, the perturbation means). :attr:`predict_seconds` is the rest.
     probabilities
         Annotation only: ``(n_test_cells, n_classes)`` class probabilities, columns in the order of ``classes``.
     classes
         Annotation only: the class names (the training labels, as strings).
     params
         The settings that were used (after any adjustment to the data, e.g. fewer components than asked).
+    peak_mb
+        How far the process's resident memory rose during the call (:class:`~opencellplm._memory.PeakMemory`),
+        set by :func:`~opencellplm.baselines.registry.run_baseline`; None when the function is called directly.
     """
 
     name: str
@@ -52,6 +59,13 @@ class BaselineResult:
     probabilities: np.ndarray | None = None
     classes: tuple[str, ...] | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    fit_seconds: float | None = None
+    peak_mb: float | None = None
+
+    @property
+    def predict_seconds(self) -> float | None:
+        """``seconds - fit_seconds`` where the fit is timed apart, else None."""
+        return None if self.fit_seconds is None else max(self.seconds - self.fit_seconds, 0.0)
 
 
 def install_hint(extra: str) -> str:

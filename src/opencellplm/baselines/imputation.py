@@ -312,6 +312,7 @@ def tangram(
         mapping = tangram_module.map_cells_to_space(
             single_cells, spots, mode="cells", device=device, num_epochs=num_epochs, random_state=seed, verbose=False
         )
+    fit_seconds = time.perf_counter() - start
     weights = np.asarray(mapping.X, dtype=np.float64).T  # (spatial cells, reference cells)
     profile = np.asarray(data.profiles.T.dot(weights.T).T)  # the weighted sum of the reference profiles
     prediction = _to_spatial_scale(profile, data)
@@ -319,7 +320,8 @@ def tangram(
     version = getattr(tangram_module, "__version__", "unknown")
     params = data.params(spatial_layer, reference_layer)
     params |= {"package": f"tangram-sc {version}", "mode": "cells", "num_epochs": num_epochs, "seed": seed}
-    return BaselineResult(name="tangram", prediction=prediction, seconds=time.perf_counter() - start, params=params)
+    seconds = time.perf_counter() - start
+    return BaselineResult("tangram", prediction, seconds, params=params, fit_seconds=fit_seconds)
 
 
 def gimvi(
@@ -359,13 +361,15 @@ def gimvi(
         scvi_module.external.GIMVI.setup_anndata(measured)
         model = scvi_module.external.GIMVI(sequenced, measured)
         model.train(max_epochs=max_epochs, accelerator="cpu", enable_progress_bar=False)
+        fit_seconds = time.perf_counter() - start
         _, imputed = model.get_imputed_values(normalized=True)
     prediction = _to_spatial_scale(np.asarray(imputed, dtype=np.float64), data)
     logger.info("gimvi: %d spatial cells, %d target genes", data.spatial.shape[0], len(data.genes))
     version = getattr(scvi_module, "__version__", "unknown")
     params = data.params(spatial_layer, reference_layer)
     params |= {"package": f"scvi-tools {version}", "max_epochs": max_epochs, "seed": seed}
-    return BaselineResult(name="gimvi", prediction=prediction, seconds=time.perf_counter() - start, params=params)
+    seconds = time.perf_counter() - start
+    return BaselineResult("gimvi", prediction, seconds, params=params, fit_seconds=fit_seconds)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -23,8 +23,9 @@ the extra; the task records it as skipped.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from .._memory import PeakMemory
 from . import annotation, denoising, embedding, imputation, perturbation
 from ._common import BaselineResult
 
@@ -154,9 +155,14 @@ def run_baseline(baseline: Baseline, *args, **kwargs) -> tuple[BaselineResult | 
     """``(result, None)``, or ``(None, why)`` for a row the task records as skipped: the optional package is not
     installed (its ``ImportError`` names the extra), or a baseline package failed on these data (``"failed: ..."``,
     the error's first line; a score never loses its other rows to another package's error). Errors of the
-    baselines written here are raised: they are this package's to fix, or the input's."""
+    baselines written here are raised: they are this package's to fix, or the input's.
+
+    The result's ``peak_mb`` is how far the process's resident memory rose while the baseline ran (the CPU's
+    memory: a package that trains on a GPU holds more there)."""
     try:
-        return baseline.run(*args, **kwargs), None
+        with PeakMemory("cpu") as peak:
+            result = baseline.run(*args, **kwargs)
+        return replace(result, peak_mb=round(peak.mb, 1)), None
     except ImportError as err:
         return None, str(err)
     except Exception as err:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._memory import PeakMemory
 from .profiles import Profile
 
 if TYPE_CHECKING:
@@ -189,13 +190,15 @@ def run_clustering(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResul
     from ..tasks.clustering import score_clustering
 
     trained = CellPLM.from_pretrained(ctx.checkpoint)
-    embeddings, seconds = {}, {}
+    embeddings, seconds, peaks = {}, {}, {}
     for name, weights in [("cellplm_zero_shot", None)] + [(f"{UNTRAINED}/{w}", w) for w in untrained_seeds(seed)]:
-        tic = time.perf_counter()
-        # an untrained copy: the same vocabulary and gene-id rule, random weights (one at a time in memory)
-        model = trained if weights is None else untrained_copy(trained, weights)
-        embeddings[name] = model.get_latent_representation(adata)
-        seconds[name] = time.perf_counter() - tic
+        with PeakMemory(trained.device) as peak:
+            tic = time.perf_counter()
+            # an untrained copy: the same vocabulary and gene-id rule, random weights (one at a time in memory)
+            model = trained if weights is None else untrained_copy(trained, weights)
+            embeddings[name] = model.get_latent_representation(adata)
+            seconds[name] = time.perf_counter() - tic
+        peaks[name] = peak.mb
     result = score_clustering(
         adata, "cell_type", embeddings=embeddings, embedding_key=None, baselines_run=("pca", "scvi"), seeds=(seed,)
     )
@@ -210,7 +213,8 @@ def run_clustering(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResul
         }
         family = "cellplm" if name.startswith("cellplm") else "baseline"
         wall = seconds.get(name, result.seconds.get(name))
-        record = _record(name, family=family, metrics=metrics, wall_s=wall, protocol=result.settings)
+        peak_mb = peaks.get(name, result.peak_mb.get(name))
+        record = _record(name, family=family, metrics=metrics, wall_s=wall, peak_mb=peak_mb, protocol=result.settings)
         untrained = name.startswith(f"{UNTRAINED}/")
         records.append(_untrained_record(record, int(name.split("/")[1])) if untrained else record)
     records += [_skipped(name, "baseline", why) for name, why in result.skipped.items()]
@@ -243,9 +247,12 @@ def run_annotation(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResul
     records = []
     for pretrained in (True, False):
         make = CellTypeAnnotator.from_pretrained if pretrained else CellTypeAnnotator.from_scratch
-        annotator = make(ctx.checkpoint, recipe=recipe).fit(adata, "cell_type", train_cells=train_cells)
+        with PeakMemory() as fit_peak:
+            annotator = make(ctx.checkpoint, recipe=recipe).fit(adata, "cell_type", train_cells=train_cells)
         baselines = ("celltypist_style", "l1_logistic_cv", "knn_on_pca", "celltypist", "scanvi") if pretrained else ()
         result = annotator.score(adata, "cell_type", test_cells=~train_cells, baselines=baselines, seed=seed)
+        # CellPLM's peak covers its fit (before score) and its prediction (in score)
+        result.methods[0] = replace(result.methods[0], peak_mb=max(fit_peak.mb, result.methods[0].peak_mb or 0.0))
         protocol = {"split": "stratified 80/20", "n_test": result.n_test, "mode": result.mode, "steps": recipe.steps}
         ours = "cellplm_fine_tuned" if pretrained else "cellplm_from_scratch"
         metrics = ("macro_f1", "macro_precision", "accuracy")

@@ -32,6 +32,7 @@ from anndata import AnnData
 from torch import nn
 
 from .. import baselines as _baselines
+from .._memory import PeakMemory
 from .._threads import thread_settings
 from ..baselines.registry import REGISTRY, baselines_for, run_baseline
 from ..config import AnnotationHeadConfig, MaskingConfig, ModelConfig
@@ -548,15 +549,16 @@ class CellTypeAnnotator(FineTunedTask):
         classification: dict[str, ClassificationScores] = {}
         skipped: dict[str, str] = {}
 
-        def add(name: str, scores: ClassificationScores, fit_seconds, predict_seconds, params) -> None:
+        def add(name: str, scores: ClassificationScores, fit_seconds, predict_seconds, params, peak_mb) -> None:
             classification[name] = scores
             numbers = {"macro_f1": scores.macro_f1, "macro_precision": scores.macro_precision}
             numbers["accuracy"] = scores.accuracy
             seconds = (fit_seconds or 0.0) + (predict_seconds or 0.0)
-            methods.append(MethodScore(name, numbers, seconds, fit_seconds, predict_seconds, params))
+            methods.append(MethodScore(name, numbers, seconds, fit_seconds, predict_seconds, params, peak_mb))
 
         started = time.perf_counter()
-        predicted = self.get_predictions(adata).labels[test_cells]
+        with PeakMemory(self.base.device) as peak:  # predicting only: fit ran before
+            predicted = self.get_predictions(adata).labels[test_cells]
         predicted = np.where(predicted == None, "(no label)", predicted).astype(str)  # noqa: E711 (object array)
         name = "cellplm" if self.pretrained else "cellplm_from_scratch"
         fitted = {} if self.summary is None else {"steps": self.summary.steps, "best_step": self.summary.best_step}
@@ -566,6 +568,7 @@ class CellTypeAnnotator(FineTunedTask):
             None if self.summary is None else self.summary.seconds,
             round(time.perf_counter() - started, 2),
             {"pretrained": self.pretrained, "mode": self.mode} | fitted,
+            peak.mb,
         )
         if baselines:
             if reference is None:
@@ -595,14 +598,11 @@ class CellTypeAnnotator(FineTunedTask):
                     skipped[baseline] = why
                     logger.warning("baseline %s skipped: %s", baseline, why)
                     continue
-                # one call, timed as fit_seconds; params: the baseline's settings, its seed included
-                add(
-                    baseline,
-                    classification_scores(truth, result.prediction),
-                    round(result.seconds, 2),
-                    None,
-                    result.params,
-                )
+                # params: the baseline's settings, its seed included
+                fit_s = round(result.seconds if result.fit_seconds is None else result.fit_seconds, 2)
+                predict_s = None if result.predict_seconds is None else round(result.predict_seconds, 2)
+                scores = classification_scores(truth, result.prediction)
+                add(baseline, scores, fit_s, predict_s, result.params, result.peak_mb)
         return AnnotationScores(
             mode=self.mode,
             n_test=int(test_cells.sum()),

@@ -37,13 +37,15 @@ FIGURES = {
 @dataclass
 class ClusteringResult:
     """Scores per representation: ``scores[name]`` lists one :class:`~opencellplm.metrics.ClusteringScores`
-    per seed; ``seconds[name]`` the time to make the representation; ``skipped`` optional baselines that
-    could not run, with the reason."""
+    per seed; ``seconds[name]`` the time to make the representation and ``peak_mb[name]`` how far memory rose
+    meanwhile (baselines only: given embeddings were made elsewhere); ``skipped`` optional baselines that could
+    not run, with the reason."""
 
     scores: dict[str, list[Any]]
     seconds: dict[str, float | None]
     skipped: dict[str, str] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    peak_mb: dict[str, float | None] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per representation: each figure's mean and standard deviation over seeds."""
@@ -75,6 +77,7 @@ class ClusteringResult:
             "seconds": self.seconds,
             "skipped": self.skipped,
             "settings": self.settings,
+            "peak_mb": self.peak_mb,
         }
 
 
@@ -117,6 +120,7 @@ def score_clustering(
     if embedding_key is not None and embedding_key in adata.obsm:
         representations.setdefault(embedding_key, np.asarray(adata.obsm[embedding_key]))
     seconds: dict[str, float | None] = {name: None for name in representations}
+    peak_mb: dict[str, float | None] = {name: None for name in representations}
     skipped: dict[str, str] = {}
     for name, baseline in chosen.items():
         result, why = run_baseline(baseline, adata, layer=layer, seed=0)  # the seeds are Leiden's, not the embeddings'
@@ -126,6 +130,7 @@ def score_clustering(
             continue
         representations[name] = result.prediction
         seconds[name] = round(result.seconds, 2)
+        peak_mb[name] = result.peak_mb
     if not representations:
         raise ValueError(f"nothing to score: no embeddings given and no obsm[{embedding_key!r}]; embed first")
     labels = adata.obs[labels_key].to_numpy()
@@ -146,4 +151,4 @@ def score_clustering(
         "n_neighbors": n_neighbors,
         "n_cells": adata.n_obs,
     }
-    return ClusteringResult(scores, seconds, skipped, settings)
+    return ClusteringResult(scores, seconds, skipped, settings, peak_mb)

@@ -33,6 +33,7 @@ from anndata import AnnData
 from torch import nn
 
 from .._files import refuse_inputs
+from .._memory import PeakMemory
 from .._threads import thread_settings
 from ..baselines.registry import REGISTRY, baselines_for, run_baseline
 from ..config import MaskingConfig, ModelConfig
@@ -720,19 +721,21 @@ class Denoiser(FineTunedTask):
 
         def run_cellplm(name: str, denoiser: Denoiser, fit: bool) -> None:
             fit_seconds = None
-            tic = time.perf_counter()
-            if fit:
-                denoiser.fit(work, device=device, spec=work_spec)
-                fit_seconds = time.perf_counter() - tic
-            tac = time.perf_counter()
-            prediction = denoiser.get_denoised(work, gene_levels=gene_levels, spec=work_spec)
-            predict_seconds = time.perf_counter() - tac
+            with PeakMemory(device or denoiser.base.device) as peak:
+                tic = time.perf_counter()
+                if fit:
+                    denoiser.fit(work, device=device, spec=work_spec)
+                    fit_seconds = time.perf_counter() - tic
+                tac = time.perf_counter()
+                prediction = denoiser.get_denoised(work, gene_levels=gene_levels, spec=work_spec)
+                predict_seconds = time.perf_counter() - tac
             params = {"pretrained": denoiser.pretrained, "gene_levels": gene_levels}
             if denoiser.summary is not None and fit:
                 params["fit"] = {k: v for k, v in asdict(denoiser.summary).items() if k != "history"}
                 params["steps"] = denoiser.summary.steps
             seconds = (fit_seconds or 0.0) + predict_seconds
-            methods.append(MethodScore(name, evaluate(prediction), seconds, fit_seconds, predict_seconds, params))
+            scores = evaluate(prediction)
+            methods.append(MethodScore(name, scores, seconds, fit_seconds, predict_seconds, params, peak.mb))
             logger.info("%s: %s", name, methods[-1].scores)
 
         if self.pretrained:
@@ -749,7 +752,8 @@ class Denoiser(FineTunedTask):
                 skipped[name] = why
                 logger.warning("baseline %s skipped: %s", name, why)
                 continue
-            methods.append(MethodScore(name, evaluate(result.prediction), result.seconds, params=result.params))
+            scores = evaluate(result.prediction)
+            methods.append(MethodScore(name, scores, result.seconds, params=result.params, peak_mb=result.peak_mb))
             logger.info("%s: %s", name, methods[-1].scores)
         return DenoisingResult(
             protocol=protocol,
