@@ -11,10 +11,11 @@ from opencellplm.baselines.registry import REGISTRY, TASKS, baselines_for
 #: The keyword arguments each task passes its baselines (the registry's table).
 SIGNATURES = {
     "clustering": ["layer", "seed"],
+    "integration": ["batch_key", "layer", "seed"],
     "annotation": ["labels_key", "layer", "seed"],
     "denoising": ["layer", "seed"],
     "imputation": ["spatial_layer", "reference_layer", "seed"],
-    "perturbation": ["control", "seed"],
+    "perturbation": ["control", "seed", "train_cells", "labels_key"],
 }
 
 
@@ -33,8 +34,8 @@ def test_names_resolve_to_baselines_or_are_refused_naming_the_choices():
     assert list(baselines_for("denoising", ["scvi", "unchanged"])) == ["scvi", "unchanged"]  # in the order asked
     with pytest.raises(ValueError, match=r"unknown baseline\(s\) \['stplus'\] for imputation; choose among"):
         baselines_for("imputation", ["spage_style", "stplus"])  # not in this version: refused, not a skipped row
-    with pytest.raises(ValueError, match=r"unknown task 'integration'"):
-        baselines_for("integration")
+    with pytest.raises(ValueError, match=r"unknown task 'batch_correction'"):
+        baselines_for("batch_correction")
 
 
 def test_a_baseline_package_that_fails_on_the_data_is_a_row_saying_so_and_ours_raise():

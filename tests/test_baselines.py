@@ -315,3 +315,82 @@ def test_gimvi_imputes_the_reference_genes_in_the_spatial_cells():
     result = baselines.imputation.gimvi(spatial, reference, genes, max_epochs=10)
     assert result.prediction.shape == (120, 10) and np.isfinite(result.prediction).all()
     assert (result.prediction >= 0).all() and result.params["max_epochs"] == 10
+
+
+@pytest.mark.baselines
+def test_harmony_scanorama_and_scvi_embed_cells_of_several_batches():
+    """Needs the baselines extra (pip install -e '.[baselines]'; run with pytest -m baselines)."""
+    pytest.importorskip("harmonypy", reason="the baselines extra is not installed (pip install -e '.[baselines]')")
+    pytest.importorskip("scanorama", reason="the baselines extra is not installed (pip install -e '.[baselines]')")
+    from opencellplm.baselines import integration
+    from opencellplm.metrics.integration import integration_scores
+
+    adata = synthetic_adata(300, 120, n_types=3, n_batches=2, seed=4)
+    adata.X = adata.X.multiply(np.where(adata.obs["batch"] == "batch_1", 3.0, 1.0)[:, None]).tocsr()  # depth apart
+    adata.X.data = np.round(adata.X.data)
+    labels, batches = adata.obs["cell_type"].to_numpy(), adata.obs["batch"].to_numpy()
+    pca = integration_scores(integration.pca_uncorrected(adata, batch_key="batch").prediction, labels, batches)
+    harmony = integration_scores(integration.harmony(adata, batch_key="batch").prediction, labels, batches)
+    assert harmony.ilisi >= pca.ilisi - 0.05 and harmony.nmi > 0.6, (harmony, pca)
+    result = integration.scanorama(adata, batch_key="batch")
+    assert result.prediction.shape == (300, 100) and np.isfinite(result.prediction).all()
+    assert integration_scores(result.prediction, labels, batches).nmi > 0.6  # the types stay apart
+    assert integration.scvi_integrated(adata, batch_key="batch").prediction.shape == (300, 10)
+
+
+@pytest.mark.baselines
+def test_gears_runs_end_to_end_given_a_go_file(tmp_path, monkeypatch):
+    """Needs the baselines extra. The GO file here is made up (random terms): it checks the wrapper's plumbing
+    (labels, split, working folder, output), not GEARS's accuracy, which needs the real file."""
+    pytest.importorskip("gears", reason="the baselines extra is not installed (pip install -e '.[baselines]')")
+    import pickle
+
+    from opencellplm.data.perturbations import parse_labels
+    from opencellplm.datasets.perturbseq_simulator import simulate_perturbseq
+    from opencellplm.metrics import condition_means
+
+    genes = [f"G{i}" for i in range(40)]
+    adata = simulate_perturbseq(40, n_regulators=10, n_single=6, n_combo=3, cells_per_perturbation=12, gene_names=genes)
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    found = sorted(set(labels))
+    parsed = parse_labels(found, control="ctrl")
+    test = [label for label in found if "+" in label][:2]
+    train_cells = adata[~np.isin(labels, test)].copy()
+    means = condition_means(train_cells, train_cells.obs["perturbation"].astype(str).to_numpy())
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "gene2go_all.pkl", "wb") as handle:
+        pickle.dump({g: {f"GO:{rng.integers(0, 30):07d}" for _ in range(4)} for g in genes}, handle)
+    monkeypatch.chdir(tmp_path)  # GEARS's cache folder ./data must not appear here
+    result = baselines.perturbation.gears(
+        means, parsed, test, train_cells=train_cells, labels_key="perturbation", epochs=2, go_folder=str(tmp_path)
+    )
+    assert list(result.prediction.index) == test and np.isfinite(result.prediction.to_numpy()).all()
+    assert result.fit_seconds is not None and result.params["epochs"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gene2go_all.pkl"]
+
+
+@pytest.mark.baselines
+def test_gears_without_its_go_file_fails_saying_where_to_put_it(monkeypatch):
+    pytest.importorskip("gears", reason="the baselines extra is not installed (pip install -e '.[baselines]')")
+    import pandas as pd
+
+    monkeypatch.delenv("OPENCELLPLM_GEARS_DATA", raising=False)
+    means = pd.DataFrame(np.ones((2, 3)), index=["ctrl", "A"], columns=["A", "B", "C"])
+    from opencellplm.data.perturbations import parse_labels
+
+    with pytest.raises(FileNotFoundError, match=r"gene2go_all.pkl .*OPENCELLPLM_GEARS_DATA is not set"):
+        baselines.perturbation.gears(
+            means, parse_labels(["ctrl", "A", "B"], control="ctrl"), ["B"], train_cells=None, labels_key="x"
+        )
+
+
+def test_an_installed_package_that_does_not_import_is_a_failure_not_a_missing_extra(tmp_path, monkeypatch):
+    from opencellplm.baselines._common import BrokenPackage, import_package
+
+    (tmp_path / "brokenpkg_for_test").mkdir()
+    (tmp_path / "brokenpkg_for_test" / "__init__.py").write_text("from scvi._compat import Literal\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(BrokenPackage, match=r"installed but does not import: ModuleNotFoundError"):
+        import_package("brokenpkg_for_test", "Broken", "baselines")
+    with pytest.raises(ImportError, match=r"Absent needs the baselines extra"):
+        import_package("absentpkg_for_test", "Absent", "baselines")

@@ -155,7 +155,10 @@ def test_an_empty_folder_is_used_and_a_finished_run_continues(fake, tmp_path):
 def test_unknown_names_list_the_valid_ones(caplog, tmp_path):
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['clusterin'\]; choose among \['clustering', "):
         resolve_names(["clusterin"], None)
-    with pytest.raises(ValueError, match=r"unknown data set\(s\) \['pbmc'\]; choose among \['baron_human_pancreas', "):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown data set\(s\) \['pbmc'\]; choose among \['baron_human_donors', 'baron_human_pancreas', ",
+    ):
         resolve_names(None, ["pbmc"])
     with pytest.raises(ValueError, match=r"no task runs on the data sets \['bdtnp'\]"):
         resolve_names(["clustering"], ["bdtnp"])

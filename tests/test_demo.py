@@ -65,7 +65,7 @@ def test_demo_writes_report_pictures_and_results_and_replaces_only_its_own_folde
     assert [s["n_train"] for s in results["annotation_splits"]] == [160] * 3
     assert [s["seed"] for s in results["annotation_splits"]] == [0, 1, 2]
     assert set(results["annotation"][0]["methods"]) == {"cellplm", "celltypist_style", "l1_logistic_cv", "knn_on_pca"}
-    assert results["annotation_summary"]["knn_on_pca"]["predict_seconds"]["mean"] is None  # not measured
+    assert results["annotation_summary"]["knn_on_pca"]["predict_seconds"]["mean"] >= 0  # timed apart from the fit
     assert "| `knn_on_pca` |" in text and "— ± —" not in text
     f1 = results["annotation_summary"]["cellplm"]["macro_f1"]
     assert len(f1["values"]) == 3 and f1["mean"] == pytest.approx(np.mean(f1["values"]))

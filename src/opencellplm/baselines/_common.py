@@ -91,16 +91,35 @@ def root_logging_kept() -> Iterator[None]:
         root.setLevel(level)
 
 
+def package_version(distribution: str) -> str:
+    """The installed version of a distribution (e.g. ``"cell-gears"``), or ``"unknown"``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class BrokenPackage(RuntimeError):
+    """An optional baseline package is installed but does not import (e.g. it needs another version of one of its
+    dependencies): not a missing extra, a failure to report as such."""
+
+
 def import_package(module: str, what: str, extra: str):
-    """Import an optional baseline package, or an ImportError naming ``extra`` (``what`` names the method)."""
+    """Import an optional baseline package (``what`` names the method): an ImportError naming ``extra`` when it is
+    not installed, :class:`BrokenPackage` with the import's error when it is installed but does not import."""
     import importlib
+    import importlib.util
 
     try:
         with root_logging_kept(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # their own imports of scanpy internals
             return importlib.import_module(module)
     except ImportError as err:
-        raise ImportError(f"{what} needs the {extra} extra: {install_hint(extra)}") from err
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            raise ImportError(f"{what} needs the {extra} extra: {install_hint(extra)}") from err
+        raise BrokenPackage(f"{what}'s package is installed but does not import: {type(err).__name__}: {err}") from err
 
 
 def _import_scvi():
@@ -136,7 +155,7 @@ def _train_scvi(scvi, adata: AnnData, *, layer, batch_key, n_latent, max_epochs,
     scvi.model.SCVI.setup_anndata(work, batch_key=batch_key)
     model = scvi.model.SCVI(work, n_latent=n_latent)
     logger.info("scvi: training on %d cells x %d genes (max_epochs=%s)", *counts.shape, max_epochs)
-    model.train(max_epochs=max_epochs)
+    model.train(max_epochs=max_epochs, enable_progress_bar=False)
     return model, np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
 
 

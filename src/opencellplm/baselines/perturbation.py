@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from ..data.perturbations import CONTROL, GenePerturbation
-from ._common import BaselineResult
+from ._common import BaselineResult, _counts, _log_normalized, import_package, package_version, root_logging_kept
 
 logger = logging.getLogger(__name__)
 
@@ -313,4 +315,147 @@ def perturbation_linear(
             "n_test": len(labels),
             "n_perturbed_genes_not_measured": len(unknown),
         },
+    )
+
+
+class _SeriesMaskCSR(sp.csr_matrix):
+    """A CSR matrix that takes a pandas boolean Series as a row mask: GEARS 0.1.2 reads its control cells with
+    ``adata.X[adata.obs.condition == "ctrl"]``, which scipy 1.15 and later refuse, and calls ``X.toarray()``
+    elsewhere, so X must stay sparse."""
+
+    def __getitem__(self, key):
+        if isinstance(key, pd.Series):
+            key = key.to_numpy()
+        return super().__getitem__(key)
+
+
+#: The environment variable naming a folder with GEARS's Gene Ontology file (see :func:`gears`).
+GEARS_DATA_ENV = "OPENCELLPLM_GEARS_DATA"
+GEARS_GO_FILE = "gene2go_all.pkl"
+
+
+def gears(
+    train_means: pd.DataFrame,
+    parsed: Mapping[str, tuple[GenePerturbation, ...]],
+    test_labels: Sequence[str],
+    *,
+    train_cells,
+    labels_key: str,
+    control: str = CONTROL,
+    seed: int = 0,
+    epochs: int = 20,
+    go_folder: str | None = None,
+    device: str = "cpu",
+) -> BaselineResult:
+    """GEARS (the ``cell-gears`` package with ``torch-geometric``, extra ``baselines``; Roohani et al. 2023) at its
+    defaults (``model_initialize()``: hidden size 64, the GO graph of 20 similar genes, co-expression threshold 0.4;
+    ``train(epochs=20, lr=1e-3)``; batch size 32), trained on the training cells' log-normalised profiles and asked
+    for the mean profile of each test label (``predict``).
+
+    GEARS reads the Gene Ontology annotations its authors publish (``gene2go_all.pkl``, Harvard Dataverse file
+    6153417), which it downloads on first use; this package never downloads. Put the file in a folder and name it
+    with ``go_folder`` or the environment variable ``OPENCELLPLM_GEARS_DATA``; without it this baseline fails
+    saying so (a row with the reason). Its perturbation graph is the measured genes and the perturbed ones
+    (``default_pert_graph=False``). GEARS does not tell a knock-down from an activation: data with both directions
+    are refused. A test label with a gene outside GEARS's graph (no GO annotation) is predicted as the control, and
+    ``params`` counts such labels (``labels_outside_graph``). 10% of the training perturbations (seeded) are GEARS's
+    validation set, which picks its best epoch. ``seed`` seeds torch and that choice.
+
+    Parameters
+    ----------
+    train_means, parsed, test_labels, control, train_cells, labels_key
+        As for :func:`perturbation_additive`; ``train_cells``: AnnData of the training cells (control and training
+        perturbations), counts in ``X``, the label of each in ``obs[labels_key]``, genes in the columns of
+        ``train_means``.
+    epochs, device
+        GEARS's training length and torch device.
+    go_folder
+        Folder holding ``gene2go_all.pkl`` (default: ``$OPENCELLPLM_GEARS_DATA``).
+    """
+    import contextlib
+    import io
+    import os
+    import pickle
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    from anndata import AnnData
+
+    start = time.perf_counter()
+    _check_means(train_means, control)
+    labels = _test_labels(test_labels)
+    _check_parsed(parsed, labels, "test")
+    gears_module = import_package("gears", "GEARS", "baselines")
+    folder = go_folder or os.environ.get(GEARS_DATA_ENV)
+    if not folder or not (Path(folder) / GEARS_GO_FILE).is_file():
+        where = f"{folder}/{GEARS_GO_FILE} does not exist" if folder else f"${GEARS_DATA_ENV} is not set"
+        raise FileNotFoundError(
+            f"GEARS needs its Gene Ontology file {GEARS_GO_FILE} (Harvard Dataverse file 6153417), which it would "
+            f"download and this package never does ({where}); put the file in a folder and set ${GEARS_DATA_ENV}"
+        )
+    directions = {p.direction for genes in parsed.values() for p in genes}
+    if len(directions) > 1:
+        raise ValueError("GEARS does not tell a knock-down from an activation; these data have both")
+    cells = train_cells[:, list(train_means.columns)]
+    condition = cells.obs[labels_key].astype(str).to_numpy()
+    names = {control: "ctrl"}
+    for label in np.unique(condition):
+        if label != control:
+            genes = [p.gene for p in parsed.get(label, ())]
+            if not genes:
+                raise ValueError(f"the training label {label!r} names no perturbed gene; parse it with parse_labels")
+            names[label] = "+".join(genes + ["ctrl"] * (len(genes) == 1))
+    work = AnnData(_log_normalized(_counts(cells, None)))
+    work.obs["condition"] = [names[c] for c in condition]
+    work.obs["cell_type"] = "cell"
+    work.var["gene_name"] = list(train_means.columns.astype(str))
+    work.var_names = list(train_means.columns.astype(str))
+    perturbed = sorted({n for n in names.values() if n != "ctrl"})
+    rng = np.random.default_rng(seed)
+    validation = sorted(rng.choice(perturbed, max(1, len(perturbed) // 10), replace=False).tolist())
+    split = {"train": ["ctrl", *[n for n in perturbed if n not in validation]], "val": validation, "test": validation}
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in (GEARS_GO_FILE, "gene2go.pkl"):  # GEARS reads the same file under both names
+            shutil.copyfile(Path(folder) / GEARS_GO_FILE, Path(tmp) / name)
+        # GEARS caches its GO graph under ./data of the working directory (and reads it back by data set name):
+        # run it inside the temporary folder, so that it neither writes into the user's folder nor reads a stale graph
+        (Path(tmp) / "data").mkdir()
+        with root_logging_kept(), contextlib.chdir(tmp):
+            data = gears_module.PertData(tmp, default_pert_graph=False)
+            data.new_data_process("opencellplm", work)
+            data.adata.X = _SeriesMaskCSR(data.adata.X)  # after GEARS wrote its h5ad copy
+            with open(Path(tmp) / "split.pkl", "wb") as handle:
+                pickle.dump(split, handle)
+            data.prepare_split(split="custom", split_dict_path=str(Path(tmp) / "split.pkl"))
+            data.get_dataloader(batch_size=32, test_batch_size=128)
+            model = gears_module.GEARS(data, device=device)
+            model.model_initialize()
+            model.train(epochs=epochs)
+            fit_seconds = time.perf_counter() - start
+            known = set(model.pert_list)
+            rows, outside = [], 0
+            control_row = train_means.loc[control].to_numpy(dtype=np.float64)
+            for label in labels:
+                genes = [p.gene for p in parsed[label]]
+                if genes and all(g in known for g in genes):
+                    rows.append(np.asarray(model.predict([genes])["_".join(genes)], dtype=np.float64).ravel())
+                else:
+                    rows.append(control_row)
+                    outside += 1
+    return BaselineResult(
+        "gears",
+        _frame(np.asarray(rows), labels, train_means.columns),
+        time.perf_counter() - start,
+        params={
+            "package": f"cell-gears {package_version('cell-gears')}",
+            "epochs": epochs,
+            "seed": seed,
+            "validation_perturbations": len(validation),
+            "labels_outside_graph": outside,
+        },
+        fit_seconds=fit_seconds,
     )

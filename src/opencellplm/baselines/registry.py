@@ -8,11 +8,15 @@ entry. The signatures, keyword arguments after the data:
 task                      call
 ========================  =========================================================================================
 ``"clustering"``          ``run(adata, *, layer, seed)``: an embedding (cells x dims)
+``"integration"``         ``run(adata, *, batch_key, layer, seed)``: an embedding (cells x dims) of cells of several
+                          batches
 ``"annotation"``          ``run(train, test, *, labels_key, layer, seed)``: a label per test cell
 ``"denoising"``           ``run(corrupted, *, layer, seed)``: denoised counts (cells x genes)
 ``"imputation"``          ``run(spatial, reference, genes, *, spatial_layer, reference_layer, seed)``: the genes'
                           values in the spatial cells
-``"perturbation"``        ``run(train_means, parsed, test_labels, *, control, seed)``: mean log-normalised profiles
+``"perturbation"``        ``run(train_means, parsed, test_labels, *, control, seed, train_cells, labels_key)``: mean
+                          log-normalised profiles (``train_cells``: the training cells' counts, their labels in
+                          ``obs[labels_key]``)
 ========================  =========================================================================================
 
 Each returns a :class:`~opencellplm.baselines.BaselineResult` whose ``params`` hold its settings (its seed
@@ -26,10 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from .._memory import PeakMemory
-from . import annotation, denoising, embedding, imputation, perturbation
+from . import annotation, denoising, embedding, imputation, integration, perturbation
 from ._common import BaselineResult
 
-TASKS = ("clustering", "annotation", "denoising", "imputation", "perturbation")
+TASKS = ("clustering", "integration", "annotation", "denoising", "imputation", "perturbation")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,18 @@ def _entries() -> dict[str, dict[str, Baseline]]:
         lambda adata, *, layer, seed: embedding.scvi_embedding(adata, layer=layer, seed=seed),
         extra="scvi",
     )
+    for name, function, extra in (
+        ("pca", integration.pca_uncorrected, None),
+        ("scvi", integration.scvi_integrated, "scvi"),
+        ("harmony", integration.harmony, "baselines"),
+        ("scanorama", integration.scanorama, "baselines"),
+    ):
+        add(
+            "integration",
+            name,
+            lambda adata, *, batch_key, layer, seed, f=function: f(adata, batch_key=batch_key, layer=layer, seed=seed),
+            extra=extra,
+        )
     for name, function, extra in (
         ("celltypist_style", annotation.celltypist_style, None),
         ("l1_logistic_cv", annotation.l1_logistic_cv, None),
@@ -122,28 +138,38 @@ def _entries() -> dict[str, dict[str, Baseline]]:
     add(
         "perturbation",
         "no_change",
-        lambda means, parsed, test, *, control, seed: perturbation.perturbation_no_change(means, test, control=control),
+        lambda means, parsed, test, *, control, seed, train_cells, labels_key: perturbation.perturbation_no_change(
+            means, test, control=control
+        ),
     )
     add(
         "perturbation",
         "training_mean",
-        lambda means, parsed, test, *, control, seed: perturbation.perturbation_training_mean(
+        lambda means, parsed, test, *, control, seed, train_cells, labels_key: perturbation.perturbation_training_mean(
             means, test, control=control
         ),
     )
     add(
         "perturbation",
         "additive",
-        lambda means, parsed, test, *, control, seed: perturbation.perturbation_additive(
+        lambda means, parsed, test, *, control, seed, train_cells, labels_key: perturbation.perturbation_additive(
             means, parsed, test, control=control
         ),
     )
     add(
         "perturbation",
         "linear",
-        lambda means, parsed, test, *, control, seed: perturbation.perturbation_linear(
+        lambda means, parsed, test, *, control, seed, train_cells, labels_key: perturbation.perturbation_linear(
             means, parsed, test, control=control
         ),
+    )
+    add(
+        "perturbation",
+        "gears",
+        lambda means, parsed, test, *, control, seed, train_cells, labels_key: perturbation.gears(
+            means, parsed, test, control=control, seed=seed, train_cells=train_cells, labels_key=labels_key
+        ),
+        extra="baselines",
     )
     return registry
 

@@ -19,7 +19,7 @@ class Profile:
         stratified by label where there are labels); None: all.
     imputation_max_cells
         The same for each of the spatial data and the reference of the imputation task.
-    annotation_steps, denoising_steps, imputation_steps, perturbation_steps
+    annotation_steps, denoising_steps, imputation_steps, perturbation_steps, integration_steps
         Fine-tuning steps at most (early stopping may end a fit sooner).
     imputation_folds, imputation_folds_scored
         Genes are dealt into ``imputation_folds`` folds; each seed scores this many of them (seed-dependent).
@@ -47,6 +47,7 @@ class Profile:
     perturbation_single: int
     perturbation_combo: int
     perturbation_cells: int
+    integration_steps: int
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +71,7 @@ PROFILES: dict[str, Profile] = {
         perturbation_single=8,
         perturbation_combo=4,
         perturbation_cells=15,
+        integration_steps=5,
     ),
     "full": Profile(
         name="full",
@@ -88,6 +90,7 @@ PROFILES: dict[str, Profile] = {
         perturbation_single=60,
         perturbation_combo=40,
         perturbation_cells=50,
+        integration_steps=60,
     ),
 }
 

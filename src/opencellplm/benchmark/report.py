@@ -988,6 +988,7 @@ def _draw_figures(out: Path, figures_dir: Path, results: dict[str, Any]) -> _Fig
     artifacts = results.get("artifacts") or {}
     for kind, name, field_name, draw in (
         ("UMAP", "umap", "umap", _umap_figure),
+        ("UMAP by batch and cell type", "umap_batches", "integration_umap", _integration_umap_figure),
         ("spatial map", "spatial", "spatial_map", _spatial_figure),
     ):
         used: set[str] = set()
@@ -1180,6 +1181,47 @@ def _umap_figure(path: Path, task: _Task, entry: dict[str, Any], simulated: bool
     fig.suptitle(
         f"{task.title} / {entry.get('dataset')}{_suffix(simulated)}\nUMAP per representation, coloured by label "
         f"(seed {entry.get('seed')})",
+        fontsize=11,
+    )
+    _save(fig, target)
+    return target
+
+
+def _integration_umap_figure(path: Path, task: _Task, entry: dict[str, Any], simulated: bool, target: Path) -> Path:
+    """One row per embedding: its UMAP coloured by batch (left) and by cell type (right)."""
+    data = _load_npz(path)
+    if "labels" not in data or "batches" not in data:
+        raise ValueError(f"{path.name} needs 'labels' and 'batches' arrays")
+    colourings = {"batch": data.pop("batches").astype(str), "cell type": data.pop("labels").astype(str)}
+    if not data:
+        raise ValueError(f"{path.name} holds no representation besides the labels")
+    palettes = {}
+    for name, values in colourings.items():
+        categories = sorted(set(values.tolist()), key=_natural)
+        palettes[name] = dict(zip(categories, category_colours(len(categories))))
+    fig = _figure(10.5, 3.3 * len(data) + 1.0)
+    axes = fig.subplots(len(data), 2, squeeze=False)
+    for row, (method, rep) in zip(axes, data.items()):
+        rep = np.asarray(rep, dtype=float)
+        keep = np.isfinite(rep).all(axis=1)
+        xy = _umap_coordinates(rep[keep])
+        size = float(np.clip(4000 / max(keep.sum(), 1), 1, 20))
+        for ax, (name, values) in zip(row, colourings.items()):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            kept = values[keep]
+            for category, colour in palettes[name].items():
+                mask = kept == category
+                ax.scatter(xy[mask, 0], xy[mask, 1], s=size, color=colour, linewidths=0)
+            ax.set_title(f"{method}: by {name}", fontsize=10)
+    from matplotlib.lines import Line2D
+
+    for name, loc in (("batch", "outside left upper"), ("cell type", "outside right upper")):
+        handles = [Line2D([], [], marker="o", linestyle="", color=c, label=k) for k, c in palettes[name].items()]
+        fig.legend(handles=handles, loc=loc, title=name, fontsize=8)
+    fig.suptitle(
+        f"{task.title} / {entry.get('dataset')}{_suffix(simulated)}\nUMAP per embedding, coloured by batch and by "
+        f"cell type (seed {entry.get('seed')})",
         fontsize=11,
     )
     _save(fig, target)

@@ -182,6 +182,8 @@ class CellSets:
         #: The aligned counts: read by counts(), or substituted by with_counts() (then the sets read them).
         self._counts: sp.csr_matrix | None = None
         self._substituted = False
+        #: Each row's id for the decoder's batch covariate (with_batches()), or None.
+        self._batch_ids: np.ndarray | None = None
         logger.info("%d cells in %d cell sets", self.n_cells, len(self.sets))
 
     def counts(self) -> sp.csr_matrix:
@@ -219,6 +221,25 @@ class CellSets:
         other._counts, other._substituted = sp.csr_matrix(counts, dtype=np.float32), True
         return other
 
+    def with_batches(self, ids) -> CellSets:
+        """The same sets, each cell given its batch: ``ids`` holds one integer per row of ``adata`` (from 0), which
+        every set's :class:`~opencellplm.module.CellBatch` carries as ``batch`` for the decoder's batch covariate.
+        ``self`` is unchanged."""
+        ids = np.asarray(ids)
+        if ids.shape != (self.adata.n_obs,) or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(
+                f"batch ids must be one integer per cell ({self.adata.n_obs}), got {ids.dtype} of shape {ids.shape}"
+            )
+        if ids.size and ids.min() < 0:
+            raise ValueError(f"batch ids must be 0 or more, got {int(ids.min())}")
+        other = copy.copy(self)
+        other._batch_ids = ids.astype(np.int64)
+        return other
+
+    def _batch(self, x, rows: np.ndarray, coords: torch.Tensor | None, device) -> CellBatch:
+        ids = None if self._batch_ids is None else torch.as_tensor(self._batch_ids[rows], device=device)
+        return CellBatch(scipy_to_torch_csr(x, device), self._gene_index.to(device), coords, batch=ids)
+
     @property
     def n_cells(self) -> int:
         """Cells placed in a set (cells without counts are left out)."""
@@ -244,9 +265,7 @@ class CellSets:
             x = read_rows(self._counts, rows)
         else:
             x = read_rows(counts_matrix(self.adata, self.spec.layer), rows, self.report.alignment.columns)
-        return CellSet(
-            rows, CellBatch(scipy_to_torch_csr(x, device), self._gene_index.to(device), self._coords(rows, device))
-        )
+        return CellSet(rows, self._batch(x, rows, self._coords(rows, device), device))
 
     def _coords(self, rows: np.ndarray, device: torch.device | str) -> torch.Tensor | None:
         if not self._use_coords:
@@ -257,12 +276,11 @@ class CellSets:
         """Each set, in order, with its input on ``device``; the counts are read in blocks of sets."""
         matrix = self._counts if self._substituted else counts_matrix(self.adata, self.spec.layer)
         columns = None if self._substituted else self.report.alignment.columns
-        gene_index = self._gene_index.to(device)
         block_cells = block_rows(matrix, self.adata.n_vars, READ_BLOCK_CELLS)
         for rows_read, group, block in _read_in_blocks(matrix, self.sets, columns, block_cells):
             for rows in group:
                 x = block if rows_read is None else block[np.searchsorted(rows_read, rows)]
-                yield CellSet(rows, CellBatch(scipy_to_torch_csr(x, device), gene_index, self._coords(rows, device)))
+                yield CellSet(rows, self._batch(x, rows, self._coords(rows, device), device))
 
 
 def _read_in_blocks(matrix, sets: list[np.ndarray], columns: np.ndarray, block_cells: int):

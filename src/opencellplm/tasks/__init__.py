@@ -9,12 +9,14 @@ from .base import FineTunedTask, FineTuneRecipe
 from .clustering import ClusteringResult, score_clustering
 from .denoising import Denoiser, DenoisingRecipe, DenoisingResult
 from .imputation import ImputationRecipe, ImputationResult, SpatialImputer
+from .integration import BatchIntegrator, IntegrationRecipe, IntegrationResult, score_integration
 from .perturbation import PerturbationPredictor, PerturbationRecipe, PerturbationResult
 from .result import MethodScore, TaskResult
 
 __all__ = [
     "AnnotationRecipe",
     "AnnotationScores",
+    "BatchIntegrator",
     "CellTypeAnnotator",
     "ClusteringResult",
     "Denoiser",
@@ -24,6 +26,8 @@ __all__ = [
     "FineTunedTask",
     "ImputationRecipe",
     "ImputationResult",
+    "IntegrationRecipe",
+    "IntegrationResult",
     "MethodScore",
     "PerturbationPredictor",
     "PerturbationRecipe",
@@ -31,4 +35,5 @@ __all__ = [
     "SpatialImputer",
     "TaskResult",
     "score_clustering",
+    "score_integration",
 ]

@@ -92,7 +92,7 @@ from .._lognorm import log_normalize
 from .._memory import PeakMemory
 from .._sparse import scipy_to_torch_csr
 from .._threads import thread_settings
-from ..baselines.registry import REGISTRY, baselines_for
+from ..baselines.registry import REGISTRY, baselines_for, run_baseline
 from ..data.genes import normalise_gene_ids
 from ..data.sets import InputSpec
 from ..data.validate import require_anndata
@@ -350,9 +350,9 @@ class PerturbationFitSummary:
 class MethodRun:
     """One method on one seed's split: where its time and memory went.
 
-    ``fit_seconds`` / ``predict_seconds``: CellPLM's two parts; a baseline is one call, timed as
-    ``fit_seconds`` (``predict_seconds`` None). ``peak_rss_increase_mb``: how far the process's resident
-    memory rose above its level at the start of the method (sampled every 20 ms, see
+    ``fit_seconds`` / ``predict_seconds``: the two parts, where a method has them apart (CellPLM, GEARS); a
+    baseline that is one call is timed as ``fit_seconds`` (``predict_seconds`` None). ``peak_rss_increase_mb``:
+    how far the process's resident memory rose above its level at the start of the method (sampled every 20 ms, see
     :class:`~opencellplm._memory.PeakMemory`). ``peak_gpu_mb``: ``torch.cuda.max_memory_allocated`` on GPU,
     else None.
     """
@@ -793,6 +793,7 @@ class PerturbationPredictor(FineTunedTask):
         simulated = bool(isinstance(simulation, dict) and simulation.get("simulated", False))
 
         frames, runs, splits, fits = [], [], {}, {}
+        skipped: dict[str, str] = {}
         fit_options = {
             "perturbation_key": perturbation_key,
             "control": control,
@@ -836,13 +837,27 @@ class PerturbationPredictor(FineTunedTask):
                 change = predicted.value.to_numpy() - predictor.control_cells.mean
                 prediction = pd.DataFrame(control_profile.to_numpy() + change, index=test, columns=means.columns)
                 outcomes.append((name, prediction, run))
+            train_cells = work[np.isin(values, [control, *train])]  # a view: the packaged baselines copy it
             for name, baseline in chosen.items():
-                measured = _measure(
-                    partial(baseline.run, train_means, perturbed_parsed, test, control=control, seed=seed)
+                gpu_before = _reset_gpu_peak()
+                result, why = run_baseline(
+                    baseline,
+                    train_means,
+                    perturbed_parsed,
+                    test,
+                    control=control,
+                    seed=seed,
+                    train_cells=train_cells,
+                    labels_key=perturbation_key,
                 )
-                result = measured.value
+                if why is not None:
+                    skipped[name] = why
+                    logger.warning("baseline %s skipped: %s", name, why)
+                    continue
+                fit_s = round(result.seconds if result.fit_seconds is None else result.fit_seconds, 3)
+                predict_s = None if result.predict_seconds is None else round(result.predict_seconds, 3)
                 params = dict(result.params)
-                run = MethodRun(seed, name, measured.seconds, None, measured.rss_mb, measured.gpu_mb, params)
+                run = MethodRun(seed, name, fit_s, predict_s, result.peak_mb, _gpu_peak(gpu_before), params)
                 outcomes.append((name, result.prediction, run))
             for name, prediction, run in outcomes:
                 scores = perturbation_metrics.perturbation_scores(
@@ -870,6 +885,7 @@ class PerturbationPredictor(FineTunedTask):
             n_genes=len(columns),
             control=control,
             n_unlabelled_cells=n_unlabelled,
+            skipped=skipped,
         )
 
     # ------------------------------------------------------------------------------------- save / load
@@ -1111,6 +1127,18 @@ def _measure(function) -> _Measured:
         seconds = time.perf_counter() - tic
     gpu = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     return _Measured(value, round(seconds, 3), peak.mb, gpu)
+
+
+def _reset_gpu_peak() -> bool:
+    """Start a new GPU peak (True), or False without a GPU."""
+    if not torch.cuda.is_available():
+        return False
+    torch.cuda.reset_peak_memory_stats()
+    return True
+
+
+def _gpu_peak(started: bool) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if started else None
 
 
 def _max_or_none(*values: float | None) -> float | None:
