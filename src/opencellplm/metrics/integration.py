@@ -160,7 +160,8 @@ def lisi(x: np.ndarray, groups: np.ndarray, *, perplexity: float = LISI_PERPLEXI
 
 def _ilisi(x: np.ndarray, batches: np.ndarray) -> float:
     n_batches = len(np.unique(batches))
-    return float((np.median(lisi(x, batches)) - 1) / (n_batches - 1))
+    # clipped: a neighbourhood of one batch has LISI 1 up to float rounding, which would show as 2e-16
+    return float(np.clip((np.median(lisi(x, batches)) - 1) / (n_batches - 1), 0.0, 1.0))
 
 
 def _graph_connectivity(x: np.ndarray, labels: np.ndarray, n_neighbors: int) -> float:
