@@ -190,3 +190,15 @@ def test_score_puts_cellplm_and_the_baselines_in_one_table(adata, model):
     assert frame.loc["pca", "ilisi"] == pytest.approx(result.detail["pca"].ilisi)
     assert result.n_batches == 2 and result.n_cell_types == 3
     assert "embeddings" not in result.to_dict()
+
+
+def test_embed_writes_where_scverse_users_look_and_says_what_was_fitted(adata, model):
+    integrator = BatchIntegrator.from_pretrained(model, recipe=QUICK).fit(adata, "batch")
+    integrator.embed(adata)
+    np.testing.assert_allclose(
+        adata.obsm["X_cellplm_integrated"], integrator.get_latent_representation(adata), rtol=1e-5, atol=1e-6
+    )
+    record = adata.uns["cellplm"]["X_cellplm_integrated"]
+    assert record["integration"] == {"fitted": True, "batch_key": "batch", "batches": ["batch_0", "batch_1"]}
+    with pytest.raises(ValueError, match="adata is a view"):
+        integrator.embed(adata[:10])

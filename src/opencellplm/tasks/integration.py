@@ -151,6 +151,22 @@ class BatchIntegrator(FineTunedTask):
         model = CellPLM(module, self.base.genes, meta=self.base.meta, source=self.base.source, device=self.base.device)
         return model.get_latent_representation(adata, **input_spec.to_dict())
 
+    def embed(
+        self, adata: AnnData, *, key_added: str = "X_cellplm_integrated", spec: InputSpec | None = None, **spec_fields
+    ) -> BatchIntegrator:
+        """Write the embeddings to ``adata.obsm[key_added]`` and what made them to ``adata.uns['cellplm'][key_added]``
+        (the input settings, the checkpoint, and the batch key and batches the integrator was fitted on; see
+        :meth:`opencellplm.CellPLM.embed`). Returns ``self``."""
+        require_anndata(adata)
+        self._refuse_view(adata, "get_latent_representation()")
+        input_spec = resolve_spec(spec, spec_fields, self.spec)
+        module = self._require_module()
+        model = CellPLM(module, self.base.genes, meta=self.base.meta, source=self.base.source, device=self.base.device)
+        model.embed(adata, key_added=key_added, **input_spec.to_dict())
+        record = adata.uns["cellplm"][key_added]
+        record["integration"] = {"fitted": self.fitted, "batch_key": self.batch_key, "batches": list(self.batches)}
+        return self
+
     def _settings(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict(), "batch_key": self.batch_key, "batches": self.batches}
 
