@@ -139,7 +139,8 @@ def pretrain_variant(work: Path, corpus: Path, init, variant: str, seed: int, st
         checkpoint_every=max(steps // 4, 1),
     )
     logger.info("pretraining %s, seed %d, %d steps", variant, seed, steps)
-    pretrain(corpus, run, model=model, train=train, gene_embedding=init[0], decoder_bias=init[1])
+    resume = (run / "state.pt").exists()  # a run stopped part-way continues where it was
+    pretrain(corpus, run, model=model, train=train, gene_embedding=init[0], decoder_bias=init[1], resume=resume)
     return run
 
 
