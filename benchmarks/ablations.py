@@ -123,6 +123,10 @@ def _merge(base: dict, change: dict) -> dict:
 def pretrain_variant(work: Path, corpus: Path, init, variant: str, seed: int, steps: int) -> Path:
     """Pretrain one variant for one seed (or reuse the finished run) and return its run folder."""
     run = work / "runs" / f"{variant}-seed{seed}"
+    if (run / "config.json").exists():  # an earlier run of this variant: only with the same length
+        done = json.loads((run / "config.json").read_text())["train"]["steps"]
+        if done != steps:
+            raise SystemExit(f"{run} holds a run of {done} steps, not {steps}: use another --work or --steps {done}")
     if (run / "summary.json").exists():
         return run
     recipe = _recipe()
@@ -241,10 +245,9 @@ def main() -> int:
             started = time.perf_counter()
             run = pretrain_variant(work, corpus, (embedding, bias), variant, seed, args.steps)
             scores_file = run / "ablation_scores.json"
-            if scores_file.exists():
-                scores = json.loads(scores_file.read_text())
-            else:
-                scores = score(run, data, seed, args.annotation_steps)
+            scores = json.loads(scores_file.read_text()) if scores_file.exists() else {}
+            if scores.get("annotation_steps") != args.annotation_steps:  # none yet, or scored with other settings
+                scores = score(run, data, seed, args.annotation_steps) | {"annotation_steps": args.annotation_steps}
                 scores_file.write_text(json.dumps(scores, indent=2))
             rows.append({"variant": variant, "seed": seed} | scores)
             logger.info("%s seed %d done in %.1f min: %s", variant, seed, (time.perf_counter() - started) / 60, scores)

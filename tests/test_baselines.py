@@ -378,10 +378,25 @@ def test_gears_without_its_go_file_fails_saying_where_to_put_it(monkeypatch):
     means = pd.DataFrame(np.ones((2, 3)), index=["ctrl", "A"], columns=["A", "B", "C"])
     from opencellplm.data.perturbations import parse_labels
 
+    cells = AnnData(np.ones((4, 3), dtype=np.float32), obs=pd.DataFrame({"x": ["ctrl", "ctrl", "A", "A"]}))
+    cells.var_names = ["A", "B", "C"]
     with pytest.raises(FileNotFoundError, match=r"gene2go_all.pkl .*OPENCELLPLM_GEARS_DATA is not set"):
         baselines.perturbation.gears(
-            means, parse_labels(["ctrl", "A", "B"], control="ctrl"), ["B"], train_cells=None, labels_key="x"
+            means, parse_labels(["ctrl", "A", "B"], control="ctrl"), ["B"], train_cells=cells, labels_key="x"
         )
+
+
+def test_gears_refuses_bad_training_cells_whether_or_not_it_is_installed():
+    from opencellplm.data.perturbations import parse_labels
+
+    means = pd.DataFrame(np.ones((2, 3)), index=["ctrl", "A"], columns=["A", "B", "C"])
+    parsed = parse_labels(["ctrl", "A", "B"], control="ctrl")
+    cells = AnnData(np.ones((4, 3), dtype=np.float32), obs=pd.DataFrame({"x": ["ctrl", "ctrl", "A", "A"]}))
+    cells.var_names = ["A", "B", "C"]
+    with pytest.raises(KeyError, match="train_cells has no obs column 'label'"):
+        baselines.perturbation.gears(means, parsed, ["B"], train_cells=cells, labels_key="label")
+    with pytest.raises(ValueError, match=r"lacks 1 gene\(s\) of train_means: \['C'\]"):
+        baselines.perturbation.gears(means, parsed, ["B"], train_cells=cells[:, :2].copy(), labels_key="x")
 
 
 def test_an_installed_package_that_does_not_import_is_a_failure_not_a_missing_extra(tmp_path, monkeypatch):

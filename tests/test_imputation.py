@@ -187,7 +187,10 @@ def test_score_runs_cellplm_and_the_baselines_on_the_same_held_out_genes(spatial
     assert list(frame.index) == ["cellplm_fine_tuned", "cellplm_chunks", "reference_mean", "spage_style"]
     assert frame["folds"].tolist() == [2, 2, 2, 2]
     assert frame[["pearson", "cosine", "rmse"]].notna().all().all()
-    assert frame.loc["cellplm_fine_tuned", "fit_seconds"] > 0 and np.isnan(frame.loc["spage_style", "fit_seconds"])
+    assert frame.loc["cellplm_fine_tuned", "fit_seconds"] > 0 and frame.loc["cellplm_fine_tuned", "predict_seconds"] > 0
+    # a baseline timed as one call counts as fitting, as in every task
+    assert frame.loc["spage_style", "fit_seconds"] > 0 and np.isnan(frame.loc["spage_style", "predict_seconds"])
+    assert frame.loc["spage_style", "peak_memory_mb"] >= 0
     per_fold = result.per_fold()
     assert per_fold.loc[("cellplm_fine_tuned", 0), "n_genes"] == len(result.folds[0]) <= 20
     assert not set(result.folds[0]) & set(result.folds[1])

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from opencellplm import testing
-from opencellplm.baselines import integration as integration_baselines
 from opencellplm.baselines.registry import REGISTRY
 from opencellplm.metrics.integration import integration_scores, lisi
 from opencellplm.tasks import BatchIntegrator, IntegrationRecipe, score_integration
@@ -61,6 +60,17 @@ def test_lisi_counts_the_groups_mixed_in_each_neighbourhood():
     assert np.median(lisi(x_apart, apart)) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_missing_labels_of_any_kind_and_tiny_types_are_handled():
+    import pandas as pd
+
+    x, labels, batches = _points(separate=False)
+    labels = pd.array(labels.tolist(), dtype="string")
+    labels[:4] = pd.NA
+    labels[4:6], batches[4:6] = "rare", ["0", "1"]  # two cells in two batches: no batch silhouette to take
+    scores = integration_scores(x, labels, batches)
+    assert scores.n_cells == len(x) - 4 and np.isfinite(scores.batch_asw)
+
+
 def test_cells_without_an_embedding_or_a_label_are_left_out():
     x, labels, batches = _points(separate=False)
     x[:5] = np.nan
@@ -85,12 +95,14 @@ def test_unscorable_input_is_refused(change, message):
 
 # ---------------------------------------------------------------------------------------------- baselines
 def test_one_batch_or_a_missing_column_is_refused_by_every_baseline(adata):
+    """Whether or not its package is installed: the input's faults come first."""
     for baseline in REGISTRY["integration"].values():
         with pytest.raises(KeyError, match="'donor' is not an obs column"):
             baseline.run(adata, batch_key="donor", layer=None, seed=0)
     adata.obs["batch"] = "only"
-    with pytest.raises(ValueError, match="one batch"):
-        integration_baselines.pca_uncorrected(adata, batch_key="batch")
+    for baseline in REGISTRY["integration"].values():
+        with pytest.raises(ValueError, match="holds one batch"):
+            baseline.run(adata, batch_key="batch", layer=None, seed=0)
 
 
 def test_a_baseline_whose_package_is_missing_is_a_row_saying_so(adata, model, monkeypatch):
@@ -114,14 +126,13 @@ def test_fit_gives_the_decoder_one_row_per_batch_and_changes_the_embedding(adata
     integrator.fit(adata, "batch")
     table = integrator.module.decoder.blocks[0].covariates["batch"].embedding.weight
     assert table.shape[0] == 2 and integrator.batches == ["batch_0", "batch_1"]
-    # each new row started at the mean of the pretrained rows (what a cell without a batch gets)
     assert integrator.summary.steps == QUICK.steps
     after = integrator.get_latent_representation(adata)
     assert after.shape == before.shape and not np.allclose(after, before)
     assert model.module.decoder.blocks[0].covariates["batch"].embedding.weight.shape[0] == 3  # the base is untouched
 
 
-def test_new_batch_rows_start_at_the_mean_of_the_pretrained_ones(model):
+def test_new_batch_rows_start_at_the_mean_of_the_pretrained_ones_and_fresh_tables_stay_fresh(model):
     from opencellplm.tasks.integration import _with_batch_rows
 
     pretrained = model.module.state_dict()
@@ -130,30 +141,56 @@ def test_new_batch_rows_start_at_the_mean_of_the_pretrained_ones(model):
     merged = _with_batch_rows(pretrained, target)
     assert merged[key].shape == (5, pretrained[key].shape[1])
     torch.testing.assert_close(merged[key][3], pretrained[key].mean(0))
+    without = {k: v for k, v in pretrained.items() if ".covariates.batch." not in k}  # pretrained with no batch table
+    fresh = dict(target) | {key: torch.randn(5, pretrained[key].shape[1])}
+    torch.testing.assert_close(_with_batch_rows(without, fresh)[key], fresh[key])
 
 
-def test_the_decoder_is_given_each_cell_s_batch(adata, model):
-    integrator = BatchIntegrator.from_pretrained(model, recipe=QUICK).fit(adata, "batch")
-    seen = []
-    decoder = integrator.module.decoder
-    original = decoder.forward
+def test_fit_gives_the_decoder_each_cell_s_batch_and_starts_the_rows_at_the_pretrained_mean(adata, model, monkeypatch):
+    from opencellplm.tasks import integration
 
-    def spy(z, batch, **kwargs):
-        seen.append(batch.batch)
-        return original(z, batch, **kwargs)
+    seen, started = [], []
 
-    decoder.forward = spy
-    integrator.module.train()
-    from opencellplm.data.sets import InputSpec
+    class Spy(integration.CellPLMModule):
+        def forward(self, batch, **kwargs):
+            seen.append(None if batch.batch is None else batch.batch.tolist())
+            return super().forward(batch, **kwargs)
 
-    sets = model.cell_sets(adata, InputSpec(sample_key="batch")).with_batches(
-        np.searchsorted(["batch_0", "batch_1"], adata.obs["batch"].astype(str).to_numpy())
+        def load_state_dict(self, state, *args, **kwargs):
+            started.append({k: v.clone() for k, v in state.items() if ".covariates.batch.embedding." in k})
+            return super().load_state_dict(state, *args, **kwargs)
+
+    monkeypatch.setattr(integration, "CellPLMModule", Spy)
+    BatchIntegrator.from_pretrained(model, recipe=QUICK).fit(adata, "batch")
+    assert seen and all(ids is not None and len(set(ids)) == 1 for ids in seen)  # one batch per set, always given
+    assert {ids[0] for ids in seen} == {0, 1}
+    pretrained = model.module.state_dict()["decoder.blocks.0.covariates.batch.embedding.weight"]
+    (first,) = started[:1]
+    table = first["decoder.blocks.0.covariates.batch.embedding.weight"]
+    assert table.shape[0] == 2
+    torch.testing.assert_close(table, pretrained.mean(0, keepdim=True).expand(2, -1))
+
+
+def test_an_embedding_that_cannot_be_scored_is_a_row_saying_why(adata):
+    left_out = np.zeros((adata.n_obs, 4))
+    left_out[(adata.obs["batch"] == "batch_1").to_numpy()] = np.nan  # a model that left out a whole batch
+    result = score_integration(adata, "batch", "cell_type", embeddings={"partial": left_out}, baselines=("pca",))
+    assert [m.method for m in result.methods] == ["pca"]
+    assert result.skipped["partial"].startswith("not scored: integration scores need cells of at least 2 batches")
+
+
+def test_bad_embeddings_and_labels_are_refused_before_any_baseline_runs(adata, monkeypatch):
+    ran = []
+    entry = REGISTRY["integration"]["pca"]
+    monkeypatch.setitem(
+        REGISTRY["integration"], "pca", type(entry)("pca", "integration", lambda *a, **k: ran.append(1), None)
     )
-    for cell_set in sets:
-        integrator.module(cell_set.batch)
-        expected = adata.obs["batch"].astype(str).to_numpy()[cell_set.rows]
-        assert len(set(expected)) == 1  # a set never mixes batches
-        assert set(seen[-1].tolist()) == {["batch_0", "batch_1"].index(expected[0])}
+    with pytest.raises(ValueError, match="embedding 'short' has shape"):
+        score_integration(adata, "batch", "cell_type", embeddings={"short": np.zeros((3, 2))}, baselines=("pca",))
+    adata.obs["one_type"] = "t"
+    with pytest.raises(ValueError, match="holds 1 cell type"):
+        score_integration(adata, "batch", "one_type", baselines=("pca",))
+    assert not ran
 
 
 def test_samples_that_mix_batches_are_refused(adata, model):

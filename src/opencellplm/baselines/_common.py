@@ -40,8 +40,8 @@ class BaselineResult:
         Wall time of the whole call, preprocessing included.
     fit_seconds
         The part of ``seconds`` spent before predicting (reading the data and fitting), where a baseline has the
-        two apart (annotation, imputation); None for a method that is one transductive call (embeddings,
-        denoising, the perturbation means). :attr:`predict_seconds` is the rest.
+        two apart (the annotation baselines, Tangram, gimVI, GEARS); None for a method that is one call
+        (embeddings, denoising, the perturbation means). :attr:`predict_seconds` is the rest.
     probabilities
         Annotation only: ``(n_test_cells, n_classes)`` class probabilities, columns in the order of ``classes``.
     classes
@@ -66,6 +66,11 @@ class BaselineResult:
     def predict_seconds(self) -> float | None:
         """``seconds - fit_seconds`` where the fit is timed apart, else None."""
         return None if self.fit_seconds is None else max(self.seconds - self.fit_seconds, 0.0)
+
+    def timing(self) -> tuple[float, float | None]:
+        """``(fit seconds, predict seconds)`` for a task's table: a method timed as one call counts as fitting
+        (``predict`` None), the convention of every task."""
+        return (self.seconds, None) if self.fit_seconds is None else (self.fit_seconds, self.predict_seconds)
 
 
 def install_hint(extra: str) -> str:

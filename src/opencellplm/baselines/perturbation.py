@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -318,6 +319,34 @@ def perturbation_linear(
     )
 
 
+def _training_cells(train_cells, labels_key: str, train_means: pd.DataFrame):
+    """The training cells on the genes of ``train_means``, checked: an AnnData with ``obs[labels_key]`` and every
+    gene."""
+    from anndata import AnnData
+
+    if not isinstance(train_cells, AnnData):
+        raise TypeError(f"train_cells must be an AnnData of the training cells, got {type(train_cells).__name__}")
+    if labels_key not in train_cells.obs:
+        raise KeyError(f"train_cells has no obs column {labels_key!r}; it has {list(train_cells.obs.columns)}")
+    missing = [g for g in train_means.columns if g not in train_cells.var_names]
+    if missing:
+        raise ValueError(f"train_cells lacks {len(missing)} gene(s) of train_means: {missing[:_SHOWN]}")
+    return train_cells[:, list(train_means.columns)]
+
+
+@contextmanager
+def _working_directory(path) -> Iterator[None]:
+    """Run a block in ``path`` (``contextlib.chdir`` from Python 3.11, which this package does not require)."""
+    import os
+
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 class _SeriesMaskCSR(sp.csr_matrix):
     """A CSR matrix that takes a pandas boolean Series as a row mask: GEARS 0.1.2 reads its control cells with
     ``adata.X[adata.obs.condition == "ctrl"]``, which scipy 1.15 and later refuse, and calls ``X.toarray()``
@@ -387,19 +416,11 @@ def gears(
     _check_means(train_means, control)
     labels = _test_labels(test_labels)
     _check_parsed(parsed, labels, "test")
-    gears_module = import_package("gears", "GEARS", "baselines")
-    folder = go_folder or os.environ.get(GEARS_DATA_ENV)
-    if not folder or not (Path(folder) / GEARS_GO_FILE).is_file():
-        where = f"{folder}/{GEARS_GO_FILE} does not exist" if folder else f"${GEARS_DATA_ENV} is not set"
-        raise FileNotFoundError(
-            f"GEARS needs its Gene Ontology file {GEARS_GO_FILE} (Harvard Dataverse file 6153417), which it would "
-            f"download and this package never does ({where}); put the file in a folder and set ${GEARS_DATA_ENV}"
-        )
+    cells = _training_cells(train_cells, labels_key, train_means)
+    condition = cells.obs[labels_key].astype(str).to_numpy()
     directions = {p.direction for genes in parsed.values() for p in genes}
     if len(directions) > 1:
         raise ValueError("GEARS does not tell a knock-down from an activation; these data have both")
-    cells = train_cells[:, list(train_means.columns)]
-    condition = cells.obs[labels_key].astype(str).to_numpy()
     names = {control: "ctrl"}
     for label in np.unique(condition):
         if label != control:
@@ -407,6 +428,14 @@ def gears(
             if not genes:
                 raise ValueError(f"the training label {label!r} names no perturbed gene; parse it with parse_labels")
             names[label] = "+".join(genes + ["ctrl"] * (len(genes) == 1))
+    gears_module = import_package("gears", "GEARS", "baselines")  # after the input's own faults
+    folder = go_folder or os.environ.get(GEARS_DATA_ENV)
+    if not folder or not (Path(folder) / GEARS_GO_FILE).is_file():
+        where = f"{folder}/{GEARS_GO_FILE} does not exist" if folder else f"${GEARS_DATA_ENV} is not set"
+        raise FileNotFoundError(
+            f"GEARS needs its Gene Ontology file {GEARS_GO_FILE} (Harvard Dataverse file 6153417), which it would "
+            f"download and this package never does ({where}); put the file in a folder and set ${GEARS_DATA_ENV}"
+        )
     work = AnnData(_log_normalized(_counts(cells, None)))
     work.obs["condition"] = [names[c] for c in condition]
     work.obs["cell_type"] = "cell"
@@ -424,7 +453,7 @@ def gears(
         # GEARS caches its GO graph under ./data of the working directory (and reads it back by data set name):
         # run it inside the temporary folder, so that it neither writes into the user's folder nor reads a stale graph
         (Path(tmp) / "data").mkdir()
-        with root_logging_kept(), contextlib.chdir(tmp):
+        with root_logging_kept(), _working_directory(tmp):
             data = gears_module.PertData(tmp, default_pert_graph=False)
             data.new_data_process("opencellplm", work)
             data.adata.X = _SeriesMaskCSR(data.adata.X)  # after GEARS wrote its h5ad copy

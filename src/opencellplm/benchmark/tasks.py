@@ -256,6 +256,8 @@ def _load_pancreas_species(profile: Profile):
     mouse.var_names = mouse.var_names.str.upper()
     mouse = mouse[:, ~mouse.var_names.duplicated()]
     shared = human.var_names.intersection(mouse.var_names)
+    if len(shared) == 0:
+        raise ValueError("the human and mouse pancreas share no gene symbol once mouse symbols are upper-cased")
     parts = {"human": human[:, shared], "mouse": mouse[:, shared]}
     adata = ad.concat(parts, label=BATCH, index_unique="-")
     adata.obs[CELL_TYPE] = adata.obs[CELL_TYPE].astype(str).astype("category")
@@ -268,11 +270,11 @@ def run_integration(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResu
 
     model = CellPLM.from_pretrained(ctx.checkpoint)
     embeddings, seconds, peaks = {}, {}, {}
-    zero_shot = timed_embedding(lambda: model.get_latent_representation(adata, sample_key=BATCH))
+    zero_shot = timed_embedding(lambda: model.get_latent_representation(adata, sample_key=BATCH), model.device)
     embeddings["cellplm_zero_shot"], seconds["cellplm_zero_shot"], peaks["cellplm_zero_shot"] = zero_shot
     recipe = IntegrationRecipe(steps=ctx.profile.integration_steps, seed=seed)
     integrator = BatchIntegrator.from_pretrained(model, recipe=recipe)
-    fine_tuned = timed_embedding(lambda: integrator.fit(adata, BATCH).get_latent_representation(adata))
+    fine_tuned = timed_embedding(lambda: integrator.fit(adata, BATCH).get_latent_representation(adata), model.device)
     embeddings["cellplm_fine_tuned"], seconds["cellplm_fine_tuned"], peaks["cellplm_fine_tuned"] = fine_tuned
     result = score_integration(
         adata, BATCH, CELL_TYPE, embeddings=embeddings, seconds=seconds, peak_mb=peaks, seed=seed
@@ -311,8 +313,9 @@ def run_annotation(ctx: RunContext, dataset: str, adata, seed: int) -> UnitResul
     records = []
     for pretrained in (True, False):
         make = CellTypeAnnotator.from_pretrained if pretrained else CellTypeAnnotator.from_scratch
-        with PeakMemory() as fit_peak:
-            annotator = make(ctx.checkpoint, recipe=recipe).fit(adata, "cell_type", train_cells=train_cells)
+        annotator = make(ctx.checkpoint, recipe=recipe)
+        with PeakMemory(annotator.base.device) as fit_peak:  # the device score measures its prediction on
+            annotator.fit(adata, "cell_type", train_cells=train_cells)
         baselines = ("celltypist_style", "l1_logistic_cv", "knn_on_pca", "celltypist", "scanvi") if pretrained else ()
         result = annotator.score(adata, "cell_type", test_cells=~train_cells, baselines=baselines, seed=seed)
         # CellPLM's peak covers its fit (before score) and its prediction (in score)

@@ -1,18 +1,20 @@
 """How well an embedding removes batch effects and keeps cell types: the scib metrics (Luecken et al. 2022).
 
-Computed here with scikit-learn, scipy and the Leiden sweep of :mod:`.clustering`, following the definitions of
-scib-metrics (which needs jax, so it is not a dependency; ``tests/test_integration.py`` compares the two where it
-is installed). Each score lies in [0, 1], higher is better:
+Computed here with scikit-learn, scipy and the Leiden sweep of :mod:`.clustering`, following the definitions of scib
+and scib-metrics (which needs jax, so it is not a dependency). Each score lies in [0, 1], higher is better:
 
 bio conservation
-    ``nmi`` and ``ari``: of Leiden clusters against the cell types, at the resolution of the sweep with the
-    highest NMI (scib's choice); ``label_asw``: the cell-type silhouette, rescaled ``(s + 1) / 2``.
+    ``nmi`` and ``ari``: of Leiden clusters against the cell types, at the resolution with the highest NMI (scib's
+    choice, over this package's sweep 0.1-1.4 where scib sweeps 0.1-2.0); ``label_asw``: the cell-type silhouette,
+    rescaled ``(s + 1) / 2``.
 batch correction
     ``batch_asw``: within each cell type, ``1 - |s|`` of every cell's silhouette over the batches, averaged per
-    type, then over types; ``ilisi``: the median inverse Simpson index of the batches among each cell's
-    neighbours (LISI, Korsunsky et al. 2019, perplexity 30 over 90 neighbours), as ``(median - 1) / (B - 1)``;
-    ``graph_connectivity``: per cell type, the share of its cells in the largest connected piece of the kNN graph
-    restricted to that type, averaged over types.
+    type, then over types (a type seen in one batch only, or with no more cells than batches, is left out, as scib
+    does); ``ilisi``: the median inverse Simpson index of the batches among each cell's neighbours (LISI, Korsunsky
+    et al. 2019, perplexity 30 over 90 neighbours), as ``(median - 1) / (B - 1)``; ``graph_connectivity``: per cell
+    type, the share of its cells in the largest connected piece of the kNN graph restricted to that type (the graph
+    taken as undirected, as scib does; scib-metrics asks for strongly connected pieces of the directed graph, which
+    can only score lower), averaged over types.
 
 ``bio_conservation`` and ``batch_correction`` are the means of their three scores and ``overall`` is
 ``0.6 * bio + 0.4 * batch``, scib's weights, unscaled (scib-metrics' ``Benchmarker`` can min-max scale each score
@@ -25,7 +27,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from ._common import _as_label_array
 from .clustering import clustering_scores
 
 #: LISI's perplexity and neighbours (scib-metrics: 90 neighbours, perplexity a third of them).
@@ -81,13 +85,12 @@ def integration_scores(
     from sklearn.metrics import silhouette_samples, silhouette_score
 
     x = np.asarray(embedding, dtype=np.float64)
-    labels, batches = np.asarray(labels, dtype=object), np.asarray(batches, dtype=object)
+    labels, batches = _as_label_array(labels, "labels"), _as_label_array(batches, "batches")
     if x.ndim != 2 or not len(x) == len(labels) == len(batches):
         raise ValueError(
             f"embedding, labels and batches need one row per cell each, got {x.shape}, {labels.shape}, {batches.shape}"
         )
-    has_label = np.array([v is not None and v == v for v in labels])
-    keep = ~np.isnan(x).any(1) & has_label & np.array([v is not None and v == v for v in batches])
+    keep = np.isfinite(x).all(1) & ~pd.isna(labels) & ~pd.isna(batches)
     x, labels, batches = x[keep], labels[keep].astype(str), batches[keep].astype(str)
     n_batches, n_types = len(np.unique(batches)), len(np.unique(labels))
     if n_batches < 2:
@@ -102,8 +105,9 @@ def integration_scores(
     per_type = []
     for label in np.unique(labels):
         rows = labels == label
-        if len(np.unique(batches[rows])) < 2 or rows.sum() < 3:
-            continue  # scib leaves out a type seen in one batch only: nothing to mix
+        n_here = len(np.unique(batches[rows]))
+        if n_here < 2 or n_here >= rows.sum():
+            continue  # as scib: a type seen in one batch has nothing to mix, and a silhouette needs 2..n-1 groups
         per_type.append(float(np.mean(1 - np.abs(silhouette_samples(x[rows], batches[rows])))))
     batch_asw = float(np.mean(per_type)) if per_type else float("nan")
     ilisi = _ilisi(x, batches)

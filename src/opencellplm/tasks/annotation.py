@@ -599,8 +599,7 @@ class CellTypeAnnotator(FineTunedTask):
                     logger.warning("baseline %s skipped: %s", baseline, why)
                     continue
                 # params: the baseline's settings, its seed included
-                fit_s = round(result.seconds if result.fit_seconds is None else result.fit_seconds, 2)
-                predict_s = None if result.predict_seconds is None else round(result.predict_seconds, 2)
+                fit_s, predict_s = (None if t is None else round(t, 2) for t in result.timing())
                 scores = classification_scores(truth, result.prediction)
                 add(baseline, scores, fit_s, predict_s, result.params, result.peak_mb)
         return AnnotationScores(

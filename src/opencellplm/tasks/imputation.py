@@ -801,10 +801,7 @@ class SpatialImputer(FineTunedTask):
                     skipped[name] = why
                     logger.warning("baseline %s skipped: %s", name, why)
                     continue
-                # a baseline timed as one call counts as predicting (it learns nothing it keeps)
-                fit_s = result.fit_seconds
-                predict_s = result.seconds if fit_s is None else result.predict_seconds
-                record(name, result.prediction, fit_s, predict_s, result.peak_mb, result.params)
+                record(name, result.prediction, *result.timing(), result.peak_mb, result.params)
         return ImputationResult(
             folds=[[shared[i] for i in genes] for genes in fold_genes],
             scored_folds=list(chosen),

@@ -59,7 +59,8 @@ class BatchIntegrator(FineTunedTask):
     """A CellPLM model fine-tuned on cells of several batches, its decoder given each cell's batch.
 
     :meth:`fit` gives the decoder a new batch table (one row per batch of the data, each starting at the mean of
-    the pretrained rows, which is what the decoder uses for a cell without a batch) and fine-tunes every weight
+    the pretrained rows, which is what the decoder gives a cell without a batch; random rows for a model from
+    scratch or one pretrained without a batch table) and fine-tunes every weight
     with the pretraining objective on cell sets that never mix batches; :meth:`get_latent_representation` embeds
     with the fine-tuned encoder, which never sees the batch. Before :meth:`fit`, a pretrained integrator embeds
     zero-shot.
@@ -146,10 +147,13 @@ class BatchIntegrator(FineTunedTask):
     def get_latent_representation(self, adata: AnnData, *, spec: InputSpec | None = None, **spec_fields) -> np.ndarray:
         """Cell embeddings of the fitted encoder (see :meth:`opencellplm.CellPLM.get_latent_representation`),
         read with the input settings of :meth:`fit` unless others are given; writes nothing."""
-        module = self._require_module()
         input_spec = resolve_spec(spec, spec_fields, self.spec)
-        model = CellPLM(module, self.base.genes, meta=self.base.meta, source=self.base.source, device=self.base.device)
-        return model.get_latent_representation(adata, **input_spec.to_dict())
+        return self._model().get_latent_representation(adata, **input_spec.to_dict())
+
+    def _model(self) -> CellPLM:
+        """The weights in use as a :class:`~opencellplm.CellPLM` (the base's vocabulary, rule and identity)."""
+        module = self._require_module()
+        return CellPLM(module, self.base.genes, meta=self.base.meta, source=self.base.source, device=self.base.device)
 
     def embed(
         self, adata: AnnData, *, key_added: str = "X_cellplm_integrated", spec: InputSpec | None = None, **spec_fields
@@ -160,9 +164,7 @@ class BatchIntegrator(FineTunedTask):
         require_anndata(adata)
         self._refuse_view(adata, "get_latent_representation()")
         input_spec = resolve_spec(spec, spec_fields, self.spec)
-        module = self._require_module()
-        model = CellPLM(module, self.base.genes, meta=self.base.meta, source=self.base.source, device=self.base.device)
-        model.embed(adata, key_added=key_added, **input_spec.to_dict())
+        self._model().embed(adata, key_added=key_added, **input_spec.to_dict())
         record = adata.uns["cellplm"][key_added]
         record["integration"] = {"fitted": self.fitted, "batch_key": self.batch_key, "batches": list(self.batches)}
         return self
@@ -215,7 +217,8 @@ class IntegrationResult(TaskResult):
     detail
         Each method's :class:`~opencellplm.metrics.integration.IntegrationScores`.
     n_cells, n_batches, n_cell_types
-        What was scored.
+        What was scored: the most cells any method was scored on (each method's own count is in its ``params``:
+        cells a model left out, NaN rows, are left out of its scores), the batches and the labelled cell types.
     settings
         ``batch_key``, ``labels_key``, ``seed``, ``n_neighbors``.
     embeddings
@@ -274,11 +277,17 @@ def score_integration(
     if labels_key not in adata.obs:
         raise KeyError(f"labels_key {labels_key!r} is not an obs column; adata.obs has {list(adata.obs.columns)}")
     labels = adata.obs[labels_key].to_numpy()
+    known = pd.unique(pd.Series(labels).dropna())
+    if len(known) < 2:
+        raise ValueError(f"obs[{labels_key!r}] holds {len(known)} cell type(s); the scores need at least 2")
+    representations = {name: np.asarray(e) for name, e in (embeddings or {}).items()}
+    for name, embedding in representations.items():  # before any baseline runs
+        if embedding.ndim != 2 or len(embedding) != adata.n_obs:
+            raise ValueError(f"embedding {name!r} has shape {embedding.shape}; it needs one row per cell of adata")
     chosen = baselines_for("integration", baselines)
     methods, skipped, detail, kept = [], {}, {}, {}
     seconds, peak_mb = dict(seconds or {}), dict(peak_mb or {})
     params: dict[str, dict[str, Any]] = {}
-    representations = dict(embeddings or {})
     for name, baseline in chosen.items():
         result, why = run_baseline(baseline, adata, batch_key=batch_key, layer=layer, seed=seed)
         if why is not None:
@@ -288,15 +297,17 @@ def score_integration(
         representations[name] = result.prediction
         seconds[name], peak_mb[name], params[name] = result.seconds, result.peak_mb, result.params
     for name, embedding in representations.items():
-        embedding = np.asarray(embedding)
-        if embedding.ndim != 2 or len(embedding) != adata.n_obs:
-            raise ValueError(f"embedding {name!r} has shape {embedding.shape}; it needs one row per cell of adata")
-        scores = integration_scores(embedding, labels, batches, n_neighbors=n_neighbors, seed=seed)
+        try:
+            scores = integration_scores(embedding, labels, batches, n_neighbors=n_neighbors, seed=seed)
+        except ValueError as err:  # e.g. an embedding that left out every cell of a batch: a row saying so
+            skipped[name] = f"not scored: {err}"
+            logger.warning("%s not scored: %s", name, err)
+            continue
         detail[name], kept[name] = scores, embedding
         values = {key: getattr(scores, key) for key in SCORES}
-        methods.append(
-            MethodScore(name, values, seconds.get(name), params=params.get(name, {}), peak_mb=peak_mb.get(name))
-        )
+        # n_cells: the cells this method was scored on (those it embedded, with a label)
+        method_params = params.get(name, {}) | {"n_cells": scores.n_cells}
+        methods.append(MethodScore(name, values, seconds.get(name), params=method_params, peak_mb=peak_mb.get(name)))
         logger.info(
             "%s: overall %.3f (bio %.3f, batch %.3f)",
             name,
@@ -305,23 +316,23 @@ def score_integration(
             scores.batch_correction,
         )
     if not methods:
-        raise ValueError("nothing to score: no embeddings given and every baseline was skipped")
-    first = next(iter(detail.values()))
+        raise ValueError(f"nothing was scored: no embeddings given, or none could be scored ({skipped})")
     return IntegrationResult(
         methods=methods,
         skipped=skipped,
         detail=detail,
-        n_cells=first.n_cells,
-        n_batches=first.n_batches,
-        n_cell_types=first.n_cell_types,
+        n_cells=max(scores.n_cells for scores in detail.values()),
+        n_batches=len(set(batches)),
+        n_cell_types=len(known),
         settings={"batch_key": batch_key, "labels_key": labels_key, "seed": seed, "n_neighbors": n_neighbors},
         embeddings=kept,
     )
 
 
-def timed_embedding(make) -> tuple[np.ndarray, float, float]:
-    """``make()``'s embedding, its seconds and peak memory (for the ``seconds`` and ``peak_mb`` of a score)."""
-    with PeakMemory() as peak:
+def timed_embedding(make, device: Any = None) -> tuple[np.ndarray, float, float]:
+    """``make()``'s embedding, its seconds and peak memory on ``device`` (default the CPU's resident memory; see
+    :class:`~opencellplm._memory.PeakMemory`), for the ``seconds`` and ``peak_mb`` of a score."""
+    with PeakMemory(device) as peak:
         tic = time.perf_counter()
         embedding = make()
         seconds = time.perf_counter() - tic

@@ -854,8 +854,7 @@ class PerturbationPredictor(FineTunedTask):
                     skipped[name] = why
                     logger.warning("baseline %s skipped: %s", name, why)
                     continue
-                fit_s = round(result.seconds if result.fit_seconds is None else result.fit_seconds, 3)
-                predict_s = None if result.predict_seconds is None else round(result.predict_seconds, 3)
+                fit_s, predict_s = (None if t is None else round(t, 3) for t in result.timing())
                 params = dict(result.params)
                 run = MethodRun(seed, name, fit_s, predict_s, result.peak_mb, _gpu_peak(gpu_before), params)
                 outcomes.append((name, result.prediction, run))
