@@ -48,7 +48,7 @@ from ..module.pretrain import reconstruction_loss
 from ..train import Distributed, Objective
 from ..train.plan import shuffled_batch
 from ..train.state import LOCK_FILE, STATE_FILE
-from ..train.trainer import CONFIG_FILE, Autocast
+from ..train.trainer import CONFIG_FILE, Autocast, TrainSummary
 from ._saved import setting, settings_dataclass
 from .base import FineTunedTask, FineTuneRecipe, Precision, resolve_spec
 from .result import MethodScore, TaskResult
@@ -147,6 +147,21 @@ class HiddenEntries:
     totals: np.ndarray
 
 
+def hold_out_for_validation(counts: sp.csr_matrix, recipe: DenoisingRecipe) -> tuple[sp.csr_matrix, HiddenEntries]:
+    """The counts with a seeded ``recipe.validation_fraction`` of each cell's non-zero entries hidden (what fine-tuning
+    reads), and those entries (what picks the best state)."""
+    val_seed = int(np.random.SeedSequence([recipe.seed, 5]).generate_state(1)[0])
+    training_counts, mask = hide_counts(counts, fraction=recipe.validation_fraction, seed=val_seed)
+    hidden = sp.csr_matrix(counts.multiply(mask), dtype=np.float32)
+    hidden.eliminate_zeros()
+    if hidden.nnz == 0:
+        raise ValueError(
+            "no count can be hidden for validation: every cell has at most one non-zero count in the model's "
+            "genes; fine-tuning needs cells with several"
+        )
+    return training_counts, HiddenEntries(hidden, np.asarray(counts.sum(axis=1), dtype=np.float64).ravel())
+
+
 class DenoisingObjective(Objective):
     """Masked NB reconstruction + GMVAE terms on the user's cell sets; the RMSE of the denoised values on
     entries hidden from the input (log-normalised, as :func:`~opencellplm.metrics.denoising_scores`)
@@ -243,6 +258,26 @@ class DenoisingFitSummary:
     train_cells_per_s: float | None
     stopped_by: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls, summary: TrainSummary, pretrained: bool, train: CellSets, hidden: HiddenEntries, started: float
+    ) -> DenoisingFitSummary:
+        """The summary of a fit that trained on ``train`` and validated on ``hidden`` since ``started``."""
+        return cls(
+            pretrained=pretrained,
+            n_cells=train.n_cells,
+            n_genes=len(train.report.alignment.columns),
+            n_validation_entries=int(hidden.values.nnz),
+            steps=summary.steps,
+            start_val_rmse=summary.start,
+            best_val_rmse=summary.best,
+            kept=summary.kept,
+            seconds=round(time.perf_counter() - started, 2),
+            train_cells_per_s=summary.train_cells_per_s,
+            stopped_by=summary.stopped_by,
+            history=summary.history,
+        )
 
 
 @dataclass(frozen=True)
@@ -370,17 +405,7 @@ class Denoiser(FineTunedTask):
         recipe, input_spec = self.recipe, resolve_spec(spec, spec_fields)
         sets = self.base.cell_sets(adata, input_spec, require_counts=True, warn_stacklevel=3)
         columns = sets.report.alignment.columns
-        counts = sets.counts()
-        val_seed = int(np.random.SeedSequence([recipe.seed, 5]).generate_state(1)[0])
-        training_counts, mask = hide_counts(counts, fraction=recipe.validation_fraction, seed=val_seed)
-        hidden = sp.csr_matrix(counts.multiply(mask), dtype=np.float32)
-        hidden.eliminate_zeros()
-        if hidden.nnz == 0:
-            raise ValueError(
-                "no count can be hidden for validation: every cell has at most one non-zero count in the model's "
-                "genes; fine-tuning needs cells with several"
-            )
-        totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+        training_counts, hidden = hold_out_for_validation(sets.counts(), recipe)
         train = sets.with_counts(training_counts)  # the same sets, the validation entries hidden
 
         masking = recipe.masking()
@@ -397,7 +422,7 @@ class Denoiser(FineTunedTask):
             module.load_state_dict(start)
         objective = DenoisingObjective(
             train,
-            HiddenEntries(hidden, totals),
+            hidden,
             sets_per_step=recipe.sets_per_step,
             seed=recipe.seed,
             masking=masking,
@@ -421,20 +446,7 @@ class Denoiser(FineTunedTask):
         )
         best = summary.best
         self.module, self.spec = module.eval(), input_spec
-        self.summary = DenoisingFitSummary(
-            pretrained=self.pretrained,
-            n_cells=train.n_cells,
-            n_genes=len(columns),
-            n_validation_entries=int(hidden.nnz),
-            steps=summary.steps,
-            start_val_rmse=summary.start,
-            best_val_rmse=best,
-            kept=summary.kept,
-            seconds=round(time.perf_counter() - started, 2),
-            train_cells_per_s=summary.train_cells_per_s,
-            stopped_by=summary.stopped_by,
-            history=summary.history,
-        )
+        self.summary = DenoisingFitSummary.of(summary, self.pretrained, train, hidden, started)
         logger.info(
             "denoiser fitted (%s): validation RMSE %.4f at the start, best %s after %d steps; kept the %s weights",
             "pretrained" if self.pretrained else "from scratch",

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
@@ -33,13 +32,12 @@ from ..baselines.integration import batches_of
 from ..baselines.registry import baselines_for, run_baseline
 from ..data.sets import InputSpec
 from ..data.validate import require_anndata
-from ..metrics import hide_counts
 from ..metrics.integration import BATCH, BIO, IntegrationScores, integration_scores
 from ..model import CellPLM
 from ..module import CellPLMModule
 from ._saved import settings_dataclass
 from .base import FineTunedTask, resolve_spec
-from .denoising import DenoisingFitSummary, DenoisingObjective, DenoisingRecipe, HiddenEntries
+from .denoising import DenoisingFitSummary, DenoisingObjective, DenoisingRecipe, hold_out_for_validation
 from .result import MethodScore, TaskResult
 
 logger = logging.getLogger(__name__)
@@ -99,14 +97,7 @@ class BatchIntegrator(FineTunedTask):
         ids = np.searchsorted(names, batches)
         recipe = self.recipe
         sets = self.base.cell_sets(adata, input_spec, require_counts=True, warn_stacklevel=3)
-        counts = sets.counts()
-        val_seed = int(np.random.SeedSequence([recipe.seed, 5]).generate_state(1)[0])
-        training_counts, mask = hide_counts(counts, fraction=recipe.validation_fraction, seed=val_seed)
-        hidden = sp.csr_matrix(counts.multiply(mask), dtype=np.float32)
-        hidden.eliminate_zeros()
-        if hidden.nnz == 0:
-            raise ValueError("no count can be hidden for validation: every cell has at most one non-zero count")
-        totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+        training_counts, hidden = hold_out_for_validation(sets.counts(), recipe)
         train = sets.with_counts(training_counts).with_batches(ids)
 
         config = recipe.model_config(self.base.config)
@@ -116,25 +107,12 @@ class BatchIntegrator(FineTunedTask):
         if self.pretrained:
             module.load_state_dict(_with_batch_rows(self.base.module.state_dict(), module.state_dict()))
         objective = DenoisingObjective(
-            train, HiddenEntries(hidden, totals), sets_per_step=recipe.sets_per_step, seed=recipe.seed,
+            train, hidden, sets_per_step=recipe.sets_per_step, seed=recipe.seed,
             masking=recipe.masking(),
         )  # fmt: skip
         summary = self._fine_tune(module, objective, device=device, compete_with_start=True)
         self.module, self.spec, self.batch_key, self.batches = module.eval(), input_spec, batch_key, names
-        self.summary = DenoisingFitSummary(
-            pretrained=self.pretrained,
-            n_cells=train.n_cells,
-            n_genes=len(sets.report.alignment.columns),
-            n_validation_entries=int(hidden.nnz),
-            steps=summary.steps,
-            start_val_rmse=summary.start,
-            best_val_rmse=summary.best,
-            kept=summary.kept,
-            seconds=round(time.perf_counter() - started, 2),
-            train_cells_per_s=summary.train_cells_per_s,
-            stopped_by=summary.stopped_by,
-            history=summary.history,
-        )
+        self.summary = DenoisingFitSummary.of(summary, self.pretrained, train, hidden, started)
         logger.info(
             "batch integrator fitted on %d batches: validation RMSE %.4f at the start, best %s after %d steps",
             len(names),
