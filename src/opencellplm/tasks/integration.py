@@ -83,7 +83,8 @@ class BatchIntegrator(FineTunedTask):
         """Fine-tune on the counts of ``adata``, each cell's batch in ``obs[batch_key]`` given to the decoder.
 
         Cells attend to each other within a batch only: the cell sets are the batches (``sample_key`` defaults to
-        ``batch_key``; a ``sample_key`` given must nest in it). Returns ``self``, with :attr:`summary`.
+        ``batch_key``; a ``sample_key`` given must nest in it). Calling ``fit`` again starts over from the base
+        model (the batches may differ). Returns ``self``, with :attr:`summary`.
         """
         require_anndata(adata)
         started = time.perf_counter()
@@ -107,9 +108,8 @@ class BatchIntegrator(FineTunedTask):
         if self.pretrained:
             module.load_state_dict(_with_batch_rows(self.base.module.state_dict(), module.state_dict()))
         objective = DenoisingObjective(
-            train, hidden, sets_per_step=recipe.sets_per_step, seed=recipe.seed,
-            masking=recipe.masking(),
-        )  # fmt: skip
+            train, hidden, sets_per_step=recipe.sets_per_step, seed=recipe.seed, masking=recipe.masking()
+        )
         summary = self._fine_tune(module, objective, device=device, compete_with_start=True)
         self.module, self.spec, self.batch_key, self.batches = module.eval(), input_spec, batch_key, names
         self.summary = DenoisingFitSummary.of(summary, self.pretrained, train, hidden, started)
