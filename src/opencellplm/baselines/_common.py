@@ -197,6 +197,18 @@ def _highly_variable(log_x: sp.csr_matrix, n_top_genes: int) -> np.ndarray:
     return np.flatnonzero(work.var["highly_variable"].to_numpy())
 
 
+#: scvi-tools models read this many highly variable genes, as scvi-tools' tutorials prepare data (on every gene,
+#: scVI's 400 epochs over 2,142 pancreas cells x 20,125 genes took 22 minutes on one CPU thread here).
+SCVI_TOP_GENES = 2000
+
+
+def _variable_columns(counts: sp.csr_matrix, n_top_genes: int | None) -> np.ndarray:
+    """Columns of the ``n_top_genes`` most variable genes of these counts (all of them for None)."""
+    if n_top_genes is None:
+        return np.arange(counts.shape[1])
+    return _highly_variable(_log_normalized(counts), n_top_genes)
+
+
 def _n_comps(n_comps: int, shape: tuple[int, int]) -> int:
     n = min(n_comps, shape[0] - 1, shape[1] - 1)
     if n < 1:

@@ -18,10 +18,12 @@ from anndata import AnnData
 from ..data.labels import has_label
 from ._common import (
     CLIP,
+    SCVI_TOP_GENES,
     BaselineResult,
     _counts,
     _highly_variable,
     _log_normalized,
+    _variable_columns,
     import_package,
     root_logging_kept,
 )
@@ -137,13 +139,15 @@ def scanvi(
     layer: str | None = None,
     seed: int = 0,
     max_epochs: int | None = None,
+    n_top_genes: int | None = SCVI_TOP_GENES,
 ) -> BaselineResult:
     """scANVI (scvi-tools, extra ``scvi`` or ``baselines``; Xu et al. 2021) at scvi-tools' defaults: an scVI model
     trained on the training cells' counts (its default epochs), turned into scANVI with their labels
     (``from_scvi_model``, its default epochs), which then labels the test cells it never saw (``predict``).
 
-    Both sets are read on the genes they share, as raw counts; ``seed`` is ``scvi.settings.seed``. ``max_epochs``
-    caps both trainings (None: scvi-tools' defaults).
+    Both sets are read as raw counts on the ``n_top_genes`` most variable of the genes they share (variable in the
+    training cells; None: every shared gene), as scvi-tools' tutorials prepare data; ``seed`` is
+    ``scvi.settings.seed``. ``max_epochs`` caps both trainings (None: scvi-tools' defaults).
 
     Parameters
     ----------
@@ -153,8 +157,11 @@ def scanvi(
     scvi_module = import_package("scvi", "scANVI", "scvi")
     start = time.perf_counter()
     labelled, y, shared = _labels_and_shared_genes(train, test, labels_key)
+    reference_counts = _counts(train, layer)[labelled][:, train.var_names.get_indexer(shared)]
+    variable = _variable_columns(reference_counts, n_top_genes)
+    shared = list(np.asarray(shared)[variable])
     unknown = "(no label)"
-    reference = AnnData(_counts(train, layer)[labelled][:, train.var_names.get_indexer(shared)])
+    reference = AnnData(reference_counts[:, variable])
     reference.var_names, reference.obs["label"] = list(shared), y
     query = AnnData(_counts(test, layer)[:, test.var_names.get_indexer(shared)])
     query.var_names, query.obs["label"] = list(shared), unknown
@@ -178,7 +185,13 @@ def scanvi(
         seconds=time.perf_counter() - start,
         probabilities=probabilities.to_numpy(dtype=np.float64),
         classes=tuple(str(c) for c in probabilities.columns),
-        params={"layer": layer, "package": f"scvi-tools {version}", "max_epochs": max_epochs, "seed": seed},
+        params={
+            "layer": layer,
+            "package": f"scvi-tools {version}",
+            "max_epochs": max_epochs,
+            "seed": seed,
+            "n_genes": len(shared),
+        },
         fit_seconds=fit_seconds,
     )
 

@@ -10,6 +10,7 @@ from anndata import AnnData
 
 from ._common import (
     CLIP,
+    SCVI_TOP_GENES,
     BaselineResult,
     _counts,
     _highly_variable,
@@ -17,6 +18,7 @@ from ._common import (
     _log_normalized,
     _n_comps,
     _train_scvi,
+    _variable_columns,
 )
 
 logger = logging.getLogger(__name__)
@@ -82,8 +84,11 @@ def scvi_embedding(
     n_latent: int = 10,
     max_epochs: int | None = None,
     seed: int = 0,
+    n_top_genes: int | None = SCVI_TOP_GENES,
 ) -> BaselineResult:
-    """scVI's latent means (Lopez et al. 2018), trained on ``adata`` (needs the ``scvi`` extra).
+    """scVI's latent means (Lopez et al. 2018), trained on ``adata``'s counts of its ``n_top_genes`` most variable
+    genes (scanpy's ``"seurat"`` flavor on log-normalised counts; None: every gene), as scvi-tools' tutorials
+    prepare data (needs the ``scvi`` extra).
 
     Parameters
     ----------
@@ -112,13 +117,15 @@ def scvi_embedding(
     """
     scvi = _import_scvi()
     start = time.perf_counter()
+    genes = _variable_columns(_counts(adata, layer), n_top_genes)
     model, _ = _train_scvi(
-        scvi, adata, layer=layer, batch_key=batch_key, n_latent=n_latent, max_epochs=max_epochs, seed=seed
+        scvi, adata[:, genes], layer=layer, batch_key=batch_key, n_latent=n_latent, max_epochs=max_epochs, seed=seed
     )
     latent = np.asarray(model.get_latent_representation(), dtype=np.float32)
+    params = {"layer": layer, "batch_key": batch_key, "n_latent": n_latent, "max_epochs": max_epochs, "seed": seed}
     return BaselineResult(
         name="scvi",
         prediction=latent,
         seconds=time.perf_counter() - start,
-        params={"layer": layer, "batch_key": batch_key, "n_latent": n_latent, "max_epochs": max_epochs, "seed": seed},
+        params=params | {"n_genes": len(genes)},
     )
