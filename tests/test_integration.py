@@ -105,6 +105,15 @@ def test_one_batch_or_a_missing_column_is_refused_by_every_baseline(adata):
             baseline.run(adata, batch_key="batch", layer=None, seed=0)
 
 
+def test_every_baseline_refuses_values_that_are_not_counts(adata):
+    """Whether or not its package is installed."""
+    adata.X = adata.X.copy()
+    adata.X.data[:5] = -1.0
+    for baseline in REGISTRY["integration"].values():
+        with pytest.raises(ValueError, match="negative or non-finite values; the baselines need raw counts"):
+            baseline.run(adata, batch_key="batch", layer=None, seed=0)
+
+
 def test_a_baseline_whose_package_is_missing_is_a_row_saying_so(adata, model, monkeypatch):
     def missing(*args, **kwargs):
         raise ImportError("Harmony needs the baselines extra: pip install ...")

@@ -115,9 +115,9 @@ def scvi_embedding(
     ImportError
         When scvi-tools is not installed.
     """
-    scvi = _import_scvi()
     start = time.perf_counter()
-    genes = _variable_columns(_counts(adata, layer), n_top_genes)
+    genes = _variable_columns(_counts(adata, layer), n_top_genes)  # reads and checks the counts
+    scvi = _import_scvi()
     model, _ = _train_scvi(
         scvi, adata[:, genes], layer=layer, batch_key=batch_key, n_latent=n_latent, max_epochs=max_epochs, seed=seed
     )

@@ -68,8 +68,8 @@ def harmony(adata: AnnData, *, batch_key: str, layer: str | None = None, seed: i
     ``random_state`` and the PCA's."""
     start = time.perf_counter()
     batches = batches_of(adata, batch_key)  # the input's faults first, whether or not the package is there
+    pca = pca_embedding(adata, layer=layer, seed=seed).prediction.astype(np.float64)  # reads and checks the counts
     harmonypy = import_package("harmonypy", "Harmony", "baselines")
-    pca = pca_embedding(adata, layer=layer, seed=seed).prediction.astype(np.float64)
     meta = pd.DataFrame({"batch": batches})
     with root_logging_kept(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -94,8 +94,8 @@ def scanorama(
     cells, as its documentation prepares them; ``seed`` is its ``seed``."""
     start = time.perf_counter()
     batches = batches_of(adata, batch_key)
-    scanorama_module = import_package("scanorama", "Scanorama", "baselines")
     log_x = _log_normalized(_counts(adata, layer))
+    scanorama_module = import_package("scanorama", "Scanorama", "baselines")
     genes = _highly_variable(log_x, n_top_genes)
     log_x = log_x[:, genes]
     names = list(adata.var_names[genes].astype(str))
