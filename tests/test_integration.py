@@ -42,6 +42,9 @@ def test_mixed_batches_score_high_on_batch_correction_and_separated_ones_low():
     mixed = integration_scores(*_points(separate=False))
     apart = integration_scores(*_points(separate=True))
     assert mixed.ilisi > 0.8 and apart.ilisi < 0.05
+    # batches with no neighbour of the other batch score exactly 0, not float rounding (2.2e-16)
+    x, labels, batches = _points(separate=True, n=401)  # a set whose median LISI is 1 + 2.2e-16 unrounded
+    assert integration_scores(x, labels, batches).ilisi == 0.0
     assert mixed.batch_asw > apart.batch_asw + 0.5
     assert mixed.graph_connectivity == pytest.approx(1.0) and apart.graph_connectivity < 0.7
     assert mixed.batch_correction > apart.batch_correction

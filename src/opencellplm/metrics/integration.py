@@ -162,10 +162,15 @@ def lisi(x: np.ndarray, groups: np.ndarray, *, perplexity: float = LISI_PERPLEXI
     return 1.0 / (shares**2).sum(1)
 
 
+#: LISI is rounded to this many decimals before scaling: float rounding must not read as mixing.
+ILISI_DECIMALS = 9
+
+
 def _ilisi(x: np.ndarray, batches: np.ndarray) -> float:
     n_batches = len(np.unique(batches))
-    # clipped: a neighbourhood of one batch has LISI 1 up to float rounding, which would show as 2e-16
-    return float(np.clip((np.median(lisi(x, batches)) - 1) / (n_batches - 1), 0.0, 1.0))
+    # a neighbourhood of one batch has LISI 1 up to float rounding either way, which would show as 2e-16: rounded
+    median = round(float(np.median(lisi(x, batches))), ILISI_DECIMALS)
+    return float(np.clip((median - 1) / (n_batches - 1), 0.0, 1.0))
 
 
 def _graph_connectivity(x: np.ndarray, labels: np.ndarray, n_neighbors: int) -> float:
