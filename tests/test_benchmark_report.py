@@ -532,3 +532,19 @@ def test_cellplm_rows_equal_to_no_change_are_said_to_have_learnt_nothing():
         "can learn here."
     ) in section
     assert "exactly as" not in readme_section(_results())
+
+
+def test_a_seed_whose_fit_kept_its_start_is_named_with_the_seeds_that_learnt():
+    """One seed's fit predicting no change (its start) pulls the row's mean and sd: the report names that seed."""
+    results = _results()
+    # seed 1 equals the CellPLM imputer's seed 1 (a fit that kept its start); seed 0 does not
+    for seed, metrics in ((0, {"rmse": 0.50, "pearson": None}), (1, {"rmse": 0.32, "pearson": 0.62})):
+        results["records"].append(
+            _record("imputation", "sim_spatial", "no_change", seed, "baseline", simulated=True, metrics=metrics)
+        )
+    section = readme_section(results)
+    assert (
+        "`cellplm_imputer` on seed 1 scored exactly as `no_change` of the same seed, the prediction of no change: "
+        "those fits never beat their starting state on validation and kept it."
+    ) in section
+    assert "scores exactly as" not in section  # not every seed: the row is not said to have learnt nothing

@@ -599,7 +599,7 @@ def _pair_section(
     steps = _steps_line(pair)
     if steps:
         out += [steps, ""]
-    unchanged = _same_as_no_change(frame, task)
+    unchanged = _same_as_no_change(pair, task)
     if unchanged:
         out += [unchanged, ""]
     out += [_verdict(frame, task, simulated=pair.simulated), ""]
@@ -783,27 +783,50 @@ def _smoke_warning(results: dict[str, Any]) -> list[str]:
 NO_CHANGE = ("no_change", "unchanged")
 
 
-def _same_as_no_change(frame: pd.DataFrame, task: _Task) -> str:
-    """A sentence naming the CellPLM rows that score exactly as a no-change baseline, at the shown precision."""
-    if frame.empty:
-        return ""
+def _same_as_no_change(pair: _Pair, task: _Task) -> str:
+    """A sentence naming the CellPLM rows that score exactly as a no-change baseline of the same seed, at the shown
+    precision: on every seed (the row learnt nothing), or on some (its mean and sd mix fits that learnt with fits
+    that kept their start)."""
     keys = [m.key for m in task.metrics]
-    for null in (m for m in NO_CHANGE if m in frame.index):
-        same = [
-            method
-            for method in frame.index[frame["family"] == CELLPLM]
-            if all(
-                _shown(frame.at[method, f"{k}_mean"]) == _shown(frame.at[null, f"{k}_mean"])
-                or not (math.isfinite(frame.at[method, f"{k}_mean"]) or math.isfinite(frame.at[null, f"{k}_mean"]))
-                for k in keys
-            )
-        ]
-        if same:
-            names = _join([f"`{_escape(m)}`" for m in same])
+
+    def shown(record: dict[str, Any]) -> tuple[float, ...]:
+        return tuple(_shown(_float((record.get("metrics") or {}).get(k))) for k in keys)
+
+    def same(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b))
+
+    ok = [r for r in pair.records if r.get("status") == "ok"]
+    for null in NO_CHANGE:
+        nulls = {r["seed"]: shown(r) for r in ok if _method(r) == null}
+        if not nulls:
+            continue
+        seeds: dict[str, list[int]] = {}
+        ran: dict[str, int] = {}
+        for record in ok:
+            if record.get("family") != CELLPLM or record["seed"] not in nulls:
+                continue
+            method = _method(record)
+            ran[method] = ran.get(method, 0) + 1
+            if same(shown(record), nulls[record["seed"]]):
+                seeds.setdefault(method, []).append(record["seed"])
+        always = [m for m, s in seeds.items() if len(s) == ran[m]]
+        if always:
+            names = _join([f"`{_escape(m)}`" for m in always])
             return (
-                f"{names} {'scores' if len(same) == 1 else 'score'} exactly as `{null}`, the prediction of no change: "
-                "the fit left it there (a fit keeps its starting state when it never beats it on validation), so "
-                f"{'this row says' if len(same) == 1 else 'these rows say'} nothing about what CellPLM can learn here."
+                f"{names} {'scores' if len(always) == 1 else 'score'} exactly as `{null}`, the prediction of no "
+                "change: the fit left it there (a fit keeps its starting state when it never beats it on validation), "
+                f"so {'this row says' if len(always) == 1 else 'these rows say'} nothing about what CellPLM can learn "
+                "here."
+            )
+        if seeds:
+            parts = [
+                f"`{_escape(m)}` on seed{'s' if len(s) > 1 else ''} {_join([str(x) for x in sorted(s)])}"
+                for m, s in seeds.items()
+            ]
+            return (
+                f"{_join(parts)} scored exactly as `{null}` of the same seed, the prediction of no change: those fits "
+                "never beat their starting state on validation and kept it. The row's mean and sd mix them with the "
+                "seeds that learnt."
             )
     return ""
 
