@@ -544,7 +544,37 @@ def test_a_seed_whose_fit_kept_its_start_is_named_with_the_seeds_that_learnt():
         )
     section = readme_section(results)
     assert (
-        "`cellplm_imputer` on seed 1 scored exactly as `no_change` of the same seed, the prediction of no change: "
-        "those fits never beat their starting state on validation and kept it."
+        "Scored exactly as the no-change baseline of the same seed: `cellplm_imputer` on seed 1 (as `no_change`)."
     ) in section
     assert "scores exactly as" not in section  # not every seed: the row is not said to have learnt nothing
+
+
+def test_no_row_is_said_to_have_learnt_nothing_from_the_seeds_where_the_baseline_ran_alone():
+    """The no-change baseline failed on seed 0: the CellPLM row's match on seed 1 names seed 1, not the whole row."""
+    results = _results()
+    matching = {"rmse": 0.32, "pearson": 0.62}  # the CellPLM imputer's seed 1
+    results["records"] += [
+        _record("imputation", "sim_spatial", "no_change", 0, "baseline", simulated=True, status="failed", reason="x"),
+        _record("imputation", "sim_spatial", "no_change", 1, "baseline", simulated=True, metrics=matching),
+    ]
+    section = readme_section(results)
+    assert "`cellplm_imputer` on seed 1 (as `no_change`)" in section
+    assert "scores exactly as" not in section
+
+
+def test_every_row_at_no_change_is_named_once_with_its_seeds():
+    """A row matching on every seed and another on some are both named; a row with several records per seed (the
+    untrained initialisations) counts a seed once, when all of them match."""
+    results = _results()
+    same = {0: {"rmse": 0.30, "pearson": 0.60}, 1: {"rmse": 0.32, "pearson": 0.62}}  # the CellPLM imputer's scores
+    for seed in (0, 1):
+        results["records"].append(
+            _record("imputation", "sim_spatial", "no_change", seed, "baseline", simulated=True, metrics=same[seed])
+        )
+        for init in range(3):  # three untrained initialisations per seed, all at no change on seed 1 only
+            metrics = same[seed] if seed == 1 else {"rmse": 0.40 + init / 100, "pearson": 0.5}
+            record = _record("imputation", "sim_spatial", "cellplm_untrained", seed, "cellplm", simulated=True)
+            results["records"].append(record | {"metrics": metrics})
+    section = readme_section(results)
+    assert "`cellplm_imputer` scores exactly as `no_change`" in section
+    assert "`cellplm_untrained` on seed 1 (as `no_change`)." in section

@@ -92,10 +92,11 @@ def celltypist(
     Each set is given as CellTypist expects it: counts normalised to 1e4 per cell over all of its genes, then
     ``log1p``; CellTypist matches the genes of the two by name itself.
 
-    On small training sets these defaults memorise: on 786 Baron training cells (15,345 expressed genes) the model
+    On small training sets these settings memorise: on 786 Baron training cells (15,345 expressed genes) the model
     labels every training cell right but no test delta or PP cell (macro F1 0.71, against 0.95-0.98 for
-    :func:`celltypist_style`'s ten times stronger L2 penalty). CellTypist's two-pass ``feature_selection=True``
-    gave 0.83 on the same split. The defaults are kept: they are what ``celltypist.train`` does when called.
+    :func:`celltypist_style`, whose L2 penalty is about 13 times stronger at this size). CellTypist's two-pass
+    ``feature_selection=True`` gave 0.83 on the same split. It is not used: the wrapper calls ``celltypist.train``
+    as a user would, changing only what no longer runs.
 
     Parameters
     ----------

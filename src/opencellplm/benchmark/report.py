@@ -784,9 +784,9 @@ NO_CHANGE = ("no_change", "unchanged")
 
 
 def _same_as_no_change(pair: _Pair, task: _Task) -> str:
-    """A sentence naming the CellPLM rows that score exactly as a no-change baseline of the same seed, at the shown
-    precision: on every seed (the row learnt nothing), or on some (its mean and sd mix fits that learnt with fits
-    that kept their start)."""
+    """Sentences naming the CellPLM rows that score exactly as a no-change baseline of the same seed, at the shown
+    precision: on every seed (the row learnt nothing), or on some (its mean and sd mix those seeds with the others).
+    A seed counts when every record of the row on it matches (the untrained row has several per seed)."""
     keys = [m.key for m in task.metrics]
 
     def shown(record: dict[str, Any]) -> tuple[float, ...]:
@@ -796,39 +796,48 @@ def _same_as_no_change(pair: _Pair, task: _Task) -> str:
         return all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b))
 
     ok = [r for r in pair.records if r.get("status") == "ok"]
+    cellplm: dict[str, dict[Any, list[tuple[float, ...]]]] = {}  # method -> seed -> its records' shown scores
+    for record in ok:
+        if record.get("family") == CELLPLM:
+            cellplm.setdefault(_method(record), {}).setdefault(record.get("seed"), []).append(shown(record))
+    always, some = [], []
+    named: set[str] = set()
     for null in NO_CHANGE:
-        nulls = {r["seed"]: shown(r) for r in ok if _method(r) == null}
+        nulls: dict[Any, tuple[float, ...]] = {}
+        for record in ok:
+            if _method(record) == null:
+                nulls.setdefault(record.get("seed"), shown(record))  # one per seed; a repeat is ignored
         if not nulls:
             continue
-        seeds: dict[str, list[int]] = {}
-        ran: dict[str, int] = {}
-        for record in ok:
-            if record.get("family") != CELLPLM or record["seed"] not in nulls:
-                continue
-            method = _method(record)
-            ran[method] = ran.get(method, 0) + 1
-            if same(shown(record), nulls[record["seed"]]):
-                seeds.setdefault(method, []).append(record["seed"])
-        always = [m for m, s in seeds.items() if len(s) == ran[m]]
-        if always:
-            names = _join([f"`{_escape(m)}`" for m in always])
-            return (
-                f"{names} {'scores' if len(always) == 1 else 'score'} exactly as `{null}`, the prediction of no "
-                "change: the fit left it there (a fit keeps its starting state when it never beats it on validation), "
-                f"so {'this row says' if len(always) == 1 else 'these rows say'} nothing about what CellPLM can learn "
-                "here."
-            )
-        if seeds:
-            parts = [
-                f"`{_escape(m)}` on seed{'s' if len(s) > 1 else ''} {_join([str(x) for x in sorted(s)])}"
-                for m, s in seeds.items()
+        for method, seeds in cellplm.items():
+            matched = [
+                seed for seed, scores in seeds.items() if seed in nulls and all(same(x, nulls[seed]) for x in scores)
             ]
-            return (
-                f"{_join(parts)} scored exactly as `{null}` of the same seed, the prediction of no change: those fits "
-                "never beat their starting state on validation and kept it. The row's mean and sd mix them with the "
-                "seeds that learnt."
-            )
-    return ""
+            if not matched or method in named:
+                continue
+            named.add(method)
+            if len(matched) == len(seeds):
+                always.append((method, null))
+            else:
+                listed = ", ".join(str(seed) for seed in sorted(matched, key=str))
+                some.append(f"`{_escape(method)}` on seed{'s' if len(matched) > 1 else ''} {listed} (as `{null}`)")
+    out = []
+    for null in dict.fromkeys(n for _, n in always):
+        methods = [m for m, n in always if n == null]
+        names = _join([f"`{_escape(m)}`" for m in methods])
+        one = len(methods) == 1
+        out.append(
+            f"{names} {'scores' if one else 'score'} exactly as `{null}`, the prediction of no change: the fit left "
+            "it there (a fit keeps its starting state when it never beats it on validation), so "
+            f"{'this row says' if one else 'these rows say'} nothing about what CellPLM can learn here."
+        )
+    if some:
+        out.append(
+            "Scored exactly as the no-change baseline of the same seed: " + "; ".join(some) + ". A fine-tuned fit "
+            "does so when it never beats its starting state on validation and keeps it; the row's mean and sd mix "
+            "those seeds with the others."
+        )
+    return " ".join(out)
 
 
 def _steps_line(pair: _Pair) -> str:

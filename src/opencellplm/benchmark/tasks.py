@@ -605,7 +605,7 @@ TASKS: dict[str, TaskSpec] = {
         protocol=(
             "Stratified 80/20 split per seed; CellPLM fine-tuned (official recipe, early stopping on a validation "
             "share of the training cells) and from scratch,\nbeside CellTypist itself and scANVI (extra "
-            "``baselines``), a CellTypist-style logistic regression, L1 logistic regression (C by 5-fold CV) and kNN "
+            "`baselines`), a CellTypist-style logistic regression, L1 logistic regression (C by 5-fold CV) and kNN "
             "on PCA, trained on the same cells; scored on the test cells."
         ),
         metrics={
@@ -630,8 +630,9 @@ TASKS: dict[str, TaskSpec] = {
         protocol=(
             "10% of each cell's non-zero counts hidden (seeded); every method denoises the corrupted matrix, the "
             "untrained architecture zero-shot with 5 random initialisations per seed; MAGIC and scVI (extra "
-            "`baselines`) beside kNN smoothing and the mean profile.\nRMSE / MAE / Pearson r at the hidden entries "
-            "on log1p of counts normalised to 1e4 per cell (genes in the model's vocabulary)."
+            "`baselines`) beside kNN smoothing, the mean profile and the corrupted input unchanged.\nRMSE / MAE / "
+            "Pearson r at the hidden entries on log1p of counts normalised to 1e4 per cell (genes in the model's "
+            "vocabulary)."
         ),
         metrics={
             "rmse": {"label": "RMSE", "better": LOWER},
@@ -650,7 +651,7 @@ TASKS: dict[str, TaskSpec] = {
         title="Spatial imputation",
         protocol=(
             "Spatial genes dealt into 5 folds stratified by zero rate; each seed holds out some folds, every method "
-            "(CellPLM, Tangram and gimVI from the extra `baselines`, SpaGE-style, the reference mean) sees the rest "
+            "(CellPLM; Tangram and gimVI from the extra `baselines`; SpaGE-style; the reference mean) sees the rest "
             "and the reference.\nPer held-out gene on log1p values: Pearson r, cosine, RMSE (mean over "
             "genes and folds); BDTNP values are pseudo counts."
         ),
@@ -679,9 +680,9 @@ TASKS: dict[str, TaskSpec] = {
         title="Perturbation prediction",
         protocol=(
             "Simulated Perturb-seq (a seeded random regulatory network drives NB counts); GEARS-style split per "
-            "seed; CellPLM fine-tuned beside GEARS (extra `baselines`; needs its GO file) and the no-change, "
-            "training-mean, additive and linear baselines.\nMean profile of each unseen perturbation scored against "
-            "the truth: RMSE and Pearson of the change (all genes, top-20 DE genes), direction accuracy."
+            "seed; CellPLM fine-tuned and from scratch beside GEARS (extra `baselines`; needs its GO file) and the "
+            "no-change, training-mean, additive and linear baselines.\nMean profile of each unseen perturbation "
+            "scored against the truth: RMSE and Pearson of the change (all genes, top-20 DE genes), direction accuracy."
         ),
         metrics={
             "rmse": {"label": "RMSE all", "better": LOWER},

@@ -168,7 +168,7 @@ ILISI_DECIMALS = 9
 
 def _ilisi(x: np.ndarray, batches: np.ndarray) -> float:
     n_batches = len(np.unique(batches))
-    # a neighbourhood of one batch has LISI 1 up to float rounding either way, which would show as 2e-16: rounded
+    # a neighbourhood of one batch has LISI 1 up to float rounding either way: rounded, it reads as exactly 1
     median = round(float(np.median(lisi(x, batches))), ILISI_DECIMALS)
     return float(np.clip((median - 1) / (n_batches - 1), 0.0, 1.0))
 
