@@ -16,10 +16,29 @@ def nb_log_prob(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: flo
     ``eps`` in the same places as the official objectives so their values are reproduced.
     """
     # Same operation order as the official objectives: their loss values are float32-exact targets.
-    t1 = torch.lgamma(theta + eps) + torch.lgamma(x + 1.0) - torch.lgamma(x + theta + eps)
+    t1 = _lgamma_terms(x, theta, eps)
     t2 = (theta + x) * torch.log(1.0 + (mu / (theta + eps))) + (x * (torch.log(theta + eps) - torch.log(mu + eps)))
     nll = t1 + t2
     return -nll
+
+
+#: Above this share of non-zero counts the lgamma terms are evaluated densely (gathering would cost more).
+DENSE_SHARE = 0.5
+
+
+def _lgamma_terms(x: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
+    """``lgamma(θ+eps) + lgamma(x+1) - lgamma(x+θ+eps)``, which is exactly 0 where ``x`` is 0 (and so is its
+    gradient in θ): evaluated at the non-zero counts only, most of a single-cell matrix being zeros. Every value is
+    the dense formula's, bit for bit. Counts that need a gradient keep the dense formula (its x-gradient at 0 is not
+    0)."""
+    x, theta = torch.broadcast_tensors(x, theta)
+    nonzero = x != 0
+    if x.requires_grad or x.dim() == 0 or nonzero.float().mean() > DENSE_SHARE:
+        return torch.lgamma(theta + eps) + torch.lgamma(x + 1.0) - torch.lgamma(x + theta + eps)
+    where = nonzero.nonzero(as_tuple=True)
+    xs, th = x[where], theta[where]
+    values = torch.lgamma(th + eps) + torch.lgamma(xs + 1.0) - torch.lgamma(xs + th + eps)
+    return torch.zeros(x.shape, dtype=values.dtype, device=values.device).index_put(where, values)
 
 
 class NegativeBinomial(Distribution):
