@@ -232,7 +232,7 @@ def test_masked_term_matches_a_direct_computation_with_scipy():
 
 
 def test_masked_term_on_the_masked_entries_alone_equals_the_dense_term_bit_for_bit():
-    """The masked term is evaluated on the masked entries only (a fifth of them in pretraining): the loss equals,
+    """The masked term is evaluated on the masked entries only: the loss equals,
     bit for bit in float32, the term evaluated densely over the zeroed matrix (the official way), and so do the
     gradients up to float rounding of their sums."""
     from opencellplm.distributions import nb_log_prob

@@ -76,8 +76,8 @@ def _masked_entries_nll(truth: torch.Tensor, mean: torch.Tensor, dispersion: tor
     """(N, G) NB negative log-likelihood of the masked entries alone, each cell's means rescaled to its masked total,
     and exactly 0 elsewhere.
 
-    The likelihood is evaluated on the masked entries only (about a fifth of a masked cell's genes, so most of the
-    loss's cost was spent on zeros); the per-cell totals are dense sums over the zeroed matrix, so every value equals
+    The likelihood is evaluated on the masked entries only (a fraction of the matrix: the dense term spent most of
+    its cost on zeros); the per-cell totals are dense sums over the zeroed matrix, so every value equals
     that of the dense computation bit for bit.
     """
     m = mask.to(truth.dtype)
