@@ -86,7 +86,7 @@ def _masked_entries_nll(truth: torch.Tensor, mean: torch.Tensor, dispersion: tor
     t = truth[rows, cols]
     mu = mean[rows, cols] / mean_total[rows] * truth_total[rows]
     values = -nb_log_prob(t, mu, dispersion[rows, cols])
-    return torch.zeros_like(truth).index_put((rows, cols), values)
+    return torch.zeros(truth.shape, dtype=values.dtype, device=values.device).index_put((rows, cols), values)
 
 
 def nb_imputation_loss(
