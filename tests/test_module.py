@@ -555,3 +555,21 @@ def test_a_model_config_holding_a_head_is_refused_and_a_checkpoint_keeps_it_besi
     assert read_module_config(written) == (tiny_config, head)
     grown = build_module(tiny_config, head).with_extra_genes(2)
     assert isinstance(grown, AnnotationModule) and grown.head_config == head
+
+
+def test_nb_parameters_at_their_own_genes_are_returned_without_a_copy_and_others_are_gathered():
+    """The loss asks for the decoded genes in their order (no copy of the (N, G) matrices); any other rows are
+    gathered, and rows that were not decoded are refused."""
+    from opencellplm.module.outputs import NBOutput
+
+    mean, dispersion = torch.rand(4, 3), torch.rand(4, 3)
+    decoded = NBOutput(mean, dispersion, genes=torch.tensor([5, 2, 9]))
+    same = decoded.at(torch.tensor([5, 2, 9]))
+    assert same[0] is mean and same[1] is dispersion
+    subset = decoded.at(torch.tensor([9, 5]))
+    assert torch.equal(subset[0], mean[:, [2, 0]]) and torch.equal(subset[1], dispersion[:, [2, 0]])
+    with pytest.raises(ValueError, match="decoded for other genes"):
+        decoded.at(torch.tensor([5, 7]))
+    whole = NBOutput(mean, dispersion)
+    assert whole.at(torch.arange(3))[0] is mean
+    assert torch.equal(whole.at(torch.tensor([2, 0]))[0], mean[:, [2, 0]])

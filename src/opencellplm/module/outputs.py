@@ -122,7 +122,11 @@ class NBOutput:
     genes: torch.Tensor | None = None
 
     def at(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mean, dispersion)`` at the vocabulary ``rows``, (N, len(rows)); an error for rows not decoded."""
+        """``(mean, dispersion)`` at the vocabulary ``rows``, (N, len(rows)); an error for rows not decoded. The
+        decoded genes themselves, in their order, are returned as they are (no copy)."""
+        decoded = self.genes if self.genes is not None else torch.arange(self.mean.shape[1], device=rows.device)
+        if rows.shape == decoded.shape and torch.equal(rows, decoded):
+            return self.mean, self.dispersion
         if self.genes is None:
             return self.mean[:, rows], self.dispersion[:, rows]
         position = torch.full((int(max(self.genes.max(), rows.max())) + 1,), -1, device=rows.device, dtype=torch.long)

@@ -35,10 +35,13 @@ def reconstruction_loss(
         to add when ``out`` has no masked entries.
     """
     nb = require_nb(out)
+    counts = out.cells.counts.to_dense() if out.cells.counts.is_sparse_csr else out.cells.counts
     columns = input_columns(measured, out.cells.counts.shape[1], out.cells.counts.device)
     decoder_columns = out.cells.gene_index[columns] if alignment == "gene" else columns
-    truth = out.cells.counts.to_dense()[:, columns] if out.cells.counts.is_sparse_csr else out.cells.counts[:, columns]
-    mask = None if out.input_mask is None else out.input_mask[:, columns]
+    if measured is None:  # every input column, in order: no copies of the (N, G) matrices
+        truth, mask = counts, out.input_mask
+    else:
+        truth, mask = counts[:, columns], None if out.input_mask is None else out.input_mask[:, columns]
     mean, dispersion = nb.at(decoder_columns)
     objective = nb_reconstruction_loss(
         truth, mean, dispersion, mask, masked_term=masked_term and out.input_mask is not None
