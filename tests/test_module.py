@@ -13,6 +13,7 @@ from opencellplm.module.imputation import imputation_loss
 from opencellplm.module.latent import gmvae_loss
 from opencellplm.module.masking import gene_mask, hide_genes, thin_counts
 from opencellplm.module.pretrain import reconstruction_loss
+from opencellplm.nn.dropout import Dropout
 from opencellplm.nn.embedding import log1p_gene_sum
 
 
@@ -264,6 +265,26 @@ def test_masked_term_on_the_masked_entries_alone_equals_the_dense_term_bit_for_b
     assert torch.equal(a, b)
     torch.testing.assert_close(mean_b, mean_a, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(disp_b, disp_a, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_dropout_keeps_the_share_scales_by_the_kept_share_and_routes_gradients_through_the_kept():
+    torch.manual_seed(0)
+    dropout = Dropout(0.3)
+    x = torch.randn(400, 500, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01
+    torch.testing.assert_close(y[kept], x[kept] / 0.7)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    torch.testing.assert_close(x.grad, torch.where(kept, grad / 0.7, torch.zeros_like(grad)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the mask keeps the input's precision
+        assert dropout(torch.nn.Linear(8, 8)(torch.randn(4, 8))).dtype == torch.bfloat16
+    torch.manual_seed(1)
+    first = dropout(x.detach())
+    torch.manual_seed(1)
+    assert torch.equal(first, dropout(x.detach()))  # seeded like every other draw
+    assert torch.equal(dropout.eval()(x), x)
 
 
 def test_annotation_labels_follow_dropped_cells_in_training(tiny_config):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DecoderConfig
+from ..nn.dropout import Dropout
 from ..nn.norm import CellSetNorm, make_norm
 from .outputs import CellBatch, NBOutput
 
@@ -54,7 +55,7 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.linear = nn.Linear(in_dim, dim)
         self.act = nn.PReLU()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         # the covariates keep the model's norm: every cell of a set shares its ids, which a cell-set norm would erase
         self.norm = (
             make_norm(norm, dim)

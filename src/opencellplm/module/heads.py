@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..config import AnnotationHeadConfig
+from ..nn.dropout import Dropout
 
 
 class AnnotationHead(nn.Module):
@@ -18,7 +19,7 @@ class AnnotationHead(nn.Module):
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             if i:
                 layers.append(nn.ReLU())
-            layers += [nn.Dropout(config.dropout), nn.Linear(a, b)]
+            layers += [Dropout(config.dropout), nn.Linear(a, b)]
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dropout import Dropout
 from .norm import make_norm
 from .positional import SinusoidalPositionalEncoding
 
@@ -116,7 +117,7 @@ class CellEmbedder(nn.Module):
         self.per_10k = per_10k
         self.gene_embedding = nn.Parameter(torch.randn(n_genes, dim) * 0.005)
         self.proj = nn.Linear(dim, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = make_norm(norm, dim)
         self.positional = SinusoidalPositionalEncoding(dim, pe_grid_size) if positional else None
 

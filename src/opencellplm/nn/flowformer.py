@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dropout import Dropout
+
 FLOW_EPS = 1e-6
 
 
@@ -24,7 +26,7 @@ class FlowAttention(nn.Module):
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         n, d = x.shape
@@ -69,11 +71,11 @@ class FlowformerBlock(nn.Module):
         super().__init__()
         self.attn_norm = nn.LayerNorm(dim)
         self.attn = FlowAttention(dim, n_heads, dropout=attention_dropout)
-        self.attn_dropout = nn.Dropout(dropout)
+        self.attn_dropout = Dropout(dropout)
         self.ff_norm = nn.LayerNorm(dim)
         self.ff_in = nn.Linear(dim, 2 * dim)
         self.ff_out = nn.Linear(2 * dim, dim)
-        self.ff_dropout = nn.Dropout(dropout)
+        self.ff_dropout = Dropout(dropout)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = h + self.attn_dropout(self.attn(self.attn_norm(h)))
