@@ -48,8 +48,9 @@ both sides (no cell dropping, no masking, dropout 0), so the forward is determin
 be compared step by step. The schedules differ: the official pipeline warms the learning rate up over 30 steps
 and gives the gene embedder ``lr * 0.1`` from the first step; ours warms every group up over
 ``min(warmup_steps, steps - 1)`` steps, then decays it. For this check ours is given the official schedule, and
-the official optimizer's choice of tensors (it leaves the pre-latent norm untrained). Left different: the official weight decay is 1e-7 on every tensor (1e-10 on the embedder),
-ours (set to 1e-7 here) skips biases and norms; a change of about ``lr * 1e-7`` per step.
+the official optimizer's choice of tensors (it leaves the pre-latent norm untrained). Left different: the
+official weight decay is 1e-7 on every tensor (1e-10 on the embedder), ours (set to 1e-7 here) skips biases and
+norms; a change of about ``lr * 1e-7`` per step.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ BACKBONE = ("embedder.", "encoder.", "pre_latent_norm.")
 
 
 # ---------------------------------------------------------------------------------------------- data
-def make_counts(n_cells: int, genes: list[str], types: "np.ndarray", seed: int):  # noqa: F821
+def make_counts(n_cells: int, genes: list[str], types, seed: int):
     import numpy as np
     import scipy.sparse as sp
 
@@ -204,8 +205,8 @@ def run_official(args) -> dict:
 
     register_optimizer_step_post_hook(lambda *_: times[-1].append(time.perf_counter()))
     if args.task == "annotation":
-        from CellPLM.pipeline.cell_type_annotation import CellTypeAnnotationPipeline as Pipeline
         from CellPLM.pipeline.cell_type_annotation import CellTypeAnnotationDefaultModelConfig as model_config
+        from CellPLM.pipeline.cell_type_annotation import CellTypeAnnotationPipeline as Pipeline
 
         overwrite = model_config | {"out_dim": N_TYPES} | (DETERMINISTIC if args.deterministic else {})
         adata = ad.read_h5ad(args.data / "annotation.h5ad")
@@ -266,10 +267,14 @@ def run_ours(args) -> dict:
 
         def official_schedule(self, *a, **k):
             init(self, *a, **k)
+
+            def warm_up(step):
+                return min(1, (step + 1) / 30)
+
             factor = [
-                (lambda step: 1.0) if group["name"].startswith("gene embedder") else (lambda step: min(1, (step + 1) / 30))
+                (lambda step: 1.0) if group["name"].startswith("gene embedder") else warm_up
                 for group in self.optimizer.param_groups
-            ]  # fmt: skip
+            ]
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
         trainer_module.Trainer.__init__ = official_schedule
@@ -450,7 +455,8 @@ def main() -> int:
     parser.add_argument("--official-python", help="python of the official package's venv")
     parser.add_argument("--ours-python", help="python for our runs (default: this one)")
     parser.add_argument("--sizes", nargs="+", default=["85m", "small"], choices=list(SIZES))
-    parser.add_argument("--tasks", nargs="+", default=["annotation", "imputation"], choices=["annotation", "imputation"])
+    tasks = ["annotation", "imputation"]
+    parser.add_argument("--tasks", nargs="+", default=tasks, choices=tasks)
     parser.add_argument("--cells", type=int, default=1000)
     parser.add_argument("--genes", type=int, default=2000)
     parser.add_argument("--panel", type=int, default=200)
