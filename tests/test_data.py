@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from opencellplm.data import cell_sets, normalize_coordinates, read_rows, validate
+from opencellplm.data import cell_sets, iter_row_blocks, normalize_coordinates, read_rows, validate
+from opencellplm.data.reader import select_columns
 from opencellplm.data.validate import empty_cells_note
 
 from .conftest import vocabulary
@@ -110,6 +111,50 @@ def test_backed_reading_matches_memory(tmp_path, tiny_adata, layout):
     np.testing.assert_array_equal(read_rows(backed.X, rows, np.array([4, 1])).toarray(), dense)
     np.testing.assert_array_equal(read_rows(tiny_adata.X, rows, np.array([4, 1])).toarray(), dense)
     backed.file.close()
+
+
+@pytest.mark.parametrize("kind", ["subset", "permutation", "repeated", "none", "all"])
+def test_column_selection_equals_scipy(kind):
+    x = sp.random(40, 30, density=0.3, format="csr", dtype=np.float32, random_state=0)
+    columns = {
+        "subset": np.array([2, 5, 6, 11, 29]),
+        "permutation": np.random.default_rng(0).permutation(30)[:20],
+        "repeated": np.array([4, 4, 9]),
+        "none": np.array([], dtype=np.int64),
+        "all": np.arange(30),
+    }[kind]
+    np.testing.assert_array_equal(select_columns(x, columns).toarray(), x[:, columns].toarray())
+
+
+def test_rows_read_from_memory_are_a_copy_in_the_order_asked():
+    x = sp.random(50, 20, density=0.3, format="csr", dtype=np.float32, random_state=1)
+    before = x.toarray()
+    rows = np.array([30, 2, 49, 2, 7])
+    block = read_rows(x, rows, np.array([19, 3, 8]))
+    np.testing.assert_array_equal(block.toarray(), before[rows][:, [19, 3, 8]])
+    block.data[:] = -1  # the caller owns what it gets
+    np.testing.assert_array_equal(x.toarray(), before)
+
+
+def test_row_blocks_shared_only_when_asked_and_equal_either_way():
+    x = sp.random(50_000, 5, density=0.2, format="csr", dtype=np.float32, random_state=2)  # three blocks
+    shared = list(iter_row_blocks(x, x.shape[0], x.shape[1], views=True))
+    copied = list(iter_row_blocks(x, x.shape[0], x.shape[1]))
+    assert len(shared) == len(copied) > 1
+    for (start_a, a), (start_b, b) in zip(shared, copied, strict=True):
+        assert start_a == start_b
+        np.testing.assert_array_equal(a.toarray(), b.toarray())
+        assert np.shares_memory(a.data, x.data) and not np.shares_memory(b.data, x.data)
+
+
+def test_cell_totals_count_matched_genes_only_with_empty_rows_anywhere():
+    rng = np.random.default_rng(3)
+    dense = rng.poisson(1.0, (12, 8)).astype(np.float32)
+    dense[[0, 5, 11]] = 0  # empty first, middle and last rows
+    genes = [*VOCAB[:5], "NOT_A_GENE1", "NOT_A_GENE2", VOCAB[5]]
+    report = validate(ad.AnnData(sp.csr_matrix(dense), var=pd.DataFrame(index=genes)), vocabulary=VOCAB)
+    np.testing.assert_array_equal(report.cell_totals, dense[:, [0, 1, 2, 3, 4, 7]].sum(1))
+    assert report.empty_cells.tolist() == [0, 5, 11]
 
 
 # --------------------------------------------------------------------------------- cell sets

@@ -28,7 +28,7 @@ from .._sparse import scipy_to_torch_csr
 from ..module import CellBatch
 from .cellsets import Partition, cell_sets, normalize_coordinates
 from .genes import GeneIdRule
-from .reader import _is_sparse, block_rows, counts_matrix, iter_row_blocks, read_rows
+from .reader import _is_sparse, block_rows, counts_matrix, iter_row_blocks, on_disk, read_rows
 from .validate import InputReport, coordinates, empty_cells_note, validate
 
 logger = logging.getLogger(__name__)
@@ -276,6 +276,11 @@ class CellSets:
         """Each set, in order, with its input on ``device``; the counts are read in blocks of sets."""
         matrix = self._counts if self._substituted else counts_matrix(self.adata, self.spec.layer)
         columns = None if self._substituted else self.report.alignment.columns
+        if not on_disk(matrix):  # in memory: each set's rows copied once, straight from the matrix
+            for rows in self.sets:
+                x = read_rows(matrix, rows, columns)
+                yield CellSet(rows, self._batch(x, rows, self._coords(rows, device), device))
+            return
         block_cells = block_rows(matrix, self.adata.n_vars, READ_BLOCK_CELLS)
         for rows_read, group, block in _read_in_blocks(matrix, self.sets, columns, block_cells):
             for rows in group:

@@ -288,7 +288,7 @@ def _scan_counts(adata: AnnData, matrix, report: InputReport, require_counts: bo
     """One pass over the counts: invalid and too large entries, non-integers, per-cell totals (summed in float64)."""
     columns = None if report.alignment is None else report.alignment.columns
     matched_mask = None
-    if columns is not None:
+    if columns is not None and len(columns) < adata.n_vars:  # else every column counts
         matched_mask = np.zeros(adata.n_vars, dtype=bool)
         matched_mask[columns] = True
     totals = np.zeros(adata.n_obs)
@@ -296,23 +296,21 @@ def _scan_counts(adata: AnnData, matrix, report: InputReport, require_counts: bo
     bad_cells: list[int] = []
     large_cells: list[int] = []
     largest = 0.0
-    for start, block in iter_row_blocks(matrix, adata.n_obs, adata.n_vars):
+    for start, block in iter_row_blocks(matrix, adata.n_obs, adata.n_vars, views=True):  # read only
         data = block.data
-        invalid = ~np.isfinite(data) | (data < 0)
-        too_large = np.isfinite(data) & (data > MAX_COUNT)
-        if invalid.any() or too_large.any():
+        low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+        if not (low >= 0 and high <= MAX_COUNT):  # NaN fails both; the masks are made only for such a block
+            invalid = ~np.isfinite(data) | (data < 0)
+            too_large = np.isfinite(data) & (data > MAX_COUNT)
             report.n_invalid_entries += int(invalid.sum())
             report.n_too_large += int(too_large.sum())
             largest = max(largest, float(data[too_large].max(initial=0)))
             _add_first_cells(bad_cells, block, start, invalid)
             _add_first_cells(large_cells, block, start, too_large)
             continue  # totals of such a block are meaningless (or overflow); the input is refused anyway
-        report.non_integer |= bool(np.any(data != np.round(data)))
-        cell_all = np.asarray(block.sum(1, dtype=np.float64)).ravel()
-        if matched_mask is None:
-            cell_matched = cell_all
-        else:
-            cell_matched = np.asarray(block[:, matched_mask].sum(1, dtype=np.float64)).ravel()
+        report.non_integer = report.non_integer or bool(np.any(data != np.round(data)))
+        cell_all = _row_sums(data, block.indptr)
+        cell_matched = cell_all if matched_mask is None else _row_sums(data * matched_mask[block.indices], block.indptr)
         totals[start : start + block.shape[0]] = cell_matched
         all_counts += cell_all.sum()
         matched_counts += cell_matched.sum()
@@ -347,6 +345,15 @@ def _scan_counts(adata: AnnData, matrix, report: InputReport, require_counts: bo
         logger.info(
             "%d cells have no counts%s", len(report.empty_cells), " in the model's genes" if columns is not None else ""
         )
+
+
+def _row_sums(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """Each CSR row's sum of ``values`` (its stored values, or weights of them), accumulated in float64."""
+    out = np.zeros(len(indptr) - 1)
+    filled = np.flatnonzero(np.diff(indptr))
+    if filled.size:  # each segment runs to the next filled row's start: the end of its own row
+        out[filled] = np.add.reduceat(values, indptr[filled] - indptr[0], dtype=np.float64)
+    return out
 
 
 def _add_first_cells(cells: list[int], block, start: int, flagged: np.ndarray) -> None:
