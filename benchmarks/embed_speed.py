@@ -58,6 +58,7 @@ CONFIG_85M = HERE.parent / "tests" / "data" / "official" / "20230926_85M.config.
 SRC = HERE.parent / "src"
 PREFIX = "bench"
 METHODS = ("official", "ours fp32", "ours bf16")
+GENE_TOKEN_METHODS = ("scGPT fp32", "scGPT bf16", "Geneformer fp32", "Geneformer bf16")
 DEFAULT_CONFIGS = ("2000x2000", "2000x19374", "5000x19374", "20000x19374")
 
 
@@ -223,6 +224,119 @@ def run_ours(args, adata) -> tuple:
     return (lambda a: model.get_latent_representation(a, **kwargs)), info
 
 
+# ---------------------------------------------------------------- worker: gene-token models (random weights)
+#: scGPT's whole-human model (12 layers, 512 wide, 8 heads, 512 feed-forward, 60,697 tokens, 51 value bins, 1,200
+#: genes per cell) and Geneformer V1 (BERT, 6 layers, 256 wide, 4 heads, 512 intermediate, 25,426 tokens, the 2,048
+#: top-ranked genes of a cell); a batch of 64 cells each, as their embedding utilities.
+SCGPT = {"vocab": 60697, "d_model": 512, "nhead": 8, "d_hid": 512, "nlayers": 12, "bins": 51, "genes": 1200}
+GENEFORMER = {"vocab": 25426, "hidden": 256, "layers": 6, "heads": 4, "intermediate": 512, "genes": 2048}
+GENE_TOKEN_BATCH = 64
+
+
+def load_scgpt_transformer():
+    """The ``scgpt`` package's ``TransformerModel``, imported without the package's ``__init__`` (which needs
+    torchtext, scvi-tools and more for its other parts; the model module needs torch alone)."""
+    import importlib
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec("scgpt")
+    if spec is None:
+        raise SystemExit("SKIP the scgpt package is not installed (pip install --no-deps scgpt)")
+    root = Path(spec.submodule_search_locations[0])
+    for name, path in (("scgpt", root), ("scgpt.model", root / "model")):
+        package = types.ModuleType(name)
+        package.__path__ = [str(path)]
+        sys.modules.setdefault(name, package)
+    return importlib.import_module("scgpt.model.model").TransformerModel
+
+
+def gene_token_embedder(method: str, bf16: bool):
+    """``(tokenize(csr rows) -> inputs, embed(inputs) -> (cells, dim))`` of a gene-token model with random weights;
+    ``bf16``: the weights in bf16 (torch's fused encoder layer refuses autocast's mixed inputs)."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    if method == "scGPT":
+        c = SCGPT
+        model = load_scgpt_transformer()(
+            ntoken=c["vocab"], d_model=c["d_model"], nhead=c["nhead"], d_hid=c["d_hid"], nlayers=c["nlayers"],
+            vocab={"<pad>": 0}, pad_token="<pad>", pad_value=-2, input_emb_style="continuous", n_input_bins=c["bins"],
+            cell_emb_style="cls", dropout=0.2,
+        ).eval().to(dtype)  # fmt: skip
+        token_of_gene = rng.permutation(np.arange(2, c["vocab"]))  # 0: <pad>, 1: <cls>
+
+        def tokenize(x):  # each cell's counted genes (1,200 sampled when more), values in per-cell quantile bins
+            genes, values = [], []
+            for i in range(x.shape[0]):
+                cols, vals = x.indices[x.indptr[i] : x.indptr[i + 1]], x.data[x.indptr[i] : x.indptr[i + 1]]
+                if len(cols) > c["genes"]:
+                    keep = rng.choice(len(cols), c["genes"], replace=False)
+                    cols, vals = cols[keep], vals[keep]
+                edges = np.quantile(vals, np.linspace(0, 1, c["bins"] - 1))
+                genes.append(np.concatenate([[1], token_of_gene[cols]]))
+                values.append(np.concatenate([[0.0], np.digitize(vals, edges)]))
+            width = max(len(g) for g in genes)
+            ids = torch.zeros(len(genes), width, dtype=torch.long)
+            vals = torch.full((len(genes), width), -2.0)
+            for i, (g, v) in enumerate(zip(genes, values)):
+                ids[i, : len(g)], vals[i, : len(v)] = torch.from_numpy(g), torch.from_numpy(v)
+            return ids, vals, ids.eq(0)
+
+        def embed(inputs):
+            ids, values, padding = inputs
+            return model._encode(ids, values.to(dtype), padding)[:, 0, :]  # <cls>: scGPT's cell embedding
+
+        return tokenize, embed
+    from transformers import BertConfig, BertModel
+
+    c = GENEFORMER
+    config = BertConfig(
+        vocab_size=c["vocab"], hidden_size=c["hidden"], num_hidden_layers=c["layers"], num_attention_heads=c["heads"],
+        intermediate_size=c["intermediate"], max_position_embeddings=c["genes"], hidden_act="relu", pad_token_id=0,
+    )  # fmt: skip
+    model = BertModel(config, add_pooling_layer=False).eval().to(dtype)
+    token_of_gene = rng.permutation(np.arange(2, c["vocab"]))
+    gene_median = rng.uniform(0.5, 2.0, size=len(token_of_gene))  # stands for the corpus medians it divides by
+
+    def tokenize(x):  # rank value encoding: genes by normalised expression, the top 2,048 of each cell
+        ranked = []
+        for i in range(x.shape[0]):
+            cols, vals = x.indices[x.indptr[i] : x.indptr[i + 1]], x.data[x.indptr[i] : x.indptr[i + 1]]
+            scaled = vals / vals.sum() * 1e4 / gene_median[cols]
+            ranked.append(token_of_gene[cols[np.argsort(-scaled, kind="stable")][: c["genes"]]])
+        width = max(len(r) for r in ranked)
+        ids = torch.zeros(len(ranked), width, dtype=torch.long)
+        for i, r in enumerate(ranked):
+            ids[i, : len(r)] = torch.from_numpy(r)
+        return ids, ids.ne(0).long()
+
+    def embed(inputs):
+        ids, mask = inputs
+        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # the mean over its genes
+
+    return tokenize, embed
+
+
+def run_gene_token(args, adata) -> tuple:
+    import torch
+
+    tokenize, embed = gene_token_embedder(args.method.split()[0], bf16=args.method.endswith("bf16"))
+
+    def call(a):
+        out = []
+        with torch.inference_mode():
+            for start in range(0, a.n_obs, GENE_TOKEN_BATCH):  # tokenizing is timed too, as the host work it is
+                out.append(embed(tokenize(a.X[start : start + GENE_TOKEN_BATCH])).float())
+        return torch.cat(out).numpy()
+
+    return call, {"batch": GENE_TOKEN_BATCH}
+
+
 def worker(args) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("MKL_NUM_THREADS", str(args.threads))
@@ -231,7 +345,12 @@ def worker(args) -> None:
         print("RESULT " + json.dumps(make_checkpoint(args.ckpt_dir, args.seed)))
         return
     adata = load_adata(args.data)
-    call, info = (run_official if args.method == "official" else run_ours)(args, adata)
+    if args.method == "official":
+        call, info = run_official(args, adata)
+    elif args.method in GENE_TOKEN_METHODS:
+        call, info = run_gene_token(args, adata)
+    else:
+        call, info = run_ours(args, adata)
     if args.warmup_cells > 0:
         call(adata[: min(args.warmup_cells, adata.n_obs)].copy())
     peak_before, rss_before = rss_mb()
@@ -321,11 +440,11 @@ def sanity_check(args, tmp: Path, ours_python: str) -> dict:
     }
 
 
-def measure(args, tmp: Path, cells: int, genes: int, ours_python: str) -> dict:
+def measure(args, tmp: Path, cells: int, genes: int, ours_python: str, methods: list[str] | None = None) -> dict:
     import numpy as np
 
     data = make_input(cells, genes, args.density, tmp)
-    methods = [m for m in METHODS if m != "official" or args.official_python]
+    methods = methods or [m for m in METHODS if m != "official" or args.official_python]
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     skipped: dict[str, str] = {}
     for rep in range(args.reps):
@@ -334,8 +453,11 @@ def measure(args, tmp: Path, cells: int, genes: int, ours_python: str) -> dict:
             if method in skipped:
                 continue
             python = args.official_python if method == "official" else ours_python
+            warmup = args.warmup_cells
+            if method in GENE_TOKEN_METHODS:  # a few cells: their warm-up would cost as much as the call
+                python, warmup = args.gene_token_python, min(warmup, 8)
             extra = ["--method", method, "--data", str(data), "--ckpt-dir", str(tmp)]
-            extra += ["--warmup-cells", str(args.warmup_cells)]
+            extra += ["--warmup-cells", str(warmup)]
             if method != "official":
                 extra += ["--out", str(tmp / f"emb_{method.replace(' ', '_')}.npy")]
             r = spawn(python, args, extra)
@@ -371,6 +493,29 @@ def measure(args, tmp: Path, cells: int, genes: int, ours_python: str) -> dict:
     for f in tmp.glob(f"input_{cells}x{genes}*"):
         f.unlink()
     return {"cells": cells, "genes": genes, "reps": args.reps, "methods": summary, "skipped": skipped}
+
+
+def gene_token_anchor(args, tmp: Path, ours_python: str) -> dict:
+    """scGPT and Geneformer (random weights, published sizes) and CellPLM-85M embedding the same cells."""
+    methods = [*GENE_TOKEN_METHODS, "ours fp32", "ours bf16"]
+    result = measure(args, tmp, args.gene_token_cells, 19374, ours_python, methods=methods)
+    for method, s in result["methods"].items():
+        ours = result["methods"].get(f"ours {method.split()[-1]}")
+        if method in GENE_TOKEN_METHODS and ours:
+            s["cellplm_speedup"] = round(ours["cells_per_s"] / s["cells_per_s"], 1)
+    return result
+
+
+def print_anchor(result: dict) -> None:
+    print(f"\ngene-token anchor: {result['cells']:,} cells x {result['genes']:,} genes, random weights "
+          f"({result['reps']} repetitions, medians)")  # fmt: skip
+    print("| method | cells/s | CellPLM-85M (ours) is ... x faster, same precision | peak RSS of the run MB |")
+    print("|---|---|---|---|")
+    for method, s in result["methods"].items():
+        speedup = f"{s['cellplm_speedup']:,.1f}" if "cellplm_speedup" in s else "-"
+        print(f"| {method} | {s['cells_per_s']:,.1f} | {speedup} | {s['peak_rss_mb']:,.0f} |")
+    for method, why in result["skipped"].items():
+        print(f"({method} skipped: {why})")
 
 
 def _median_or_none(values: list) -> float | None:
@@ -416,6 +561,9 @@ def driver(args) -> int:
             report["sanity"] = sanity = sanity_check(args, tmp, ours_python)
             print("sanity check (64 cells x 2,000 genes; ours replays the official GMVAE draws):")
             print("  " + json.dumps(sanity))
+        if args.gene_token_python:
+            report["gene_token_anchor"] = anchor = gene_token_anchor(args, tmp, ours_python)
+            print_anchor(anchor)
         report["configs"] = []
         for config in args.configs:
             cells, genes = (int(v) for v in config.lower().split("x"))
@@ -442,7 +590,9 @@ def main() -> int:
     # worker-only
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--make-checkpoint", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--method", choices=(*METHODS, "ours compat"), help=argparse.SUPPRESS)
+    parser.add_argument("--gene-token-python", help="python with scgpt (--no-deps) and transformers: adds the anchor")
+    parser.add_argument("--gene-token-cells", type=int, default=256, help="cells the gene-token anchor embeds")
+    parser.add_argument("--method", choices=(*METHODS, *GENE_TOKEN_METHODS, "ours compat"), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ckpt-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)

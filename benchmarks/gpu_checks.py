@@ -10,7 +10,9 @@ Each check reports on its own (an error is recorded and the next check runs); on
   largest fp32 difference, mean bf16 cosine and the 15-NN Jaccard of bf16 vs CPU fp32.
 - timing: the 85M configuration with random weights (19,374 genes) embeds 48,082 synthetic cells of 1,356
   counted genes each (density 0.07); wall time of ``get_latent_representation`` after a warm-up (the host's
-  set preparation included) and peak GPU memory, fp32 then bf16, twice each (the second of each is kept).
+  set preparation included) and peak GPU memory, fp32 then bf16, twice each (the second of each is kept); then
+  again with the next set's input no longer built on a thread while the GPU runs (``no_prefetch_*``), and whether
+  the fp32 embeddings of both ways are equal.
 """
 
 import argparse
@@ -127,15 +129,29 @@ def _():
     model = CellPLM(module, genes, device="cuda")
     out = {"n_cells": n, "n_genes": g, "nnz": int(x.nnz), "parameters": module.n_parameters()}
     model.get_latent_representation(adata[:2000].copy(), precision="bf16")  # warm-up
-    for precision in ("fp32", "bf16", "fp32", "bf16"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
-        z = model.get_latent_representation(adata, precision=precision)
-        torch.cuda.synchronize()
-        out[f"{precision}_s"] = round(time.perf_counter() - t, 3)
-        out[f"{precision}_peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        out[f"{precision}_finite"] = bool(np.isfinite(z).all())
+    from opencellplm.data import sets as sets_module
+
+    iterate = sets_module.CellSets.iterate
+    embeddings = {}
+    for prefetch in (True, False):  # the default (the next set built while the GPU runs this one), then without
+        sets_module.CellSets.iterate = lambda self, device="cpu", prefetch=prefetch: iterate(
+            self, device, prefetch=prefetch
+        )
+        tag = "" if prefetch else "no_prefetch_"
+        try:
+            for precision in ("fp32", "bf16", "fp32", "bf16"):
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                t = time.perf_counter()
+                z = model.get_latent_representation(adata, precision=precision)
+                torch.cuda.synchronize()
+                out[f"{tag}{precision}_s"] = round(time.perf_counter() - t, 3)
+                out[f"{tag}{precision}_peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                out[f"{tag}{precision}_finite"] = bool(np.isfinite(z).all())
+                embeddings[tag + precision] = z
+        finally:
+            sets_module.CellSets.iterate = iterate
+    out["prefetch_fp32_equals_without"] = bool(np.array_equal(embeddings["fp32"], embeddings["no_prefetch_fp32"]))
     return out
 
 

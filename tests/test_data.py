@@ -250,3 +250,42 @@ def test_cell_sets_read_the_counts_once_and_the_same_sets_over_substituted_count
     assert torch.equal(sets.read(0).batch.counts.to_dense(), torch.as_tensor(counts[sets.sets[0]].toarray()))
     with pytest.raises(ValueError, match=r"the counts must have the shape of counts\(\) \(90, 45\), got \(90, 60\)"):
         sets.with_counts(adata.X)
+
+
+def test_prefetched_sets_equal_the_sets_read_in_turn():
+    import torch
+
+    from opencellplm.data.sets import CellSets, InputSpec
+    from opencellplm.testing import synthetic_adata
+
+    genes = vocabulary(50)
+    adata = synthetic_adata(90, 60, gene_names=[*genes[:45], *[f"other{i}" for i in range(15)]], spatial=True, seed=5)
+    sets = CellSets(adata, InputSpec(sample_key="sample", max_cells=20), vocabulary=genes, positional=True)
+    plain, ahead = list(sets.iterate()), list(sets.iterate(prefetch=True))
+    assert len(plain) == len(ahead) == len(sets) > 2
+    for a, b in zip(plain, ahead, strict=True):
+        assert a.rows.tolist() == b.rows.tolist()
+        assert torch.equal(a.batch.counts.to_dense(), b.batch.counts.to_dense())
+        assert torch.equal(a.batch.gene_index, b.batch.gene_index) and torch.equal(a.batch.coords, b.batch.coords)
+
+
+def test_prefetching_raises_where_an_item_failed_and_stops_its_thread_when_left_early():
+    import threading
+
+    from opencellplm.data.prefetch import prefetched
+
+    def items():
+        yield from range(3)
+        raise OSError("the file went away")
+
+    got = []
+    with pytest.raises(OSError, match="the file went away"):
+        for item in prefetched(items()):
+            got.append(item)
+    assert got == [0, 1, 2]
+    stream = prefetched(iter(range(1000)), ahead=2)
+    assert [next(stream), next(stream)] == [0, 1]
+    stream.close()  # the caller stops early: the producer must not stay blocked on a full queue
+    assert not [t for t in threading.enumerate() if t.name == "opencellplm-prefetch"]
+    with pytest.raises(ValueError, match="ahead must be at least 1"):
+        next(prefetched([1], ahead=0))

@@ -24,10 +24,11 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from .._sparse import scipy_to_torch_csr
+from .._sparse import csr_to, scipy_to_torch_csr
 from ..module import CellBatch
 from .cellsets import Partition, cell_sets, normalize_coordinates
 from .genes import GeneIdRule
+from .prefetch import prefetched
 from .reader import _is_sparse, block_rows, counts_matrix, iter_row_blocks, on_disk, read_rows
 from .validate import InputReport, coordinates, empty_cells_note, validate
 
@@ -236,9 +237,10 @@ class CellSets:
         other._batch_ids = ids.astype(np.int64)
         return other
 
-    def _batch(self, x, rows: np.ndarray, coords: torch.Tensor | None, device) -> CellBatch:
+    def _batch(self, x, rows: np.ndarray, coords: torch.Tensor | None, device, *, pinned: bool = False) -> CellBatch:
         ids = None if self._batch_ids is None else torch.as_tensor(self._batch_ids[rows], device=device)
-        return CellBatch(scipy_to_torch_csr(x, device), self._gene_index.to(device), coords, batch=ids)
+        counts = scipy_to_torch_csr(x, pinned=True) if pinned else scipy_to_torch_csr(x, device)
+        return CellBatch(counts, self._gene_index.to(device), coords, batch=ids)
 
     @property
     def n_cells(self) -> int:
@@ -272,20 +274,43 @@ class CellSets:
             return None
         return torch.as_tensor(normalize_coordinates(self.coords[rows]), dtype=torch.float32).to(device)
 
-    def iterate(self, device: torch.device | str = "cpu") -> Iterator[CellSet]:
-        """Each set, in order, with its input on ``device``; the counts are read in blocks of sets."""
+    def iterate(self, device: torch.device | str = "cpu", *, prefetch: bool | None = None) -> Iterator[CellSet]:
+        """Each set, in order, with its input on ``device``; the counts are read set by set (in memory) or in blocks
+        of sets (from disk).
+
+        ``prefetch`` (default: on any device but the CPU, whose cores the forward already uses) builds the next
+        set's input on a background thread while the caller works on this one; on CUDA it is staged in pinned
+        memory and copied without blocking."""
+        device = torch.device(device)
+        prefetch = device.type != "cpu" if prefetch is None else prefetch
+        pinned = prefetch and device.type == "cuda"
+        if device.type == "cpu" and not prefetch:
+            yield from self._host_sets()
+            return
+        gene_index = self._gene_index.to(device)
+        for cell_set in prefetched(self._host_sets(pinned=pinned)) if prefetch else self._host_sets():
+            yield CellSet(cell_set.rows, _moved(cell_set.batch, gene_index, device, non_blocking=pinned))
+
+    def _host_sets(self, *, pinned: bool = False) -> Iterator[CellSet]:
+        """Each set with its input on the CPU (``pinned``: in page-locked memory)."""
         matrix = self._counts if self._substituted else counts_matrix(self.adata, self.spec.layer)
         columns = None if self._substituted else self.report.alignment.columns
         if not on_disk(matrix):  # in memory: each set's rows copied once, straight from the matrix
             for rows in self.sets:
                 x = read_rows(matrix, rows, columns)
-                yield CellSet(rows, self._batch(x, rows, self._coords(rows, device), device))
+                yield CellSet(rows, self._batch(x, rows, self._coords(rows, "cpu"), "cpu", pinned=pinned))
             return
         block_cells = block_rows(matrix, self.adata.n_vars, READ_BLOCK_CELLS)
         for rows_read, group, block in _read_in_blocks(matrix, self.sets, columns, block_cells):
             for rows in group:
                 x = block if rows_read is None else block[np.searchsorted(rows_read, rows)]
-                yield CellSet(rows, self._batch(x, rows, self._coords(rows, device), device))
+                yield CellSet(rows, self._batch(x, rows, self._coords(rows, "cpu"), "cpu", pinned=pinned))
+
+
+def _moved(batch: CellBatch, gene_index: torch.Tensor, device: torch.device, *, non_blocking: bool) -> CellBatch:
+    """``batch`` on ``device`` with ``gene_index`` (already there)."""
+    moved = {k: v.to(device, non_blocking=non_blocking) for k, v in batch.per_cell().items()}
+    return CellBatch(csr_to(batch.counts, device, non_blocking=non_blocking), gene_index, **moved)
 
 
 def _read_in_blocks(matrix, sets: list[np.ndarray], columns: np.ndarray, block_cells: int):
