@@ -71,6 +71,30 @@ def test_official_mode_draws_noise_in_the_official_order(tiny_config):
         module(batch, official=True, noise=GMVAENoise(torch.rand(5, 4), torch.randn(30, 8)))
 
 
+def test_decoding_the_input_genes_only_gives_the_loss_of_the_whole_vocabulary(tiny_config):
+    """Denoising decodes only the input's genes (in input order, a gene matched twice decoded twice): the NB
+    parameters and the reconstruction loss equal those of the whole vocabulary's output, gradients included."""
+    module = CellPLMModule(tiny_config).train()
+    batch = make_batch()
+    batch = CellBatch(batch.counts, torch.cat([batch.gene_index[:-1], batch.gene_index[:1]]))  # a repeated gene
+    masking = MaskingConfig(cell_rate=0.5, gene_rate=0.3, masked_term=True)
+    results = []
+    for genes in (None, batch.gene_index):
+        module.zero_grad()
+        torch.manual_seed(3)
+        out = module(batch, corrupt=masking, decode_genes=genes)
+        loss = reconstruction_loss(out, masked_term=True)
+        loss.total.backward()
+        results.append((out.nb.at(batch.gene_index), loss.total, module.decoder.mean.weight.grad.clone()))
+    (mean_all, disp_all), loss_all, grad_all = results[0]
+    (mean_in, disp_in), loss_in, grad_in = results[1]
+    assert mean_in.shape[1] == 20 and mean_all.shape == mean_in.shape
+    torch.testing.assert_close(mean_in, mean_all)
+    torch.testing.assert_close(disp_in, disp_all)
+    torch.testing.assert_close(loss_in, loss_all)
+    torch.testing.assert_close(grad_in, grad_all)
+
+
 def test_cells_attend_to_each_other(tiny_config):
     module = CellPLMModule(tiny_config).eval()
     batch = make_batch()

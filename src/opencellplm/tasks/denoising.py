@@ -201,8 +201,8 @@ class DenoisingObjective(Objective):
 
     def loss(self, model: nn.Module, item: int, device: torch.device, autocast: Autocast) -> tuple[LossOutput, int]:
         cell_set = self.train.read(item, device)
-        with autocast():
-            out = model(cell_set.batch, corrupt=self.masking)
+        with autocast():  # the decoder's output layer on the input's genes only, in their order: what the loss reads
+            out = model(cell_set.batch, corrupt=self.masking, decode_genes=cell_set.batch.gene_index)
         return reconstruction_loss(out, masked_term=self.masking.masked_term), len(out.kept_cells)
 
     def evaluate(self, module: nn.Module, world: Distributed, autocast: Autocast) -> dict[str, float]:
@@ -215,10 +215,8 @@ class DenoisingObjective(Objective):
             if hidden.nnz == 0:
                 continue
             with autocast():
-                nb = module(cell_set.batch).nb
-            gene_index = cell_set.batch.gene_index
-            mean = nb.mean[:, gene_index].float()  # (N, G_in)
-            dispersion = nb.dispersion[:, gene_index].float()
+                nb = module(cell_set.batch, decode_genes=cell_set.batch.gene_index).nb
+            mean, dispersion = nb.mean.float(), nb.dispersion.float()  # (N, G_in)
             rows = torch.as_tensor(hidden.row, device=world.device, dtype=torch.long)
             cols = torch.as_tensor(hidden.col, device=world.device, dtype=torch.long)
             truth = torch.as_tensor(hidden.data, device=world.device, dtype=torch.float32)
@@ -565,7 +563,8 @@ class Denoiser(FineTunedTask):
         module.eval()
         try:
             for cell_set in sets.iterate(model.device):
-                mean = module(cell_set.batch).nb.mean[:, cell_set.batch.gene_index].double().cpu().numpy()
+                nb = module(cell_set.batch, decode_genes=cell_set.batch.gene_index).nb
+                mean = nb.mean.double().cpu().numpy()  # (N, G_in)
                 where = np.ix_(cell_set.rows, columns)
                 counts = out[where]
                 observed += counts.sum(0, dtype=np.float64)

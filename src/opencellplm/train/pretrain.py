@@ -137,8 +137,8 @@ class PretrainObjective(Objective):
 
     def loss(self, model: nn.Module, item: SetRef, device: torch.device, autocast: Autocast) -> tuple[LossOutput, int]:
         batch = self.corpus.cell_set(*item).to(device)
-        with autocast():
-            out = model(batch, corrupt=self.masking)
+        with autocast():  # the decoder's output layer on the set's genes only, in their order: what the loss reads
+            out = model(batch, corrupt=self.masking, decode_genes=batch.gene_index)
         return reconstruction_loss(out, masked_term=self.masking.masked_term), len(out.kept_cells)
 
     def evaluate(self, module: nn.Module, world: Distributed, autocast: Autocast) -> dict[str, float]:
@@ -149,7 +149,7 @@ class PretrainObjective(Objective):
             batch = self.corpus.cell_set(*refs[position]).to(world.device)
             torch.manual_seed(set_seed(self.train.seed, EVALUATION_STEP, position))
             with autocast():
-                out = module(batch, corrupt=self.masking)
+                out = module(batch, corrupt=self.masking, decode_genes=batch.gene_index)
             total += reconstruction_loss(out, masked_term=self.masking.masked_term).total.item()
             count += 1
         total, count = world.sum([total, count])
