@@ -3,9 +3,27 @@
 Usage:
     bash ../shared/tools/official_cellplm_env.sh /tmp/official-cellplm      # once: the official package
     python benchmarks/embed_speed.py --official-python /tmp/official-cellplm/bin/python \\
-        [--configs 2000x2000 2000x19374 5000x19374 20000x19374] [--reps 3] [--json OUT]
+        [--configs 2000x2000 2000x19374 5000x19374 20000x19374] [--reps 3] [--json OUT] \\
+        [--gene-token-python PY --gene-token-cells 256]
 
 Without ``--official-python`` only our rows are measured (said so in the output).
+
+``--gene-token-python PY`` adds the gene-token anchor (issue 23): scGPT and Geneformer with random weights at their
+published sizes embed the same ``--gene-token-cells`` cells x 19,374 genes as CellPLM-85M (ours, fp32 and bf16),
+each in a fresh process of ``PY``, which needs ``pip install --no-deps scgpt`` (its model module needs torch
+alone; the package's other parts need torchtext and more, so it is imported without them) and ``transformers``:
+
+* scGPT, the package's ``TransformerModel`` as its whole-human model (12 layers, 512 wide, 8 heads, 512
+  feed-forward, 60,697 tokens, continuous values of 51 per-cell quantile bins): each cell's counted genes, 1,200
+  sampled where it has more, behind a ``<cls>`` token whose output is the embedding;
+* Geneformer V1, a ``transformers`` BERT (6 layers, 256 wide, 4 heads, 512 intermediate, 25,426 tokens, 2,048
+  positions): each cell's genes ranked by count / total x 10,000 / the gene's corpus median (random stand-ins),
+  the top 2,048, the embedding the mean of the last layer over them (its extractor reads the layer before by
+  default: every layer runs either way).
+
+Both in batches of 64 cells, tokenization timed with the forward; "bf16" casts their weights to bf16 (torch's
+fused encoder layer refuses autocast's mixed inputs), ours runs bf16 autocast. The table gives cells/s and how
+many times faster CellPLM-85M is at the same precision.
 
 Both sides run the real 85M configuration (``tests/data/official/20230926_85M.config.json``, 19,374
 genes) with IDENTICAL random weights: one official-format checkpoint (``PREFIX.config.json`` +

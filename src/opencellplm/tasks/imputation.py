@@ -100,7 +100,9 @@ class ImputationRecipe(FineTuneRecipe):
     positional
         Encode the spatial coordinates (False: the official ``pe = 0``).
     mask_cell_rate, mask_gene_rate, drop_cell_rate
-        Training corruption (official: 95% of cells, 25% of their genes; no cell dropping).
+        Training corruption (official: 95% of cells, 25% of their genes). The official pipeline also keeps its
+        checkpoint's cell dropping, 30% of a set's cells left out of each step with the released 85M model (its
+        ``drop_node_rate``); ours drops none unless ``drop_cell_rate`` is set.
     validation_fraction
         Share of each data set's cell sets held out to pick the best state (at least one when it has two).
     panel_rate
