@@ -145,6 +145,9 @@ def test_row_blocks_shared_only_when_asked_and_equal_either_way():
         assert start_a == start_b
         np.testing.assert_array_equal(a.toarray(), b.toarray())
         assert np.shares_memory(a.data, x.data) and not np.shares_memory(b.data, x.data)
+    x.indices, x.indptr = x.indices.astype(np.int64), x.indptr.astype(np.int64)  # a matrix past 2**31 values
+    _, block = next(iter_row_blocks(x, x.shape[0], x.shape[1], views=True))
+    assert block.indices.dtype == block.indptr.dtype == np.int64
 
 
 def test_cell_totals_count_matched_genes_only_with_empty_rows_anywhere():
@@ -263,6 +266,10 @@ def test_prefetched_sets_equal_the_sets_read_in_turn():
     sets = CellSets(adata, InputSpec(sample_key="sample", max_cells=20), vocabulary=genes, positional=True)
     plain, ahead = list(sets.iterate()), list(sets.iterate(prefetch=True))
     assert len(plain) == len(ahead) == len(sets) > 2
+    stream = sets.iterate(prefetch=True)
+    next(stream)
+    stream.close()  # a caller that stops early (or fails) stops the thread building sets ahead
+    assert not [t for t in __import__("threading").enumerate() if t.name == "opencellplm-prefetch"]
     for a, b in zip(plain, ahead, strict=True):
         assert a.rows.tolist() == b.rows.tolist()
         assert torch.equal(a.batch.counts.to_dense(), b.batch.counts.to_dense())

@@ -492,6 +492,30 @@ def test_a_run_saved_before_a_training_setting_existed_resumes_with_that_setting
         pretrain(corpus, run, model=model, train=replace(train, encoder_lr_ratio=0.5), resume=True)
 
 
+def test_a_run_saved_with_the_unfused_optimizer_resumes_fused(corpus, tmp_path, monkeypatch):
+    from opencellplm.train import trainer as trainer_module
+
+    model, train = configs.load(_config_file(tmp_path / "cfg.json", steps=2))
+    run = tmp_path / "run"
+    pretrain(corpus, run, model=model, train=train)
+    state = torch.load(run / "state.pt", weights_only=False)
+    assert all(group["fused"] for group in state["optimizer"]["param_groups"])
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = None  # as an earlier version saved it; loading it would bring that choice back
+    torch.save(state, run / "state.pt")
+    seen = []
+    use_fused = trainer_module._use_fused
+
+    def spy(optimizer, fused):
+        use_fused(optimizer, fused)
+        seen.extend((group["fused"], group["foreach"]) for group in optimizer.param_groups)
+        seen.extend(str(s["step"].dtype) for s in optimizer.state.values())
+
+    monkeypatch.setattr(trainer_module, "_use_fused", spy)
+    assert pretrain(corpus, run, model=model, train=train, resume=True)["steps"] == 2
+    assert seen and set(seen) == {(True, None), "torch.float32"}
+
+
 def test_resume_takes_the_recorded_settings_and_refuses_a_different_one(corpus, tmp_path, caplog):
     from opencellplm.cli import main
 

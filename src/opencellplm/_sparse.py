@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
 import torch
 
+#: ``warnings.catch_warnings`` swaps the process's filter list: two threads (cell sets built ahead on a GPU run)
+#: entering and leaving it interleaved could leave a filter behind or drop one, so they take turns.
+_WARNINGS_LOCK = threading.Lock()
+
 
 def csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape, device=None) -> torch.Tensor:
     """A CSR tensor from canonical components (sorted, in range: invariant checks are skipped)."""
-    with warnings.catch_warnings():  # torch labels every CSR tensor "beta"; we use its stable core only
+    with _WARNINGS_LOCK, warnings.catch_warnings():  # torch labels every CSR tensor "beta"; we use its stable core only
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
         return torch.sparse_csr_tensor(crow, col, values, size=tuple(shape), device=device, check_invariants=False)
 

@@ -288,8 +288,12 @@ class CellSets:
             yield from self._host_sets()
             return
         gene_index = self._gene_index.to(device)
-        for cell_set in prefetched(self._host_sets(pinned=pinned)) if prefetch else self._host_sets():
-            yield CellSet(cell_set.rows, _moved(cell_set.batch, gene_index, device, non_blocking=pinned))
+        stream = prefetched(self._host_sets(pinned=pinned)) if prefetch else self._host_sets()
+        try:
+            for cell_set in stream:
+                yield CellSet(cell_set.rows, _moved(cell_set.batch, gene_index, device, non_blocking=pinned))
+        finally:
+            stream.close()  # closing this iterator stops the thread building sets ahead
 
     def _host_sets(self, *, pinned: bool = False) -> Iterator[CellSet]:
         """Each set with its input on the CPU (``pinned``: in page-locked memory)."""

@@ -299,9 +299,11 @@ class CellPLM:
         was_training = self.module.training
         self.module.eval()
         try:
-            # one autocast region for all sets: the weights are cast to bf16 once, not once per set
-            with tqdm(total=sets.n_cells, desc="embedding", unit="cell", disable=None) as bar, autocast():
-                for cell_set in sets.iterate(self.device):
+            # one autocast region for all sets: the weights are cast to bf16 once, not once per set; closing the sets
+            # on an error stops a GPU run's thread building the next ones
+            bar = tqdm(total=sets.n_cells, desc="embedding", unit="cell", disable=None)
+            with bar, autocast(), contextlib.closing(sets.iterate(self.device)) as cell_sets:
+                for cell_set in cell_sets:
                     step_noise = None
                     if noise_iter is not None:
                         step_noise = next(noise_iter, None)

@@ -304,8 +304,8 @@ class Trainer:
         self.positions = self._positions()  # refused early when the world size does not divide the step
         # fused: one kernel per parameter group instead of a dozen passes over every tensor (CPU, 54M parameters:
         # 0.15 -> 0.03 s a step); the same update to float rounding
-        fused = world.device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.AdamW(self._optimizer_groups(), lr=config.lr, fused=fused or None)
+        self.fused = world.device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.AdamW(self._optimizer_groups(), lr=config.lr, fused=self.fused or None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, config))
         self.dtype = autocast_dtype(config.precision, world.device)
         self.step, self.best, self.bad_evals, self.history = 0, math.inf, 0, []
@@ -425,6 +425,7 @@ class Trainer:
             raise ConfigError(f"cannot resume: the settings differ from the saved run's in {changed}")
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        _use_fused(self.optimizer, self.fused)
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.step, self.best, self.bad_evals = state["step"], state["best"], state["bad_evals"]
@@ -644,6 +645,17 @@ class Trainer:
                 },
             )
         self.world.barrier()
+
+
+def _use_fused(optimizer: torch.optim.Optimizer, fused: bool) -> None:
+    """After ``load_state_dict``, which brings back the saved groups' kernel choice: this run's choice (a run saved
+    by an earlier version, unfused, or on another device), with each step count where the fused kernel reads it."""
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = (True, None) if fused else (None, group.get("foreach"))
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if fused and "step" in state:
+                state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
 
 
 def _step_of(line: str) -> int | None:
