@@ -47,3 +47,33 @@ def test_parts_assemble_in_input_order_and_a_part_of_other_settings_is_never_rea
     write_part(tmp_path, 2, 3, stamp, np.array([5]), full[[5]])
     with pytest.raises(RuntimeError, match="repeats cells"):
         assemble(tmp_path, 3, stamp, n, dim)
+
+
+def test_two_processes_under_torchrun_write_the_one_process_embedding_bit_for_bit(tmp_path, tiny_adata):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import anndata as ad
+
+    from opencellplm.cli import main
+
+    from .official_files import official_config, write_official
+
+    prefix = write_official(tmp_path / "official" / "tiny", official_config(n_genes=50))
+    assert main(["convert-official", str(prefix), "--out", str(tmp_path / "ckpt")]) == 0
+    tiny_adata.write_h5ad(tmp_path / "in.h5ad")
+    flags = ["--checkpoint", str(tmp_path / "ckpt"), "--max-cells", "15", "--precision", "fp32"]
+    assert main(["embed", str(tmp_path / "in.h5ad"), "--out", str(tmp_path / "one.h5ad"), *flags]) == 0
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [str(torchrun), "--nproc_per_node", "2", "-m", "opencellplm", "embed", str(tmp_path / "in.h5ad")]
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path / "two.h5ad"), *flags], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    one, two = ad.read_h5ad(tmp_path / "one.h5ad"), ad.read_h5ad(tmp_path / "two.h5ad")
+    assert np.array_equal(one.obsm["X_cellplm"], two.obsm["X_cellplm"], equal_nan=True)
+    assert two.uns["cellplm"]["X_cellplm"]["n_cell_sets"] == one.uns["cellplm"]["X_cellplm"]["n_cell_sets"] > 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "in.h5ad", "official", "one.h5ad", "two.h5ad"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,6 +112,8 @@ def _command_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager
     from .._files import output_lock
 
     out = getattr(args, "out", None)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 holds it for the run (embed)
+        return contextlib.nullcontext()
     # A new folder is made by the writers, after their checks: the lock creates none (nor inside an input).
     if out is None or not getattr(args, "locks_out", True) or not Path(out).expanduser().resolve().parent.is_dir():
         return contextlib.nullcontext()

@@ -222,6 +222,13 @@ class CellSets:
         other._counts, other._substituted = sp.csr_matrix(counts, dtype=np.float32), True
         return other
 
+    def subset(self, indices) -> CellSets:
+        """The same input with only the sets ``indices`` (in that order), e.g. one process's share of them; ``self``
+        is unchanged."""
+        other = copy.copy(self)
+        other.sets = [self.sets[i] for i in indices]
+        return other
+
     def with_batches(self, ids) -> CellSets:
         """The same sets, each cell given its batch: ``ids`` holds one integer per row of ``adata`` (from 0), which
         every set's :class:`~opencellplm.module.CellBatch` carries as ``batch`` for the decoder's batch covariate.

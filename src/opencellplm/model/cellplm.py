@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -275,9 +276,12 @@ class CellPLM:
         official_compat: bool = False,
         noise: Iterable[GMVAENoise] | None = None,
         precision: Precision = "auto",
+        shard: tuple[int, int] | None = None,
         **spec: Any,
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """The embedding and what ``uns['cellplm'][key]`` keeps about it (the effective settings)."""
+        """The embedding and what ``uns['cellplm'][key]`` keeps about it (the effective settings). ``shard``:
+        ``(rank, world size)``, embed only the sets dealt to that rank (:func:`~opencellplm.model.shards.deal_sets`;
+        the other rows stay NaN); the record describes the whole input."""
         if noise is not None and not official_compat:
             raise ValueError("noise= replays the official random draws; it needs official_compat=True")
         if official_compat and precision == "bf16":
@@ -296,13 +300,18 @@ class CellPLM:
         )
         noise_iter: Iterator[GMVAENoise] | None = None if noise is None else iter(noise)
         out = np.full((adata.n_obs, self.config.latent.dim), np.nan, dtype=np.float32)
+        embedded = sets
+        if shard is not None:
+            from .shards import deal_sets
+
+            embedded = sets.subset(deal_sets([len(rows) for rows in sets.sets], shard[1])[shard[0]])
         was_training = self.module.training
         self.module.eval()
         try:
             # one autocast region for all sets: the weights are cast to bf16 once, not once per set; closing the sets
             # on an error stops a GPU run's thread building the next ones
-            bar = tqdm(total=sets.n_cells, desc="embedding", unit="cell", disable=None)
-            with bar, autocast(), contextlib.closing(sets.iterate(self.device)) as cell_sets:
+            bar = tqdm(total=sum(len(rows) for rows in embedded.sets), desc="embedding", unit="cell", disable=None)
+            with bar, autocast(), contextlib.closing(embedded.iterate(self.device)) as cell_sets:
                 for cell_set in cell_sets:
                     step_noise = None
                     if noise_iter is not None:
@@ -317,7 +326,7 @@ class CellPLM:
         finally:
             self.module.train(was_training)
         if noise_iter is not None and next(noise_iter, None) is not None:
-            raise ValueError(f"more GMVAE noise entries than the {len(sets)} forward calls")
+            raise ValueError(f"more GMVAE noise entries than the {len(embedded)} forward calls")
         params = sets.params() | {
             "gene_id_rule": self.gene_id_rule,
             "official_compat": official_compat,
@@ -373,6 +382,10 @@ class CellPLM:
         neither ``source`` nor inside this model's folder, and ``key_added`` replaces no coordinates read
         (``spatial_key``) nor any obsm entry this package did not write.
         """
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: each process embeds its share of sets
+            from .shards import embed_file_sharded
+
+            return embed_file_sharded(self, source, target, key_added=key_added, overwrite=overwrite, **kwargs)
         return write_result_copy(
             source,
             target,

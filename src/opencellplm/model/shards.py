@@ -96,3 +96,75 @@ def assemble(folder: Path, world_size: int, stamp: str, n_obs: int, dim: int) ->
         claimed[rows] = True
         out[rows] = embedding
     return out
+
+
+def parts_folder(target: Path) -> Path:
+    """Where the ranks of a run into ``target`` keep their parts: a hidden folder beside it."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.parts")
+
+
+def embed_file_sharded(model, source, target, *, key_added: str, overwrite: bool, **kwargs: Any) -> Path:
+    """:meth:`CellPLM.embed_file <opencellplm.CellPLM.embed_file>` under torchrun: every process checks the
+    output, embeds the sets dealt to it (keeping a part of the same settings from a killed run) and writes its part;
+    rank 0 then writes ``target`` from the parts, in the input's cell order, and removes them."""
+    import shutil
+
+    import torch.distributed as dist
+
+    from .._files import check_output_file
+    from ..data.output import check_result_key, write_result_copy
+    from ..data.reader import open_h5ad
+    from ..train.trainer import Distributed
+
+    source, target = Path(source), Path(target)
+    world = Distributed.start(model.device)
+    try:
+        if world.device != model.device:  # under torchrun each process's own GPU
+            model.device, model.module = world.device, model.module.to(world.device)
+        failure = [None]
+        if world.main:  # refuse before any work, on every rank: the checks' message comes from rank 0
+            try:
+                check_output_file(target, overwrite=overwrite, inputs=[source, model.source.get("path")])
+                check_result_key(source, "obsm", key_added, reads=[kwargs.get("spatial_key", "spatial")])
+                parts_folder(target).mkdir(exist_ok=True)
+            except Exception as err:  # noqa: BLE001  handed to every rank, raised on each
+                failure = [f"{type(err).__name__}: {err}"]
+        dist.broadcast_object_list(failure, src=0)
+        if failure[0] is not None:
+            raise RuntimeError(failure[0]) if not world.main else ValueError(failure[0])
+        folder = parts_folder(target)
+        stat = source.stat()
+        stamp = fingerprint(
+            {"source": str(source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+             "weights": model.source.get("sha256"), "world_size": world.world_size, "key": key_added, **kwargs}
+        )  # fmt: skip
+        if read_part(folder, world.rank, world.world_size, stamp) is None:
+            with open_h5ad(source) as adata:
+                embedding, record = model._embed(adata, shard=(world.rank, world.world_size), **kwargs)
+            rows = np.flatnonzero(np.isfinite(embedding).all(1))
+            write_part(folder, world.rank, world.world_size, stamp, rows, embedding[rows])
+            if world.main:
+                (folder / "record.json").write_text(json.dumps({"stamp": stamp, "record": record}, default=str))
+        else:
+            logger.info("rank %d: keeping its part of an earlier run with the same settings", world.rank)
+        world.barrier()
+        if world.main:
+            saved = json.loads((folder / "record.json").read_text())
+            if saved["stamp"] != stamp:
+                raise RuntimeError(f"{folder / 'record.json'} belongs to a run with other settings")
+            dim = model.config.latent.dim
+
+            def compute(adata):
+                return assemble(folder, world.world_size, stamp, adata.n_obs, dim), saved["record"]
+
+            reads = [kwargs.get("spatial_key", "spatial")]
+            inputs = [model.source.get("path")]
+            write_result_copy(
+                source, target, "obsm", key_added, compute, overwrite=overwrite, inputs=inputs, reads=reads
+            )  # noqa: E501
+            shutil.rmtree(folder)  # the parts this run's processes wrote
+        world.barrier()
+        return target
+    finally:
+        world.stop()
