@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import warnings
 import zipfile
@@ -249,12 +250,25 @@ def _write_corpus(
             logger.info("%s: %d cells in %d sets", path.name, int(keep.sum()), len(sets))
     if buffer:
         shards.append(_write_shard(out, len(shards), buffer))
+    return _finish_manifest(out, vocabulary, datasets, batches, shards, settings | {"batch_key": batch_key,
+                            "max_cells": max_cells, "seed": seed})  # fmt: skip
+
+
+def _finish_manifest(
+    out: Path,
+    vocabulary: dict[str, int],
+    datasets: list[dict[str, Any]],
+    batches: dict[str, int],
+    shards: list[dict[str, Any]],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """Write the vocabulary and the manifest of a corpus whose shards and genes files are in ``out``."""
     (out / VOCABULARY).write_text("".join(f"{g}\n" for g in vocabulary), encoding="utf-8")
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": settings | {"batch_key": batch_key, "max_cells": max_cells, "seed": seed},
+        "settings": settings,
         "vocabulary_file": VOCABULARY,
         CHECKSUM: sha256_of(out / VOCABULARY),
         "n_genes": len(vocabulary),
@@ -289,21 +303,29 @@ def _write_shard(out: Path, index: int, sets: list[_Set]) -> dict:
         if s.coords is not None:
             coords[start : start + len(s.rows), : s.coords.shape[1]] = s.coords
     name = f"shards/shard-{index:05d}.npz"
-    np.savez(
-        out / name,
-        set_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-        indptr=indptr.astype(np.int64),
-        indices=np.concatenate([s.counts.indices for s in sets]).astype(np.int32),
-        data=np.concatenate([s.counts.data for s in sets]).astype(np.float32),
-        n_genes=np.array([s.counts.shape[1] for s in sets], dtype=np.int64),
-        dataset=np.array([s.dataset for s in sets], dtype=np.int32),
-        batch=np.concatenate([s.batch for s in sets]).astype(np.int64),
-        coords=coords,
-        coord_dims=np.array([0 if s.coords is None else s.coords.shape[1] for s in sets], dtype=np.int8),
-        source_rows=np.concatenate([s.rows for s in sets]).astype(np.int64),
-    )
+    partial = out / f"shards/.shard-{index:05d}.npz.partial"  # a killed run leaves no shard, or the whole one
+    with open(partial, "wb") as f:
+        np.savez(
+            f,
+            set_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+            indptr=indptr.astype(np.int64),
+            indices=np.concatenate([s.counts.indices for s in sets]).astype(np.int32),
+            data=np.concatenate([s.counts.data for s in sets]).astype(np.float32),
+            n_genes=np.array([s.counts.shape[1] for s in sets], dtype=np.int64),
+            dataset=np.array([s.dataset for s in sets], dtype=np.int32),
+            batch=np.concatenate([s.batch for s in sets]).astype(np.int64),
+            coords=coords,
+            coord_dims=np.array([0 if s.coords is None else s.coords.shape[1] for s in sets], dtype=np.int8),
+            source_rows=np.concatenate([s.rows for s in sets]).astype(np.int64),
+        )
+    os.replace(partial, out / name)
+    return shard_entry(out, name, len(sets), int(sizes.sum()))
+
+
+def shard_entry(out: Path, name: str, n_sets: int, n_cells: int) -> dict[str, Any]:
+    """The manifest entry of the shard ``name`` (relative to ``out``)."""
     size, sha256 = (out / name).stat().st_size, sha256_of(out / name)
-    return {"file": name, "n_sets": len(sets), "n_cells": int(sizes.sum()), "bytes": size, "sha256": sha256}
+    return {"file": name, "n_sets": n_sets, "n_cells": n_cells, "bytes": size, "sha256": sha256}
 
 
 def _check_sha256(path: Path, expected: str | None) -> None:
