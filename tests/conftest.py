@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import anndata as ad
@@ -66,3 +69,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def held_elsewhere():
+    """``hold(target)``: another process takes the output lock on ``target`` and keeps it until killed."""
+    children = []
+
+    def hold(target):
+        code = (
+            "import time; from opencellplm._files import output_lock\n"
+            f"with output_lock({str(target)!r}):\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(60)\n"
+        )
+        env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+        children.append(child)
+        assert child.stdout.readline().strip() == "locked"
+        return child
+
+    yield hold
+    for child in children:
+        child.kill()
+        child.wait()

@@ -10,8 +10,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 
 import anndata as ad
 import numpy as np
@@ -23,7 +21,7 @@ from opencellplm import _files as files_module
 from opencellplm.cli import main
 from opencellplm.data import output as output_module
 
-from .conftest import REPO, vocabulary
+from .conftest import vocabulary
 from .official_files import official_config, write_official
 
 
@@ -243,30 +241,6 @@ def test_a_result_key_never_replaces_the_inputs_own_data(files, caplog):
 
 
 # ------------------------------------------------------------------------------------- WEAK: two runs, one output
-@pytest.fixture
-def held_elsewhere():
-    """``hold(target)``: another process takes the output lock on ``target`` and keeps it until killed."""
-    children = []
-
-    def hold(target):
-        code = (
-            "import time; from opencellplm._files import output_lock\n"
-            f"with output_lock({str(target)!r}):\n"
-            "    print('locked', flush=True)\n"
-            "    time.sleep(60)\n"
-        )
-        env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
-        children.append(child)
-        assert child.stdout.readline().strip() == "locked"
-        return child
-
-    yield hold
-    for child in children:
-        child.kill()
-        child.wait()
-
-
 def test_a_refused_command_makes_no_folder(files, caplog):
     assert main(["embed", str(files / "missing.h5ad"), "--out", str(files / "new" / "a" / "x.h5ad")]) == 2
     assert "input file not found" in error_lines(caplog) and not (files / "new").exists()

@@ -21,8 +21,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-low-overlap", action="store_true", help=ALLOW_LOW_OVERLAP_HELP)
     p.set_defaults(run=_validate)
 
-    p = commands.add_parser("prepare-corpus", help="turn h5ad files into training shards and a manifest")
-    p.add_argument("files", nargs="+", help="h5ad files of raw counts (scRNA-seq and spatial, own gene sets)")
+    p = commands.add_parser(
+        "prepare-corpus", help="turn h5ad files, or a SOMA experiment (the CELLxGENE Census), into training shards"
+    )
+    p.add_argument("files", nargs="*", help="h5ad files of raw counts (scRNA-seq and spatial, own gene sets)")
     p.add_argument("--out", required=True, help="corpus directory to write")
     add_input_spec(
         p,
@@ -30,10 +32,23 @@ def register(commands: argparse._SubParsersAction) -> None:
         "sample_key",
         "spatial_key",
         "max_cells",
+        layer="layer with raw counts (default: X; raw with --soma or --census)",
         sample_key="obs column of samples (cell sets never mix samples)",
     )
-    p.add_argument("--batch-key", help="obs column of batches (default: the sample, else the file)")
+    p.add_argument("--batch-key", help="obs column of batches (default: the sample, else the file or data set)")
     p.add_argument("--shard-cells", type=int, default=100_000, help="cells per shard (default 100000)")
+    soma = p.add_argument_group("from a TileDB-SOMA experiment instead of files (pip install 'opencellplm[soma]')")
+    source = soma.add_mutually_exclusive_group()
+    source.add_argument("--soma", metavar="URI", help="a SOMA experiment (a local folder or a tiledbsoma URI)")
+    source.add_argument(
+        "--census", metavar="VERSION", help="a CELLxGENE Census release, e.g. stable (network and opencellplm[census])"
+    )
+    soma.add_argument("--organism", default="homo_sapiens", help="the Census experiment (default homo_sapiens)")
+    soma.add_argument("--measurement", default="RNA", help="measurement of the counts (default RNA)")
+    soma.add_argument("--obs-filter", help="tiledbsoma value filter on obs, e.g. \"tissue_general == 'lung'\"")
+    soma.add_argument("--dataset-key", help="obs column of data sets, each with its own genes (default: all one)")
+    soma.add_argument("--gene-key", default="feature_name", help="var column of gene ids (default feature_name)")
+    soma.add_argument("--block-cells", type=int, default=20_000, help="cells read at a time (default 20000)")
     add_seed(p, help="seed of the random partition of large samples, the only random choice here (default 0)")
     add_overwrite(p, "replace --out if it is not empty")
     p.set_defaults(run=_prepare_corpus)
@@ -82,6 +97,32 @@ def _validate(args: argparse.Namespace) -> int:
 def _prepare_corpus(args: argparse.Namespace) -> int:
     from ..data.corpus import prepare_corpus
 
+    from_soma = args.soma is not None or args.census is not None
+    if from_soma == bool(args.files):
+        raise ValueError("give h5ad files, or --soma URI / --census VERSION, not both" if from_soma else
+                         "give the h5ad files to read, or --soma URI / --census VERSION")  # fmt: skip
+    if from_soma:
+        from ..data.soma import prepare_corpus_from_soma
+
+        spec = spec_from(args)
+        prepare_corpus_from_soma(
+            args.soma,
+            args.out,
+            census=args.census,
+            organism=args.organism,
+            measurement=args.measurement,
+            layer=spec.pop("layer") or "raw",
+            obs_filter=args.obs_filter,
+            dataset_key=args.dataset_key,
+            gene_key=args.gene_key,
+            batch_key=args.batch_key,
+            shard_cells=args.shard_cells,
+            block_cells=args.block_cells,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            **spec,
+        )
+        return 0
     prepare_corpus(
         args.files,
         args.out,

@@ -49,7 +49,7 @@ DATASET_KEYS, SHARD_KEYS = ("id", "file", "genes_file", "n_genes"), ("file", "n_
 # Checksums (a manifest without vocabulary_sha256 predates them): vocabulary_sha256, per data set genes_sha256,
 # per shard bytes and sha256.
 CHECKSUM = "vocabulary_sha256"
-SHARD_ARRAYS = {  # name: dtype (see _write_shard)
+SHARD_ARRAYS = {  # name: dtype (see write_shard)
     "set_offsets": np.int64,
     "indptr": np.int64,
     "indices": np.int32,
@@ -64,7 +64,9 @@ SHARD_ARRAYS = {  # name: dtype (see _write_shard)
 
 
 @dataclass(frozen=True)
-class _Set:
+class StoredSet:
+    """One cell set as a shard stores it."""
+
     counts: sp.csr_matrix  # (n, dataset genes)
     dataset: int
     batch: np.ndarray  # (n,) corpus-wide batch ids
@@ -198,7 +200,7 @@ def _write_corpus(
     vocabulary: dict[str, int] = {}
     batches: dict[str, int] = {}
     datasets, shards = [], []
-    buffer: list[_Set] = []
+    buffer: list[StoredSet] = []
     for dataset_id, path in enumerate(files):
         with open_h5ad(path) as adata:
             report = validate(adata, require_counts=True, **settings)
@@ -229,9 +231,9 @@ def _write_corpus(
             for rows in tqdm(sets, desc=path.name, unit="set", disable=None):
                 coords_rows = None if coords is None else coords[rows]
                 counts = read_rows(matrix, rows, columns if n_probes else None)
-                buffer.append(_Set(counts, dataset_id, batch_ids[rows], coords_rows, rows))
+                buffer.append(StoredSet(counts, dataset_id, batch_ids[rows], coords_rows, rows))
                 if sum(s.counts.shape[0] for s in buffer) >= shard_cells:
-                    shards.append(_write_shard(out, len(shards), buffer))
+                    shards.append(write_shard(out, len(shards), buffer))
                     buffer = []
             datasets.append(
                 {
@@ -249,12 +251,12 @@ def _write_corpus(
             )
             logger.info("%s: %d cells in %d sets", path.name, int(keep.sum()), len(sets))
     if buffer:
-        shards.append(_write_shard(out, len(shards), buffer))
-    return _finish_manifest(out, vocabulary, datasets, batches, shards, settings | {"batch_key": batch_key,
+        shards.append(write_shard(out, len(shards), buffer))
+    return write_manifest(out, vocabulary, datasets, batches, shards, settings | {"batch_key": batch_key,
                             "max_cells": max_cells, "seed": seed})  # fmt: skip
 
 
-def _finish_manifest(
+def write_manifest(
     out: Path,
     vocabulary: dict[str, int],
     datasets: list[dict[str, Any]],
@@ -293,7 +295,7 @@ def _batch_labels(adata, batch_key: str | None, samples: np.ndarray | None) -> n
     return np.full(adata.n_obs, "all")
 
 
-def _write_shard(out: Path, index: int, sets: list[_Set]) -> dict:
+def write_shard(out: Path, index: int, sets: list[StoredSet]) -> dict:
     # Sets of different data sets have different gene counts: concatenate the CSR parts row-wise by hand.
     sizes = np.array([s.counts.shape[0] for s in sets])
     nnz = np.array([s.counts.nnz for s in sets])
