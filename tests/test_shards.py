@@ -1,11 +1,43 @@
-"""Embedding shared out over processes: dealing sets to ranks, parts, assembly (issue 24)."""
+"""Embedding shared out over processes: dealing sets to ranks, parts, assembly, resuming after a kill; and
+results written to zarr stores."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
 import numpy as np
 import pytest
 
+from opencellplm.cli import main
 from opencellplm.model.shards import assemble, deal_sets, fingerprint, part_path, read_part, write_part
+
+from .conftest import REPO
+from .official_files import official_config, write_official
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+#: Run by torchrun in place of ``-m opencellplm``: logs each rank's embedding calls to $EMBED_LOG, and with
+#: $KILL_RANK set, that rank dies (as if killed) where it would write its part.
+DRIVER = """
+import os, sys
+from pathlib import Path
+from opencellplm.cli import main
+from opencellplm.model import cellplm, shards
+
+rank = int(os.environ["RANK"])
+real = cellplm.CellPLM._embed
+def logged(self, *args, **kwargs):
+    with open(Path(os.environ["EMBED_LOG"]) / f"rank{rank}", "a") as log:
+        log.write("embedded\\n")
+    return real(self, *args, **kwargs)
+cellplm.CellPLM._embed = logged
+if os.environ.get("KILL_RANK") == str(rank):
+    shards.write_part = lambda *args, **kwargs: os._exit(9)
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def test_sets_are_dealt_once_each_balanced_and_the_same_every_time():
@@ -49,18 +81,71 @@ def test_parts_assemble_in_input_order_and_a_part_of_other_settings_is_never_rea
         assemble(tmp_path, 3, stamp, n, dim)
 
 
+@pytest.fixture
+def checkpoint_and_input(tmp_path, tiny_adata):
+    prefix = write_official(tmp_path / "official" / "tiny", official_config(n_genes=50))
+    assert main(["convert-official", str(prefix), "--out", str(tmp_path / "ckpt")]) == 0
+    tiny_adata.write_h5ad(tmp_path / "in.h5ad")
+    return tmp_path / "ckpt", tmp_path / "in.h5ad"
+
+
+def _torchrun(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    (tmp_path / "driver.py").write_text(DRIVER)
+    (tmp_path / "log").mkdir(exist_ok=True)
+    variables = os.environ | {"OMP_NUM_THREADS": "1", "EMBED_LOG": str(tmp_path / "log")} | env
+    variables["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
+    command = [str(TORCHRUN), "--nproc_per_node", "2", str(tmp_path / "driver.py"), *args]
+    return subprocess.run(command, env=variables, capture_output=True, text=True, timeout=600)
+
+
+def test_a_killed_run_resumes_from_the_parts_written(tmp_path, checkpoint_and_input):
+    checkpoint, source = checkpoint_and_input
+    flags = ["--checkpoint", str(checkpoint), "--max-cells", "15", "--precision", "fp32"]
+    assert main(["embed", str(source), "--out", str(tmp_path / "one.h5ad"), *flags]) == 0
+    embed = ["embed", str(source), "--out", str(tmp_path / "two.h5ad"), *flags]
+    killed = _torchrun(embed, tmp_path, KILL_RANK="1")
+    assert killed.returncode != 0 and not (tmp_path / "two.h5ad").exists()
+    parts = tmp_path / ".two.h5ad.parts"
+    assert [p.name for p in parts.glob("part-*")] == ["part-00000-of-00002.npz"], "rank 0's part was kept"
+    for log in (tmp_path / "log").iterdir():
+        log.unlink()
+    done = _torchrun(embed, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "log").iterdir()) == ["rank1"], "rank 0 kept its part, rank 1 redid"
+    one, two = ad.read_h5ad(tmp_path / "one.h5ad"), ad.read_h5ad(tmp_path / "two.h5ad")
+    assert np.array_equal(one.obsm["X_cellplm"], two.obsm["X_cellplm"], equal_nan=True)
+    assert not parts.exists()
+
+
+def test_a_second_run_into_the_same_output_fails_at_once_on_every_rank(tmp_path, checkpoint_and_input, held_elsewhere):
+    checkpoint, source = checkpoint_and_input
+    held_elsewhere(tmp_path / "two.h5ad")
+    done = _torchrun(["embed", str(source), "--out", str(tmp_path / "two.h5ad"), "--checkpoint", str(checkpoint)],
+                     tmp_path)  # fmt: skip
+    assert done.returncode != 0
+    assert "two.h5ad is being written by another run" in done.stderr
+    assert not list((tmp_path / "log").iterdir()), "no rank embedded anything"
+    assert not (tmp_path / "two.h5ad").exists() and not (tmp_path / ".two.h5ad.parts").exists()
+
+
+def test_embedding_into_a_zarr_store(tmp_path, checkpoint_and_input):
+    checkpoint, source = checkpoint_and_input
+    flags = ["--checkpoint", str(checkpoint), "--precision", "fp32"]
+    assert main(["embed", str(source), "--out", str(tmp_path / "out.h5ad"), *flags]) == 0
+    assert main(["embed", str(source), "--out", str(tmp_path / "out.zarr"), *flags]) == 0
+    h5ad, zarr_store = ad.read_h5ad(tmp_path / "out.h5ad"), ad.read_zarr(tmp_path / "out.zarr")
+    np.testing.assert_array_equal(zarr_store.obsm["X_cellplm"], h5ad.obsm["X_cellplm"])
+    np.testing.assert_array_equal(zarr_store.X.toarray(), ad.read_h5ad(source).X.toarray())
+    assert zarr_store.obs.equals(h5ad.obs) and zarr_store.var.equals(h5ad.var)
+    assert zarr_store.uns["cellplm"]["X_cellplm"]["n_cell_sets"] == h5ad.uns["cellplm"]["X_cellplm"]["n_cell_sets"]
+    assert main(["embed", str(source), "--out", str(tmp_path / "out.zarr"), *flags]) == 2  # exists
+    assert main(["embed", str(source), "--out", str(tmp_path / "out.zarr"), *flags, "--overwrite"]) == 0
+    ad.read_h5ad(source).write_zarr(tmp_path / "theirs.zarr")  # a store another program wrote: never replaced
+    assert main(["embed", str(source), "--out", str(tmp_path / "theirs.zarr"), *flags, "--overwrite"]) == 2
+    assert "X_cellplm" not in ad.read_zarr(tmp_path / "theirs.zarr").obsm
+
+
 def test_two_processes_under_torchrun_write_the_one_process_embedding_bit_for_bit(tmp_path, tiny_adata):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import anndata as ad
-
-    from opencellplm.cli import main
-
-    from .official_files import official_config, write_official
-
     prefix = write_official(tmp_path / "official" / "tiny", official_config(n_genes=50))
     assert main(["convert-official", str(prefix), "--out", str(tmp_path / "ckpt")]) == 0
     tiny_adata.write_h5ad(tmp_path / "in.h5ad")

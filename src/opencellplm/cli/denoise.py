@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .._files import check_output_file, refuse_inputs
+from ..data.output import check_result_target
 from ._args import (
     DEFAULT_MODEL,
     STEPS_HELP,
@@ -30,7 +31,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="h5ad file with raw counts")
     p.add_argument(
         "--out",
-        help="h5ad file to write: the input with layers[LAYER_ADDED] added, dense (4 bytes per cell and gene: "
+        help="h5ad file (or zarr store, a name ending .zarr) to write: the input with layers[LAYER_ADDED] added, dense (4 bytes per cell and gene: "
         "every gene the model knows gets a non-zero value) unless most entries stay zero",
     )
     add_checkpoint(p)
@@ -129,7 +130,7 @@ def _denoise(args: argparse.Namespace) -> int:
         refuse_inputs(args.work, inputs, kind="work folder")
         refuse_inputs(args.out, [args.work])
     if args.out is not None:
-        check_output_file(args.out, overwrite=args.overwrite, inputs=inputs)
+        check_result_target(args.out, overwrite=args.overwrite, inputs=inputs)
     if args.json is not None:
         check_output_file(args.json, overwrite=args.overwrite, inputs=inputs)
     model = CellPLM.from_pretrained(args.checkpoint or DEFAULT_MODEL, device=args.device)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .._files import check_output_file
+from ..data.output import check_result_target
 from ._args import (
     ALLOW_LOW_OVERLAP_HELP,
     DEFAULT_MODEL,
@@ -27,7 +28,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("embed", help="write cell embeddings of an h5ad to obsm (streams X from disk)")
     p.add_argument("input", help="h5ad file with raw counts")
     add_checkpoint(p)
-    p.add_argument("--out", required=True, help="h5ad file to write (the input with obsm[KEY_ADDED] added)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="h5ad file, or zarr store (a name ending .zarr), to write: the input with obsm[KEY_ADDED] added",
+    )
     add_input_spec(
         p,
         "layer",
@@ -61,7 +66,7 @@ def _embed(args: argparse.Namespace) -> int:
     if not Path(args.input).is_file():  # before loading the model
         raise FileNotFoundError(f"input file not found: {args.input}")
     inputs = [args.input, model_path(args.checkpoint)]
-    check_output_file(args.out, overwrite=args.overwrite, inputs=inputs)  # before loading the model
+    check_result_target(args.out, overwrite=args.overwrite, inputs=inputs)  # before loading the model
     if args.score_json:
         check_output_file(args.score_json, overwrite=args.overwrite, inputs=[*inputs, args.out])
     if args.checkpoint is None:
@@ -87,9 +92,10 @@ def _score_embedding(args: argparse.Namespace) -> None:
     """Cluster the embedding just written and score it against a label column, beside PCA (and scVI)."""
     import anndata as ad
 
+    from ..data.output import is_zarr
     from ..tasks import score_clustering
 
-    adata = ad.read_h5ad(args.out)
+    adata = ad.read_zarr(args.out) if is_zarr(args.out) else ad.read_h5ad(args.out)
     result = score_clustering(adata, args.score_labels, embedding_key=args.key_added, layer=args.layer)
     sys.stdout.write(
         f"clustering against obs[{args.score_labels!r}], mean ± sd over Leiden seeds {result.settings['seeds']}:\n"

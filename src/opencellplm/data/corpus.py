@@ -310,9 +310,9 @@ def write_shard(out: Path, index: int, sets: list[StoredSet]) -> dict:
         np.savez(
             f,
             set_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-            indptr=indptr.astype(np.int64),
-            indices=np.concatenate([s.counts.indices for s in sets]).astype(np.int32),
-            data=np.concatenate([s.counts.data for s in sets]).astype(np.float32),
+            indptr=indptr.astype(np.int64, copy=False),
+            indices=np.concatenate([s.counts.indices for s in sets], dtype=np.int32),  # no second copy
+            data=np.concatenate([s.counts.data for s in sets], dtype=np.float32),
             n_genes=np.array([s.counts.shape[1] for s in sets], dtype=np.int64),
             dataset=np.array([s.dataset for s in sets], dtype=np.int32),
             batch=np.concatenate([s.batch for s in sets]).astype(np.int64),

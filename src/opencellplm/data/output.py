@@ -11,20 +11,26 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from anndata import AnnData
 
 from .._files import (
+    H5AD_MARK,
     JSON_MARK,
     Recogniser,
+    check_output_directory,
     check_output_file,
     mark_h5ad,
     output_lock,
+    write_directory,
     written_file_problems,
     written_mark,
 )
 from .reader import open_h5ad, open_hdf5
 
 logger = logging.getLogger(__name__)
+
+ZARR = "zarr store"
 
 #: The argument (and flag) naming the key a result is written to, per group.
 _KEY_OPTION = {
@@ -58,9 +64,21 @@ def write_result_copy(
     if not source.is_file():
         raise FileNotFoundError(f"input file not found: {source}")
     inputs = [source, *inputs]
-    check_output_file(target, overwrite=overwrite, inputs=inputs)
+    check_result_target(target, overwrite=overwrite, inputs=inputs)
     check_result_key(source, group, key, reads=reads)
     shape = []
+    if is_zarr(target):
+
+        def fill(folder: Path) -> None:
+            with open_h5ad(source) as adata:
+                value, record = compute(adata)
+            _write_zarr_copy(source, folder, group, key, value, record)
+            shape.append(getattr(value, "shape", None))
+
+        target = Path(target)
+        write_directory(target, fill, overwrite=overwrite, recognise=zarr_store_problems, kind=ZARR, inputs=inputs)
+        logger.info("wrote %s with %s[%r] of shape %s", target, group, key, shape[0])
+        return target
 
     def write(partial: Path) -> None:
         with open_h5ad(source) as adata:
@@ -72,6 +90,101 @@ def write_result_copy(
     target = write_new_file(target, write, overwrite=overwrite, inputs=inputs, log=False)
     logger.info("wrote %s with %s[%r] of shape %s", target, group, key, shape[0])
     return target
+
+
+def is_zarr(target: str | Path) -> bool:
+    """Whether a result goes to a zarr store (a folder named ``*.zarr``) rather than an h5ad file."""
+    return Path(target).suffix == ".zarr"
+
+
+def check_result_target(target: str | Path, *, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """:func:`~opencellplm._files.check_output_file` for an h5ad result, its folder counterpart for a zarr store
+    (replaced only with ``overwrite`` and when this package wrote it)."""
+    if is_zarr(target):
+        inputs = [i for i in inputs if i is not None]
+        return check_output_directory(target, overwrite=overwrite, recognise=zarr_store_problems, kind=ZARR,
+                                      inputs=inputs)  # fmt: skip
+    return check_output_file(target, overwrite=overwrite, inputs=inputs)
+
+
+def zarr_store_problems(path: Path) -> list[str]:
+    """``[]`` when ``path`` is a zarr store this package wrote (its root attribute :data:`H5AD_MARK`)."""
+    import zarr
+
+    try:
+        attributes = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception as err:  # noqa: BLE001  zarr raises many kinds of errors for what is not a store
+        return [f"not a zarr store ({type(err).__name__})"]
+    if not str(attributes.get(H5AD_MARK, "")).startswith("opencellplm"):
+        return [f"a zarr store without opencellplm's {H5AD_MARK!r} mark"]
+    return []
+
+
+#: Rows (or entries of a sparse matrix's arrays) copied at a time from the input into a zarr store.
+_COPY_BLOCK = 1 << 22
+
+
+def _write_zarr_copy(source: Path, folder: Path, group: str, key: str, value: Any, record: dict[str, Any]) -> None:
+    """Write the h5ad ``source`` as the zarr store ``folder`` with ``value`` in ``group[key]`` and ``record`` in
+    ``uns['cellplm'][key]``. Matrices (``X``, ``layers``) are copied block by block, never held whole."""
+    import anndata
+    import h5py
+    import zarr
+    from anndata.io import read_elem, write_elem
+
+    root = zarr.open_group(str(folder), mode="w", zarr_format=anndata.settings.zarr_write_format)
+    with h5py.File(source, "r") as f:
+        root.attrs.update({k: _json_value(v) for k, v in f.attrs.items() if k != H5AD_MARK})
+        records = read_elem(f["uns/cellplm"]) if "uns/cellplm" in f else {}
+        for name, element in f.items():
+            if name == "layers" and isinstance(element, h5py.Group):
+                layers = root.create_group("layers")
+                layers.attrs.update({k: _json_value(v) for k, v in element.attrs.items()})
+                for layer, matrix in element.items():
+                    _copy_matrix(matrix, layers, layer)
+            elif name == "X":
+                _copy_matrix(element, root, name)
+            else:
+                write_elem(root, name, read_elem(element))
+    records[key] = record
+    for parent, name, element in ((group, key, value), ("uns", "cellplm", records)):
+        if parent in root:
+            if name in root[parent]:
+                del root[parent][name]
+            write_elem(root[parent], name, element)
+        else:
+            write_elem(root, parent, {name: element})
+    root.attrs[H5AD_MARK] = written_mark()
+
+
+def _json_value(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def _copy_matrix(element, parent, name: str) -> None:
+    """Copy an h5ad matrix (dense, or CSR/CSC) into the zarr group ``parent`` in blocks."""
+    import h5py
+    from anndata.io import read_elem, write_elem
+
+    if isinstance(element, h5py.Group) and set(element) >= {"data", "indices", "indptr"}:
+        target = parent.create_group(name)
+        target.attrs.update({k: _json_value(v) for k, v in element.attrs.items()})
+        for part in ("data", "indices", "indptr"):
+            _copy_array(element[part], target, part)
+    elif isinstance(element, h5py.Dataset) and element.ndim == 2:
+        _copy_array(element, parent, name)
+        parent[name].attrs.update({k: _json_value(v) for k, v in element.attrs.items()})
+    else:
+        write_elem(parent, name, read_elem(element))
+
+
+def _copy_array(dataset, parent, name: str) -> None:
+    width = int(np.prod(dataset.shape[1:])) or 1
+    step = max(1, _COPY_BLOCK // width)
+    chunks = (min(max(dataset.shape[0], 1), step), *dataset.shape[1:])
+    array = parent.create_array(name, shape=dataset.shape, dtype=dataset.dtype, chunks=chunks)
+    for start in range(0, dataset.shape[0], step):
+        array[start : start + step] = dataset[start : start + step]
 
 
 def check_result_key(

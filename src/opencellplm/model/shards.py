@@ -112,8 +112,7 @@ def embed_file_sharded(model, source, target, *, key_added: str, overwrite: bool
 
     import torch.distributed as dist
 
-    from .._files import check_output_file
-    from ..data.output import check_result_key, write_result_copy
+    from ..data.output import check_result_key, check_result_target, write_result_copy
     from ..data.reader import open_h5ad
     from ..train.trainer import Distributed
 
@@ -125,7 +124,7 @@ def embed_file_sharded(model, source, target, *, key_added: str, overwrite: bool
         failure = [None]
         if world.main:  # refuse before any work, on every rank: the checks' message comes from rank 0
             try:
-                check_output_file(target, overwrite=overwrite, inputs=[source, model.source.get("path")])
+                check_result_target(target, overwrite=overwrite, inputs=[source, model.source.get("path")])
                 check_result_key(source, "obsm", key_added, reads=[kwargs.get("spatial_key", "spatial")])
                 parts_folder(target).mkdir(exist_ok=True)
             except Exception as err:  # noqa: BLE001  handed to every rank, raised on each
