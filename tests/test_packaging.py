@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Import names whose distribution is named differently.
 DISTRIBUTION = {"sklearn": "scikit_learn", "scvi": "scvi_tools", "magic": "magic_impute", "tangram": "tangram_sc"}
 #: Imported lazily where used, from an extra (``pip install 'opencellplm[scvi]'``).
-OPTIONAL = {"scvi", "magic", "celltypist", "tangram"}
+OPTIONAL = {"scvi", "magic", "celltypist", "tangram", "tiledbsoma", "cellxgene_census"}
 
 
 def _name(requirement: str) -> str:

@@ -135,7 +135,7 @@ def test_embedding_into_a_zarr_store(tmp_path, checkpoint_and_input):
     assert main(["embed", str(source), "--out", str(tmp_path / "out.zarr"), *flags]) == 0
     h5ad, zarr_store = ad.read_h5ad(tmp_path / "out.h5ad"), ad.read_zarr(tmp_path / "out.zarr")
     np.testing.assert_array_equal(zarr_store.obsm["X_cellplm"], h5ad.obsm["X_cellplm"])
-    np.testing.assert_array_equal(zarr_store.X.toarray(), ad.read_h5ad(source).X.toarray())
+    np.testing.assert_array_equal(zarr_store.X, ad.read_h5ad(source).X)  # dense here: copied block by block
     assert zarr_store.obs.equals(h5ad.obs) and zarr_store.var.equals(h5ad.var)
     assert zarr_store.uns["cellplm"]["X_cellplm"]["n_cell_sets"] == h5ad.uns["cellplm"]["X_cellplm"]["n_cell_sets"]
     assert main(["embed", str(source), "--out", str(tmp_path / "out.zarr"), *flags]) == 2  # exists
@@ -162,3 +162,27 @@ def test_two_processes_under_torchrun_write_the_one_process_embedding_bit_for_bi
     assert np.array_equal(one.obsm["X_cellplm"], two.obsm["X_cellplm"], equal_nan=True)
     assert two.uns["cellplm"]["X_cellplm"]["n_cell_sets"] == one.uns["cellplm"]["X_cellplm"]["n_cell_sets"] > 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "in.h5ad", "official", "one.h5ad", "two.h5ad"]
+
+
+def test_a_zarr_copy_streams_sparse_matrices_and_layers_block_by_block(tmp_path, checkpoint_and_input, monkeypatch):
+    import scipy.sparse as sp
+
+    from opencellplm import CellPLM
+    from opencellplm.data import output
+
+    checkpoint, source = checkpoint_and_input
+    adata = ad.read_h5ad(source)
+    adata.X = sp.csr_matrix(adata.X)
+    adata.layers["counts"] = sp.csc_matrix(adata.X)
+    adata.layers["dense"] = adata.X.toarray()
+    adata.write_h5ad(tmp_path / "sparse.h5ad")
+    monkeypatch.setattr(output, "_COPY_BLOCK", 7)  # many blocks for a small matrix
+    model = CellPLM.from_pretrained(checkpoint)
+    model.embed_file(tmp_path / "sparse.h5ad", tmp_path / "out.zarr", precision="fp32")
+    copy = ad.read_zarr(tmp_path / "out.zarr")
+    assert sp.issparse(copy.X) and sp.issparse(copy.layers["counts"])
+    for ours, theirs in ((copy.X, adata.X), (copy.layers["counts"], adata.layers["counts"])):
+        assert ours.format == theirs.format
+        np.testing.assert_array_equal(ours.toarray(), theirs.toarray())
+    np.testing.assert_array_equal(copy.layers["dense"], adata.layers["dense"])
+    assert copy.obsm["X_cellplm"].shape == (adata.n_obs, model.config.latent.dim)

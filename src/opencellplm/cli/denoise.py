@@ -31,8 +31,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="h5ad file with raw counts")
     p.add_argument(
         "--out",
-        help="h5ad file (or zarr store, a name ending .zarr) to write: the input with layers[LAYER_ADDED] added, dense (4 bytes per cell and gene: "
-        "every gene the model knows gets a non-zero value) unless most entries stay zero",
+        help="h5ad file (or zarr store, a name ending .zarr) to write: the input with layers[LAYER_ADDED] added, "
+        "dense (4 bytes per cell and gene: every gene the model knows gets a non-zero value) unless most entries "
+        "stay zero",
     )
     add_checkpoint(p)
     p.add_argument("--fine-tune", action="store_true", help="fine-tune on the input first (with --score: add the row)")

@@ -132,7 +132,10 @@ def _write_zarr_copy(source: Path, folder: Path, group: str, key: str, value: An
     import zarr
     from anndata.io import read_elem, write_elem
 
-    root = zarr.open_group(str(folder), mode="w", zarr_format=anndata.settings.zarr_write_format)
+    try:  # the zarr format anndata writes (zarr 3 takes the choice; zarr 2 writes its own)
+        root = zarr.open_group(str(folder), mode="w", zarr_format=getattr(anndata.settings, "zarr_write_format", 2))
+    except TypeError:
+        root = zarr.open_group(str(folder), mode="w")
     with h5py.File(source, "r") as f:
         root.attrs.update({k: _json_value(v) for k, v in f.attrs.items() if k != H5AD_MARK})
         records = read_elem(f["uns/cellplm"]) if "uns/cellplm" in f else {}
@@ -182,7 +185,8 @@ def _copy_array(dataset, parent, name: str) -> None:
     width = int(np.prod(dataset.shape[1:])) or 1
     step = max(1, _COPY_BLOCK // width)
     chunks = (min(max(dataset.shape[0], 1), step), *dataset.shape[1:])
-    array = parent.create_array(name, shape=dataset.shape, dtype=dataset.dtype, chunks=chunks)
+    create = getattr(parent, "create_array", None) or parent.create_dataset  # zarr 3, zarr 2
+    array = create(name, shape=dataset.shape, dtype=dataset.dtype, chunks=chunks)
     for start in range(0, dataset.shape[0], step):
         array[start : start + step] = dataset[start : start + step]
 
