@@ -26,7 +26,7 @@ logger = logging.getLogger("opencellplm")
 
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("embed", help="write cell embeddings of an h5ad to obsm (streams X from disk)")
-    p.add_argument("input", help="h5ad file with raw counts")
+    p.add_argument("input", nargs="?", help="h5ad file with raw counts (or --soma / --census instead)")
     add_checkpoint(p)
     p.add_argument(
         "--out",
@@ -42,6 +42,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "max_cells",
         "partition",
         sample_key="obs column grouping the cells embedded together (default: all cells)",
+        layer="layer with raw counts (default: X; raw with --soma or --census)",
+        gene_key="var column with the vocabulary's gene ids (default: var_names; feature_name with --soma/--census)",
     )
     add_seed(p, help="seed of the random partition of large samples, embed's only random choice (default 0)")
     p.add_argument("--key-added", default="X_cellplm", help="obsm key to write (default: X_cellplm)")
@@ -57,15 +59,31 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--score-labels", help="then cluster the embedding and score it against this obs column, beside PCA")
     p.add_argument("--score-json", help="with --score-labels: also write the scores as JSON here")
     add_overwrite(p)
+    soma = p.add_argument_group(
+        "the cells of a TileDB-SOMA experiment instead of a file (pip install 'opencellplm[soma]')"
+    )
+    source = soma.add_mutually_exclusive_group()
+    source.add_argument("--soma", metavar="URI", help="a SOMA experiment (a local folder or a tiledbsoma URI)")
+    source.add_argument(
+        "--census", metavar="VERSION", help="a CELLxGENE Census release, e.g. stable (network and opencellplm[census])"
+    )
+    soma.add_argument("--organism", default="homo_sapiens", help="the Census experiment (default homo_sapiens)")
+    soma.add_argument("--measurement", default="RNA", help="measurement of the counts (default RNA; --layer: raw)")
+    soma.add_argument("--obs-filter", help="tiledbsoma value filter on obs, e.g. \"dataset_id == '...'\"")
+    soma.add_argument("--block-cells", type=int, default=20_000, help="cells read at a time (default 20000)")
     p.set_defaults(run=_embed)
 
 
 def _embed(args: argparse.Namespace) -> int:
     from ..model import CellPLM
 
-    if not Path(args.input).is_file():  # before loading the model
+    from_soma = args.soma is not None or args.census is not None
+    if from_soma == (args.input is not None):
+        raise ValueError("give an h5ad file, or --soma URI / --census VERSION, not both" if from_soma else
+                         "give the h5ad file to embed, or --soma URI / --census VERSION")  # fmt: skip
+    if not from_soma and not Path(args.input).is_file():  # before loading the model
         raise FileNotFoundError(f"input file not found: {args.input}")
-    inputs = [args.input, model_path(args.checkpoint)]
+    inputs = [args.input or args.soma, model_path(args.checkpoint)]
     check_result_target(args.out, overwrite=args.overwrite, inputs=inputs)  # before loading the model
     if args.score_json:
         check_output_file(args.score_json, overwrite=args.overwrite, inputs=[*inputs, args.out])
@@ -73,16 +91,26 @@ def _embed(args: argparse.Namespace) -> int:
         logger.info("no --checkpoint given: using the shipped model %s", DEFAULT_MODEL)
     model = CellPLM.from_pretrained(args.checkpoint or DEFAULT_MODEL, device=args.device)
     logger.info("model: %s (weights sha256 %s)", model.source["path"], model.source["sha256"][:12])
-    model.embed_file(
-        args.input,
-        args.out,
-        overwrite=args.overwrite,
-        key_added=args.key_added,
-        **spec_from(args),
-        seed=args.seed,
-        allow_low_overlap=args.allow_low_overlap,
-        precision=args.precision,
-    )
+    spec = spec_from(args)
+    settings = {"seed": args.seed, "allow_low_overlap": args.allow_low_overlap, "precision": args.precision}
+    if from_soma:
+        model.embed_soma(
+            args.soma,
+            args.out,
+            census=args.census,
+            organism=args.organism,
+            measurement=args.measurement,
+            layer=spec.pop("layer") or "raw",
+            obs_filter=args.obs_filter,
+            gene_key=spec.pop("gene_key") or "feature_name",
+            overwrite=args.overwrite,
+            key_added=args.key_added,
+            block_cells=args.block_cells,
+            **spec,
+            **settings,
+        )
+    else:
+        model.embed_file(args.input, args.out, overwrite=args.overwrite, key_added=args.key_added, **spec, **settings)
     if args.score_labels:
         _score_embedding(args)
     return 0

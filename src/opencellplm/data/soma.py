@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,9 +191,11 @@ def _check_counts(values: np.ndarray, label: str) -> None:
         )
 
 
-def _coordinates(ms, spatial_key: str, joinids: np.ndarray, label: str) -> np.ndarray | None:
+def _coordinates(
+    ms, spatial_key: str, joinids: np.ndarray, label: str, *, partial: str = "refuse"
+) -> np.ndarray | None:
     """The data set's coordinates from ``obsm[spatial_key]`` (float64, 2 or 3 columns), or None when its cells have
-    none; refuses a data set where only some cells have them."""
+    none; where only some cells have them, refused (``partial="refuse"``) or left out with a warning."""
     array = ms.obsm[spatial_key]
     width = int(array.shape[1])
     table = array.read(coords=(joinids,)).tables().concat()
@@ -205,6 +207,16 @@ def _coordinates(ms, spatial_key: str, joinids: np.ndarray, label: str) -> np.nd
     coords = np.full((len(joinids), width), np.nan)
     coords[rows, table["soma_dim_1"].to_numpy()] = table["soma_data"].to_numpy()
     bad = ~np.isfinite(coords).all(1)
+    if bad.any() and partial != "refuse":
+        logger.warning(
+            "%s: %d of %d cells have no obsm[%r] coordinates, so none are used (select the spatial "
+            "data sets in a query of their own)",
+            label,
+            int(bad.sum()),
+            len(joinids),
+            spatial_key,
+        )
+        return None
     if bad.any():
         raise ValueError(
             f"data set {label!r}: {int(bad.sum())} of {len(joinids)} cells have no (or non-finite) "
@@ -518,3 +530,71 @@ def _finish(work: Path, folder: Path, plan: _Plan, query: _Query, settings: dict
         )
     batches = {label: i for i, label in enumerate(plan.batches)}
     return write_manifest(folder, vocabulary, datasets, batches, shards, settings)
+
+
+def export_query(
+    uri: str | Path | None,
+    path: Path,
+    *,
+    census: str | None = None,
+    organism: str = "homo_sapiens",
+    measurement: str = "RNA",
+    layer: str = "raw",
+    obs_filter: str | None = None,
+    gene_key: str = "feature_name",
+    spatial_key: str | None = "spatial",
+    check_genes: Callable[[list[str]], Any] | None = None,
+    block_cells: int = 20_000,
+) -> None:
+    """Write the cells an ``obs`` query selects as the h5ad ``path``: their ``obs`` rows (``soma_joinid`` kept),
+    the measurement's genes as ``var_names`` (``var[gene_key]``), the ``layer``'s counts as X (read and written in
+    blocks of cells) and ``obsm[spatial_key]`` where the measurement has it. Every check comes first, with
+    ``check_genes(genes)``, which raises to refuse the genes (e.g. when none is in a model's vocabulary). A file
+    already at ``path`` that an export of the same query and settings wrote is kept: a rerun after a kill reads
+    the experiment once."""
+    import h5py
+    from anndata.io import sparse_dataset, write_elem
+
+    with open_experiment(uri, census=census, organism=organism) as experiment:
+        query = _check_query(experiment, measurement=measurement, layer=layer, gene_key=gene_key,
+                             obs_filter=obs_filter, keys=[], spatial_key=spatial_key)  # fmt: skip
+        genes = [str(g) for g in query.genes]
+        if check_genes is not None:
+            check_genes(genes)
+        source = str(uri) if census is None else f"census:{census}/{organism}"
+        settings = {"source": source, "measurement": measurement, "layer": layer, "obs_filter": obs_filter,
+                    "gene_key": gene_key, "spatial_key": spatial_key}  # fmt: skip
+        stamp = json.dumps(settings | query.stamp, sort_keys=True)
+        record = path.with_name(path.name + ".json")
+        if path.is_file() and record.is_file() and record.read_text() == stamp:
+            logger.info("keeping %s, exported by an earlier run of the same query", path)
+            return
+        joinids = query.obs["soma_joinid"].to_numpy()
+        ms = experiment.ms[measurement]
+        obs = experiment.obs.read(coords=(joinids,)).concat().to_pandas().sort_values("soma_joinid")
+        obs.index = (obs.pop("obs_id") if "obs_id" in obs else obs["soma_joinid"]).astype(str).to_numpy()
+        var = ms.var.read().concat().to_pandas().sort_values("soma_joinid")
+        var.index = var[gene_key].astype(str).to_numpy()
+        var.index.name = None
+        coords = _coordinates(ms, spatial_key, joinids, "the query", partial="leave out") if query.has_spatial else None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        X = ms.X[layer]
+        with h5py.File(partial, "w") as f:
+            f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+            write_elem(f, "obs", obs)
+            write_elem(f, "var", var)
+            write_elem(f, "obsm", {} if coords is None else {spatial_key: coords})
+            write_elem(f, "uns", {})
+            bar = tqdm(total=len(joinids), desc="reading the query", unit="cell", disable=None)
+            with bar:
+                for start, block in zip(range(0, len(joinids), block_cells), _blocks(joinids, block_cells)):
+                    counts = _read_block(X, block, query.n_var).astype(np.float32)
+                    if start == 0:
+                        write_elem(f, "X", counts)
+                    else:
+                        sparse_dataset(f["X"]).append(counts)
+                    bar.update(len(block))
+        partial.replace(path)
+        record.write_text(stamp)
+        logger.info("exported %d cells x %d genes of %s to %s", len(joinids), len(genes), settings["source"], path)

@@ -14,7 +14,7 @@ import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
-from .._files import sha256_of
+from .._files import output_lock, sha256_of
 from .._precision import Precision, autocast_dtype
 from .._threads import thread_settings
 from ..data.cellsets import Partition
@@ -396,6 +396,61 @@ class CellPLM:
             inputs=[self.source.get("path")],
             reads=[kwargs.get("spatial_key", "spatial")],
         )
+
+    def embed_soma(
+        self,
+        uri: str | Path | None,
+        target: str | Path,
+        *,
+        census: str | None = None,
+        organism: str = "homo_sapiens",
+        measurement: str = "RNA",
+        layer: str = "raw",
+        obs_filter: str | None = None,
+        gene_key: str = "feature_name",
+        key_added: str = "X_cellplm",
+        overwrite: bool = False,
+        block_cells: int = 20_000,
+        **kwargs,
+    ) -> Path:
+        """Embed the cells an ``obs`` query of a TileDB-SOMA experiment selects (or of the CELLxGENE Census
+        release ``census``) into ``target`` (an h5ad file, or a zarr store named ``*.zarr``): their ``obs``
+        (``soma_joinid`` kept), the measurement's genes (``var[gene_key]``) and the ``layer``'s counts, with
+        ``obsm[key_added]``. The query is first exported, in blocks of cells, to a file beside ``target`` (kept
+        when a killed run is started again, removed at the end); then as :meth:`embed_file`, under torchrun too.
+        The experiment, measurement, layer, filter, and the genes' overlap with the vocabulary are checked before
+        anything is written. ``kwargs``: :meth:`get_latent_representation`'s (``sample_key`` names an ``obs``
+        column of the experiment). Needs ``tiledbsoma`` (``pip install 'opencellplm[soma]'``)."""
+        import shutil
+
+        from ..data.genes import align_genes
+        from ..data.output import check_result_target
+        from ..data.soma import export_query
+        from .shards import embed_file_sharded, parts_folder
+
+        target = Path(target)
+        local = [Path(uri)] if census is None and uri is not None and "://" not in str(uri) else []
+        check_result_target(target, overwrite=overwrite, inputs=[*local, self.source.get("path")])
+        exported = parts_folder(target) / "query.h5ad"
+
+        def check_genes(genes: list[str]) -> None:
+            align_genes(genes, self.genes, source=f"var[{gene_key!r}] of the experiment", rule=self.gene_id_rule,
+                        aliases=self.gene_aliases)  # fmt: skip
+
+        def prepare() -> None:
+            export_query(uri, exported, census=census, organism=organism, measurement=measurement, layer=layer,
+                         obs_filter=obs_filter, gene_key=gene_key, spatial_key=kwargs.get("spatial_key", "spatial"),
+                         check_genes=check_genes, block_cells=block_cells)  # fmt: skip
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return embed_file_sharded(
+                self, exported, target, key_added=key_added, overwrite=overwrite, prepare=prepare, **kwargs
+            )
+        with output_lock(target):
+            prepare()
+            self.embed_file(exported, target, key_added=key_added, overwrite=overwrite, **kwargs)
+            shutil.rmtree(parts_folder(target))  # the exported query: this run wrote it
+        return target
 
 
 def _check_finite(embedding: np.ndarray, names) -> None:

@@ -14,7 +14,8 @@ import heapq
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +105,18 @@ def parts_folder(target: Path) -> Path:
     return target.with_name(f".{target.name}.parts")
 
 
-def embed_file_sharded(model, source, target, *, key_added: str, overwrite: bool, **kwargs: Any) -> Path:
-    """:meth:`CellPLM.embed_file <opencellplm.CellPLM.embed_file>` under torchrun: every process checks the
-    output, embeds the sets dealt to it (keeping a part of the same settings from a killed run) and writes its part;
-    rank 0 then writes ``target`` from the parts, in the input's cell order, and removes them."""
+#: How long a rank waits for the others at a barrier: rank 0 writes the whole output (and exports a SOMA query
+#: first) while they wait, which takes far longer than torch's default allows on an atlas.
+WAIT = timedelta(hours=12)
+
+
+def embed_file_sharded(
+    model, source, target, *, key_added: str, overwrite: bool, prepare: Callable[[], Any] | None = None, **kwargs: Any
+) -> Path:
+    """:meth:`CellPLM.embed_file <opencellplm.CellPLM.embed_file>` under torchrun: rank 0 checks the output
+    (and runs ``prepare``, which writes ``source``), every process embeds the sets dealt to it (keeping a part of
+    the same settings from a killed run) and writes its part; rank 0 then writes ``target`` from the parts, in the
+    input's cell order, and removes them."""
     import shutil
 
     import torch.distributed as dist
@@ -117,7 +126,7 @@ def embed_file_sharded(model, source, target, *, key_added: str, overwrite: bool
     from ..train.trainer import Distributed
 
     source, target = Path(source), Path(target)
-    world = Distributed.start(model.device)
+    world = Distributed.start(model.device, timeout=WAIT)
     try:
         if world.device != model.device:  # under torchrun each process's own GPU
             model.device, model.module = world.device, model.module.to(world.device)
@@ -125,6 +134,8 @@ def embed_file_sharded(model, source, target, *, key_added: str, overwrite: bool
         if world.main:  # refuse before any work, on every rank: the checks' message comes from rank 0
             try:
                 check_result_target(target, overwrite=overwrite, inputs=[source, model.source.get("path")])
+                if prepare is not None:
+                    prepare()
                 check_result_key(source, "obsm", key_added, reads=[kwargs.get("spatial_key", "spatial")])
                 parts_folder(target).mkdir(exist_ok=True)
             except Exception as err:  # noqa: BLE001  handed to every rank, raised on each

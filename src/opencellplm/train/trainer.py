@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -188,7 +189,8 @@ class Distributed:
         self.rank, self.world_size, self.device, self.started = rank, world_size, device, started
 
     @classmethod
-    def start(cls, device: str | torch.device | None) -> Distributed:
+    def start(cls, device: str | torch.device | None, *, timeout: timedelta | None = None) -> Distributed:
+        """``timeout``: how long a collective (a barrier) waits for the other ranks (torch's default if None)."""
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -205,7 +207,7 @@ class Distributed:
             torch.cuda.set_device(device)
         started = False
         if world_size > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
             started = True
         return cls(rank, world_size, device, started)
 

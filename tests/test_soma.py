@@ -1,5 +1,6 @@
-"""A pretraining corpus from a TileDB-SOMA experiment: the same corpus as from the h5ad files it was built from,
-resumable after a kill, and every bad input refused before anything is written."""
+"""TileDB-SOMA experiments as input: a pretraining corpus (the same corpus as from the h5ad files the experiment
+was built from) and embedding (the same embedding as from those files, in one process or two); both resumable after
+a kill, every bad input refused before anything is written."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from opencellplm import CellPLM
 from opencellplm._files import OutputInUseError
 from opencellplm.cli import main
 from opencellplm.data import soma as soma_module
@@ -31,7 +33,7 @@ def _adata(rng, name, n, genes, donors, spatial=False):
     adata = ad.AnnData(
         rng.negative_binomial(2, 0.5, size=(n, len(genes))).astype(np.float32),
         obs=pd.DataFrame({"dataset_id": name, "donor": rng.choice(donors, n)}, index=[f"{name}-{i}" for i in range(n)]),
-        var=pd.DataFrame({"feature_name": genes}, index=genes),
+        var=pd.DataFrame({"feature_name": genes, "ensembl": [f"ENSG{g[1:]:0>11}" for g in genes]}, index=genes),
     )
     if spatial:
         adata.obsm["spatial"] = rng.random((n, 2)) * 100
@@ -236,6 +238,11 @@ def test_cli_needs_files_or_a_soma_source_not_both(tmp_path, atlas, caplog):
         assert main(["prepare-corpus", "--out", str(tmp_path / "c")]) == 2
     assert "give h5ad files, or --soma URI / --census VERSION, not both" in caplog.text
     assert "give the h5ad files to read, or --soma URI / --census VERSION" in caplog.text
+    with caplog.at_level(logging.ERROR):
+        assert main(["embed", str(paths[0]), "--soma", uri, "--out", str(tmp_path / "c.h5ad")]) == 2
+        assert main(["embed", "--out", str(tmp_path / "c.h5ad")]) == 2
+    assert "give an h5ad file, or --soma URI / --census VERSION, not both" in caplog.text
+    assert "give the h5ad file to embed, or --soma URI / --census VERSION" in caplog.text
     assert not (tmp_path / "c").exists()
 
 
@@ -243,3 +250,84 @@ def test_without_tiledbsoma_the_error_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tiledbsoma", None)
     with pytest.raises(ImportError, match=r"pip install 'opencellplm\[soma\]'"):
         prepare_corpus_from_soma(str(tmp_path / "x"), tmp_path / "corpus")
+
+
+# ------------------------------------------------------------------------------------------------------- embedding
+@pytest.fixture(scope="module")
+def atlas_model(atlas, tmp_path_factory):
+    from .conftest import small_model
+
+    model = small_model([f"G{i}" for i in range(0, 24)])
+    folder = model.save(tmp_path_factory.mktemp("model") / "ckpt")
+    return CellPLM.from_pretrained(folder), folder
+
+
+def test_embedding_a_query_equals_embedding_the_file_it_came_from(tmp_path, atlas, atlas_model):
+    uri, paths, _ = atlas
+    model, _ = atlas_model
+    settings = {"sample_key": "donor", "max_cells": 25, "precision": "fp32"}
+    model.embed_file(paths[1], tmp_path / "file.h5ad", **settings)
+    model.embed_soma(uri, tmp_path / "soma.zarr", obs_filter="dataset_id == 'b'", block_cells=13, **settings)
+    from_file, from_soma = ad.read_h5ad(tmp_path / "file.h5ad"), ad.read_zarr(tmp_path / "soma.zarr")
+    np.testing.assert_array_equal(from_soma.obsm["X_cellplm"], from_file.obsm["X_cellplm"])
+    assert list(from_soma.obs_names) == list(from_file.obs_names)
+    assert from_soma.obs["donor"].astype(str).tolist() == from_file.obs["donor"].astype(str).tolist()
+    assert from_soma.obs["soma_joinid"].tolist() == list(range(90, 150))
+    assert list(from_soma.var_names[from_soma.X.sum(0).A1 > 0]) == [f"G{i}" for i in range(8, 20)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.h5ad", "soma.zarr"], "the exported query is gone"
+
+
+def test_a_killed_run_keeps_the_exported_query(tmp_path, atlas, atlas_model, monkeypatch):
+    uri, _, _ = atlas
+    model, _ = atlas_model
+    real = CellPLM.embed_file
+    monkeypatch.setattr(CellPLM, "embed_file", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        model.embed_soma(uri, tmp_path / "out.h5ad", sample_key="donor")
+    assert (tmp_path / ".out.h5ad.parts" / "query.h5ad").is_file() and not (tmp_path / "out.h5ad").exists()
+    monkeypatch.setattr(CellPLM, "embed_file", real)
+    monkeypatch.setattr(soma_module, "_read_block", lambda *a, **k: pytest.fail("read the experiment again"))
+    model.embed_soma(uri, tmp_path / "out.h5ad", sample_key="donor")
+    assert ad.read_h5ad(tmp_path / "out.h5ad").obsm["X_cellplm"].shape[0] == 220
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5ad"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"gene_key": "ensembl"}, "none of the 21 genes in var['ensembl'] of the experiment is in the model's"),
+        ({"obs_filter": "donor == 'nobody'"}, "selects no cell"),
+        ({"layer": "normalized"}, "X layer 'normalized' not found"),
+        ({"measurement": "protein"}, "measurement 'protein' not found"),
+    ],
+)
+def test_embedding_refuses_bad_input_before_writing(tmp_path, atlas, atlas_model, change, message):
+    uri, _, _ = atlas
+    model, _ = atlas_model
+    with pytest.raises(ValueError) as err:
+        model.embed_soma(uri, tmp_path / "out.h5ad", **change)
+    assert message in str(err.value)
+    assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
+def test_two_processes_embed_a_query_as_one_does(tmp_path, atlas, atlas_model):
+    import os
+    import subprocess
+
+    from .conftest import REPO
+
+    uri, _, _ = atlas
+    model, folder = atlas_model
+    flags = ["--soma", uri, "--checkpoint", str(folder), "--sample-key", "donor", "--max-cells", "25"]
+    flags += ["--precision", "fp32"]
+    assert main(["embed", *flags, "--out", str(tmp_path / "one.h5ad")]) == 0
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node", "2", "-m", "opencellplm", "embed", *flags]
+    done = subprocess.run([*command, "--out", str(tmp_path / "two.h5ad")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    one, two = ad.read_h5ad(tmp_path / "one.h5ad"), ad.read_h5ad(tmp_path / "two.h5ad")
+    assert np.array_equal(one.obsm["X_cellplm"], two.obsm["X_cellplm"], equal_nan=True)
+    assert one.uns["cellplm"]["X_cellplm"]["n_cell_sets"] > 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.h5ad", "two.h5ad"]
