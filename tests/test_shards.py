@@ -65,8 +65,9 @@ def test_parts_assemble_in_input_order_and_a_part_of_other_settings_is_never_rea
         np.array([19, 11, 12]),
     ]  # cells 7, 9, ... left out
     for rank, rows in enumerate(shares):
-        write_part(tmp_path, rank, 3, stamp, rows, full[rows])
-    out = assemble(tmp_path, 3, stamp, n, dim)
+        write_part(tmp_path, rank, 3, stamp, rows, full[rows], '{"n_cell_sets": 3}' if rank == 0 else "")
+    out, record = assemble(tmp_path, 3, stamp, n, dim)
+    assert record == '{"n_cell_sets": 3}'  # rank 0's, kept in its part: written with it, atomically
     done = np.concatenate(shares)
     np.testing.assert_array_equal(out[done], full[done])
     assert np.isnan(np.delete(out, done, axis=0)).all()
@@ -140,6 +141,9 @@ def test_embedding_into_a_zarr_store(tmp_path, checkpoint_and_input):
     assert zarr_store.uns["cellplm"]["X_cellplm"]["n_cell_sets"] == h5ad.uns["cellplm"]["X_cellplm"]["n_cell_sets"]
     assert main(["embed", str(source), "--out", str(tmp_path / "out.zarr"), *flags]) == 2  # exists
     assert main(["embed", str(source), "--out", str(tmp_path / "out.zarr"), *flags, "--overwrite"]) == 0
+    (tmp_path / "out.zarr" / "notes.txt").write_text("mine")  # a file of the user's inside: never deleted
+    assert main(["embed", str(source), "--out", str(tmp_path / "out.zarr"), *flags, "--overwrite"]) == 2
+    assert (tmp_path / "out.zarr" / "notes.txt").read_text() == "mine"
     ad.read_h5ad(source).write_zarr(tmp_path / "theirs.zarr")  # a store another program wrote: never replaced
     assert main(["embed", str(source), "--out", str(tmp_path / "theirs.zarr"), *flags, "--overwrite"]) == 2
     assert "X_cellplm" not in ad.read_zarr(tmp_path / "theirs.zarr").obsm
@@ -175,13 +179,25 @@ def test_a_zarr_copy_streams_sparse_matrices_and_layers_block_by_block(tmp_path,
     adata.X = sp.csr_matrix(adata.X)
     adata.layers["counts"] = sp.csc_matrix(adata.X)
     adata.layers["dense"] = adata.X.toarray()
+    adata.raw = adata.copy()
     adata.write_h5ad(tmp_path / "sparse.h5ad")
     monkeypatch.setattr(output, "_COPY_BLOCK", 7)  # many blocks for a small matrix
+    import anndata.io
+
+    real = anndata.io.read_elem
+
+    def never_whole(element):
+        assert not element.name.endswith("/X") and "/layers/" not in element.name, f"read {element.name} whole"
+        return real(element)
+
+    monkeypatch.setattr(anndata.io, "read_elem", never_whole)
     model = CellPLM.from_pretrained(checkpoint)
     model.embed_file(tmp_path / "sparse.h5ad", tmp_path / "out.zarr", precision="fp32")
+    monkeypatch.setattr(anndata.io, "read_elem", real)
     copy = ad.read_zarr(tmp_path / "out.zarr")
-    assert sp.issparse(copy.X) and sp.issparse(copy.layers["counts"])
-    for ours, theirs in ((copy.X, adata.X), (copy.layers["counts"], adata.layers["counts"])):
+    assert sp.issparse(copy.X) and sp.issparse(copy.layers["counts"]) and sp.issparse(copy.raw.X)
+    pairs = [(copy.X, adata.X), (copy.layers["counts"], adata.layers["counts"]), (copy.raw.X, adata.raw.X)]
+    for ours, theirs in pairs:
         assert ours.format == theirs.format
         np.testing.assert_array_equal(ours.toarray(), theirs.toarray())
     np.testing.assert_array_equal(copy.layers["dense"], adata.layers["dense"])

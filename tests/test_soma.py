@@ -160,6 +160,21 @@ def test_a_killed_run_keeps_its_shards_and_writes_the_rest(tmp_path, atlas, monk
             np.testing.assert_array_equal(ours[key], whole[key])
 
 
+def test_a_failure_while_the_corpus_is_finished_keeps_every_shard(tmp_path, atlas, monkeypatch):
+    uri, _, _ = atlas
+    settings = {"dataset_key": "dataset_id", "max_cells": 25, "shard_cells": 40}
+    monkeypatch.setattr(soma_module, "write_manifest", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        prepare_corpus_from_soma(uri, tmp_path / "corpus", **settings)
+    monkeypatch.undo()
+    kept = sorted(p.name for p in (tmp_path / ".corpus.soma-work" / "shards").iterdir())
+    assert kept and not (tmp_path / "corpus").exists()
+    monkeypatch.setattr(soma_module, "write_shard", lambda *a: pytest.fail("wrote a shard again"))
+    prepare_corpus_from_soma(uri, tmp_path / "corpus", **settings)
+    assert sorted(p.name for p in (tmp_path / "corpus" / "shards").iterdir()) == kept
+    assert Corpus(tmp_path / "corpus").verify() == []
+
+
 def test_an_unfinished_run_of_other_settings_is_started_over(tmp_path, atlas, monkeypatch, caplog):
     uri, _, _ = atlas
     monkeypatch.setattr(soma_module, "write_shard", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
@@ -167,7 +182,7 @@ def test_an_unfinished_run_of_other_settings_is_started_over(tmp_path, atlas, mo
         prepare_corpus_from_soma(uri, tmp_path / "corpus", dataset_key="dataset_id", max_cells=25, shard_cells=40)
     monkeypatch.undo()
     prepare_corpus_from_soma(uri, tmp_path / "corpus", dataset_key="dataset_id", max_cells=30, shard_cells=40)
-    assert "other settings: starting over" in caplog.text
+    assert "holds an unfinished run (other settings): starting over" in caplog.text
     manifest = json.loads((tmp_path / "corpus" / "manifest.json").read_text())
     assert manifest["settings"]["max_cells"] == 30
     assert max(np.diff(_shards(tmp_path / "corpus")[0]["set_offsets"])) <= 30
@@ -236,13 +251,13 @@ def test_cli_needs_files_or_a_soma_source_not_both(tmp_path, atlas, caplog):
     with caplog.at_level(logging.ERROR):
         assert main(["prepare-corpus", str(paths[0]), "--soma", uri, "--out", str(tmp_path / "c")]) == 2
         assert main(["prepare-corpus", "--out", str(tmp_path / "c")]) == 2
-    assert "give h5ad files, or --soma URI / --census VERSION, not both" in caplog.text
-    assert "give the h5ad files to read, or --soma URI / --census VERSION" in caplog.text
+    assert "give input files, or --soma URI / --census VERSION, not both" in caplog.text
+    assert "give the input files, or --soma URI / --census VERSION" in caplog.text
     with caplog.at_level(logging.ERROR):
         assert main(["embed", str(paths[0]), "--soma", uri, "--out", str(tmp_path / "c.h5ad")]) == 2
         assert main(["embed", "--out", str(tmp_path / "c.h5ad")]) == 2
-    assert "give an h5ad file, or --soma URI / --census VERSION, not both" in caplog.text
-    assert "give the h5ad file to embed, or --soma URI / --census VERSION" in caplog.text
+    assert main(["prepare-corpus", str(paths[0]), "--obs-filter", "x == 1", "--out", str(tmp_path / "c")]) == 2
+    assert "--obs-filter read a SOMA experiment: give --soma URI or --census VERSION, or drop them" in caplog.text
     assert not (tmp_path / "c").exists()
 
 
@@ -284,7 +299,12 @@ def test_a_killed_run_keeps_the_exported_query(tmp_path, atlas, atlas_model, mon
     monkeypatch.setattr(CellPLM, "embed_file", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         model.embed_soma(uri, tmp_path / "out.h5ad", sample_key="donor")
-    assert (tmp_path / ".out.h5ad.parts" / "query.h5ad").is_file() and not (tmp_path / "out.h5ad").exists()
+    exported = tmp_path / ".out.h5ad.parts" / "query.h5ad"
+    assert exported.is_file() and not (tmp_path / "out.h5ad").exists()
+    import h5py
+
+    with h5py.File(exported) as f:  # 64-bit offsets: an atlas holds more than 2**31 counts
+        assert f["X/indptr"].dtype == np.int64 and f["X/indptr"][-1] == f["X/data"].shape[0]
     monkeypatch.setattr(CellPLM, "embed_file", real)
     monkeypatch.setattr(soma_module, "_read_block", lambda *a, **k: pytest.fail("read the experiment again"))
     model.embed_soma(uri, tmp_path / "out.h5ad", sample_key="donor")
@@ -299,6 +319,8 @@ def test_a_killed_run_keeps_the_exported_query(tmp_path, atlas, atlas_model, mon
         ({"obs_filter": "donor == 'nobody'"}, "selects no cell"),
         ({"layer": "normalized"}, "X layer 'normalized' not found"),
         ({"measurement": "protein"}, "measurement 'protein' not found"),
+        ({"sample_key": "patient"}, "obs column 'patient' not found"),
+        ({"key_added": "spatial"}, "obsm['spatial'] holds the coordinates read"),
     ],
 )
 def test_embedding_refuses_bad_input_before_writing(tmp_path, atlas, atlas_model, change, message):

@@ -8,6 +8,7 @@ partition, splits, masks, initial weights, baselines); ``--checkpoint`` names th
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +131,42 @@ class Renamed(argparse.Action):
         setattr(namespace, self.dest, self.value if self.nargs == 0 else values)
         notes = getattr(namespace, "deprecations", [])
         namespace.deprecations = [*notes, f"{option_string} is deprecated: use {self.new} ({self.why})"]
+
+
+#: The SOMA flags' defaults, filled in once a command reads a SOMA experiment (given without one, they are refused).
+SOMA_DEFAULTS = {"organism": "homo_sapiens", "measurement": "RNA", "block_cells": 20_000}
+
+
+def add_soma_source(parser: argparse.ArgumentParser, what: str) -> argparse._ArgumentGroup:
+    """The flags that make a command read a TileDB-SOMA experiment (or the CELLxGENE Census) instead of files;
+    :func:`soma_source` reads them back. Returns the group, for a command's own SOMA flags."""
+    soma = parser.add_argument_group(f"{what} (pip install 'opencellplm[soma]')")
+    source = soma.add_mutually_exclusive_group()
+    source.add_argument("--soma", metavar="URI", help="a SOMA experiment (a local folder or a tiledbsoma URI)")
+    source.add_argument(
+        "--census", metavar="VERSION", help="a CELLxGENE Census release, e.g. stable (network and opencellplm[census])"
+    )
+    soma.add_argument("--organism", help="the Census experiment (default homo_sapiens)")
+    soma.add_argument("--measurement", help="measurement of the counts (default RNA; the layer: raw)")
+    soma.add_argument("--obs-filter", help="tiledbsoma value filter on obs, e.g. \"tissue_general == 'lung'\"")
+    soma.add_argument("--block-cells", type=int, help="cells read at a time (default 20000)")
+    return soma
+
+
+def soma_source(args: argparse.Namespace, *, files: bool, own: Sequence[str] = ()) -> bool:
+    """Whether the command reads a SOMA experiment: exactly one of files (``files``: some were given) and
+    ``--soma`` / ``--census``. The SOMA flags (and the command's ``own``) are refused without one; their defaults
+    are filled in with one."""
+    from_soma = args.soma is not None or args.census is not None
+    if from_soma and files:
+        raise ValueError("give input files, or --soma URI / --census VERSION, not both")
+    if not from_soma and not files:
+        raise ValueError("give the input files, or --soma URI / --census VERSION")
+    given = [name for name in [*SOMA_DEFAULTS, "obs_filter", *own] if getattr(args, name, None) is not None]
+    if not from_soma and given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"{flags} read a SOMA experiment: give --soma URI or --census VERSION, or drop them")
+    for name, default in SOMA_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    return from_soma

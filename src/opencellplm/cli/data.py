@@ -8,7 +8,15 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._args import ALLOW_LOW_OVERLAP_HELP, add_input_spec, add_overwrite, add_seed, spec_from
+from ._args import (
+    ALLOW_LOW_OVERLAP_HELP,
+    add_input_spec,
+    add_overwrite,
+    add_seed,
+    add_soma_source,
+    soma_source,
+    spec_from,
+)
 from ._flag_words import in_flag_words
 
 
@@ -37,18 +45,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-key", help="obs column of batches (default: the sample, else the file or data set)")
     p.add_argument("--shard-cells", type=int, default=100_000, help="cells per shard (default 100000)")
-    soma = p.add_argument_group("from a TileDB-SOMA experiment instead of files (pip install 'opencellplm[soma]')")
-    source = soma.add_mutually_exclusive_group()
-    source.add_argument("--soma", metavar="URI", help="a SOMA experiment (a local folder or a tiledbsoma URI)")
-    source.add_argument(
-        "--census", metavar="VERSION", help="a CELLxGENE Census release, e.g. stable (network and opencellplm[census])"
+    soma = add_soma_source(p, "from a TileDB-SOMA experiment instead of files")
+    soma.add_argument(
+        "--dataset-key",
+        help="obs column of data sets, each with its own genes (default: all one; dataset_id with --census)",
     )
-    soma.add_argument("--organism", default="homo_sapiens", help="the Census experiment (default homo_sapiens)")
-    soma.add_argument("--measurement", default="RNA", help="measurement of the counts (default RNA)")
-    soma.add_argument("--obs-filter", help="tiledbsoma value filter on obs, e.g. \"tissue_general == 'lung'\"")
-    soma.add_argument("--dataset-key", help="obs column of data sets, each with its own genes (default: all one)")
-    soma.add_argument("--gene-key", default="feature_name", help="var column of gene ids (default feature_name)")
-    soma.add_argument("--block-cells", type=int, default=20_000, help="cells read at a time (default 20000)")
+    soma.add_argument("--gene-key", help="var column of gene ids (default feature_name)")
     add_seed(p, help="seed of the random partition of large samples, the only random choice here (default 0)")
     add_overwrite(p, "replace --out if it is not empty")
     p.set_defaults(run=_prepare_corpus)
@@ -97,10 +99,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _prepare_corpus(args: argparse.Namespace) -> int:
     from ..data.corpus import prepare_corpus
 
-    from_soma = args.soma is not None or args.census is not None
-    if from_soma == bool(args.files):
-        raise ValueError("give h5ad files, or --soma URI / --census VERSION, not both" if from_soma else
-                         "give the h5ad files to read, or --soma URI / --census VERSION")  # fmt: skip
+    from_soma = soma_source(args, files=bool(args.files), own=["dataset_key", "gene_key"])
     if from_soma:
         from ..data.soma import prepare_corpus_from_soma
 
@@ -114,7 +113,7 @@ def _prepare_corpus(args: argparse.Namespace) -> int:
             layer=spec.pop("layer") or "raw",
             obs_filter=args.obs_filter,
             dataset_key=args.dataset_key,
-            gene_key=args.gene_key,
+            gene_key=args.gene_key or "feature_name",
             batch_key=args.batch_key,
             shard_cells=args.shard_cells,
             block_cells=args.block_cells,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from ._args import (
     add_input_spec,
     add_overwrite,
     add_seed,
+    add_soma_source,
     model_path,
+    soma_source,
     spec_from,
 )
 
@@ -59,28 +62,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--score-labels", help="then cluster the embedding and score it against this obs column, beside PCA")
     p.add_argument("--score-json", help="with --score-labels: also write the scores as JSON here")
     add_overwrite(p)
-    soma = p.add_argument_group(
-        "the cells of a TileDB-SOMA experiment instead of a file (pip install 'opencellplm[soma]')"
-    )
-    source = soma.add_mutually_exclusive_group()
-    source.add_argument("--soma", metavar="URI", help="a SOMA experiment (a local folder or a tiledbsoma URI)")
-    source.add_argument(
-        "--census", metavar="VERSION", help="a CELLxGENE Census release, e.g. stable (network and opencellplm[census])"
-    )
-    soma.add_argument("--organism", default="homo_sapiens", help="the Census experiment (default homo_sapiens)")
-    soma.add_argument("--measurement", default="RNA", help="measurement of the counts (default RNA; --layer: raw)")
-    soma.add_argument("--obs-filter", help="tiledbsoma value filter on obs, e.g. \"dataset_id == '...'\"")
-    soma.add_argument("--block-cells", type=int, default=20_000, help="cells read at a time (default 20000)")
+    add_soma_source(p, "the cells of a TileDB-SOMA experiment instead of a file")
     p.set_defaults(run=_embed)
 
 
 def _embed(args: argparse.Namespace) -> int:
     from ..model import CellPLM
 
-    from_soma = args.soma is not None or args.census is not None
-    if from_soma == (args.input is not None):
-        raise ValueError("give an h5ad file, or --soma URI / --census VERSION, not both" if from_soma else
-                         "give the h5ad file to embed, or --soma URI / --census VERSION")  # fmt: skip
+    from_soma = soma_source(args, files=args.input is not None)
     if not from_soma and not Path(args.input).is_file():  # before loading the model
         raise FileNotFoundError(f"input file not found: {args.input}")
     inputs = [args.input or args.soma, model_path(args.checkpoint)]
@@ -93,6 +82,7 @@ def _embed(args: argparse.Namespace) -> int:
     logger.info("model: %s (weights sha256 %s)", model.source["path"], model.source["sha256"][:12])
     spec = spec_from(args)
     settings = {"seed": args.seed, "allow_low_overlap": args.allow_low_overlap, "precision": args.precision}
+    settings["distributed"] = int(os.environ.get("WORLD_SIZE", "1")) > 1  # under torchrun: the sets shared out
     if from_soma:
         model.embed_soma(
             args.soma,
@@ -111,12 +101,12 @@ def _embed(args: argparse.Namespace) -> int:
         )
     else:
         model.embed_file(args.input, args.out, overwrite=args.overwrite, key_added=args.key_added, **spec, **settings)
-    if args.score_labels:
-        _score_embedding(args)
+    if args.score_labels and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, process 0 scores
+        _score_embedding(args, layer=None if from_soma else args.layer)  # a SOMA query's counts are its X
     return 0
 
 
-def _score_embedding(args: argparse.Namespace) -> None:
+def _score_embedding(args: argparse.Namespace, layer: str | None) -> None:
     """Cluster the embedding just written and score it against a label column, beside PCA (and scVI)."""
     import anndata as ad
 
@@ -124,7 +114,7 @@ def _score_embedding(args: argparse.Namespace) -> None:
     from ..tasks import score_clustering
 
     adata = ad.read_zarr(args.out) if is_zarr(args.out) else ad.read_h5ad(args.out)
-    result = score_clustering(adata, args.score_labels, embedding_key=args.key_added, layer=args.layer)
+    result = score_clustering(adata, args.score_labels, embedding_key=args.key_added, layer=layer)
     sys.stdout.write(
         f"clustering against obs[{args.score_labels!r}], mean ± sd over Leiden seeds {result.settings['seeds']}:\n"
         + result.to_markdown()

@@ -108,7 +108,8 @@ def check_result_target(target: str | Path, *, overwrite: bool, inputs: Iterable
 
 
 def zarr_store_problems(path: Path) -> list[str]:
-    """``[]`` when ``path`` is a zarr store this package wrote (its root attribute :data:`H5AD_MARK`)."""
+    """``[]`` when ``path`` is a zarr store this package wrote (its root attribute :data:`H5AD_MARK`) that holds
+    nothing but an AnnData's elements, else why it is not."""
     import zarr
 
     try:
@@ -117,7 +118,12 @@ def zarr_store_problems(path: Path) -> list[str]:
         return [f"not a zarr store ({type(err).__name__})"]
     if not str(attributes.get(H5AD_MARK, "")).startswith("opencellplm"):
         return [f"a zarr store without opencellplm's {H5AD_MARK!r} mark"]
-    return []
+    return [f"it holds {entry.name}" for entry in sorted(Path(path).iterdir()) if entry.name not in _ZARR_ENTRIES]
+
+
+#: What a zarr store of an AnnData holds at its top: anndata's elements and zarr's metadata files (v2 and v3).
+_ZARR_ENTRIES = {"X", "obs", "var", "obsm", "varm", "obsp", "varp", "layers", "uns", "raw"}
+_ZARR_ENTRIES |= {".zattrs", ".zgroup", ".zmetadata", "zarr.json"}
 
 
 #: Rows (or entries of a sparse matrix's arrays) copied at a time from the input into a zarr store.
@@ -140,11 +146,14 @@ def _write_zarr_copy(source: Path, folder: Path, group: str, key: str, value: An
         root.attrs.update({k: _json_value(v) for k, v in f.attrs.items() if k != H5AD_MARK})
         records = read_elem(f["uns/cellplm"]) if "uns/cellplm" in f else {}
         for name, element in f.items():
-            if name == "layers" and isinstance(element, h5py.Group):
-                layers = root.create_group("layers")
-                layers.attrs.update({k: _json_value(v) for k, v in element.attrs.items()})
-                for layer, matrix in element.items():
-                    _copy_matrix(matrix, layers, layer)
+            if name in ("layers", "raw") and isinstance(element, h5py.Group):  # matrices inside: X, layers
+                copy = root.create_group(name)
+                copy.attrs.update({k: _json_value(v) for k, v in element.attrs.items()})
+                for entry, inner in element.items():
+                    if name == "layers" or entry == "X":
+                        _copy_matrix(inner, copy, entry)
+                    else:
+                        write_elem(copy, entry, read_elem(inner))
             elif name == "X":
                 _copy_matrix(element, root, name)
             else:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -249,7 +250,7 @@ class _Plan:
         coords = [np.zeros((len(r), 0)) if c is None else c for r, c in zip(self.set_rows, self.set_coords)]
         widths = np.array([c.shape[1] for c in coords], dtype=np.int64)
         flat = np.concatenate([np.pad(c, ((0, 0), (0, 3 - c.shape[1])), constant_values=np.nan) for c in coords])
-        partial = path.with_name(path.name + ".partial")
+        partial = path.with_name(f".{path.name}.partial")
         with open(partial, "wb") as f:
             np.savez(
                 f, labels=np.array(self.labels, dtype=str), genes=np.concatenate(self.gene_joinids),
@@ -372,8 +373,9 @@ def _write_planned_shard(X, plan: _Plan, index: int, folder: Path, n_var: int, b
 
 
 def _work_folder(out: Path, stamp: str) -> tuple[Path, bool]:
-    """The work folder beside ``out`` and whether it holds a plan of these settings (a run to resume). A work folder
-    of other settings is removed (this package wrote it); a folder there that is not one is refused."""
+    """The work folder beside ``out`` and whether it holds a plan of these settings (a run to resume). One of other
+    settings, or without a plan, is emptied and used again (this package wrote it); a folder there that is not one
+    is refused."""
     work = out.with_name(f".{out.name}.soma-work")
     marker = work / "work.json"
     if work.exists():
@@ -381,22 +383,25 @@ def _work_folder(out: Path, stamp: str) -> tuple[Path, bool]:
             saved = json.loads(marker.read_text())
         except (OSError, ValueError):
             saved = None
-        expected = {"work.json", "plan.npz", "shards"}
-        if (
-            not isinstance(saved, dict)
-            or saved.get("format") != WORK_FORMAT
-            or not {p.name for p in work.iterdir()} <= expected
-        ):
+        entries = {p.name for p in work.iterdir()}
+        ours = isinstance(saved, dict) and saved.get("format") == WORK_FORMAT
+        ours = ours and entries <= {"work.json", "plan.npz", ".plan.npz.partial", "shards"}
+        if not ours and entries - {".work.json.partial"}:  # (empty, or killed as it was made: ours to reuse)
             raise FileExistsError(
                 f"{work} is in the way and is not a work folder of opencellplm; remove it yourself or choose "
                 "another output"
             )
-        if saved.get("stamp") == stamp and (work / "plan.npz").is_file():
+        if ours and saved.get("stamp") == stamp and (work / "plan.npz").is_file():
+            (work / "shards").mkdir(exist_ok=True)
             return work, True
-        logger.warning("%s holds an unfinished run with other settings: starting over", work)
+        why = "other settings" if ours and saved.get("stamp") != stamp else "no plan saved yet"
+        logger.warning("%s holds an unfinished run (%s): starting over", work, why)
         shutil.rmtree(work)
-    (work / "shards").mkdir(parents=True)
-    marker.write_text(json.dumps({"format": WORK_FORMAT, "stamp": stamp}) + "\n")
+    work.mkdir()
+    partial = work / ".work.json.partial"
+    partial.write_text(json.dumps({"format": WORK_FORMAT, "stamp": stamp}) + "\n")
+    partial.replace(marker)
+    (work / "shards").mkdir()
     return work, False
 
 
@@ -437,7 +442,8 @@ def prepare_corpus_from_soma(
     obs_filter
         A tiledbsoma ``value_filter`` on ``obs``, e.g. ``"tissue_general == 'lung' and is_primary_data == True"``.
     dataset_key
-        ``obs`` column of data sets (each with its own genes); default: the whole query is one data set.
+        ``obs`` column of data sets (each with its own genes); default: ``dataset_id`` in the Census, else the whole
+        query is one data set.
     sample_key, batch_key, spatial_key, max_cells, shard_cells, seed, keep_control_probes
         As in :func:`~opencellplm.data.corpus.prepare_corpus` (``spatial_key`` names an ``obsm`` array of the
         measurement).
@@ -451,6 +457,9 @@ def prepare_corpus_from_soma(
     for name, value in (("max_cells", max_cells), ("shard_cells", shard_cells), ("block_cells", block_cells)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if census is not None and dataset_key is None:  # the Census's data sets measure different genes: never one
+        dataset_key = "dataset_id"
+        logger.info("the Census: one data set per dataset_id (dataset_key)")
     source = str(uri) if census is None else f"census:{census}/{organism}"
     local_input = [Path(uri)] if census is None and uri is not None and "://" not in str(uri) else []
     target = {"overwrite": overwrite, "recognise": corpus_problems, "kind": "corpus", "inputs": local_input}
@@ -502,7 +511,13 @@ def _finish(work: Path, folder: Path, plan: _Plan, query: _Query, settings: dict
         )
         for k in range(len(bounds) - 1)
     ]  # fmt: skip
-    (work / "shards").rename(folder / "shards")
+    (folder / "shards").mkdir()
+    for k in range(len(bounds) - 1):  # linked, not moved: should the rest fail, the work folder still has them all
+        name = f"shards/shard-{k:05d}.npz"
+        try:
+            os.link(work / name, folder / name)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(work / name, folder / name)
     (folder / "datasets").mkdir()
     vocabulary: dict[str, int] = {}
     datasets = []
@@ -543,6 +558,7 @@ def export_query(
     obs_filter: str | None = None,
     gene_key: str = "feature_name",
     spatial_key: str | None = "spatial",
+    sample_key: str | None = None,
     check_genes: Callable[[list[str]], Any] | None = None,
     block_cells: int = 20_000,
 ) -> None:
@@ -553,11 +569,11 @@ def export_query(
     already at ``path`` that an export of the same query and settings wrote is kept: a rerun after a kill reads
     the experiment once."""
     import h5py
-    from anndata.io import sparse_dataset, write_elem
+    from anndata.io import write_elem
 
     with open_experiment(uri, census=census, organism=organism) as experiment:
         query = _check_query(experiment, measurement=measurement, layer=layer, gene_key=gene_key,
-                             obs_filter=obs_filter, keys=[], spatial_key=spatial_key)  # fmt: skip
+                             obs_filter=obs_filter, keys=[sample_key], spatial_key=spatial_key)  # fmt: skip
         genes = [str(g) for g in query.genes]
         if check_genes is not None:
             check_genes(genes)
@@ -579,22 +595,39 @@ def export_query(
         coords = _coordinates(ms, spatial_key, joinids, "the query", partial="leave out") if query.has_spatial else None
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")
-        X = ms.X[layer]
-        with h5py.File(partial, "w") as f:
-            f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
-            write_elem(f, "obs", obs)
-            write_elem(f, "var", var)
-            write_elem(f, "obsm", {} if coords is None else {spatial_key: coords})
-            write_elem(f, "uns", {})
-            bar = tqdm(total=len(joinids), desc="reading the query", unit="cell", disable=None)
-            with bar:
-                for start, block in zip(range(0, len(joinids), block_cells), _blocks(joinids, block_cells)):
-                    counts = _read_block(X, block, query.n_var).astype(np.float32)
-                    if start == 0:
-                        write_elem(f, "X", counts)
-                    else:
-                        sparse_dataset(f["X"]).append(counts)
-                    bar.update(len(block))
+        try:
+            with h5py.File(partial, "w") as f:
+                f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+                write_elem(f, "obs", obs)
+                write_elem(f, "var", var)
+                write_elem(f, "obsm", {} if coords is None else {spatial_key: coords})
+                write_elem(f, "uns", {})
+                _write_counts(f, experiment.ms[measurement].X[layer], joinids, query.n_var, block_cells)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         partial.replace(path)
         record.write_text(stamp)
         logger.info("exported %d cells x %d genes of %s to %s", len(joinids), len(genes), settings["source"], path)
+
+
+def _write_counts(f, X, joinids: np.ndarray, n_var: int, block_cells: int) -> None:
+    """The rows ``joinids`` of the SOMA matrix ``X`` as the CSR matrix ``X`` of the open h5ad ``f``, appended block
+    by block (64-bit offsets: an atlas holds more than 2**31 counts)."""
+    group = f.create_group("X")
+    group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": (len(joinids), n_var)})
+    data = group.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(1 << 20,))
+    indices = group.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1 << 20,))
+    indptr = [np.zeros(1, dtype=np.int64)]
+    bar = tqdm(total=len(joinids), desc="reading the query", unit="cell", disable=None)
+    with bar:
+        for block in _blocks(joinids, block_cells):
+            counts = _read_block(X, block, n_var)
+            start = data.shape[0]
+            data.resize((start + counts.nnz,))
+            indices.resize((start + counts.nnz,))
+            data[start:] = counts.data.astype(np.float32, copy=False)
+            indices[start:] = counts.indices
+            indptr.append(counts.indptr[1:].astype(np.int64) + start)
+            bar.update(len(block))
+    group.create_dataset("indptr", data=np.concatenate(indptr))

@@ -280,8 +280,9 @@ class CellPLM:
         **spec: Any,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """The embedding and what ``uns['cellplm'][key]`` keeps about it (the effective settings). ``shard``:
-        ``(rank, world size)``, embed only the sets dealt to that rank (:func:`~opencellplm.model.shards.deal_sets`;
-        the other rows stay NaN); the record describes the whole input."""
+        ``(rank, world size)``, embed only the sets dealt to that rank (:func:`~opencellplm.model.shards.deal_sets`)
+        and return ``(rows, embedding)`` of those cells in place of the embedding; the record describes the whole
+        input."""
         if noise is not None and not official_compat:
             raise ValueError("noise= replays the official random draws; it needs official_compat=True")
         if official_compat and precision == "bf16":
@@ -299,12 +300,13 @@ class CellPLM:
             adata, InputSpec(**spec), official_compat=official_compat, left_out="their rows are NaN", warn_stacklevel=4
         )
         noise_iter: Iterator[GMVAENoise] | None = None if noise is None else iter(noise)
-        out = np.full((adata.n_obs, self.config.latent.dim), np.nan, dtype=np.float32)
-        embedded = sets
-        if shard is not None:
+        embedded, rows_out = sets, None
+        if shard is not None:  # only this rank's rows are held: an atlas's whole output would not fit each rank
             from .shards import deal_sets
 
             embedded = sets.subset(deal_sets([len(rows) for rows in sets.sets], shard[1])[shard[0]])
+            rows_out = np.sort(np.concatenate([np.zeros(0, dtype=np.int64), *embedded.sets]))
+        out = np.full((adata.n_obs if rows_out is None else len(rows_out), self.config.latent.dim), np.nan, np.float32)
         was_training = self.module.training
         self.module.eval()
         try:
@@ -320,7 +322,8 @@ class CellPLM:
                             raise ValueError("fewer GMVAE noise entries than forward calls")
                     # the backbone alone: the embedding needs neither the NB decoder nor a head
                     latent = self.module.encode(cell_set.batch, official=official_compat, noise=step_noise)
-                    out[cell_set.rows] = embedding = latent.embedding.float().cpu().numpy()
+                    at = cell_set.rows if rows_out is None else np.searchsorted(rows_out, cell_set.rows)
+                    out[at] = embedding = latent.embedding.float().cpu().numpy()
                     _check_finite(embedding, adata.obs_names[cell_set.rows])
                     bar.update(len(cell_set.rows))
         finally:
@@ -343,7 +346,7 @@ class CellPLM:
         }
         if self.gene_aliases:  # checkpoints without aliases record what they always did
             record["n_genes_matched_via_aliases"] = sets.report.alignment.n_via_aliases
-        return out, record
+        return (out if rows_out is None else (rows_out, out)), record
 
     def cell_sets(self, adata: AnnData, spec: InputSpec, *, official_compat: bool = False, **options: Any) -> CellSets:
         """``adata`` checked against this model and cut into cell sets (see :class:`~opencellplm.data.CellSets`)."""
@@ -373,7 +376,14 @@ class CellPLM:
         return self
 
     def embed_file(
-        self, source: str | Path, target: str | Path, *, key_added: str = "X_cellplm", overwrite: bool = False, **kwargs
+        self,
+        source: str | Path,
+        target: str | Path,
+        *,
+        key_added: str = "X_cellplm",
+        overwrite: bool = False,
+        distributed: bool = False,
+        **kwargs,
     ) -> Path:
         """Embed an h5ad file into a new one, streaming: the counts are read set by set from disk
         (every count matrix stays on disk) and ``target`` is a copy of ``source`` with ``obsm[key_added]`` and
@@ -381,8 +391,12 @@ class CellPLM:
         :meth:`get_latent_representation`. Whether ``target`` can be written is checked before any work: it is
         neither ``source`` nor inside this model's folder, and ``key_added`` replaces no coordinates read
         (``spatial_key``) nor any obsm entry this package did not write.
+
+        ``distributed=True`` under torchrun (every process calls it): each process embeds its share of the cell
+        sets and process 0 writes ``target`` (see :mod:`~opencellplm.model.shards`); the output is the one process
+        gives. Without torchrun it changes nothing.
         """
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: each process embeds its share of sets
+        if distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             from .shards import embed_file_sharded
 
             return embed_file_sharded(self, source, target, key_added=key_added, overwrite=overwrite, **kwargs)
@@ -411,22 +425,28 @@ class CellPLM:
         key_added: str = "X_cellplm",
         overwrite: bool = False,
         block_cells: int = 20_000,
+        distributed: bool = False,
         **kwargs,
     ) -> Path:
         """Embed the cells an ``obs`` query of a TileDB-SOMA experiment selects (or of the CELLxGENE Census
         release ``census``) into ``target`` (an h5ad file, or a zarr store named ``*.zarr``): their ``obs``
         (``soma_joinid`` kept), the measurement's genes (``var[gene_key]``) and the ``layer``'s counts, with
         ``obsm[key_added]``. The query is first exported, in blocks of cells, to a file beside ``target`` (kept
-        when a killed run is started again, removed at the end); then as :meth:`embed_file`, under torchrun too.
+        when a killed run is started again, removed at the end); then as :meth:`embed_file` (``distributed``: as
+        there, under torchrun).
         The experiment, measurement, layer, filter, and the genes' overlap with the vocabulary are checked before
         anything is written. ``kwargs``: :meth:`get_latent_representation`'s (``sample_key`` names an ``obs``
         column of the experiment). Needs ``tiledbsoma`` (``pip install 'opencellplm[soma]'``)."""
-        import shutil
-
         from ..data.genes import align_genes
         from ..data.output import check_result_target
         from ..data.soma import export_query
-        from .shards import embed_file_sharded, parts_folder
+        from .shards import (
+            discard_empty_parts_folder,
+            embed_file_sharded,
+            make_parts_folder,
+            parts_folder,
+            remove_parts_folder,
+        )
 
         target = Path(target)
         local = [Path(uri)] if census is None and uri is not None and "://" not in str(uri) else []
@@ -437,19 +457,28 @@ class CellPLM:
             align_genes(genes, self.genes, source=f"var[{gene_key!r}] of the experiment", rule=self.gene_id_rule,
                         aliases=self.gene_aliases)  # fmt: skip
 
+        spatial_key = kwargs.get("spatial_key", "spatial")
+        if key_added == spatial_key:
+            raise ValueError(f"obsm[{key_added!r}] holds the coordinates read; choose another key_added (--key-added)")
+
         def prepare() -> None:
             export_query(uri, exported, census=census, organism=organism, measurement=measurement, layer=layer,
-                         obs_filter=obs_filter, gene_key=gene_key, spatial_key=kwargs.get("spatial_key", "spatial"),
-                         check_genes=check_genes, block_cells=block_cells)  # fmt: skip
+                         obs_filter=obs_filter, gene_key=gene_key, spatial_key=spatial_key,
+                         sample_key=kwargs.get("sample_key"), check_genes=check_genes,
+                         block_cells=block_cells)  # fmt: skip
 
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             return embed_file_sharded(
                 self, exported, target, key_added=key_added, overwrite=overwrite, prepare=prepare, **kwargs
             )
         with output_lock(target):
-            prepare()
-            self.embed_file(exported, target, key_added=key_added, overwrite=overwrite, **kwargs)
-            shutil.rmtree(parts_folder(target))  # the exported query: this run wrote it
+            make_parts_folder(target)
+            try:
+                prepare()
+                self.embed_file(exported, target, key_added=key_added, overwrite=overwrite, **kwargs)
+            finally:
+                discard_empty_parts_folder(target)  # a refused query leaves nothing; an exported one is kept
+            remove_parts_folder(target)  # the exported query: this run wrote it
         return target
 
 

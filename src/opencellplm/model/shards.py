@@ -9,11 +9,13 @@ the rest, and a part of other settings is never read into the output.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -51,21 +53,23 @@ def part_path(folder: Path, rank: int, world_size: int) -> Path:
     return Path(folder) / f"part-{rank:05d}-of-{world_size:05d}.npz"
 
 
-def write_part(folder: Path, rank: int, world_size: int, stamp: str, rows: np.ndarray, embedding: np.ndarray) -> Path:
-    """Write rank ``rank``'s rows and their embedding, atomically (a kill leaves no part, or the whole one)."""
+def write_part(
+    folder: Path, rank: int, world_size: int, stamp: str, rows: np.ndarray, embedding: np.ndarray, record: str = ""
+) -> Path:
+    """Write rank ``rank``'s rows, their embedding and (rank 0) the output's record as JSON, atomically: a kill
+    leaves no part, or the whole one."""
     target = part_path(folder, rank, world_size)
     partial = target.with_name(f".{target.name}.partial")
     with open(partial, "wb") as f:
-        np.savez(
-            f, format=np.array(PART_FORMAT), stamp=np.array(stamp), rows=rows.astype(np.int64), embedding=embedding
-        )
+        np.savez(f, format=np.array(PART_FORMAT), stamp=np.array(stamp), rows=rows.astype(np.int64),
+                 embedding=embedding, record=np.array(record))  # fmt: skip
     os.replace(partial, target)
     return target
 
 
-def read_part(folder: Path, rank: int, world_size: int, stamp: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Rank ``rank``'s rows and embedding when its part exists and was written with these settings; else None (a
-    part of other settings, or not ours, is left out and said so)."""
+def read_part(folder: Path, rank: int, world_size: int, stamp: str) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """Rank ``rank``'s rows, embedding and record when its part exists and was written with these settings; else
+    None (a part of other settings, or broken, is left out and said so)."""
     path = part_path(folder, rank, world_size)
     if not path.is_file():
         return None
@@ -74,35 +78,76 @@ def read_part(folder: Path, rank: int, world_size: int, stamp: str) -> tuple[np.
             if str(f["format"]) != PART_FORMAT or str(f["stamp"]) != stamp:
                 logger.warning("%s was written with other settings: its sets are embedded again", path)
                 return None
-            return f["rows"], f["embedding"]
-    except (OSError, KeyError, ValueError) as err:
+            return f["rows"], f["embedding"], str(f["record"])
+    except (OSError, KeyError, ValueError, EOFError) as err:
         logger.warning("%s cannot be read (%s): its sets are embedded again", path, err)
         return None
 
 
-def assemble(folder: Path, world_size: int, stamp: str, n_obs: int, dim: int) -> np.ndarray:
-    """The output in the input's cell order from every rank's part; cells in no part are NaN (left out). Raises when
-    a part is missing, of other settings, or two parts claim a cell."""
+def assemble(folder: Path, world_size: int, stamp: str, n_obs: int, dim: int) -> tuple[np.ndarray, str]:
+    """The output in the input's cell order from every rank's part (cells in no part are NaN: left out), and rank
+    0's record. Raises when a part is missing, of other settings, or two parts claim a cell."""
     out = np.full((n_obs, dim), np.nan, dtype=np.float32)
     claimed = np.zeros(n_obs, dtype=bool)
+    record = ""
     for rank in range(world_size):
         part = read_part(folder, rank, world_size, stamp)
         if part is None:
             raise RuntimeError(
                 f"the part of rank {rank} is missing or of other settings: {part_path(folder, rank, world_size)}"
             )
-        rows, embedding = part
+        rows, embedding, text = part
         if claimed[rows].any():
             raise RuntimeError(f"rank {rank}'s part repeats cells of another part")
         claimed[rows] = True
         out[rows] = embedding
-    return out
+        record = record or text
+    return out, record
+
+
+PARTS_MARK = "opencellplm-parts"
 
 
 def parts_folder(target: Path) -> Path:
-    """Where the ranks of a run into ``target`` keep their parts: a hidden folder beside it."""
+    """Where the ranks of a run into ``target`` keep their parts (and an exported query): a hidden folder beside
+    it, marked by a file of that name, so that nothing else is ever removed with it."""
     target = Path(target)
     return target.with_name(f".{target.name}.parts")
+
+
+def make_parts_folder(target: Path) -> Path:
+    """Create (or reuse) the parts folder of ``target``; refuse one this package did not make."""
+    folder = parts_folder(target)
+    if folder.exists() and not (folder / PARTS_MARK).is_file():
+        raise FileExistsError(
+            f"{folder} is in the way and opencellplm did not make it; remove it or choose another --out"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / PARTS_MARK).touch()
+    return folder
+
+
+def remove_parts_folder(target: Path) -> None:
+    """Remove what this package wrote in the parts folder of ``target``, then the folder if it is empty."""
+    folder = parts_folder(target)
+    if not (folder / PARTS_MARK).is_file():
+        return
+    for entry in folder.iterdir():
+        if entry.name == PARTS_MARK:
+            continue
+        if re.fullmatch(r"\.?part-\d{5}-of-\d{5}\.npz(\.partial)?|\.?query\.h5ad(\.partial|\.json)?", entry.name):
+            entry.unlink()
+    (folder / PARTS_MARK).unlink()
+    with contextlib.suppress(OSError):  # not empty: someone put a file there, which stays
+        folder.rmdir()
+
+
+def discard_empty_parts_folder(target: Path) -> None:
+    """Remove the parts folder of ``target`` when it holds nothing but its mark (a run refused, or one that failed
+    before any part was written)."""
+    folder = parts_folder(target)
+    if (folder / PARTS_MARK).is_file() and [p.name for p in folder.iterdir()] == [PARTS_MARK]:
+        remove_parts_folder(target)
 
 
 #: How long a rank waits for the others at a barrier: rank 0 writes the whole output (and exports a SOMA query
@@ -113,68 +158,104 @@ WAIT = timedelta(hours=12)
 def embed_file_sharded(
     model, source, target, *, key_added: str, overwrite: bool, prepare: Callable[[], Any] | None = None, **kwargs: Any
 ) -> Path:
-    """:meth:`CellPLM.embed_file <opencellplm.CellPLM.embed_file>` under torchrun: rank 0 checks the output
-    (and runs ``prepare``, which writes ``source``), every process embeds the sets dealt to it (keeping a part of
-    the same settings from a killed run) and writes its part; rank 0 then writes ``target`` from the parts, in the
-    input's cell order, and removes them."""
-    import shutil
-
-    import torch.distributed as dist
-
-    from ..data.output import check_result_key, check_result_target, write_result_copy
-    from ..data.reader import open_h5ad
+    """:meth:`CellPLM.embed_file <opencellplm.CellPLM.embed_file>` over the processes of torchrun (every rank calls
+    it): rank 0 locks and checks the output (and runs ``prepare``, which writes ``source``), every process embeds
+    the sets dealt to it (keeping its part from a killed run of the same settings) and writes its part; rank 0 then
+    writes ``target`` from the parts, in the input's cell order, and removes them."""
     from ..train.trainer import Distributed
 
     source, target = Path(source), Path(target)
     world = Distributed.start(model.device, timeout=WAIT)
     try:
+        return _embed_sharded(model, world, source, target, key_added, overwrite, prepare, kwargs)
+    finally:
+        world.stop()
+
+
+def _embed_sharded(model, world, source: Path, target: Path, key_added, overwrite, prepare, kwargs) -> Path:
+    import torch.distributed as dist
+
+    from .._files import output_lock
+    from .._precision import autocast_dtype
+    from ..data.output import check_result_key, check_result_target, write_result_copy
+    from ..data.reader import open_h5ad
+
+    with contextlib.ExitStack() as held:
         if world.device != model.device:  # under torchrun each process's own GPU
             model.device, model.module = world.device, model.module.to(world.device)
-        failure = [None]
-        if world.main:  # refuse before any work, on every rank: the checks' message comes from rank 0
+        # rank 0 decides, every rank follows: a refusal, and the settings every part is stamped with
+        shared: list[Any] = [None, None, None]
+        if world.main:
             try:
+                held.enter_context(output_lock(target))  # a second run into target fails here, at once
                 check_result_target(target, overwrite=overwrite, inputs=[source, model.source.get("path")])
+                make_parts_folder(target)
+                held.callback(discard_empty_parts_folder, target)  # a refused run leaves nothing behind
                 if prepare is not None:
                     prepare()
                 check_result_key(source, "obsm", key_added, reads=[kwargs.get("spatial_key", "spatial")])
-                parts_folder(target).mkdir(exist_ok=True)
+                # the precision every rank uses: "auto" resolves per device, and parts of one run must agree
+                precision = kwargs.get("precision", "auto")
+                if precision == "auto" and not kwargs.get("official_compat"):
+                    precision = "fp32" if autocast_dtype("auto", model.device) is None else "bf16"
+                shared[1] = precision
+                shared[2] = _stamp(model, source, world.world_size, key_added, kwargs | {"precision": precision})
             except Exception as err:  # noqa: BLE001  handed to every rank, raised on each
-                failure = [f"{type(err).__name__}: {err}"]
-        dist.broadcast_object_list(failure, src=0)
-        if failure[0] is not None:
-            raise RuntimeError(failure[0]) if not world.main else ValueError(failure[0])
+                shared[0] = f"{type(err).__name__}: {err}"
+        dist.broadcast_object_list(shared, src=0)
+        if shared[0] is not None:
+            raise RuntimeError(shared[0]) if not world.main else _reraise(shared[0])
+        kwargs["precision"], stamp = shared[1], shared[2]
         folder = parts_folder(target)
-        stat = source.stat()
-        stamp = fingerprint(
-            {"source": str(source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-             "weights": model.source.get("sha256"), "world_size": world.world_size, "key": key_added, **kwargs}
-        )  # fmt: skip
         if read_part(folder, world.rank, world.world_size, stamp) is None:
             with open_h5ad(source) as adata:
-                embedding, record = model._embed(adata, shard=(world.rank, world.world_size), **kwargs)
-            rows = np.flatnonzero(np.isfinite(embedding).all(1))
-            write_part(folder, world.rank, world.world_size, stamp, rows, embedding[rows])
-            if world.main:
-                (folder / "record.json").write_text(json.dumps({"stamp": stamp, "record": record}, default=str))
+                (rows, embedding), record = model._embed(adata, shard=(world.rank, world.world_size), **kwargs)
+            done = np.isfinite(embedding).all(1)
+            text = json.dumps(record, default=str) if world.main else ""
+            write_part(folder, world.rank, world.world_size, stamp, rows[done], embedding[done], text)
         else:
             logger.info("rank %d: keeping its part of an earlier run with the same settings", world.rank)
         world.barrier()
         if world.main:
-            saved = json.loads((folder / "record.json").read_text())
-            if saved["stamp"] != stamp:
-                raise RuntimeError(f"{folder / 'record.json'} belongs to a run with other settings")
             dim = model.config.latent.dim
 
             def compute(adata):
-                return assemble(folder, world.world_size, stamp, adata.n_obs, dim), saved["record"]
+                embedding, record = assemble(folder, world.world_size, stamp, adata.n_obs, dim)
+                return embedding, json.loads(record)
 
             reads = [kwargs.get("spatial_key", "spatial")]
             inputs = [model.source.get("path")]
-            write_result_copy(
-                source, target, "obsm", key_added, compute, overwrite=overwrite, inputs=inputs, reads=reads
-            )  # noqa: E501
-            shutil.rmtree(folder)  # the parts this run's processes wrote
+            write_result_copy(source, target, "obsm", key_added, compute, overwrite=overwrite, inputs=inputs,
+                              reads=reads)  # fmt: skip
+            remove_parts_folder(target)  # the parts this run's processes wrote
         world.barrier()
-        return target
-    finally:
-        world.stop()
+    return target
+
+
+def _reraise(message: str):
+    """Rank 0's refusal, raised again on rank 0 with its own type where it is a common one."""
+    kind, _, text = message.partition(": ")
+    errors = {e.__name__: e for e in (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError,
+                                      PermissionError, ImportError, KeyError)}  # fmt: skip
+    from .._files import OutputInUseError
+
+    errors["OutputInUseError"] = OutputInUseError
+    return errors.get(kind, RuntimeError)(text if kind in errors else message)
+
+
+def _stamp(model, source: Path, world_size: int, key_added: str, settings: dict[str, Any]) -> str:
+    """What a part must match to be kept: the input file, the weights, the package, the processes and every
+    setting. A model changed in memory (no weights hash, or modified since loading) never keeps a part."""
+    import uuid
+
+    from .. import __version__
+
+    stat = source.stat()
+    weights = model.source.get("sha256")
+    if weights is None or model.source.get("modified"):
+        weights = f"unsaved-{uuid.uuid4()}"  # nothing to compare: this run's parts only
+    return fingerprint(
+        {"source": str(source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "weights": weights,
+         "genes": fingerprint({"genes": model.genes, "meta": model.meta}), "version": __version__,
+         "device": model.device.type, "world_size": world_size, "key": key_added, **settings}
+    )  # fmt: skip
