@@ -170,7 +170,8 @@ def _read_block(X, joinids: np.ndarray, n_var: int, columns: np.ndarray | None =
     if columns is not None:
         cols = columns[cols]
         kept = cols >= 0
-        rows, cols, vals = rows[kept], cols[kept], vals[kept]
+        if not kept.all():  # (copies only where a gene is left out)
+            rows, cols, vals = rows[kept], cols[kept], vals[kept]
     contiguous = joinids[-1] - joinids[0] + 1 == len(joinids)  # the usual block: a data set's cells in a row
     rows = rows - joinids[0] if contiguous else np.searchsorted(joinids, rows)
     if len(rows) and (np.diff(rows) >= 0).all():  # already in row order: a CSR without sorting
