@@ -202,3 +202,21 @@ def test_a_zarr_copy_streams_sparse_matrices_and_layers_block_by_block(tmp_path,
         np.testing.assert_array_equal(ours.toarray(), theirs.toarray())
     np.testing.assert_array_equal(copy.layers["dense"], adata.layers["dense"])
     assert copy.obsm["X_cellplm"].shape == (adata.n_obs, model.config.latent.dim)
+
+
+def test_a_part_is_kept_only_for_the_same_weights_as_they_are_in_memory(tmp_path, checkpoint_and_input):
+    import torch
+
+    from opencellplm import CellPLM
+    from opencellplm.model.shards import _stamp
+
+    checkpoint, source = checkpoint_and_input
+    model = CellPLM.from_pretrained(checkpoint)
+    settings = {"precision": "fp32", "seed": 0}
+    first = _stamp(model, source, 2, "X_cellplm", settings)
+    assert _stamp(CellPLM.from_pretrained(checkpoint), source, 2, "X_cellplm", settings) == first
+    assert _stamp(model, source, 2, "X_cellplm", settings | {"seed": 1}) != first
+    assert _stamp(model, source, 4, "X_cellplm", settings) != first
+    with torch.no_grad():
+        next(model.module.parameters()).add_(1e-3)  # edited after loading: the file's sha256 is unchanged
+    assert _stamp(model, source, 2, "X_cellplm", settings) != first

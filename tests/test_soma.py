@@ -226,6 +226,16 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, atlas, change
     assert sorted(tmp_path.iterdir()) == before, "nothing written"
 
 
+def test_a_refused_run_into_a_new_folder_leaves_no_folder(tmp_path, atlas, atlas_model):
+    uri, _, _ = atlas
+    model, _ = atlas_model
+    with pytest.raises(ValueError, match="measurement 'ATAC' not found"):
+        prepare_corpus_from_soma(uri, tmp_path / "new" / "deeper" / "corpus", measurement="ATAC")
+    with pytest.raises(ValueError, match="selects no cell"):
+        model.embed_soma(uri, tmp_path / "new" / "deeper" / "out.h5ad", obs_filter="donor == 'nobody'")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_values_that_are_not_counts_are_refused_and_leave_nothing(tmp_path):
     uri = str(tmp_path / "experiment")
     adata = ad.AnnData(np.full((4, 3), 0.5, dtype=np.float32), var=pd.DataFrame(index=["A", "B", "C"]))

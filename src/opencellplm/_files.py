@@ -30,7 +30,7 @@ import secrets
 import shutil
 import socket
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
 
@@ -291,6 +291,24 @@ def _lock(lock: Path, target: Path, kind: str) -> int | None:
     os.ftruncate(handle, 0)  # who holds the lock, for the message above
     os.write(handle, f"{os.getpid()} on {socket.gethostname()}\n".encode())
     return handle
+
+
+@contextmanager
+def new_folders_removed_on_failure(target: str | Path) -> Iterator[None]:
+    """Folders made for ``target`` inside this block (its missing parents) are removed again, where left empty,
+    when the block fails: a refused run leaves no new folder behind."""
+    parent = Path(target).expanduser().resolve().parent
+    missing = []
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    try:
+        yield
+    except BaseException:
+        for folder in missing:  # deepest first
+            with suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def check_output_directory(

@@ -112,7 +112,7 @@ def _command_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager
     from .._files import output_lock
 
     out = getattr(args, "out", None)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 holds it for the run (embed)
+    if args.command == "embed" and int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 holds it
         return contextlib.nullcontext()
     # A new folder is made by the writers, after their checks: the lock creates none (nor inside an input).
     if out is None or not getattr(args, "locks_out", True) or not Path(out).expanduser().resolve().parent.is_dir():

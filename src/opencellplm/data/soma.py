@@ -35,7 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from .._files import check_output_directory, output_lock, sha256_of, write_directory
+from .._files import check_output_directory, new_folders_removed_on_failure, output_lock, sha256_of, write_directory
 from .cellsets import cell_sets
 from .corpus import StoredSet, corpus_problems, shard_entry, write_manifest, write_shard
 from .genes import gene_list_problems, is_control_probe
@@ -471,8 +471,12 @@ def prepare_corpus_from_soma(
         "spatial_key": spatial_key, "max_cells": max_cells, "shard_cells": shard_cells, "seed": seed,
         "keep_control_probes": keep_control_probes,
     }  # fmt: skip
-    # a second run into the same folder fails at once, before the experiment is read
-    with output_lock(out, "corpus"), open_experiment(uri, census=census, organism=organism) as experiment:
+    # a second run into the same folder fails at once, before the experiment is read; a refused one leaves no folder
+    with (
+        new_folders_removed_on_failure(out),
+        output_lock(out, "corpus"),
+        open_experiment(uri, census=census, organism=organism) as experiment,
+    ):
         query = _check_query(
             experiment, measurement=measurement, layer=layer, gene_key=gene_key, obs_filter=obs_filter,
             keys=[dataset_key, sample_key, batch_key], spatial_key=spatial_key,

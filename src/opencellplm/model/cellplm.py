@@ -14,7 +14,7 @@ import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
-from .._files import output_lock, sha256_of
+from .._files import new_folders_removed_on_failure, output_lock, sha256_of
 from .._precision import Precision, autocast_dtype
 from .._threads import thread_settings
 from ..data.cellsets import Partition
@@ -457,6 +457,11 @@ class CellPLM:
             align_genes(genes, self.genes, source=f"var[{gene_key!r}] of the experiment", rule=self.gene_id_rule,
                         aliases=self.gene_aliases)  # fmt: skip
 
+        allowed = set(InputSpec.__dataclass_fields__) | {"official_compat", "noise", "precision"}
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:  # before the export, not after it
+            raise TypeError(f"embed_soma() got unexpected keyword arguments {unknown}")
+        autocast_dtype(kwargs.get("precision", "auto"), self.device)  # refuses an unknown precision
         spatial_key = kwargs.get("spatial_key", "spatial")
         if key_added == spatial_key:
             raise ValueError(f"obsm[{key_added!r}] holds the coordinates read; choose another key_added (--key-added)")
@@ -471,7 +476,7 @@ class CellPLM:
             return embed_file_sharded(
                 self, exported, target, key_added=key_added, overwrite=overwrite, prepare=prepare, **kwargs
             )
-        with output_lock(target):
+        with new_folders_removed_on_failure(target), output_lock(target):
             make_parts_folder(target)
             try:
                 prepare()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -175,22 +176,23 @@ def embed_file_sharded(
 def _embed_sharded(model, world, source: Path, target: Path, key_added, overwrite, prepare, kwargs) -> Path:
     import torch.distributed as dist
 
-    from .._files import output_lock
+    from .._files import new_folders_removed_on_failure, output_lock
     from .._precision import autocast_dtype
     from ..data.output import check_result_key, check_result_target, write_result_copy
-    from ..data.reader import open_h5ad
 
     with contextlib.ExitStack() as held:
         if world.device != model.device:  # under torchrun each process's own GPU
             model.device, model.module = world.device, model.module.to(world.device)
         # rank 0 decides, every rank follows: a refusal, and the settings every part is stamped with
         shared: list[Any] = [None, None, None]
+        refusal: Exception | None = None
         if world.main:
             try:
+                held.enter_context(new_folders_removed_on_failure(target))  # a refused run leaves none
                 held.enter_context(output_lock(target))  # a second run into target fails here, at once
                 check_result_target(target, overwrite=overwrite, inputs=[source, model.source.get("path")])
                 make_parts_folder(target)
-                held.callback(discard_empty_parts_folder, target)  # a refused run leaves nothing behind
+                held.callback(discard_empty_parts_folder, target)  # a run that fails early leaves nothing behind
                 if prepare is not None:
                     prepare()
                 check_result_key(source, "obsm", key_added, reads=[kwargs.get("spatial_key", "spatial")])
@@ -201,21 +203,16 @@ def _embed_sharded(model, world, source: Path, target: Path, key_added, overwrit
                 shared[1] = precision
                 shared[2] = _stamp(model, source, world.world_size, key_added, kwargs | {"precision": precision})
             except Exception as err:  # noqa: BLE001  handed to every rank, raised on each
-                shared[0] = f"{type(err).__name__}: {err}"
+                refusal, shared[0] = err, f"{type(err).__name__}: {err}"
         dist.broadcast_object_list(shared, src=0)
+        if refusal is not None:
+            raise refusal
         if shared[0] is not None:
-            raise RuntimeError(shared[0]) if not world.main else _reraise(shared[0])
+            raise RuntimeError(f"process 0 refused the run: {shared[0]}")
         kwargs["precision"], stamp = shared[1], shared[2]
         folder = parts_folder(target)
-        if read_part(folder, world.rank, world.world_size, stamp) is None:
-            with open_h5ad(source) as adata:
-                (rows, embedding), record = model._embed(adata, shard=(world.rank, world.world_size), **kwargs)
-            done = np.isfinite(embedding).all(1)
-            text = json.dumps(record, default=str) if world.main else ""
-            write_part(folder, world.rank, world.world_size, stamp, rows[done], embedding[done], text)
-        else:
-            logger.info("rank %d: keeping its part of an earlier run with the same settings", world.rank)
-        world.barrier()
+        _together(world, lambda: _embed_part(model, world, source, folder, stamp, kwargs), "embedding its sets")
+        write = None
         if world.main:
             dim = model.config.latent.dim
 
@@ -223,39 +220,65 @@ def _embed_sharded(model, world, source: Path, target: Path, key_added, overwrit
                 embedding, record = assemble(folder, world.world_size, stamp, adata.n_obs, dim)
                 return embedding, json.loads(record)
 
-            reads = [kwargs.get("spatial_key", "spatial")]
-            inputs = [model.source.get("path")]
-            write_result_copy(source, target, "obsm", key_added, compute, overwrite=overwrite, inputs=inputs,
-                              reads=reads)  # fmt: skip
-            remove_parts_folder(target)  # the parts this run's processes wrote
-        world.barrier()
+            def write():
+                reads = [kwargs.get("spatial_key", "spatial")]
+                inputs = [model.source.get("path")]
+                write_result_copy(source, target, "obsm", key_added, compute, overwrite=overwrite, inputs=inputs,
+                                  reads=reads)  # fmt: skip
+                remove_parts_folder(target)  # the parts this run's processes wrote
+
+        _together(world, write, "writing the output")
     return target
 
 
-def _reraise(message: str):
-    """Rank 0's refusal, raised again on rank 0 with its own type where it is a common one."""
-    kind, _, text = message.partition(": ")
-    errors = {e.__name__: e for e in (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError,
-                                      PermissionError, ImportError, KeyError)}  # fmt: skip
-    from .._files import OutputInUseError
+def _embed_part(model, world, source: Path, folder: Path, stamp: str, kwargs: dict[str, Any]) -> None:
+    """This rank's part: kept from a killed run of the same settings, else embedded and written."""
+    from ..data.reader import open_h5ad
 
-    errors["OutputInUseError"] = OutputInUseError
-    return errors.get(kind, RuntimeError)(text if kind in errors else message)
+    if read_part(folder, world.rank, world.world_size, stamp) is not None:
+        logger.info("rank %d: keeping its part of an earlier run with the same settings", world.rank)
+        return
+    with open_h5ad(source) as adata:
+        (rows, embedding), record = model._embed(adata, shard=(world.rank, world.world_size), **kwargs)
+    done = np.isfinite(embedding).all(1)
+    text = json.dumps(record, default=str) if world.main else ""
+    write_part(folder, world.rank, world.world_size, stamp, rows[done], embedding[done], text)
+
+
+def _together(world, step: Callable[[], Any] | None, what: str) -> None:
+    """Run ``step`` (None: nothing) on this rank, then learn whether every rank's succeeded: a failure on one
+    rank is raised on all (its own error there, a RuntimeError naming it elsewhere), so that none waits for a
+    rank that has given up."""
+    import torch.distributed as dist
+
+    error: Exception | None = None
+    if step is not None:
+        try:
+            step()
+        except Exception as err:  # noqa: BLE001  told to every rank below
+            error = err
+    errors: list[Any] = [None] * world.world_size
+    dist.all_gather_object(errors, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(rank, text) for rank, text in enumerate(errors) if text is not None]
+    if failed:
+        rank, text = failed[0]
+        raise RuntimeError(f"process {rank} failed {what}: {text}")
 
 
 def _stamp(model, source: Path, world_size: int, key_added: str, settings: dict[str, Any]) -> str:
-    """What a part must match to be kept: the input file, the weights, the package, the processes and every
-    setting. A model changed in memory (no weights hash, or modified since loading) never keeps a part."""
-    import uuid
-
+    """What a part must match to be kept: the input file, the weights as they are in memory (a model changed after
+    loading counts as another), the genes, the package, the processes and every setting."""
     from .. import __version__
 
+    weights = hashlib.sha256()
+    for name, tensor in model.module.state_dict().items():
+        weights.update(name.encode())
+        weights.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     stat = source.stat()
-    weights = model.source.get("sha256")
-    if weights is None or model.source.get("modified"):
-        weights = f"unsaved-{uuid.uuid4()}"  # nothing to compare: this run's parts only
     return fingerprint(
-        {"source": str(source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "weights": weights,
-         "genes": fingerprint({"genes": model.genes, "meta": model.meta}), "version": __version__,
-         "device": model.device.type, "world_size": world_size, "key": key_added, **settings}
+        {"source": str(source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+         "weights": weights.hexdigest(), "genes": fingerprint({"genes": model.genes, "meta": model.meta}),
+         "version": __version__, "device": model.device.type, "world_size": world_size, "key": key_added, **settings}
     )  # fmt: skip
