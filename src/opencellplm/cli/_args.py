@@ -170,3 +170,16 @@ def soma_source(args: argparse.Namespace, *, files: bool, own: Sequence[str] = (
         if getattr(args, name) is None:
             setattr(args, name, default)
     return from_soma
+
+
+def soma_settings(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
+    """The SOMA source's keyword arguments (``prepare_corpus_from_soma``, ``CellPLM.embed_soma``) from the flags;
+    takes ``layer`` out of ``spec`` (a SOMA measurement's counts are ``raw`` unless named)."""
+    return {
+        "census": args.census,
+        "organism": args.organism,
+        "measurement": args.measurement,
+        "layer": spec.pop("layer", None) or "raw",
+        "obs_filter": args.obs_filter,
+        "block_cells": args.block_cells,
+    }

@@ -20,6 +20,7 @@ from ._args import (
     add_seed,
     add_soma_source,
     model_path,
+    soma_settings,
     soma_source,
     spec_from,
 )
@@ -87,15 +88,10 @@ def _embed(args: argparse.Namespace) -> int:
         model.embed_soma(
             args.soma,
             args.out,
-            census=args.census,
-            organism=args.organism,
-            measurement=args.measurement,
-            layer=spec.pop("layer") or "raw",
-            obs_filter=args.obs_filter,
+            **soma_settings(args, spec),
             gene_key=spec.pop("gene_key") or "feature_name",
             overwrite=args.overwrite,
             key_added=args.key_added,
-            block_cells=args.block_cells,
             **spec,
             **settings,
         )
