@@ -363,3 +363,19 @@ def test_two_processes_embed_a_query_as_one_does(tmp_path, atlas, atlas_model):
     assert np.array_equal(one.obsm["X_cellplm"], two.obsm["X_cellplm"], equal_nan=True)
     assert one.uns["cellplm"]["X_cellplm"]["n_cell_sets"] > 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.h5ad", "two.h5ad"]
+
+
+def test_folders_in_the_way_that_are_not_ours_are_refused_and_kept(tmp_path, atlas, atlas_model):
+    uri, _, _ = atlas
+    model, _ = atlas_model
+    (tmp_path / ".corpus.soma-work").mkdir()
+    (tmp_path / ".corpus.soma-work" / "mine.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="is not a work folder of opencellplm; remove it yourself"):
+        prepare_corpus_from_soma(uri, tmp_path / "corpus", dataset_key="dataset_id")
+    (tmp_path / ".out.h5ad.parts").mkdir()
+    (tmp_path / ".out.h5ad.parts" / "mine.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="opencellplm did not make it"):
+        model.embed_soma(uri, tmp_path / "out.h5ad")
+    assert (tmp_path / ".corpus.soma-work" / "mine.txt").read_text() == "keep"
+    assert (tmp_path / ".out.h5ad.parts" / "mine.txt").read_text() == "keep"
+    assert not (tmp_path / "corpus").exists() and not (tmp_path / "out.h5ad").exists()
