@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import anndata as ad
 import numpy as np
@@ -40,15 +41,16 @@ def _adata(rng, name, n, genes, donors, spatial=False):
     return adata
 
 
-@pytest.fixture(scope="module")
-def atlas(tmp_path_factory):
+def _atlas(folder: Path, gene_left_at_zero: str | None = None):
     """Three h5ad files (two scRNA-seq data sets and a spatial one, overlapping gene sets, an empty cell, a cell
-    with control-probe counts only) and the SOMA experiment tiledbsoma.io builds from them."""
-    folder = tmp_path_factory.mktemp("atlas")
+    with control-probe counts only) and the SOMA experiment tiledbsoma.io builds from them. ``gene_left_at_zero``:
+    a gene the second data set measures with no count in any cell."""
     rng = np.random.default_rng(0)
     first = _adata(rng, "a", 90, [f"G{i}" for i in range(12)], ["d1", "d2", "d3"])
     first.X[5] = 0  # empty: left out
     second = _adata(rng, "b", 60, [f"G{i}" for i in range(8, 20)], ["d4"])
+    if gene_left_at_zero is not None:
+        second.X[:, list(second.var_names).index(gene_left_at_zero)] = 0
     third = _adata(rng, "c", 70, [f"G{i}" for i in range(6, 14)] + ["NegControlProbe_1"], ["s"], spatial=True)
     third.X[3, :-1] = 0  # counts in the control probe only: empty once probes are left out
     paths = []
@@ -67,6 +69,11 @@ def atlas(tmp_path_factory):
             uri, str(path), measurement_name="RNA", X_layer_name="raw", registration_mapping=registration
         )
     return uri, paths, [first.n_obs, second.n_obs, third.n_obs]
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory):
+    return _atlas(tmp_path_factory.mktemp("atlas"))
 
 
 def _shards(folder: Path) -> list[dict[str, np.ndarray]]:
@@ -379,3 +386,60 @@ def test_folders_in_the_way_that_are_not_ours_are_refused_and_kept(tmp_path, atl
     assert (tmp_path / ".corpus.soma-work" / "mine.txt").read_text() == "keep"
     assert (tmp_path / ".out.h5ad.parts" / "mine.txt").read_text() == "keep"
     assert not (tmp_path / "corpus").exists() and not (tmp_path / "out.h5ad").exists()
+
+
+# ---------------------------------------------------------------------------------------------- the Census's layout
+class _CensusRoot:
+    """What ``cellxgene_census.open_soma`` returns, as far as this package reads it: ``census_data[organism]``
+    (the experiment) and ``census_info['datasets']`` (a data set's ``soma_joinid`` per ``dataset_id``)."""
+
+    def __init__(self, experiment, dataset_ids: list[str]):
+        import pyarrow as pa
+
+        table = pa.table({"soma_joinid": list(range(len(dataset_ids))), "dataset_id": dataset_ids})
+        datasets = SimpleNamespace(read=lambda column_names: SimpleNamespace(concat=lambda: table.select(column_names)))
+        self.groups = {"census_data": {"homo_sapiens": experiment}, "census_info": {"datasets": datasets}}
+
+    def __getitem__(self, key):
+        return self.groups[key]
+
+
+def test_a_census_corpus_keeps_the_genes_each_data_set_measured(tmp_path, monkeypatch):
+    """In the Census layout, a data set's genes come from the presence matrix: one it measured without a single
+    count stays, as from its h5ad file; a local experiment (no such record) keeps the genes with counts."""
+    import contextlib
+    import types
+
+    import pyarrow as pa
+
+    (tmp_path / "atlas").mkdir()
+    uri, paths, sizes = _atlas(tmp_path / "atlas", gene_left_at_zero="G19")
+    with tiledbsoma.open(uri) as experiment:
+        var = experiment.ms["RNA"].var.read().concat().to_pandas()
+    joinid = dict(zip(var["var_id"], var["soma_joinid"]))
+    measured = [[f"G{i}" for i in range(12)], [f"G{i}" for i in range(8, 20)],
+                [f"G{i}" for i in range(6, 14)] + ["NegControlProbe_1"]]  # fmt: skip
+    rows = [d for d, genes in enumerate(measured) for _ in genes]
+    columns = [joinid[g] for genes in measured for g in genes]
+    with tiledbsoma.open(f"{uri}/ms/RNA", mode="w") as ms:
+        presence = ms.add_new_sparse_ndarray(soma_module.PRESENCE, type=pa.bool_(), shape=(3, len(var)))
+        presence.write(pa.table({"soma_dim_0": pa.array(rows, pa.int64()), "soma_dim_1": pa.array(columns, pa.int64()),
+                                 "soma_data": pa.array([True] * len(rows))}))  # fmt: skip
+    census = types.ModuleType("cellxgene_census")
+
+    @contextlib.contextmanager
+    def open_soma(census_version):
+        assert census_version == "2025-01-30"
+        with tiledbsoma.open(uri) as experiment:
+            yield _CensusRoot(experiment, ["a", "b", "c"])
+
+    census.open_soma = open_soma
+    monkeypatch.setitem(sys.modules, "cellxgene_census", census)
+    settings = {"sample_key": "donor", "max_cells": 25, "shard_cells": 60}
+    prepare_corpus(paths, tmp_path / "from_h5ad", **settings)
+    manifest = prepare_corpus_from_soma(None, tmp_path / "from_census", census="2025-01-30", **settings)
+    _assert_same_corpus(tmp_path / "from_census", tmp_path / "from_h5ad", [0, sizes[0], sizes[0] + sizes[1]])
+    assert json.loads(manifest.read_text())["settings"]["dataset_key"] == "dataset_id"  # the Census's default
+    prepare_corpus_from_soma(uri, tmp_path / "local", dataset_key="dataset_id", **settings)
+    local = (tmp_path / "local" / "datasets" / "1.genes.txt").read_text().split()
+    assert local == [f"G{i}" for i in range(8, 19)]  # G19 has no count in b: no record says b measured it

@@ -55,10 +55,22 @@ def _tiledbsoma():
     return tiledbsoma
 
 
+#: The Census's table of which genes each data set measured (rows: data sets, columns: var soma_joinids).
+PRESENCE = "feature_dataset_presence_matrix"
+
+
 @contextlib.contextmanager
 def open_experiment(uri: str | Path | None = None, *, census: str | None = None, organism: str = "homo_sapiens"):
     """The SOMA experiment at ``uri``, or the CELLxGENE Census release ``census`` (its ``organism`` experiment),
     opened for reading; a clear error when there is none."""
+    with open_source(uri, census=census, organism=organism) as (experiment, _):
+        yield experiment
+
+
+@contextlib.contextmanager
+def open_source(uri: str | Path | None = None, *, census: str | None = None, organism: str = "homo_sapiens"):
+    """:func:`open_experiment`'s experiment and, for the Census, the row of each ``dataset_id`` in its presence
+    matrix (:data:`PRESENCE`; None for other experiments)."""
     if (uri is None) == (census is None):
         raise ValueError("give either a SOMA experiment's URI or a Census release (census=...), not both")
     if census is not None:
@@ -70,7 +82,9 @@ def open_experiment(uri: str | Path | None = None, *, census: str | None = None,
             data = root["census_data"]
             if organism not in data:
                 raise ValueError(f"Census {census} has no {organism!r}; it has {sorted(data.keys())}")
-            yield data[organism]
+            table = root["census_info"]["datasets"].read(column_names=["soma_joinid", "dataset_id"]).concat()
+            rows = dict(zip(table["dataset_id"].to_pylist(), table["soma_joinid"].to_pylist()))
+            yield data[organism], rows
         return
     tiledbsoma = _tiledbsoma()
     uri = str(uri)
@@ -83,7 +97,18 @@ def open_experiment(uri: str | Path | None = None, *, census: str | None = None,
     with handle:
         if not isinstance(handle, tiledbsoma.Experiment):
             raise ValueError(f"{uri} is a SOMA {type(handle).__name__}, not an Experiment")
-        yield handle
+        yield handle, None
+
+
+def _measured(ms, presence_rows: dict[str, int] | None, label: str, n_var: int) -> np.ndarray | None:
+    """The genes data set ``label`` measured, per the Census's presence matrix, as a mask over var; None where
+    there is no such record."""
+    if presence_rows is None or label not in presence_rows or PRESENCE not in ms:
+        return None
+    table = ms[PRESENCE].read(coords=(np.array([presence_rows[label]], dtype=np.int64),)).tables().concat()
+    mask = np.zeros(n_var, dtype=bool)
+    mask[table["soma_dim_1"].to_numpy()[table["soma_data"].to_numpy().astype(bool)]] = True
+    return mask
 
 
 @dataclass
@@ -282,8 +307,17 @@ class _Plan:
         )  # fmt: skip
 
 
-def _make_plan(experiment, query: _Query, settings: dict[str, Any], shard_cells: int, block_cells: int) -> _Plan:
-    """Step 1: one pass over the counts of every data set (checks, genes, empty cells), then its cell sets."""
+def _make_plan(
+    experiment,
+    query: _Query,
+    settings: dict[str, Any],
+    shard_cells: int,
+    block_cells: int,
+    presence_rows: dict[str, int] | None = None,
+) -> _Plan:
+    """Step 1: one pass over the counts of every data set (checks, genes, empty cells), then its cell sets. A data
+    set's genes are those it measured where the presence matrix says (the Census, data sets by ``dataset_id``),
+    else those with a count in at least one of its cells."""
     ms = experiment.ms[settings["measurement"]]
     X = ms.X[settings["layer"]]
     dataset_key, sample_key, batch_key = settings["dataset_key"], settings["sample_key"], settings["batch_key"]
@@ -311,7 +345,14 @@ def _make_plan(experiment, query: _Query, settings: dict[str, Any], shard_cells:
                 detected[counts.indices[counts.data > 0]] = True
                 totals[start : start + len(block)] = counts @ (~probe).astype(np.float64)
                 bar.update(len(block))
-            genes = np.flatnonzero(detected & ~probe)
+            measured = _measured(ms, presence_rows, label, query.n_var)
+            if measured is None:  # no record of what it measured: the genes it counted
+                measured = detected
+            elif (detected & ~measured).any():
+                logger.warning("data set %r: %d genes with counts are not in the presence matrix; kept", label,
+                               int((detected & ~measured).sum()))  # fmt: skip
+                measured = measured | detected
+            genes = np.flatnonzero(measured & ~probe)
             keep = totals > 0
             if not keep.any():
                 logger.warning("data set %r: no cell holds a count; it is left out", label)
@@ -329,7 +370,7 @@ def _make_plan(experiment, query: _Query, settings: dict[str, Any], shard_cells:
             plan.labels.append(label)
             plan.gene_joinids.append(genes)
             plan.n_empty.append(int((~keep).sum()))
-            plan.n_probes.append(int((detected & probe).sum()))
+            plan.n_probes.append(int((measured & probe).sum()))
             plan.spatial_dims.append(0 if coords is None else coords.shape[1])
             for rows in sets:
                 plan.set_rows.append(joinids[rows])
@@ -475,7 +516,7 @@ def prepare_corpus_from_soma(
     with (
         new_folders_removed_on_failure(out),
         output_lock(out, "corpus"),
-        open_experiment(uri, census=census, organism=organism) as experiment,
+        open_source(uri, census=census, organism=organism) as (experiment, presence_rows),
     ):
         query = _check_query(
             experiment, measurement=measurement, layer=layer, gene_key=gene_key, obs_filter=obs_filter,
@@ -488,7 +529,8 @@ def prepare_corpus_from_soma(
             logger.info("resuming the unfinished run in %s", work)
         else:
             try:
-                plan = _make_plan(experiment, query, settings, shard_cells, block_cells)
+                rows = presence_rows if dataset_key == "dataset_id" else None
+                plan = _make_plan(experiment, query, settings, shard_cells, block_cells, rows)
             except BaseException:
                 shutil.rmtree(work, ignore_errors=True)  # nothing worth keeping before the plan
                 raise
